@@ -1,0 +1,35 @@
+# dblocks — two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test sysdeps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first: 2.13.0 is the CPU wheel on these machines (a plain `torch` pulls a multi-GB CUDA build)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dblocks demo
+
+# System packages some tests need (PostgreSQL, Chromium, nftables); installs them when run as root with apt,
+# otherwise those tests skip and say why.
+sysdeps:
+	./deploy/sysdeps.sh
+
+test: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/memory.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,1 @@
+"""dblocks.client: the company side — `dbclient join`, DP-SGD block training and the privacy ledger."""

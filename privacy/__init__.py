@@ -1,0 +1,1 @@
+"""dblocks.privacy: secure aggregation, privacy accounting helpers and leakage audits (`dbaudit`)."""

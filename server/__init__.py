@@ -1,0 +1,1 @@
+"""dblocks.server: the operator side — block registry, Flower ServerApp and the `dbserver` CLI."""

@@ -1,0 +1,14 @@
+"""Command-line entry point of dblocks.server."""
+
+import typer
+
+app = typer.Typer(help="Operator side: registry, SuperLink and the federation server.", no_args_is_help=True)
+
+
+@app.callback()
+def main() -> None:
+    """Operator side: registry, SuperLink and the federation server."""
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,328 @@
+"""Block architectures: transformer denoisers that own everything they need.
+
+Every block is a self-contained `nn.Module` (its own input embeddings, noise embedding, layers and head)
+built from an `ArchConfig`, so training block i needs no other block in memory. All parameters live in
+`nn.Linear` and `nn.Embedding` modules (learned positions are embeddings of position ids, attention is
+q/k/v/o Linear + scaled_dot_product_attention), which keeps every block compatible with Opacus per-sample
+gradients, ghost clipping included.
+
+Three block kinds:
+  * `DenoisingClassifier` (ViT-style image or feature-tokenizer tabular input): the diffusion target is the
+    class embedding E[y]; the noisy target enters as an extra token, the input is clean conditioning.
+  * `DenoisingGenerator` (DiT-style, AdaLN-Zero): the target is the image itself, conditioned on a label.
+  * `TransformerClassifier`: the end-to-end baseline with the same tokenizer, layers, width and head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .schedule import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Architecture of one block (or of the end-to-end baseline, with depth = all layers).
+
+    kind: "classifier" (denoises a class embedding) or "generator" (denoises an image).
+    input: "image" (C x H x W, split into patch tokens) or "tabular" (one token per feature).
+    label_scale: L2 norm of each class-embedding row (classifier target); the rows are fixed, seeded
+    random directions shared by every block.
+    """
+
+    kind: Literal["classifier", "generator"]
+    input: Literal["image", "tabular"]
+    num_classes: int
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    image_channels: int = 1
+    image_size: int = 8
+    patch_size: int = 2
+    num_features: int = 0
+    label_scale: float = 1.0
+    embedding_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.input == "image" and self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        if self.input == "tabular" and self.num_features < 1:
+            raise ValueError("a tabular block needs num_features >= 1")
+        if self.kind == "generator" and self.input != "image":
+            raise ValueError("generator blocks take image input")
+
+    @property
+    def num_tokens(self) -> int:
+        if self.input == "image":
+            return (self.image_size // self.patch_size) ** 2
+        return self.num_features
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ArchConfig":
+        return cls(**d)
+
+    def with_depth(self, depth: int) -> "ArchConfig":
+        return replace(self, depth=depth)
+
+
+# ---------------------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate q/k/v/o Linear layers (Opacus-friendly)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, t, d = h.shape
+        split = lambda x: x.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        a = F.scaled_dot_product_attention(split(self.q(h)), split(self.k(h)), split(self.v(h)))
+        return self.o(a.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, ratio: float) -> None:
+        super().__init__()
+        hidden = int(width * ratio)
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(h)))
+
+
+def modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return h * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class AdaLNLayer(nn.Module):
+    """Transformer layer with AdaLN-Zero conditioning on c [B, width]:
+    h += gate1 * Attn(LN(h) (1 + scale1) + shift1); h += gate2 * MLP(LN(h) (1 + scale2) + shift2).
+    The modulation is zero-initialised, so a fresh layer is the identity."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(width, heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(width, mlp_ratio)
+        self.ada = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
+        h = h + g1.unsqueeze(1) * self.attn(modulate(self.norm1(h), sh1, sc1))
+        return h + g2.unsqueeze(1) * self.mlp(modulate(self.norm2(h), sh2, sc2))
+
+
+class PlainLayer(nn.Module):
+    """Pre-LN transformer layer (the end-to-end baseline): h += Attn(LN(h)); h += MLP(LN(h))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn, self.mlp = SelfAttention(width, heads), MLP(width, mlp_ratio)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h + self.attn(self.norm1(h))
+        return h + self.mlp(self.norm2(h))
+
+
+class NoiseEmbedding(nn.Module):
+    """c_noise = ln(sigma)/4 -> fixed sinusoidal features -> Linear-SiLU-Linear -> [B, width]."""
+
+    def __init__(self, width: int, num_freqs: int = 32) -> None:
+        super().__init__()
+        self.register_buffer("freqs", torch.exp(-math.log(1e3) * torch.arange(num_freqs) / num_freqs) * 4)
+        self.fc1, self.fc2 = nn.Linear(2 * num_freqs, width), nn.Linear(width, width)
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        a = c_noise.float().unsqueeze(-1) * self.freqs
+        return self.fc2(F.silu(self.fc1(torch.cat([a.cos(), a.sin()], dim=-1))))
+
+
+class PatchTokenizer(nn.Module):
+    """[B, C, H, W] -> [B, T, width]: non-overlapping p x p patches, Linear, plus learned positions."""
+
+    def __init__(self, channels: int, size: int, patch: int, width: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Linear(channels * patch * patch, width)
+        self.pos = nn.Embedding((size // patch) ** 2, width)
+        self.register_buffer("pos_ids", torch.arange((size // patch) ** 2), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(patchify(x, self.patch)) + self.pos(self.pos_ids.expand(x.shape[0], -1).contiguous())
+
+
+class FeatureTokenizer(nn.Module):
+    """[B, F] -> [B, F, width]: token_j = x_j * W_j + b_j (FT-Transformer), W and b as embeddings of the
+    feature ids so that Opacus computes their per-sample gradients (ghost clipping included)."""
+
+    def __init__(self, num_features: int, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Embedding(num_features, width)
+        self.bias = nn.Embedding(num_features, width)
+        nn.init.normal_(self.weight.weight, std=1 / math.sqrt(width))
+        nn.init.zeros_(self.bias.weight)
+        self.register_buffer("ids", torch.arange(num_features), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = self.ids.expand(x.shape[0], -1).contiguous()
+        return x.unsqueeze(-1) * self.weight(ids) + self.bias(ids)
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, (H/p)(W/p), C p p]."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(t: torch.Tensor, p: int, c: int, size: int) -> torch.Tensor:
+    """Inverse of `patchify`."""
+    b, g = t.shape[0], size // p
+    return t.reshape(b, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, size, size)
+
+
+def make_tokenizer(arch: ArchConfig) -> nn.Module:
+    if arch.input == "image":
+        return PatchTokenizer(arch.image_channels, arch.image_size, arch.patch_size, arch.width)
+    return FeatureTokenizer(arch.num_features, arch.width)
+
+
+def class_embedding(num_classes: int, width: int, scale: float, seed: int) -> torch.Tensor:
+    """Fixed class-embedding table E [num_classes, width]: seeded random directions, rows of norm `scale`.
+    Frozen and identical in every block: a learned shared target would couple the blocks."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(num_classes, width, generator=g, dtype=torch.float64)
+    return (scale * e / e.norm(dim=1, keepdim=True)).float()
+
+
+# ---------------------------------------------------------------------------------------------------
+# blocks
+# ---------------------------------------------------------------------------------------------------
+class DenoisingClassifier(nn.Module):
+    """Classification block: logits = f(x, z_sigma, sigma) for a noisy class embedding z_sigma = E[y] + sigma eps.
+
+    Tokens: [label token = Linear(c_in z_sigma), input tokens]. AdaLN conditioning on the noise level in
+    every layer. Head: u = c_out LN(h_label) + c_skip z_sigma, modulated, Linear -> logits. The denoiser
+    used by the sampler is D = softmax(logits) @ E."""
+
+    def __init__(self, arch: ArchConfig, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        assert arch.kind == "classifier"
+        self.arch, self.schedule = arch, schedule
+        w = arch.width
+        self.register_buffer("class_emb", class_embedding(arch.num_classes, w, arch.label_scale, arch.embedding_seed))
+        self.tokenizer = make_tokenizer(arch)
+        self.label_in = nn.Linear(w, w)
+        self.label_pos = nn.Embedding(1, w)
+        self.noise_emb = NoiseEmbedding(w)
+        self.layers = nn.ModuleList(AdaLNLayer(w, arch.heads, arch.mlp_ratio) for _ in range(arch.depth))
+        self.norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.head_ada = nn.Linear(w, 2 * w)
+        nn.init.zeros_(self.head_ada.weight)
+        nn.init.zeros_(self.head_ada.bias)
+        self.head = nn.Linear(w, arch.num_classes)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        c_skip, c_out, c_in, c_noise = (t.unsqueeze(-1) for t in self.schedule.precondition(sigma))
+        c = self.noise_emb(c_noise.squeeze(-1))
+        zero = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
+        label_tok = self.label_in(c_in * z).unsqueeze(1) + self.label_pos(zero)
+        h = torch.cat([label_tok, self.tokenizer(x)], dim=1)
+        for layer in self.layers:
+            h = layer(h, c)
+        u = c_out * self.norm(h[:, 0]) + c_skip * z
+        shift, scale = self.head_ada(F.silu(c)).chunk(2, dim=-1)
+        return self.head(u * (1 + scale) + shift)
+
+    def denoise(self, x: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D, logits): D = softmax(logits) @ E, the posterior-mean class embedding."""
+        logits = self(x, z, sigma)
+        return logits.softmax(-1) @ self.class_emb, logits
+
+
+class DenoisingGenerator(nn.Module):
+    """Class-conditional image denoiser (DiT, AdaLN-Zero): D = c_skip z + c_out F(c_in z, c_noise, y).
+    Label index num_classes is the null label used for classifier-free guidance."""
+
+    def __init__(self, arch: ArchConfig, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        assert arch.kind == "generator"
+        self.arch, self.schedule = arch, schedule
+        w, p, c = arch.width, arch.patch_size, arch.image_channels
+        self.tokenizer = make_tokenizer(arch)
+        self.noise_emb = NoiseEmbedding(w)
+        self.label_emb = nn.Embedding(arch.num_classes + 1, w)
+        self.layers = nn.ModuleList(AdaLNLayer(w, arch.heads, arch.mlp_ratio) for _ in range(arch.depth))
+        self.norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.head_ada = nn.Linear(w, 2 * w)
+        self.head = nn.Linear(w, p * p * c)
+        for m in (self.head_ada, self.head):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def null_label(self) -> int:
+        return self.arch.num_classes
+
+    def forward(self, z: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Returns D(z, sigma, y), same shape as z."""
+        c_skip, c_out, c_in, c_noise = (t.view(-1, 1, 1, 1) for t in self.schedule.precondition(sigma))
+        c = self.noise_emb(c_noise.flatten()) + self.label_emb(y)
+        h = self.tokenizer(c_in * z)
+        for layer in self.layers:
+            h = layer(h, c)
+        shift, scale = self.head_ada(F.silu(c)).chunk(2, dim=-1)
+        f = self.head(modulate(self.norm(h), shift, scale))
+        f = unpatchify(f, self.arch.patch_size, self.arch.image_channels, self.arch.image_size)
+        return c_skip * z + c_out * f
+
+
+class TransformerClassifier(nn.Module):
+    """End-to-end baseline: the same tokenizer, width and pre-LN layers, a CLS token, LN + Linear head."""
+
+    def __init__(self, arch: ArchConfig) -> None:
+        super().__init__()
+        w = arch.width
+        self.arch = arch
+        self.tokenizer = make_tokenizer(arch)
+        self.cls = nn.Embedding(1, w)
+        self.layers = nn.ModuleList(PlainLayer(w, arch.heads, arch.mlp_ratio) for _ in range(arch.depth))
+        self.norm = nn.LayerNorm(w)
+        self.head = nn.Linear(w, arch.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
+        h = torch.cat([self.cls(zero), self.tokenizer(x)], dim=1)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(self.norm(h[:, 0]))
+
+
+def build_block(arch: ArchConfig, schedule: NoiseSchedule) -> nn.Module:
+    """A fresh block for `arch` (classifier or generator), conditioned through `schedule`."""
+    if arch.kind == "classifier":
+        return DenoisingClassifier(arch, schedule)
+    return DenoisingGenerator(arch, schedule)
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

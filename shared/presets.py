@@ -1,0 +1,67 @@
+"""Named task presets: a dataset, its fixed train/test split, an architecture and training settings.
+
+A preset answers "what does `dblocks train --data mnist` build?" in one place; every bench script and the
+federation start from these and override what they vary. `total_layers` is the depth of the end-to-end
+model; a DiffusionBlocks model with B blocks gives each block total_layers / B layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .data import Dataset, load_dataset, stratified_split
+from .models import ArchConfig
+from .schedule import NoiseSchedule
+from .training import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    dataset: str
+    kind: str  # "classifier" | "generator"
+    test_size: int | float
+    total_layers: int
+    arch: ArchConfig
+    train: TrainConfig
+    image_size: int | None = None
+    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+
+    def block_arch(self, num_blocks: int) -> ArchConfig:
+        if self.total_layers % num_blocks:
+            raise ValueError(f"{self.total_layers} layers cannot be split into {num_blocks} equal blocks")
+        return self.arch.with_depth(self.total_layers // num_blocks)
+
+    def noise_schedule(self, num_blocks: int, **overrides) -> NoiseSchedule:
+        return replace(self.schedule, num_blocks=num_blocks, **overrides)
+
+    def load_split(self, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """The fixed stratified train/test split of this preset's dataset (split seed 0 unless told)."""
+        return stratified_split(load_dataset(self.dataset, image_size=self.image_size), self.test_size, seed=seed)
+
+
+def _image_arch(kind: str, size: int, patch: int, width: int, heads: int = 4, channels: int = 1) -> ArchConfig:
+    return ArchConfig(kind=kind, input="image", num_classes=10, width=width, heads=heads, image_size=size,
+                      patch_size=patch, image_channels=channels)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset("digits", "digits", "classifier", 0.25, 8, _image_arch("classifier", 8, 2, 64),
+               TrainConfig(epochs=40, batch_size=64, lr=1e-3)),
+        Preset("mnist", "mnist", "classifier", 1000, 8, _image_arch("classifier", 28, 4, 64),
+               TrainConfig(epochs=30, batch_size=64, lr=1e-3)),
+        Preset("breast_cancer", "breast_cancer", "classifier", 0.25, 4,
+               ArchConfig(kind="classifier", input="tabular", num_classes=2, width=32, heads=4, num_features=30),
+               TrainConfig(epochs=60, batch_size=32, lr=1e-3)),
+        Preset("mnist-gen", "mnist", "generator", 1000, 8, _image_arch("generator", 14, 2, 96),
+               TrainConfig(epochs=60, batch_size=64, lr=5e-4), image_size=14),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
