@@ -57,7 +57,8 @@ def create_run(body: RunCreate, who: Principal = Depends(Allow(RUN_CREATORS)), r
         for i, ((olo, ohi), (tlo, thi)) in enumerate(intervals):
             s.add(Block(run_id=run.id, block_index=i, owned_lo=olo, owned_hi=ohi, train_lo=tlo, train_hi=thi))
         events.record(s, who, "run.created", "run", run.id, run_id=run.id,
-                      after={"task": run.task, "num_blocks": run.num_blocks, "num_rounds": run.num_rounds, "created_by": run.created_by})
+                      after={"status": run.status, "task": run.task, "num_blocks": run.num_blocks, "num_rounds": run.num_rounds,
+                             "created_by": run.created_by})
         s.flush()
         return RunOut.model_validate(run)
 
