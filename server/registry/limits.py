@@ -28,27 +28,33 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _send_413(send, limit)
         seen = 0
-        started = False
+        exceeded = False
+        replaced = False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    exceeded = True
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+        async def guarded_send(message):
+            """Once the body overran, whatever the app answers (it may turn the error into a 400) becomes our 413."""
+            nonlocal replaced
+            if exceeded:
+                if not replaced:
+                    replaced = True
+                    await _send_413(send, limit)
+                return
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except BodyTooLarge:
-            if not started:
+            if not replaced:
                 await _send_413(send, limit)
 
 
