@@ -52,6 +52,8 @@ def test_artifact_names_cannot_escape(app, http, tokens, version, tmp_path):
         assert "filename" in r.text or "artifacts" in r.text  # (an empty name makes the part a plain field)
         assert tree(tmp_path) == before, name
     assert count(app, Audit) == 0
+    for outside in (Path("/etc/evil.png"), tmp_path.parent / "evil.png", tmp_path.parent.parent / "evil.png", Path.cwd() / "evil.png"):
+        assert not outside.exists(), outside
 
 
 def test_stored_artifacts_live_only_under_their_hash(app, clients, version, tmp_path):
