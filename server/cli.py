@@ -3,12 +3,16 @@
 import typer
 
 from .federation.cli import nodes_app, run_app, start, status
+from .registry.cli import registry_command, tokens_app
 
 app = typer.Typer(help="Operator side: registry, SuperLink and the federation server.", no_args_is_help=True)
 app.command()(start)
 app.command()(status)
 app.add_typer(run_app, name="run")
 app.add_typer(nodes_app, name="nodes")
+app.command("registry")(registry_command)
+app.add_typer(tokens_app, name="tokens")
+
 
 if __name__ == "__main__":
     app()
