@@ -70,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
     progress_line(nc, f"round {task.round}: training block {task.block_index} on {len(data)} records "
                       f"({task.steps} DP-SGD steps, q={task.sample_rate:g}, z={task.noise_multiplier:g})")
 
-    def progress(step: int, total: int, loss: float, eps: float) -> None:
+    def progress(step: int, total: int, loss: float) -> None:
         if step == total or step % max(1, total // 4) == 0:
             progress_line(nc, f"round {task.round} block {task.block_index}: step {step}/{total} loss {loss:.4f}")
 

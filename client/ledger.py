@@ -80,9 +80,12 @@ class PrivacyLedger:
             )
         return after
 
-    def record(self, run_id: str, round: int, block_index: int, step: MechanismStep, examples: int) -> LedgerEntry:
+    def record(self, run_id: str, round: int, block_index: int, step: MechanismStep, examples: int,
+               epsilon_after: float | None = None) -> LedgerEntry:
+        """Append a release; `epsilon_after` is the value `check` returned for the same step (saves a recount)."""
+        after = self.spent([step]) if epsilon_after is None else epsilon_after
         entry = LedgerEntry(run_id, round, block_index, step.noise_multiplier, step.sample_rate, step.steps,
-                            self.delta, examples, self.spent([step]), self.accountant, time.time())
+                            self.delta, examples, after, self.accountant, time.time())
         self.entries.append(entry)
         self._save()
         return entry

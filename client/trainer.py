@@ -54,14 +54,14 @@ def train_task(
     arrays: list[np.ndarray],
     data: Dataset,
     ledger: PrivacyLedger,
-    progress: Callable[[int, int, float, float], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> BlockUpdate:
     block = rebuild_block(task, arrays)
     if ledger.seen(task.run_id, task.round, task.block_index):
         raise RuntimeError(f"round {task.round} of block {task.block_index} was already trained here; a replayed "
                            "task is refused (it would spend privacy budget twice)")
     mechanism = MechanismStep(task.noise_multiplier, task.sample_rate, task.steps)
-    ledger.check(mechanism, task.delta)
+    epsilon_after = ledger.check(mechanism, task.delta)
     before = [p.detach().clone() for p in block.parameters()]
     # expected batch q N, so that DP-SGD samples with exactly the server's rate q
     dp = DPConfig(noise_multiplier=task.noise_multiplier, max_grad_norm=task.max_grad_norm,
@@ -70,8 +70,9 @@ def train_task(
     report = train_block_dp(block, task.block_index, data.x, data.y, cfg, dp, progress)
     delta = [(p.detach() - b).numpy() for p, b in zip(block.parameters(), before)]
     clipped, norm = clip_update(delta, task.update_clip)
-    entry = ledger.record(task.run_id, task.round, task.block_index, MechanismStep(task.noise_multiplier,
-                          report.sample_rate, report.steps), len(data))
+    if (report.sample_rate, report.steps) != (task.sample_rate, task.steps):  # the mechanism run is the one checked
+        raise RuntimeError(f"DP-SGD ran q={report.sample_rate}, {report.steps} steps; the task asked q={task.sample_rate}, {task.steps}")
+    entry = ledger.record(task.run_id, task.round, task.block_index, mechanism, len(data), epsilon_after)
     _debug_record(task, clipped)
     return BlockUpdate(clipped, norm, report, entry.epsilon_after)
 

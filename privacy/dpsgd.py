@@ -102,9 +102,9 @@ def train_block_dp(
     y: torch.Tensor,
     cfg: TrainConfig,
     dp: DPConfig,
-    progress: Callable[[int, int, float, float], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> DPReport:
-    """Train `block` in place with DP-SGD on (x, y); progress(step, total, loss, epsilon_so_far)."""
+    """Train `block` in place with DP-SGD on (x, y); progress(step, total, smoothed loss) after each step."""
     n = len(x)
     q, total = dp.sample_rate(n), dp.num_steps(n, cfg.epochs)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -132,8 +132,7 @@ def train_block_dp(
             ema = losses.mean().item() if math.isnan(ema) else 0.95 * ema + 0.05 * losses.mean().item()
         sched.step()
         if progress:
-            eps = epsilon([MechanismStep(dp.noise_multiplier, q, step)], dp.delta, dp.accountant) if step == total or step % 25 == 0 else float("nan")
-            progress(step, total, ema, eps)
+            progress(step, total, ema)
     block.eval()
     module._close()  # remove Opacus hooks: the block is a plain module again
     eps = epsilon([MechanismStep(dp.noise_multiplier, q, total)], dp.delta, dp.accountant)

@@ -29,11 +29,30 @@ def flwr_env(home: str | os.PathLike, **extra: str) -> dict[str, str]:
 
 
 def spawn(cmd: list[str], *, env: dict[str, str] | None = None, log: Path | None = None, cwd: str | None = None,
-          tied: bool = True) -> subprocess.Popen:
-    """Start `cmd` (stdout+stderr to `log` if given). tied=True: it dies when this process dies."""
+          tied: bool = True, group: bool = True) -> subprocess.Popen:
+    """Start `cmd` (stdout+stderr to `log` if given). group=True: in a process group of its own, so that
+    `stop_group` takes it down with every helper it starts; group=False: in ours (our group's fate is its).
+    tied=True: it also gets SIGTERM when this process dies."""
     out = open(log, "ab") if log else None
     return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT if out else None,
-                            preexec_fn=_die_with_parent if tied else None, start_new_session=not tied)
+                            preexec_fn=_die_with_parent if tied else None, start_new_session=group)
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Send `sig` to the process group of `proc` (it and its descendants), wait, then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -97,7 +97,7 @@ def run_new(
             from dblocks.shared.presets import get_preset
 
             p = get_preset(task)
-            run = registry.create_run(task=task, dataset=p.dataset, num_blocks=blocks,
+            run = registry.create_run(task=task, dataset={"name": p.dataset, "split": "companies' own data"}, num_blocks=blocks,
                                       schedule=p.noise_schedule(blocks).to_dict(), secagg=asdict(cfg.secagg),
                                       dp={k: v for k, v in asdict(cfg).items() if k.startswith(("record_", "update_", "central_", "delta", "accountant"))},
                                       num_rounds=rounds)

@@ -79,7 +79,7 @@ def start_superlink(home: ServerHome, host: str, port: int, insecure: bool, node
         if node_auth:
             cmd.append("--enable-supernode-auth")
     home.root.mkdir(parents=True, exist_ok=True)
-    proc = spawn(cmd, env=home.env(), log=home.root / "superlink.log", tied=tied)
+    proc = spawn(cmd, env=home.env(), log=home.root / "superlink.log", tied=tied, group=False)
     wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, timeout, proc)
     home.write_flwr_config(f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", insecure)
     return proc
@@ -92,7 +92,7 @@ def submit_run(home: ServerHome, cfg: RunConfig, log: Path | None = None, tied: 
     cfg_path = run_dir / "run.json"
     cfg.save(cfg_path)
     cmd = ["flwr", "run", str(home.app_dir()), "local", "--stream", "--run-config", f'config-path="{cfg_path}"']
-    return spawn(cmd, env=home.env(), log=log or run_dir / "serverapp.log", tied=tied)
+    return spawn(cmd, env=home.env(), log=log or run_dir / "serverapp.log", tied=tied, group=False)
 
 
 def register_node(home: ServerHome, public_key: Path, name: str | None = None) -> str:

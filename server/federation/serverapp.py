@@ -54,13 +54,14 @@ class Federation:
             from dblocks.server.registry.client import RegistryClient
 
             self.registry = RegistryClient(cfg.registry_url, cfg.registry_token)
+            self.rid = int(cfg.run_id)  # the registry's id of this run
         self.aggregator = FlowerSecAggPlus(cfg.secagg, cfg.update_clip)
         self.rng = np.random.default_rng()  # central noise: fresh OS entropy, never a fixed seed
         self.model = GlobalModel.initial(self.preset, self.schedule, cfg.seed, cfg.init_model_dir)
         self.model.checkpoint_dir = Path(cfg.checkpoint_dir)
         self.model.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         if self.registry:
-            self.model.resume_from_registry(self.registry, cfg.run_id)
+            self.model.resume_from_registry(self.registry, self.rid)
         else:
             self.model.resume_from_checkpoint(self.model.checkpoint_dir)
         self.test = self.preset.load_split()[1]
@@ -78,7 +79,7 @@ class Federation:
             while r <= self._num_rounds():
                 if not self._wait_while_paused():
                     log.info("run %s stopped by the operator before round %d", cfg.run_id, r)
-                    self._status("stopped")
+                    self._status("stopped", "stopped by the operator", local_only=True)
                     return
                 self.round(r)
                 r += 1
@@ -163,7 +164,7 @@ class Federation:
                  len(out.cohort), out.seconds, record_eps, privacy["client_epsilon"])
         if self.registry:
             v = self.registry.register_block_version(
-                cfg.run_id, b, state.spec.to_json(), state.weights, round=r, parent_version_id=parent,
+                self.rid, b, state.spec.to_json(), state.weights, round=r, parent_version_id=parent,
                 cohort=[str(n) for n in out.survivors], clip_norm=cfg.update_clip,
                 noise_multiplier=cfg.central_noise, record_epsilon=record_eps, record_delta=cfg.delta,
                 record_sample_rate=cfg.record_sample_rate, record_steps=cfg.record_steps,
@@ -205,7 +206,7 @@ class Federation:
     # ---- registry ---------------------------------------------------------------------------------
     def _num_rounds(self) -> int:
         if self.registry:
-            return int(self.registry.control_state(self.cfg.run_id).get("num_rounds") or self.cfg.num_rounds)
+            return int(self.registry.control_state(self.rid).get("num_rounds") or self.cfg.num_rounds)
         return self.cfg.num_rounds
 
     def _wait_while_paused(self) -> bool:
@@ -213,26 +214,26 @@ class Federation:
         if not self.registry:
             return True
         while True:
-            status = self.registry.control_state(self.cfg.run_id)["status"]
+            status = self.registry.control_state(self.rid)["status"]
             if status in ("stopped", "failed"):
                 return False
             if status != "paused":
                 return True
             time.sleep(2.0)
 
-    def _status(self, status: str, reason: str | None = None) -> None:
+    def _status(self, status: str, reason: str | None = None, local_only: bool = False) -> None:
         """Record the run's state locally (run dir status.json, read by `dbserver status`) and in the registry."""
         path = Path(self.cfg.checkpoint_dir).parent / "status.json"
         path.write_text(json.dumps({"run_id": self.cfg.run_id, "status": status, "reason": reason, "time": time.time(),
                                     "rounds": self.history}, indent=1))
-        if self.registry:
-            self.registry.set_status(self.cfg.run_id, status, reason)
+        if self.registry and not local_only:
+            self.registry.set_status(self.rid, status, reason)
 
     def _report_round(self, r: int, b: int, cohort: list[str], status: str, reason: str | None, stats: dict | None = None) -> None:
         if reason:
             log.info("block %d round %d %s: %s", b, r, status, reason)
         if self.registry:
-            self.registry.report_round(self.cfg.run_id, r, b, cohort, status, reason, stats or {})
+            self.registry.report_round(self.rid, r, b, cohort, status, reason, stats or {})
 
 
 def _code_version() -> str:
