@@ -12,8 +12,7 @@ within 1e-7, see tests/federation/test_processes.py). The Flower processes thems
 Rows: centralized end-to-end, centralized DiffusionBlocks, federated DiffusionBlocks without DP, federated with
 record-level DP (epsilon <= 8 at delta 1e-5, all rounds composed, RDP accountant; PRV reported too), each from
 scratch and from public pretraining. Plus: client-level central noise (cost at our cohort sizes and the cohort
-size where it becomes meaningful), bytes per client per round vs FedAvg of the whole model, client peak memory
-vs training the whole model.
+size where it becomes meaningful), bytes per client per round vs FedAvg of the whole model (client peak memory: bench/memory.py --federated).
 
     python bench/federated.py            # full table (~1 h on 2 cores)
     python bench/federated.py --quick    # a smoke run (< 1 min)
@@ -75,6 +74,7 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
     from dblocks.client.trainer import train_task
     from dblocks.privacy.accounting import MechanismStep, epsilon
     from dblocks.server.federation.aggregation import add_central_noise
+    from dblocks.server.federation.config import round_lr
     from dblocks.server.federation.model_state import GlobalModel
     from dblocks.server.federation.scheduler import NodeInfo, assign
     from dblocks.shared.fedmsg import BlockTask
@@ -95,7 +95,8 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
             for c in cohort:
                 task = BlockTask(run_id="bench", round=r, block_index=b, attempt=0, spec_json=model.blocks[b].spec.to_json(),
                                  noise_multiplier=s.record_noise, max_grad_norm=s.record_clip if dp else 1e6,
-                                 sample_rate=s.sample_rate, steps=s.steps, delta=1e-5, accountant="rdp", lr=s.lr,
+                                 sample_rate=s.sample_rate, steps=s.steps, delta=1e-5, accountant="rdp",
+                                 lr=round_lr(s.lr, r, s.rounds),
                                  weight_decay=0.0, update_clip=s.update_clip if dp else 1e6, seed=seed * 7919 + r * 101 + c)
                 deltas.append(train_task(task, model.weights_arrays(b), companies[c], ledgers[c]).delta)
             mean = [np.mean([d[k] for d in deltas], axis=0) for k in range(len(deltas[0]))]
@@ -187,37 +188,6 @@ def message_bytes(num_blocks: int) -> dict:
     return {"ours_bytes": ours, "fedavg_bytes": fedavg, "ratio": ours / fedavg, "per_block_down": down, "per_block_up": up}
 
 
-MEM_WORKER = r"""
-import json, resource, sys, torch
-from dblocks.privacy.dpsgd import DPConfig, train_block_dp
-from dblocks.shared.models import build_block
-from dblocks.shared.presets import get_preset
-from dblocks.shared.training import TrainConfig
-from dblocks.server.federation.localfed import split_public_private
-torch.set_num_threads(1)
-which, B = sys.argv[1], int(sys.argv[2])
-p = get_preset("mnist-fed")
-_, private, _ = split_public_private("mnist-fed", 1000)
-x, y = private.x[:256], private.y[:256]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if which == "block":  # one block of L/B layers, as a company trains it
-    m, sched = build_block(p.block_arch(B), p.noise_schedule(B)), p.noise_schedule(B)
-else:  # the whole model: all layers in one block over the whole noise range (what FedAvg would train)
-    m, sched = build_block(p.block_arch(1), p.noise_schedule(1)), p.noise_schedule(1)
-train_block_dp(m, 0, x, y, TrainConfig(epochs=1, lr=1e-3), DPConfig(noise_multiplier=1.0, batch_size=64, steps=3))
-print(json.dumps({"peak_rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
-"""
-
-
-def client_memory(num_blocks: int) -> dict:
-    out = {}
-    for which in ("block", "whole"):
-        r = subprocess.run([sys.executable, "-c", MEM_WORKER, which, str(num_blocks)], capture_output=True, text=True, check=True)
-        out[which] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_growth_mb"]
-    out["ratio"] = out["block"] / out["whole"]
-    return out
-
-
 def update_summary(keys: dict) -> None:
     path = RESULTS / "summary.json"
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -237,7 +207,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--epsilon", type=float, default=7.9, help="record-level target (RDP, delta 1e-5, all rounds)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one thread: on a shared 2-core machine OpenMP spinning costs 10x
     B = args.blocks
     q = args.quick
     from dblocks.privacy.accounting import noise_for_epsilon
@@ -252,7 +222,7 @@ def main() -> None:
     pub, private, comps, test = companies_data(args.companies, 1000, args.seed)
     if q:
         comps = [c.subset(np.arange(min(len(c), 60))) for c in comps]
-        test = test.subset(np.arange(200))
+        test = test.subset(np.random.default_rng(0).permutation(len(test))[:200])
     setup = {"dataset": "MNIST 5k, fixed stratified 4000/1000 split", "public": len(pub), "private": len(private),
              "companies": len(comps), "company_sizes": [len(c) for c in comps], "dirichlet_alpha": 0.5, "blocks": B,
              "preset": "mnist-fed", "dp": asdict(dp_setting), "no_dp": asdict(nodp_setting), "central_epochs": epochs,
@@ -280,20 +250,19 @@ def main() -> None:
     central = federated(comps, test, B, replace(dp_setting, central_noise=1.0), init, args.seed, log)
     rows["federated, record-level DP, pretrained, central noise z_c=1"] = central
     bytes_ = message_bytes(B)
-    mem = client_memory(B)
     result = {"setup": setup, "rows": rows, "central_noise": central_noise_table(dp_setting.update_clip, dp_setting.rounds),
-              "bytes": bytes_, "client_memory_mb": mem}
+              "bytes": bytes_}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / ("federated-quick.json" if q else "federated.json")).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v.get("accuracy") for k, v in rows.items()}, indent=1))
-    print(json.dumps({"bytes": bytes_, "memory": mem}, indent=1))
+    print(json.dumps({"bytes": bytes_}, indent=1))
     if not q:
         best_db = max(rows["centralized DiffusionBlocks"]["accuracy"], rows["centralized DiffusionBlocks, pretrained"]["accuracy"])
         best_fed = max(rows["federated, no DP"]["accuracy"], rows["federated, no DP, pretrained"]["accuracy"])
         best_dp = max(rows["federated, record-level DP"], rows["federated, record-level DP, pretrained"], key=lambda r: r["accuracy"])
         update_summary({"federation.gap_points_no_dp": round(100 * (best_db - best_fed), 2),
                         "federation.accuracy_dp": best_dp["accuracy"], "federation.epsilon_dp": best_dp["epsilon_rdp"],
-                        "federation.bytes_ratio": bytes_["ratio"], "federation.memory_ratio": mem["ratio"]})
+                        "federation.bytes_ratio": bytes_["ratio"]})
 
 
 if __name__ == "__main__":

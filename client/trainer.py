@@ -66,7 +66,9 @@ def train_task(
     # expected batch q N, so that DP-SGD samples with exactly the server's rate q
     dp = DPConfig(noise_multiplier=task.noise_multiplier, max_grad_norm=task.max_grad_norm,
                   batch_size=task.sample_rate * len(data), steps=task.steps, delta=task.delta, accountant=task.accountant)
-    cfg = TrainConfig(epochs=1, lr=task.lr, weight_decay=task.weight_decay, warmup=0.0, grad_clip=math.inf, seed=task.seed)
+    # constant lr within the round: the server schedules it over rounds (task.lr)
+    cfg = TrainConfig(epochs=1, lr=task.lr, weight_decay=task.weight_decay, warmup=0.0, decay=False, grad_clip=math.inf,
+                      seed=task.seed)
     report = train_block_dp(block, task.block_index, data.x, data.y, cfg, dp, progress)
     delta = [(p.detach() - b).numpy() for p, b in zip(block.parameters(), before)]
     clipped, norm = clip_update(delta, task.update_clip)

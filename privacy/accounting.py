@@ -38,8 +38,12 @@ def epsilon(history: list[MechanismStep], delta: float, accountant: str = "prv")
         return float("inf")
     from opacus.accountants import create_accountant  # imports all of opacus (seconds): only when needed
 
+    # identical mechanisms compose by adding their steps (exact for both accountants); keeps the history short
+    merged: dict[tuple[float, float], int] = {}
+    for h in live:
+        merged[(h.noise_multiplier, h.sample_rate)] = merged.get((h.noise_multiplier, h.sample_rate), 0) + h.steps
     acc = create_accountant(mechanism=accountant)
-    acc.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in live]
+    acc.history = [(z, q, steps) for (z, q), steps in merged.items()]
     return float(acc.get_epsilon(delta=delta))
 
 

@@ -43,6 +43,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: float = 0.05
+    decay: bool = True  # cosine decay to 0 after warm-up; False: constant (a federated round; the server decays)
     grad_clip: float = 1.0
     label_dropout: float = 0.1
     classifier_weighting: ClassifierWeighting = "none"
@@ -106,6 +107,8 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig, total_steps: int):
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
+        if not cfg.decay:
+            return 1.0
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -8,9 +8,17 @@ a block delta; `central_noise` z_c adds N(0, (z_c C / K)^2) to the mean of K agg
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
+
+
+def round_lr(lr: float, r: int, rounds: int) -> float:
+    """Company learning rate of round r of `rounds`: cosine from lr (round 1) down to lr / 10 (last round).
+    Within a round the company keeps it constant."""
+    frac = min(1.0, (r - 1) / max(1, rounds - 1))
+    return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from dblocks.shared.presets import get_preset
 from dblocks.shared.sampler import classify
 
 from .aggregation import AggregateOutcome, FlowerSecAggPlus, add_central_noise, client_level_epsilon
-from .config import RunConfig
+from .config import RunConfig, round_lr
 from .model_state import GlobalModel
 from .scheduler import NodeInfo, assign
 
@@ -148,7 +148,7 @@ class Federation:
         attempt += 2 * self.session  # two attempts (first try, re-run) per server session
         return BlockTask(run_id=c.run_id, round=r, block_index=b, attempt=attempt, spec_json=self.model.blocks[b].spec.to_json(),
                          noise_multiplier=c.record_noise, max_grad_norm=c.record_clip, sample_rate=c.record_sample_rate,
-                         steps=c.record_steps, delta=c.delta, accountant=c.accountant, lr=c.lr,
+                         steps=c.record_steps, delta=c.delta, accountant=c.accountant, lr=round_lr(c.lr, r, self._num_rounds()),
                          weight_decay=c.weight_decay, update_clip=c.update_clip, seed=c.seed * 1_000_003 + r * 101 + b + 7 * attempt)
 
     def release(self, r: int, b: int, out: AggregateOutcome) -> None:
