@@ -4,6 +4,7 @@ the artifact store and serves the REST API under /api, the dashboard at /, OpenA
 from __future__ import annotations
 
 import logging
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .limits import BodySizeLimit
 from .store import ArtifactCorrupt, ArtifactNotFound, ContentStore
 
 HERE = Path(__file__).parent
+REQUEST_THREADS = 16  # handlers run in a thread pool; more threads only fight over the GIL and the SQLite write lock
 log = logging.getLogger("dblocks.registry")
 
 
@@ -48,6 +50,7 @@ def open_registry(settings: RegistrySettings) -> Registry:
     from .dashboard import template_filters
 
     templates.env.filters.update(template_filters())
+    templates.env.auto_reload = False  # templates ship with the package; no stat() per render
     return Registry(settings=settings, db=db, store=ContentStore(settings.artifact_dir), token_cache=TokenCache(), templates=templates)
 
 
@@ -58,7 +61,15 @@ def _wants_html(request: Request) -> bool:
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     settings = settings or RegistrySettings.from_env()
     registry = open_registry(settings)
-    app = FastAPI(title="dblocks registry", version="1",
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+        yield
+        registry.db.dispose()
+
+    app = FastAPI(title="dblocks registry", version="1", lifespan=lifespan,
                   description="Runs, block versions, privacy budgets, nodes and leakage audits of dblocks. "
                               "Authenticate with `Authorization: Bearer <token>` (`dbserver tokens create --role ...`).")
     app.state.registry = registry

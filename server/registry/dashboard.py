@@ -8,6 +8,7 @@ and action checks the token's role like the API does.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -15,7 +16,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
 from .api import nodes as nodes_api
@@ -144,9 +145,10 @@ def run_charts(s, run: Run) -> dict:
     }
 
 
-def load_run(s, run_id: int) -> Run:
+def load_run(s, run_id: int, with_blocks: bool = True) -> Run:
     run = get_run(s, run_id)
-    _ = run.blocks  # load while the session is open
+    if with_blocks:
+        _ = run.blocks  # load while the session is open
     return run
 
 
@@ -228,15 +230,16 @@ def run_page(request: Request, run_id: int, who: Principal = Viewer, reg=Depends
 
 
 @router.get("/ui/runs/{run_id}/charts")
-def run_charts_json(run_id: int, who: Principal = Viewer, reg=Depends(registry)) -> dict:
+def run_charts_json(run_id: int, who: Principal = Viewer, reg=Depends(registry)) -> Response:
     with reg.db.reader() as s:
-        return run_charts(s, load_run(s, run_id))
+        data = run_charts(s, load_run(s, run_id, with_blocks=False))
+    return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")  # plain data: no encoder pass
 
 
 @router.get("/ui/runs/{run_id}/{panel}", response_class=HTMLResponse)
 def run_panel(request: Request, run_id: int, panel: RunPanel, who: Principal = Viewer, reg=Depends(registry)):
     with reg.db.reader() as s:
-        run = load_run(s, run_id)
+        run = load_run(s, run_id, with_blocks=panel == "blocks")
         return render(request, f"_run_{panel}.html", who, run=run, **run_panel_context(s, run, panel))
 
 
@@ -250,7 +253,7 @@ def run_control(request: Request, run_id: int, action: Annotated[str | None, For
     except (TransitionError, HTTPException, ValueError) as e:
         error = getattr(e, "detail", None) or str(e)
     with reg.db.reader() as s:
-        run = load_run(s, run_id)
+        run = load_run(s, run_id, with_blocks=False)
         return render(request, "_run_header.html", who, run=run, error=error, **run_panel_context(s, run, "header"))
 
 

@@ -17,8 +17,8 @@ Limit = Query(50, ge=1, le=500, description="page size")
 Offset = Query(0, ge=0, description="rows to skip")
 
 
-def registry(request: Request):
-    """The `Registry` (settings, database, store) of the running app."""
+async def registry(request: Request):
+    """The `Registry` (settings, database, store) of the running app (async: no thread hop)."""
     return request.app.state.registry
 
 
