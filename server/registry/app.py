@@ -10,7 +10,8 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import IntegrityError
@@ -69,7 +70,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         yield
         registry.db.dispose()
 
-    app = FastAPI(title="dblocks registry", version="1", lifespan=lifespan,
+    app = FastAPI(title="dblocks registry", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Runs, block versions, privacy budgets, nodes and leakage audits of dblocks. "
                               "Authenticate with `Authorization: Bearer <token>` (`dbserver tokens create --role ...`).")
     app.state.registry = registry
@@ -85,6 +86,13 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
 
             s.execute(text("SELECT 1 FROM runs LIMIT 1"))
         return {"status": "ok", "database": registry.db.read_engine.dialect.name}
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """Swagger UI from the vendored files (FastAPI's default loads it from a CDN)."""
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="dblocks registry API", swagger_js_url="/static/vendor/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/vendor/swagger-ui.css", swagger_favicon_url="/static/favicon.svg",
+                                   swagger_ui_parameters={"validatorUrl": None})
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 
 import anyio.to_thread
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPBearer
 from sqlalchemy import select
 
 from .models import ROLES, ApiToken
@@ -118,6 +119,9 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
+BEARER = HTTPBearer(auto_error=False, description="an API token: `dbserver tokens create --role ...`")  # for OpenAPI's Authorize
+
+
 class Allow:
     """FastAPI dependency: the caller's Principal if its role is in `roles`, else 401/403."""
 
@@ -127,7 +131,7 @@ class Allow:
             raise ValueError(f"unknown roles {sorted(unknown)}; roles are {list(ROLES)}")
         self.roles = frozenset(roles)
 
-    async def __call__(self, request: Request) -> Principal:
+    async def __call__(self, request: Request, _: object = Depends(BEARER)) -> Principal:
         principal = await authenticate(request)
         if principal.role not in self.roles:
             raise HTTPException(403, f"role {principal.role!r} may not {request.method} {request.url.path}; "

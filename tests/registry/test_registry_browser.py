@@ -140,7 +140,11 @@ def test_viewer_sees_pages_but_no_controls(page, live):
     page.screenshot(path=ARTIFACTS / "version.png", full_page=True)
     page.goto(base + "/events")
     page.screenshot(path=ARTIFACTS / "events.png")
-    assert re.search(r"run\.control", page.content())
+    assert re.search(r"version\.registered", page.content())
+    page.goto(base + "/docs")
+    page.get_by_text("/api/runs/{run_id}/control", exact=True).first.wait_for()  # Swagger UI, served from the package
+    page.screenshot(path=ARTIFACTS / "api-docs.png")
+    page.goto(base + "/events")
     page.click("text=Log out")
     page.wait_for_url(re.compile(r".*/login$"))
 

@@ -25,8 +25,6 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/logout"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
-    ("GET", "/docs/oauth2-redirect"): PUBLIC,
-    ("GET", "/redoc"): PUBLIC,
     # runs
     ("POST", "/api/runs"): frozenset({"admin", "operator", "service"}),
     ("GET", "/api/runs"): ALL,
