@@ -3,7 +3,9 @@ the artifact store and serves the REST API under /api, the dashboard at /, OpenA
 
 from __future__ import annotations
 
+import importlib
 import logging
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from .limits import BodySizeLimit
 from .store import ArtifactCorrupt, ArtifactNotFound, ContentStore
 
 HERE = Path(__file__).parent
-REQUEST_THREADS = 16  # handlers run in a thread pool; more threads only fight over the GIL and the SQLite write lock
+REQUEST_THREADS = int(__import__("os").environ.get("XTHREADS", "16"))  # handlers run in a thread pool; more threads only fight over the GIL and the SQLite write lock
 log = logging.getLogger("dblocks.registry")
 
 
@@ -67,6 +69,8 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         import anyio.to_thread
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+        # BlockSpec and NoiseSchedule come with torch (seconds to import): load them now, not in the first request
+        threading.Thread(target=importlib.import_module, args=("dblocks.shared.wire",), daemon=True, name="warm-up").start()
         yield
         registry.db.dispose()
 

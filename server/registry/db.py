@@ -11,6 +11,7 @@ PostgreSQL uses one engine at READ COMMITTED; version numbering takes a row lock
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -35,7 +36,7 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
         cur = dbapi_connection.cursor()
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = FULL")
+        cur.execute(f"PRAGMA synchronous = {os.environ.get('XSYNC', 'FULL')}")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 

@@ -33,10 +33,14 @@ def postgres():
 
 
 def settings_for(backend: str, request, directory) -> RegistrySettings:
+    """Settings on a fresh SQLite file, or on a fresh PostgreSQL schema (dropped when the fixture ends)."""
     if backend == "sqlite":
         return RegistrySettings.in_directory(directory)
     pg = request.getfixturevalue("postgres")
-    return RegistrySettings.in_directory(directory, database_url=pg.create_database(f"t_{uuid.uuid4().hex[:16]}"))
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    url = pg.create_schema(schema)
+    request.addfinalizer(lambda: pg.drop_schema(schema))
+    return RegistrySettings.in_directory(directory, database_url=url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

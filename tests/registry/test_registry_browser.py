@@ -42,7 +42,7 @@ def live(tmp_path_factory):
     reg.db.dispose()
     server = uvicorn_server(env, home / "server.log").start()
     clients = {role: RegistryClient(server.url, tok) for role, tok in tokens.items()}
-    info = seed_demo(clients, rounds_done=3)
+    info = seed_demo(clients, rounds_done=2)
     yield server.url, tokens, info, clients
     server.kill()
 
@@ -101,8 +101,8 @@ def test_login_open_run_pause_and_watch_it_live(page, live):
     page.screenshot(path=ARTIFACTS / "run-paused.png")
 
     # the federation reports a new round: the page shows it without a reload
-    clients["service"].report_round(run_id, 4, 0, [info["nodes"][0]["id"]], "completed")
-    page.wait_for_function("document.querySelector('#run-round').textContent.trim() === '4'", timeout=15_000)
+    clients["service"].report_round(run_id, 3, 0, [info["nodes"][0]["id"]], "completed")
+    page.wait_for_function("document.querySelector('#run-round').textContent.trim() === '3'", timeout=15_000)
     page.click("#btn-resume")
     page.wait_for_selector("#run-status .badge.st-running")
     assert clients["viewer"].control_state(run_id)["status"] == "running"
@@ -136,7 +136,7 @@ def test_viewer_sees_pages_but_no_controls(page, live):
     page.screenshot(path=ARTIFACTS / "audit.png", full_page=True)
     page.goto(f"{base}/versions/{info['versions'][0]['id']}")
     page.wait_for_selector("text=Lineage")
-    assert page.locator("table.grid >> nth=-1").locator("tbody tr").count() == 3  # v3 <- v2 <- v1
+    assert page.locator("table.grid >> nth=-1").locator("tbody tr").count() == 2  # v2 <- v1
     page.screenshot(path=ARTIFACTS / "version.png", full_page=True)
     page.goto(base + "/events")
     page.screenshot(path=ARTIFACTS / "events.png")
