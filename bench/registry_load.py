@@ -373,7 +373,7 @@ def bench_backend(backend: str, args) -> dict:
     env = {"DBLOCKS_HOME": str(home)}
     pg = None
     if backend == "postgresql":
-        pg = ThrowawayPostgres().start()
+        pg = ThrowawayPostgres(durable=True).start()  # PostgreSQL's default fsync and synchronous commit
         env["DBLOCKS_DATABASE_URL"] = pg.create_database("bench")
     proc = None
     try:
