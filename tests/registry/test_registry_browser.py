@@ -106,6 +106,10 @@ def test_login_open_run_pause_and_watch_it_live(page, live):
     page.click("#btn-resume")
     page.wait_for_selector("#run-status .badge.st-running")
     assert clients["viewer"].control_state(run_id)["status"] == "running"
+    page.fill("#rounds-input", "9")
+    page.click(".rounds-form button")
+    page.wait_for_function("document.querySelector('.run-title').textContent.includes('/ 9')")
+    assert clients["viewer"].control_state(run_id)["num_rounds"] == 9
 
 
 def test_nodes_page_approves_a_pending_node(page, live):
