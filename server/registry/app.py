@@ -18,9 +18,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import IntegrityError
 
-from .api import router as api_router
+from .api import ROUTERS as API_ROUTERS
 from .auth import TokenCache
 from .config import RegistrySettings
+from .dashboard import FragmentCache, template_filters
 from .dashboard import router as dashboard_router
 from .db import Database
 from .fingerprint import PublicKeyError
@@ -29,19 +30,20 @@ from .limits import BodySizeLimit
 from .store import ArtifactCorrupt, ArtifactNotFound, ContentStore
 
 HERE = Path(__file__).parent
-REQUEST_THREADS = int(__import__("os").environ.get("XTHREADS", "16"))  # handlers run in a thread pool; more threads only fight over the GIL and the SQLite write lock
+REQUEST_THREADS = int(__import__("os").environ.get("XTHREADS", "8"))  # handlers run in a thread pool; more threads only fight over the GIL and the SQLite write lock
 log = logging.getLogger("dblocks.registry")
 
 
 @dataclass
 class Registry:
-    """Everything a request handler needs: settings, database, artifact store, token cache, templates."""
+    """Everything a request handler needs: settings, database, artifact store, caches, templates."""
 
     settings: RegistrySettings
     db: Database
     store: ContentStore
     token_cache: TokenCache
     templates: Jinja2Templates
+    fragments: FragmentCache
 
 
 def open_registry(settings: RegistrySettings) -> Registry:
@@ -50,11 +52,10 @@ def open_registry(settings: RegistrySettings) -> Registry:
     db = Database(settings)
     db.migrate()
     templates = Jinja2Templates(directory=HERE / "templates")
-    from .dashboard import template_filters
-
     templates.env.filters.update(template_filters())
     templates.env.auto_reload = False  # templates ship with the package; no stat() per render
-    return Registry(settings=settings, db=db, store=ContentStore(settings.artifact_dir), token_cache=TokenCache(), templates=templates)
+    return Registry(settings=settings, db=db, store=ContentStore(settings.artifact_dir), token_cache=TokenCache(), templates=templates,
+                    fragments=FragmentCache())
 
 
 def _wants_html(request: Request) -> bool:
@@ -79,7 +80,8 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                               "Authenticate with `Authorization: Bearer <token>` (`dbserver tokens create --role ...`).")
     app.state.registry = registry
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes, max_json_bytes=settings.max_json_bytes)
-    app.include_router(api_router)
+    for router in API_ROUTERS:
+        app.include_router(router, prefix="/api")
     app.include_router(dashboard_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Annotated, Literal
@@ -17,13 +19,14 @@ from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup, escape
 from sqlalchemy import func, select
 
 from .api import nodes as nodes_api
 from .api import runs as runs_api
 from .api.common import get_or_404, get_run, registry
 from .auth import ALL_ROLES, COOKIE_NAME, OPERATORS, Allow, Principal, hash_token
-from .budgets import block_budgets, node_budgets
+from .budgets import node_budgets
 from .lifecycle import OPERATOR_ACTIONS, TransitionError
 from .models import ApiToken, Audit, BlockVersion, Event, Node, RoundReport, Run
 from .schemas import RunControl
@@ -86,8 +89,11 @@ def partition_rows(run: Run, width: float = 1000.0, left: float = 70.0, right: f
     return {"rows": rows, "ticks": ticks, "width": width, "height": 34 + 26 * len(rows), "left": left}
 
 
+REPORT_COLUMNS = (RoundReport.id, RoundReport.round, RoundReport.block_index, RoundReport.cohort, RoundReport.status, RoundReport.reason)
+
+
 def block_rows(s, run: Run) -> list[dict]:
-    """Per block: versions, latest version, rounds completed, last round report."""
+    """Per block: latest version, rounds completed, last round report."""
     latest = {v.block_index: v for v in s.execute(
         select(BlockVersion).where(BlockVersion.run_id == run.id,
                                    BlockVersion.id.in_(select(func.max(BlockVersion.id)).where(BlockVersion.run_id == run.id)
@@ -95,27 +101,33 @@ def block_rows(s, run: Run) -> list[dict]:
     completed = dict(s.execute(select(RoundReport.block_index, func.count(func.distinct(RoundReport.round)))
                                .where(RoundReport.run_id == run.id, RoundReport.status == "completed")
                                .group_by(RoundReport.block_index)).all())
-    last_report = {}
-    for r in s.execute(select(RoundReport).where(RoundReport.run_id == run.id).order_by(RoundReport.id.desc()).limit(4 * run.num_blocks + 8)).scalars():
-        last_report.setdefault(r.block_index, r)
+    last_report = {r.block_index: r for r in s.execute(
+        select(*REPORT_COLUMNS).where(RoundReport.id.in_(select(func.max(RoundReport.id)).where(RoundReport.run_id == run.id)
+                                                         .group_by(RoundReport.block_index))))}
     out = []
     for b in run.blocks:
-        v = latest.get(b.block_index)
         done = completed.get(b.block_index, 0)
-        out.append({"block": b, "latest": v, "completed": done, "last_report": last_report.get(b.block_index),
+        out.append({"block": b, "latest": latest.get(b.block_index), "completed": done, "last_report": last_report.get(b.block_index),
                     "progress": min(100.0, 100.0 * done / max(run.num_rounds, 1))})
     return out
 
 
+def node_chips(cohort: list[str], names: dict[str, str]) -> Markup:
+    """The cohort as name chips (HTML built once here: this is the dashboard's busiest loop)."""
+    return Markup("".join(f'<span class="node-chip" title="{escape(n)}">{escape(names.get(n, n))}</span>' for n in cohort))
+
+
 def cohort_table(s, run: Run, max_rounds: int = 12) -> list[dict]:
-    """Newest rounds first: {round, cells: {block: [reports]}}."""
+    """Newest rounds first: {round, cells: [per block: [{status, reason, chips}]]}."""
     rounds = [r for (r,) in s.execute(select(RoundReport.round).where(RoundReport.run_id == run.id).distinct()
                                       .order_by(RoundReport.round.desc()).limit(max_rounds)).all()]
-    cells: dict[int, dict[int, list]] = defaultdict(lambda: defaultdict(list))
-    if rounds:
-        for r in s.execute(select(RoundReport).where(RoundReport.run_id == run.id, RoundReport.round.in_(rounds))
-                           .order_by(RoundReport.id)).scalars():
-            cells[r.round][r.block_index].append(r)
+    if not rounds:
+        return []
+    names = node_names(s)
+    cells = {r: [[] for _ in range(run.num_blocks)] for r in rounds}
+    for r in s.execute(select(*REPORT_COLUMNS).where(RoundReport.run_id == run.id, RoundReport.round.in_(rounds)).order_by(RoundReport.id)):
+        if 0 <= r.block_index < run.num_blocks:
+            cells[r.round][r.block_index].append({"status": r.status, "reason": r.reason, "chips": node_chips(r.cohort, names)})
     return [{"round": r, "cells": cells[r]} for r in rounds]
 
 
@@ -125,24 +137,25 @@ def node_names(s) -> dict[str, str]:
 
 def run_charts(s, run: Run) -> dict:
     """Data of the run page's charts: metrics and epsilon over rounds per block, epsilon per node."""
-    metrics: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
-    for v in s.execute(select(BlockVersion.block_index, BlockVersion.round, BlockVersion.metrics)
-                       .where(BlockVersion.run_id == run.id).order_by(BlockVersion.block_index, BlockVersion.round)).all():
+    metrics: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    record_eps: dict[str, list] = {str(b): [] for b in range(run.num_blocks)}
+    client_eps: dict[str, list] = {str(b): [] for b in range(run.num_blocks)}
+    for v in s.execute(select(BlockVersion.block_index, BlockVersion.round, BlockVersion.metrics, BlockVersion.record_epsilon,
+                              BlockVersion.client_epsilon).where(BlockVersion.run_id == run.id)
+                       .order_by(BlockVersion.block_index, BlockVersion.version)):
+        b = str(v.block_index)
         for k, val in (v.metrics or {}).items():
             if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val):
-                metrics[k][v.block_index].append([v.round, val])
-    budgets = block_budgets(s, run.id, run.num_blocks)
+                metrics[k][b].append([v.round, val])
+        if v.record_epsilon is not None:
+            record_eps[b].append([v.round, v.record_epsilon])
+        if v.client_epsilon is not None:
+            client_eps[b].append([v.round, v.client_epsilon])
     names = node_names(s)
     nodes = [{"node": names.get(n.node_id) or n.node_id, "per_block": {str(b): d["epsilon"] for b, d in n.per_block.items()},
               "total": n.epsilon_total} for n in node_budgets(s, run_id=run.id).values()]
-    return {
-        "num_blocks": run.num_blocks,
-        "metrics": {k: {str(b): pts for b, pts in per.items()} for k, per in sorted(metrics.items())},
-        "record_epsilon": {str(b.block_index): [[h["round"], h["record_epsilon"]] for h in b.history if h["record_epsilon"] is not None] for b in budgets},
-        "client_epsilon": {str(b.block_index): [[h["round"], h["client_epsilon"]] for h in b.history if h["client_epsilon"] is not None] for b in budgets},
-        "target_epsilon": run.dp.get("target_epsilon"),
-        "nodes": nodes,
-    }
+    return {"num_blocks": run.num_blocks, "metrics": {k: dict(per) for k, per in sorted(metrics.items())},
+            "record_epsilon": record_eps, "client_epsilon": client_eps, "target_epsilon": run.dp.get("target_epsilon"), "nodes": nodes}
 
 
 def load_run(s, run_id: int, with_blocks: bool = True) -> Run:
@@ -150,6 +163,44 @@ def load_run(s, run_id: int, with_blocks: bool = True) -> Run:
     if with_blocks:
         _ = run.blocks  # load while the session is open
     return run
+
+
+class FragmentCache:
+    """Rendered run-page fragments, reused while the run's change token (`updated_at`, which every write under
+    the run moves) is the same, for at most `ttl_s` (so relative times like "5 s ago" stay fresh). Many open
+    dashboards polling one run then cost one render per change instead of one per poll. Per process."""
+
+    def __init__(self, ttl_s: float = 2.0, max_entries: int = 1024):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[tuple, tuple[object, float, Response]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, token: object) -> Response | None:
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit and hit[0] == token and time.monotonic() - hit[1] < self.ttl_s:
+            return hit[2]
+        return None
+
+    def put(self, key: tuple, token: object, response: Response) -> Response:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key] = (token, time.monotonic(), response)
+        return response
+
+
+def run_token(s, run_id: int):
+    """The run's change token, or 404."""
+    token = s.execute(select(Run.updated_at).where(Run.id == run_id)).scalar_one_or_none()
+    if token is None:
+        raise HTTPException(404, f"run {run_id} does not exist")
+    return token
+
+
+def cached_response(response: Response) -> Response:
+    """A copy-safe response to keep: rendered body and headers, no template context."""
+    return Response(response.body, status_code=response.status_code, media_type=response.media_type)
 
 
 # ---- login ----------------------------------------------------------------------------------------------------
@@ -211,11 +262,12 @@ def run_panel_context(s, run: Run, panel: str) -> dict:
     if panel == "blocks":
         return {"blocks": block_rows(s, run), "partition": partition_rows(run)}
     if panel == "rounds":
-        return {"rounds": cohort_table(s, run), "names": node_names(s)}
+        return {"rounds": cohort_table(s, run)}
     if panel == "audits":
         return {"audits": s.execute(select(Audit).where(Audit.run_id == run.id).order_by(Audit.id.desc()).limit(8)).scalars().all()}
     if panel == "events":
-        return {"events": s.execute(select(Event).where(Event.run_id == run.id).order_by(Event.id.desc()).limit(15)).scalars().all()}
+        return {"events": s.execute(select(Event.at, Event.kind, Event.subject_type, Event.subject_id, Event.actor, Event.actor_role, Event.after)
+                                    .where(Event.run_id == run.id).order_by(Event.id.desc()).limit(15)).all()}
     raise HTTPException(404, f"no panel {panel!r}")
 
 
@@ -232,15 +284,22 @@ def run_page(request: Request, run_id: int, who: Principal = Viewer, reg=Depends
 @router.get("/ui/runs/{run_id}/charts")
 def run_charts_json(run_id: int, who: Principal = Viewer, reg=Depends(registry)) -> Response:
     with reg.db.reader() as s:
+        token = run_token(s, run_id)
+        if (hit := reg.fragments.get(("charts", run_id), token)) is not None:
+            return hit
         data = run_charts(s, load_run(s, run_id, with_blocks=False))
-    return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")  # plain data: no encoder pass
+    return reg.fragments.put(("charts", run_id), token, Response(json.dumps(data, separators=(",", ":")), media_type="application/json"))
 
 
 @router.get("/ui/runs/{run_id}/{panel}", response_class=HTMLResponse)
 def run_panel(request: Request, run_id: int, panel: RunPanel, who: Principal = Viewer, reg=Depends(registry)):
+    key = (panel, run_id, who.role in OPERATORS)
     with reg.db.reader() as s:
+        token = run_token(s, run_id)
+        if (hit := reg.fragments.get(key, token)) is not None:
+            return hit
         run = load_run(s, run_id, with_blocks=panel == "blocks")
-        return render(request, f"_run_{panel}.html", who, run=run, **run_panel_context(s, run, panel))
+        return reg.fragments.put(key, token, cached_response(render(request, f"_run_{panel}.html", who, run=run, **run_panel_context(s, run, panel))))
 
 
 @router.post("/ui/runs/{run_id}/control", response_class=HTMLResponse)

@@ -65,7 +65,7 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)  # any change to the run or what is recorded under it
 
     blocks: Mapped[list["Block"]] = relationship(back_populates="run", order_by="Block.block_index")
 

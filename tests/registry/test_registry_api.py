@@ -248,3 +248,19 @@ def test_dashboard_pages_render(service, clients, http, tokens):
     assert "Pause" not in http.get(f"/runs/{rid}", headers=h).text  # viewers get no control buttons
     assert "Pause" in http.get(f"/runs/{rid}", headers={"Authorization": f"Bearer {tokens['operator']}"}).text
     assert TASK in http.get(f"/ui/runs/{rid}/header", headers=h).text
+
+
+def test_dashboard_fragments_follow_every_change_at_once(service, clients, http, tokens):
+    """Run-page fragments are reused between changes, never across one: each write moves the run's token."""
+    rid = new_run(service)["id"]
+    h = {"Authorization": f"Bearer {tokens['viewer']}"}
+    node = service.register_node("n", "org", __import__("regseed").ssh_key())["id"]
+    assert "No rounds reported yet" in http.get(f"/ui/runs/{rid}/rounds", headers=h).text
+    assert http.get(f"/ui/runs/{rid}/rounds", headers=h).text == http.get(f"/ui/runs/{rid}/rounds", headers=h).text
+    service.report_round(rid, 7, 1, [node], "completed")
+    assert ">7</td>" in http.get(f"/ui/runs/{rid}/rounds", headers=h).text
+    assert http.get(f"/ui/runs/{rid}/charts", headers=h).json()["nodes"] == []
+    service.record_node_privacy(node, rid, 1, 7, 0.25, 1e-5, "prv")
+    assert http.get(f"/ui/runs/{rid}/charts", headers=h).json()["nodes"][0]["total"] == 0.25
+    clients["operator"].control(rid, "start")
+    assert "st-running" in http.get(f"/ui/runs/{rid}/header", headers=h).text
