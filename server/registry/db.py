@@ -3,7 +3,8 @@
 SQLite (the embedded default) runs in WAL mode with `synchronous=FULL`, so every acknowledged commit is on
 disk before the response leaves, and writers open their transaction with `BEGIN IMMEDIATE`: a write
 transaction holds the write lock from its first statement, so two writers never deadlock on a lock upgrade
-(they wait up to `busy_timeout`). Readers use plain deferred transactions and never block writers.
+(writers of other processes wait up to `busy_timeout`). Writers of this process commit in groups
+(groupcommit.py). Readers use plain deferred transactions and never block writers.
 PostgreSQL uses one engine at READ COMMITTED; version numbering takes a row lock on the block.
 
 `Database.migrate()` runs Alembic's `upgrade head` with the migrations shipped in this package.
@@ -11,10 +12,8 @@ PostgreSQL uses one engine at READ COMMITTED; version numbering takes a row lock
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -37,7 +36,7 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
         cur = dbapi_connection.cursor()
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute(f"PRAGMA synchronous = {os.environ.get('XSYNC', 'FULL')}")
+        cur.execute("PRAGMA synchronous = FULL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
@@ -61,13 +60,14 @@ class Database:
             self.read_engine = _sqlite_engine(url, "BEGIN")
             self.write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE")
         else:
-            self.read_engine = self.write_engine = create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
+            # no pool_pre_ping: a ping per request costs a round trip; after a database restart the first request on a
+            # stale connection fails and SQLAlchemy discards the pool's stale connections
+            self.read_engine = self.write_engine = create_engine(url, pool_size=10, max_overflow=30, pool_recycle=3600)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
         # SQLite has one writer at a time: this process's writers queue on a lock (handed over at once, where
         # SQLite itself would poll with sleeps of up to 100 ms) and commit in groups, one fsync per group.
-        self._group_commit = GroupCommitter(self._write) if settings.is_sqlite and os.environ.get("XGROUP", "1") == "1" else None
-        self._write_lock = threading.Lock() if settings.is_sqlite else nullcontext()
+        self._group_commit = GroupCommitter(self._write) if settings.is_sqlite else None
 
     @contextmanager
     def reader(self) -> Iterator[Session]:
@@ -85,7 +85,7 @@ class Database:
             with self._group_commit.writer() as session:
                 yield session
             return
-        with self._write_lock, self._write() as session, session.begin():
+        with self._write() as session, session.begin():
             yield session
 
     def migrate(self) -> None:
