@@ -5,7 +5,6 @@ without it the PostgreSQL half of the suite is skipped with a message saying so.
 
 from __future__ import annotations
 
-import uuid
 import warnings
 
 import pytest
@@ -19,6 +18,7 @@ from dblocks.server.registry.client import RegistryClient  # noqa: E402
 from dblocks.server.registry.config import RegistrySettings  # noqa: E402
 from dblocks.server.registry.models import ROLES  # noqa: E402
 from dblocks.server.registry.throwaway_pg import ThrowawayPostgres, postgres_bin_dir  # noqa: E402
+from regtools import settings_for  # noqa: E402
 
 PG_MISSING = "PostgreSQL is not installed: `apt-get install postgresql` (CI: add `postgresql` to deploy/sysdeps.sh)"
 
@@ -30,17 +30,6 @@ def postgres():
     pg = ThrowawayPostgres().start()
     yield pg
     pg.stop()
-
-
-def settings_for(backend: str, request, directory) -> RegistrySettings:
-    """Settings on a fresh SQLite file, or on a fresh PostgreSQL schema (dropped when the fixture ends)."""
-    if backend == "sqlite":
-        return RegistrySettings.in_directory(directory)
-    pg = request.getfixturevalue("postgres")
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    url = pg.create_schema(schema)
-    request.addfinalizer(lambda: pg.drop_schema(schema))
-    return RegistrySettings.in_directory(directory, database_url=url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
