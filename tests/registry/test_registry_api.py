@@ -66,8 +66,9 @@ def test_run_control_and_status_lifecycle(service, clients):
     with pytest.raises(InvalidRequest, match="below the 6 rounds already reported"):
         op.control(rid, num_rounds=5)
     assert op.control(rid, "stop", reason="enough")["status"] == "stopped"
-    with pytest.raises(Conflict, match="cannot mark a stopped run as finished"):
-        service.set_status(rid, "finished")
+    assert service.set_status(rid, "finished")["status"] == "stopped"  # the operator's stop stands
+    with pytest.raises(Conflict, match="cannot mark a stopped run as running"):
+        service.set_status(rid, "running")
     assert op.control(rid, "start")["status"] == "running"  # restart: the federation resumes from the latest versions
     assert service.set_status(rid, "finished")["status"] == "finished"
     kinds = [(e["kind"], e["before"], e["after"]["status"]) for e in service.events(run_id=rid) if e["kind"].startswith("run.")]
@@ -77,7 +78,7 @@ def test_run_control_and_status_lifecycle(service, clients):
     assert kinds[2][1] == {"status": "running", "num_rounds": 5}
 
 
-def test_service_status_transitions(service):
+def test_service_status_transitions(service, clients):
     rid = new_run(service)["id"]
     assert service.set_status(rid, "running")["status"] == "running"
     assert service.set_status(rid, "running")["status"] == "running"  # idempotent, no event
@@ -87,6 +88,9 @@ def test_service_status_transitions(service):
     assert service.set_status(rid, "running")["status"] == "running"  # restarted after a crash
     assert service.get_run(rid)["finished_at"] is None
     assert len([e for e in service.events(run_id=rid) if e["kind"] == "run.status"]) == 3
+    clients["operator"].control(rid, "pause")
+    assert service.set_status(rid, "running")["status"] == "paused"  # a restarted server finds the pause standing
+    assert service.set_status(rid, "finished")["status"] == "finished"  # the last round ended during the pause
 
 
 def test_round_reports(service, clients):
