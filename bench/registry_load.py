@@ -56,7 +56,8 @@ def free_port() -> int:
 def start_server(env: dict[str, str], workers: int, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "--factory", "dblocks.server.registry.app:create_app_from_env", "--host", "127.0.0.1",
-            "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+            "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
+            "--no-proxy-headers"]  # as `dbserver registry` runs it
     proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                             preexec_fn=lambda: ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL))
     url = f"http://127.0.0.1:{port}"
@@ -384,12 +385,15 @@ def bench_backend(backend: str, args) -> dict:
         traffic = Traffic(world)
         run_load(world, traffic, args.rate, args.warmup, args.threads)
         cpu0 = process_tree_cpu_s(proc.pid)
+        db_cpu0 = process_tree_cpu_s(pg.proc.pid) if pg else 0.0
         print(f"[{backend}] measuring {args.seconds:.0f} s at {args.rate:.0f} requests/s offered ...", flush=True)
         samples, wall, gen_cpu = run_load(world, traffic, args.rate, args.seconds, args.threads)
         server_cpu = process_tree_cpu_s(proc.pid) - cpu0
+        db_cpu = (process_tree_cpu_s(pg.proc.pid) - db_cpu0) if pg else 0.0
         result = summarize(samples, wall)
         result.update(backend=backend, offered_rps=args.rate, uvicorn_workers=args.workers, client_threads=args.threads,
                       server_cpu_ms_per_request=round(1000 * server_cpu / max(len(samples), 1), 3),
+                      database_cpu_ms_per_request=round(1000 * db_cpu / max(len(samples), 1), 3),
                       generator_cpu_ms_per_request=round(1000 * gen_cpu / max(len(samples), 1), 3),
                       write_share=round(traffic.write_share, 3))
         print(f"[{backend}] {result['rps']} requests/s, errors {result['errors']}, p50 {result['p50_ms']} ms, "

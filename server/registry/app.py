@@ -3,7 +3,9 @@ the artifact store and serves the REST API under /api, the dashboard at /, OpenA
 
 from __future__ import annotations
 
+import gc
 import importlib
+import os
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -58,6 +60,14 @@ def open_registry(settings: RegistrySettings) -> Registry:
                     fragments=FragmentCache())
 
 
+def warm_up() -> None:
+    """Import the wire format (and with it torch) before the first request needs it, then move everything
+    alive to the permanent generation: the garbage collector then no longer walks torch's ~10^5 objects."""
+    importlib.import_module("dblocks.shared.wire")
+    if os.environ.get("XFREEZE", "1") == "1":
+        gc.freeze()
+
+
 def _wants_html(request: Request) -> bool:
     return not request.url.path.startswith("/api") and "text/html" in request.headers.get("accept", "")
 
@@ -71,7 +81,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         # BlockSpec and NoiseSchedule come with torch (seconds to import): load them now, not in the first request
-        threading.Thread(target=importlib.import_module, args=("dblocks.shared.wire",), daemon=True, name="warm-up").start()
+        threading.Thread(target=warm_up, daemon=True, name="warm-up").start()
         yield
         registry.db.dispose()
 

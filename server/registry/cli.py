@@ -71,7 +71,7 @@ def registry_command(
         typer.echo(f"\nNo admin token existed, so one was created. It is shown only now; keep it safe:\n\n    {secret}\n")
     typer.echo(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
     uvicorn.run("dblocks.server.registry.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False)
+                log_level="info", access_log=False, proxy_headers=False)
 
 
 @tokens_app.command("create")

@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup, escape
 from sqlalchemy import func, select
@@ -166,41 +167,45 @@ def load_run(s, run_id: int, with_blocks: bool = True) -> Run:
 
 
 class FragmentCache:
-    """Rendered run-page fragments, reused while the run's change token (`updated_at`, which every write under
-    the run moves) is the same, for at most `ttl_s` (so relative times like "5 s ago" stay fresh). Many open
-    dashboards polling one run then cost one render per change instead of one per poll. Per process."""
+    """Rendered dashboard fragments (panels, tables, chart data) reused for at most `max_age_s`, per process.
 
-    def __init__(self, ttl_s: float = 2.0, max_entries: int = 1024):
-        self.ttl_s, self.max_entries = ttl_s, max_entries
-        self._entries: dict[tuple, tuple[object, float, Response]] = {}
+    Every open dashboard polls its panels every few seconds; with many dashboards open, most polls of a
+    fragment arrive within a fraction of a second of each other and would render the same thing. A hit is
+    served from memory in the event loop, with no database query and no thread. A fragment is therefore at
+    most `max_age_s` old; dashboard actions (control, approve, revoke) clear this process's cache, and the
+    API is never cached."""
+
+    def __init__(self, max_age_s: float = 0.25, max_entries: int = 1024):
+        self.max_age_s, self.max_entries = max_age_s, max_entries
+        self._entries: dict[tuple, tuple[float, Response]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple, token: object) -> Response | None:
+    def get(self, key: tuple) -> Response | None:
         with self._lock:
             hit = self._entries.get(key)
-        if hit and hit[0] == token and time.monotonic() - hit[1] < self.ttl_s:
-            return hit[2]
+        if hit and time.monotonic() - hit[0] < self.max_age_s:
+            return hit[1]
         return None
 
-    def put(self, key: tuple, token: object, response: Response) -> Response:
+    def put(self, key: tuple, response: Response) -> Response:
+        kept = Response(response.body, status_code=response.status_code, media_type=response.media_type)
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
-            self._entries[key] = (token, time.monotonic(), response)
-        return response
+            self._entries[key] = (time.monotonic(), kept)
+        return kept
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
-def run_token(s, run_id: int):
-    """The run's change token, or 404."""
-    token = s.execute(select(Run.updated_at).where(Run.id == run_id)).scalar_one_or_none()
-    if token is None:
-        raise HTTPException(404, f"run {run_id} does not exist")
-    return token
-
-
-def cached_response(response: Response) -> Response:
-    """A copy-safe response to keep: rendered body and headers, no template context."""
-    return Response(response.body, status_code=response.status_code, media_type=response.media_type)
+async def fragment(request: Request, who: Principal, reg, render_in_thread) -> Response:
+    """The cached fragment for this URL and kind of viewer, or render_in_thread() run in a worker thread."""
+    key = (request.url.path, str(request.url.query), who.role in OPERATORS)
+    if (hit := reg.fragments.get(key)) is not None:
+        return hit
+    return reg.fragments.put(key, await run_in_threadpool(render_in_thread))
 
 
 # ---- login ----------------------------------------------------------------------------------------------------
@@ -251,9 +256,12 @@ def runs_page(request: Request, who: Principal = Viewer, reg=Depends(registry)):
 
 
 @router.get("/ui/runs", response_class=HTMLResponse)
-def runs_table(request: Request, who: Principal = Viewer, reg=Depends(registry)):
-    with reg.db.reader() as s:
-        return render(request, "_runs_table.html", who, **runs_context(s))
+async def runs_table(request: Request, who: Principal = Viewer, reg=Depends(registry)):
+    def render_table():
+        with reg.db.reader() as s:
+            return render(request, "_runs_table.html", who, **runs_context(s))
+
+    return await fragment(request, who, reg, render_table)
 
 
 def run_panel_context(s, run: Run, panel: str) -> dict:
@@ -282,24 +290,23 @@ def run_page(request: Request, run_id: int, who: Principal = Viewer, reg=Depends
 
 
 @router.get("/ui/runs/{run_id}/charts")
-def run_charts_json(run_id: int, who: Principal = Viewer, reg=Depends(registry)) -> Response:
-    with reg.db.reader() as s:
-        token = run_token(s, run_id)
-        if (hit := reg.fragments.get(("charts", run_id), token)) is not None:
-            return hit
-        data = run_charts(s, load_run(s, run_id, with_blocks=False))
-    return reg.fragments.put(("charts", run_id), token, Response(json.dumps(data, separators=(",", ":")), media_type="application/json"))
+async def run_charts_json(request: Request, run_id: int, who: Principal = Viewer, reg=Depends(registry)) -> Response:
+    def render_charts():
+        with reg.db.reader() as s:
+            data = run_charts(s, load_run(s, run_id, with_blocks=False))
+        return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")  # plain data: no encoder pass
+
+    return await fragment(request, who, reg, render_charts)
 
 
 @router.get("/ui/runs/{run_id}/{panel}", response_class=HTMLResponse)
-def run_panel(request: Request, run_id: int, panel: RunPanel, who: Principal = Viewer, reg=Depends(registry)):
-    key = (panel, run_id, who.role in OPERATORS)
-    with reg.db.reader() as s:
-        token = run_token(s, run_id)
-        if (hit := reg.fragments.get(key, token)) is not None:
-            return hit
-        run = load_run(s, run_id, with_blocks=panel == "blocks")
-        return reg.fragments.put(key, token, cached_response(render(request, f"_run_{panel}.html", who, run=run, **run_panel_context(s, run, panel))))
+async def run_panel(request: Request, run_id: int, panel: RunPanel, who: Principal = Viewer, reg=Depends(registry)):
+    def render_panel():
+        with reg.db.reader() as s:
+            run = load_run(s, run_id, with_blocks=panel == "blocks")
+            return render(request, f"_run_{panel}.html", who, run=run, **run_panel_context(s, run, panel))
+
+    return await fragment(request, who, reg, render_panel)
 
 
 @router.post("/ui/runs/{run_id}/control", response_class=HTMLResponse)
@@ -311,6 +318,7 @@ def run_control(request: Request, run_id: int, action: Annotated[str | None, For
         runs_api.control_run(run_id, body, who, reg)
     except (TransitionError, HTTPException, ValueError) as e:
         error = getattr(e, "detail", None) or str(e)
+    reg.fragments.clear()  # the next poll shows the new state
     with reg.db.reader() as s:
         run = load_run(s, run_id, with_blocks=False)
         return render(request, "_run_header.html", who, run=run, error=error, **run_panel_context(s, run, "header"))
@@ -332,14 +340,18 @@ def nodes_page(request: Request, who: Principal = Viewer, reg=Depends(registry))
 
 
 @router.get("/ui/nodes", response_class=HTMLResponse)
-def nodes_table(request: Request, who: Principal = Viewer, reg=Depends(registry)):
-    with reg.db.reader() as s:
-        return render(request, "_nodes_table.html", who, **nodes_context(s))
+async def nodes_table(request: Request, who: Principal = Viewer, reg=Depends(registry)):
+    def render_table():
+        with reg.db.reader() as s:
+            return render(request, "_nodes_table.html", who, **nodes_context(s))
+
+    return await fragment(request, who, reg, render_table)
 
 
 @router.post("/ui/nodes/{node_id}/{decision}", response_class=HTMLResponse)
 def node_decision(request: Request, node_id: str, decision: Literal["approve", "revoke"], who: Principal = Operator, reg=Depends(registry)):
     nodes_api.decide(reg, who, node_id, "approved" if decision == "approve" else "revoked", f"{decision}d in the dashboard")
+    reg.fragments.clear()
     with reg.db.reader() as s:
         return render(request, "_nodes_table.html", who, **nodes_context(s))
 

@@ -73,9 +73,9 @@ def test_kill_9_under_load_loses_no_acknowledged_write(backend, tmp_path, reques
         t.start()
     time.sleep(LOAD_SECONDS)
     server.kill()  # SIGKILL, writers still going
+    stop.set()  # (a writer whose request failed has stopped already; this stops one that was idle)
     for t in threads:
         t.join(timeout=30)
-    stop.set()
     versions = [v for v in versions if isinstance(v, dict)]
     print(f"acknowledged before kill -9: {len(rounds)} rounds, {len(versions)} versions, {len(privacy)} privacy, {len(controls)} controls")
     assert len(rounds) > 10 and len(privacy) > 10 and len(controls) > 4 and len(versions) > 2, "too little load to mean anything"
