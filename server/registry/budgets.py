@@ -1,7 +1,7 @@
 """Privacy budgets per block and per node, read from block versions and node privacy records.
 
 Per block: the accountant's epsilon of the block's newest version (record level and client level), and its
-history over rounds. Per node: for each block the newest cumulative epsilon of that node's data; a node that
+history over rounds. Per node: for each block the newest cumulative epsilon of that node's data (the record with the highest id); a node that
 trained several blocks of one run on the same data has spent at most the sum over those blocks (basic
 composition: epsilons add, deltas add), which is the total shown. It is an upper bound, never an estimate.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .models import BlockVersion, Node, NodePrivacy
@@ -55,23 +55,21 @@ def block_budgets(session: Session, run_id: int, num_blocks: int) -> list[BlockB
 
 
 def node_budgets(session: Session, *, run_id: int | None = None, node_id: str | None = None) -> dict[tuple[str, int], NodeBudget]:
-    """(node id, run id) -> NodeBudget, for one run, one node, or both."""
-    q = select(NodePrivacy).order_by(NodePrivacy.id)
+    """(node id, run id) -> NodeBudget, for one run, one node, or both. Per (node, run, block) the newest
+    record (highest id) counts: records are cumulative, so the newest one is the total so far."""
+    newest = select(func.max(NodePrivacy.id)).group_by(NodePrivacy.node_id, NodePrivacy.run_id, NodePrivacy.block_index)
     if run_id is not None:
-        q = q.where(NodePrivacy.run_id == run_id)
+        newest = newest.where(NodePrivacy.run_id == run_id)
     if node_id is not None:
-        q = q.where(NodePrivacy.node_id == node_id)
-    latest: dict[tuple[str, int, int], NodePrivacy] = {}
-    for rec in session.execute(q).scalars():
-        key = (rec.node_id, rec.run_id, rec.block_index)
-        if key not in latest or (rec.round, rec.id) >= (latest[key].round, latest[key].id):
-            latest[key] = rec
-    names = dict(session.execute(select(Node.id, Node.display_name).where(Node.id.in_({k[0] for k in latest}))).all()) if latest else {}
+        newest = newest.where(NodePrivacy.node_id == node_id)
+    records = session.execute(select(NodePrivacy).where(NodePrivacy.id.in_(newest))
+                              .order_by(NodePrivacy.node_id, NodePrivacy.run_id, NodePrivacy.block_index)).scalars().all()
+    names = dict(session.execute(select(Node.id, Node.display_name).where(Node.id.in_({r.node_id for r in records}))).all()) if records else {}
     out: dict[tuple[str, int], NodeBudget] = {}
-    for (nid, rid, block), rec in sorted(latest.items()):
-        nb = out.setdefault((nid, rid), NodeBudget(node_id=nid, run_id=rid, display_name=names.get(nid)))
-        nb.per_block[block] = {"epsilon": rec.epsilon, "delta": rec.delta, "round": rec.round, "accountant": rec.accountant,
-                               "sample_rate": rec.sample_rate, "steps": rec.steps}
+    for rec in records:
+        nb = out.setdefault((rec.node_id, rec.run_id), NodeBudget(node_id=rec.node_id, run_id=rec.run_id, display_name=names.get(rec.node_id)))
+        nb.per_block[rec.block_index] = {"epsilon": rec.epsilon, "delta": rec.delta, "round": rec.round, "accountant": rec.accountant,
+                                         "sample_rate": rec.sample_rate, "steps": rec.steps}
         nb.epsilon_total += rec.epsilon
         nb.delta_total += rec.delta
     return out

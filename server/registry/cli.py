@@ -33,6 +33,23 @@ DataDir = Annotated[Optional[Path], typer.Option("--home", help="base data direc
 DbUrl = Annotated[Optional[str], typer.Option("--database-url", help="SQLAlchemy URL (env DBLOCKS_DATABASE_URL; default SQLite in the data dir)")]
 
 
+def ensure_admin_token(reg) -> str | None:
+    """Create an admin token if no active one exists (a fresh install); returns its secret, else None."""
+    from sqlalchemy import select
+
+    from . import events
+    from .auth import Principal, issue_token
+    from .models import ApiToken
+
+    with reg.db.writer() as s:
+        if s.execute(select(ApiToken.id).where(ApiToken.role == "admin", ApiToken.revoked_at.is_(None)).limit(1)).first():
+            return None
+        row, secret = issue_token(s, name="bootstrap-admin", role="admin", created_by="dbserver registry")
+        events.record(s, Principal(0, "dbserver registry", "admin"), "token.created", "token", row.id,
+                      after={"name": row.name, "role": row.role, "prefix": row.prefix})
+        return secret
+
+
 def registry_command(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = DEFAULT_PORT,
@@ -42,24 +59,19 @@ def registry_command(
 ) -> None:
     """Serve the registry API and the operator dashboard (migrates the database first)."""
     import uvicorn
-    from sqlalchemy import select
 
     from .app import open_registry
-    from .auth import issue_token
-    from .models import ApiToken
 
     settings = _settings(home, database_url)
     reg = open_registry(settings)
-    with reg.db.writer() as s:
-        has_admin = s.execute(select(ApiToken.id).where(ApiToken.role == "admin", ApiToken.revoked_at.is_(None)).limit(1)).first()
-        secret = None if has_admin else issue_token(s, name="bootstrap-admin", role="admin", created_by="dbserver registry")[1]
+    secret = ensure_admin_token(reg)
     reg.db.dispose()
     typer.echo(f"registry data: {settings.data_dir}  database: {settings.redacted_url()}  artifacts: {settings.artifact_dir}")
     if secret:
         typer.echo(f"\nNo admin token existed, so one was created. It is shown only now; keep it safe:\n\n    {secret}\n")
     typer.echo(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
     uvicorn.run("dblocks.server.registry.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False)
+                log_level="info", access_log=False, proxy_headers=False)
 
 
 @tokens_app.command("create")

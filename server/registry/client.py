@@ -169,7 +169,9 @@ class RegistryClient:
 
     def set_status(self, run_id: int, status: str, reason: str | None = None) -> dict:
         """Service: status in running|finished|failed (running from created/failed; finished from running/paused;
-        failed from created/running/paused; same status again is a no-op). Conflict otherwise (e.g. after stop)."""
+        failed from created/running/paused; the same status again is a no-op). The operator's decisions stand:
+        running on a paused run, finished/failed on a stopped run change nothing; check ["status"] of the answer.
+        Conflict otherwise (e.g. running on a stopped or finished run: an operator must start it)."""
         return self._json("POST", f"/api/runs/{run_id}/status", idempotent=True, json={"status": status, "reason": reason})
 
     def report_round(self, run_id: int, round: int, block_index: int, cohort: Iterable[str], status: str,

@@ -8,21 +8,26 @@ and action checks the token's role like the API does.
 
 from __future__ import annotations
 
+import json
 import math
+import threading
+import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup, escape
 from sqlalchemy import func, select
 
 from .api import nodes as nodes_api
 from .api import runs as runs_api
 from .api.common import get_or_404, get_run, registry
 from .auth import ALL_ROLES, COOKIE_NAME, OPERATORS, Allow, Principal, hash_token
-from .budgets import block_budgets, node_budgets
+from .budgets import node_budgets
 from .lifecycle import OPERATOR_ACTIONS, TransitionError
 from .models import ApiToken, Audit, BlockVersion, Event, Node, RoundReport, Run
 from .schemas import RunControl
@@ -85,8 +90,11 @@ def partition_rows(run: Run, width: float = 1000.0, left: float = 70.0, right: f
     return {"rows": rows, "ticks": ticks, "width": width, "height": 34 + 26 * len(rows), "left": left}
 
 
+REPORT_COLUMNS = (RoundReport.id, RoundReport.round, RoundReport.block_index, RoundReport.cohort, RoundReport.status, RoundReport.reason)
+
+
 def block_rows(s, run: Run) -> list[dict]:
-    """Per block: versions, latest version, rounds completed, last round report."""
+    """Per block: latest version, rounds completed, last round report."""
     latest = {v.block_index: v for v in s.execute(
         select(BlockVersion).where(BlockVersion.run_id == run.id,
                                    BlockVersion.id.in_(select(func.max(BlockVersion.id)).where(BlockVersion.run_id == run.id)
@@ -94,27 +102,33 @@ def block_rows(s, run: Run) -> list[dict]:
     completed = dict(s.execute(select(RoundReport.block_index, func.count(func.distinct(RoundReport.round)))
                                .where(RoundReport.run_id == run.id, RoundReport.status == "completed")
                                .group_by(RoundReport.block_index)).all())
-    last_report = {}
-    for r in s.execute(select(RoundReport).where(RoundReport.run_id == run.id).order_by(RoundReport.id.desc()).limit(4 * run.num_blocks + 8)).scalars():
-        last_report.setdefault(r.block_index, r)
+    last_report = {r.block_index: r for r in s.execute(
+        select(*REPORT_COLUMNS).where(RoundReport.id.in_(select(func.max(RoundReport.id)).where(RoundReport.run_id == run.id)
+                                                         .group_by(RoundReport.block_index))))}
     out = []
     for b in run.blocks:
-        v = latest.get(b.block_index)
         done = completed.get(b.block_index, 0)
-        out.append({"block": b, "latest": v, "completed": done, "last_report": last_report.get(b.block_index),
+        out.append({"block": b, "latest": latest.get(b.block_index), "completed": done, "last_report": last_report.get(b.block_index),
                     "progress": min(100.0, 100.0 * done / max(run.num_rounds, 1))})
     return out
 
 
+def node_chips(cohort: list[str], names: dict[str, str]) -> Markup:
+    """The cohort as name chips (HTML built once here: this is the dashboard's busiest loop)."""
+    return Markup("".join(f'<span class="node-chip" title="{escape(n)}">{escape(names.get(n, n))}</span>' for n in cohort))
+
+
 def cohort_table(s, run: Run, max_rounds: int = 12) -> list[dict]:
-    """Newest rounds first: {round, cells: {block: [reports]}}."""
+    """Newest rounds first: {round, cells: [per block: [{status, reason, chips}]]}."""
     rounds = [r for (r,) in s.execute(select(RoundReport.round).where(RoundReport.run_id == run.id).distinct()
                                       .order_by(RoundReport.round.desc()).limit(max_rounds)).all()]
-    cells: dict[int, dict[int, list]] = defaultdict(lambda: defaultdict(list))
-    if rounds:
-        for r in s.execute(select(RoundReport).where(RoundReport.run_id == run.id, RoundReport.round.in_(rounds))
-                           .order_by(RoundReport.id)).scalars():
-            cells[r.round][r.block_index].append(r)
+    if not rounds:
+        return []
+    names = node_names(s)
+    cells = {r: [[] for _ in range(run.num_blocks)] for r in rounds}
+    for r in s.execute(select(*REPORT_COLUMNS).where(RoundReport.run_id == run.id, RoundReport.round.in_(rounds)).order_by(RoundReport.id)):
+        if 0 <= r.block_index < run.num_blocks:
+            cells[r.round][r.block_index].append({"status": r.status, "reason": r.reason, "chips": node_chips(r.cohort, names)})
     return [{"round": r, "cells": cells[r]} for r in rounds]
 
 
@@ -124,30 +138,74 @@ def node_names(s) -> dict[str, str]:
 
 def run_charts(s, run: Run) -> dict:
     """Data of the run page's charts: metrics and epsilon over rounds per block, epsilon per node."""
-    metrics: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
-    for v in s.execute(select(BlockVersion.block_index, BlockVersion.round, BlockVersion.metrics)
-                       .where(BlockVersion.run_id == run.id).order_by(BlockVersion.block_index, BlockVersion.round)).all():
+    metrics: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    record_eps: dict[str, list] = {str(b): [] for b in range(run.num_blocks)}
+    client_eps: dict[str, list] = {str(b): [] for b in range(run.num_blocks)}
+    for v in s.execute(select(BlockVersion.block_index, BlockVersion.round, BlockVersion.metrics, BlockVersion.record_epsilon,
+                              BlockVersion.client_epsilon).where(BlockVersion.run_id == run.id)
+                       .order_by(BlockVersion.block_index, BlockVersion.version)):
+        b = str(v.block_index)
         for k, val in (v.metrics or {}).items():
             if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val):
-                metrics[k][v.block_index].append([v.round, val])
-    budgets = block_budgets(s, run.id, run.num_blocks)
+                metrics[k][b].append([v.round, val])
+        if v.record_epsilon is not None:
+            record_eps[b].append([v.round, v.record_epsilon])
+        if v.client_epsilon is not None:
+            client_eps[b].append([v.round, v.client_epsilon])
     names = node_names(s)
     nodes = [{"node": names.get(n.node_id) or n.node_id, "per_block": {str(b): d["epsilon"] for b, d in n.per_block.items()},
               "total": n.epsilon_total} for n in node_budgets(s, run_id=run.id).values()]
-    return {
-        "num_blocks": run.num_blocks,
-        "metrics": {k: {str(b): pts for b, pts in per.items()} for k, per in sorted(metrics.items())},
-        "record_epsilon": {str(b.block_index): [[h["round"], h["record_epsilon"]] for h in b.history if h["record_epsilon"] is not None] for b in budgets},
-        "client_epsilon": {str(b.block_index): [[h["round"], h["client_epsilon"]] for h in b.history if h["client_epsilon"] is not None] for b in budgets},
-        "target_epsilon": run.dp.get("target_epsilon"),
-        "nodes": nodes,
-    }
+    return {"num_blocks": run.num_blocks, "metrics": {k: dict(per) for k, per in sorted(metrics.items())},
+            "record_epsilon": record_eps, "client_epsilon": client_eps, "target_epsilon": run.dp.get("target_epsilon"), "nodes": nodes}
 
 
-def load_run(s, run_id: int) -> Run:
+def load_run(s, run_id: int, with_blocks: bool = True) -> Run:
     run = get_run(s, run_id)
-    _ = run.blocks  # load while the session is open
+    if with_blocks:
+        _ = run.blocks  # load while the session is open
     return run
+
+
+class FragmentCache:
+    """Rendered dashboard fragments (panels, tables, chart data) reused for at most `max_age_s`, per process.
+
+    Every open dashboard polls its panels every few seconds; with many dashboards open, most polls of a
+    fragment arrive within a fraction of a second of each other and would render the same thing. A hit is
+    served from memory in the event loop, with no database query and no thread. A fragment is therefore at
+    most `max_age_s` old; dashboard actions (control, approve, revoke) clear this process's cache, and the
+    API is never cached."""
+
+    def __init__(self, max_age_s: float = 0.25, max_entries: int = 1024):
+        self.max_age_s, self.max_entries = max_age_s, max_entries
+        self._entries: dict[tuple, tuple[float, Response]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Response | None:
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit and time.monotonic() - hit[0] < self.max_age_s:
+            return hit[1]
+        return None
+
+    def put(self, key: tuple, response: Response) -> Response:
+        kept = Response(response.body, status_code=response.status_code, media_type=response.media_type)
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key] = (time.monotonic(), kept)
+        return kept
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+async def fragment(request: Request, who: Principal, reg, render_in_thread) -> Response:
+    """The cached fragment for this URL and kind of viewer, or render_in_thread() run in a worker thread."""
+    key = (request.url.path, str(request.url.query), who.role in OPERATORS)
+    if (hit := reg.fragments.get(key)) is not None:
+        return hit
+    return reg.fragments.put(key, await run_in_threadpool(render_in_thread))
 
 
 # ---- login ----------------------------------------------------------------------------------------------------
@@ -198,9 +256,12 @@ def runs_page(request: Request, who: Principal = Viewer, reg=Depends(registry)):
 
 
 @router.get("/ui/runs", response_class=HTMLResponse)
-def runs_table(request: Request, who: Principal = Viewer, reg=Depends(registry)):
-    with reg.db.reader() as s:
-        return render(request, "_runs_table.html", who, **runs_context(s))
+async def runs_table(request: Request, who: Principal = Viewer, reg=Depends(registry)):
+    def render_table():
+        with reg.db.reader() as s:
+            return render(request, "_runs_table.html", who, **runs_context(s))
+
+    return await fragment(request, who, reg, render_table)
 
 
 def run_panel_context(s, run: Run, panel: str) -> dict:
@@ -209,11 +270,12 @@ def run_panel_context(s, run: Run, panel: str) -> dict:
     if panel == "blocks":
         return {"blocks": block_rows(s, run), "partition": partition_rows(run)}
     if panel == "rounds":
-        return {"rounds": cohort_table(s, run), "names": node_names(s)}
+        return {"rounds": cohort_table(s, run)}
     if panel == "audits":
         return {"audits": s.execute(select(Audit).where(Audit.run_id == run.id).order_by(Audit.id.desc()).limit(8)).scalars().all()}
     if panel == "events":
-        return {"events": s.execute(select(Event).where(Event.run_id == run.id).order_by(Event.id.desc()).limit(15)).scalars().all()}
+        return {"events": s.execute(select(Event.at, Event.kind, Event.subject_type, Event.subject_id, Event.actor, Event.actor_role, Event.after)
+                                    .where(Event.run_id == run.id).order_by(Event.id.desc()).limit(15)).all()}
     raise HTTPException(404, f"no panel {panel!r}")
 
 
@@ -228,16 +290,23 @@ def run_page(request: Request, run_id: int, who: Principal = Viewer, reg=Depends
 
 
 @router.get("/ui/runs/{run_id}/charts")
-def run_charts_json(run_id: int, who: Principal = Viewer, reg=Depends(registry)) -> dict:
-    with reg.db.reader() as s:
-        return run_charts(s, load_run(s, run_id))
+async def run_charts_json(request: Request, run_id: int, who: Principal = Viewer, reg=Depends(registry)) -> Response:
+    def render_charts():
+        with reg.db.reader() as s:
+            data = run_charts(s, load_run(s, run_id, with_blocks=False))
+        return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")  # plain data: no encoder pass
+
+    return await fragment(request, who, reg, render_charts)
 
 
 @router.get("/ui/runs/{run_id}/{panel}", response_class=HTMLResponse)
-def run_panel(request: Request, run_id: int, panel: RunPanel, who: Principal = Viewer, reg=Depends(registry)):
-    with reg.db.reader() as s:
-        run = load_run(s, run_id)
-        return render(request, f"_run_{panel}.html", who, run=run, **run_panel_context(s, run, panel))
+async def run_panel(request: Request, run_id: int, panel: RunPanel, who: Principal = Viewer, reg=Depends(registry)):
+    def render_panel():
+        with reg.db.reader() as s:
+            run = load_run(s, run_id, with_blocks=panel == "blocks")
+            return render(request, f"_run_{panel}.html", who, run=run, **run_panel_context(s, run, panel))
+
+    return await fragment(request, who, reg, render_panel)
 
 
 @router.post("/ui/runs/{run_id}/control", response_class=HTMLResponse)
@@ -249,8 +318,9 @@ def run_control(request: Request, run_id: int, action: Annotated[str | None, For
         runs_api.control_run(run_id, body, who, reg)
     except (TransitionError, HTTPException, ValueError) as e:
         error = getattr(e, "detail", None) or str(e)
+    reg.fragments.clear()  # the next poll shows the new state
     with reg.db.reader() as s:
-        run = load_run(s, run_id)
+        run = load_run(s, run_id, with_blocks=False)
         return render(request, "_run_header.html", who, run=run, error=error, **run_panel_context(s, run, "header"))
 
 
@@ -270,14 +340,18 @@ def nodes_page(request: Request, who: Principal = Viewer, reg=Depends(registry))
 
 
 @router.get("/ui/nodes", response_class=HTMLResponse)
-def nodes_table(request: Request, who: Principal = Viewer, reg=Depends(registry)):
-    with reg.db.reader() as s:
-        return render(request, "_nodes_table.html", who, **nodes_context(s))
+async def nodes_table(request: Request, who: Principal = Viewer, reg=Depends(registry)):
+    def render_table():
+        with reg.db.reader() as s:
+            return render(request, "_nodes_table.html", who, **nodes_context(s))
+
+    return await fragment(request, who, reg, render_table)
 
 
 @router.post("/ui/nodes/{node_id}/{decision}", response_class=HTMLResponse)
 def node_decision(request: Request, node_id: str, decision: Literal["approve", "revoke"], who: Principal = Operator, reg=Depends(registry)):
     nodes_api.decide(reg, who, node_id, "approved" if decision == "approve" else "revoked", f"{decision}d in the dashboard")
+    reg.fragments.clear()
     with reg.db.reader() as s:
         return render(request, "_nodes_table.html", who, **nodes_context(s))
 

@@ -3,7 +3,8 @@
 SQLite (the embedded default) runs in WAL mode with `synchronous=FULL`, so every acknowledged commit is on
 disk before the response leaves, and writers open their transaction with `BEGIN IMMEDIATE`: a write
 transaction holds the write lock from its first statement, so two writers never deadlock on a lock upgrade
-(they wait up to `busy_timeout`). Readers use plain deferred transactions and never block writers.
+(writers of other processes wait up to `busy_timeout`). Writers of this process commit in groups
+(groupcommit.py). Readers use plain deferred transactions and never block writers.
 PostgreSQL uses one engine at READ COMMITTED; version numbering takes a row lock on the block.
 
 `Database.migrate()` runs Alembic's `upgrade head` with the migrations shipped in this package.
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import RegistrySettings
+from .groupcommit import GroupCommitter
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -58,9 +60,14 @@ class Database:
             self.read_engine = _sqlite_engine(url, "BEGIN")
             self.write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE")
         else:
-            self.read_engine = self.write_engine = create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
+            # no pool_pre_ping: a ping per request costs a round trip; after a database restart the first request on a
+            # stale connection fails and SQLAlchemy discards the pool's stale connections
+            self.read_engine = self.write_engine = create_engine(url, pool_size=10, max_overflow=30, pool_recycle=3600)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
+        # SQLite has one writer at a time: this process's writers queue on a lock (handed over at once, where
+        # SQLite itself would poll with sleeps of up to 100 ms) and commit in groups, one fsync per group.
+        self._group_commit = GroupCommitter(self._write) if settings.is_sqlite else None
 
     @contextmanager
     def reader(self) -> Iterator[Session]:
@@ -71,7 +78,13 @@ class Database:
 
     @contextmanager
     def writer(self) -> Iterator[Session]:
-        """A session whose work commits as one transaction at the end, or not at all if anything raised."""
+        """A session whose work is committed when the block ends, or rolled back if it raised. Returns only
+        once the work is durable. (SQLite: the block may share its transaction with concurrent writers,
+        each in its own savepoint; see groupcommit.py.)"""
+        if self._group_commit is not None:
+            with self._group_commit.writer() as session:
+                yield session
+            return
         with self._write() as session, session.begin():
             yield session
 

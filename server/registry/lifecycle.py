@@ -6,8 +6,11 @@
     service: created|failed --running--> running;  running|paused --finished--> finished;
              created|running|paused --failed--> failed
 
-Asking for the status a run already has is accepted and changes nothing. Anything else is a conflict
-whose message names the current status and what is allowed from it.
+The operator's decisions stand against the service: "running" on a paused run, and "finished" or "failed"
+on a stopped run, are accepted and change nothing (the answer carries the status that holds, so the
+federation server sees "paused" and waits, or "stopped" and ends). Asking for the status a run already
+has changes nothing either. Anything else is a conflict whose message names the current status and what
+is allowed from it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ SERVICE_STATUSES: dict[str, frozenset[str]] = {
     "failed": frozenset({"created", "running", "paused"}),
 }
 TERMINAL = frozenset({"stopped", "finished", "failed"})
+OPERATOR_STANDS: dict[str, frozenset[str]] = {  # service status -> run statuses it leaves as they are
+    "running": frozenset({"paused"}),
+    "finished": frozenset({"stopped"}),
+    "failed": frozenset({"stopped", "finished"}),
+}
 
 
 class TransitionError(ValueError):
@@ -53,7 +61,7 @@ def operator_action(current: str, action: str) -> Transition:
 
 
 def service_status(current: str, status: str) -> Transition:
-    if current == status:
+    if current == status or current in OPERATOR_STANDS[status]:
         return Transition(current, current)
     if current not in SERVICE_STATUSES[status]:
         raise TransitionError(f"cannot mark a {current} run as {status}; allowed from: {', '.join(sorted(SERVICE_STATUSES[status]))}")

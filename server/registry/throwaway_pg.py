@@ -4,7 +4,9 @@
 child on a free loopback port (fsync off: nothing in it is meant to survive). As root it drops to the
 `postgres` user (postgres refuses to run as root) and then asks the kernel to kill it if its parent dies
 (PR_SET_PDEATHSIG), so a killed test run leaves no server behind. `create_database(name)` returns a
-SQLAlchemy URL for a new, empty database owned by a login role.
+SQLAlchemy URL for a new, empty database owned by a login role; `create_schema(name)` is the cheap variant
+for many short tests (a schema in one shared database, selected through the connection's search_path).
+`durable=True` keeps PostgreSQL's default fsync and synchronous commit (for benchmarks).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def _demote(uid: int | None, gid: int | None, die_with_parent: bool):
 
 
 class ThrowawayPostgres:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, durable: bool = False):
+        self.durable = durable
         self.bin = postgres_bin_dir()
         if self.bin is None:
             raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
@@ -77,8 +80,8 @@ class ThrowawayPostgres:
         log = open(self.dir / "server.log", "wb")
         self.proc = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.dir),
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=200"],
+             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
+             *([] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])],
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=_demote(self.uid, self.gid, True))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -104,6 +107,23 @@ class ThrowawayPostgres:
                   f"CREATE ROLE {role} LOGIN PASSWORD '{password}'; END IF; END $$",
                   f"CREATE DATABASE {name} OWNER {role}")
         return f"postgresql+psycopg://{role}:{password}@127.0.0.1:{self.port}/{name}"
+
+    def create_schema(self, schema: str, database: str = "dblocks_tests", role: str = "app", password: str = "app") -> str:
+        """A new empty schema owned by `role` in the shared `database`; its URL puts it first on the search_path."""
+        import psycopg
+
+        if not getattr(self, "_shared_db", None):
+            self.create_database(database, role, password)
+            self._shared_db = database
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.superuser, dbname=database, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}" AUTHORIZATION {role}')
+        return f"postgresql+psycopg://{role}:{password}@127.0.0.1:{self.port}/{database}?options=-csearch_path%3D{schema}"
+
+    def drop_schema(self, schema: str, database: str = "dblocks_tests") -> None:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.superuser, dbname=database, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -5,7 +5,6 @@ without it the PostgreSQL half of the suite is skipped with a message saying so.
 
 from __future__ import annotations
 
-import uuid
 import warnings
 
 import pytest
@@ -19,6 +18,7 @@ from dblocks.server.registry.client import RegistryClient  # noqa: E402
 from dblocks.server.registry.config import RegistrySettings  # noqa: E402
 from dblocks.server.registry.models import ROLES  # noqa: E402
 from dblocks.server.registry.throwaway_pg import ThrowawayPostgres, postgres_bin_dir  # noqa: E402
+from regtools import settings_for  # noqa: E402
 
 PG_MISSING = "PostgreSQL is not installed: `apt-get install postgresql` (CI: add `postgresql` to deploy/sysdeps.sh)"
 
@@ -30,13 +30,6 @@ def postgres():
     pg = ThrowawayPostgres().start()
     yield pg
     pg.stop()
-
-
-def settings_for(backend: str, request, directory) -> RegistrySettings:
-    if backend == "sqlite":
-        return RegistrySettings.in_directory(directory)
-    pg = request.getfixturevalue("postgres")
-    return RegistrySettings.in_directory(directory, database_url=pg.create_database(f"t_{uuid.uuid4().hex[:16]}"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

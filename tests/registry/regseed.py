@@ -54,7 +54,7 @@ def seed_demo(clients: dict, rounds_done: int = 4) -> dict:
     for r in range(1, rounds_done + 1):
         for b in range(4):
             cohort = [ids[(r + b) % 3], ids[(r + b + 1) % 3]]
-            if r == 3 and b == 2:
+            if r == 2 and b == 2:
                 svc.report_round(run["id"], r, b, cohort[:1], "skipped", "cohort of 1 is below the SecAgg threshold of 2")
                 svc.report_round(run["id"], r, b, cohort, "rerun", "re-run with a fresh cohort")
             spec, weights = make_block(b, seed=r)

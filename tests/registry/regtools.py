@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import uuid
 
 from dblocks.server.registry.client import RegistryClient
+from dblocks.server.registry.config import RegistrySettings
 
 TASK = "mnist"
 
@@ -40,3 +42,14 @@ def new_run(client: RegistryClient, num_blocks: int = 4, num_rounds: int = 5, **
 
 DP = dict(clip_norm=1.0, noise_multiplier=1.1, record_epsilon=1.5, record_delta=1e-5, record_sample_rate=0.01,
           record_steps=300, accountant="prv")
+
+
+def settings_for(backend: str, request, directory) -> RegistrySettings:
+    """Settings on a fresh SQLite file, or on a fresh PostgreSQL schema (dropped when the fixture ends)."""
+    if backend == "sqlite":
+        return RegistrySettings.in_directory(directory)
+    pg = request.getfixturevalue("postgres")
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    url = pg.create_schema(schema)
+    request.addfinalizer(lambda: pg.drop_schema(schema))
+    return RegistrySettings.in_directory(directory, database_url=url)

@@ -3,6 +3,8 @@ filters, pagination, lineage, nodes, privacy, audits, events."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from regseed import ssh_key
 from regtools import DP, TASK, make_block, new_run, schedule
@@ -66,8 +68,9 @@ def test_run_control_and_status_lifecycle(service, clients):
     with pytest.raises(InvalidRequest, match="below the 6 rounds already reported"):
         op.control(rid, num_rounds=5)
     assert op.control(rid, "stop", reason="enough")["status"] == "stopped"
-    with pytest.raises(Conflict, match="cannot mark a stopped run as finished"):
-        service.set_status(rid, "finished")
+    assert service.set_status(rid, "finished")["status"] == "stopped"  # the operator's stop stands
+    with pytest.raises(Conflict, match="cannot mark a stopped run as running"):
+        service.set_status(rid, "running")
     assert op.control(rid, "start")["status"] == "running"  # restart: the federation resumes from the latest versions
     assert service.set_status(rid, "finished")["status"] == "finished"
     kinds = [(e["kind"], e["before"], e["after"]["status"]) for e in service.events(run_id=rid) if e["kind"].startswith("run.")]
@@ -77,7 +80,7 @@ def test_run_control_and_status_lifecycle(service, clients):
     assert kinds[2][1] == {"status": "running", "num_rounds": 5}
 
 
-def test_service_status_transitions(service):
+def test_service_status_transitions(service, clients):
     rid = new_run(service)["id"]
     assert service.set_status(rid, "running")["status"] == "running"
     assert service.set_status(rid, "running")["status"] == "running"  # idempotent, no event
@@ -87,6 +90,9 @@ def test_service_status_transitions(service):
     assert service.set_status(rid, "running")["status"] == "running"  # restarted after a crash
     assert service.get_run(rid)["finished_at"] is None
     assert len([e for e in service.events(run_id=rid) if e["kind"] == "run.status"]) == 3
+    clients["operator"].control(rid, "pause")
+    assert service.set_status(rid, "running")["status"] == "paused"  # a restarted server finds the pause standing
+    assert service.set_status(rid, "finished")["status"] == "finished"  # the last round ended during the pause
 
 
 def test_round_reports(service, clients):
@@ -248,3 +254,23 @@ def test_dashboard_pages_render(service, clients, http, tokens):
     assert "Pause" not in http.get(f"/runs/{rid}", headers=h).text  # viewers get no control buttons
     assert "Pause" in http.get(f"/runs/{rid}", headers={"Authorization": f"Bearer {tokens['operator']}"}).text
     assert TASK in http.get(f"/ui/runs/{rid}/header", headers=h).text
+
+
+def test_dashboard_fragments_are_at_most_a_quarter_second_old(app, service, clients, http, tokens):
+    """Fragments are reused for at most FragmentCache.max_age_s; then a change shows; dashboard actions at once."""
+    rid = new_run(service)["id"]
+    h = {"Authorization": f"Bearer {tokens['viewer']}"}
+    age = app.state.registry.fragments.max_age_s
+    node = service.register_node("n", "org", __import__("regseed").ssh_key())["id"]
+    assert "No rounds reported yet" in http.get(f"/ui/runs/{rid}/rounds", headers=h).text
+    service.report_round(rid, 7, 1, [node], "completed")
+    time.sleep(age)
+    assert ">7</td>" in http.get(f"/ui/runs/{rid}/rounds", headers=h).text
+    assert http.get(f"/ui/runs/{rid}/charts", headers=h).json()["nodes"] == []
+    service.record_node_privacy(node, rid, 1, 7, 0.25, 1e-5, "prv")
+    time.sleep(age)
+    assert http.get(f"/ui/runs/{rid}/charts", headers=h).json()["nodes"][0]["total"] == 0.25
+    assert "st-created" in http.get(f"/ui/runs/{rid}/header", headers=h).text
+    op = {"Authorization": f"Bearer {tokens['operator']}", "HX-Request": "true"}
+    assert "st-running" in http.post(f"/ui/runs/{rid}/control", data={"action": "start"}, headers=op).text
+    assert "st-running" in http.get(f"/ui/runs/{rid}/header", headers=h).text  # no wait: the action cleared the cache

@@ -42,9 +42,15 @@ def test_zero_config_serve_and_tokens(tmp_path):
         assert "bootstrap-admin" in listed and "alice" in listed and token not in listed
     finally:
         server.kill()
-    # a restart does not mint another admin token
-    server = ServerProcess([str(VENV_BIN / "dbserver"), "registry", "--port", str(port)], env, port, tmp_path / "server2.log").start()
-    try:
-        assert "No admin token existed" not in server.output()
-    finally:
-        server.kill()
+
+
+def test_admin_token_is_minted_only_on_a_fresh_install(tmp_path):
+    from dblocks.server.registry.app import open_registry
+    from dblocks.server.registry.cli import ensure_admin_token
+    from dblocks.server.registry.config import RegistrySettings
+
+    reg = open_registry(RegistrySettings.in_directory(tmp_path))
+    first = ensure_admin_token(reg)
+    assert first and first.startswith("dbk_")
+    assert ensure_admin_token(reg) is None  # a restart mints no second admin token
+    reg.db.dispose()

@@ -7,7 +7,7 @@ then sends a real request per (route, role) and checks 403 exactly where the tab
 from __future__ import annotations
 
 import pytest
-from regtools import DP, make_block, new_run
+from regtools import DP, make_block, new_run, settings_for
 from starlette.testclient import TestClient
 
 from dblocks.server.registry.auth import COOKIE_NAME
@@ -25,8 +25,6 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/logout"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
-    ("GET", "/docs/oauth2-redirect"): PUBLIC,
-    ("GET", "/redoc"): PUBLIC,
     # runs
     ("POST", "/api/runs"): frozenset({"admin", "operator", "service"}),
     ("GET", "/api/runs"): ALL,
@@ -107,8 +105,6 @@ def allowed_roles(route) -> frozenset[str] | str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, request):
     """One app per backend with a run, a version, a node, an audit with an artifact and a spare token."""
-    from conftest import settings_for  # noqa: PLC0415  (fixtures module of this folder)
-
     from dblocks.server.registry.app import create_app
     from dblocks.server.registry.auth import issue_token
     from dblocks.server.registry.client import RegistryClient

@@ -4,6 +4,7 @@ behind, and the event log cannot be edited."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -158,3 +159,15 @@ def test_event_log_is_append_only_in_the_database(app, service):
             with db.writer() as s:
                 s.execute(text(statement))
     assert count(app, Event) == 1
+
+
+def test_ten_megabyte_weights_are_welcome(app, service, clients):
+    """A realistic large block (10 MiB of weights) registers and comes back intact under the default limit."""
+    rid = new_run(service)["id"]
+    spec, _ = make_block(0)
+    weights = os.urandom(10 * MiB)
+    d = json.loads(spec)
+    d["sha256"] = hashlib.sha256(weights).hexdigest()  # the registry checks the hash, not the tensors
+    v = service.register_block_version(rid, 0, json.dumps(d), weights, round=1, **DP)
+    assert v["size_bytes"] == 10 * MiB
+    assert clients["researcher"].download_weights(v["id"]) == weights

@@ -1,9 +1,8 @@
-"""REST API of the registry, under /api. Each module is one resource; every route names its roles."""
+"""REST API of the registry, under /api. Each module is one resource; every route names its roles.
 
-from fastapi import APIRouter
+`ROUTERS` is included by the app one level deep (FastAPI matches nested routers twice per request), the
+most requested first."""
 
 from . import admin, audits, nodes, runs, versions
 
-router = APIRouter(prefix="/api")
-for module in (runs, versions, nodes, audits, admin):
-    router.include_router(module.router)
+ROUTERS = [runs.router, nodes.router, versions.router, audits.router, admin.router]

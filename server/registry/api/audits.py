@@ -7,11 +7,11 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Response, UploadFile
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from .. import events
 from ..auth import ALL_ROLES, AUDITORS, Allow, Principal
-from ..models import Audit, AuditArtifact, BlockVersion
+from ..models import Audit, AuditArtifact, BlockVersion, Run, utcnow
 from ..schemas import AuditMeta, AuditOut, Page, Verdict
 from .common import Limit, Offset, get_or_404, paginate, parse_json_field, registry
 
@@ -51,6 +51,7 @@ def post_audit(meta: Annotated[str, Form(description="AuditMeta as JSON")],
     digests = {name: reg.store.put(data) for name, data in files.items()}
     with reg.db.writer() as s:
         version = get_or_404(s, BlockVersion, m.block_version_id, "block version")
+        s.execute(update(Run).where(Run.id == version.run_id).values(updated_at=utcnow()))  # the run's change token
         audit = Audit(run_id=version.run_id, block_index=version.block_index, created_by=who.name, **m.model_dump())
         s.add(audit)
         s.flush()

@@ -4,28 +4,31 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from fastapi import HTTPException, Query, Request
+from fastapi import HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from ..models import Base, Run
+from ..schemas import Page
 
 M = TypeVar("M", bound=BaseModel)
 Limit = Query(50, ge=1, le=500, description="page size")
 Offset = Query(0, ge=0, description="rows to skip")
 
 
-def registry(request: Request):
-    """The `Registry` (settings, database, store) of the running app."""
+async def registry(request: Request):
+    """The `Registry` (settings, database, store) of the running app (async: no thread hop)."""
     return request.app.state.registry
 
 
-def paginate(session: Session, stmt: Select, limit: int, offset: int, out: type[M]) -> dict:
+def paginate(session: Session, stmt: Select, limit: int, offset: int, out: type[M]) -> Response:
+    """One page of `stmt` as JSON. Serialized here, once: FastAPI would validate the page a second time."""
     total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
     rows = session.execute(stmt.limit(limit).offset(offset)).scalars().all()
-    return {"items": [out.model_validate(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+    page = Page[out](items=[out.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+    return Response(page.model_dump_json(), media_type="application/json")
 
 
 def parse_json_field(model: type[M], text: str, field: str) -> M:

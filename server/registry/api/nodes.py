@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, Response
 from sqlalchemy import select
 
 from .. import events
@@ -102,7 +102,9 @@ def node_seen(node_id: str, body: NodeSeen | None = None, _: Principal = Depends
 def record_node_privacy(node_id: str, body: NodePrivacyIn, who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)):
     with reg.db.writer() as s:
         get_or_404(s, Node, node_id, "node")
-        check_block_index(get_run(s, body.run_id), body.block_index)
+        run = get_run(s, body.run_id)
+        check_block_index(run, body.block_index)
+        run.updated_at = utcnow()  # the run's change token (the dashboard re-renders on it)
         rec = NodePrivacy(node_id=node_id, **body.model_dump())
         s.add(rec)
         s.flush()

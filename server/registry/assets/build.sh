@@ -10,9 +10,12 @@ cp node_modules/htmx.org/dist/htmx.min.js "$out/htmx.min.js"
 cp node_modules/htmx.org/LICENSE "$out/htmx.LICENSE.txt"
 cp node_modules/chart.js/dist/chart.umd.min.js "$out/chart.umd.min.js"
 cp node_modules/chart.js/LICENSE.md "$out/chart.js.LICENSE.md"
+cp node_modules/swagger-ui-dist/swagger-ui-bundle.js "$out/swagger-ui-bundle.js"
+cp node_modules/swagger-ui-dist/swagger-ui.css "$out/swagger-ui.css"
+cp node_modules/swagger-ui-dist/LICENSE "$out/swagger-ui.LICENSE.txt"
 {
   echo "Vendored by assets/build.sh from package-lock.json:"
-  node -e 'const l=require("./package-lock.json").packages; for (const k of ["node_modules/htmx.org","node_modules/chart.js"]) console.log(`  ${k.slice(13)} ${l[k].version} ${l[k].integrity}`)'
+  node -e 'const l=require("./package-lock.json").packages; for (const k of ["node_modules/htmx.org","node_modules/chart.js","node_modules/swagger-ui-dist"]) console.log(`  ${k.slice(13)} ${l[k].version} ${l[k].integrity}`)'
 } > "$out/VERSIONS.txt"
 rm -rf node_modules
 ls -l "$out"
