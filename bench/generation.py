@@ -7,7 +7,8 @@ updates). Both sample with classifier-free guidance 2.0 and Euler on the same gr
 grid: k CDF-spaced steps per block) from the same initial noise.
 
 Metrics, in the 128-d feature space of a small CNN trained on the train split and then frozen
-(bench/fd_classifier.py; sha256 and test accuracy recorded):
+(bench/fd_classifier.py; sha256 and test accuracy recorded), each feature standardised with the train
+split's mean and std (so KID's cubic kernel sees unit-scale inputs):
   * Frechet distance (FD) and KID of 1000 samples (100 per class) to the 4000 train images; the floor is the
     same distance for the 1000 real test images (what a perfect generator would score with this n);
   * class agreement: share of samples the CNN labels as the requested class.
@@ -36,7 +37,7 @@ from dblocks.shared.workflow import train_diffusion_blocks, train_end_to_end
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, setup, update_summary, write_json  # noqa: E402
-from fd_classifier import embed, frechet_distance, kernel_inception_distance, load_or_train  # noqa: E402
+from fd_classifier import Standardizer, embed, frechet_distance, kernel_inception_distance, load_or_train  # noqa: E402
 
 
 def trained_model(name: str, work: Path, train_fn, expect: dict) -> tuple[Path, float, bool]:
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     cnn, cnn_sha, cnn_trained = load_or_train(cnn_path, train.x, train.y)
     f_train, _ = embed(cnn, train.x)
     f_test, pred_test = embed(cnn, test.x)
+    unit = Standardizer(f_train)  # features in units of the train split's per-dimension std
+    f_train, f_test = unit(f_train), unit(f_test)
     classifier = {"file": cnn_path.name, "sha256": cnn_sha, "trained_now": cnn_trained,
                   "test_accuracy": float((pred_test == test.y.numpy()).mean()),
                   "feature_dim": int(f_train.shape[1]), "seconds": time.perf_counter() - t0}
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
             grid = sched.block_grid(k)
             x, secs = sample_model(model_dir, grid, labels, args.cfg_scale, args.seed)
             f_gen, pred = embed(cnn, x)
+            f_gen = unit(f_gen)
             kid, kid_std = kernel_inception_distance(f_gen, f_train)
             per_steps[str(k)] = {"steps_total": len(grid) - 1, "fd": frechet_distance(f_gen, f_train), "kid": kid,
                                  "kid_std": kid_std, "class_agreement": float((pred == labels.numpy()).mean()),
@@ -165,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "samples": len(labels), "samples_per_class": args.samples_per_class,
                      "grid": "B=4 block grid (k CDF-spaced steps per block from inference_start) for both models",
                      "inference_start": sched.inference_start, "reference_set": "train split features",
+                     "features": "128-d penultimate layer of the frozen CNN, standardised per dimension with train mean/std",
                      "command": "python bench/generation.py " + " ".join(argv if argv is not None else sys.argv[1:])},
            "classifier": classifier, "floor_real_test_vs_train": floor, "models": results, "headline": headline}
     write_json(args.out / "generation.json", out)
