@@ -273,8 +273,12 @@ def plan(args) -> list[Job]:
 def run_job(job: Job, epochs: int | None, splits: dict) -> dict:
     p = preset_for(job.dataset, job.total_layers, job.recipe, epochs)
     train, test = splits[job.dataset]
-    res = run_end_to_end(p, job.seed, train, test) if job.model == "e2e" else \
-        run_diffusion_blocks(p, job.num_blocks, job.recipe, job.seed, train, test)
+    try:
+        res = run_end_to_end(p, job.seed, train, test) if job.model == "e2e" else \
+            run_diffusion_blocks(p, job.num_blocks, job.recipe, job.seed, train, test)
+    except FloatingPointError as e:  # a diverged run is a result too; it is excluded from medians and counted
+        names = ["e2e"] if job.model == "e2e" else [r.name for r in readouts_for(job.num_blocks)]
+        res = {"accuracy": {n: float("nan") for n in names}, "train_seconds": float("nan"), "diverged": str(e)}
     return {"key": job.key(), "dataset": job.dataset, "model": job.model, "total_layers": job.total_layers,
             "num_blocks": job.num_blocks, "recipe": asdict(job.recipe), "recipe_tag": job.recipe.tag(),
             "seed": job.seed, "epochs": p.train.epochs, **res}
@@ -298,11 +302,15 @@ def select(rows, **kw):
 
 
 def stat(rows, readout: str) -> dict | None:
-    accs = [r["accuracy"][readout] for r in sorted(rows, key=lambda r: r["seed"])]
-    if not accs:
+    """Median over seeds of one readout; diverged runs are listed and left out of the median."""
+    rows = sorted(rows, key=lambda r: r["seed"])
+    ok = [r for r in rows if "diverged" not in r]
+    if not rows:
         return None
-    return {"median": median(accs), "per_seed": accs, "seeds": [r["seed"] for r in sorted(rows, key=lambda r: r["seed"])],
-            "train_seconds_median": median([r["train_seconds"] for r in rows])}
+    accs = [r["accuracy"][readout] for r in ok]
+    return {"median": median(accs) if accs else float("nan"), "per_seed": accs, "seeds": [r["seed"] for r in ok],
+            "diverged_seeds": [r["seed"] for r in rows if "diverged" in r],
+            "train_seconds_median": median([r["train_seconds"] for r in ok]) if ok else float("nan")}
 
 
 def tables(rows: list[dict], args) -> dict:
