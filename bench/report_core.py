@@ -23,7 +23,10 @@ def f2(x: float) -> str:
 
 
 def seeds(s: dict) -> str:
-    return " / ".join(f2(v) for v in s["per_seed"])
+    text = " / ".join(f2(v) for v in s["per_seed"])
+    if s.get("diverged_seeds"):
+        text += f"; diverged: seed(s) {', '.join(map(str, s['diverged_seeds']))}"
+    return text
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
