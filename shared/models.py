@@ -88,11 +88,15 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def mix(self, h: torch.Tensor) -> torch.Tensor:
+        """The attention-weighted values [B, T, width], before the output projection `o`."""
         b, t, d = h.shape
         split = lambda x: x.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
         a = F.scaled_dot_product_attention(split(self.q(h)), split(self.k(h)), split(self.v(h)))
-        return self.o(a.transpose(1, 2).reshape(b, t, d))
+        return a.transpose(1, 2).reshape(b, t, d)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.o(self.mix(h))
 
 
 class MLP(nn.Module):
@@ -101,24 +105,79 @@ class MLP(nn.Module):
         hidden = int(width * ratio)
         self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
 
+    def hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """GELU(fc1 h), the input of fc2."""
+        return F.gelu(self.fc1(h))
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(h)))
+        return self.fc2(self.hidden(h))
 
 
 def modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return h * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
+# Memory-lean AdaLN-Zero. Written with plain autograd, h += gate * Attn(LN(h) (1 + scale) + shift) saves, per
+# sub-layer, two [B, T, width] tensors a plain pre-LN layer does not: LN(h) (kept by the product with 1 + scale)
+# and the sub-layer's output (kept by the product with the gate). The two functions below compute the same
+# values and the same gradients bit for bit, but recompute those two tensors in backward from what is saved
+# anyway (h with its LN statistics; the input of the last Linear, which that Linear saves), so a block layer
+# holds as many activations as a plain layer and a block's training memory is ~1/B of the end-to-end model's.
+class _ModulatedNorm(torch.autograd.Function):
+    """y = LN(h) (1 + scale) + shift, LN without affine over the last dim; saves h, its mean and 1/std."""
+
+    @staticmethod
+    def forward(ctx, h, shift, scale, eps: float):
+        xhat, mean, rstd = torch.ops.aten.native_layer_norm(h, [h.shape[-1]], None, None, eps)
+        ctx.eps = eps
+        ctx.save_for_backward(h, mean, rstd, scale)
+        return xhat * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        h, mean, rstd, scale = ctx.saved_tensors
+        xhat = torch.ops.aten.native_layer_norm(h, [h.shape[-1]], None, None, ctx.eps)[0]
+        grad_xhat = grad * (1 + scale.unsqueeze(1))
+        grad_h = torch.ops.aten.native_layer_norm_backward(grad_xhat, h, [h.shape[-1]], mean, rstd, None, None,
+                                                           [True, False, False])[0]
+        return grad_h, grad.sum(1), (grad * xhat).sum(1), None
+
+
+class _GatedResidual(torch.autograd.Function):
+    """out = h + gate * y with y = x W^T + b; saves x (already kept by the Linear that made y), not y, and
+    recomputes y for the gate's gradient. W and b only recompute y: their gradients flow through y's Linear
+    (so Opacus sees that Linear's activations and backprops as usual)."""
+
+    @staticmethod
+    def forward(ctx, h, gate, y, x, weight, bias):
+        ctx.save_for_backward(gate, x, weight, bias)
+        return h + gate.unsqueeze(1) * y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        gate, x, weight, bias = ctx.saved_tensors
+        y = F.linear(x, weight, bias)
+        return grad, (grad * y).sum(1), grad * gate.unsqueeze(1), None, None, None
+
+
+def gated_residual(h: torch.Tensor, gate: torch.Tensor, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """h + gate[:, None] * linear(x), with the memory of h + linear(x)."""
+    return _GatedResidual.apply(h, gate, linear(x), x, linear.weight, linear.bias)
+
+
 class AdaLNLayer(nn.Module):
     """Transformer layer with AdaLN-Zero conditioning on c [B, width]:
     h += gate1 * Attn(LN(h) (1 + scale1) + shift1); h += gate2 * MLP(LN(h) (1 + scale2) + shift2).
-    The modulation is zero-initialised, so a fresh layer is the identity."""
+    The modulation is zero-initialised, so a fresh layer is the identity. LN has no affine parameters
+    (eps 1e-6); the modulation and gating run through the memory-lean functions above."""
+
+    eps = 1e-6
 
     def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(width, heads)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = MLP(width, mlp_ratio)
         self.ada = nn.Linear(width, 6 * width)
         nn.init.zeros_(self.ada.weight)
@@ -126,8 +185,8 @@ class AdaLNLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
-        h = h + g1.unsqueeze(1) * self.attn(modulate(self.norm1(h), sh1, sc1))
-        return h + g2.unsqueeze(1) * self.mlp(modulate(self.norm2(h), sh2, sc2))
+        h = gated_residual(h, g1, self.attn.o, self.attn.mix(_ModulatedNorm.apply(h, sh1, sc1, self.eps)))
+        return gated_residual(h, g2, self.mlp.fc2, self.mlp.hidden(_ModulatedNorm.apply(h, sh2, sc2, self.eps)))
 
 
 class PlainLayer(nn.Module):
