@@ -25,6 +25,7 @@ from dataclasses import dataclass, field as dc_field
 from typing import Callable, Mapping
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import shamir
 from .errors import ProtocolRefusal
@@ -90,6 +91,7 @@ class SecAggClient:
         self.session: bytes | None = None
         self.instances: dict[str, _Instance] = {}
         self.last_uploaded: dict[str, int] = {}  # block -> last round uploaded (replay protection)
+        self._channel_keys: dict[tuple[str, bytes, int], bytes] = {}  # derived pairwise channel keys (cache)
 
     # dispatch --------------------------------------------------------------------------------------------
     def handle(self, msg: Message, contribute: Callable[[Plan], Contribution] | Mapping[str, Contribution]
@@ -136,9 +138,18 @@ class SecAggClient:
             if key in self.instances and self.instances[key].status != "announced":
                 raise ProtocolRefusal(f"instance {key} already used its keys: refusing to re-announce")
             staged[key] = self._announce(msg, plan, reply)
+        for inst in staged.values():
+            self._abandon_older(inst.plan.block, inst.plan.round)
         self.instances.update(staged)
         reply["instances"] = list(instances)
         return reply
+
+    def _abandon_older(self, block: str, round_: int) -> None:
+        """Erase keys announced for rounds of `block` before `round_` that were never used: the server has moved
+        on, so this client was declared dropped there and those keys may have been rebuilt. Never used again."""
+        for inst in self.instances.values():
+            if inst.plan.block == block and inst.plan.round < round_ and inst.status == "announced":
+                inst.status, inst.mask_private, inst.self_seed, inst.held = "abandoned", None, None, {}
 
     def _accept_plan(self, msg: Message, key: str) -> Plan:
         plan = Plan.from_bytes(get(msg, field(key, "plan"), bytes))
@@ -175,7 +186,7 @@ class SecAggClient:
         receivers = sorted(certs)
         shares = shamir.split(secrets, [plan.x(v) for v in receivers], plan.threshold)
         for v, share in zip(receivers, shares):
-            ck = channel_key(self.identity.channel_private, certs[v].channel_public, self.client_id, v)
+            ck = self._channel_key(certs[v])
             reply[field(key, "share", v)] = seal(ck, share.astype("<u4").tobytes(),
                                                  share_ad(plan.digest, self.client_id, v))
         reply[field(key, "ann")] = ann.to_bytes()
@@ -195,7 +206,8 @@ class SecAggClient:
                 raise ProtocolRefusal(f"no keys announced for instance {key}: a new client or one declared dropped "
                                       f"must join (announce fresh keys) before it can upload")
             if inst.status != "announced":
-                raise ProtocolRefusal(f"instance {key} was already uploaded: a masked input is sent once")
+                raise ProtocolRefusal(f"instance {key} was already uploaded or abandoned: a masked input is sent "
+                                      f"once, and keys of a round the server moved past are never used")
             if Plan.from_bytes(get(msg, field(key, "plan"), bytes)).digest != inst.plan.digest:
                 raise ProtocolRefusal(f"plan of {key} changed since announcement")
             if inst.plan.round != round_:
@@ -210,6 +222,8 @@ class SecAggClient:
         for inst, peers in work:
             contribution = contribute(inst.plan) if callable(contribute) else contribute[inst.plan.block]
             encoded.append(inst.plan.quant.encode(contribution.update, contribution.extras))
+        for inst, _ in work:
+            self._abandon_older(inst.plan.block, inst.plan.round)
         for (inst, (announced, peer_keys, held)), words in zip(work, encoded):
             reply[field(inst.plan.key, "masked")] = self._mask(inst, words, peer_keys)
             inst.status, inst.announced, inst.held = "uploaded", announced, held
@@ -237,7 +251,7 @@ class SecAggClient:
                 raise ProtocolRefusal(f"cert of {cert.client_id} sent as {v}")
             ann = Announcement.from_bytes(get(msg, field(key, "ann", v), bytes))
             ann.verify(self.trust.identity(v), v, plan.digest)
-            ck = channel_key(self.identity.channel_private, cert.channel_public, self.client_id, v)
+            ck = self._channel_key(cert)
             plain = open_sealed(ck, get(msg, field(key, "share", v), bytes), share_ad(plan.digest, v, self.client_id),
                                 f"share from {v} in {key}")
             words = np.frombuffer(plain, dtype="<u4").astype(np.int64)
@@ -246,13 +260,21 @@ class SecAggClient:
             mask_publics[v], held[v] = ann.mask_public, words
         return announced, mask_publics, held
 
+    def _channel_key(self, cert: Cert) -> bytes:
+        index = (cert.client_id, cert.channel_public, self.identity.epoch)
+        if index not in self._channel_keys:
+            self._channel_keys[index] = channel_key(self.identity.channel_private, cert.channel_public,
+                                                    self.client_id, cert.client_id)
+        return self._channel_keys[index]
+
     def _mask(self, inst: _Instance, acc: np.ndarray, peer_keys: dict[str, bytes]) -> np.ndarray:
         """y = acc + PRG(b_u) + sum_v sign(u, v) PRG(s_uv) mod 2^bits (acc: the encoded contribution)."""
         quant = inst.plan.quant
         expander = MaskExpander(quant.length, quant.dtype)
         expander.add(acc, inst.self_seed, +1)
+        private = X25519PrivateKey.from_private_bytes(inst.mask_private)
         for v, public in peer_keys.items():
-            seed = pair_seed(inst.mask_private, public, inst.plan.digest, self.client_id, v)
+            seed = pair_seed(private, public, inst.plan.digest, self.client_id, v)
             expander.add(acc, seed, pair_sign(self.client_id, v))
         acc &= quant.dtype.type(quant.modulus_mask)
         return acc
@@ -341,6 +363,9 @@ class SecAggClient:
         for signer, sig in zip(signers, signatures):
             if signer not in survivors:
                 raise ProtocolRefusal(f"{signer} confirmed {key} but is not a survivor")
+            blob = msg.get(field(key, "cert", signer))
+            if blob is not None:
+                self.trust.accept_cert(Cert.from_bytes(get(msg, field(key, "cert", signer), bytes)))
             verify_signature(self.trust.identity(signer), bytes(sig), statement, f"confirmation by {signer}")
             valid += 1
         if valid < inst.plan.confirm_threshold:

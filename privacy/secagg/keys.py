@@ -62,9 +62,11 @@ def x25519_public(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
-def x25519(private: bytes, public: bytes) -> bytes:
+def x25519(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
+    if isinstance(private, bytes):
+        private = X25519PrivateKey.from_private_bytes(private)
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(public))
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError as err:  # all-zero output: a low-order public key
         raise ProtocolRefusal(f"key agreement with an invalid public key: {err}") from err
 
@@ -171,6 +173,9 @@ class TrustStore:
     def accept_cert(self, cert: Cert) -> Cert:
         """Verify and remember `cert`; returns the newest cert of that client. Raises ProtocolRefusal."""
         check_id(cert.client_id)
+        known = self.certs.get(cert.client_id)
+        if known is not None and cert == known:
+            return known  # already verified
         pinned = self.pinned.get(cert.client_id)
         if pinned is None:
             if not self.tofu:
@@ -179,7 +184,6 @@ class TrustStore:
         elif pinned != cert.identity_public:
             raise ProtocolRefusal(f"identity key of {cert.client_id} differs from the pinned one")
         cert.verify()
-        known = self.certs.get(cert.client_id)
         if known is not None and cert.epoch < known.epoch:
             raise ProtocolRefusal(f"cert of {cert.client_id} has epoch {cert.epoch} < known {known.epoch} (replay)")
         if known is None or cert.epoch > known.epoch:
@@ -214,7 +218,7 @@ def _ordered(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
-def channel_key(my_channel_private: bytes, peer_channel_public: bytes, me: str, peer: str) -> bytes:
+def channel_key(my_channel_private: bytes | X25519PrivateKey, peer_channel_public: bytes, me: str, peer: str) -> bytes:
     low, high = _ordered(me, peer)
     return hkdf(x25519(my_channel_private, peer_channel_public), b"",
                 encode_fields(b"dblocks-secagg/channel/v1", low, high))
@@ -236,7 +240,7 @@ def open_sealed(key: bytes, blob: bytes, ad: bytes, what: str) -> bytes:
         raise ProtocolRefusal(f"{what} does not authenticate (forged, replayed or misaddressed)") from err
 
 
-def pair_seed(my_mask_private: bytes, peer_mask_public: bytes, plan_digest: bytes, me: str, peer: str) -> bytes:
+def pair_seed(my_mask_private: bytes | X25519PrivateKey, peer_mask_public: bytes, plan_digest: bytes, me: str, peer: str) -> bytes:
     """s_uv, the 256-bit seed of the pairwise mask between `me` and `peer` in one instance (symmetric)."""
     low, high = _ordered(me, peer)
     return hkdf(x25519(my_mask_private, peer_mask_public), plan_digest,

@@ -98,18 +98,21 @@ class QuantSpec:
     def modulus_mask(self) -> int:
         return (1 << self.bits) - 1
 
-    def levels(self) -> np.ndarray:
-        """L per coordinate: the largest |q| one honest client can produce (int64)."""
+    def _level_values(self) -> list[int]:
         update_level = math.floor(self.clip_norm * (1 + NORM_TOLERANCE) / self.step + 0.5)
-        out = np.full(self.length, update_level, dtype=np.int64)
-        for j, extra in enumerate(self.extras):
-            out[self.dim + j] = math.floor(extra.bound / extra.step + 0.5)
+        return [update_level] + [math.floor(e.bound / e.step + 0.5) for e in self.extras]
+
+    def levels(self) -> np.ndarray:
+        """L per coordinate: the largest |q| one honest client can produce (int64; needs bits <= 64)."""
+        values = self._level_values()
+        out = np.full(self.length, values[0], dtype=np.int64)
+        out[self.dim :] = values[1:]
         return out
 
     def required_bits(self, cohort_size: int | None = None) -> int:
         """Smallest bits with 2^(bits-1) > n * max level (signed sum of n clients never wraps)."""
         n = self.cohort_size if cohort_size is None else cohort_size
-        return (n * int(self.levels().max())).bit_length() + 1
+        return (n * max(self._level_values())).bit_length() + 1
 
     def max_abs_error(self, count: int) -> np.ndarray:
         """Worst-case absolute error per coordinate of the decoded sum of `count` contributions."""
@@ -126,7 +129,7 @@ class QuantSpec:
             raise ValueError(f"update has {x.size} values, the plan expects dim={self.dim}")
         if not np.all(np.isfinite(x)):
             raise ValueError("update contains NaN or inf")
-        norm = float(np.linalg.norm(x))
+        norm = math.sqrt(float(np.dot(x, x)))
         if norm > self.clip_norm * (1 + NORM_TOLERANCE):
             raise AggregateOverflow(
                 f"update L2 norm {norm:.6g} exceeds the plan's clip_norm {self.clip_norm:.6g}: clip it first "
@@ -137,16 +140,23 @@ class QuantSpec:
             raise ValueError(f"extras {sorted(unknown)} are not in the plan (plan has "
                              f"{[e.name for e in self.extras]}); nothing per-client may travel unmasked")
         values = np.empty(self.length, dtype=np.float64)
-        values[: self.dim] = x / self.step
+        np.multiply(x, 1.0 / self.step, out=values[: self.dim])
         for j, extra in enumerate(self.extras):
             v = float(extras.get(extra.name, 0.0))
             if not math.isfinite(v) or abs(v) > extra.bound:
                 raise AggregateOverflow(f"extra {extra.name}={v} is outside its bound +-{extra.bound}")
             values[self.dim + j] = v / extra.step
-        q = np.rint(values).astype(np.int64)
-        if np.any(np.abs(q) > self.levels()):  # cannot happen after the checks above; kept as the invariant
+        # |q| <= L < 2^(bits-1) fits the signed integer of the word size; viewing it unsigned is two's complement
+        signed = np.int32 if self.dtype == np.uint32 else np.int64
+        q = np.rint(values, out=values).astype(signed)
+        # the invariant the modulus relies on (implied by the checks above, verified anyway)
+        levels = self.levels()
+        if np.abs(q[: self.dim]).max(initial=0) > levels[0] or np.any(np.abs(q[self.dim :]) > levels[self.dim :]):
             raise AggregateOverflow("encoded value above its level bound")
-        return (q.astype(np.uint64) & np.uint64(self.modulus_mask)).astype(self.dtype)
+        words = q.view(self.dtype)
+        if self.bits < 8 * self.dtype.itemsize:
+            words &= self.dtype.type(self.modulus_mask)
+        return words
 
     def decode_sum(self, words: np.ndarray, count: int) -> tuple[np.ndarray, dict[str, float]]:
         """Signed decode of the sum of `count` contributions; raises AggregateOverflow if out of range."""

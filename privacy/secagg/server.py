@@ -18,6 +18,7 @@ from dataclasses import dataclass, field as dc_field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import shamir
 from .errors import AggregateOverflow, ProtocolRefusal, SecAggError, ThresholdError
@@ -202,7 +203,9 @@ class SecAggServer:
                 self.events.append(f"{plan.key}: {sorted(thin)} excluded, fewer than t announced neighbours")
             inst.announced = sorted(announced)
             if len(announced) < plan.min_survivors:
-                self._fail(inst, f"only {len(announced)} members announced keys (need {plan.min_survivors})")
+                self._fail(inst, f"{len(inst.announcements)} of {plan.n} members announced keys and "
+                                 f"{len(announced)} of them have >= {plan.threshold} announced neighbours; "
+                                 f"{plan.min_survivors} needed: too many dropped during setup")
                 continue
             for u in inst.announced:
                 msg = out.setdefault(u, {**header("upload", self.session, round_), "instances": [], "next": []})
@@ -244,11 +247,22 @@ class SecAggServer:
 
     # confirm (consistency mode) ---------------------------------------------------------------------------
     def _freeze_survivors(self, inst: _Instance) -> bool:
+        """Fix S; fail early (with the reason) if S cannot be unmasked: too few survivors, or some member whose
+        secret must be rebuilt has fewer than t surviving neighbours to hold its shares."""
+        plan = inst.plan
         if inst.survivors is None:
             inst.survivors = sorted(inst.masked)
-        if len(inst.survivors) < inst.plan.min_survivors:
-            self._fail(inst, f"only {len(inst.survivors)} masked inputs arrived (need {inst.plan.min_survivors})")
+        alive = set(inst.survivors)
+        if len(alive) < plan.min_survivors:
+            self._fail(inst, f"only {len(alive)} masked inputs arrived, {plan.min_survivors} needed")
             return False
+        for v in inst.announced:
+            holders = sum(w in alive for w in plan.neighbours(v))
+            if holders < plan.threshold:
+                self._fail(inst, f"{v} has {holders} surviving neighbours to rebuild its "
+                                 f"{'self-mask' if v in alive else 'masking key'}, threshold {plan.threshold}: "
+                                 f"too many dropouts in its neighbourhood")
+                return False
         return True
 
     def _view_fields(self, msg: Message, inst: _Instance) -> None:
@@ -297,6 +311,8 @@ class SecAggServer:
                     signers = sorted(inst.confirmations)
                     msg[field(plan.key, "signers")] = signers
                     msg[field(plan.key, "signatures")] = [inst.confirmations[s] for s in signers]
+                    for s in signers:  # so a client can check identities it has not met (pinned or first use)
+                        msg[field(plan.key, "cert", s)] = self.trust.cert(s).to_bytes()
         return out
 
     def receive_unmask(self, replies: Mapping[str, Message], round_: int
@@ -378,7 +394,7 @@ class SecAggServer:
         for u in survivors:
             expander.add(total, self._rebuild(inst, u, "b"), -1)
         for v in dropped:
-            mask_private = self._rebuild(inst, v, "e")
+            mask_private = X25519PrivateKey.from_private_bytes(self._rebuild(inst, v, "e"))
             for w in plan.neighbours(v):
                 if w in alive:  # w added pair_sign(w, v) * PRG(s_wv); take it out
                     seed = pair_seed(mask_private, inst.announcements[w].mask_public, plan.digest, v, w)
