@@ -90,7 +90,7 @@ class SecAggClient:
         self.trust.pinned.setdefault(client_id, self.identity.public)
         self.session: bytes | None = None
         self.instances: dict[str, _Instance] = {}
-        self.last_uploaded: dict[str, int] = {}  # block -> last round uploaded (replay protection)
+        self.last_round = -1  # the last round this client uploaded in (replay protection)
         self._channel_keys: dict[tuple[str, bytes, int], bytes] = {}  # derived pairwise channel keys (cache)
 
     # dispatch --------------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ class SecAggClient:
         round_ = check_header(msg, "register", None)
         session = get(msg, "session", bytes)
         if session != self.session:
-            self.session, self.instances, self.last_uploaded = session, {}, {}
+            self.session, self.instances, self.last_round = session, {}, -1
         reply = header("register", session, round_)
         reply["cert"] = self.identity.cert().to_bytes()
         return reply
@@ -139,16 +139,16 @@ class SecAggClient:
                 raise ProtocolRefusal(f"instance {key} already used its keys: refusing to re-announce")
             staged[key] = self._announce(msg, plan, reply)
         for inst in staged.values():
-            self._abandon_older(inst.plan.block, inst.plan.round)
+            self._abandon_older(inst.plan.round)
         self.instances.update(staged)
         reply["instances"] = list(instances)
         return reply
 
-    def _abandon_older(self, block: str, round_: int) -> None:
-        """Erase keys announced for rounds of `block` before `round_` that were never used: the server has moved
-        on, so this client was declared dropped there and those keys may have been rebuilt. Never used again."""
+    def _abandon_older(self, round_: int) -> None:
+        """Erase keys announced for rounds before `round_` that were never used: the server has moved on, so
+        this client was declared dropped there and those keys may have been rebuilt. They are never used again."""
         for inst in self.instances.values():
-            if inst.plan.block == block and inst.plan.round < round_ and inst.status == "announced":
+            if inst.plan.round < round_ and inst.status == "announced":
                 inst.status, inst.mask_private, inst.self_seed, inst.held = "abandoned", None, None, {}
 
     def _accept_plan(self, msg: Message, key: str) -> Plan:
@@ -156,9 +156,9 @@ class SecAggClient:
         if plan.key != key:
             raise ProtocolRefusal(f"plan for {plan.key} sent as {key}")
         plan.check(self.policy, self._session(), self.client_id)
-        last = self.last_uploaded.get(plan.block)
-        if last is not None and plan.round <= last:
-            raise ProtocolRefusal(f"plan {key} is for round {plan.round} <= last uploaded round {last} (replay)")
+        if plan.round <= self.last_round:
+            raise ProtocolRefusal(f"plan {key} is for round {plan.round} <= last uploaded round {self.last_round} "
+                                  f"(replay)")
         known = self.instances.get(key)
         if known is not None and known.plan.digest != plan.digest:
             raise ProtocolRefusal(f"a different plan for instance {key} (plans never change)")
@@ -223,12 +223,12 @@ class SecAggClient:
             contribution = contribute(inst.plan) if callable(contribute) else contribute[inst.plan.block]
             encoded.append(inst.plan.quant.encode(contribution.update, contribution.extras))
         for inst, _ in work:
-            self._abandon_older(inst.plan.block, inst.plan.round)
+            self._abandon_older(inst.plan.round)
         for (inst, (announced, peer_keys, held)), words in zip(work, encoded):
             reply[field(inst.plan.key, "masked")] = self._mask(inst, words, peer_keys)
             inst.status, inst.announced, inst.held = "uploaded", announced, held
             inst.mask_private = inst.self_seed = None  # single use: erased once the masked input exists
-            self.last_uploaded[inst.plan.block] = max(self.last_uploaded.get(inst.plan.block, -1), round_)
+            self.last_round = max(self.last_round, round_)
         self.instances.update(staged)
         reply["instances"] = [inst.plan.key for inst, _ in work]
         reply["next"] = list(next_keys)
@@ -409,7 +409,7 @@ class SecAggClient:
                 "unmask_reply": None if inst.unmask_reply is None else _encode_message(inst.unmask_reply)}
         return json.dumps({"v": 1, "client_id": self.client_id, "identity": self.identity.to_dict(),
                            "policy": vars(self.policy), "trust": self.trust.to_dict(), "session": enc(self.session),
-                           "instances": insts, "last_uploaded": self.last_uploaded}).encode()
+                           "instances": insts, "last_round": self.last_round}).encode()
 
     @staticmethod
     def from_state(data: bytes) -> "SecAggClient":
@@ -421,7 +421,7 @@ class SecAggClient:
         client = SecAggClient(d["client_id"], Identity.from_dict(d["identity"]), policy=Policy(**d["policy"]),
                               trust=TrustStore.from_dict(d["trust"]))
         client.session = dec(d["session"])
-        client.last_uploaded = {k: int(v) for k, v in d["last_uploaded"].items()}
+        client.last_round = int(d["last_round"])
         for key, s in d["instances"].items():
             client.instances[key] = _Instance(
                 Plan.from_bytes(dec(s["plan"])), s["status"], dec(s["mask_private"]), dec(s["self_seed"]),

@@ -168,3 +168,29 @@ def test_consistency_mode_is_exact_with_dropouts(federation):
     result = fed.run(1, plan_next=False)
     assert result.failures == {}, (result.failures, fed.server.events)
     check_exact(fed, result)
+
+
+def test_clients_moving_between_blocks_every_round_keep_two_exchanges(federation):
+    """As with dblocks' round-robin scheduler: each round deals the nodes to the blocks anew. The next round's
+    cohorts are fixed one round ahead, so every client still needs only upload + unmask per round."""
+    from dblocks.privacy.secagg import plan_round, run_round
+
+    fed = federation({"0": 6, "1": 6}, 24, seed=11)
+    ids = sorted(fed.net.clients)
+    rng = np.random.default_rng(5)
+
+    def deal(r):
+        order = list(rng.permutation(ids))
+        return {"0": sorted(order[:6]), "1": sorted(order[6:])}
+
+    fed.cohorts = deal(1)
+    plan_round(fed.server, 1, fed.cohorts, fed.layouts, fed.net)
+    for r in range(1, 5):
+        if r < 4:
+            plan_round(fed.server, r + 1, deal(r + 1), fed.layouts, fed.net)
+        result = run_round(fed.server, r, fed.net)
+        assert result.failures == {}
+        for block in ("0", "1"):
+            check_exact(fed, result, block)
+        if r > 1:
+            assert all(fed.net.stages[(r, c)] == ["upload", "unmask"] for c in ids)
