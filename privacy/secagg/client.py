@@ -212,6 +212,11 @@ class SecAggClient:
                 raise ProtocolRefusal(f"plan of {key} changed since announcement")
             if inst.plan.round != round_:
                 raise ProtocolRefusal(f"instance {key} is not in round {round_}")
+            if inst.plan.round <= self.last_round:
+                # two instances over overlapping cohorts with the same inputs would give the server two sums
+                # whose difference is an individual input: one masked input per round, never a re-run
+                raise ProtocolRefusal(f"already uploaded an input in round {self.last_round}: a round is never "
+                                      f"aggregated twice (re-run a failed block in a later round)")
             work.append((inst, self._collect_peers(msg, inst)))
         next_keys = get(msg, "next", list) if "next" in msg else []
         staged = {}

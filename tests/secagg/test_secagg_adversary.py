@@ -288,3 +288,19 @@ def test_an_unclipped_update_is_refused_by_its_own_client_and_counts_as_a_dropou
     agg = result.aggregates["0"]
     assert agg.dropped_at_upload == ("c001",)
     assert np.abs(agg.update_sum - fed.expected_sum(1, agg.survivors)).max() <= agg.error_bound
+
+
+def test_a_second_instance_in_the_same_round_is_refused(federation):
+    """Re-running a block in the same round over a smaller cohort would let the server subtract the two sums
+    and recover the missing client's input: a client uploads at most one masked input per round."""
+    fed = federation(6, 16, policy=Policy(dropout_fraction=0.2), seed=31)
+    fed.start()
+    fed.run(1, plan_next=False)
+    from dblocks.privacy.secagg import Layout
+
+    retry = fed.server.add_plan(1, "0.retry", sorted(fed.net.clients)[:5], Layout(16, 1.0))
+    joins = fed.server.join_requests(1)
+    assert set(joins) == set(retry.cohort)
+    for cid, req in joins.items():
+        with pytest.raises(ProtocolRefusal, match="replay"):
+            fed.net.clients[cid].join(req)
