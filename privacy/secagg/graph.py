@@ -83,6 +83,7 @@ def _tail_ge(population: int, marked: int, draws: int, at_least: int) -> float:
     return float(hypergeom.sf(at_least - 1, population, marked, draws))
 
 
+@lru_cache(maxsize=4096)
 def failure_probabilities(n: int, k: int, t: int, policy: Policy) -> tuple[float, float, float]:
     """(p_reveal, p_disconnect, p_unrecoverable) for degree k and threshold t in a cohort of n."""
     corrupt, dropped = policy.corrupt(n), policy.dropouts(n)
