@@ -38,7 +38,6 @@ from functools import lru_cache
 from typing import Sequence
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from scipy.stats import hypergeom
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,14 @@ class GraphParams:
 
 
 def _tail_ge(population: int, marked: int, draws: int, at_least: int) -> float:
-    """P[X >= at_least] for X ~ hypergeometric(population, marked, draws)."""
+    """P[X >= at_least] for X ~ hypergeometric(population, marked, draws), exactly (integer arithmetic)."""
     if at_least <= 0:
         return 1.0
-    return float(hypergeom.sf(at_least - 1, population, marked, draws))
+    top = min(marked, draws)
+    if at_least > top:
+        return 0.0
+    hits = sum(math.comb(marked, x) * math.comb(population - marked, draws - x) for x in range(at_least, top + 1))
+    return hits / math.comb(population, draws)
 
 
 @lru_cache(maxsize=4096)

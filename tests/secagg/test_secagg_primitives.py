@@ -170,3 +170,17 @@ def test_infeasible_cohort_is_a_clear_error():
         choose_params(4, Policy(dropout_fraction=0.5))
     with pytest.raises(ValueError, match="at least 3"):
         choose_params(2)
+
+
+def test_exact_hypergeometric_tail_matches_scipy():
+    from scipy.stats import hypergeom
+
+    from dblocks.privacy.secagg.graph import _tail_ge
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        population = int(rng.integers(5, 2000))
+        marked, draws = int(rng.integers(0, population + 1)), int(rng.integers(1, population + 1))
+        at_least = int(rng.integers(1, draws + 2))
+        want = float(hypergeom.sf(at_least - 1, population, marked, draws))
+        assert _tail_ge(population, marked, draws, at_least) == pytest.approx(want, rel=1e-9, abs=1e-300)
