@@ -113,11 +113,13 @@ class SecAggClient:
 
     # register --------------------------------------------------------------------------------------------
     def register(self, msg: Message) -> Message:
-        """Join a session: answer with the certified channel key. A new session drops old instance state."""
+        """Join a session: answer with the certified channel key. A new session (a restarted server) drops old
+        instance state but keeps `last_round`: its rounds must continue past the last round this client uploaded
+        in, so a restart can never make the client mask the same round's input twice."""
         round_ = check_header(msg, "register", None)
         session = get(msg, "session", bytes)
         if session != self.session:
-            self.session, self.instances, self.last_round = session, {}, -1
+            self.session, self.instances = session, {}
         reply = header("register", session, round_)
         reply["cert"] = self.identity.cert().to_bytes()
         return reply

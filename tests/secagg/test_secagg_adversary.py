@@ -304,3 +304,20 @@ def test_a_second_instance_in_the_same_round_is_refused(federation):
     for cid, req in joins.items():
         with pytest.raises(ProtocolRefusal, match="replay"):
             fed.net.clients[cid].join(req)
+
+
+def test_a_restarted_server_cannot_make_a_client_upload_the_same_round_again(federation):
+    from dblocks.privacy.secagg import Layout, SecAggServer
+
+    fed = federation(5, 16, seed=32)
+    fed.start()
+    fed.run(1, plan_next=False)
+    fresh = SecAggServer(policy=fed.server.policy)  # new session, e.g. after a crash
+    fed.server = fresh
+    fed.start(1)  # registers everyone again and plans round 1 of the new session
+    for cid, req in fresh.join_requests(1).items():
+        with pytest.raises(ProtocolRefusal, match="replay"):
+            fed.net.clients[cid].join(req)
+    fresh.add_plan(2, "0", sorted(fed.net.clients), Layout(16, 1.0))  # continuing past round 1 works
+    result = fed.run(2, plan_next=False)
+    assert result.failures == {} and result.aggregates["0"].count == 5
