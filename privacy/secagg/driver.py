@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from .client import Contribution, SecAggClient
-from .errors import SecAggError
+from .errors import SecAggError, ThresholdError
 from .messages import Message, message_bytes
 from .plan import Plan
 from .server import Aggregate, Layout, SecAggServer
@@ -40,6 +40,9 @@ def plan_round(server: SecAggServer, round_: int, cohorts: Mapping[str, Sequence
     plans = {}
     for block, cohort in cohorts.items():
         present = [c for c in cohort if server.registered(c)]
+        if len(present) < 3:
+            raise ThresholdError(f"round {round_} block {block}: only {len(present)} of {len(cohort)} members are "
+                                 f"registered (at least 3 needed); registration problems: {server.events[-5:]}")
         plans[block] = server.add_plan(round_, block, present, layouts[block])
     return plans
 

@@ -46,7 +46,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from .client import Contribution, SecAggClient
 from .driver import RoundResult, plan_round, run_round
-from .errors import ProtocolRefusal
+from .errors import ProtocolRefusal, ThresholdError
 from .graph import Policy
 from .keys import Identity, TrustStore
 from .messages import Message as ProtocolMessage
@@ -167,8 +167,11 @@ class FlowerSecAgg:
 
     def plan(self, round_: int, cohorts: Mapping[str, Iterable[int]]) -> dict[str, Plan]:
         """Fix round `round_`'s per-block cohorts of node ids (registers nodes the server has not met)."""
-        return plan_round(self.server, round_, {b: [str(n) for n in c] for b, c in cohorts.items()},
-                          self.layouts, self.exchange)
+        try:
+            return plan_round(self.server, round_, {b: [str(n) for n in c] for b, c in cohorts.items()},
+                              self.layouts, self.exchange)
+        except ThresholdError as err:
+            raise ThresholdError(f"{err}; node errors: {self.exchange.errors[-5:]}") from None
 
     def run(self, round_: int) -> RoundResult:
         """join (only nodes without keys) -> upload (train) -> [confirm] -> unmask, for all blocks of the round."""

@@ -134,19 +134,19 @@ def test_protocol_over_flower_messages_in_process(tmp_path, monkeypatch, servera
 
 
 @pytest.mark.slow
-def test_protocol_under_flower_simulation_engine(tmp_path):
+def test_protocol_under_flower_simulation_engine(tmp_path, monkeypatch):
     """ServerApp + 6 ClientApps under Flower's Ray simulation engine (real Message routing and runtimes)."""
     pytest.importorskip("ray")
     from flwr.simulation import run_simulation
 
     out_path = tmp_path / "out.json"
-    os.environ["DBLOCKS_SECAGG_TEST_OUT"] = str(out_path)
-    try:
-        run_simulation(flower_apps.server_app, flower_apps.client_app, num_supernodes=6,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": 2, "include_dashboard": False}})
-    finally:
-        os.environ.pop("DBLOCKS_SECAGG_TEST_OUT", None)
+    monkeypatch.setenv("DBLOCKS_SECAGG_TEST_OUT", str(out_path))
+    # Ray workers import the ClientApp's module by name: put this folder on their path
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
+    run_simulation(flower_apps.server_app, flower_apps.client_app, num_supernodes=6,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": 2, "include_dashboard": False}})
     assert out_path.exists(), "the ServerApp did not finish (see the simulation log above)"
     out = json.loads(out_path.read_text())
     assert len(out["rounds"]) == 3
