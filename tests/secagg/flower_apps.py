@@ -61,9 +61,10 @@ def model_of(block: str, round_: int) -> list[np.ndarray]:
 
 def deal(nodes: list[int], round_: int) -> dict[str, list[int]]:
     """Round-robin-like: nodes re-dealt to the two blocks every round."""
-    order = list(np.random.default_rng(round_).permutation(sorted(nodes)))
+    ids = sorted(int(n) for n in nodes)  # Flower node ids are uint64: never let numpy turn them into floats
+    order = [ids[i] for i in np.random.default_rng(round_).permutation(len(ids))]
     half = len(order) // 2
-    return {"0": sorted(int(n) for n in order[:half]), "1": sorted(int(n) for n in order[half:])}
+    return {"0": sorted(order[:half]), "1": sorted(order[half:])}
 
 
 @server_app.main()
