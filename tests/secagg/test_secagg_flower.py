@@ -97,9 +97,10 @@ def serverapp_identity():
 
 
 def test_protocol_over_flower_messages_in_process(tmp_path, monkeypatch, serverapp_identity):
-    nodes = [1001 + 7 * i for i in range(12)]
+    nodes = [2**63 + 1001 + 7 * i for i in range(12)]  # Flower node ids are uint64
     grid = InProcessGrid(flower_apps.client_app, nodes)
-    grid.silent[(2, "upload")] = {1008}  # times out at round 2's upload (never trains)
+    late = nodes[1]
+    grid.silent[(2, "upload")] = {late}  # times out at round 2's upload (never trains)
     crashing = nodes[5]  # raises while unmasking round 3 (error reply)
     original = flower_apps.client_app._registered_funcs["query.secagg"]
 
@@ -118,16 +119,16 @@ def test_protocol_over_flower_messages_in_process(tmp_path, monkeypatch, servera
     out = json.loads(out_path.read_text())
     check_rounds(out)
     r2 = out["rounds"][1]
-    assert all(1008 not in b["survivors"] for b in r2["blocks"].values())
+    assert all(late not in b["survivors"] for b in r2["blocks"].values())
     assert any(crashing in b["survivors"] for b in out["rounds"][2]["blocks"].values())  # its input still counts
     assert ["unmask", crashing] == out["errors"][0][:2] and "node crashed" in out["errors"][0][2]
-    # steady state: exactly upload + unmask per node per round; node 1008 re-joins in round 3
+    # steady state: exactly upload + unmask per node per round; the late node re-joins in round 3
     for r in (2, 3, 4):
         for n in nodes:
             stages = {s for (rr, nn, s) in grid.sent if rr == r and nn == n}
-            if r == 3 and n == 1008:
+            if r == 3 and n == late:
                 assert stages == {"join", "upload", "unmask"}
-            elif not (r == 2 and n == 1008):
+            elif not (r == 2 and n == late):
                 assert stages == {"upload", "unmask"}, (r, n, stages)
     # the node state lives only in its Flower Context (a ConfigRecord holding the serialised client)
     assert "dblocks.secagg" in grid.contexts[nodes[0]].state.config_records
