@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=6)
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--dim", type=int, default=500_000)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
@@ -77,7 +77,7 @@ def main() -> None:
     rows = result["rounds"]
     for row in rows:
         print(f"round {row['round']} {row['protocol']:8s} {row['seconds']:7.2f} s  aggregated {row['aggregated']}  "
-              f"exchanges {row['exchanges']}  "
+              f"exchanges {row['exchanges']} ({', '.join(f'{x:.1f}' for x in row['exchange_seconds'])} s)  "
               f"down {row['bytes_down'] / 1e6:7.2f} MB  up {row['bytes_up'] / 1e6:7.2f} MB  "
               f"max abs err {row['max_abs_error']}  {row['failure'] or ''}")
     summary = {}
@@ -91,12 +91,16 @@ def main() -> None:
                           "median_bytes": float(np.median([r["bytes_down"] + r["bytes_up"] for r in steady]))
                           if steady else None,
                           "exchanges_per_round": steady[0]["exchanges"] if steady else None,
+                          "median_seconds_per_exchange": float(np.median([x for r in steady
+                                                                          for x in r["exchange_seconds"]]))
+                          if steady else None,
                           "max_abs_error": max(r["max_abs_error"] for r in steady) if steady else None}
     ratio = None
     if summary["flower"]["median_round_seconds"] and summary["dblocks"]["median_round_seconds"]:
         ratio = summary["dblocks"]["median_round_seconds"] / summary["flower"]["median_round_seconds"]
-    print(f"steady state: Flower {summary['flower']['median_round_seconds']} s, ours "
-          f"{summary['dblocks']['median_round_seconds']} s per round; ratio ours/Flower = {ratio}")
+    for proto in ("flower", "dblocks"):
+        print(f"steady state {proto}: {summary[proto]}")
+    print(f"ratio ours/Flower (median steady-state round time) = {ratio}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "secagg.json").write_text(json.dumps(
         {"nodes": args.nodes, "rounds": args.rounds, "dim": args.dim, "wall_seconds": wall, "summary": summary,

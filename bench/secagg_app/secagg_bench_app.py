@@ -81,6 +81,7 @@ class CountingGrid:
 
     def reset(self):
         self.sent = self.received = self.bytes_down = self.bytes_up = self.exchanges = 0
+        self.exchange_seconds: list[float] = []
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
@@ -99,7 +100,10 @@ class CountingGrid:
 
     def send_and_receive(self, messages, *, timeout=None):
         self.exchanges += 1
-        return self._in(self._grid.send_and_receive(self._out(messages), timeout=timeout))
+        t0 = time.perf_counter()
+        replies = self._grid.send_and_receive(self._out(messages), timeout=timeout)
+        self.exchange_seconds.append(time.perf_counter() - t0)
+        return self._in(replies)
 
     def push_messages(self, messages):
         return self._grid.push_messages(self._out(messages))
@@ -151,7 +155,8 @@ def main(grid: Grid, context: Context) -> None:
         out = flower.aggregate(counting, context, 0, r, cohort, weights, {"round": r})
         seconds = time.perf_counter() - t0
         entry = {"round": r, "protocol": "flower", "seconds": seconds, "ok": out.ok, "failure": out.failure,
-                 "exchanges": counting.exchanges, "messages": counting.sent, "bytes_down": counting.bytes_down,
+                 "exchanges": counting.exchanges, "exchange_seconds": counting.exchange_seconds,
+                 "messages": counting.sent, "bytes_down": counting.bytes_down,
                  "bytes_up": counting.bytes_up, "aggregated": len(out.survivors) if out.ok else 0,
                  "max_abs_error": error_vs_plain_mean(out.mean[0], out.survivors, r) if out.ok else None}
         result["rounds"].append(entry)
@@ -164,7 +169,8 @@ def main(grid: Grid, context: Context) -> None:
         seconds = time.perf_counter() - t0
         agg = res.aggregates.get("0")
         entry = {"round": r, "protocol": "dblocks", "seconds": seconds, "ok": agg is not None,
-                 "failure": res.failures.get("0"), "exchanges": counting.exchanges, "messages": counting.sent,
+                 "failure": res.failures.get("0"), "exchanges": counting.exchanges,
+                 "exchange_seconds": counting.exchange_seconds, "messages": counting.sent,
                  "bytes_down": counting.bytes_down, "bytes_up": counting.bytes_up,
                  "aggregated": agg.count if agg else 0,
                  "max_abs_error": error_vs_plain_mean(agg.mean_update, agg.survivors, r) if agg else None}
