@@ -1,0 +1,184 @@
+"""ServerApp + ClientApp of bench/secagg.py: the same cohort and model aggregated by Flower 1.41's SecAgg+ (the
+federation's `FlowerSecAggPlus`: legacy SecAggPlusWorkflow + secaggplus_mod) and by dblocks' protocol
+(`FlowerSecAgg`), alternating round by round in one run. Local training is zero (each node's update is a fixed
+function of node and round), so a round's time is all protocol overhead: stage latency, crypto and transfer."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+CLIP = 1.0
+
+
+def node_update(node_id: int, round_: int, dim: int) -> np.ndarray:
+    """The node's clipped update (float32 values), a fixed function of (node, round)."""
+    x = np.random.default_rng([node_id % 2**32, round_]).normal(size=dim)
+    return (x * (CLIP / max(CLIP, float(np.linalg.norm(x))))).astype(np.float32)
+
+
+# ---- client ------------------------------------------------------------------------------------------------------
+client_app = ClientApp()
+
+
+@client_app.train(mods=[secaggplus_mod])
+def flower_train(msg: Message, context: Context) -> Message:
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    dim = parameters_to_ndarrays(fitins.parameters)[0].size
+    update = node_update(context.node_id, int(fitins.config["round"]), dim)
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([update]), num_examples=1, metrics={})
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+
+
+@client_app.train("secagg")
+def dblocks_upload(msg: Message, context: Context) -> Message:
+    from dblocks.privacy.secagg import Contribution
+    from dblocks.privacy.secagg.flower import handle
+
+    def contribute(plan, message):
+        dim = message.content["model"].to_numpy_ndarrays()[0].size
+        return Contribution(node_update(context.node_id, plan.round, dim).astype(np.float64))
+
+    return handle(msg, context, contribute)
+
+
+@client_app.query("secagg")
+def dblocks_stage(msg: Message, context: Context) -> Message:
+    from dblocks.privacy.secagg.flower import handle
+
+    return handle(msg, context)
+
+
+# ---- server ------------------------------------------------------------------------------------------------------
+def content_bytes(content: RecordDict) -> int:
+    """Payload bytes of a RecordDict: array buffers + bytes/str values (+8 per number)."""
+    total = 0
+    for record in content.values():
+        if isinstance(record, ArrayRecord):
+            total += sum(len(a.data) for a in record.values())
+        else:
+            for value in record.values():
+                items = value if isinstance(value, list) else [value]
+                total += sum(len(v) if isinstance(v, (bytes, str)) else 8 for v in items)
+    return total
+
+
+class CountingGrid:
+    """Forwards to the real Grid and counts messages and payload bytes in both directions."""
+
+    def __init__(self, grid: Grid):
+        self._grid = grid
+        self.reset()
+
+    def reset(self):
+        self.sent = self.received = self.bytes_down = self.bytes_up = self.exchanges = 0
+        self.exchange_seconds: list[float] = []
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def _out(self, messages):
+        messages = list(messages)
+        self.sent += len(messages)
+        self.bytes_down += sum(content_bytes(m.content) for m in messages)
+        return messages
+
+    def _in(self, replies):
+        replies = list(replies)
+        self.received += len(replies)
+        self.bytes_up += sum(content_bytes(m.content) for m in replies if not m.has_error())
+        return replies
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.exchanges += 1
+        t0 = time.perf_counter()
+        replies = self._grid.send_and_receive(self._out(messages), timeout=timeout)
+        self.exchange_seconds.append(time.perf_counter() - t0)
+        return self._in(replies)
+
+    def push_messages(self, messages):
+        return self._grid.push_messages(self._out(messages))
+
+    def pull_messages(self, message_ids):
+        return self._in(self._grid.pull_messages(message_ids))
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    from dblocks.privacy.secagg import Layout, Policy
+    from dblocks.privacy.secagg.flower import FlowerSecAgg
+    from dblocks.server.federation.aggregation import FlowerSecAggPlus
+    from dblocks.server.federation.config import SecAggConfig
+
+    cfg = context.run_config
+    want, rounds, dim = int(cfg["nodes"]), int(cfg["rounds"]), int(cfg["dim"])
+    deadline = time.time() + 120
+    while len(list(grid.get_node_ids())) < want and time.time() < deadline:
+        time.sleep(1.0)
+    cohort = sorted(grid.get_node_ids())[:want]
+    counting = CountingGrid(grid)
+    weights = [np.zeros(dim, dtype=np.float32)]
+    policy = Policy(dropout_fraction=0.2)
+
+    def payload(stage, node_id, blocks):
+        if stage == "upload":
+            return RecordDict({"model": ArrayRecord(weights), "task": ConfigRecord({"block": blocks[0]})})
+        return None
+
+    ours = FlowerSecAgg(counting, {"0": Layout(dim, CLIP)}, timeout=600, payload=payload, policy=policy)
+    flower = FlowerSecAggPlus(SecAggConfig(mode="flower", threshold=0.6, timeout=600), CLIP)
+    result = {"nodes": cohort, "dim": dim, "rounds": [], "plan": None}
+    t0 = time.perf_counter()
+    counting.reset()
+    ours.plan(1, {"0": cohort})
+    result["ours_registration"] = {"seconds": time.perf_counter() - t0, "exchanges": counting.exchanges}
+    def error_vs_plain_mean(mean, survivors, r):
+        plain = np.mean([node_update(int(n), r, dim).astype(np.float64) for n in survivors], axis=0)
+        return float(np.abs(np.asarray(mean, dtype=np.float64) - plain).max())
+
+    for r in range(1, rounds + 1):
+        # Flower's SecAgg+
+        counting.reset()
+        t0 = time.perf_counter()
+        out = flower.aggregate(counting, context, 0, r, cohort, weights, {"round": r})
+        seconds = time.perf_counter() - t0
+        entry = {"round": r, "protocol": "flower", "seconds": seconds, "ok": out.ok, "failure": out.failure,
+                 "exchanges": counting.exchanges, "exchange_seconds": counting.exchange_seconds,
+                 "messages": counting.sent, "bytes_down": counting.bytes_down,
+                 "bytes_up": counting.bytes_up, "aggregated": len(out.survivors) if out.ok else 0,
+                 "max_abs_error": error_vs_plain_mean(out.mean[0], out.survivors, r) if out.ok else None}
+        result["rounds"].append(entry)
+        # ours (round r+1 is planned inside the timed window: it is part of the protocol's cost)
+        counting.reset()
+        t0 = time.perf_counter()
+        if r < rounds:
+            ours.plan(r + 1, {"0": cohort})
+        res = ours.run(r)
+        seconds = time.perf_counter() - t0
+        agg = res.aggregates.get("0")
+        entry = {"round": r, "protocol": "dblocks", "seconds": seconds, "ok": agg is not None,
+                 "failure": res.failures.get("0"), "exchanges": counting.exchanges,
+                 "exchange_seconds": counting.exchange_seconds, "messages": counting.sent,
+                 "bytes_down": counting.bytes_down, "bytes_up": counting.bytes_up,
+                 "aggregated": agg.count if agg else 0,
+                 "max_abs_error": error_vs_plain_mean(agg.mean_update, agg.survivors, r) if agg else None}
+        result["rounds"].append(entry)
+        print(json.dumps(result["rounds"][-2:]), flush=True)
+    plan = ours.server.plans(1)[0]
+    result["plan"] = {"k": plan.degree, "t": plan.threshold, "bits": plan.quant.bits}
+    result["errors"] = [list(e) for e in ours.exchange.errors]
+    if cfg.get("out"):
+        with open(str(cfg["out"]), "w") as f:
+            json.dump(result, f, indent=1)
