@@ -25,6 +25,8 @@ from dblocks.shared.training import TrainConfig, make_optimizer, per_sample_loss
 
 from .accounting import MechanismStep, epsilon
 
+PerExampleLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class DPConfig:
@@ -78,8 +80,13 @@ def train_block_dp(
     cfg: TrainConfig,
     dp: DPConfig,
     progress: Callable[[int, int, float, float], None] | None = None,
+    loss_fn: PerExampleLoss | None = None,
 ) -> DPReport:
-    """Train `block` in place with DP-SGD on (x, y); progress(step, total, loss, epsilon_so_far)."""
+    """Train `block` in place with DP-SGD on (x, y); progress(step, total, loss, epsilon_so_far).
+
+    `loss_fn(module, xb, yb, generator)` gives one loss per example of the batch, computed through `module`
+    (the Opacus-wrapped block); default: the DiffusionBlocks loss of block `block_index` (`per_sample_loss`).
+    Privacy audits pass their own to route canary examples through the same sampler, clipping and noise."""
     n = len(x)
     q, total = dp.sample_rate(n), dp.num_steps(n, cfg.epochs)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -98,8 +105,11 @@ def train_block_dp(
     step, t0, ema = 0, time.perf_counter(), float("nan")
     while step < total:
         for xb, yb in loader:
-            losses = per_sample_loss(block, block_index, xb, yb, generator=g, weighting=cfg.classifier_weighting,
-                                     label_dropout=cfg.label_dropout, forward=module)
+            if loss_fn is None:
+                losses = per_sample_loss(block, block_index, xb, yb, generator=g, weighting=cfg.classifier_weighting,
+                                         label_dropout=cfg.label_dropout, forward=module)
+            else:
+                losses = loss_fn(module, xb, yb, g)
             dp_opt.zero_grad(set_to_none=True)
             if dp.grad_sample_mode == "ghost":
                 # ghost clipping: two backward passes packaged by Opacus; sum/expected batch = Opacus' "mean"
