@@ -71,7 +71,10 @@ def _fit_log_sigma(residual, schedule: NoiseSchedule) -> float:
 
 
 def recover_sigma(block: nn.Module, grads: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """(sigma, rank-1 ratio) from the noise embedding's first layer."""
+    """(sigma, rank-1 ratio) from the noise embedding's first layer; (nan, nan) if it has no gradient (a fresh
+    block: zero AdaLN weights keep the noise embedding out of the loss)."""
+    if float(grads["noise_emb.fc1.bias"].abs().max()) == 0:
+        return float("nan"), float("nan")
     a, ratio = rank1_input(grads["noise_emb.fc1.weight"], grads["noise_emb.fc1.bias"])
     freqs = block.noise_emb.freqs.double()
 
@@ -108,6 +111,11 @@ def closed_form_attack(block: nn.Module, delta: Delta, lr: float | None = None) 
     otherwise rescaled (only ratios are then used; the generator's clean target becomes an estimate)."""
     grads = _as_grads(delta, lr)
     sigma, ratio = recover_sigma(block, grads)
+    if math.isnan(sigma):  # without sigma nothing else can be un-preconditioned
+        arch = block.arch
+        label = int(grads["head.bias"].argmin()) if isinstance(block, DenoisingClassifier) else \
+            int(grads["label_emb.weight"].norm(dim=1).argmax())
+        return ClosedFormResult(None, label, sigma, torch.full((1, arch.width), float("nan")), ratio, lr is not None)
     sig = torch.tensor([sigma], dtype=torch.float64)
     c_skip, c_out, c_in, _ = (float(t) for t in block.schedule.precondition(sig))
     if isinstance(block, DenoisingClassifier):

@@ -1,0 +1,266 @@
+"""One-run privacy audit (Steinke, Nasr, Jagielski 2023): empirical epsilon lower bounds from canaries.
+
+m canaries are each included with probability 1/2 (independently) in one training run. After the run the auditor
+scores every canary, guesses "included" for the k+ highest scores and "excluded" for the k- lowest, and counts
+v correct out of r = k+ + k- guesses. If the run is (eps, delta)-DP, Theorem 5.2 of the paper bounds
+
+    P[V >= v] <= P[Bin(r, q) >= v] + 2 m delta max_{1<=i<=v} P[v - i <= Bin(r, q) < v] / i,  q = e^eps / (1 + e^eps),
+
+so every eps whose bound is below 1 - confidence is rejected; the lower bound is the largest rejected eps
+(bisection: the bound grows with eps). Several guess counts are tried with a Bonferroni correction, so the
+reported bound keeps its 95% confidence.
+
+Two canary kinds, both white-box gradient canaries (Dirac canaries, the tightest known for DP-SGD: each
+canary's clipped gradient is C along its own coordinate, which no real record touches, so the score of an
+excluded canary is pure DP noise and the included ones are shifted by C per sampling):
+
+* record level (`record_canary_audit`): the block gets an extra canary table (an embedding with one scalar per
+  canary) and the canaries are extra training examples, labelled -1-i, whose loss is S * table[i] (S = 10 C,
+  so clipping must act on them). They ride through the client's real `train_block_dp`: Opacus' Poisson
+  sampler, per-example clipping (ghost clipping included), noise and optimizer. Score: -(table[i] after
+  training). A missing or reduced noise, missing clipping or a wrong sample rate shows up as an eps lower bound
+  above the accountant's epsilon.
+* client level (`client_canary_audit`): m canary clients each send S e_j for their own random coordinate j of
+  the block's parameters; the release mechanism (clip + sum + central noise + mean) is run as given, per round;
+  score: the released value at j, summed over rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.stats import binom
+from torch import nn
+
+from dblocks.shared.training import TrainConfig, block_loss, draw_block_inputs
+
+from .updates import Delta
+
+CANARY_GRAD_FACTOR = 10.0  # canary gradient norm S = 10 C: clipping has to act on it
+
+
+# ---------------------------------------------------------------------------------------------------
+# the bound
+# ---------------------------------------------------------------------------------------------------
+def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
+    """Bound on P[>= v correct of r guesses] for an (epsilon, delta)-DP run with m canaries (Thm 5.2)."""
+    if not 0 <= v <= r <= m:
+        raise ValueError(f"need 0 <= v <= r <= m, got v={v}, r={r}, m={m}")
+    if v == 0:
+        return 1.0
+    q = 1.0 / (1.0 + math.exp(-epsilon))
+    tail = float(binom.sf(v - 1, r, q))
+    below = binom.pmf(np.arange(v - 1, -1, -1), r, q)  # P[Bin = v-1], P[Bin = v-2], ..., P[Bin = 0]
+    alpha = float(np.max(np.cumsum(below) / np.arange(1, v + 1)))
+    return min(1.0, tail + 2 * m * delta * alpha)
+
+
+def epsilon_lower_bound(m: int, r: int, v: int, delta: float, significance: float = 0.05) -> float:
+    """Largest epsilon rejected at `significance` given v correct of r guesses (0 if none is rejected)."""
+    if v == 0 or p_value(m, r, v, 0.0, delta) >= significance:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while p_value(m, r, v, hi, delta) < significance:
+        lo, hi = hi, hi * 2
+        if hi > 100:
+            return lo
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if p_value(m, r, v, mid, delta) < significance:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass
+class CanaryBound:
+    """Result of guessing from canary scores: epsilon lower bound at `delta` with `confidence`, the guess count r
+    and correct guesses v that gave it, and every guess count tried."""
+
+    epsilon_lower_bound: float
+    delta: float
+    confidence: float
+    canaries: int
+    included: int
+    guesses: int
+    correct: int
+    tried: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def guess_fractions() -> tuple[float, ...]:
+    return (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def bound_from_scores(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95,
+                      fractions: tuple[float, ...] | None = None) -> CanaryBound:
+    """Guess the top r/2 as included and the bottom r/2 as excluded for r = fraction * m, each fraction at
+    significance (1 - confidence) / #fractions (Bonferroni); report the best bound."""
+    scores, included = np.asarray(scores, np.float64), np.asarray(included, bool)
+    m = len(scores)
+    fractions = fractions or guess_fractions()
+    significance = (1 - confidence) / len(fractions)
+    order = np.argsort(-scores, kind="stable")
+    best = CanaryBound(0.0, delta, confidence, m, int(included.sum()), 0, 0)
+    for f in fractions:
+        k = max(1, int(round(f * m / 2)))
+        k = min(k, m // 2)
+        top, bottom = order[:k], order[m - k :]
+        v = int(included[top].sum() + (~included[bottom]).sum())
+        eps = epsilon_lower_bound(m, 2 * k, v, delta, significance)
+        best.tried.append({"guesses": 2 * k, "correct": v, "epsilon_lower_bound": eps})
+        if eps > best.epsilon_lower_bound:
+            best.epsilon_lower_bound, best.guesses, best.correct = eps, 2 * k, v
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------
+# record level: Dirac canaries through train_block_dp
+# ---------------------------------------------------------------------------------------------------
+class CanaryAugmentedBlock(nn.Module):
+    """The block plus a canary table (one scalar per canary; row m is the null row real examples use).
+    forward(*block_args, canary_ids) -> (block output, table[canary_ids])."""
+
+    def __init__(self, block: nn.Module, canaries: int) -> None:
+        super().__init__()
+        self.block = block
+        self.canaries = nn.Embedding(canaries + 1, 1)
+        nn.init.zeros_(self.canaries.weight)
+
+    def forward(self, *args, canary_ids: torch.Tensor):
+        return self.block(*args), self.canaries(canary_ids).squeeze(-1)
+
+
+def canary_loss_fn(block: nn.Module, block_index: int, cfg: TrainConfig, canaries: int, grad_norm: float):
+    """Per-example loss for `train_block_dp`: real examples (label >= 0) get the block loss, canary i
+    (label -1-i) gets grad_norm * table[i], whose gradient is grad_norm on its own table row."""
+
+    def loss(module, xb, yb, generator):
+        is_canary = yb < 0
+        ids = torch.where(is_canary, -yb - 1, torch.full_like(yb, canaries))
+        inputs = draw_block_inputs(block, block_index, xb, yb.clamp_min(0), generator=generator,
+                                   label_dropout=cfg.label_dropout)
+        table: dict[str, torch.Tensor] = {}
+
+        def forward(*args):
+            out, table["value"] = module(*args, canary_ids=ids)
+            return out
+
+        real = block_loss(block, inputs, weighting=cfg.classifier_weighting, forward=forward)
+        return torch.where(is_canary, grad_norm * table["value"], real)
+
+    return loss
+
+
+@dataclass
+class RecordCanaryResult:
+    bound: CanaryBound
+    accountant_epsilon: float
+    dp_report: dict
+    scores: list[float]
+    included: list[bool]
+
+    def to_dict(self) -> dict:
+        return {"bound": self.bound.to_dict(), "accountant_epsilon": self.accountant_epsilon, "dp_report": self.dp_report}
+
+
+def record_canary_audit(
+    block: nn.Module,
+    block_index: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    dp,
+    canaries: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> RecordCanaryResult:
+    """Run the client's DP-SGD (`train_block_dp`, on a copy of `block`) on (x, y) plus the included canaries and
+    bound epsilon from the canary scores. The run's own accountant epsilon (same sampler, steps, noise) comes
+    back beside it."""
+    from dblocks.privacy.dpsgd import train_block_dp
+
+    g = torch.Generator().manual_seed(seed)
+    included = torch.rand(canaries, generator=g) < 0.5
+    ids = torch.nonzero(included).flatten()
+    x_canary = torch.zeros((len(ids), *x.shape[1:]), dtype=x.dtype)
+    x_all = torch.cat([x, x_canary])
+    y_all = torch.cat([y, -ids - 1])
+    audited = CanaryAugmentedBlock(copy.deepcopy(block), canaries)
+    inner = audited.block
+    loss = canary_loss_fn(inner, block_index, cfg, canaries, CANARY_GRAD_FACTOR * dp.max_grad_norm)
+    # the schedule/arch attributes of the block are read by the loss through `inner`
+    report = train_block_dp(audited, block_index, x_all, y_all, cfg, dp, loss_fn=loss)
+    scores = -audited.canaries.weight.detach()[:canaries, 0].double().numpy()
+    bound = bound_from_scores(scores, included.numpy(), dp.delta, confidence)
+    return RecordCanaryResult(bound, report.epsilon, report.to_dict(), scores.tolist(), included.tolist())
+
+
+# ---------------------------------------------------------------------------------------------------
+# client level: canary clients through a release mechanism
+# ---------------------------------------------------------------------------------------------------
+ReleaseFn = Callable[[list[Delta], torch.Generator], Delta]
+
+
+@dataclass
+class ClientCanaryResult:
+    bound: CanaryBound
+    accountant_epsilon: float
+    rounds: int
+    scores: list[float]
+    included: list[bool]
+
+    def to_dict(self) -> dict:
+        return {"bound": self.bound.to_dict(), "accountant_epsilon": self.accountant_epsilon, "rounds": self.rounds}
+
+
+def client_canary_audit(
+    real_updates: list[Delta],
+    param_keys: list[str],
+    release_fn: ReleaseFn,
+    clip_norm: float,
+    noise_multiplier: float,
+    delta: float,
+    canaries: int = 1000,
+    rounds: int = 1,
+    seed: int = 0,
+    confidence: float = 0.95,
+    accountant: str = "prv",
+) -> ClientCanaryResult:
+    """Canary clients for client-level DP. Each canary i sends S e_{j_i} (S = 10 C, one random parameter
+    coordinate per canary) in every round it is included in; the real clients send `real_updates`. The
+    accountant's epsilon is that of `rounds` Gaussian mechanisms with sensitivity C and noise z C."""
+    from dblocks.privacy.accounting import MechanismStep, epsilon as accountant_epsilon
+
+    g = torch.Generator().manual_seed(seed)
+    included = torch.rand(canaries, generator=g) < 0.5
+    sizes = [real_updates[0][k].numel() for k in param_keys]
+    total = sum(sizes)
+    if canaries > total:
+        raise ValueError(f"{canaries} canaries need as many parameter coordinates; the block has {total}")
+    coords = torch.randperm(total, generator=g)[:canaries]
+    offsets = np.cumsum([0] + sizes)
+    template = {k: torch.zeros_like(v) for k, v in real_updates[0].items()}
+    canary_updates = []
+    for i in torch.nonzero(included).flatten().tolist():
+        c = int(coords[i])
+        t = int(np.searchsorted(offsets, c, side="right") - 1)
+        u = {k: v.clone() for k, v in template.items()}
+        u[param_keys[t]].view(-1)[c - offsets[t]] = CANARY_GRAD_FACTOR * clip_norm
+        canary_updates.append(u)
+    scores = torch.zeros(canaries, dtype=torch.float64)
+    for _ in range(rounds):
+        released = release_fn(real_updates + canary_updates, g)
+        flat = torch.cat([released[k].flatten().double() for k in param_keys])
+        scores += flat[coords]
+    bound = bound_from_scores(scores.numpy(), included.numpy(), delta, confidence)
+    eps = accountant_epsilon([MechanismStep(noise_multiplier, 1.0, rounds)], delta, accountant)
+    return ClientCanaryResult(bound, eps, rounds, scores.tolist(), included.tolist())
