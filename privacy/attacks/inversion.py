@@ -17,7 +17,7 @@ matches the update to 1 - cos < 1e-6 without recovering the image.
 
 Labels: "infer" reads them off the update (iDLG, Zhao et al. 2020): the classifier head-bias coordinates that
 went up, or the generator label-embedding rows that moved; "learn" (DLG) optimises soft labels instead
-(classifier only). Images are kept in [-1, 1] by projection after each step. Adam with step decay, several
+(classifier only). Images are kept in [-1, 1] by projection after each step. Adam with cosine decay, several
 restarts, best matching loss wins. Rounds share the records (sequence observation: joint matching).
 """
 
@@ -44,7 +44,7 @@ class MatchingConfig:
     learn_scales: bool = False
     tv_weight: float = 0.0
     iterations: int = 1000
-    lr: float = 0.05
+    lr: float = 0.1
     restarts: int = 1
     seed: int = 0
 
@@ -203,9 +203,12 @@ def invert(
         g = torch.Generator().manual_seed(cfg.seed * 1000 + restart)
         dummies = _Dummies(block, target, labels, g)
         params = [p for n, p in dummies.named_parameters() if (n != "log_scale" or cfg.learn_scales)]
+        if cfg.learn_scales:  # start each client's scale at ||u_obs|| / ||sum_k u_k||: clip factors are ~C / ||u||
+            with torch.no_grad():
+                free = _matching_loss(block, target, dummies, observed, keys, segments, cfg, lo, hi, unscaled_norm=True)
+                dummies.log_scale.fill_(math.log(float(observed[0].norm()) / max(free, 1e-30)))
         opt = torch.optim.Adam(params, lr=cfg.lr)
-        milestones = [int(cfg.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iterations, eta_min=cfg.lr * 1e-3)
         history: list[float] = []
         for it in range(cfg.iterations):
             opt.zero_grad(set_to_none=True)
@@ -226,7 +229,9 @@ def invert(
     return best
 
 
-def _matching_loss(block, target: MatchingTarget, dummies: _Dummies, observed, keys, segments, cfg: MatchingConfig, lo, hi):
+def _matching_loss(block, target: MatchingTarget, dummies: _Dummies, observed, keys, segments, cfg: MatchingConfig, lo, hi,
+                   unscaled_norm: bool = False):
+    """The matching loss (or, with unscaled_norm, the norm of the first round's predicted update before scaling)."""
     n = target.records
     total = 0.0
     with torch.enable_grad():
@@ -239,11 +244,13 @@ def _matching_loss(block, target: MatchingTarget, dummies: _Dummies, observed, k
                 u = _flat(simulate_update(block, params, steps, target.training, create_graph=True), keys)
                 if cfg.loss == "cosine" and target.clip_norm is not None:
                     u = u * torch.clamp(target.clip_norm / (u.norm() + 1e-12), max=1.0)
-                if cfg.learn_scales:
+                if cfg.learn_scales and not unscaled_norm:
                     u = u * torch.exp(dummies.log_scale[k])
                 pred = u if pred is None else pred + u
             if target.reduction == "mean":
                 pred = pred / target.clients
+            if unscaled_norm:
+                return float(pred.detach().norm())
             obs = observed[r]
             for seg in segments:
                 p, o = pred[seg], obs[seg]
