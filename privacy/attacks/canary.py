@@ -17,9 +17,9 @@ excluded canary is pure DP noise and the included ones are shifted by C per samp
 * record level (`record_canary_audit`): the block gets an extra canary table (an embedding with one scalar per
   canary) and the canaries are extra training examples, labelled -1-i, whose loss is S * table[i] (S = 10 C,
   so clipping must act on them). They ride through the client's real `train_block_dp`: Opacus' Poisson
-  sampler, per-example clipping (ghost clipping included), noise and optimizer. Score: -(table[i] after
-  training). A missing or reduced noise, missing clipping or a wrong sample rate shows up as an eps lower bound
-  above the accountant's epsilon.
+  sampler, per-example clipping (ghost clipping included) and noise. Score: the sum over steps of the
+  privatized gradient of table[i] (what the optimizer receives; white-box). A missing or reduced noise, missing
+  clipping or a wrong sample rate shows up as an eps lower bound above the accountant's epsilon.
 * client level (`client_canary_audit`): m canary clients each send S e_j for their own random coordinate j of
   the block's parameters; the release mechanism (clip + sum + central noise + mean) is run as given, per round;
   score: the released value at j, summed over rounds.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -160,6 +161,30 @@ def canary_loss_fn(block: nn.Module, block_index: int, cfg: TrainConfig, canarie
     return loss
 
 
+@contextmanager
+def privatized_gradient_sum(weight: torch.Tensor):
+    """Sum, over the optimizer steps taken inside the block, of `weight`'s gradient as the underlying optimizer
+    receives it: after Opacus' clipping, noise and scaling. These privatized gradients are exactly what DP-SGD's
+    accountant covers (everything after them, AdamW included, is post-processing), so scoring canaries by them
+    is the white-box audit of the mechanism itself. (Scoring by the final weights instead would let Adam's
+    per-coordinate normalisation hide an unclipped gradient.)"""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    total = torch.zeros(weight.shape, dtype=torch.float64)
+
+    def hook(optimizer, args, kwargs):
+        if hasattr(optimizer, "original_optimizer"):  # a DP wrapper: its inner optimizer sees the noised gradient
+            return
+        if weight.grad is not None and any(p is weight for group in optimizer.param_groups for p in group["params"]):
+            total.add_(weight.grad.detach().double())
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        yield total
+    finally:
+        handle.remove()
+
+
 @dataclass
 class RecordCanaryResult:
     bound: CanaryBound
@@ -195,11 +220,10 @@ def record_canary_audit(
     x_all = torch.cat([x, x_canary])
     y_all = torch.cat([y, -ids - 1])
     audited = CanaryAugmentedBlock(copy.deepcopy(block), canaries)
-    inner = audited.block
-    loss = canary_loss_fn(inner, block_index, cfg, canaries, CANARY_GRAD_FACTOR * dp.max_grad_norm)
-    # the schedule/arch attributes of the block are read by the loss through `inner`
-    report = train_block_dp(audited, block_index, x_all, y_all, cfg, dp, loss_fn=loss)
-    scores = -audited.canaries.weight.detach()[:canaries, 0].double().numpy()
+    loss = canary_loss_fn(audited.block, block_index, cfg, canaries, CANARY_GRAD_FACTOR * dp.max_grad_norm)
+    with privatized_gradient_sum(audited.canaries.weight) as sums:
+        report = train_block_dp(audited, block_index, x_all, y_all, cfg, dp, loss_fn=loss)
+    scores = sums[:canaries, 0].numpy()
     bound = bound_from_scores(scores, included.numpy(), dp.delta, confidence)
     return RecordCanaryResult(bound, report.epsilon, report.to_dict(), scores.tolist(), included.tolist())
 
