@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the main job: registry + SuperLink + 6 companies (`dbclient join`) on MNIST 5k, DP-SGD + secure aggregation
 demo: $(STAMP)
-	$(BIN)/dblocks demo
+	$(BIN)/dbserver demo
 
 # System packages some tests need (PostgreSQL, Chromium, nftables); installs them when run as root with apt,
 # otherwise those tests skip and say why.

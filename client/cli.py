@@ -1,13 +1,130 @@
-"""Command-line entry point of dblocks.client."""
+"""`dbclient`: the company side — join a federation, check data, node keys and the privacy ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from dblocks.shared.data import DataError
+
+from .join import JoinOptions, default_home, ledger_path, run_supernode, validate
 
 app = typer.Typer(help="Company side: join a federation, check data, keys and the privacy ledger.", no_args_is_help=True)
+keys_app = typer.Typer(help="This company's node key (its identity towards the federation).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console(soft_wrap=True)
 
 
-@app.callback()
-def main() -> None:
-    """Company side: join a federation, check data, keys and the privacy ledger."""
+def fail(msg: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+def parse_size_mb(text: str) -> float:
+    """'2GB', '512MB', '1.5G' -> megabytes."""
+    t = text.strip().upper().removesuffix("B")
+    for unit, mult in (("G", 1024.0), ("M", 1.0), ("K", 1 / 1024)):
+        if t.endswith(unit):
+            return float(t[:-1]) * mult
+    return float(t)
+
+
+@app.command()
+def join(
+    server: str = typer.Option(..., help="SuperLink address HOST:PORT (the operator's Fleet API)"),
+    data: Path = typer.Option(..., help="your private data: CSV/Parquet (label column), NPZ (x, y) or image folder"),
+    ca: Optional[Path] = typer.Option(None, help="the operator's CA certificate (ca.pem)"),
+    key: Optional[Path] = typer.Option(None, help="this node's private key (dbclient keys init)"),
+    epsilon_budget: float = typer.Option(8.0, help="record-level epsilon this data set may spend, all runs and blocks"),
+    delta: float = typer.Option(1e-5, help="delta at which the budget is accounted"),
+    memory_limit: str = typer.Option("0", help="memory training may use, e.g. 2GB (0: no limit)"),
+    label_column: str = typer.Option("label", help="label column of a CSV/Parquet file"),
+    image_size: int = typer.Option(0, help="resize images to this size (0: as they are)"),
+    threads: int = typer.Option(0, help="CPU threads for training (0: all cores)"),
+    insecure: bool = typer.Option(False, "--insecure", help="no TLS (local tests only)"),
+    home: Path = typer.Option(default_home(), help="where the ledger and Flower state live"),
+) -> None:
+    """Join a federation: validate the data, then run a SuperNode (outbound connections only)."""
+    opts = JoinOptions(server=server, data=data, home=home, ca=ca, key=key, insecure=insecure, epsilon_budget=epsilon_budget,
+                       delta=delta, memory_mb=parse_size_mb(memory_limit), label_column=label_column, image_size=image_size, threads=threads)
+    try:
+        ds = validate(opts)
+    except DataError as e:
+        fail(f"{e}\nnothing was sent to the server.")
+    if ca is not None and not ca.exists():
+        fail(f"{ca}: CA certificate not found (ask the operator for ca.pem)")
+    if key is not None and not key.exists():
+        fail(f"{key}: node key not found (create one with `dbclient keys init`)")
+    if insecure:
+        console.print("[bold yellow]warning:[/bold yellow] --insecure: no TLS, the connection is neither encrypted nor "
+                      "authenticated. Use only for local tests.")
+    console.print(f"data ok: {ds.describe()}")
+    console.print(f"joining {server}; privacy ledger {ledger_path(home, data.resolve())} (budget epsilon={epsilon_budget} "
+                  f"at delta={delta})")
+    try:
+        run_supernode(opts, emit=lambda line: console.print(f"[bold cyan]dbclient[/bold cyan] {line}"))
+    except ValueError as e:
+        fail(str(e))
+
+
+@app.command("check-data")
+def check_data(
+    path: Path = typer.Argument(..., help="CSV/Parquet/NPZ file or image folder"),
+    label_column: str = "label",
+    image_size: int = 0,
+) -> None:
+    """Validate a data set as `join` would, and describe it."""
+    try:
+        ds = validate(JoinOptions(server="", data=path, home=default_home(), label_column=label_column,
+                                  image_size=image_size))
+    except DataError as e:
+        fail(str(e))
+    console.print_json(json.dumps(ds.describe()))
+
+
+@app.command()
+def status(
+    data: Path = typer.Option(..., help="the data set whose ledger to show"),
+    home: Path = typer.Option(default_home()),
+    budget: Optional[float] = typer.Option(None, help="override the budget shown (default: the ledger's)"),
+) -> None:
+    """The privacy ledger of a data set and the rounds it took part in."""
+    from .ledger import PrivacyLedger
+
+    path = ledger_path(home, data.resolve())
+    if not path.exists():
+        fail(f"no ledger for {data} under {home}: this data set has not trained anything yet", code=1)
+    raw = json.loads(path.read_text())
+    ledger = PrivacyLedger(path, budget if budget is not None else raw["budget"], raw["delta"], raw["accountant"])
+    s = ledger.summary()
+    console.print(f"record-level epsilon spent: [bold]{s['spent']:.3f}[/bold] of {s['budget']} at delta={s['delta']:g} "
+                  f"({s['accountant']} accountant), {s['updates']} updates")
+    t = Table("run", "round", "block", "noise z", "sample rate q", "steps", "examples", "epsilon after")
+    for e in ledger.entries:
+        t.add_row(e.run_id[:12], str(e.round), str(e.block_index), f"{e.noise_multiplier:g}", f"{e.sample_rate:.4g}",
+                  str(e.steps), str(e.examples), f"{e.epsilon_after:.3f}")
+    console.print(t)
+
+
+@keys_app.command("init")
+def keys_init(path: Path = typer.Option(default_home() / "node.key", help="where to write the private key")) -> None:
+    """Create this company's node key and print the public key to send to the operator."""
+    from dblocks.shared.pki import create_node_key, public_key_fingerprint
+
+    try:
+        priv, pub = create_node_key(path)
+    except FileExistsError as e:
+        fail(str(e))
+    text = pub.read_text().strip()
+    console.print(f"private key: {priv} (keep it here; it never leaves this machine)")
+    console.print(f"public key:  {pub}\n{text}")
+    console.print(f"fingerprint: {public_key_fingerprint(text)}")
+    console.print("send the public key to the operator, who approves it with `dbserver nodes approve`.")
 
 
 if __name__ == "__main__":

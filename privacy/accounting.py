@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 
 ACCOUNTANTS = ("prv", "rdp")
 
@@ -38,6 +36,8 @@ def epsilon(history: list[MechanismStep], delta: float, accountant: str = "prv")
         return 0.0
     if any(h.noise_multiplier <= 0 for h in live):
         return float("inf")
+    from opacus.accountants import create_accountant  # imports all of opacus (seconds): only when needed
+
     acc = create_accountant(mechanism=accountant)
     acc.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in live]
     return float(acc.get_epsilon(delta=delta))
@@ -45,5 +45,7 @@ def epsilon(history: list[MechanismStep], delta: float, accountant: str = "prv")
 
 def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv") -> float:
     """Smallest noise multiplier whose `steps` steps at `sample_rate` stay within (target_epsilon, delta)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
                                       steps=steps, accountant=accountant, epsilon_tolerance=0.005))

@@ -1,10 +1,16 @@
 """Record-level DP-SGD training of one block with Opacus.
 
-Each step draws a Poisson sample (every record independently with probability q = batch_size / N), computes
-each example's gradient of its block loss, clips it to L2 norm `max_grad_norm` (C), sums, adds Gaussian noise
-N(0, (noise_multiplier C)^2 I) and divides by the expected batch size. Ghost clipping (Opacus
-`grad_sample_mode="ghost"`) computes the per-sample norms without materialising per-sample gradients.
-The result carries (epsilon, delta) from the accountant with sample rate and steps, never a bare epsilon.
+Each step draws a Poisson sample (every record independently with probability q), computes each example's
+gradient of its block loss, clips it to L2 norm C = `max_grad_norm`, sums, adds Gaussian noise
+N(0, (noise_multiplier * C)^2 I) and divides by the expected batch size q N:
+
+    g_t = (sum_{i in S_t} clip_C(grad l_i) + N(0, z^2 C^2 I)) / (q N)
+
+Ghost clipping (Opacus' GradSampleModuleFastGradientClipping) computes per-example norms without
+materialising per-example gradients; "hooks" materialises them. We assemble Opacus' module and optimizer
+ourselves (instead of `PrivacyEngine.make_private`) so that the sampling rate used by the sampler is exactly
+the q given to the accountant (Opacus' engine uses 1/len(loader), which differs from batch/N). An empty
+Poisson sample still takes a step of pure noise, as the mechanism requires.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Literal
 
 import torch
-from opacus import PrivacyEngine
+from opacus import GradSampleModule
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from dblocks.shared.training import TrainConfig, make_optimizer, per_sample_loss
 
@@ -30,23 +37,25 @@ PerExampleLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generato
 
 @dataclass(frozen=True)
 class DPConfig:
-    """noise_multiplier: std of the added noise in units of max_grad_norm. max_grad_norm: per-example L2
-    clip C. batch_size: expected Poisson batch (q = batch_size / N). steps: optimizer steps (None: epochs of
-    the TrainConfig worth, i.e. epochs * N / batch_size)."""
+    """noise_multiplier z: noise std in units of max_grad_norm. max_grad_norm C: per-example L2 clip.
+    batch_size: expected Poisson batch; the sampling rate is q = batch_size / N exactly (it may be fractional).
+    steps: optimizer steps (None: the TrainConfig's epochs worth, ceil(epochs / q))."""
 
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
-    batch_size: int = 64
+    batch_size: float = 64
     steps: int | None = None
     delta: float = 1e-5
     accountant: str = "prv"
     grad_sample_mode: Literal["ghost", "hooks"] = "ghost"
 
     def sample_rate(self, n: int) -> float:
+        if n <= 0:
+            raise ValueError("DP-SGD needs at least one training record")
         return min(1.0, self.batch_size / n)
 
     def num_steps(self, n: int, epochs: float) -> int:
-        return self.steps if self.steps is not None else max(1, math.ceil(epochs * n / self.batch_size))
+        return self.steps if self.steps is not None else max(1, math.ceil(epochs / self.sample_rate(n)))
 
 
 @dataclass
@@ -72,6 +81,22 @@ class DPReport:
         return asdict(self)
 
 
+def make_private_block(block: nn.Module, optimizer: torch.optim.Optimizer, dp: DPConfig, expected_batch: float,
+                       generator: torch.Generator | None = None):
+    """Wrap `block` and `optimizer` in Opacus' per-example machinery: (module, dp_optimizer)."""
+    if dp.grad_sample_mode == "ghost":
+        module = GradSampleModuleFastGradientClipping(block, batch_first=True, loss_reduction="mean",
+                                                      max_grad_norm=dp.max_grad_norm, use_ghost_clipping=True)
+        opt = DPOptimizerFastGradientClipping(optimizer, noise_multiplier=dp.noise_multiplier,
+                                              max_grad_norm=dp.max_grad_norm, expected_batch_size=expected_batch,
+                                              loss_reduction="mean", generator=generator)
+    else:
+        module = GradSampleModule(block, batch_first=True, loss_reduction="mean")
+        opt = DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                          expected_batch_size=expected_batch, loss_reduction="mean", generator=generator)
+    return module, opt
+
+
 def train_block_dp(
     block: nn.Module,
     block_index: int,
@@ -79,10 +104,10 @@ def train_block_dp(
     y: torch.Tensor,
     cfg: TrainConfig,
     dp: DPConfig,
-    progress: Callable[[int, int, float, float], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
     loss_fn: PerExampleLoss | None = None,
 ) -> DPReport:
-    """Train `block` in place with DP-SGD on (x, y); progress(step, total, loss, epsilon_so_far).
+    """Train `block` in place with DP-SGD on (x, y); progress(step, total, smoothed loss) after each step.
 
     `loss_fn(module, xb, yb, generator)` gives one loss per example of the batch, computed through `module`
     (the Opacus-wrapped block); default: the DiffusionBlocks loss of block `block_index` (`per_sample_loss`).
@@ -92,42 +117,42 @@ def train_block_dp(
     g = torch.Generator().manual_seed(cfg.seed)
     block.train()
     opt, sched = make_optimizer(block, cfg, total)
-    loader = DataLoader(TensorDataset(x, y), batch_size=dp.batch_size, generator=g)
-    engine = PrivacyEngine(accountant=dp.accountant)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # secure_mode / RNG warnings: stated in docs/privacy, not per call
-        private = engine.make_private(
-            module=block, optimizer=opt, data_loader=loader, noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm, poisson_sampling=True, grad_sample_mode=dp.grad_sample_mode,
-            criterion=nn.CrossEntropyLoss(),  # required by the ghost-mode API; our loss is built below
-        )
-    module, dp_opt, loader = private[0], private[1], private[-1]
-    step, t0, ema = 0, time.perf_counter(), float("nan")
-    while step < total:
-        for xb, yb in loader:
+        warnings.simplefilter("ignore")  # "secure RNG off": stated in docs, not per call
+        module, dp_opt = make_private_block(block, opt, dp, q * n)
+    t0, ema = time.perf_counter(), float("nan")
+    for step in range(1, total + 1):
+        idx = (torch.rand(n, generator=g) < q).nonzero().flatten()  # Poisson sample with rate q
+        dp_opt.zero_grad(set_to_none=True)
+        if len(idx) == 0:
+            _noise_only_step(block, dp_opt, dp, q * n)
+        else:
             if loss_fn is None:
-                losses = per_sample_loss(block, block_index, xb, yb, generator=g, weighting=cfg.classifier_weighting,
-                                         label_dropout=cfg.label_dropout, forward=module)
+                losses = per_sample_loss(block, block_index, x[idx], y[idx], generator=g,
+                                         weighting=cfg.classifier_weighting, label_dropout=cfg.label_dropout, forward=module)
             else:
-                losses = loss_fn(module, xb, yb, g)
-            dp_opt.zero_grad(set_to_none=True)
-            if dp.grad_sample_mode == "ghost":
-                # ghost clipping: two backward passes packaged by Opacus; sum/expected batch = Opacus' "mean"
-                DPTensorFastGradientClipping(module, dp_opt, losses, "mean").backward()
-            else:
-                (losses.sum() / max(len(xb), 1)).backward()
+                losses = loss_fn(module, x[idx], y[idx], g)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "full backward hook firing ... no inputs require gradients"
+                if dp.grad_sample_mode == "ghost":
+                    DPTensorFastGradientClipping(module, dp_opt, losses, "mean").backward()
+                else:
+                    losses.mean().backward()
             dp_opt.step()
-            sched.step()
-            step += 1
-            if len(xb):
-                ema = losses.mean().item() if math.isnan(ema) else 0.95 * ema + 0.05 * losses.mean().item()
-            if progress:
-                progress(step, total, ema, engine.get_epsilon(dp.delta) if step % 20 == 0 or step == total else float("nan"))
-            if step >= total:
-                break
+            ema = losses.mean().item() if math.isnan(ema) else 0.95 * ema + 0.05 * losses.mean().item()
+        sched.step()
+        if progress:
+            progress(step, total, ema)
     block.eval()
-    if hasattr(module, "_close"):
-        module._close()  # remove Opacus hooks: the block goes back to being a plain module
-    eps = epsilon([MechanismStep(dp.noise_multiplier, q, step)], dp.delta, dp.accountant)
-    return DPReport(eps, dp.delta, dp.noise_multiplier, dp.max_grad_norm, q, step, dp.accountant, n, ema,
+    module._close()  # remove Opacus hooks: the block is a plain module again
+    eps = epsilon([MechanismStep(dp.noise_multiplier, q, total)], dp.delta, dp.accountant)
+    return DPReport(eps, dp.delta, dp.noise_multiplier, dp.max_grad_norm, q, total, dp.accountant, n, ema,
                     time.perf_counter() - t0)
+
+
+def _noise_only_step(block: nn.Module, dp_opt, dp: DPConfig, expected_batch: float) -> None:
+    """An empty Poisson sample: the update is the noise alone, N(0, (z C)^2) / (q N)."""
+    for p in block.parameters():
+        if p.requires_grad:
+            p.grad = torch.normal(0.0, dp.noise_multiplier * dp.max_grad_norm, p.shape) / expected_batch
+    dp_opt.original_optimizer.step()

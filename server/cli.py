@@ -1,13 +1,19 @@
-"""Command-line entry point of dblocks.server."""
+"""`dbserver`: the operator side — SuperLink, federated runs, nodes and the registry."""
 
 import typer
 
+from .federation.cli import nodes_app, run_app, start, status
+from .federation.demo import demo
+from .registry.cli import registry_command, tokens_app
+
 app = typer.Typer(help="Operator side: registry, SuperLink and the federation server.", no_args_is_help=True)
-
-
-@app.callback()
-def main() -> None:
-    """Operator side: registry, SuperLink and the federation server."""
+app.command()(start)
+app.command()(status)
+app.command()(demo)
+app.add_typer(run_app, name="run")
+app.add_typer(nodes_app, name="nodes")
+app.command("registry")(registry_command)
+app.add_typer(tokens_app, name="tokens")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""The dblocks ClientApp: what runs inside a company's SuperNode.
+
+Flower starts a fresh `flwr-clientapp` process for every message, so this module imports only Flower at
+the top; torch, Opacus and the data are loaded only by the step that trains.
+
+Messages it answers:
+  * `query.ping`  — liveness and what the company can offer: memory it allows, record-level budget left.
+  * `train`       — one block round under Flower's SecAgg+ (`secaggplus_mod` handles the protocol stages;
+                    this handler trains when the mod asks for the update). The reply carries only the
+                    clipped block delta, masked by the mod; no metrics, no example counts (num_examples=1).
+Node configuration (set by `dbclient join`): data-path, ledger-path, progress-path, epsilon-budget, delta,
+memory-mb, label-column, image-size, threads (torch threads; 0 = all cores).
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+def company_ledger(node_config: dict):
+    from .ledger import PrivacyLedger
+
+    return PrivacyLedger(node_config["ledger-path"], float(node_config.get("epsilon-budget", 8.0)),
+                         float(node_config.get("delta", 1e-5)))
+
+
+def progress_line(node_config: dict, text: str) -> None:
+    """Append a line to the company's progress log (`dbclient join` shows it)."""
+    path = node_config.get("progress-path")
+    if path:
+        with open(str(path), "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+
+
+@app.query("ping")
+def ping(msg: Message, context: Context) -> Message:
+    nc = context.node_config
+    ledger = company_ledger(nc)
+    info = {"memory_mb": float(nc.get("memory-mb", 0)) or float("inf"),
+            "budget_left": round(max(0.0, ledger.budget - ledger.recorded_spent()), 1)}
+    return Message(RecordDict({"ping": ConfigRecord(info)}), reply_to=msg)
+
+
+@app.train(mods=[secaggplus_mod])
+def train(msg: Message, context: Context) -> Message:
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from dblocks.shared.data import load_dataset
+    from dblocks.shared.fedmsg import BlockTask
+
+    from .trainer import train_task
+
+    nc = context.node_config
+    if int(nc.get("threads", 0)) > 0:  # several companies on one host: avoid OpenMP oversubscription
+        import torch
+
+        torch.set_num_threads(int(nc["threads"]))
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    task = BlockTask.from_config(dict(fitins.config))
+    data = load_dataset(str(nc["data-path"]), label_column=str(nc.get("label-column", "label")),
+                        image_size=int(nc.get("image-size", 0)) or None)
+    ledger = company_ledger(nc)
+    progress_line(nc, f"round {task.round}: training block {task.block_index} on {len(data)} records "
+                      f"({task.steps} DP-SGD steps, q={task.sample_rate:g}, z={task.noise_multiplier:g})")
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step == total or step % max(1, total // 4) == 0:
+            progress_line(nc, f"round {task.round} block {task.block_index}: step {step}/{total} loss {loss:.4f}")
+
+    try:
+        update = train_task(task, parameters_to_ndarrays(fitins.parameters), data, ledger, progress)
+    except Exception as e:
+        progress_line(nc, f"round {task.round} block {task.block_index}: REFUSED — {e}")
+        raise
+    progress_line(nc, f"round {task.round} block {task.block_index}: sent clipped update (norm {update.norm_before_clip:.3f}"
+                      f" -> clip {task.update_clip:g}); record-level epsilon {update.epsilon_after:.2f} of "
+                      f"{ledger.budget:g} at delta {ledger.delta:g}")
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update.delta), num_examples=1, metrics={})
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)

@@ -1,0 +1,132 @@
+"""Secure aggregation of one block cohort, and the central noise added on top.
+
+`FlowerSecAggPlus` runs Flower's SecAgg+ (legacy `SecAggPlusWorkflow`) for one cohort with the settings
+that make it exact for clipped deltas (../shared/design/flower.md): every client sends its L2-clipped delta
+with num_examples=1, max_weight=1 and clipping_range=C (a per-value clamp that never bites because every
+coordinate of a vector of L2 norm <= C is within [-C, C]); the result is the mean of the survivors' deltas up
+to quantisation (step 2C / 2^22). Its known weaknesses (32-bit mask seeds, a dropout during setup or key
+sharing loses the round) are why dblocks has its own protocol (issue #6); this one stays for comparison.
+
+Central noise: the released mean is  mean + N(0, (z_c C / K)^2 I)  with K the number of clients actually
+aggregated (never the planned cohort size).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import ServerConfig
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.compat import LegacyContext
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.serverapp import Grid
+
+from .config import SecAggConfig
+
+
+@dataclass
+class AggregateOutcome:
+    block_index: int
+    cohort: list[int]
+    mean: list[np.ndarray] | None = None  # mean of the survivors' clipped deltas (None: failed)
+    survivors: list[int] = field(default_factory=list)
+    failure: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.mean is not None
+
+
+class _CohortStrategy(FedAvg):
+    """A legacy strategy that sends one block to one fixed cohort and captures the secure aggregate."""
+
+    def __init__(self, cohort: list[int], config: dict) -> None:
+        super().__init__(min_fit_clients=len(cohort), min_available_clients=len(cohort), fraction_evaluate=0.0)
+        self.cohort, self.fit_config = cohort, config
+        self.result: tuple[list[np.ndarray], list[int]] | None = None
+
+    def configure_fit(self, server_round, parameters: Parameters, client_manager):
+        proxies = client_manager.all()
+        return [(proxies[str(n)], FitIns(parameters, dict(self.fit_config))) for n in self.cohort if str(n) in proxies]
+
+    def aggregate_fit(self, server_round, results, failures):
+        if results:
+            # SecAgg+ has put the (weighted) mean of the survivors into every result's parameters
+            self.result = (parameters_to_ndarrays(results[0][1].parameters), [p.node_id for p, _ in results])
+        return (results[0][1].parameters if results else None), {}
+
+
+class FlowerSecAggPlus:
+    """Flower's SecAgg+ over one cohort. Thread-safe: each call has its own LegacyContext."""
+
+    name = "flower-secagg+"
+
+    def __init__(self, cfg: SecAggConfig, clip: float) -> None:
+        self.cfg, self.clip = cfg, clip
+        self._lock = threading.Lock()
+
+    def aggregate(self, grid: Grid, context: Context, block_index: int, round: int, cohort: list[int],
+                  weights: list[np.ndarray], task_config: dict) -> AggregateOutcome:
+        t0 = time.perf_counter()
+        out = AggregateOutcome(block_index, list(cohort))
+        strategy = _CohortStrategy(cohort, task_config)
+        manager = SimpleClientManager()
+        for n in cohort:
+            manager.register(GridClientProxy(n, grid, context.run_id))
+        legacy = LegacyContext(
+            context=Context(run_id=context.run_id, node_id=context.node_id, node_config=context.node_config,
+                            state=RecordDict(), run_config=context.run_config),
+            config=ServerConfig(num_rounds=1), strategy=strategy, client_manager=manager)
+        legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord(weights)
+        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: round})
+        workflow = SecAggPlusWorkflow(
+            num_shares=1.0, reconstruction_threshold=self.cfg.threshold, max_weight=1.0,
+            clipping_range=self.clip, timeout=self.cfg.timeout)
+        try:
+            workflow(grid, legacy)
+        except Exception as e:  # the workflow raises on malformed replies; the round must not vanish silently
+            out.failure = f"secure aggregation raised {type(e).__name__}: {e}"
+        if strategy.result is not None:
+            mean, survivors = strategy.result
+            out.mean = [m.astype(np.float32) for m in mean]
+            out.survivors = survivors
+        elif out.failure is None:
+            out.failure = ("secure aggregation halted (a client dropped during setup or key sharing, or fewer "
+                           "than the threshold remained)")
+        out.seconds = time.perf_counter() - t0
+        return out
+
+
+def add_central_noise(mean: list[np.ndarray], clip: float, noise_multiplier: float, num_aggregated: int,
+                      rng: np.random.Generator) -> tuple[list[np.ndarray], float]:
+    """mean + N(0, (z_c C / K)^2 I); returns (noised, std). K = clients actually aggregated."""
+    if num_aggregated < 1:
+        raise ValueError("no client was aggregated")
+    std = noise_multiplier * clip / num_aggregated
+    if std == 0:
+        return [m.copy() for m in mean], 0.0
+    return [(m + rng.normal(0.0, std, m.shape)).astype(np.float32) for m in mean], std
+
+
+def client_level_epsilon(noise_multiplier: float, releases: int, delta: float, accountant: str = "rdp") -> float:
+    """Client-level epsilon of `releases` Gaussian releases with sensitivity C (one client's clipped delta)
+    and noise std z_c C on the sum, without any subsampling amplification (cohorts are not Poisson-sampled).
+    inf without central noise."""
+    from dblocks.privacy.accounting import MechanismStep, epsilon
+
+    if releases == 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    return epsilon([MechanismStep(noise_multiplier, 1.0, releases)], delta, accountant)

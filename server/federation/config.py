@@ -1,0 +1,75 @@
+"""Run configuration of a federation (one JSON file, written by `dbserver run new`, read by the ServerApp).
+
+Units: `record_*` are the DP-SGD mechanism every company runs on its records (noise multiplier z in units of
+the per-example clip C_rec, Poisson rate q, steps per round); `update_clip` is the client-level L2 clip C of
+a block delta; `central_noise` z_c adds N(0, (z_c C / K)^2) to the mean of K aggregated deltas.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation per block cohort. mode "flower": Flower's SecAgg+ (legacy workflow);
+    "dblocks": ours (dblocks.privacy.secagg). threshold: fraction of the cohort needed to unmask."""
+
+    mode: Literal["flower", "dblocks"] = "flower"
+    threshold: float = 0.6
+    timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_id: str
+    task: str = "mnist"  # preset name (dblocks.shared.presets)
+    num_blocks: int = 4
+    num_rounds: int = 3
+    cohort_size: int = 3  # companies per block cohort
+    min_cohort: int = 2  # below this a block's round is skipped (with the reason recorded)
+    scheduler: Literal["round-robin", "capacity"] = "round-robin"
+    # record-level DP-SGD at each company
+    record_noise: float = 1.0
+    record_clip: float = 1.0
+    record_sample_rate: float = 0.1
+    record_steps: int = 20
+    delta: float = 1e-5
+    accountant: str = "prv"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    # client-level: clip of the whole block delta and central noise on the aggregate
+    update_clip: float = 1.0
+    central_noise: float = 0.0
+    server_lr: float = 1.0
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    # where things go
+    checkpoint_dir: str = "checkpoints"
+    registry_url: str | None = None
+    registry_token: str | None = None
+    init_model_dir: str | None = None  # pretrained blocks (e.g. on public data) to start from
+    seed: int = 0
+    ping_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.min_cohort < 2:
+            raise ValueError("min_cohort must be >= 2: secure aggregation of one client reveals its update")
+        if self.cohort_size < self.min_cohort:
+            raise ValueError(f"cohort_size {self.cohort_size} < min_cohort {self.min_cohort}")
+        if not 0 < self.record_sample_rate <= 1:
+            raise ValueError("record_sample_rate must be in (0, 1]")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        d = json.loads(Path(path).read_text())
+        d["secagg"] = SecAggConfig(**d.get("secagg", {}))
+        unknown = d.keys() - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown run settings {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,159 @@
+"""A complete federation on one machine, every part a real process: the registry (uvicorn), a Flower
+SuperLink with TLS and node authentication, one `dbclient join` SuperNode per company, and `dbserver run new`.
+
+Used by `dbserver demo` (the main job) and by the end-to-end and fault tests. Company data are slices of
+MNIST 5k's fixed training split (1000 images are public and may be used to pretrain the blocks; the rest is
+spread over the companies, Dirichlet non-IID by label); the test split evaluates the assembled model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dblocks.shared.data import Dataset, partition_dirichlet, save_npz
+from dblocks.shared.presets import get_preset
+from dblocks.shared.procs import free_port, spawn, stop_group, wait_for_port
+
+BIN = Path(sys.executable).parent
+
+
+def split_public_private(task: str, public: int, seed: int = 0) -> tuple[Dataset, Dataset, Dataset]:
+    """(public, private, test): the preset's fixed split, `public` training records drawn at random (seed)."""
+    train, test = get_preset(task).load_split()
+    perm = np.random.default_rng(seed).permutation(len(train))
+    return train.subset(np.sort(perm[:public]), "public"), train.subset(np.sort(perm[public:]), "private"), test
+
+
+@dataclass
+class LocalFederation:
+    root: Path
+    task: str = "mnist-fed"
+    insecure: bool = False
+    with_registry: bool = True
+    threads_per_company: int = 1
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    registry_url: str | None = None
+    admin_token: str | None = None
+    service_token: str | None = None
+    superlink_port: int = 0
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ, DBLOCKS_HOME=str(self.root / "operator"))
+
+    # ---- data -------------------------------------------------------------------------------------
+    def company_data(self, num_companies: int, public: int = 1000, alpha: float = 0.5, seed: int = 0) -> tuple[Dataset, list[Path], Dataset]:
+        pub, private, test = split_public_private(self.task, public, seed)
+        parts = partition_dirichlet(private.y.numpy(), num_companies, alpha, seed=seed, min_size=50)
+        paths = []
+        for i, idx in enumerate(parts):
+            p = self.root / "companies" / f"company{i}" / "data.npz"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            save_npz(private.subset(idx), p)
+            paths.append(p)
+        return pub, paths, test
+
+    # ---- operator side ----------------------------------------------------------------------------
+    def _cli(self, *args: str, timeout: float = 120) -> str:
+        r = subprocess.run([str(BIN / args[0]), *args[1:]], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:3])} failed ({r.returncode}): {(r.stdout + r.stderr)[-2000:]}")
+        return r.stdout
+
+    def start_registry(self) -> str:
+        port = free_port()
+        home = str(self.root / "operator")
+        self.service_token = self._cli("dbserver", "tokens", "create", "--role", "service", "--name", "federation", "--home", home).strip().splitlines()[-1]
+        self.admin_token = self._cli("dbserver", "tokens", "create", "--role", "admin", "--name", "operator", "--home", home).strip().splitlines()[-1]
+        self.procs["registry"] = spawn([str(BIN / "dbserver"), "registry", "--port", str(port), "--home", home],
+                                       env=self.env, log=self.root / "registry.log")
+        wait_for_port("127.0.0.1", port, 60, self.procs["registry"])
+        self.registry_url = f"http://127.0.0.1:{port}"
+        return self.registry_url
+
+    def start_superlink(self, port: int | None = None) -> int:
+        """Start (or, with the old port, restart) the SuperLink; its state database survives restarts."""
+        self.superlink_port = port or free_port()
+        args = [str(BIN / "dbserver"), "start", "--port", str(self.superlink_port)] + (["--insecure"] if self.insecure else [])
+        self.procs["superlink"] = spawn(args, env=self.env, log=self.root / "dbserver-start.log")
+        wait_for_port("127.0.0.1", self.superlink_port, 90, self.procs["superlink"])
+        time.sleep(1.0)
+        return self.superlink_port
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "operator" / "server" / "tls" / "ca.pem"
+
+    # ---- companies --------------------------------------------------------------------------------
+    def company_home(self, name: str) -> Path:
+        return self.root / "companies" / name
+
+    def add_company(self, name: str, data: Path, *, budget: float = 8.0, approve: bool = True, extra: list[str] | None = None,
+                    env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Create the company's node key, have the operator approve it, and start `dbclient join`."""
+        home = self.company_home(name)
+        home.mkdir(parents=True, exist_ok=True)
+        key = home / "node.key"
+        env = dict(os.environ, DBLOCKS_HOME=str(home), **(env or {}))
+        if not self.insecure and not key.exists():
+            subprocess.run([str(BIN / "dbclient"), "keys", "init", "--path", str(key)], env=env, check=True,
+                           capture_output=True, timeout=60)
+            if approve:
+                self._cli("dbserver", "nodes", "approve", str(key) + ".pub", "--name", name)
+        args = [str(BIN / "dbclient"), "join", "--server", f"127.0.0.1:{self.superlink_port}", "--data", str(data),
+                "--epsilon-budget", str(budget), "--threads", str(self.threads_per_company), "--home", str(home)]
+        args += ["--insecure"] if self.insecure else ["--ca", str(self.ca), "--key", str(key)]
+        self.procs[name] = spawn(args + list(extra or []), env=env, log=home / "join.log")
+        return self.procs[name]
+
+    # ---- runs -------------------------------------------------------------------------------------
+    def run(self, *, wait: bool = True, run_id: str | None = None, **settings) -> subprocess.Popen:
+        """`dbserver run new` with `settings` as its options (underscores become dashes)."""
+        args = [str(BIN / "dbserver"), "run", "new"]
+        for k, v in settings.items():
+            if isinstance(v, bool):
+                args.append(f"--{k.replace('_', '-')}" if v else f"--no-{k.replace('_', '-')}")
+            elif v is not None:
+                args += [f"--{k.replace('_', '-')}", str(v)]
+        if self.registry_url:
+            args += ["--registry-url", self.registry_url, "--token", self.service_token]
+        if run_id:
+            args += ["--run-id", run_id]
+        proc = spawn(args + ["--wait"], env=self.env, log=self.root / "run-new.log")
+        if wait:
+            proc.wait()
+        return proc
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "operator" / "server" / "runs" / run_id
+
+    def runs(self) -> list[str]:
+        d = self.root / "operator" / "server" / "runs"
+        return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+    def status(self, run_id: str) -> dict:
+        p = self.run_dir(run_id) / "status.json"
+        return json.loads(p.read_text()) if p.exists() else {"status": "unknown"}
+
+    def stop(self, name: str | None = None, sig: int = signal.SIGTERM) -> None:
+        """Stop one process (with everything it started, e.g. a SuperNode's superexec) or all of them."""
+        for n in [name] if name else list(reversed(self.procs)):
+            p = self.procs.pop(n, None)
+            if p:
+                stop_group(p, sig)
+
+    def __enter__(self) -> "LocalFederation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

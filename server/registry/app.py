@@ -1,0 +1,112 @@
+"""The registry application: `create_app(settings)` migrates the database (`alembic upgrade head`), opens
+the artifact store and serves the REST API under /api, the dashboard at /, OpenAPI docs at /docs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import IntegrityError
+
+from .api import router as api_router
+from .auth import TokenCache
+from .config import RegistrySettings
+from .dashboard import router as dashboard_router
+from .db import Database
+from .fingerprint import PublicKeyError
+from .lifecycle import TransitionError
+from .limits import BodySizeLimit
+from .store import ArtifactCorrupt, ArtifactNotFound, ContentStore
+
+HERE = Path(__file__).parent
+log = logging.getLogger("dblocks.registry")
+
+
+@dataclass
+class Registry:
+    """Everything a request handler needs: settings, database, artifact store, token cache, templates."""
+
+    settings: RegistrySettings
+    db: Database
+    store: ContentStore
+    token_cache: TokenCache
+    templates: Jinja2Templates
+
+
+def open_registry(settings: RegistrySettings) -> Registry:
+    """Migrate the database to head and open the store."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings)
+    db.migrate()
+    templates = Jinja2Templates(directory=HERE / "templates")
+    from .dashboard import template_filters
+
+    templates.env.filters.update(template_filters())
+    return Registry(settings=settings, db=db, store=ContentStore(settings.artifact_dir), token_cache=TokenCache(), templates=templates)
+
+
+def _wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/api") and "text/html" in request.headers.get("accept", "")
+
+
+def create_app(settings: RegistrySettings | None = None) -> FastAPI:
+    settings = settings or RegistrySettings.from_env()
+    registry = open_registry(settings)
+    app = FastAPI(title="dblocks registry", version="1",
+                  description="Runs, block versions, privacy budgets, nodes and leakage audits of dblocks. "
+                              "Authenticate with `Authorization: Bearer <token>` (`dbserver tokens create --role ...`).")
+    app.state.registry = registry
+    app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes, max_json_bytes=settings.max_json_bytes)
+    app.include_router(api_router)
+    app.include_router(dashboard_router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/health", tags=["admin"], summary="Liveness and schema check (no token needed)")
+    def health() -> dict:
+        with registry.db.reader() as s:
+            from sqlalchemy import text
+
+            s.execute(text("SELECT 1 FROM runs LIMIT 1"))
+        return {"status": "ok", "database": registry.db.read_engine.dialect.name}
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        if exc.status_code == 401 and request.method == "GET" and _wants_html(request):
+            if request.headers.get("hx-request"):
+                return JSONResponse({"detail": exc.detail}, status_code=401, headers={"HX-Redirect": "/login"})
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(TransitionError)
+    async def _transition(_: Request, exc: TransitionError):
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(PublicKeyError)
+    async def _key(_: Request, exc: PublicKeyError):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_: Request, exc: IntegrityError):
+        return JSONResponse({"detail": f"conflicts with existing data: {str(exc.orig).splitlines()[0][:300]}"}, status_code=409)
+
+    @app.exception_handler(ArtifactNotFound)
+    async def _missing(_: Request, exc: ArtifactNotFound):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(ArtifactCorrupt)
+    async def _corrupt(_: Request, exc: ArtifactCorrupt):
+        log.error("%s", exc)
+        return JSONResponse({"detail": str(exc)}, status_code=500)
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory dblocks.server.registry.app:create_app_from_env`."""
+    return create_app(RegistrySettings.from_env())

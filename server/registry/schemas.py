@@ -1,0 +1,372 @@
+"""Request and response bodies of the REST API (pydantic). Unknown fields are refused, so a misspelt field
+is a 422 that names it rather than a silently dropped value. Floats must be finite."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+RunStatus = Literal["created", "running", "paused", "stopped", "finished", "failed"]
+RunAction = Literal["start", "pause", "resume", "stop"]
+ServiceStatus = Literal["running", "finished", "failed"]
+RoundStatus = Literal["completed", "skipped", "rerun", "failed"]
+NodeStatus = Literal["pending", "approved", "revoked"]
+Verdict = Literal["pass", "fail", "inconclusive"]
+Role = Literal["admin", "operator", "researcher", "viewer", "service"]
+
+Name = Field(min_length=1, max_length=200)
+NodeId = Field(min_length=1, max_length=64)
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: `items`, the `total` matching the filters, and the `limit`/`offset` used."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+# ---- runs -------------------------------------------------------------------------------------------------
+class RunCreate(In):
+    task: str = Name
+    num_blocks: int = Field(ge=1, le=1024)
+    schedule: dict[str, Any] = Field(description="NoiseSchedule.to_dict(): num_blocks, p_mean, p_std, sigma_min, sigma_max, sigma_data, partition_kind, gamma")
+    num_rounds: int = Field(ge=1, le=1_000_000)
+    dataset: dict[str, Any] = Field(default_factory=dict, description="what the data is (name, size, split); never the data")
+    secagg: dict[str, Any] = Field(default_factory=dict)
+    dp: dict[str, Any] = Field(default_factory=dict, description="DP settings, e.g. target_epsilon, delta, clip_norm, noise_multiplier, accountant")
+    name: str | None = Field(default=None, max_length=200)
+    created_by: str | None = Field(default=None, max_length=200, description="the person behind the request; default: the token's name")
+
+
+class BlockOut(Out):
+    block_index: int
+    owned_lo: float | None
+    owned_hi: float | None
+    train_lo: float | None
+    train_hi: float | None
+    param_count: int | None
+
+
+class RunOut(Out):
+    id: int
+    name: str
+    task: str
+    dataset: dict[str, Any]
+    num_blocks: int
+    schedule: dict[str, Any]
+    secagg: dict[str, Any]
+    dp: dict[str, Any]
+    num_rounds: int
+    current_round: int
+    status: RunStatus
+    status_reason: str | None
+    created_by: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    blocks: list[BlockOut]
+
+
+class RunSummary(Out):
+    id: int
+    name: str
+    task: str
+    num_blocks: int
+    num_rounds: int
+    current_round: int
+    status: RunStatus
+    status_reason: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ControlState(Out):
+    """What the federation server polls each round."""
+
+    run_id: int
+    status: RunStatus
+    num_rounds: int
+    current_round: int
+    status_reason: str | None
+    updated_at: datetime
+
+
+class RunControl(In):
+    action: RunAction | None = None
+    num_rounds: int | None = Field(default=None, ge=1, le=1_000_000)
+    reason: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _something(self) -> "RunControl":
+        if self.action is None and self.num_rounds is None:
+            raise ValueError("give an action (start, pause, resume, stop), num_rounds, or both")
+        return self
+
+
+class RunStatusSet(In):
+    status: ServiceStatus
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+# ---- rounds -----------------------------------------------------------------------------------------------
+class RoundReportIn(In):
+    round: int = Field(ge=0)
+    block_index: int = Field(ge=0)
+    cohort: list[str] = Field(default_factory=list, max_length=10_000)
+    status: RoundStatus
+    reason: str | None = Field(default=None, max_length=2000)
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoundReportOut(Out):
+    id: int
+    run_id: int
+    round: int
+    block_index: int
+    cohort: list[str]
+    status: RoundStatus
+    reason: str | None
+    stats: dict[str, Any]
+    created_by: str
+    created_at: datetime
+
+
+# ---- block versions ---------------------------------------------------------------------------------------
+class VersionMeta(In):
+    """Everything about a block version except its spec and weights (sent alongside, multipart)."""
+
+    round: int = Field(ge=0)
+    parent_version_id: int | None = None
+    cohort: list[str] = Field(default_factory=list, max_length=10_000)
+    clip_norm: float | None = Field(default=None, gt=0)
+    noise_multiplier: float | None = Field(default=None, ge=0)
+    record_epsilon: float | None = Field(default=None, ge=0)
+    record_delta: float | None = Field(default=None, gt=0, lt=1)
+    record_sample_rate: float | None = Field(default=None, gt=0, le=1)
+    record_steps: int | None = Field(default=None, ge=0)
+    client_epsilon: float | None = Field(default=None, ge=0)
+    client_delta: float | None = Field(default=None, gt=0, lt=1)
+    accountant: str | None = Field(default=None, max_length=64)
+    secagg_session: str | None = Field(default=None, max_length=200)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    code_version: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _epsilon_is_accounted(self) -> "VersionMeta":
+        """An epsilon means nothing without its delta, sample rate, steps and accountant."""
+        if self.record_epsilon is not None:
+            missing = [k for k in ("record_delta", "record_sample_rate", "record_steps", "accountant") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"record_epsilon needs {', '.join(missing)} too (an epsilon is only meaningful with its accounting)")
+        if self.client_epsilon is not None:
+            missing = [k for k in ("client_delta", "accountant") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"client_epsilon needs {', '.join(missing)} too")
+        return self
+
+
+class VersionOut(Out):
+    id: int
+    run_id: int
+    block_index: int
+    version: int
+    round: int
+    parent_version_id: int | None
+    cohort: list[str]
+    owned_lo: float
+    owned_hi: float
+    train_lo: float
+    train_hi: float
+    param_count: int
+    clip_norm: float | None
+    noise_multiplier: float | None
+    record_epsilon: float | None
+    record_delta: float | None
+    record_sample_rate: float | None
+    record_steps: int | None
+    client_epsilon: float | None
+    client_delta: float | None
+    accountant: str | None
+    secagg_session: str | None
+    metrics: dict[str, Any]
+    spec_json: str
+    sha256: str
+    size_bytes: int
+    weights_uri: str
+    code_version: str | None
+    created_by: str
+    created_at: datetime
+
+
+class VersionRegistered(VersionOut):
+    created: bool = Field(description="false when this exact version (same run, block, round and sha256) was already registered")
+
+
+# ---- nodes ------------------------------------------------------------------------------------------------
+class NodeCreate(In):
+    display_name: str = Name
+    organisation: str = Name
+    public_key: str = Field(min_length=1, max_length=20_000, description="PEM SubjectPublicKeyInfo or an OpenSSH public key line")
+    fingerprint: str | None = Field(default=None, max_length=128, description="optional; if given it must match the key")
+
+
+class NodeOut(Out):
+    id: str
+    display_name: str
+    organisation: str
+    public_key: str
+    fingerprint: str
+    status: NodeStatus
+    status_reason: str | None
+    blocks_trained: int
+    info: dict[str, Any]
+    created_at: datetime
+    approved_at: datetime | None
+    revoked_at: datetime | None
+    last_seen_at: datetime | None
+
+
+class NodeRegistered(NodeOut):
+    created: bool
+
+
+class NodeDecision(In):
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class NodeSeen(In):
+    info: dict[str, Any] = Field(default_factory=dict, description="self-reported facts: address, software version, ...")
+
+
+class NodePrivacyIn(In):
+    run_id: int
+    block_index: int = Field(ge=0)
+    round: int = Field(ge=0)
+    epsilon: float = Field(ge=0, description="cumulative epsilon of this node's data on this block after `round`")
+    delta: float = Field(gt=0, lt=1)
+    accountant: str = Field(min_length=1, max_length=64)
+    sample_rate: float | None = Field(default=None, gt=0, le=1)
+    steps: int | None = Field(default=None, ge=0)
+
+
+class NodePrivacyOut(Out):
+    id: int
+    node_id: str
+    run_id: int
+    block_index: int
+    round: int
+    epsilon: float
+    delta: float
+    accountant: str
+    sample_rate: float | None
+    steps: int | None
+    created_at: datetime
+
+
+# ---- audits -----------------------------------------------------------------------------------------------
+class AuditMeta(In):
+    block_version_id: int
+    attack: str = Name
+    observation_point: str = Name
+    adversary: str = Name
+    config: dict[str, Any] = Field(default_factory=dict)
+    config_hash: str = Field(min_length=1, max_length=128)
+    seeds: list[int] = Field(default_factory=list, max_length=100_000)
+    metrics: dict[str, Any] = Field(default_factory=dict, description="metric -> value, with confidence intervals")
+    controls: dict[str, Any] = Field(default_factory=dict, description="outcomes of the control experiments")
+    verdict: Verdict
+
+
+class ArtifactOut(Out):
+    filename: str
+    media_type: str
+    sha256: str
+    size_bytes: int
+
+
+class AuditOut(Out):
+    id: int
+    block_version_id: int
+    run_id: int
+    block_index: int
+    attack: str
+    observation_point: str
+    adversary: str
+    config: dict[str, Any]
+    config_hash: str
+    seeds: list[int]
+    metrics: dict[str, Any]
+    controls: dict[str, Any]
+    verdict: Verdict
+    created_by: str
+    created_at: datetime
+    artifacts: list[ArtifactOut]
+
+
+class LineageStep(BaseModel):
+    version: VersionOut
+    audits: list[AuditOut]
+
+
+class Lineage(BaseModel):
+    """A version and its ancestors (parent first), each with its cohort and the audits run on it."""
+
+    version: VersionOut
+    audits: list[AuditOut]
+    ancestors: list[LineageStep]
+
+
+# ---- events and tokens ------------------------------------------------------------------------------------
+class EventOut(Out):
+    id: int
+    at: datetime
+    actor: str
+    actor_role: str
+    kind: str
+    subject_type: str
+    subject_id: str
+    run_id: int | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class TokenCreate(In):
+    name: str = Name
+    role: Role
+
+
+class TokenOut(Out):
+    id: int
+    name: str
+    role: Role
+    prefix: str
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="the secret; shown only in this response")
+
+
+class WhoAmI(BaseModel):
+    token_id: int
+    name: str
+    role: Role

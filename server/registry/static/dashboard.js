@@ -1,0 +1,84 @@
+// Charts of the run page (Chart.js, vendored). Polls /ui/runs/<id>/charts and updates in place.
+"use strict";
+const PALETTE = ["#2f6fde", "#e0793b", "#2aa876", "#b04ad6", "#d64564", "#1f9fb5", "#8c7a2f", "#5b6b8c"];
+const color = (b) => PALETTE[Number(b) % PALETTE.length];
+
+function lineChart(canvas, yTitle) {
+  return new Chart(canvas, {
+    type: "line",
+    data: { datasets: [] },
+    options: {
+      animation: false, maintainAspectRatio: false, parsing: false, normalized: true,
+      interaction: { mode: "nearest", intersect: false },
+      scales: { x: { type: "linear", title: { display: true, text: "round" }, ticks: { precision: 0 } },
+                y: { title: { display: true, text: yTitle } } },
+      plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } },
+    },
+  });
+}
+
+function series(perBlock, numBlocks) {
+  const out = [];
+  for (let b = 0; b < numBlocks; b++) {
+    const pts = perBlock[String(b)] || [];
+    if (!pts.length) continue;
+    out.push({ label: `block ${b}`, data: pts.map(([x, y]) => ({ x, y })), borderColor: color(b), backgroundColor: color(b),
+               pointRadius: 2, borderWidth: 2, tension: 0.15 });
+  }
+  return out;
+}
+
+function dblocksRunCharts(runId) {
+  const select = document.getElementById("metric-select");
+  const metrics = lineChart(document.getElementById("chart-metrics"), "value");
+  const epsilon = lineChart(document.getElementById("chart-epsilon"), "ε (record level)");
+  const nodes = new Chart(document.getElementById("chart-nodes"), {
+    type: "bar", data: { labels: [], datasets: [] },
+    options: { animation: false, maintainAspectRatio: false, indexAxis: "y",
+               scales: { x: { stacked: true, title: { display: true, text: "ε spent" } }, y: { stacked: true } },
+               plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } } },
+  });
+  let last = null;
+
+  function draw(d) {
+    const names = Object.keys(d.metrics);
+    const chosen = select.value && names.includes(select.value) ? select.value : (names.find((n) => /loss/.test(n)) || names[0]);
+    if (select.options.length !== names.length || [...select.options].some((o, i) => o.value !== names[i])) {
+      select.replaceChildren(...names.map((n) => new Option(n, n)));
+    }
+    if (chosen) select.value = chosen;
+    metrics.data.datasets = chosen ? series(d.metrics[chosen], d.num_blocks) : [];
+    metrics.options.scales.y.title.text = chosen || "value";
+    metrics.update("none");
+    document.getElementById("metrics-empty").hidden = names.length > 0;
+
+    const eps = series(d.record_epsilon, d.num_blocks);
+    if (d.target_epsilon != null && eps.length) {
+      const xs = eps.flatMap((s) => s.data.map((p) => p.x));
+      eps.push({ label: "target ε", data: [{ x: Math.min(...xs), y: d.target_epsilon }, { x: Math.max(...xs), y: d.target_epsilon }],
+                 borderColor: "#d64545", borderDash: [6, 4], pointRadius: 0, borderWidth: 1.5 });
+    }
+    epsilon.data.datasets = eps;
+    epsilon.update("none");
+    document.getElementById("epsilon-empty").hidden = eps.length > 0;
+
+    nodes.data.labels = d.nodes.map((n) => n.node);
+    nodes.data.datasets = [...Array(d.num_blocks).keys()]
+      .filter((b) => d.nodes.some((n) => n.per_block[String(b)] != null))
+      .map((b) => ({ label: `block ${b}`, data: d.nodes.map((n) => n.per_block[String(b)] ?? 0), backgroundColor: color(b) }));
+    nodes.update("none");
+    document.getElementById("nodes-empty").hidden = d.nodes.length > 0;
+  }
+
+  async function refresh() {
+    try {
+      const r = await fetch(`/ui/runs/${runId}/charts`, { headers: { Accept: "application/json" } });
+      if (!r.ok) return;
+      const text = await r.text();
+      if (text !== last) { last = text; draw(JSON.parse(text)); }
+    } catch (e) { /* the next poll retries */ }
+  }
+  select.addEventListener("change", () => { if (last) draw(JSON.parse(last)); });
+  refresh();
+  setInterval(refresh, 3000);
+}

@@ -1,0 +1,102 @@
+"""What travels between the federation server and a company in one round.
+
+Server -> client: a `BlockTask` (flat config: which block, its BlockSpec, the DP-SGD mechanism and the
+client-level clip) and the block's weights as arrays in `state_names` order.
+Client -> server: the block update, i.e. delta = trained - received parameters, L2-clipped as a whole to
+`update_clip`, as float32 arrays in `param_names` order. Nothing else about the client's data leaves: the
+record-level mechanism (noise multiplier, sample rate, steps) is fixed by the server, so every company's
+record-level epsilon follows from public settings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+MAX_UPDATE_BYTES = 256 * 2**20  # a block update larger than this is refused on both sides
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    run_id: str
+    round: int
+    block_index: int
+    spec_json: str
+    noise_multiplier: float  # record-level DP-SGD noise, in units of max_grad_norm
+    max_grad_norm: float  # record-level per-example clip C_rec
+    sample_rate: float  # Poisson sampling rate q of DP-SGD
+    steps: int  # DP-SGD steps this round
+    delta: float
+    accountant: str
+    lr: float
+    weight_decay: float
+    update_clip: float  # client-level L2 clip C of the whole block delta
+    seed: int
+
+    def to_config(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "BlockTask":
+        names = {f.name for f in fields(cls)}
+        missing = names - cfg.keys()
+        if missing:
+            raise ValueError(f"block task is missing {sorted(missing)}: server and client versions differ?")
+        return cls(**{k: cfg[k] for k in names})
+
+    @property
+    def spec(self) -> dict:
+        return json.loads(self.spec_json)
+
+
+def state_names(module: nn.Module) -> list[str]:
+    """Order of the arrays that carry a block's weights (parameters and persistent buffers)."""
+    return list(module.state_dict().keys())
+
+
+def param_names(module: nn.Module) -> list[str]:
+    """Order of the arrays that carry a block update (trainable parameters only)."""
+    return [n for n, _ in module.named_parameters()]
+
+
+def state_to_arrays(module: nn.Module) -> list[np.ndarray]:
+    return [v.detach().cpu().numpy().astype(np.float32) for v in module.state_dict().values()]
+
+
+def arrays_to_state(module: nn.Module, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    names = state_names(module)
+    if len(arrays) != len(names):
+        raise ValueError(f"expected {len(names)} weight arrays, got {len(arrays)}")
+    return {n: torch.from_numpy(np.asarray(a, dtype=np.float32).copy()) for n, a in zip(names, arrays)}
+
+
+def clip_update(delta: list[np.ndarray], clip: float) -> tuple[list[np.ndarray], float]:
+    """Scale `delta` to L2 norm <= clip (as one vector). Returns (clipped, norm before clipping).
+    Non-finite updates are refused: they must never be sent."""
+    norm = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in delta)))
+    if not np.isfinite(norm):
+        raise FloatingPointError("the block update contains NaN or Inf; it is not sent")
+    scale = min(1.0, clip / (norm + 1e-12))
+    return [(d * scale).astype(np.float32) for d in delta], norm
+
+
+def check_update(delta: list[np.ndarray], shapes: list[tuple[int, ...]], clip: float) -> None:
+    """Server-side check of a received update (shapes, finiteness, norm within the clip, size)."""
+    if len(delta) != len(shapes):
+        raise ValueError(f"update has {len(delta)} arrays, expected {len(shapes)}")
+    size = 0
+    for d, s in zip(delta, shapes):
+        if tuple(d.shape) != tuple(s):
+            raise ValueError(f"update array of shape {tuple(d.shape)}, expected {tuple(s)}")
+        if not np.all(np.isfinite(d)):
+            raise ValueError("update contains NaN or Inf")
+        size += d.nbytes
+    if size > MAX_UPDATE_BYTES:
+        raise ValueError(f"update of {size} bytes exceeds the {MAX_UPDATE_BYTES} byte limit")
+    norm = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in delta)))
+    if norm > clip * (1 + 1e-4):
+        raise ValueError(f"update norm {norm:.4g} exceeds the clip {clip:g}")

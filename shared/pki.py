@@ -1,0 +1,106 @@
+"""Certificates and keys (the `cryptography` package).
+
+* A self-signed CA (ECDSA P-256) and a server certificate it signs for the SuperLink's host names; companies
+  get only `ca.pem` to verify the server. Adding a company never touches certificates: companies
+  authenticate with their own node key, which the operator approves.
+* Node keys: ECDSA P-384 private key (OpenSSH PEM) + OpenSSH public key — the format Flower's SuperNode
+  authentication expects (`--auth-supernode-private-key`, `flwr supernode register KEY.pub`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    ca: Path
+    cert: Path
+    key: Path
+
+    def exists(self) -> bool:
+        return self.ca.exists() and self.cert.exists() and self.key.exists()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "dblocks"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def create_server_tls(directory: str | Path, hosts: list[str], days: int = 825) -> ServerTLS:
+    """CA + server certificate for `hosts` (DNS names or IP addresses) under `directory`."""
+    d = Path(directory)
+    tls = ServerTLS(d / "ca.pem", d / "server.pem", d / "server.key")
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(_name("dblocks CA")).issuer_name(_name("dblocks CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    cert = (
+        x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca_cert.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    d.mkdir(parents=True, exist_ok=True)
+    _write_private(d / "ca.key", ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+    tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(tls.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    return tls
+
+
+def create_node_key(path: str | Path) -> tuple[Path, Path]:
+    """ECDSA P-384 node key at `path` (OpenSSH private key) and `path`.pub (OpenSSH public key)."""
+    priv = Path(path)
+    if priv.exists():
+        raise FileExistsError(f"{priv} already exists; a node key is never overwritten (it identifies this company)")
+    key = ec.generate_private_key(ec.SECP384R1())
+    _write_private(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                           serialization.NoEncryption()))
+    pub = priv.with_name(priv.name + ".pub")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
+    return priv, pub
+
+
+def public_key_fingerprint(public_key_openssh: str | bytes) -> str:
+    """SHA256 fingerprint of an OpenSSH public key line (as `ssh-keygen -l` prints it, hex)."""
+    text = public_key_openssh.decode() if isinstance(public_key_openssh, bytes) else public_key_openssh
+    key = serialization.load_ssh_public_key(text.strip().encode())
+    raw = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return "SHA256:" + hashlib.sha256(raw).hexdigest()

@@ -1,0 +1,167 @@
+"""The federation with real processes: registry, SuperLink (TLS + node keys), 7 `dbclient join` SuperNodes.
+
+One module-scoped federation serves the tests in order (each test builds on the state the previous left):
+  1. an end-to-end round: every company trains only its block, the secure aggregate equals the mean of the
+     clipped deltas (test-only debug record), versions and privacy numbers are in the registry, a company whose
+     budget is spent is not asked to train;
+  2. a company killed mid-round: the block completes with the survivors and the central noise is sized on them;
+  3. the server killed mid-round and restarted: the run resumes, nothing is lost or registered twice;
+  4. a company with a malformed data file is refused before it connects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dblocks.server.federation.localfed import LocalFederation
+from dblocks.server.federation.model_state import GlobalModel
+from dblocks.server.registry.client import RegistryClient
+from dblocks.shared.presets import get_preset
+from dblocks.shared.procs import stop_group
+
+pytestmark = pytest.mark.slow
+TASK, B = "digits", 2
+RUN = dict(task=TASK, blocks=B, cohort=3, min_cohort=2, record_noise=1.0, record_clip=1.0, sample_rate=0.1, steps=4,
+           lr=1e-3, update_clip=0.5, secagg_threshold=0.6)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fed")
+    f = LocalFederation(root, task=TASK)
+    _, paths, _ = f.company_data(6, public=100, alpha=0.5)
+    f.debug = root / "debug"
+    f.start_registry()
+    f.start_superlink()
+    for i, p in enumerate(paths):
+        f.add_company(f"company{i}", p, budget=50.0, env={"DBLOCKS_TEST_DEBUG_DIR": str(f.debug / f"company{i}")})
+    f.add_company("broke", paths[0], budget=0.3)  # cannot afford a single round
+    f.reg = RegistryClient(f.registry_url, f.admin_token)
+    yield f
+    f.stop()
+
+
+def ledger(fed, name):
+    files = list((fed.company_home(name) / "ledgers").glob("*.json"))
+    return json.loads(files[0].read_text())["entries"] if files else []
+
+
+def wait_for(pred, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        time.sleep(1)
+    raise TimeoutError(what)
+
+
+def test_end_to_end_round(fed):
+    fed.run(rounds=1, central_noise=0.0)
+    run_id = fed.runs()[-1]
+    assert fed.status(run_id)["status"] == "finished", (fed.root / "run-new.log").read_text()[-3000:]
+    # each company trained exactly one block, and only the block it was assigned
+    trained = {f"company{i}": [(e["round"], e["block_index"]) for e in ledger(fed, f"company{i}")] for i in range(6)}
+    assert all(len(v) == 1 for v in trained.values()), trained
+    assert sorted(b for v in trained.values() for _, b in v) == [0, 0, 0, 1, 1, 1]
+    assert ledger(fed, "broke") == []
+    # the registry has one version per block with its cohort and privacy numbers
+    versions = fed.reg.list_block_versions(int(run_id))
+    assert sorted(v["block_index"] for v in versions) == [0, 1]
+    for v in versions:
+        assert len(v["cohort"]) == 3 and v["round"] == 1 and v["record_delta"] == 1e-5 and v["accountant"] == "prv"
+        assert v["record_sample_rate"] == 0.1 and v["record_steps"] == 4 and 0 < v["record_epsilon"] < 50
+    # secure aggregate == mean of the cohort's clipped deltas (within SecAgg+ quantisation, step 2C/2^22)
+    p = get_preset(TASK)
+    init = GlobalModel.initial(p, p.noise_schedule(B), seed=0)
+    for v in versions:
+        b = v["block_index"]
+        from dblocks.shared.wire import BlockSpec, unpack_block
+
+        after = unpack_block(BlockSpec.from_json(v["spec_json"]), fed.reg.download_weights(v["id"]))
+        got = [(a.detach().numpy() - i.detach().numpy()) for a, i in zip(after.parameters(), init.blocks[b].module.parameters())]
+        deltas = []
+        for company, rounds in trained.items():
+            if rounds[0][1] == b:
+                (f,) = (fed.debug / company).glob(f"r1-b{b}-*.npz")
+                z = np.load(f)
+                deltas.append([z[k] for k in z.files])
+        want = [np.mean([d[k] for d in deltas], axis=0) for k in range(len(got))]
+        err = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
+        assert err < 4 * 2 * 0.5 / 2**22 * 3, err
+        assert max(float(np.abs(w).max()) for w in want) > 1e-3  # the deltas are not trivially zero
+
+
+def test_company_killed_mid_round(fed):
+    before = {f"company{i}": len(ledger(fed, f"company{i}")) for i in range(6)}
+    proc = fed.run(rounds=1, central_noise=0.5, wait=False)
+    # kill the first company that starts training this run
+    victim = None
+
+    def someone_trains():
+        nonlocal victim
+        for i in range(6):
+            log = fed.company_home(f"company{i}") / "progress.log"
+            if log.exists() and log.read_text().count("training block") > before[f"company{i}"]:
+                victim = f"company{i}"
+                return True
+        return False
+
+    wait_for(someone_trains, 600, "no company started training")
+    fed.stop(victim, sig=9)
+    proc.wait(timeout=900)
+    run_id = fed.runs()[-1]
+    assert fed.status(run_id)["status"] == "finished"
+    rounds = fed.reg.list_rounds(int(run_id))
+    versions = fed.reg.list_block_versions(int(run_id))
+    assert len(versions) == 2, rounds  # both blocks completed; the victim's with the survivors
+    short = [v for v in versions if len(v["cohort"]) == 2]
+    assert len(short) == 1, [v["cohort"] for v in versions]
+    m = short[0]["metrics"]
+    assert m["clients_aggregated"] == 2 and m["central_noise_std"] == pytest.approx(0.5 * 0.5 / 2)
+
+
+def test_server_killed_mid_round_resumes_without_loss_or_duplicates(fed):
+    survivors = [f"company{i}" for i in range(6) if f"company{i}" in fed.procs]
+    n_before = {c: len(ledger(fed, c)) for c in survivors}
+    proc = fed.run(rounds=2, central_noise=0.0, wait=False)
+    wait_for(lambda: len(fed.runs()) and (fed.run_dir(fed.runs()[-1]) / "checkpoints" / "rounds.json").exists(), 900,
+             "round 1 did not complete")
+    run_id = fed.runs()[-1]
+    # round 2 underway: some company is training
+    wait_for(lambda: any(len(ledger(fed, c)) >= n_before[c] + 2 or
+                         (fed.company_home(c) / "progress.log").read_text().count("training block") >= n_before[c] + 2
+                         for c in survivors), 600, "round 2 did not start")
+    port = fed.superlink_port
+    stop_group(proc, 9)
+    fed.stop("superlink", sig=9)
+    time.sleep(3)
+    fed.start_superlink(port)
+    time.sleep(10)  # SuperNodes reconnect by themselves
+    fed.run(rounds=2, central_noise=0.0, run_id=run_id)
+    assert fed.status(run_id)["status"] == "finished", (fed.root / "run-new.log").read_text()[-3000:]
+    versions = fed.reg.list_block_versions(int(run_id))
+    keys = [(v["block_index"], v["round"]) for v in versions]
+    assert len(keys) == len(set(keys)), keys  # nothing registered twice
+    assert {(b, 2) for b in range(B)} <= set(keys) and {(b, 1) for b in range(B)} <= set(keys)
+    # lineage: each round-2 version's parent is that block's round-1 version
+    by = {(v["block_index"], v["round"]): v for v in versions}
+    for b in range(B):
+        assert by[(b, 2)]["parent_version_id"] == by[(b, 1)]["id"]
+
+
+def test_malformed_data_is_refused_before_connecting(fed, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,label\n1,2,0\nx,3,1\n")
+    r = subprocess.run([str(Path(sys.executable).parent / "dbclient"), "join", "--server", f"127.0.0.1:{fed.superlink_port}",
+                        "--data", str(bad), "--ca", str(fed.ca)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, DBLOCKS_HOME=str(tmp_path / "home")))
+    assert r.returncode == 2 and "column 'a' is not numeric" in r.stdout and "nothing was sent" in r.stdout
+    assert not (tmp_path / "home" / "flwr").exists()  # no SuperNode ever started
