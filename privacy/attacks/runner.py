@@ -433,7 +433,8 @@ def _canary(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
         dp = {}
         secagg = _base_record(target, spec)["secagg"] | {"rounds": spec.rounds, "epsilon": res.accountant_epsilon,
                                                          "delta": spec.delta, "canaries": spec.canaries}
-        scope = (f"client-level release (clip C={spec.clip_norm}, sum, central noise z={spec.noise_multiplier}, mean) of "
+        scope = (f"client-level release as the federation computes it (fedmsg.clip_update C={spec.clip_norm}, mean, "
+                 f"aggregation.add_central_noise z={spec.noise_multiplier}) of "
                  f"{spec.clients} real clients plus canary clients, {spec.rounds} round(s). A pass does not prove the claim.")
     return AuditRecord(**_base_record(target, spec, dp=dp, secagg=secagg), metrics=metrics, controls=controls,
                        verdict=verdict, reasons=reasons, scope=scope)
@@ -453,10 +454,32 @@ def client_updates(target: AuditTarget, spec: AuditSpec, x, y, seed: int) -> lis
             for i in idx]
 
 
+def federation_release(keys: list[str], clip_norm: float, noise_multiplier: float, seed: int):
+    """The federation's own release mechanism, as the server runs it: every client's delta clipped by
+    `fedmsg.clip_update`, the mean over the K clients aggregated, then `aggregation.add_central_noise`
+    (std z C / K). Falls back to the local reference `updates.release` where the server package is absent."""
+    try:
+        from dblocks.server.federation.aggregation import add_central_noise
+        from dblocks.shared.fedmsg import clip_update
+    except ImportError:
+        return lambda updates, g: release(updates, clip_norm, noise_multiplier, g, keys)
+    rng = np.random.default_rng(seed)
+
+    def fn(updates: list[dict], g: torch.Generator) -> dict:
+        arrays = [clip_update([u[k].numpy() for k in keys], clip_norm)[0] for u in updates]
+        mean = [np.mean([a[i] for a in arrays], axis=0) for i in range(len(keys))]
+        noised, _ = add_central_noise(mean, clip_norm, noise_multiplier, len(updates), rng)
+        out = {k: torch.zeros_like(v) for k, v in updates[0].items()}
+        out.update({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in zip(keys, noised)})
+        return out
+
+    return fn
+
+
 def _client_canary(target, spec, x, y, z, accountant):
     keys = sorted(n for n, _ in target.block.named_parameters())
     real = client_updates(target, spec, x, y, spec.seed)
-    release_fn = lambda updates, g: release(updates, spec.clip_norm, z, g, keys)  # noqa: E731
+    release_fn = federation_release(keys, spec.clip_norm, z, spec.seed)
     return canary_mod.client_canary_audit(real, keys, release_fn, spec.clip_norm, z, spec.delta, spec.canaries,
                                           spec.rounds, spec.seed, accountant=accountant)
 
@@ -475,8 +498,8 @@ def simulated_release(target: AuditTarget, spec: AuditSpec) -> BlockUpdate:
 
         return BlockUpdate(agg(real), replace(base, observation="aggregate", clip_norm=spec.clip_norm,
                                               clients_aggregated=spec.clients, reduction="sum"))
-    return BlockUpdate(release(real, spec.clip_norm, spec.noise_multiplier, g, keys),
-                       release_meta(base, spec.clip_norm, spec.clients, spec.noise_multiplier))
+    released = federation_release(keys, spec.clip_norm, spec.noise_multiplier, spec.seed + 1)(real, g)
+    return BlockUpdate(released, release_meta(base, spec.clip_norm, spec.clients, spec.noise_multiplier))
 
 
 def _conformance(target: AuditTarget, spec: AuditSpec, update: BlockUpdate | None, log) -> AuditRecord:

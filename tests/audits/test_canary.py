@@ -79,3 +79,28 @@ def test_correct_dp_sgd_stays_below_the_accountant_and_planted_bugs_exceed_it(tr
     assert no_clip.bound.epsilon_lower_bound > acct
     # the audit trains a copy: the block it was given is untouched
     assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
+
+
+def test_client_level_canaries_catch_a_release_without_central_noise(trained_blocks, digits):
+    """Canary clients through the federation's own release (fedmsg.clip_update + add_central_noise)."""
+    from dblocks.privacy.attacks.canary import client_canary_audit
+    from dblocks.privacy.attacks.local import LocalTraining, local_update
+    from dblocks.privacy.attacks.runner import federation_release
+    from dblocks.privacy.attacks.updates import parameter_keys
+    import dblocks.server.federation.aggregation as aggregation
+
+    block = trained_blocks["classifier"]
+    keys = parameter_keys(block)
+    g = torch.Generator().manual_seed(0)
+    real = [local_update(block, 1, digits.x[i : i + 1], digits.y[i : i + 1], LocalTraining(), g)[0] for i in range(4)]
+
+    def audit():
+        return client_canary_audit(real, keys, federation_release(keys, 1.0, 2.0, seed=0), 1.0, 2.0, 1e-5,
+                                   canaries=CANARIES, rounds=1, seed=0)
+
+    correct = audit()
+    assert correct.bound.epsilon_lower_bound < correct.accountant_epsilon < 3
+    no_noise = lambda mean, clip, z, k, rng: ([m.copy() for m in mean], 0.0)  # noqa: E731  planted bug
+    with mock.patch.object(aggregation, "add_central_noise", no_noise):
+        buggy = audit()
+    assert buggy.bound.epsilon_lower_bound > correct.accountant_epsilon
