@@ -7,7 +7,7 @@ v correct out of r = k+ + k- guesses. If the run is (eps, delta)-DP, Theorem 5.2
     P[V >= v] <= P[Bin(r, q) >= v] + 2 m delta max_{1<=i<=v} P[v - i <= Bin(r, q) < v] / i,  q = e^eps / (1 + e^eps),
 
 so every eps whose bound is below 1 - confidence is rejected; the lower bound is the largest rejected eps
-(bisection: the bound grows with eps). Several guess counts are tried with a Bonferroni correction, so the
+(bisection: the bound grows with eps). Several guess rules are tried with a Bonferroni correction, so the
 reported bound keeps its 95% confidence.
 
 Two canary kinds, both white-box gradient canaries (Dirac canaries, the tightest known for DP-SGD: each
@@ -101,25 +101,52 @@ def guess_fractions() -> tuple[float, ...]:
     return (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
+def guess_strategies() -> int:
+    """How many guessing rules `bound_from_scores` tries (the Bonferroni factor)."""
+    return len(guess_fractions()) + 1
+
+
+def two_means_threshold(scores: np.ndarray, iterations: int = 50) -> float:
+    """Threshold between the two clusters of 1-d scores (Lloyd's algorithm from the min/max), from the scores
+    alone: a guess rule may depend on the output, never on which canaries were included."""
+    lo, hi = float(scores.min()), float(scores.max())
+    t = (lo + hi) / 2
+    for _ in range(iterations):
+        a, b = scores[scores <= t], scores[scores > t]
+        if len(a) == 0 or len(b) == 0:
+            break
+        new = (a.mean() + b.mean()) / 2
+        if new == t:
+            break
+        t = float(new)
+    return t
+
+
 def bound_from_scores(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95,
                       fractions: tuple[float, ...] | None = None) -> CanaryBound:
-    """Guess the top r/2 as included and the bottom r/2 as excluded for r = fraction * m, each fraction at
-    significance (1 - confidence) / #fractions (Bonferroni); report the best bound."""
+    """Try several guess rules, each at significance (1 - confidence) / #rules (Bonferroni), and report the best
+    bound: for r = fraction * m, guess the top r/2 scores included and the bottom r/2 excluded; and one rule
+    that guesses all m by the two-means threshold of the scores (right when included and excluded counts are
+    unbalanced, where equal halves must err)."""
     scores, included = np.asarray(scores, np.float64), np.asarray(included, bool)
     m = len(scores)
     fractions = fractions or guess_fractions()
-    significance = (1 - confidence) / len(fractions)
+    significance = (1 - confidence) / (len(fractions) + 1)
     order = np.argsort(-scores, kind="stable")
     best = CanaryBound(0.0, delta, confidence, m, int(included.sum()), 0, 0)
-    for f in fractions:
-        k = max(1, int(round(f * m / 2)))
-        k = min(k, m // 2)
-        top, bottom = order[:k], order[m - k :]
-        v = int(included[top].sum() + (~included[bottom]).sum())
-        eps = epsilon_lower_bound(m, 2 * k, v, delta, significance)
-        best.tried.append({"guesses": 2 * k, "correct": v, "epsilon_lower_bound": eps})
+
+    def consider(rule: str, guesses: int, correct: int) -> None:
+        eps = epsilon_lower_bound(m, guesses, correct, delta, significance)
+        best.tried.append({"rule": rule, "guesses": guesses, "correct": correct, "epsilon_lower_bound": eps})
         if eps > best.epsilon_lower_bound:
-            best.epsilon_lower_bound, best.guesses, best.correct = eps, 2 * k, v
+            best.epsilon_lower_bound, best.guesses, best.correct = eps, guesses, correct
+
+    for f in fractions:
+        k = min(max(1, int(round(f * m / 2))), m // 2)
+        top, bottom = order[:k], order[m - k :]
+        consider(f"top/bottom {k}", 2 * k, int(included[top].sum() + (~included[bottom]).sum()))
+    guess_in = scores > two_means_threshold(scores)
+    consider("two-means threshold", m, int((guess_in == included).sum()))
     return best
 
 

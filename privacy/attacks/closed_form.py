@@ -25,7 +25,7 @@ first update does not depend on the image at all: then `image` is None and nothi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -169,3 +169,35 @@ def _generator(block: DenoisingGenerator, grads, sigma, c_in, c_out, ratio, scal
         t = max((-qb + math.sqrt(disc)) / (2 * qa), 0.0) if qa > 0 else 0.0
         x = d - t * rho
     return ClosedFormResult(x.float(), label, sigma, z.float(), ratio, scale_known)
+
+
+def closed_form_sequence(blocks: list[nn.Module], deltas: list[Delta], lr: float | None = None) -> ClosedFormResult:
+    """Several rounds on the same record (fresh sigma and eps each round; the weights move between rounds).
+
+    The classifier's input image is the same in every round, so its patches P solve all rounds' equations
+    G_r^T P = W_r at once (least squares over the stacked rounds, each normalised by ||G_r|| so that a round's
+    unknown gradient scale does not weight it): with independent noise per round, R rounds cut the noise of the
+    solve by about sqrt(R). Label, sigma and z are those of the first round. A generator's target sits behind a
+    different z every round: its per-round estimates are averaged instead."""
+    first = closed_form_attack(blocks[0], deltas[0], lr)
+    if len(blocks) == 1:
+        return first
+    if not isinstance(blocks[0], DenoisingClassifier) or blocks[0].arch.input != "image":
+        images = [closed_form_attack(b, d, lr).image for b, d in zip(blocks, deltas)]
+        images = [i for i in images if i is not None]
+        return replace(first, image=torch.stack(images).mean(0) if images else None)
+    lhs, rhs = [], []
+    for d in deltas:
+        g = _as_grads(d, lr)
+        g_pos, w_proj = g["tokenizer.pos.weight"].double(), g["tokenizer.proj.weight"].double()
+        scale = float(g_pos.norm())
+        if scale == 0:
+            continue
+        lhs.append(g_pos.T / scale)
+        rhs.append(w_proj / scale)
+    if not lhs:
+        return first
+    tokens = torch.linalg.lstsq(torch.cat(lhs), torch.cat(rhs)).solution
+    arch = blocks[0].arch
+    image = unpatchify(tokens.float().unsqueeze(0), arch.patch_size, arch.image_channels, arch.image_size)
+    return replace(first, image=image)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,8 @@ class AuditRecord:
         return EXIT_CODES[self.verdict]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-safe: non-finite floats (a PSNR of an unrecoverable image, an undefined ratio) become None."""
+        return _finite(asdict(self))
 
     def write(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
@@ -80,6 +82,16 @@ class AuditRecord:
     def summary(self) -> str:
         head = f"{self.verdict.upper()}: {self.attack} at {self.observation_point} ({self.adversary}), block {self.block.get('block_index')}"
         return head + "".join(f"\n  - {r}" for r in self.reasons)
+
+
+def _finite(o):
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _json_default(o):

@@ -20,7 +20,7 @@ from dblocks.shared.imaging import save_grid
 from dblocks.shared.training import TrainConfig
 
 from . import canary as canary_mod
-from .closed_form import closed_form_attack
+from .closed_form import closed_form_sequence
 from .conformance import noise_conformance
 from .inversion import ATTACKS as MATCHING_ATTACKS
 from .inversion import MatchingTarget, RoundObservation, invert
@@ -167,15 +167,10 @@ def _attack_observation(target: AuditTarget, spec: AuditSpec, mtarget: MatchingT
     block, bi = target.block, target.block_index
     kn = mtarget.clients * mtarget.records
     if spec.attack == "closed-form":
-        results = []
-        for rnd in mtarget.rounds:
-            if rnd.params is not None:
-                block = _with_params(target.block, rnd.params)
-            results.append(closed_form_attack(block, rnd.update, lr=spec.local_lr if scale_known else None))
-        imgs = [r.image for r in results if r.image is not None]
-        shape = (1, *target.data.x.shape[1:])
-        img = torch.stack(imgs).mean(0) if imgs else torch.zeros(shape)
-        return img.expand(kn, *img.shape[1:]).clamp(-1, 1), torch.full((kn,), results[0].label), torch.full((kn,), results[0].sigma)
+        blocks = [target.block] + [_with_params(target.block, rnd.params) for rnd in mtarget.rounds[1:]]
+        r = closed_form_sequence(blocks, [rnd.update for rnd in mtarget.rounds], spec.local_lr if scale_known else None)
+        img = r.image if r.image is not None else torch.zeros((1, *target.data.x.shape[1:]))
+        return img.expand(kn, *img.shape[1:]).clamp(-1, 1), torch.full((kn,), r.label), torch.full((kn,), r.sigma)
     cfg = replace(MATCHING_ATTACKS[spec.attack], iterations=spec.iterations, restarts=spec.restarts, seed=spec.seed)
     with _math_attention():
         res = invert(block, bi, mtarget, cfg)
@@ -385,8 +380,7 @@ def _membership(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
 # ---------------------------------------------------------------------------------------------------
 def max_bound(canaries: int, delta: float) -> float:
     """The largest epsilon lower bound `canaries` canaries can give (every guess right, Bonferroni as used)."""
-    return canary_mod.epsilon_lower_bound(canaries, canaries, canaries, delta,
-                                          0.05 / len(canary_mod.guess_fractions()))
+    return canary_mod.epsilon_lower_bound(canaries, canaries, canaries, delta, 0.05 / canary_mod.guess_strategies())
 
 
 def _canary(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
