@@ -10,7 +10,6 @@ Baselines: the mean record (the pool's mean image) and a random record (another 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -173,7 +172,3 @@ def auc_interval(scores_in: np.ndarray, scores_out: np.ndarray, seed: int = 0, r
     base = roc_metrics(s_in, s_out, fprs=())["auc"]
     boots = [roc_metrics(rng.choice(s_in, len(s_in)), rng.choice(s_out, len(s_out)), fprs=())["auc"] for _ in range(resamples)]
     return Estimate(base, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975)), len(s_in) + len(s_out))
-
-
-def finite_or_none(v: float) -> float | None:
-    return v if math.isfinite(v) else None

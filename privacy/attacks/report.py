@@ -93,7 +93,8 @@ def plot_blocks(records) -> str | None:
         if blk is None:
             continue
         if r.attack in INVERSION:
-            groups[(f"{r.attack} {r.observation_point} z={r.secagg.get('noise_multiplier')}", "PSNR over baseline (dB)")].append(
+            groups[(f"{r.attack} {r.observation_point} {r.adversary} z={r.secagg.get('noise_multiplier')}",
+                    "PSNR over baseline (dB)")].append(
                 (blk, _value(r.metrics, "psnr_over_mean_baseline"), r.block.get("training_interval")))
         elif r.attack == "membership":
             groups[("membership LiRA AUC", "AUC")].append((blk, r.metrics["lira"]["auc"], r.block.get("training_interval")))

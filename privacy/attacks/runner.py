@@ -6,7 +6,6 @@ Entry point: `run_audit(target, spec, out_dir, update=None, truth=None)`.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,8 +27,8 @@ from .local import LocalTraining, local_update
 from .membership import MembershipConfig, membership_audit
 from .metrics import bootstrap_mean, clopper_pearson, match_order, score_reconstructions
 from .record import AuditRecord, decide
-from .scenario import FederationScenario, observe
-from .updates import BlockUpdate, UpdateMeta, clip_delta, release, release_meta
+from .scenario import ADVERSARIES, FederationScenario, observe
+from .updates import OBSERVATIONS, BlockUpdate, UpdateMeta, clip_delta, release, release_meta
 
 INVERSION_ATTACKS = ("closed-form", *MATCHING_ATTACKS)
 ATTACK_NAMES = (*INVERSION_ATTACKS, "membership", "canary", "noise-conformance")
@@ -78,6 +77,10 @@ class AuditSpec:
     def __post_init__(self) -> None:
         if self.attack not in ATTACK_NAMES:
             raise ValueError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACK_NAMES)}")
+        if self.observe not in OBSERVATIONS:
+            raise ValueError(f"unknown observation point {self.observe!r}; choose one of {', '.join(OBSERVATIONS)}")
+        if self.adversary not in ADVERSARIES:
+            raise ValueError(f"unknown adversary {self.adversary!r}; choose one of {', '.join(ADVERSARIES)}")
         if self.attack in INVERSION_ATTACKS and self.observe == "weights":
             raise ValueError("inversion attacks need an update: observe raw|clipped|aggregate|release|sequence "
                              "(final weights are audited with --attack membership)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -23,7 +22,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 Delta = dict[str, torch.Tensor]
-Observation = Literal["raw", "clipped", "aggregate", "release", "weights", "sequence"]
 OBSERVATIONS: tuple[str, ...] = ("raw", "clipped", "aggregate", "release", "weights", "sequence")
 UPDATE_FORMAT_VERSION = 1
 
@@ -184,16 +182,15 @@ def release_meta(base: UpdateMeta, clip_norm: float, clients: int, noise_multipl
                    noise_multiplier=noise_multiplier, central_noise_std=noise_multiplier * clip_norm / clients)
 
 
-def dp_local_update(block: nn.Module, block_index: int, x: torch.Tensor, y: torch.Tensor, cfg, dp) -> tuple[Delta, dict]:
-    """A client's local update made with record-level DP-SGD (`train_block_dp`) from the received `block`
-    (left untouched): returns (delta, DPReport dict)."""
+def dp_local_update(block: nn.Module, block_index: int, x: torch.Tensor, y: torch.Tensor, cfg, dp,
+                    clip_norm: float | None = None) -> tuple[Delta, dict]:
+    """A client's local update as the federation's client makes it: record-level DP-SGD (`train_block_dp`) from
+    the received `block` (left untouched), delta = trained - received, then the client-level clip C when given.
+    Returns (delta, DPReport dict)."""
     from dblocks.privacy.dpsgd import train_block_dp
 
     received = {k: v.detach().clone() for k, v in block.state_dict().items()}
     local = copy.deepcopy(block)
     report = train_block_dp(local, block_index, x, y, cfg, dp)
-    return weight_delta(local, received), report.to_dict()
-
-
-def is_finite_positive(v: float | None) -> bool:
-    return v is not None and math.isfinite(v) and v > 0
+    delta = weight_delta(local, received)
+    return (clip_delta(delta, clip_norm)[0] if clip_norm is not None else delta), report.to_dict()

@@ -48,3 +48,18 @@ def test_release_noise_is_sized_on_the_clients_aggregated(trained_blocks):
     assert float(rel["class_emb"].abs().max()) == 0  # buffers get no noise
     meta = release_meta(UpdateMeta(1, (0.1, 0.5), "release"), 2.0, 4, 1.5)
     assert meta.central_noise_std == pytest.approx(0.75) and meta.reduction == "mean"
+
+
+def test_dp_local_update_is_clipped_and_carries_its_accounting(trained_blocks, digits):
+    from dblocks.privacy.attacks.updates import dp_local_update
+    from dblocks.privacy.dpsgd import DPConfig
+    from dblocks.shared.training import TrainConfig
+
+    block = trained_blocks["classifier"]
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    delta, report = dp_local_update(block, 1, digits.x[:128], digits.y[:128], TrainConfig(epochs=1, lr=1e-2),
+                                    DPConfig(noise_multiplier=1.0, batch_size=32, steps=5), clip_norm=0.01)
+    assert math.isclose(float(flatten(delta).norm()), 0.01, rel_tol=1e-4)  # the DP noise alone exceeds the clip
+    assert report["steps"] == 5 and report["sample_rate"] == 0.25 and math.isfinite(report["epsilon"])
+    assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
+    assert float(delta["class_emb"].abs().max()) == 0
