@@ -291,7 +291,8 @@ def _inversion(target: AuditTarget, spec: AuditSpec, out: Path, update, truth, l
     verdict, reasons = decide(checks, control_ok, control_reason)
     if spec.control and control_reason not in reasons:
         reasons.append(control_reason)
-    dp = {}
+    dp = {"record_level": "none: the simulated clients train without DP-SGD (the worst case for inversion)",
+          "local_training": spec.training.to_dict()}
     secagg = _base_record(target, spec)["secagg"] | {"central_noise_std": spec.noise_multiplier * spec.clip_norm / spec.clients}
     scope = (f"{spec.attack} by a {spec.adversary} adversary observing '{spec.observe}' of block {target.block_index} "
              f"(sigma in {tuple(round(v, 4) for v in target.info.get('training_interval', ()))}); K={spec.clients} clients x "
