@@ -248,7 +248,10 @@ def record_canary_audit(
     y_all = torch.cat([y, -ids - 1])
     audited = CanaryAugmentedBlock(copy.deepcopy(block), canaries)
     loss = canary_loss_fn(audited.block, block_index, cfg, canaries, CANARY_GRAD_FACTOR * dp.max_grad_norm)
-    with privatized_gradient_sum(audited.canaries.weight) as sums:
+    # Opacus draws its noise from torch's global generator: fork it, seeded, so the audit is reproducible
+    # without touching the caller's random state
+    with torch.random.fork_rng(), privatized_gradient_sum(audited.canaries.weight) as sums:
+        torch.manual_seed(seed)
         report = train_block_dp(audited, block_index, x_all, y_all, cfg, dp, loss_fn=loss)
     scores = sums[:canaries, 0].numpy()
     bound = bound_from_scores(scores, included.numpy(), dp.delta, confidence)

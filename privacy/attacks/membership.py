@@ -153,7 +153,9 @@ def membership_audit(block: nn.Module, block_index: int, x, y, cfg: TrainConfig,
                      progress=None) -> MembershipResult:
     """Train mcfg.models blocks on random halves of (x, y) from `block` and attack every one of them."""
     masks = membership_masks(mcfg.models, len(x), mcfg.seed)
-    models = train_models(block, block_index, x, y, masks, cfg, dp, progress)
+    with torch.random.fork_rng():  # DP-SGD noise comes from the global generator: seeded, caller's state untouched
+        torch.manual_seed(mcfg.seed)
+        models = train_models(block, block_index, x, y, masks, cfg, dp, progress)
     scores = np.stack([record_scores(mod, block_index, x, y, mcfg.draws, mcfg.seed) for mod in models])
     eps = delta = None
     if dp is not None:

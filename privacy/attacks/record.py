@@ -105,7 +105,8 @@ def _json_default(o):
 
 
 def decide(checks: list[tuple[bool, str]], control_ok: bool, control_reason: str) -> tuple[str, list[str]]:
-    """Verdict from (failed?, reason) checks and the positive control."""
+    """Verdict from (failed?, reason) checks and the positive control: any failed check fails the audit; else it
+    passes only if the positive control ran and succeeded (a skipped control leaves it inconclusive)."""
     failed = [reason for bad, reason in checks if bad]
     if failed:
         return "fail", failed

@@ -32,6 +32,7 @@ from .updates import OBSERVATIONS, BlockUpdate, UpdateMeta, clip_delta, release,
 
 INVERSION_ATTACKS = ("closed-form", *MATCHING_ATTACKS)
 ATTACK_NAMES = (*INVERSION_ATTACKS, "membership", "canary", "noise-conformance")
+NO_CONTROL = "no positive control was run (--no-control): without one, finding nothing means nothing"
 CONTROL_PSNR_DB = 30.0  # a positive control reconstructs the raw single-record update at least this well
 RELEASE_MARGIN_DB = 1.0  # a release may score at most this much above the mean-record baseline
 
@@ -246,7 +247,7 @@ def _score(target: AuditTarget, rec: _Reconstructions, seed: int) -> dict:
 def _inversion(target: AuditTarget, spec: AuditSpec, out: Path, update, truth, log) -> AuditRecord:
     image_data = target.data.kind == "image"
     controls = {}
-    control_ok, control_reason = True, "positive control skipped"
+    control_ok, control_reason = False, NO_CONTROL
     if spec.control:
         cspec = replace(spec, observe="raw", adversary="server", clients=1, records=1, noise_multiplier=0.0,
                         rounds=1, local_steps=1, local_optimizer="sgd")
@@ -508,6 +509,13 @@ def _conformance(target: AuditTarget, spec: AuditSpec, update: BlockUpdate | Non
     res = noise_conformance(update, keys, seed=spec.seed)
     meta = update.meta
     controls, control_ok, control_reason = {}, True, "positive control skipped"
+    if spec.control and meta.noise_multiplier == 0:  # a norm check: it must reject twice the bound, accept half of it
+        scaled = lambda f: BlockUpdate({k: v * f * res.norm_bound / max(res.norm, 1e-30) for k, v in update.delta.items()}, meta)  # noqa: E731
+        over, under = noise_conformance(scaled(2.0), keys, seed=spec.seed), noise_conformance(scaled(0.5), keys, seed=spec.seed)
+        control_ok = under.passed and not over.passed
+        control_reason = (f"controls: half the norm bound {'accepted' if under.passed else 'REJECTED'}, twice the bound "
+                          f"{'rejected' if not over.passed else 'NOT rejected'}")
+        controls["norm_bound"] = {"passed": control_ok}
     if spec.control and meta.noise_multiplier > 0:
         g = torch.Generator().manual_seed(spec.seed + 2)
         std = meta.central_noise_std
