@@ -91,29 +91,40 @@ def _input_shape(block) -> tuple:
     return (a.image_channels, a.image_size, a.image_size) if a.input == "image" else (a.num_features,)
 
 
+def _registry(registry: str, token: Optional[str]):
+    from dblocks.server.registry.client import RegistryClient  # lazy: only the registry path needs it
+
+    if not token:
+        _fail("the registry needs a token: --token T (or DBLOCKS_TOKEN); a researcher token can post audits")
+    return RegistryClient(registry, token)
+
+
+def _version_id(block_version: str):
+    return int(block_version) if block_version.isdigit() else block_version
+
+
 def _fetch_block(registry: str, token: Optional[str], version_id: str):
-    """Registry path (kept thin: adapt here when the registry's client settles)."""
-    from dblocks.server.registry.client import RegistryClient  # lazy: the registry ships separately
+    """The block version's spec and verified weights from the registry (kept thin: the registry owns the API)."""
     from dblocks.shared.wire import BlockSpec, unpack_block
 
-    client = RegistryClient(registry, token)
-    version = client.get_block_version(version_id)
-    spec_dict = version.get("spec", version)
-    spec = BlockSpec.from_json(json.dumps(spec_dict))
-    return spec, unpack_block(spec, client.download_weights(version_id))
+    client = _registry(registry, token)
+    version = client.get_block_version(_version_id(version_id))
+    spec = BlockSpec.from_json(version["spec_json"])
+    return spec, unpack_block(spec, client.download_weights(_version_id(version_id), version.get("sha256")))
 
 
-def _post_audit(registry: str, token: Optional[str], version_id: str, record, out: Path) -> None:
-    from dblocks.server.registry.client import RegistryClient
-
+def _post_audit(registry: str, token: Optional[str], version_id: str, record, out: Path) -> dict:
+    """Post the record: config carries the DP/SecAgg settings, rounds, code version, block and scope; controls the
+    reasons; the PNG grids go as artifacts."""
     artifacts = {name: (out / name).read_bytes() for name in record.artifacts if (out / name).exists()}
-    controls = record.controls | {"_reasons": record.reasons, "_scope": record.scope}
-    config = record.config | {"dp": record.dp, "secagg": record.secagg, "rounds": record.rounds,
-                              "code_version": record.code_version, "block": record.block}
-    RegistryClient(registry, token).post_audit(
-        block_version_id=version_id, attack=record.attack, observation_point=record.observation_point,
-        adversary=record.adversary, config=config, config_hash=record.config_hash, seeds=record.seeds,
-        metrics=record.metrics, controls=controls, verdict=record.verdict, artifacts=artifacts)
+    d = record.to_dict()
+    config = d["config"] | {"dp": d["dp"], "secagg": d["secagg"], "rounds": d["rounds"], "code_version": d["code_version"],
+                            "block": d["block"], "scope": d["scope"], "seeds": d["seeds"]}
+    seeds = [d["seeds"]["audit"], *d["seeds"].get("targets", [])]
+    return _registry(registry, token).post_audit(
+        block_version_id=_version_id(version_id), attack=d["attack"], observation_point=d["observation_point"],
+        adversary=d["adversary"], config=config, config_hash=d["config_hash"], seeds=seeds, metrics=d["metrics"],
+        controls=d["controls"] | {"reasons": d["reasons"]}, verdict=d["verdict"], artifacts=artifacts)
 
 
 def _load_truth(path: Optional[Path]):
