@@ -32,6 +32,8 @@ from dblocks.shared.training import TrainConfig, make_optimizer, per_sample_loss
 
 from .accounting import MechanismStep, epsilon
 
+PerExampleLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class DPConfig:
@@ -103,8 +105,13 @@ def train_block_dp(
     cfg: TrainConfig,
     dp: DPConfig,
     progress: Callable[[int, int, float], None] | None = None,
+    loss_fn: PerExampleLoss | None = None,
 ) -> DPReport:
-    """Train `block` in place with DP-SGD on (x, y); progress(step, total, smoothed loss) after each step."""
+    """Train `block` in place with DP-SGD on (x, y); progress(step, total, smoothed loss) after each step.
+
+    `loss_fn(module, xb, yb, generator)` gives one loss per example of the batch, computed through `module`
+    (the Opacus-wrapped block); default: the DiffusionBlocks loss of block `block_index` (`per_sample_loss`).
+    Privacy audits pass their own to route canary examples through the same sampler, clipping and noise."""
     n = len(x)
     q, total = dp.sample_rate(n), dp.num_steps(n, cfg.epochs)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -120,8 +127,11 @@ def train_block_dp(
         if len(idx) == 0:
             _noise_only_step(block, dp_opt, dp, q * n)
         else:
-            losses = per_sample_loss(block, block_index, x[idx], y[idx], generator=g, weighting=cfg.classifier_weighting,
-                                     label_dropout=cfg.label_dropout, forward=module)
+            if loss_fn is None:
+                losses = per_sample_loss(block, block_index, x[idx], y[idx], generator=g,
+                                         weighting=cfg.classifier_weighting, label_dropout=cfg.label_dropout, forward=module)
+            else:
+                losses = loss_fn(module, x[idx], y[idx], g)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "full backward hook firing ... no inputs require gradients"
                 if dp.grad_sample_mode == "ghost":

@@ -62,6 +62,66 @@ def classifier_weight(schedule: NoiseSchedule, sigma: torch.Tensor, weighting: C
     return (schedule.loss_weight(sigma) * schedule.sigma_data**2 / 2).clamp(max=5.0)
 
 
+@dataclass
+class BlockInputs:
+    """What a block sees for a batch of records (x, y) at drawn noise levels.
+
+    sigma [B]: noise levels (target units). z: the noisy target, E[y] + sigma eps [B, width] (classifier) or
+    x + sigma eps, shaped like x (generator). label [B]: the label the block is conditioned on (generator: y or,
+    after label dropout, the null label; classifier: y). Leakage audits build these with unknowns in place of
+    the client's draws and differentiate `block_loss` through them."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    sigma: torch.Tensor
+    z: torch.Tensor
+    label: torch.Tensor
+
+
+def draw_block_inputs(
+    block: nn.Module,
+    block_index: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    label_dropout: float = 0.1,
+) -> BlockInputs:
+    """Draw sigma ~ p_sigma^(i), eps ~ N(0, I) (and the generator's label dropout), in that order from `generator`."""
+    schedule: NoiseSchedule = block.schedule
+    n = x.shape[0]
+    sigma = schedule.sample_sigma(block_index, n, generator).to(x.device)
+    if isinstance(block, DenoisingClassifier):
+        eps = torch.randn(n, block.arch.width, generator=generator).to(x.device)
+        return BlockInputs(x, y, sigma, block.class_emb[y] + sigma[:, None] * eps, y)
+    if isinstance(block, DenoisingGenerator):
+        eps = torch.randn(x.shape, generator=generator).to(x.device)
+        drop = torch.rand(n, generator=generator).to(x.device) < label_dropout
+        label = torch.where(drop, torch.full_like(y, block.null_label), y)
+        return BlockInputs(x, y, sigma, x + sigma.view(-1, 1, 1, 1) * eps, label)
+    raise TypeError(f"not a DiffusionBlocks block: {type(block).__name__}")
+
+
+def block_loss(
+    block: nn.Module,
+    inputs: BlockInputs,
+    *,
+    weighting: ClassifierWeighting = "none",
+    forward: Callable[..., torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Loss of each example [B] at the given inputs: w(sigma) CE(f(x, z, sigma), y) for a classifier,
+    lambda(sigma) mean_pixels (D(z, sigma, label) - x)^2 for a generator."""
+    forward = forward or block
+    schedule: NoiseSchedule = block.schedule
+    if isinstance(block, DenoisingClassifier):
+        ce = F.cross_entropy(forward(inputs.x, inputs.z, inputs.sigma), inputs.y, reduction="none")
+        return classifier_weight(schedule, inputs.sigma, weighting) * ce
+    if isinstance(block, DenoisingGenerator):
+        d = forward(inputs.z, inputs.sigma, inputs.label)
+        return schedule.loss_weight(inputs.sigma) * (d - inputs.x).pow(2).flatten(1).mean(1)
+    raise TypeError(f"not a DiffusionBlocks block: {type(block).__name__}")
+
+
 def per_sample_loss(
     block: nn.Module,
     block_index: int,
@@ -76,22 +136,8 @@ def per_sample_loss(
     """Loss of each example [B] for block `block_index` at freshly drawn noise levels.
 
     `forward` runs the block (default: `block` itself; Opacus passes its wrapped module)."""
-    forward = forward or block
-    schedule: NoiseSchedule = block.schedule
-    n = x.shape[0]
-    sigma = schedule.sample_sigma(block_index, n, generator).to(x.device)
-    if isinstance(block, DenoisingClassifier):
-        eps = torch.randn(n, block.arch.width, generator=generator).to(x.device)
-        z = block.class_emb[y] + sigma[:, None] * eps
-        ce = F.cross_entropy(forward(x, z, sigma), y, reduction="none")
-        return classifier_weight(schedule, sigma, weighting) * ce
-    if isinstance(block, DenoisingGenerator):
-        eps = torch.randn(x.shape, generator=generator).to(x.device)
-        drop = torch.rand(n, generator=generator).to(x.device) < label_dropout
-        y_in = torch.where(drop, torch.full_like(y, block.null_label), y)
-        d = forward(x + sigma.view(-1, 1, 1, 1) * eps, sigma, y_in)
-        return schedule.loss_weight(sigma) * (d - x).pow(2).flatten(1).mean(1)
-    raise TypeError(f"not a DiffusionBlocks block: {type(block).__name__}")
+    inputs = draw_block_inputs(block, block_index, x, y, generator=generator, label_dropout=label_dropout)
+    return block_loss(block, inputs, weighting=weighting, forward=forward)
 
 
 def make_optimizer(module: nn.Module, cfg: TrainConfig, total_steps: int):

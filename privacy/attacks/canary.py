@@ -1,0 +1,320 @@
+"""One-run privacy audit (Steinke, Nasr, Jagielski 2023): empirical epsilon lower bounds from canaries.
+
+m canaries are each included with probability 1/2 (independently) in one training run. After the run the auditor
+scores every canary, guesses "included" for the k+ highest scores and "excluded" for the k- lowest, and counts
+v correct out of r = k+ + k- guesses. If the run is (eps, delta)-DP, Theorem 5.2 of the paper bounds
+
+    P[V >= v] <= P[Bin(r, q) >= v] + 2 m delta max_{1<=i<=v} P[v - i <= Bin(r, q) < v] / i,  q = e^eps / (1 + e^eps),
+
+so every eps whose bound is below 1 - confidence is rejected; the lower bound is the largest rejected eps
+(bisection: the bound grows with eps). Several guess rules are tried with a Bonferroni correction, so the
+reported bound keeps its 95% confidence.
+
+Two canary kinds, both white-box gradient canaries (Dirac canaries, the tightest known for DP-SGD: each
+canary's clipped gradient is C along its own coordinate, which no real record touches, so the score of an
+excluded canary is pure DP noise and the included ones are shifted by C per sampling):
+
+* record level (`record_canary_audit`): the block gets an extra canary table (an embedding with one scalar per
+  canary) and the canaries are extra training examples, labelled -1-i, whose loss is S * table[i] (S = 10 C,
+  so clipping must act on them). They ride through the client's real `train_block_dp`: Opacus' Poisson
+  sampler, per-example clipping (ghost clipping included) and noise. Score: the sum over steps of the
+  privatized gradient of table[i] (what the optimizer receives; white-box). A missing or reduced noise, missing
+  clipping or a wrong sample rate shows up as an eps lower bound above the accountant's epsilon.
+* client level (`client_canary_audit`): m canary clients each send S e_j for their own random coordinate j of
+  the block's parameters; the release mechanism (clip + sum + central noise + mean) is run as given, per round;
+  score: the released value at j, summed over rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.stats import binom
+from torch import nn
+
+from dblocks.shared.training import TrainConfig, block_loss, draw_block_inputs
+
+from .updates import Delta
+
+CANARY_GRAD_FACTOR = 10.0  # canary gradient norm S = 10 C: clipping has to act on it
+
+
+# ---------------------------------------------------------------------------------------------------
+# the bound
+# ---------------------------------------------------------------------------------------------------
+def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
+    """Bound on P[>= v correct of r guesses] for an (epsilon, delta)-DP run with m canaries (Thm 5.2)."""
+    if not 0 <= v <= r <= m:
+        raise ValueError(f"need 0 <= v <= r <= m, got v={v}, r={r}, m={m}")
+    if v == 0:
+        return 1.0
+    q = 1.0 / (1.0 + math.exp(-epsilon))
+    tail = float(binom.sf(v - 1, r, q))
+    below = binom.pmf(np.arange(v - 1, -1, -1), r, q)  # P[Bin = v-1], P[Bin = v-2], ..., P[Bin = 0]
+    alpha = float(np.max(np.cumsum(below) / np.arange(1, v + 1)))
+    return min(1.0, tail + 2 * m * delta * alpha)
+
+
+def epsilon_lower_bound(m: int, r: int, v: int, delta: float, significance: float = 0.05) -> float:
+    """Largest epsilon rejected at `significance` given v correct of r guesses (0 if none is rejected)."""
+    if v == 0 or p_value(m, r, v, 0.0, delta) >= significance:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while p_value(m, r, v, hi, delta) < significance:
+        lo, hi = hi, hi * 2
+        if hi > 100:
+            return lo
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if p_value(m, r, v, mid, delta) < significance:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass
+class CanaryBound:
+    """Result of guessing from canary scores: epsilon lower bound at `delta` with `confidence`, the guess count r
+    and correct guesses v that gave it, and every guess count tried."""
+
+    epsilon_lower_bound: float
+    delta: float
+    confidence: float
+    canaries: int
+    included: int
+    guesses: int
+    correct: int
+    tried: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def guess_fractions() -> tuple[float, ...]:
+    return (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def guess_strategies() -> int:
+    """How many guessing rules `bound_from_scores` tries (the Bonferroni factor)."""
+    return len(guess_fractions()) + 1
+
+
+def two_means_threshold(scores: np.ndarray, iterations: int = 50) -> float:
+    """Threshold between the two clusters of 1-d scores (Lloyd's algorithm from the min/max), from the scores
+    alone: a guess rule may depend on the output, never on which canaries were included."""
+    lo, hi = float(scores.min()), float(scores.max())
+    t = (lo + hi) / 2
+    for _ in range(iterations):
+        a, b = scores[scores <= t], scores[scores > t]
+        if len(a) == 0 or len(b) == 0:
+            break
+        new = (a.mean() + b.mean()) / 2
+        if new == t:
+            break
+        t = float(new)
+    return t
+
+
+def bound_from_scores(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95,
+                      fractions: tuple[float, ...] | None = None) -> CanaryBound:
+    """Try several guess rules, each at significance (1 - confidence) / #rules (Bonferroni), and report the best
+    bound: for r = fraction * m, guess the top r/2 scores included and the bottom r/2 excluded; and one rule
+    that guesses all m by the two-means threshold of the scores (right when included and excluded counts are
+    unbalanced, where equal halves must err)."""
+    scores, included = np.asarray(scores, np.float64), np.asarray(included, bool)
+    m = len(scores)
+    fractions = fractions or guess_fractions()
+    significance = (1 - confidence) / (len(fractions) + 1)
+    order = np.argsort(-scores, kind="stable")
+    best = CanaryBound(0.0, delta, confidence, m, int(included.sum()), 0, 0)
+
+    def consider(rule: str, guesses: int, correct: int) -> None:
+        eps = epsilon_lower_bound(m, guesses, correct, delta, significance)
+        best.tried.append({"rule": rule, "guesses": guesses, "correct": correct, "epsilon_lower_bound": eps})
+        if eps > best.epsilon_lower_bound:
+            best.epsilon_lower_bound, best.guesses, best.correct = eps, guesses, correct
+
+    for f in fractions:
+        k = min(max(1, int(round(f * m / 2))), m // 2)
+        top, bottom = order[:k], order[m - k :]
+        consider(f"top/bottom {k}", 2 * k, int(included[top].sum() + (~included[bottom]).sum()))
+    guess_in = scores > two_means_threshold(scores)
+    consider("two-means threshold", m, int((guess_in == included).sum()))
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------
+# record level: Dirac canaries through train_block_dp
+# ---------------------------------------------------------------------------------------------------
+class CanaryAugmentedBlock(nn.Module):
+    """The block plus a canary table (one scalar per canary; row m is the null row real examples use).
+    forward(*block_args, canary_ids) -> (block output, table[canary_ids])."""
+
+    def __init__(self, block: nn.Module, canaries: int) -> None:
+        super().__init__()
+        self.block = block
+        self.canaries = nn.Embedding(canaries + 1, 1)
+        nn.init.zeros_(self.canaries.weight)
+
+    def forward(self, *args, canary_ids: torch.Tensor):
+        return self.block(*args), self.canaries(canary_ids).squeeze(-1)
+
+
+def canary_loss_fn(block: nn.Module, block_index: int, cfg: TrainConfig, canaries: int, grad_norm: float):
+    """Per-example loss for `train_block_dp`: real examples (label >= 0) get the block loss, canary i
+    (label -1-i) gets grad_norm * table[i], whose gradient is grad_norm on its own table row."""
+
+    def loss(module, xb, yb, generator):
+        is_canary = yb < 0
+        ids = torch.where(is_canary, -yb - 1, torch.full_like(yb, canaries))
+        inputs = draw_block_inputs(block, block_index, xb, yb.clamp_min(0), generator=generator,
+                                   label_dropout=cfg.label_dropout)
+        table: dict[str, torch.Tensor] = {}
+
+        def forward(*args):
+            out, table["value"] = module(*args, canary_ids=ids)
+            return out
+
+        real = block_loss(block, inputs, weighting=cfg.classifier_weighting, forward=forward)
+        return torch.where(is_canary, grad_norm * table["value"], real)
+
+    return loss
+
+
+@contextmanager
+def privatized_gradient_sum(weight: torch.Tensor):
+    """Sum, over the optimizer steps taken inside the block, of `weight`'s gradient as the underlying optimizer
+    receives it: after Opacus' clipping, noise and scaling. These privatized gradients are exactly what DP-SGD's
+    accountant covers (everything after them, AdamW included, is post-processing), so scoring canaries by them
+    is the white-box audit of the mechanism itself. (Scoring by the final weights instead would let Adam's
+    per-coordinate normalisation hide an unclipped gradient.)"""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    total = torch.zeros(weight.shape, dtype=torch.float64)
+
+    def hook(optimizer, args, kwargs):
+        if hasattr(optimizer, "original_optimizer"):  # a DP wrapper: its inner optimizer sees the noised gradient
+            return
+        if weight.grad is not None and any(p is weight for group in optimizer.param_groups for p in group["params"]):
+            total.add_(weight.grad.detach().double())
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        yield total
+    finally:
+        handle.remove()
+
+
+@dataclass
+class RecordCanaryResult:
+    bound: CanaryBound
+    accountant_epsilon: float
+    dp_report: dict
+    scores: list[float]
+    included: list[bool]
+
+    def to_dict(self) -> dict:
+        return {"bound": self.bound.to_dict(), "accountant_epsilon": self.accountant_epsilon, "dp_report": self.dp_report}
+
+
+def record_canary_audit(
+    block: nn.Module,
+    block_index: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    dp,
+    canaries: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> RecordCanaryResult:
+    """Run the client's DP-SGD (`train_block_dp`, on a copy of `block`) on (x, y) plus the included canaries and
+    bound epsilon from the canary scores. The run's own accountant epsilon (same sampler, steps, noise) comes
+    back beside it."""
+    from dblocks.privacy.dpsgd import train_block_dp
+
+    g = torch.Generator().manual_seed(seed)
+    included = torch.rand(canaries, generator=g) < 0.5
+    ids = torch.nonzero(included).flatten()
+    x_canary = torch.zeros((len(ids), *x.shape[1:]), dtype=x.dtype)
+    x_all = torch.cat([x, x_canary])
+    y_all = torch.cat([y, -ids - 1])
+    audited = CanaryAugmentedBlock(copy.deepcopy(block), canaries)
+    loss = canary_loss_fn(audited.block, block_index, cfg, canaries, CANARY_GRAD_FACTOR * dp.max_grad_norm)
+    # Opacus draws its noise from torch's global generator: fork it, seeded, so the audit is reproducible
+    # without touching the caller's random state
+    with torch.random.fork_rng(), privatized_gradient_sum(audited.canaries.weight) as sums:
+        torch.manual_seed(seed)
+        report = train_block_dp(audited, block_index, x_all, y_all, cfg, dp, loss_fn=loss)
+    scores = sums[:canaries, 0].numpy()
+    bound = bound_from_scores(scores, included.numpy(), dp.delta, confidence)
+    return RecordCanaryResult(bound, report.epsilon, report.to_dict(), scores.tolist(), included.tolist())
+
+
+# ---------------------------------------------------------------------------------------------------
+# client level: canary clients through a release mechanism
+# ---------------------------------------------------------------------------------------------------
+ReleaseFn = Callable[[list[Delta], torch.Generator], Delta]
+
+
+@dataclass
+class ClientCanaryResult:
+    bound: CanaryBound
+    accountant_epsilon: float
+    rounds: int
+    scores: list[float]
+    included: list[bool]
+
+    def to_dict(self) -> dict:
+        return {"bound": self.bound.to_dict(), "accountant_epsilon": self.accountant_epsilon, "rounds": self.rounds}
+
+
+def client_canary_audit(
+    real_updates: list[Delta],
+    param_keys: list[str],
+    release_fn: ReleaseFn,
+    clip_norm: float,
+    noise_multiplier: float,
+    delta: float,
+    canaries: int = 1000,
+    rounds: int = 1,
+    seed: int = 0,
+    confidence: float = 0.95,
+    accountant: str = "prv",
+) -> ClientCanaryResult:
+    """Canary clients for client-level DP. Each canary i sends S e_{j_i} (S = 10 C, one random parameter
+    coordinate per canary) in every round it is included in; the real clients send `real_updates`. The
+    accountant's epsilon is that of `rounds` Gaussian mechanisms with sensitivity C and noise z C."""
+    from dblocks.privacy.accounting import MechanismStep, epsilon as accountant_epsilon
+
+    g = torch.Generator().manual_seed(seed)
+    included = torch.rand(canaries, generator=g) < 0.5
+    sizes = [real_updates[0][k].numel() for k in param_keys]
+    total = sum(sizes)
+    if canaries > total:
+        raise ValueError(f"{canaries} canaries need as many parameter coordinates; the block has {total}")
+    coords = torch.randperm(total, generator=g)[:canaries]
+    offsets = np.cumsum([0] + sizes)
+    template = {k: torch.zeros_like(v) for k, v in real_updates[0].items()}
+    canary_updates = []
+    for i in torch.nonzero(included).flatten().tolist():
+        c = int(coords[i])
+        t = int(np.searchsorted(offsets, c, side="right") - 1)
+        u = {k: v.clone() for k, v in template.items()}
+        u[param_keys[t]].view(-1)[c - offsets[t]] = CANARY_GRAD_FACTOR * clip_norm
+        canary_updates.append(u)
+    scores = torch.zeros(canaries, dtype=torch.float64)
+    for _ in range(rounds):
+        released = release_fn(real_updates + canary_updates, g)
+        flat = torch.cat([released[k].flatten().double() for k in param_keys])
+        scores += flat[coords]
+    bound = bound_from_scores(scores.numpy(), included.numpy(), delta, confidence)
+    eps = accountant_epsilon([MechanismStep(noise_multiplier, 1.0, rounds)], delta, accountant)
+    return ClientCanaryResult(bound, eps, rounds, scores.tolist(), included.tolist())

@@ -1,0 +1,106 @@
+"""One-run canary audit: the bound's math, and that it separates a correct DP-SGD client from planted bugs.
+
+The bugs are planted here only, by patching Opacus (noise generation, clipping coefficient)."""
+
+from contextlib import contextmanager
+from unittest import mock
+
+import pytest
+import torch
+
+from dblocks.privacy.attacks.canary import bound_from_scores, epsilon_lower_bound, p_value, record_canary_audit
+from dblocks.privacy.dpsgd import DPConfig
+from dblocks.shared.training import TrainConfig
+
+DP = DPConfig(noise_multiplier=2.0, max_grad_norm=1.0, batch_size=32, steps=40)
+CFG = TrainConfig(epochs=1, batch_size=32, lr=1e-3, seed=0)
+CANARIES = 400
+
+
+@contextmanager
+def noise_disabled():
+    """Planted bug: Opacus' Gaussian noise silently returns zeros."""
+    import opacus.optimizers.optimizer as opt
+    import opacus.optimizers.optimizer_fast_gradient_clipping as fgc
+
+    zeros = lambda std, reference, generator=None, secure_mode=False: torch.zeros_like(reference)  # noqa: E731
+    with mock.patch.object(fgc, "_generate_noise", zeros), mock.patch.object(opt, "_generate_noise", zeros):
+        yield
+
+
+@contextmanager
+def clipping_disabled():
+    """Planted bug: ghost clipping's per-example coefficient is always 1."""
+    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping as G
+
+    with mock.patch.object(G, "get_clipping_coef", lambda self: torch.ones_like(self.get_norm_sample())):
+        yield
+
+
+def test_p_value_grows_with_epsilon_and_the_bound_is_where_it_crosses():
+    m, r, v, delta = 1000, 200, 150, 1e-5
+    ps = [p_value(m, r, v, e, delta) for e in (0.0, 0.5, 1.0, 2.0)]
+    assert ps == sorted(ps)
+    eps = epsilon_lower_bound(m, r, v, delta)
+    assert p_value(m, r, v, eps, delta) < 0.05 <= p_value(m, r, v, eps + 0.01, delta)
+
+
+def test_perfect_guesses_bound_matches_the_binomial_tail():
+    # all r guesses right: P[Bin(r, q) >= r] = q^r = 0.05 -> eps = logit(0.05^(1/r)) when delta = 0
+    r = 500
+    q = 0.05 ** (1 / r)
+    assert epsilon_lower_bound(r, r, r, 0.0) == pytest.approx(torch.logit(torch.tensor(q, dtype=torch.float64)).item(), rel=1e-6)
+
+
+def test_random_scores_give_no_bound():
+    g = torch.Generator().manual_seed(0)
+    included = (torch.rand(2000, generator=g) < 0.5).numpy()
+    scores = torch.randn(2000, generator=g).numpy()
+    assert bound_from_scores(scores, included, 1e-5).epsilon_lower_bound < 0.3
+
+
+def _audit(block, digits):
+    return record_canary_audit(block, 1, digits.x[:256], digits.y[:256], CFG, DP, canaries=CANARIES, seed=0)
+
+
+def test_correct_dp_sgd_stays_below_the_accountant_and_planted_bugs_exceed_it(trained_blocks, digits):
+    block = trained_blocks["classifier"]
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    correct = _audit(block, digits)
+    acct = correct.accountant_epsilon
+    assert 0 < acct < 4  # the configuration under test claims a small epsilon
+    assert correct.bound.epsilon_lower_bound < acct
+    with noise_disabled():
+        no_noise = _audit(block, digits)
+    assert no_noise.accountant_epsilon == pytest.approx(acct)  # the accountant cannot see the bug
+    assert no_noise.bound.epsilon_lower_bound > acct
+    with clipping_disabled():
+        no_clip = _audit(block, digits)
+    assert no_clip.bound.epsilon_lower_bound > acct
+    # the audit trains a copy: the block it was given is untouched
+    assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
+
+
+def test_client_level_canaries_catch_a_release_without_central_noise(trained_blocks, digits):
+    """Canary clients through the federation's own release (fedmsg.clip_update + add_central_noise)."""
+    from dblocks.privacy.attacks.canary import client_canary_audit
+    from dblocks.privacy.attacks.local import LocalTraining, local_update
+    from dblocks.privacy.attacks.runner import federation_release
+    from dblocks.privacy.attacks.updates import parameter_keys
+    import dblocks.server.federation.aggregation as aggregation
+
+    block = trained_blocks["classifier"]
+    keys = parameter_keys(block)
+    g = torch.Generator().manual_seed(0)
+    real = [local_update(block, 1, digits.x[i : i + 1], digits.y[i : i + 1], LocalTraining(), g)[0] for i in range(4)]
+
+    def audit():
+        return client_canary_audit(real, keys, federation_release(keys, 1.0, 2.0, seed=0), 1.0, 2.0, 1e-5,
+                                   canaries=CANARIES, rounds=1, seed=0)
+
+    correct = audit()
+    assert correct.bound.epsilon_lower_bound < correct.accountant_epsilon < 3
+    no_noise = lambda mean, clip, z, k, rng: ([m.copy() for m in mean], 0.0)  # noqa: E731  planted bug
+    with mock.patch.object(aggregation, "add_central_noise", no_noise):
+        buggy = audit()
+    assert buggy.bound.epsilon_lower_bound > correct.accountant_epsilon
