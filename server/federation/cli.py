@@ -139,6 +139,12 @@ def run_new(
     sh = ServerHome(home)
     if not (sh.flwr_home / "config.toml").exists():
         fail(f"no SuperLink configured under {home}: run `dbserver start` first")
+    if registry_url is None:  # after `dbserver init`: the deployment's registry, with the service token
+        from .provision import load_config, read_secret, service_token_path
+
+        deployed = load_config(sh)
+        if deployed is not None:
+            registry_url, token = deployed.registry_url, token or read_secret(service_token_path(sh))
     registry = None
     if registry_url:
         from dblocks.server.registry.client import RegistryClient
