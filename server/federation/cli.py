@@ -74,7 +74,9 @@ def init(
     gateway_port: int = typer.Option(9092, help="public port of the Fleet gateway (the only one companies need)"),
     gateway_bind: str = typer.Option("0.0.0.0", help="address the Fleet gateway binds to"),
     superlink_port: int = typer.Option(9091, help="SuperLink port, bound to 127.0.0.1 only"),
-    registry_port: int = typer.Option(8700, help="registry + dashboard port, bound to 127.0.0.1 only"),
+    registry_port: int = typer.Option(8700, help="registry + dashboard port"),
+    registry_bind: str = typer.Option("127.0.0.1", help="address the registry binds to; keep it private (in a "
+                                                        "container: 0.0.0.0, published on the host's 127.0.0.1 only)"),
     database_url: str = typer.Option("", help="registry database (SQLAlchemy URL); empty: SQLite in the home"),
     rotate_tokens: bool = typer.Option(False, help="issue new admin and service tokens"),
     home: Path = typer.Option(default_home(), help="server home"),
@@ -84,7 +86,8 @@ def init(
 
     try:
         r = init_server(ServerHome(home), host, gateway_port=gateway_port, gateway_host=gateway_bind,
-                        superlink_port=superlink_port, registry_port=registry_port, database_url=database_url,
+                        superlink_port=superlink_port, registry_port=registry_port, registry_host=registry_bind,
+                        database_url=database_url,
                         rotate_tokens=rotate_tokens)
     except ValueError as e:
         fail(str(e))
@@ -292,6 +295,43 @@ def nodes_list(home: Path = typer.Option(default_home())) -> None:
         t.add_row(n["id"], n["display_name"], n["status"], str(link.get("node_id") or "-"), link.get("status", "-"),
                   link.get("error") or "")
     console.print(t)
+
+
+@nodes_app.command("sync")
+def nodes_sync(
+    every: float = typer.Option(0.0, help="repeat every this many seconds until stopped (0: once)"),
+    home: Path = typer.Option(default_home()),
+) -> None:
+    """Carry the registry's approvals and revocations to the SuperLink (what `dbserver start` does in a loop;
+    run it as its own process where the SuperLink and the registry run as separate containers)."""
+    from dblocks.server.registry.client import RegistryClient
+
+    from .nodesync import NodeSyncLoop, SuperLinkNodes, sync_once
+    from .provision import load_config, read_secret, service_token_path
+
+    sh = ServerHome(home)
+    cfg = load_config(sh)
+    if cfg is None:
+        fail(f"no server.toml under {home}: run `dbserver init` first")
+    registry = RegistryClient(cfg.registry_url, read_secret(service_token_path(sh)))
+    link = SuperLinkNodes(cfg.superlink.local_address, sh.tls.ca)
+    if every <= 0:
+        r = sync_once(registry, link)
+        console.print(f"registered {r.registered or 'none'}, unregistered {r.unregistered or 'none'}")
+        for node_id, err in r.errors.items():
+            console.print(f"[red]{node_id}: {err}[/red]")
+        raise typer.Exit(1 if r.errors else 0)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    loop = NodeSyncLoop(registry, link, every)
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    loop.start()
+    try:
+        while loop.is_alive():
+            loop.join(1.0)
+    except KeyboardInterrupt:
+        loop.stop()
 
 
 def _sync_now(home: Path, reg) -> None:

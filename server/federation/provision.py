@@ -54,12 +54,12 @@ class InitResult:
 
 
 def init_server(home: ServerHome, hosts: list[str], *, gateway_port: int = 9092, gateway_host: str = "0.0.0.0",
-                superlink_port: int = 9091, registry_port: int = 8700, database_url: str = "",
-                rotate_tokens: bool = False) -> InitResult:
+                superlink_port: int = 9091, registry_port: int = 8700, registry_host: str = "127.0.0.1",
+                database_url: str = "", rotate_tokens: bool = False) -> InitResult:
     if not hosts:
         raise ValueError("name at least one --host that the companies use to reach this server")
     cfg = ServerConfig(hosts=list(dict.fromkeys(hosts)), superlink=Endpoint("127.0.0.1", superlink_port),
-                       gateway=Endpoint(gateway_host, gateway_port), registry=Endpoint("127.0.0.1", registry_port),
+                       gateway=Endpoint(gateway_host, gateway_port), registry=Endpoint(registry_host, registry_port),
                        database_url=database_url)
     previous = load_config(home) if config_path(home).exists() else None
     if previous is not None:
@@ -67,6 +67,7 @@ def init_server(home: ServerHome, hosts: list[str], *, gateway_port: int = 9092,
     cert_hosts = list(dict.fromkeys(cfg.hosts + LOCAL_NAMES))
     tls = create_server_tls(home.root / "tls", cert_hosts)
     admin = _ensure_tokens(home, cfg, rotate_tokens)
+    home.write_flwr_config(cfg.superlink.local_address, insecure=False)  # the operator's `flwr` -> this SuperLink
     cfg.save(config_path(home))
     return InitResult(cfg, config_path(home), tls.ca, admin, cert_hosts)
 
