@@ -93,7 +93,7 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
         for b, cohort in plan.cohorts.items():
             deltas = []
             for c in cohort:
-                task = BlockTask(run_id="bench", round=r, block_index=b, spec_json=model.blocks[b].spec.to_json(),
+                task = BlockTask(run_id="bench", round=r, block_index=b, attempt=0, spec_json=model.blocks[b].spec.to_json(),
                                  noise_multiplier=s.record_noise, max_grad_norm=s.record_clip if dp else 1e6,
                                  sample_rate=s.sample_rate, steps=s.steps, delta=1e-5, accountant="rdp", lr=s.lr,
                                  weight_decay=0.0, update_clip=s.update_clip if dp else 1e6, seed=seed * 7919 + r * 101 + c)
@@ -231,12 +231,22 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--companies", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=8, help="DP-SGD steps per company per round")
+    ap.add_argument("--sample-rate", type=float, default=0.1)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--epsilon", type=float, default=7.9, help="record-level target (RDP, delta 1e-5, all rounds)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     B = args.blocks
     q = args.quick
-    dp_setting = FedSetting(rounds=2 if q else 40, steps=2 if q else 8, sample_rate=0.1, lr=5e-4, record_noise=1.0,
-                            record_clip=1.0, update_clip=0.5)
+    from dblocks.privacy.accounting import noise_for_epsilon
+
+    rounds, steps, rate = (2, 2, 0.1) if q else (args.rounds, args.steps, args.sample_rate)
+    # every company trains one block every round: its history is (z, q, rounds * steps); pick z for epsilon <= 8
+    z = noise_for_epsilon(args.epsilon, 1e-5, rate, rounds * steps, "rdp")
+    dp_setting = FedSetting(rounds=rounds, steps=steps, sample_rate=rate, lr=args.lr, record_noise=z,
+                            record_clip=1.0, update_clip=2.0)
     nodp_setting = replace(dp_setting, record_noise=0.0, lr=1e-3)
     epochs = 1 if q else 20
     pub, private, comps, test = companies_data(args.companies, 1000, args.seed)

@@ -97,7 +97,7 @@ def train(msg: Message, context: Context) -> Message:
         progress_line(nc, f"round {task.round} block {task.block_index}: REFUSED — {e}")
         raise
     progress_line(nc, f"round {task.round} block {task.block_index}: sent clipped update (norm {update.norm_before_clip:.3f}"
-                      f" -> clip {task.update_clip:g}); record-level epsilon {update.epsilon_after:.2f} of "
-                      f"{ledger.budget:g} at delta {ledger.delta:g}")
+                      f" -> clip {task.update_clip:g}) after {update.report.seconds:.2f} s of training; record-level "
+                      f"epsilon {update.epsilon_after:.2f} of {ledger.budget:g} at delta {ledger.delta:g}")
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update.delta), num_examples=1, metrics={})
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)

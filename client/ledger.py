@@ -27,6 +27,7 @@ class LedgerEntry:
     run_id: str
     round: int
     block_index: int
+    attempt: int
     noise_multiplier: float
     sample_rate: float
     steps: int
@@ -65,8 +66,9 @@ class PrivacyLedger:
         """The epsilon stored with the newest entry (computed when it was recorded; no accountant run)."""
         return self.entries[-1].epsilon_after if self.entries else 0.0
 
-    def seen(self, run_id: str, round: int, block_index: int) -> LedgerEntry | None:
-        return next((e for e in self.entries if (e.run_id, e.round, e.block_index) == (run_id, round, block_index)), None)
+    def seen(self, run_id: str, round: int, block_index: int, attempt: int) -> LedgerEntry | None:
+        key = (run_id, round, block_index, attempt)
+        return next((e for e in self.entries if (e.run_id, e.round, e.block_index, e.attempt) == key), None)
 
     def check(self, step: MechanismStep, delta: float) -> float:
         """The epsilon after `step`; raises BudgetExceeded if it would pass the budget."""
@@ -80,11 +82,11 @@ class PrivacyLedger:
             )
         return after
 
-    def record(self, run_id: str, round: int, block_index: int, step: MechanismStep, examples: int,
+    def record(self, run_id: str, round: int, block_index: int, attempt: int, step: MechanismStep, examples: int,
                epsilon_after: float | None = None) -> LedgerEntry:
         """Append a release; `epsilon_after` is the value `check` returned for the same step (saves a recount)."""
         after = self.spent([step]) if epsilon_after is None else epsilon_after
-        entry = LedgerEntry(run_id, round, block_index, step.noise_multiplier, step.sample_rate, step.steps,
+        entry = LedgerEntry(run_id, round, block_index, attempt, step.noise_multiplier, step.sample_rate, step.steps,
                             self.delta, examples, after, self.accountant, time.time())
         self.entries.append(entry)
         self._save()

@@ -57,9 +57,9 @@ def train_task(
     progress: Callable[[int, int, float], None] | None = None,
 ) -> BlockUpdate:
     block = rebuild_block(task, arrays)
-    if ledger.seen(task.run_id, task.round, task.block_index):
-        raise RuntimeError(f"round {task.round} of block {task.block_index} was already trained here; a replayed "
-                           "task is refused (it would spend privacy budget twice)")
+    if ledger.seen(task.run_id, task.round, task.block_index, task.attempt):
+        raise RuntimeError(f"round {task.round} (attempt {task.attempt}) of block {task.block_index} was already trained "
+                           "here; a replayed task is refused (it would spend privacy budget twice)")
     mechanism = MechanismStep(task.noise_multiplier, task.sample_rate, task.steps)
     epsilon_after = ledger.check(mechanism, task.delta)
     before = [p.detach().clone() for p in block.parameters()]
@@ -70,9 +70,9 @@ def train_task(
     report = train_block_dp(block, task.block_index, data.x, data.y, cfg, dp, progress)
     delta = [(p.detach() - b).numpy() for p, b in zip(block.parameters(), before)]
     clipped, norm = clip_update(delta, task.update_clip)
-    if (report.sample_rate, report.steps) != (task.sample_rate, task.steps):  # the mechanism run is the one checked
+    if report.steps != task.steps or not math.isclose(report.sample_rate, task.sample_rate, rel_tol=1e-9):
         raise RuntimeError(f"DP-SGD ran q={report.sample_rate}, {report.steps} steps; the task asked q={task.sample_rate}, {task.steps}")
-    entry = ledger.record(task.run_id, task.round, task.block_index, mechanism, len(data), epsilon_after)
+    entry = ledger.record(task.run_id, task.round, task.block_index, task.attempt, mechanism, len(data), epsilon_after)
     _debug_record(task, clipped)
     return BlockUpdate(clipped, norm, report, entry.epsilon_after)
 
@@ -84,5 +84,5 @@ def _debug_record(task: BlockTask, delta: list[np.ndarray]) -> None:
     d = os.environ.get("DBLOCKS_TEST_DEBUG_DIR")
     if d:
         Path(d).mkdir(parents=True, exist_ok=True)
-        name = f"r{task.round}-b{task.block_index}-{os.getpid()}-{sha256_hex(delta[0].tobytes())[:8]}.npz"
+        name = f"r{task.round}-b{task.block_index}-a{task.attempt}-{os.getpid()}-{sha256_hex(delta[0].tobytes())[:8]}.npz"
         np.savez(Path(d) / name, *delta)

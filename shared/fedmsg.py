@@ -25,6 +25,7 @@ class BlockTask:
     run_id: str
     round: int
     block_index: int
+    attempt: int  # 0, or 1.. for re-runs of the same round (each attempt is a release and is accounted)
     spec_json: str
     noise_multiplier: float  # record-level DP-SGD noise, in units of max_grad_norm
     max_grad_norm: float  # record-level per-example clip C_rec

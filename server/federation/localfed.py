@@ -139,7 +139,7 @@ class LocalFederation:
 
     def runs(self) -> list[str]:
         d = self.root / "operator" / "server" / "runs"
-        return sorted(p.name for p in d.iterdir()) if d.exists() else []
+        return sorted((p.name for p in d.iterdir()), key=lambda n: (len(n), n)) if d.exists() else []
 
     def status(self, run_id: str) -> dict:
         p = self.run_dir(run_id) / "status.json"

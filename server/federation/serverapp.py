@@ -68,6 +68,11 @@ class Federation:
             self.model.resume_from_checkpoint(self.model.checkpoint_dir)
         self.test = self.preset.load_split()[1]
         self.history: list[dict] = []
+        # every start of the ServerApp for this run is a session; task attempts are numbered per session so that a
+        # resumed round is a new (accounted) release at the companies, not a replay they would refuse
+        starts = self.model.checkpoint_dir / "starts.json"
+        self.session = len(json.loads(starts.read_text())) if starts.exists() else 0
+        starts.write_text(json.dumps([*json.loads(starts.read_text()), time.time()] if starts.exists() else [time.time()]))
 
     # ---- the round loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -119,18 +124,18 @@ class Federation:
 
     def train_block(self, r: int, b: int, cohort: list[int]) -> AggregateOutcome:
         """Securely aggregate block b over `cohort`; one re-run with the members still alive on failure."""
-        out = self._aggregate(r, b, cohort)
+        out = self._aggregate(r, b, cohort, attempt=0)
         if out.ok:
             return out
         alive = [n.node_id for n in self.ping(cohort)]
-        if len(alive) >= self.cfg.min_cohort and alive != cohort:
-            log.info("block %d round %d: %s; re-running with %d live members", b, r, out.failure, len(alive))
+        if len(alive) >= self.cfg.min_cohort:
+            log.info("block %d round %d: %s; re-running with the %d members still alive", b, r, out.failure, len(alive))
             self._report_round(r, b, [str(n) for n in cohort], "rerun", out.failure)
-            out = self._aggregate(r, b, alive)
+            out = self._aggregate(r, b, alive, attempt=1)
         return out
 
-    def _aggregate(self, r: int, b: int, cohort: list[int]) -> AggregateOutcome:
-        task = self.task_for(r, b)
+    def _aggregate(self, r: int, b: int, cohort: list[int], attempt: int) -> AggregateOutcome:
+        task = self.task_for(r, b, attempt)
         out = self.aggregator.aggregate(self.grid, self.context, b, r, cohort, self.model.weights_arrays(b),
                                         task.to_config())
         if out.ok:
@@ -140,12 +145,13 @@ class Federation:
                 out.mean, out.failure = None, f"aggregate rejected: {e}"
         return out
 
-    def task_for(self, r: int, b: int) -> BlockTask:
+    def task_for(self, r: int, b: int, attempt: int = 0) -> BlockTask:
         c = self.cfg
-        return BlockTask(run_id=c.run_id, round=r, block_index=b, spec_json=self.model.blocks[b].spec.to_json(),
+        attempt += 2 * self.session  # two attempts (first try, re-run) per server session
+        return BlockTask(run_id=c.run_id, round=r, block_index=b, attempt=attempt, spec_json=self.model.blocks[b].spec.to_json(),
                          noise_multiplier=c.record_noise, max_grad_norm=c.record_clip, sample_rate=c.record_sample_rate,
                          steps=c.record_steps, delta=c.delta, accountant=c.accountant, lr=c.lr,
-                         weight_decay=c.weight_decay, update_clip=c.update_clip, seed=c.seed * 1_000_003 + r * 101 + b)
+                         weight_decay=c.weight_decay, update_clip=c.update_clip, seed=c.seed * 1_000_003 + r * 101 + b + 7 * attempt)
 
     def release(self, r: int, b: int, out: AggregateOutcome) -> None:
         cfg = self.cfg

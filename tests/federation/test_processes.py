@@ -64,7 +64,7 @@ def wait_for(pred, timeout, what):
 
 
 def test_end_to_end_round(fed):
-    fed.run(rounds=1, central_noise=0.0)
+    fed.run(**RUN, rounds=1, central_noise=0.0)
     run_id = fed.runs()[-1]
     assert fed.status(run_id)["status"] == "finished", (fed.root / "run-new.log").read_text()[-3000:]
     # each company trained exactly one block, and only the block it was assigned
@@ -101,7 +101,7 @@ def test_end_to_end_round(fed):
 
 def test_company_killed_mid_round(fed):
     before = {f"company{i}": len(ledger(fed, f"company{i}")) for i in range(6)}
-    proc = fed.run(rounds=1, central_noise=0.5, wait=False)
+    proc = fed.run(**RUN, rounds=1, central_noise=0.5, wait=False)
     # kill the first company that starts training this run
     victim = None
 
@@ -131,10 +131,11 @@ def test_company_killed_mid_round(fed):
 def test_server_killed_mid_round_resumes_without_loss_or_duplicates(fed):
     survivors = [f"company{i}" for i in range(6) if f"company{i}" in fed.procs]
     n_before = {c: len(ledger(fed, c)) for c in survivors}
-    proc = fed.run(rounds=2, central_noise=0.0, wait=False)
-    wait_for(lambda: len(fed.runs()) and (fed.run_dir(fed.runs()[-1]) / "checkpoints" / "rounds.json").exists(), 900,
-             "round 1 did not complete")
-    run_id = fed.runs()[-1]
+    old_runs = set(fed.runs())
+    proc = fed.run(**RUN, rounds=2, central_noise=0.0, wait=False)
+    wait_for(lambda: set(fed.runs()) - old_runs, 300, "the run did not start")
+    (run_id,) = set(fed.runs()) - old_runs
+    wait_for(lambda: (fed.run_dir(run_id) / "checkpoints" / "rounds.json").exists(), 900, "round 1 did not complete")
     # round 2 underway: some company is training
     wait_for(lambda: any(len(ledger(fed, c)) >= n_before[c] + 2 or
                          (fed.company_home(c) / "progress.log").read_text().count("training block") >= n_before[c] + 2
@@ -145,7 +146,7 @@ def test_server_killed_mid_round_resumes_without_loss_or_duplicates(fed):
     time.sleep(3)
     fed.start_superlink(port)
     time.sleep(10)  # SuperNodes reconnect by themselves
-    fed.run(rounds=2, central_noise=0.0, run_id=run_id)
+    fed.run(**RUN, rounds=2, central_noise=0.0, run_id=run_id)
     assert fed.status(run_id)["status"] == "finished", (fed.root / "run-new.log").read_text()[-3000:]
     versions = fed.reg.list_block_versions(int(run_id))
     keys = [(v["block_index"], v["round"]) for v in versions]

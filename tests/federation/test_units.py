@@ -57,15 +57,15 @@ def test_ledger_composes_persists_and_refuses(tmp_path):
     led = PrivacyLedger(path, budget=5.0, accountant="rdp")  # rdp: fast; the logic is the same
     step = MechanismStep(1.0, 0.05, 40)
     one = led.check(step, 1e-5)
-    led.record("run", 1, 0, step, 100)
-    led.record("run", 2, 1, step, 100)  # another block on the same records composes
+    led.record("run", 1, 0, 0, step, 100)
+    led.record("run", 2, 1, 0, step, 100)  # another block on the same records composes
     again = PrivacyLedger(path, budget=5.0, accountant="rdp")
     assert len(again.entries) == 2 and again.spent() == pytest.approx(epsilon([step, step], 1e-5, "rdp"))
     assert again.spent() > one
     with pytest.raises(BudgetExceeded, match="over the budget 5"):
         for r in range(3, 20):
             again.check(step, 1e-5)
-            again.record("run", r, 0, step, 100)
+            again.record("run", r, 0, 0, step, 100)
     assert again.spent() <= 5.0  # never recorded past the budget
     with pytest.raises(BudgetExceeded, match="delta"):
         again.check(step, 1e-3)
@@ -102,7 +102,7 @@ def test_central_noise_is_sized_on_the_clients_actually_aggregated():
 
 
 def _task(model, b=0, **kw):
-    base = dict(run_id="r", round=1, block_index=b, spec_json=model.blocks[b].spec.to_json(), noise_multiplier=1.0,
+    base = dict(run_id="r", round=1, block_index=b, attempt=0, spec_json=model.blocks[b].spec.to_json(), noise_multiplier=1.0,
                 max_grad_norm=1.0, sample_rate=0.1, steps=3, delta=1e-5, accountant="prv", lr=1e-3, weight_decay=0.0,
                 update_clip=0.5, seed=0)
     return BlockTask(**{**base, **kw})
@@ -122,6 +122,8 @@ def test_client_round_trains_only_its_block_and_returns_a_clipped_delta(tmp_path
     assert ledger.entries[-1].block_index == 1 and ledger.entries[-1].epsilon_after == pytest.approx(upd.epsilon_after)
     with pytest.raises(RuntimeError, match="replayed"):
         train_task(task, model.weights_arrays(1), data, ledger)
+    retry = train_task(BlockTask(**{**task.to_config(), "attempt": 1}), model.weights_arrays(1), data, ledger)
+    assert len(ledger.entries) == 2 and retry.epsilon_after > upd.epsilon_after  # a re-run is another release
 
 
 def test_client_refuses_tampered_weights_and_spent_budgets(tmp_path):
