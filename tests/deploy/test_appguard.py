@@ -50,6 +50,29 @@ def test_the_packaged_dblocks_app_passes_and_its_variants_do_not():
     assert check_fab(b"not a zip") == ["not a zip archive"]
 
 
+def test_flowers_own_fab_verification_accepts_what_the_guard_vouches_for_and_nothing_else():
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.supercore.fab import Fab
+    from flwr.supernode.start_client_internal import _verify_fab
+
+    from dblocks.client.appguard import AppGuard
+
+    refusals = []
+    guard = AppGuard(on_refusal=refusals.append)
+    content = build_fab_from_disk(Path(str(files("dblocks.server") / "flwrapp")))
+    vouched = guard.review(Fab("h", content, {}), run_id=7)
+    assert vouched.verifications["valid_license"] and _verify_fab(vouched, guard.trusted_entities(None))
+    # the signature binds the content: the same verification data on other bytes fails
+    tampered = Fab("h", content + b" ", vouched.verifications)
+    assert not _verify_fab(tampered, guard.trusted_entities(None))
+    # another process's guard (another key) does not accept this one's signature
+    assert not _verify_fab(vouched, AppGuard().trusted_entities(None))
+    # a FAB with code is passed on unsigned (Flower then refuses it) and the refusal is reported
+    evil = fab_of({"pyproject.toml": GENUINE, "evil.py": "print(1)"})
+    assert guard.review(Fab("e", evil, {}), run_id=8).verifications == {}
+    assert guard.refused == {8: check_fab(evil)} and "run 8" in refusals[0]
+
+
 EVIL_PYPROJECT = """
 [build-system]
 requires = ["hatchling"]

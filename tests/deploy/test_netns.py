@@ -15,6 +15,7 @@ whose key nobody approved is refused. The outcome goes to bench/results/summary.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -202,7 +203,7 @@ socket.create_connection(("127.0.0.1", 7777), timeout=3).close(); print(json.dum
     code = run.wait(timeout=600)
     h.procs.pop("run")
     assert code == 0, _read(h.root / "run-new.log")[-3000:]
-    plan = {int(b): [int(n) for n in members] for b, members in json.loads(cohorts.group(1).replace("'", '"')).items()}
+    plan = {int(b): [int(n) for n in members] for b, members in ast.literal_eval(cohorts.group(1)).items()}
     pulled_block = next(b for b, members in plan.items() if pulled_id in members)
     other_block = 1 - pulled_block
     rounds = h.python_in(net.server, f"""
