@@ -23,7 +23,7 @@ demo: $(STAMP)
 # System packages some tests need (PostgreSQL, Chromium, nftables); installs them when run as root with apt,
 # otherwise those tests skip and say why.
 sysdeps:
-	./deploy/sysdeps.sh postgresql chromium nftables iproute2
+	./deploy/sysdeps.sh postgresql chromium nftables iproute2 nginx
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q

@@ -47,11 +47,18 @@ def join(
     image_size: int = typer.Option(0, help="resize images to this size (0: as they are)"),
     threads: int = typer.Option(0, help="CPU threads for training (0: all cores)"),
     insecure: bool = typer.Option(False, "--insecure", help="no TLS (local tests only)"),
+    trusted_entities: Optional[Path] = typer.Option(
+        None, help="YAML file {id: 'ssh-ed25519 ...'} of app signers (Flower's --trusted-entities) whose signed apps "
+                   "may run too; without it only the installed dblocks ClientApp ever runs"),
     home: Path = typer.Option(default_home(), help="where the ledger and Flower state live"),
 ) -> None:
-    """Join a federation: validate the data, then run a SuperNode (outbound connections only)."""
+    """Join a federation: validate the data, then run a SuperNode (outbound connections only).
+
+    Only code installed here runs: the server's app must name the installed dblocks ClientApp and carry no
+    code of its own, else it is refused (see the company guide)."""
     opts = JoinOptions(server=server, data=data, home=home, ca=ca, key=key, insecure=insecure, epsilon_budget=epsilon_budget,
-                       delta=delta, memory_mb=parse_size_mb(memory_limit), label_column=label_column, image_size=image_size, threads=threads)
+                       delta=delta, memory_mb=parse_size_mb(memory_limit), label_column=label_column, image_size=image_size, threads=threads,
+                       trusted_entities=trusted_entities)
     try:
         ds = validate(opts)
     except DataError as e:
@@ -60,6 +67,8 @@ def join(
         fail(f"{ca}: CA certificate not found (ask the operator for ca.pem)")
     if key is not None and not key.exists():
         fail(f"{key}: node key not found (create one with `dbclient keys init`)")
+    if trusted_entities is not None and not trusted_entities.is_file():
+        fail(f"{trusted_entities}: trusted entities file not found")
     if insecure:
         console.print("[bold yellow]warning:[/bold yellow] --insecure: no TLS, the connection is neither encrypted nor "
                       "authenticated. Use only for local tests.")

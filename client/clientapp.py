@@ -23,6 +23,23 @@ from flwr.clientapp import ClientApp
 app = ClientApp()
 
 
+def node_settings(context: Context) -> dict:
+    """The node configuration `dbclient join` sets; under Flower's simulation engine (bench/scale.py), where a
+    virtual company gets only {"partition-id", "num-partitions"}, the same settings for company
+    `partition-id` under $DBLOCKS_SIMULATION_DIR (companyN.npz, ledgers/companyN.json)."""
+    nc = context.node_config
+    if "data-path" in nc or "partition-id" not in nc:
+        return nc
+    import os
+
+    root = os.environ.get("DBLOCKS_SIMULATION_DIR")
+    if not root:
+        raise RuntimeError("a simulated company (node_config partition-id) needs DBLOCKS_SIMULATION_DIR")
+    pid = int(nc["partition-id"])
+    return {"data-path": f"{root}/company{pid}.npz", "ledger-path": f"{root}/ledgers/company{pid}.json",
+            "epsilon-budget": float(os.environ.get("DBLOCKS_SIMULATION_BUDGET", "1000")), "threads": 1}
+
+
 def company_ledger(node_config: dict):
     from .ledger import PrivacyLedger
 
@@ -40,7 +57,7 @@ def progress_line(node_config: dict, text: str) -> None:
 
 @app.query("ping")
 def ping(msg: Message, context: Context) -> Message:
-    nc = context.node_config
+    nc = node_settings(context)
     ledger = company_ledger(nc)
     info = {"memory_mb": float(nc.get("memory-mb", 0)) or float("inf"),
             "budget_left": round(max(0.0, ledger.budget - ledger.recorded_spent()), 1)}
@@ -57,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
 
     from .trainer import train_task
 
-    nc = context.node_config
+    nc = node_settings(context)
     if int(nc.get("threads", 0)) > 0:  # several companies on one host: avoid OpenMP oversubscription
         import torch
 

@@ -41,6 +41,7 @@ class JoinOptions:
     image_size: int = 0
     threads: int = 0  # torch threads for training (0: torch's default, all cores)
     runtime_port: int = 0
+    trusted_entities: Path | None = None  # YAML {id: "ssh-ed25519 ..."}: signers whose apps may also run
 
 
 def validate(opts: JoinOptions) -> Dataset:
@@ -66,6 +67,8 @@ def supernode_argv(opts: JoinOptions) -> list[str]:
         argv += ["--root-certificates", str(opts.ca)]
     if opts.key is not None:
         argv += ["--auth-supernode-private-key", str(opts.key)]
+    if opts.trusted_entities is not None:
+        argv += ["--trusted-entities", str(opts.trusted_entities)]
     return argv
 
 
@@ -83,10 +86,20 @@ def follow(path: Path, emit, stop: threading.Event) -> None:
 
 
 def run_supernode(opts: JoinOptions, emit=print) -> None:
-    """Run the SuperNode in-process until it is stopped (blocks); progress lines go to emit()."""
+    """Run the SuperNode in-process until it is stopped (blocks); progress lines go to emit().
+    Only the installed dblocks ClientApp (or an app signed by one of `opts.trusted_entities`) runs: see appguard."""
     from flwr.supernode.cli import flower_supernode
 
+    from .appguard import AppGuard
+
     opts.home.mkdir(parents=True, exist_ok=True)
+    progress = opts.home / "progress.log"
+
+    def refusal(text: str) -> None:
+        with open(progress, "a") as f:
+            f.write(f"REFUSED: {text}\n")
+
+    AppGuard(on_refusal=refusal).install()
     os.environ.update(flwr_env(opts.home / "flwr"))
     sys.argv = supernode_argv(opts)
     stop = threading.Event()

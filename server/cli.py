@@ -2,12 +2,14 @@
 
 import typer
 
-from .federation.cli import nodes_app, run_app, start, status
+from .federation.cli import gateway, init, nodes_app, run_app, start, status
 from .federation.demo import demo
 from .registry.cli import registry_command, tokens_app
 
 app = typer.Typer(help="Operator side: registry, SuperLink and the federation server.", no_args_is_help=True)
+app.command()(init)
 app.command()(start)
+app.command()(gateway)
 app.command()(status)
 app.command()(demo)
 app.add_typer(run_app, name="run")

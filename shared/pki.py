@@ -44,21 +44,17 @@ def _name(cn: str) -> x509.Name:
 
 
 def create_server_tls(directory: str | Path, hosts: list[str], days: int = 825) -> ServerTLS:
-    """CA + server certificate for `hosts` (DNS names or IP addresses) under `directory`."""
+    """Server certificate for `hosts` (DNS names or IP addresses) under `directory`, signed by the CA there
+    (ca.key + ca.pem), which is created only if it does not exist yet: reissuing the server certificate (new
+    host names) keeps the CA, so the companies' copies of ca.pem stay valid."""
     d = Path(directory)
     tls = ServerTLS(d / "ca.pem", d / "server.pem", d / "server.key")
     now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder().subject_name(_name("dblocks CA")).issuer_name(_name("dblocks CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    if (d / "ca.key").exists() and tls.ca.exists():
+        ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate(tls.ca.read_bytes())
+    else:
+        ca_key, ca_cert = _new_ca(now)
     key = ec.generate_private_key(ec.SECP256R1())
     sans = []
     for h in hosts:
@@ -76,13 +72,29 @@ def create_server_tls(directory: str | Path, hosts: list[str], days: int = 825) 
         .sign(ca_key, hashes.SHA256())
     )
     d.mkdir(parents=True, exist_ok=True)
-    _write_private(d / "ca.key", ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()))
+    if not (d / "ca.key").exists():
+        _write_private(d / "ca.key", ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
     tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_private(tls.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()))
     return tls
+
+
+def _new_ca(now: dt.datetime):
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(_name("dblocks CA")).issuer_name(_name("dblocks CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return ca_key, ca_cert
 
 
 def create_node_key(path: str | Path) -> tuple[Path, Path]:

@@ -28,19 +28,36 @@ def fail(msg: str, code: int = 2) -> None:
 
 
 def start(
-    host: str = typer.Option("127.0.0.1", help="address the SuperLink binds to (0.0.0.0 to face the network)"),
-    port: int = typer.Option(9092, help="SuperLink port (Fleet API for companies)"),
+    host: str = typer.Option("127.0.0.1", help="zero-config mode: address the SuperLink binds to"),
+    port: int = typer.Option(9092, help="zero-config mode: SuperLink port"),
     insecure: bool = typer.Option(False, "--insecure", help="no TLS: local tests only"),
     node_auth: bool = typer.Option(True, help="only nodes whose key the operator approved may connect"),
     home: Path = typer.Option(default_home(), help="server home (certificates, runs, state)"),
 ) -> None:
-    """Start the SuperLink (TLS and node authentication on by default) and keep it running."""
+    """Start the server side and keep it running.
+
+    After `dbserver init` (server.toml in the home): the SuperLink on loopback, the Fleet gateway on the
+    public address, the registry + dashboard on loopback and the node sync (approved keys -> SuperLink).
+    Without it (zero configuration): only the SuperLink on --host/--port, TLS and node keys on."""
+    from .provision import load_config
+
+    sh = ServerHome(home)
+    try:
+        cfg = None if insecure else load_config(sh)
+    except ValueError as e:
+        fail(str(e))
+    if cfg is not None:
+        from .stack import run_stack
+
+        sys.exit(run_stack(sh, cfg, console))
     if insecure:
         console.print("[bold red]WARNING: --insecure: the SuperLink runs WITHOUT TLS. Traffic is unencrypted and "
                       "nodes are not authenticated. Never use this across a network.[/bold red]")
-    sh = ServerHome(home)
     proc = start_superlink(sh, host, port, insecure, node_auth and not insecure)
     console.print(f"SuperLink listening on {host}:{port} (log: {home / 'superlink.log'})")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print("[yellow]note:[/yellow] this port also serves the SuperLink's Control API, which has no "
+                      "authentication; run `dbserver init` to expose only the Fleet API (see the operator guide)")
     if not insecure:
         console.print(f"companies need the CA certificate: {sh.tls.ca}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -49,6 +66,52 @@ def start(
     except (KeyboardInterrupt, SystemExit):
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def init(
+    host: list[str] = typer.Option(..., "--host", help="name or IP address companies use to reach this server "
+                                                       "(repeat for several; they go into the certificate)"),
+    gateway_port: int = typer.Option(9092, help="public port of the Fleet gateway (the only one companies need)"),
+    gateway_bind: str = typer.Option("0.0.0.0", help="address the Fleet gateway binds to"),
+    superlink_port: int = typer.Option(9091, help="SuperLink port, bound to 127.0.0.1 only"),
+    registry_port: int = typer.Option(8700, help="registry + dashboard port"),
+    registry_bind: str = typer.Option("127.0.0.1", help="address the registry binds to; keep it private (in a "
+                                                        "container: 0.0.0.0, published on the host's 127.0.0.1 only)"),
+    database_url: str = typer.Option("", help="registry database (SQLAlchemy URL); empty: SQLite in the home"),
+    rotate_tokens: bool = typer.Option(False, help="issue new admin and service tokens"),
+    home: Path = typer.Option(default_home(), help="server home"),
+) -> None:
+    """Provision the server: CA + server certificate, registry database and tokens, server.toml."""
+    from .provision import init_server
+
+    try:
+        r = init_server(ServerHome(home), host, gateway_port=gateway_port, gateway_host=gateway_bind,
+                        superlink_port=superlink_port, registry_port=registry_port, registry_host=registry_bind,
+                        database_url=database_url,
+                        rotate_tokens=rotate_tokens)
+    except ValueError as e:
+        fail(str(e))
+    console.print(f"config: {r.config_path}")
+    console.print(f"server certificate for: {', '.join(r.certificate_hosts)} (CA kept if it existed)")
+    console.print(f"give the companies: {r.ca}  and the address {r.config.hosts[0]}:{r.config.gateway.port}")
+    if r.admin_token:
+        console.print(f"registry admin token (also in {home / 'secrets' / 'admin.token'}, mode 0600):\n\n    {r.admin_token}\n")
+    console.print("next: `dbserver start`, then approve companies with `dbserver nodes approve KEY.pub`")
+
+
+def gateway(
+    upstream: str = typer.Option("127.0.0.1:9091", help="the SuperLink (loopback)"),
+    bind: str = typer.Option("0.0.0.0", help="public address to listen on"),
+    port: int = typer.Option(9092, help="public port"),
+    home: Path = typer.Option(default_home(), help="server home (its tls/ has the certificate)"),
+) -> None:
+    """Serve only the Fleet API (POST /v1/fleet/*) of the SuperLink on a public address, with TLS."""
+    from .gateway import GatewayConfig, serve
+
+    tls = ServerHome(home).tls
+    if not tls.exists():
+        fail(f"no certificate under {home / 'tls'}: run `dbserver init --host NAME` first")
+    serve(bind, port, GatewayConfig(upstream, tls.ca), tls.cert, tls.key)
 
 
 @run_app.command("new")
@@ -79,6 +142,12 @@ def run_new(
     sh = ServerHome(home)
     if not (sh.flwr_home / "config.toml").exists():
         fail(f"no SuperLink configured under {home}: run `dbserver start` first")
+    if registry_url is None:  # after `dbserver init`: the deployment's registry, with the service token
+        from .provision import load_config, read_secret, service_token_path
+
+        deployed = load_config(sh)
+        if deployed is not None:
+            registry_url, token = deployed.registry_url, token or read_secret(service_token_path(sh))
     registry = None
     if registry_url:
         from dblocks.server.registry.client import RegistryClient
@@ -147,13 +216,138 @@ def status(
 def nodes_approve(
     public_key: Path = typer.Argument(..., help="the company's node public key (node.key.pub)"),
     name: Optional[str] = typer.Option(None, help="display name"),
+    organisation: Optional[str] = typer.Option(None, help="the company (default: the name)"),
     home: Path = typer.Option(default_home()),
 ) -> None:
-    """Approve a company: register its node key with the SuperLink (no certificate is reissued)."""
+    """Approve a company's node key: the SuperLink admits it from now on (no certificate is reissued).
+
+    After `dbserver init` the decision goes to the registry (like the dashboard's Approve button) and the
+    node sync registers the key with the SuperLink; without it, the key is registered directly."""
+    from .provision import operator_registry
+
     if not public_key.exists():
         fail(f"{public_key}: no such public key file")
+    text = public_key.read_text().strip()
     try:
-        out = register_node(ServerHome(home), public_key, name)
-    except RuntimeError as e:
+        reg = operator_registry(ServerHome(home))
+    except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    console.print(out or f"registered {public_key}")
+    if reg is None:
+        try:
+            out = register_node(ServerHome(home), public_key, name)
+        except RuntimeError as e:
+            fail(str(e))
+        console.print(out or f"registered {public_key}")
+        return
+    from dblocks.server.registry.client import RegistryError
+
+    try:
+        node = reg.register_node(name or public_key.stem, organisation or name or public_key.stem, text)
+        node = reg.approve_node(node["id"], "dbserver nodes approve")
+    except (RegistryError, OSError) as e:
+        fail(f"the registry refused or is not running (`dbserver start`): {e}")
+    console.print(f"approved {node['id']} ({node['display_name']}); the SuperLink admits it within a few seconds")
+    _sync_now(home, reg)
+
+
+@nodes_app.command("revoke")
+def nodes_revoke(
+    node: str = typer.Argument(..., help="registry node id (node-...) or the node's public key file"),
+    reason: Optional[str] = typer.Option(None, help="recorded with the decision"),
+    home: Path = typer.Option(default_home()),
+) -> None:
+    """Revoke a company's node: the SuperLink refuses its next request and the node stops."""
+    from dblocks.server.registry.client import RegistryError
+
+    from .provision import operator_registry
+
+    reg = operator_registry(ServerHome(home))
+    if reg is None:
+        fail("revoking needs the registry: run `dbserver init` and `dbserver start` first")
+    node_id = node
+    if Path(node).exists():
+        from dblocks.server.registry.fingerprint import canonical_fingerprint
+
+        fp = canonical_fingerprint(Path(node).read_text())
+        match = [n for n in reg.list_nodes() if n["fingerprint"] == fp]
+        if not match:
+            fail(f"no registry node has the key in {node}")
+        node_id = match[0]["id"]
+    try:
+        reg.revoke_node(node_id, reason or "dbserver nodes revoke")
+    except RegistryError as e:
+        fail(str(e))
+    console.print(f"revoked {node_id}")
+    _sync_now(home, reg)
+
+
+@nodes_app.command("list")
+def nodes_list(home: Path = typer.Option(default_home())) -> None:
+    """Nodes known to the registry, their decision and their state on the SuperLink."""
+    from .provision import operator_registry
+
+    reg = operator_registry(ServerHome(home))
+    if reg is None:
+        fail("listing nodes needs the registry: run `dbserver init` and `dbserver start` first")
+    t = Table("node", "name", "decision", "SuperLink node id", "SuperLink state", "problem")
+    for n in reg.list_nodes():
+        link = (n.get("info") or {}).get("superlink") or {}
+        t.add_row(n["id"], n["display_name"], n["status"], str(link.get("node_id") or "-"), link.get("status", "-"),
+                  link.get("error") or "")
+    console.print(t)
+
+
+@nodes_app.command("sync")
+def nodes_sync(
+    every: float = typer.Option(0.0, help="repeat every this many seconds until stopped (0: once)"),
+    home: Path = typer.Option(default_home()),
+) -> None:
+    """Carry the registry's approvals and revocations to the SuperLink (what `dbserver start` does in a loop;
+    run it as its own process where the SuperLink and the registry run as separate containers)."""
+    from dblocks.server.registry.client import RegistryClient
+
+    from .nodesync import NodeSyncLoop, SuperLinkNodes, sync_once
+    from .provision import load_config, read_secret, service_token_path
+
+    sh = ServerHome(home)
+    cfg = load_config(sh)
+    if cfg is None:
+        fail(f"no server.toml under {home}: run `dbserver init` first")
+    registry = RegistryClient(cfg.registry_url, read_secret(service_token_path(sh)))
+    link = SuperLinkNodes(cfg.superlink.local_address, sh.tls.ca)
+    if every <= 0:
+        r = sync_once(registry, link)
+        console.print(f"registered {r.registered or 'none'}, unregistered {r.unregistered or 'none'}")
+        for node_id, err in r.errors.items():
+            console.print(f"[red]{node_id}: {err}[/red]")
+        raise typer.Exit(1 if r.errors else 0)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    loop = NodeSyncLoop(registry, link, every)
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    loop.start()
+    try:
+        while loop.is_alive():
+            loop.join(1.0)
+    except KeyboardInterrupt:
+        loop.stop()
+
+
+def _sync_now(home: Path, reg) -> None:
+    """One node-sync pass right away, if the SuperLink is up (else `dbserver start`'s loop does it)."""
+    from .nodesync import SuperLinkNodes, sync_once
+    from .provision import load_config, read_secret, service_token_path
+
+    cfg = load_config(ServerHome(home))
+    try:
+        from dblocks.server.registry.client import RegistryClient
+
+        svc = RegistryClient(cfg.registry_url, read_secret(service_token_path(ServerHome(home))), connect_retries=1)
+        link = SuperLinkNodes(cfg.superlink.local_address, ServerHome(home).tls.ca)
+        report = sync_once(svc, link)
+    except Exception as e:  # noqa: BLE001 - the loop in `dbserver start` retries
+        console.print(f"[yellow]the SuperLink will be updated by `dbserver start`'s node sync ({type(e).__name__})[/yellow]")
+        return
+    for node_id, err in report.errors.items():
+        console.print(f"[red]{node_id}: {err}[/red]")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +41,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = RunConfig.load(context.run_config["config-path"])
+    # `flwr run` passes config-path; Flower's simulation engine (bench/scale.py) passes no run config
+    cfg = RunConfig.load(context.run_config.get("config-path") or os.environ["DBLOCKS_RUN_CONFIG"])
     Federation(cfg, grid, context).run()
 
 

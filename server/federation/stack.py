@@ -1,0 +1,81 @@
+"""`dbserver start` after `dbserver init`: the whole server side as child processes of one command.
+
+    SuperLink   127.0.0.1 (loopback)   Fleet + Control + ServerApp runtime
+    registry    127.0.0.1 (loopback)   REST API + dashboard
+    gateway     public address         POST /v1/fleet/* only, forwarded to the SuperLink
+    node sync   thread                 registry decisions -> SuperLink node registrations
+
+If any child exits, the others are stopped and the command exits non-zero (a supervisor such as systemd or
+Kubernetes restarts it; the SuperLink state, the registry database and the runs survive restarts).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dblocks.shared.procs import spawn, wait_for_port
+
+from .deployment import ServerConfig, read_secret
+from .launcher import ServerHome, start_superlink
+from .provision import LOCAL_NAMES, registry_environ, service_token_path
+
+BIN = Path(sys.executable).parent
+
+
+def run_stack(home: ServerHome, cfg: ServerConfig, console) -> int:
+    from dblocks.server.registry.client import RegistryClient
+
+    from .nodesync import NodeSyncLoop, SuperLinkNodes
+
+    home.ensure_tls(list(dict.fromkeys(cfg.hosts + LOCAL_NAMES)))
+    procs: dict[str, subprocess.Popen] = {}
+    sync = None
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        procs["superlink"] = start_superlink(home, cfg.superlink.host, cfg.superlink.port, insecure=False, node_auth=True)
+        reg_cmd = [str(BIN / "dbserver"), "registry", "--host", cfg.registry.host, "--port", str(cfg.registry.port)]
+        procs["registry"] = spawn(reg_cmd, env=registry_environ(home, cfg), log=home.root / "registry.log")
+        procs["gateway"] = spawn([str(BIN / "dbserver"), "gateway", "--upstream", cfg.superlink.local_address,
+                                  "--bind", cfg.gateway.host, "--port", str(cfg.gateway.port), "--home", str(home.root)],
+                                 log=home.root / "gateway.log")
+        h, p = cfg.registry.local_address.rsplit(":", 1)
+        wait_for_port(h, int(p), 90, procs["registry"])
+        h, p = cfg.gateway.local_address.rsplit(":", 1)
+        wait_for_port(h.strip("[]"), int(p), 60, procs["gateway"])
+        registry = RegistryClient(cfg.registry_url, read_secret(service_token_path(home)))
+        sync = NodeSyncLoop(registry, SuperLinkNodes(cfg.superlink.local_address, home.tls.ca), cfg.node_sync_seconds)
+        sync.start()
+        console.print(f"Fleet API (companies): {cfg.hosts[0]}:{cfg.gateway.port} via the gateway on {cfg.gateway.address}")
+        console.print(f"SuperLink (loopback only): {cfg.superlink.address}; logs in {home.root}")
+        console.print(f"registry + dashboard (loopback only): {cfg.registry_url}/")
+        console.print(f"companies need the CA certificate: {home.tls.ca}")
+        while not stopping:
+            dead = [n for n, pr in procs.items() if pr.poll() is not None]
+            if dead:
+                console.print(f"[red]{', '.join(dead)} exited (code {procs[dead[0]].returncode}); stopping the rest; "
+                              f"see {home.root / (dead[0] + '.log')}[/red]")
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        if sync is not None:
+            sync.stop()
+        for name in ("gateway", "registry", "superlink"):
+            if name in procs and procs[name].poll() is None:
+                procs[name].send_signal(signal.SIGTERM)
+        for name, pr in procs.items():
+            try:
+                pr.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pr.kill()
