@@ -11,6 +11,7 @@ where a coordinate's gradient is exactly zero.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from dblocks.shared.models import twice_differentiable
 from dblocks.shared.training import BlockInputs, ClassifierWeighting, block_loss, draw_block_inputs
 
 from .updates import Delta
@@ -68,7 +70,8 @@ def simulate_update(
         def forward(*args, _p=live):
             return functional_call(block, {**_p, **buffers}, args)
 
-        loss = block_loss(block, inputs, weighting=training.weighting, forward=forward).mean()
+        with twice_differentiable() if create_graph else contextlib.nullcontext():
+            loss = block_loss(block, inputs, weighting=training.weighting, forward=forward).mean()
         grads = torch.autograd.grad(loss, [live[n] for n in names], create_graph=create_graph, allow_unused=True)
         for n, g in zip(names, grads):
             g = torch.zeros_like(params[n]) if g is None else g
