@@ -60,7 +60,7 @@ def main() -> None:
         fed.start_superlink()
         for i, p in enumerate(paths):
             fed.add_company(f"company{i}", p, budget=50.0)
-        fed.run(task="mnist-fed", blocks=args.blocks, rounds=args.rounds, cohort=3, min_cohort=2, record_noise=1.0,
+        fed.run(task="mnist-fed", blocks=args.blocks, rounds=args.rounds, cohort=3, min_cohort=3, record_noise=1.0,
                 record_clip=1.0, sample_rate=0.1, steps=15, lr=3e-4, update_clip=0.5)
         run_id = fed.runs()[-1]
         rows = parse(fed, run_id)

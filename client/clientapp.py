@@ -5,6 +5,10 @@ the top; torch, Opacus and the data are loaded only by the step that trains.
 
 Messages it answers:
   * `query.ping`  — liveness and what the company can offer: memory it allows, record-level budget left.
+  * `train.secagg` / `query.secagg` — dblocks' SecAgg+ (the default): the `upload` request carries the
+                    company's block (weights + BlockTask); the company trains it and answers with the clipped
+                    delta in fixed point under the protocol's masks, nothing else (no metrics, no counts).
+                    The other stages (register, join, unmask) exchange keys and shares.
   * `train`       — one block round under Flower's SecAgg+ (`secaggplus_mod` handles the protocol stages;
                     this handler trains when the mod asks for the update). The reply carries only the
                     clipped block delta, masked by the mod; no metrics, no example counts (num_examples=1).
@@ -64,23 +68,16 @@ def ping(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"ping": ConfigRecord(info)}), reply_to=msg)
 
 
-@app.train(mods=[secaggplus_mod])
-def train(msg: Message, context: Context) -> Message:
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-    from flwr.compat.common import recorddict_compat as compat
-
+def train_block(nc: dict, task, arrays: list):
+    """Train the assigned block on the company's data (DP-SGD, ledger) and return the clipped update."""
     from dblocks.shared.data import load_dataset
-    from dblocks.shared.fedmsg import BlockTask
 
     from .trainer import train_task
 
-    nc = node_settings(context)
     if int(nc.get("threads", 0)) > 0:  # several companies on one host: avoid OpenMP oversubscription
         import torch
 
         torch.set_num_threads(int(nc["threads"]))
-    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    task = BlockTask.from_config(dict(fitins.config))
     data = load_dataset(str(nc["data-path"]), label_column=str(nc.get("label-column", "label")),
                         image_size=int(nc.get("image-size", 0)) or None)
     ledger = company_ledger(nc)
@@ -92,12 +89,51 @@ def train(msg: Message, context: Context) -> Message:
             progress_line(nc, f"round {task.round} block {task.block_index}: step {step}/{total} loss {loss:.4f}")
 
     try:
-        update = train_task(task, parameters_to_ndarrays(fitins.parameters), data, ledger, progress)
+        update = train_task(task, arrays, data, ledger, progress)
     except Exception as e:
         progress_line(nc, f"round {task.round} block {task.block_index}: REFUSED — {e}")
         raise
     progress_line(nc, f"round {task.round} block {task.block_index}: sent clipped update (norm {update.norm_before_clip:.3f}"
                       f" -> clip {task.update_clip:g}) after {update.report.seconds:.2f} s of training; record-level "
                       f"epsilon {update.epsilon_after:.2f} of {ledger.budget:g} at delta {ledger.delta:g}")
+    return update
+
+
+@app.train("secagg")
+def secagg_upload(msg: Message, context: Context) -> Message:
+    from dblocks.privacy.secagg import Contribution, clip_l2
+    from dblocks.privacy.secagg.flower import flatten_arrays, handle
+    from dblocks.shared.fedmsg import BlockTask
+
+    nc = node_settings(context)
+
+    def contribute(plan, msg: Message) -> Contribution:
+        task = BlockTask.from_config(dict(msg.content["task"]))
+        if str(task.block_index) != plan.block:
+            raise ValueError(f"the task is for block {task.block_index}, the protocol plan for block {plan.block}")
+        update = train_block(nc, task, msg.content["arrays"].to_numpy_ndarrays())
+        # the delta is clipped in float32; clip_l2 in float64 keeps it within the plan's bound after rounding
+        return Contribution(clip_l2(flatten_arrays(update.delta), task.update_clip))
+
+    return handle(msg, context, contribute)
+
+
+@app.query("secagg")
+def secagg_stage(msg: Message, context: Context) -> Message:
+    from dblocks.privacy.secagg.flower import handle
+
+    return handle(msg, context)
+
+
+@app.train(mods=[secaggplus_mod])
+def train(msg: Message, context: Context) -> Message:
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from dblocks.shared.fedmsg import BlockTask
+
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    task = BlockTask.from_config(dict(fitins.config))
+    update = train_block(node_settings(context), task, parameters_to_ndarrays(fitins.parameters))
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update.delta), num_examples=1, metrics={})
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)

@@ -1,6 +1,12 @@
-"""Secure aggregation of one block cohort, and the central noise added on top.
+"""Secure aggregation of block cohorts, and the central noise added on top.
 
-`FlowerSecAggPlus` runs Flower's SecAgg+ (legacy `SecAggPlusWorkflow`) for one cohort with the settings
+`DBlocksSecAgg` (the default, `secagg.mode = "dblocks"`) runs dblocks' own SecAgg+ (dblocks.privacy.secagg,
+docs/secure-aggregation.md) for all block cohorts of a round at once: one Flower `send_and_receive` per protocol
+stage for every block together, the model and task of a company's block riding on its `upload` request. Each
+client sends its L2-clipped delta (norm <= C) in fixed point under uint32 masks; the result is the sum over
+the members that survived, exact up to the quantisation (<= 1e-4 C in L2 per client), and the number of them.
+
+`FlowerSecAggPlus` (`secagg.mode = "flower"`) runs Flower's SecAgg+ (legacy `SecAggPlusWorkflow`) for one cohort with the settings
 that make it exact for clipped deltas (../shared/design/flower.md): every client sends its L2-clipped delta
 with num_examples=1, max_weight=1 and clipping_range=C (a per-value clamp that never bites because every
 coordinate of a vector of L2 norm <= C is within [-C, C]); the result is the mean of the survivors' deltas up
@@ -30,6 +36,9 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
+
+from dblocks.privacy.secagg import Layout, SecAggError
+from dblocks.privacy.secagg.flower import FlowerSecAgg, Payload, unflatten_arrays
 
 from .config import SecAggConfig
 
@@ -106,6 +115,52 @@ class FlowerSecAggPlus:
                            "than the threshold remained)")
         out.seconds = time.perf_counter() - t0
         return out
+
+
+class DBlocksSecAgg:
+    """dblocks' SecAgg+ over the per-block cohorts of a round (node ids; every cohort >= 3 members).
+
+    `aggregate(protocol_round, cohorts)` plans one protocol instance per block and runs them together. A
+    protocol round is used once: a re-run of a failed block is a new protocol round in which the members train
+    afresh (a new, separately accounted release), so the same inputs are never summed twice. Protocol round
+    numbers must grow across server restarts (the clients refuse a round at or below their last upload)."""
+
+    name = "dblocks-secagg+"
+
+    def __init__(self, grid: Grid, shapes: dict[int, list[tuple[int, ...]]], clip: float, timeout: float,
+                 payload: Payload) -> None:
+        self.shapes = shapes
+        layouts = {str(b): Layout(dim=sum(int(np.prod(s, dtype=np.int64)) for s in ss), clip_norm=clip)
+                   for b, ss in shapes.items()}
+        self.protocol = FlowerSecAgg(grid, layouts, timeout=timeout, payload=payload)
+
+    def aggregate(self, protocol_round: int, cohorts: dict[int, list[int]]) -> dict[int, AggregateOutcome]:
+        t0 = time.perf_counter()
+        outcomes = {b: AggregateOutcome(b, list(c)) for b, c in cohorts.items()}
+        planned = []
+        for b, cohort in sorted(cohorts.items()):  # one block's failure to start must not stop the others
+            try:
+                self.protocol.plan(protocol_round, {str(b): cohort})
+                planned.append(b)
+            except SecAggError as e:
+                outcomes[b].failure = f"secure aggregation could not start: {e}"
+        if planned:
+            try:
+                result = self.protocol.run(protocol_round)
+            except SecAggError as e:
+                for b in planned:
+                    outcomes[b].failure = f"secure aggregation failed: {e}"
+            else:
+                for key, agg in result.aggregates.items():
+                    out = outcomes[int(key)]
+                    out.mean = unflatten_arrays(agg.mean_update, self.shapes[int(key)])
+                    out.survivors = sorted(int(s) for s in agg.survivors)
+                node_errors = [f"{stage} {node}: {why[:200]}" for stage, node, why in self.protocol.exchange.errors[-3:]]
+                for key, why in result.failures.items():
+                    outcomes[int(key)].failure = f"secure aggregation failed: {why}; last node errors: {node_errors}"
+        for out in outcomes.values():
+            out.seconds = time.perf_counter() - t0
+        return outcomes
 
 
 def add_central_noise(mean: list[np.ndarray], clip: float, noise_multiplier: float, num_aggregated: int,

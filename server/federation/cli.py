@@ -120,7 +120,7 @@ def run_new(
     blocks: int = typer.Option(4, help="number of blocks B"),
     rounds: int = typer.Option(10, help="federated rounds"),
     cohort: int = typer.Option(3, help="companies per block cohort"),
-    min_cohort: int = typer.Option(2, help="a block with fewer live companies is skipped that round"),
+    min_cohort: int = typer.Option(3, help="a block with fewer live companies is skipped that round"),
     scheduler: str = typer.Option("round-robin", help="round-robin | capacity"),
     record_noise: float = typer.Option(1.0, help="DP-SGD noise multiplier at each company"),
     record_clip: float = typer.Option(1.0, help="DP-SGD per-example clip"),
@@ -130,7 +130,8 @@ def run_new(
     update_clip: float = typer.Option(1.0, help="client-level L2 clip of a block update"),
     central_noise: float = typer.Option(0.0, help="central noise multiplier on the aggregate"),
     server_lr: float = 1.0,
-    secagg_threshold: float = typer.Option(0.6, help="share of a cohort needed to unmask"),
+    secagg: str = typer.Option("dblocks", help="secure aggregation: dblocks (ours) | flower (Flower's SecAgg+)"),
+    secagg_threshold: float = typer.Option(0.6, help="flower mode: share of a cohort needed to unmask"),
     init_model: Optional[Path] = typer.Option(None, help="start from these blocks (e.g. pretrained on public data)"),
     registry_url: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_URL"),
     token: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_TOKEN"),
@@ -153,12 +154,16 @@ def run_new(
         from dblocks.server.registry.client import RegistryClient
 
         registry = RegistryClient(registry_url, token)
-    cfg = RunConfig(run_id="pending", task=task, num_blocks=blocks, num_rounds=rounds, cohort_size=cohort,
-                    min_cohort=min_cohort, scheduler=scheduler, record_noise=record_noise, record_clip=record_clip,
-                    record_sample_rate=sample_rate, record_steps=steps, lr=lr, update_clip=update_clip,
-                    central_noise=central_noise, server_lr=server_lr, secagg=SecAggConfig(threshold=secagg_threshold),
-                    init_model_dir=str(init_model.resolve()) if init_model else None, registry_url=registry_url,
-                    registry_token=token)
+    try:
+        cfg = RunConfig(run_id="pending", task=task, num_blocks=blocks, num_rounds=rounds, cohort_size=cohort,
+                        min_cohort=min_cohort, scheduler=scheduler, record_noise=record_noise, record_clip=record_clip,
+                        record_sample_rate=sample_rate, record_steps=steps, lr=lr, update_clip=update_clip,
+                        central_noise=central_noise, server_lr=server_lr,
+                        secagg=SecAggConfig(mode=secagg, threshold=secagg_threshold),
+                        init_model_dir=str(init_model.resolve()) if init_model else None, registry_url=registry_url,
+                        registry_token=token)
+    except ValueError as e:
+        fail(f"bad run settings: {e}")
     if run_id is None:
         if registry:
             from dataclasses import asdict

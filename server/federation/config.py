@@ -23,10 +23,12 @@ def round_lr(lr: float, r: int, rounds: int) -> float:
 
 @dataclass(frozen=True)
 class SecAggConfig:
-    """Secure aggregation per block cohort. mode "flower": Flower's SecAgg+ (legacy workflow);
-    "dblocks": ours (dblocks.privacy.secagg). threshold: fraction of the cohort needed to unmask."""
+    """Secure aggregation per block cohort. mode "dblocks" (default): ours (dblocks.privacy.secagg: uint32
+    masks, all blocks of a round share each exchange, threshold and graph chosen from the cohort size);
+    "flower": Flower's SecAgg+ (legacy workflow), for comparison. threshold: Flower mode only, the fraction of
+    the cohort needed to unmask. timeout: seconds a protocol stage waits for replies (training included)."""
 
-    mode: Literal["flower", "dblocks"] = "flower"
+    mode: Literal["dblocks", "flower"] = "dblocks"
     threshold: float = 0.6
     timeout: float = 600.0
 
@@ -65,6 +67,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.min_cohort < 2:
             raise ValueError("min_cohort must be >= 2: secure aggregation of one client reveals its update")
+        if self.secagg.mode not in ("dblocks", "flower"):
+            raise ValueError(f"secagg.mode {self.secagg.mode!r}: use 'dblocks' or 'flower'")
+        if self.secagg.mode == "dblocks" and self.min_cohort < 3:
+            raise ValueError("min_cohort must be >= 3 with dblocks secure aggregation (SecAgg+ needs 3 members; "
+                             "with 2, the sum tells each member the other's update)")
         if self.cohort_size < self.min_cohort:
             raise ValueError(f"cohort_size {self.cohort_size} < min_cohort {self.min_cohort}")
         if not 0 < self.record_sample_rate <= 1:

@@ -4,9 +4,11 @@ Per round r:
   1. read run control from the registry (pause / stop / number of rounds);
   2. liveness check: ping every connected node (`query.ping`), collect memory and budget reports;
   3. assign one cohort per block (scheduler.assign), each node to at most one block;
-  4. for every block, concurrently: send the block (weights + BlockTask) to its cohort only, securely
-     aggregate the cohort's clipped deltas; if the protocol fails, re-run once in the same round with the
-     members that still answer, else skip the block with the reason recorded;
+  4. securely aggregate every cohort's clipped deltas, each company receiving only its block (weights +
+     BlockTask): with dblocks' SecAgg+ (default) all blocks share each protocol exchange; with Flower's
+     SecAgg+ each block runs its own workflow concurrently. A block whose aggregation fails is re-run once in
+     the same round with the members that still answer (they train afresh: a new, accounted release; never
+     the same inputs summed twice), else skipped with the reason recorded;
   5. release: mean + N(0, (z_c C / K)^2), theta += server_lr * release; register the version (weights,
      cohort, record- and client-level privacy numbers) and checkpoint it; evaluate the assembled model.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from dblocks.privacy.accounting import MechanismStep, epsilon
@@ -30,7 +32,7 @@ from dblocks.shared.fedmsg import BlockTask, check_update
 from dblocks.shared.presets import get_preset
 from dblocks.shared.sampler import classify
 
-from .aggregation import AggregateOutcome, FlowerSecAggPlus, add_central_noise, client_level_epsilon
+from .aggregation import AggregateOutcome, DBlocksSecAgg, FlowerSecAggPlus, add_central_noise, client_level_epsilon
 from .config import RunConfig, round_lr
 from .model_state import GlobalModel
 from .scheduler import NodeInfo, assign
@@ -57,7 +59,6 @@ class Federation:
 
             self.registry = RegistryClient(cfg.registry_url, cfg.registry_token)
             self.rid = int(cfg.run_id)  # the registry's id of this run
-        self.aggregator = FlowerSecAggPlus(cfg.secagg, cfg.update_clip)
         self.rng = np.random.default_rng()  # central noise: fresh OS entropy, never a fixed seed
         self.model = GlobalModel.initial(self.preset, self.schedule, cfg.seed, cfg.init_model_dir)
         self.model.checkpoint_dir = Path(cfg.checkpoint_dir)
@@ -73,6 +74,12 @@ class Federation:
         starts = self.model.checkpoint_dir / "starts.json"
         self.session = len(json.loads(starts.read_text())) if starts.exists() else 0
         starts.write_text(json.dumps([*json.loads(starts.read_text()), time.time()] if starts.exists() else [time.time()]))
+        if cfg.secagg.mode == "dblocks":
+            shapes = {b: self.model.param_shapes(b) for b in range(cfg.num_blocks)}
+            self.secagg = DBlocksSecAgg(grid, shapes, cfg.update_clip, cfg.secagg.timeout, self._upload_payload)
+        else:
+            self.secagg = FlowerSecAggPlus(cfg.secagg, cfg.update_clip)
+        self._tasks: dict[int, BlockTask] = {}  # block -> task of the protocol round under way (dblocks mode)
 
     # ---- the round loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -108,9 +115,17 @@ class Federation:
             if b in todo:
                 self._report_round(r, b, [], "skipped", reason)
         log.info("round %d: %d live nodes; cohorts %s", r, len(live), cohorts)
-        with ThreadPoolExecutor(max_workers=max(1, len(cohorts))) as pool:
-            futures = {b: pool.submit(self.train_block, r, b, c) for b, c in cohorts.items()}
-            outcomes = {b: f.result() for b, f in futures.items()}
+        outcomes = self.aggregate_blocks(r, cohorts, attempt=0)
+        retry = {}
+        for b, out in outcomes.items():
+            if not out.ok:
+                alive = [n.node_id for n in self.ping(out.cohort)]
+                if len(alive) >= cfg.min_cohort:
+                    log.info("block %d round %d: %s; re-running with the %d members still alive", b, r, out.failure, len(alive))
+                    self._report_round(r, b, [str(n) for n in out.cohort], "rerun", out.failure)
+                    retry[b] = alive
+        if retry:
+            outcomes.update(self.aggregate_blocks(r, retry, attempt=1))
         for b, out in sorted(outcomes.items()):
             if out.ok:
                 self.release(r, b, out)
@@ -122,28 +137,33 @@ class Federation:
         self.history.append(entry)
         log.info("round %d done: %s", r, json.dumps(entry))
 
-    def train_block(self, r: int, b: int, cohort: list[int]) -> AggregateOutcome:
-        """Securely aggregate block b over `cohort`; one re-run with the members still alive on failure."""
-        out = self._aggregate(r, b, cohort, attempt=0)
-        if out.ok:
-            return out
-        alive = [n.node_id for n in self.ping(cohort)]
-        if len(alive) >= self.cfg.min_cohort:
-            log.info("block %d round %d: %s; re-running with the %d members still alive", b, r, out.failure, len(alive))
-            self._report_round(r, b, [str(n) for n in cohort], "rerun", out.failure)
-            out = self._aggregate(r, b, alive, attempt=1)
-        return out
+    def aggregate_blocks(self, r: int, cohorts: dict[int, list[int]], attempt: int) -> dict[int, AggregateOutcome]:
+        """Every cohort trains its block and returns the securely aggregated mean of its clipped deltas."""
+        if isinstance(self.secagg, DBlocksSecAgg):
+            self._tasks = {b: self.task_for(r, b, attempt) for b in cohorts}
+            # one protocol round per (session, round, attempt), growing across restarts
+            outcomes = self.secagg.aggregate(self.session * 1_000_000 + 2 * r + attempt, cohorts)
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, len(cohorts))) as pool:
+                futures = {b: pool.submit(self.secagg.aggregate, self.grid, self.context, b, r, c,
+                                          self.model.weights_arrays(b), self.task_for(r, b, attempt).to_config())
+                           for b, c in cohorts.items()}
+                outcomes = {b: f.result() for b, f in futures.items()}
+        for b, out in outcomes.items():
+            if out.ok:
+                try:
+                    check_update(out.mean, self.model.param_shapes(b), self.cfg.update_clip)
+                except ValueError as e:
+                    out.mean, out.failure = None, f"aggregate rejected: {e}"
+        return outcomes
 
-    def _aggregate(self, r: int, b: int, cohort: list[int], attempt: int) -> AggregateOutcome:
-        task = self.task_for(r, b, attempt)
-        out = self.aggregator.aggregate(self.grid, self.context, b, r, cohort, self.model.weights_arrays(b),
-                                        task.to_config())
-        if out.ok:
-            try:
-                check_update(out.mean, self.model.param_shapes(b), self.cfg.update_clip)
-            except ValueError as e:
-                out.mean, out.failure = None, f"aggregate rejected: {e}"
-        return out
+    def _upload_payload(self, stage: str, node_id: int, blocks: list[str]) -> RecordDict | None:
+        """What rides on a company's `upload` request (dblocks SecAgg+): its block's weights and task only."""
+        if stage != "upload" or not blocks:
+            return None
+        b = int(blocks[0])
+        return RecordDict({"arrays": ArrayRecord(self.model.weights_arrays(b)),
+                           "task": ConfigRecord(self._tasks[b].to_config())})
 
     def task_for(self, r: int, b: int, attempt: int = 0) -> BlockTask:
         c = self.cfg

@@ -29,8 +29,8 @@ from dblocks.shared.procs import stop_group
 
 pytestmark = pytest.mark.slow
 TASK, B = "digits", 2
-RUN = dict(task=TASK, blocks=B, cohort=3, min_cohort=2, record_noise=1.0, record_clip=1.0, sample_rate=0.1, steps=4,
-           lr=1e-3, update_clip=0.5, secagg_threshold=0.6)
+RUN = dict(task=TASK, blocks=B, cohort=3, min_cohort=3, record_noise=1.0, record_clip=1.0, sample_rate=0.1, steps=4,
+           lr=1e-3, update_clip=0.5)  # secure aggregation: dblocks' SecAgg+ (the default)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def fed(tmp_path_factory):
     root = tmp_path_factory.mktemp("fed")
     f = LocalFederation(root, task=TASK)
     _, paths, _ = f.company_data(6, public=100, alpha=0.5)
+    f.paths = paths
     f.debug = root / "debug"
     f.start_registry()
     f.start_superlink()
@@ -78,7 +79,8 @@ def test_end_to_end_round(fed):
     for v in versions:
         assert len(v["cohort"]) == 3 and v["round"] == 1 and v["record_delta"] == 1e-5 and v["accountant"] == "prv"
         assert v["record_sample_rate"] == 0.1 and v["record_steps"] == 4 and 0 < v["record_epsilon"] < 50
-    # secure aggregate == mean of the cohort's clipped deltas (within SecAgg+ quantisation, step 2C/2^22)
+    # secure aggregate == mean of the cohort's clipped deltas, within the fixed-point quantisation
+    # (dblocks SecAgg+: step 2e-4 C / sqrt(dim), |error| <= step / 2 per coordinate of the sum; float32 on top)
     p = get_preset(TASK)
     init = GlobalModel.initial(p, p.noise_schedule(B), seed=0)
     for v in versions:
@@ -95,14 +97,16 @@ def test_end_to_end_round(fed):
                 deltas.append([z[k] for k in z.files])
         want = [np.mean([d[k] for d in deltas], axis=0) for k in range(len(got))]
         err = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
-        assert err < 4 * 2 * 0.5 / 2**22 * 3, err
+        dim = sum(w.size for w in want)
+        assert err < 2e-4 * 0.5 / dim**0.5 / 2 + 1e-6, err
         assert max(float(np.abs(w).max()) for w in want) > 1e-3  # the deltas are not trivially zero
 
 
 def test_company_killed_mid_round(fed):
+    """One block, all six companies in its cohort (SecAgg+ with 6 members tolerates a dropout; a cohort of 3
+    does not, and then the block is re-run or skipped): kill the first one that starts training."""
     before = {f"company{i}": len(ledger(fed, f"company{i}")) for i in range(6)}
-    proc = fed.run(**RUN, rounds=1, central_noise=0.5, wait=False)
-    # kill the first company that starts training this run
+    proc = fed.run(**{**RUN, "blocks": 1, "cohort": 6}, rounds=1, central_noise=0.5, wait=False)
     victim = None
 
     def someone_trains():
@@ -118,14 +122,14 @@ def test_company_killed_mid_round(fed):
     fed.stop(victim, sig=9)
     proc.wait(timeout=900)
     run_id = fed.runs()[-1]
-    assert fed.status(run_id)["status"] == "finished"
+    assert fed.status(run_id)["status"] == "finished", (fed.root / "run-new.log").read_text()[-3000:]
     rounds = fed.reg.list_rounds(int(run_id))
-    versions = fed.reg.list_block_versions(int(run_id))
-    assert len(versions) == 2, rounds  # both blocks completed; the victim's with the survivors
-    short = [v for v in versions if len(v["cohort"]) == 2]
-    assert len(short) == 1, [v["cohort"] for v in versions]
-    m = short[0]["metrics"]
-    assert m["clients_aggregated"] == 2 and m["central_noise_std"] == pytest.approx(0.5 * 0.5 / 2)
+    (version,) = fed.reg.list_block_versions(int(run_id))  # the block's round completed with the survivors
+    assert len(version["cohort"]) == 5, rounds
+    m = version["metrics"]
+    assert m["clients_aggregated"] == 5 and m["central_noise_std"] == pytest.approx(0.5 * 0.5 / 5)
+    fed.add_company(victim, fed.paths[int(victim.removeprefix("company"))], budget=50.0)  # back for the next test
+    time.sleep(5)
 
 
 def test_server_killed_mid_round_resumes_without_loss_or_duplicates(fed):
