@@ -21,7 +21,8 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parse(fed, run_id: str) -> list[dict]:
+def parse(fed, run_id: str, since: dict[str, int]) -> list[dict]:
+    """Rows per (round, block) of run `run_id`; company progress lines after `since[company]` characters."""
     log = (fed.run_dir(run_id) / "serverapp.log").read_text(errors="replace")
     agg = {(int(r), int(b)): (float(s), int(k)) for b, r, k, s in
            re.findall(r"block (\d+) round (\d+): aggregated (\d+)/\d+ clients \(([\d.]+) s\)", log)}
@@ -30,53 +31,70 @@ def parse(fed, run_id: str) -> list[dict]:
     for home in (fed.root / "companies").iterdir():
         p = home / "progress.log"
         if p.exists():
-            for r, b, s in re.findall(r"round (\d+) block (\d+): sent clipped update .*? after ([\d.]+) s of training", p.read_text()):
+            text = p.read_text()[since.get(home.name, 0):]
+            for r, b, s in re.findall(r"round (\d+) block (\d+): sent clipped update .*? after ([\d.]+) s of training", text):
                 train.setdefault((int(r), int(b)), []).append(float(s))
     rows = []
     for (r, b), (wall, k) in sorted(agg.items()):
-        t = max(train.get((r, b), [0.0]))
+        # the slowest training that overlapped this block's aggregation (all blocks of the round run together)
+        t = max((max(v) for (rr, _), v in train.items() if rr == r), default=0.0)
         rows.append({"round": r, "block": b, "clients": k, "aggregation_seconds": wall, "max_training_seconds": t,
                      "protocol_seconds": wall - t, "round_seconds": rounds.get(r)})
     return rows
+
+
+def progress_sizes(fed) -> dict[str, int]:
+    return {h.name: len((h / "progress.log").read_text()) if (h / "progress.log").exists() else 0
+            for h in (fed.root / "companies").iterdir()}
+
+
+PROTOCOLS = {"dblocks": "dblocks SecAgg+ (privacy/secagg), all blocks of a round in the same exchanges",
+             "flower": "Flower SecAgg+ (legacy SecAggPlusWorkflow + secaggplus_mod), one workflow per block cohort"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--companies", type=int, default=6)
     ap.add_argument("--blocks", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--secagg", choices=["both", "dblocks", "flower"], default="both")
     args = ap.parse_args()
     from dblocks.server.federation.localfed import LocalFederation
 
+    modes = ["dblocks", "flower"] if args.secagg == "both" else [args.secagg]
     root = Path(tempfile.mkdtemp(prefix="dblocks-round-time-"))
     setup = {"companies": args.companies, "blocks": args.blocks, "rounds": args.rounds, "task": "mnist-fed",
-             "secure_aggregation": "Flower SecAgg+ (legacy workflow), one per block cohort",
-             "dp_sgd": {"noise": 1.0, "clip": 1.0, "sample_rate": 0.1, "steps": 15}, "tls": True, "node_auth": True}
+             "secure_aggregation": {m: PROTOCOLS[m] for m in modes}, "cohort": 3,
+             "dp_sgd": {"noise": 1.0, "clip": 1.0, "sample_rate": 0.1, "steps": 15}, "tls": True, "node_auth": True,
+             "host": "the shared 2-core development machine: server, SuperLink, registry and all companies on it"}
     print(json.dumps(setup))
     t0 = time.time()
+    out = {"setup": setup, "modes": {}}
     with LocalFederation(root) as fed:
         _, paths, _ = fed.company_data(args.companies)
         fed.start_registry()
         fed.start_superlink()
         for i, p in enumerate(paths):
-            fed.add_company(f"company{i}", p, budget=50.0)
-        fed.run(task="mnist-fed", blocks=args.blocks, rounds=args.rounds, cohort=3, min_cohort=3, record_noise=1.0,
-                record_clip=1.0, sample_rate=0.1, steps=15, lr=3e-4, update_clip=0.5)
-        run_id = fed.runs()[-1]
-        rows = parse(fed, run_id)
-    steady = [r for r in rows if r["round"] > 1] or rows
-    summary = {"round_seconds": sum(r["round_seconds"] for r in steady) / len(steady),
-               "protocol_seconds": sum(r["protocol_seconds"] for r in steady) / len(steady),
-               "training_seconds": sum(r["max_training_seconds"] for r in steady) / len(steady)}
-    out = {"setup": setup, "rows": rows, "steady_state_mean": summary, "wall_seconds": time.time() - t0}
+            fed.add_company(f"company{i}", p, budget=200.0)
+        for mode in modes:
+            since = progress_sizes(fed)
+            fed.run(task="mnist-fed", blocks=args.blocks, rounds=args.rounds, cohort=3, min_cohort=3, record_noise=1.0,
+                    record_clip=1.0, sample_rate=0.1, steps=15, lr=3e-4, update_clip=0.5, secagg=mode)
+            rows = parse(fed, fed.runs()[-1], since)
+            steady = [r for r in rows if r["round"] > 1] or rows
+            mean = {k: sum(r[k] for r in steady) / len(steady)
+                    for k in ("round_seconds", "aggregation_seconds", "max_training_seconds", "protocol_seconds")}
+            out["modes"][mode] = {"rows": rows, "steady_state_mean": mean}
+            print(mode, json.dumps(mean))
+    out["wall_seconds"] = time.time() - t0
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "round_time.json").write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=1))
-    path = RESULTS / "summary.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update({"federation.round_seconds": round(summary["round_seconds"], 1),
-                 "federation.protocol_seconds": round(summary["protocol_seconds"], 1)})
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    (RESULTS / "round_time.json").write_text(json.dumps(out, indent=2) + "\n")
+    if "dblocks" in out["modes"]:
+        from _common import update_summary
+
+        mean = out["modes"]["dblocks"]["steady_state_mean"]
+        update_summary(RESULTS, {"federation.round_seconds": round(mean["round_seconds"], 1),
+                                 "federation.protocol_seconds": round(mean["protocol_seconds"], 1)})
 
 
 if __name__ == "__main__":
