@@ -270,18 +270,18 @@ def main() -> None:
     correct = res["canary"]["record_correct"]
     caught = all(res["canary"][k]["exit_code"] == 1 and res["canary"][k]["epsilon_lower_bound"] > res["canary"][k]["accountant_epsilon"]
                  for k in ("record_bug_no_noise", "record_bug_no_clipping", "client_bug_no_noise"))
-    summary_path = RESULTS / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary["audits"] = {
-        "positive_control_psnr": value(cf, "psnr"),
-        "dp_release_psnr_over_baseline": res["dp_release"]["worst_psnr_over_baseline"],
-        "planted_bug_caught": bool(caught),
-        "epsilon_lower_bound_correct_run": correct["epsilon_lower_bound"],
-        "epsilon_accountant_correct_run": correct["accountant_epsilon"],
+    keys = {
+        "audits.positive_control_psnr": value(cf, "psnr"),
+        "audits.dp_release_psnr_over_baseline": res["dp_release"]["worst_psnr_over_baseline"],
+        "audits.planted_bug_caught": bool(caught),
+        "audits.epsilon_lower_bound_correct_run": correct["epsilon_lower_bound"],
+        "audits.epsilon_accountant_correct_run": correct["accountant_epsilon"],
     }
     if not q:
-        summary_path.write_text(json.dumps(summary, indent=2))
-    log(f"summary: {json.dumps(summary['audits'])}  ({res['seconds']} s)")
+        from _common import update_summary
+
+        update_summary(RESULTS, keys)
+    log(f"summary: {json.dumps(keys)}  ({res['seconds']} s)")
 
 
 def conformance_cases() -> dict:

@@ -17,9 +17,9 @@ def ci(e: dict, fmt: str = "{:.2f}") -> str:
 
 def main() -> None:
     r = json.loads((RESULTS / "audit.json").read_text())
-    s = json.loads((RESULTS / "summary.json").read_text()).get("audits", {})
-    out = ["### Headline (`bench/results/summary.json`, key `audits`)", "", "| key | value |", "|---|---|"]
-    out += [f"| `audits.{k}` | {v:.3f} |" if isinstance(v, float) else f"| `audits.{k}` | {v} |" for k, v in s.items()]
+    s = {k: v for k, v in json.loads((RESULTS / "summary.json").read_text()).items() if k.startswith("audits.")}
+    out = ["### Headline (`bench/results/summary.json`, keys `audits.*`)", "", "| key | value |", "|---|---|"]
+    out += [f"| `{k}` | {v:.3f} |" if isinstance(v, float) else f"| `{k}` | {v} |" for k, v in s.items()]
     pc = r["positive_control"]
     out += ["", "### Positive controls (block 1, raw single-record update)", "",
             "| attack | PSNR dB [95%] | SSIM | IIP | label acc. | sigma rel. err. | verdict |", "|---|---|---|---|---|---|---|"]

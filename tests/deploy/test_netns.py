@@ -4,7 +4,9 @@ The server host runs `dbserver init` + `dbserver start` (SuperLink on loopback, 
 address, registry on loopback, node sync). Each company host's nftables firewall drops every inbound
 connection; its SuperNodes (`dbclient join`, TLS + node key approved with `dbserver nodes approve`) connect
 out to the gateway. Company host 0 runs two SuperNodes (two data sets), hosts 1 and 2 one each: 4 nodes,
-B = 2 blocks with cohorts of 2.
+B = 2 blocks with cohorts of 2 — with Flower's SecAgg+ (`--secagg flower`), which allows cohorts of 2; the
+default dblocks SecAgg+ needs 3 per cohort, i.e. 6 SuperNodes here. Both travel over the same Flower messages
+through the same gateway, which is what this test is about.
 
 One federated round runs; as soon as the server has assigned the cohorts, company host 2's network is
 pulled. The run must finish: the block without host 2 is trained and registered, host 2's block is skipped
@@ -34,7 +36,7 @@ from .summary import record
 BIN = Path(sys.executable).parent
 NODES = [(0, "acme-a"), (0, "acme-b"), (1, "globex"), (2, "initech")]  # (company host, node name)
 PULLED_HOST = 2
-RUN = ["--task", "digits", "--blocks", "2", "--rounds", "1", "--cohort", "2", "--min-cohort", "2", "--steps", "4",
+RUN = ["--task", "digits", "--blocks", "2", "--rounds", "1", "--cohort", "2", "--min-cohort", "2", "--secagg", "flower", "--steps", "4",
        "--sample-rate", "0.1", "--record-noise", "1.0", "--update-clip", "0.5", "--lr", "1e-3"]
 
 REASON = unavailable_reason()
