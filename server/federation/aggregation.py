@@ -120,33 +120,55 @@ class FlowerSecAggPlus:
 class DBlocksSecAgg:
     """dblocks' SecAgg+ over the per-block cohorts of a round (node ids; every cohort >= 3 members).
 
-    `aggregate(protocol_round, cohorts)` plans one protocol instance per block and runs them together. A
-    protocol round is used once: a re-run of a failed block is a new protocol round in which the members train
-    afresh (a new, separately accounted release), so the same inputs are never summed twice. Protocol round
-    numbers must grow across server restarts (the clients refuse a round at or below their last upload)."""
+    `aggregate(cohorts, upcoming)` runs one protocol instance per block, all in the same exchanges. Protocol
+    rounds are numbered from `first_round` on, one per call, and never reused: a re-run of a failed block is a
+    new protocol round in which the members train afresh (a new, separately accounted release), so the same
+    inputs are never summed twice; the numbers must grow across server restarts (clients refuse a round at or
+    below their last upload).
+
+    Steady state takes two exchanges per member (upload, unmask): `upcoming` (the cohorts expected next
+    round) is planned before this round's uploads, whose replies then announce the members' keys for it. If
+    next round's cohorts turn out different (a company left, ran out of budget, joined), that plan is dropped
+    and the round plans afresh, which costs its members one `join` exchange."""
 
     name = "dblocks-secagg+"
 
     def __init__(self, grid: Grid, shapes: dict[int, list[tuple[int, ...]]], clip: float, timeout: float,
-                 payload: Payload) -> None:
+                 payload: Payload, first_round: int = 1) -> None:
         self.shapes = shapes
         layouts = {str(b): Layout(dim=sum(int(np.prod(s, dtype=np.int64)) for s in ss), clip_norm=clip)
                    for b, ss in shapes.items()}
         self.protocol = FlowerSecAgg(grid, layouts, timeout=timeout, payload=payload)
+        self.next_round = first_round  # the next unused protocol round
+        self.ahead: tuple[int, dict[int, list[int]]] | None = None  # (protocol round, cohorts) planned ahead
 
-    def aggregate(self, protocol_round: int, cohorts: dict[int, list[int]]) -> dict[int, AggregateOutcome]:
+    def aggregate(self, cohorts: dict[int, list[int]],
+                  upcoming: dict[int, list[int]] | None = None) -> dict[int, AggregateOutcome]:
         t0 = time.perf_counter()
+        cohorts = {b: sorted(c) for b, c in cohorts.items()}
         outcomes = {b: AggregateOutcome(b, list(c)) for b, c in cohorts.items()}
-        planned = []
-        for b, cohort in sorted(cohorts.items()):  # one block's failure to start must not stop the others
+        if self.ahead is not None and self.ahead[1] == cohorts:
+            proto, planned = self.ahead[0], sorted(cohorts)
+        else:
+            proto, planned = self.next_round, []
+            for b, cohort in sorted(cohorts.items()):  # one block's failure to start must not stop the others
+                try:
+                    self.protocol.plan(proto, {str(b): cohort})
+                    planned.append(b)
+                except SecAggError as e:
+                    outcomes[b].failure = f"secure aggregation could not start: {e}"
+        self.next_round, self.ahead = proto + 1, None
+        if upcoming:
+            upcoming = {b: sorted(c) for b, c in upcoming.items()}
             try:
-                self.protocol.plan(protocol_round, {str(b): cohort})
-                planned.append(b)
-            except SecAggError as e:
-                outcomes[b].failure = f"secure aggregation could not start: {e}"
+                for b, cohort in sorted(upcoming.items()):
+                    self.protocol.plan(proto + 1, {str(b): cohort})
+                self.ahead = (proto + 1, upcoming)
+            except SecAggError:
+                self.next_round = proto + 2  # a half-made plan is never used: next round plans afresh
         if planned:
             try:
-                result = self.protocol.run(protocol_round)
+                result = self.protocol.run(proto)
             except SecAggError as e:
                 for b in planned:
                     outcomes[b].failure = f"secure aggregation failed: {e}"
@@ -161,6 +183,11 @@ class DBlocksSecAgg:
         for out in outcomes.values():
             out.seconds = time.perf_counter() - t0
         return outcomes
+
+    def drop_plan_ahead(self) -> None:
+        """Forget the plan made for next round (e.g. a re-run takes the next protocol round number)."""
+        if self.ahead is not None:
+            self.next_round, self.ahead = self.ahead[0] + 1, None
 
 
 def add_central_noise(mean: list[np.ndarray], clip: float, noise_multiplier: float, num_aggregated: int,

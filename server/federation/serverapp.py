@@ -76,7 +76,9 @@ class Federation:
         starts.write_text(json.dumps([*json.loads(starts.read_text()), time.time()] if starts.exists() else [time.time()]))
         if cfg.secagg.mode == "dblocks":
             shapes = {b: self.model.param_shapes(b) for b in range(cfg.num_blocks)}
-            self.secagg = DBlocksSecAgg(grid, shapes, cfg.update_clip, cfg.secagg.timeout, self._upload_payload)
+            # protocol rounds grow across restarts: each server session gets its own range
+            self.secagg = DBlocksSecAgg(grid, shapes, cfg.update_clip, cfg.secagg.timeout, self._upload_payload,
+                                        first_round=self.session * 1_000_000 + 1)
         else:
             self.secagg = FlowerSecAggPlus(cfg.secagg, cfg.update_clip)
         self._tasks: dict[int, BlockTask] = {}  # block -> task of the protocol round under way (dblocks mode)
@@ -115,7 +117,10 @@ class Federation:
             if b in todo:
                 self._report_round(r, b, [], "skipped", reason)
         log.info("round %d: %d live nodes; cohorts %s", r, len(live), cohorts)
-        outcomes = self.aggregate_blocks(r, cohorts, attempt=0)
+        upcoming = None
+        if r < self._num_rounds():  # planned now, so that this round's uploads announce the keys for it
+            upcoming = assign(live, cfg.num_blocks, r + 1, cfg.cohort_size, cfg.min_cohort, cfg.scheduler, seed=cfg.seed).cohorts
+        outcomes = self.aggregate_blocks(r, cohorts, attempt=0, upcoming=upcoming)
         retry = {}
         for b, out in outcomes.items():
             if not out.ok:
@@ -137,12 +142,14 @@ class Federation:
         self.history.append(entry)
         log.info("round %d done: %s", r, json.dumps(entry))
 
-    def aggregate_blocks(self, r: int, cohorts: dict[int, list[int]], attempt: int) -> dict[int, AggregateOutcome]:
+    def aggregate_blocks(self, r: int, cohorts: dict[int, list[int]], attempt: int,
+                         upcoming: dict[int, list[int]] | None = None) -> dict[int, AggregateOutcome]:
         """Every cohort trains its block and returns the securely aggregated mean of its clipped deltas."""
         if isinstance(self.secagg, DBlocksSecAgg):
             self._tasks = {b: self.task_for(r, b, attempt) for b in cohorts}
-            # one protocol round per (session, round, attempt), growing across restarts
-            outcomes = self.secagg.aggregate(self.session * 1_000_000 + 2 * r + attempt, cohorts)
+            if attempt > 0:
+                self.secagg.drop_plan_ahead()
+            outcomes = self.secagg.aggregate(cohorts, upcoming)
         else:
             with ThreadPoolExecutor(max_workers=max(1, len(cohorts))) as pool:
                 futures = {b: pool.submit(self.secagg.aggregate, self.grid, self.context, b, r, c,

@@ -47,6 +47,8 @@ class InProcessGrid:
             if node in self.dead:
                 continue
             self.received[(node, msg.metadata.message_type)] += 1
+            if "secagg" in msg.content:
+                self.received[(node, msg.content["secagg"]["stage"])] += 1
             if msg.metadata.message_type == "train.secagg":
                 self.upload_blocks.setdefault(node, []).append(int(msg.content["task"]["block_index"]))
                 assert len(msg.content["arrays"]) > 0
@@ -123,3 +125,20 @@ def test_a_dropped_member_of_a_cohort_of_three_gets_the_block_skipped_not_leaked
     assert status["rounds"][0]["blocks"] == [1 - victim_block]
     unchanged = [a.detach().numpy() for a in fed.model.blocks[victim_block].module.parameters()]
     assert all(np.array_equal(a, w) for a, w in zip(unchanged, before[victim_block]))
+
+
+def test_steady_state_rounds_take_two_exchanges(setup):
+    """Round r plans round r+1 before its uploads, so the upload replies announce next round's keys: after the
+    first round a member sees exactly `upload` and `unmask`, no `join`."""
+    tmp, nodes, cfg = setup
+    from dataclasses import replace
+
+    grid = InProcessGrid(nodes)
+    fed = Federation(replace(cfg, num_rounds=3, record_steps=1),
+                     grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    fed.run()
+    status = json.loads((tmp / "run" / "status.json").read_text())
+    assert [e["blocks"] for e in status["rounds"]] == [[0, 1]] * 3
+    for n in nodes:
+        stages = {s: grid.received[(n, s)] for s in ("register", "join", "upload", "unmask")}
+        assert stages == {"register": 1, "join": 1, "upload": 3, "unmask": 3}, (n, stages)
