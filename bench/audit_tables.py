@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,7 +79,16 @@ def main() -> None:
         out.append(f"| {name} | {v['measured_std']:.4g} | {v['expected_std']:.4g} | [{v['accepted'][0]:.4g}, {v['accepted'][1]:.4g}] | "
                    f"{v['random_direction_std']:.4g} | {v['exit_code']} | {v['verdict']} |")
     out += ["", f"Bench wall time: {r['seconds']} s."]
-    print("\n".join(out))
+    # commands were recorded with the checkout's absolute paths: show them relative to the repository
+    text = re.sub(r"/\S*?/(runs|bench)/", r"\1/", "\n".join(out))
+    doc = RESULTS.parents[1] / "docs" / "privacy-audit.md"
+    begin, end = "<!-- audit-results:begin -->", "<!-- audit-results:end -->"
+    page = doc.read_text()
+    if begin in page:
+        head, rest = page.split(begin, 1)
+        page = head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+        doc.write_text(page)
+    print(text)
 
 
 if __name__ == "__main__":
