@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -112,6 +113,24 @@ def unflatten_arrays(vector: np.ndarray, shapes: Sequence[tuple[int, ...]], dtyp
 Payload = Callable[[str, int, list[str]], RecordDict | None]
 
 
+def send_and_receive(grid, messages: list[Message], timeout: float | None = None, poll: float = 0.25) -> list[Message]:
+    """Like `Grid.send_and_receive`, but polls for replies every `poll` seconds (Flower's polls every 3 s, which
+    adds 1.5 s on average to every exchange). Grids without push/pull (in-process test grids) are called as is."""
+    if not (hasattr(grid, "push_messages") and hasattr(grid, "pull_messages")):
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    pending = set(grid.push_messages(messages))
+    end = None if timeout is None else time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if not pending or (end is not None and time.monotonic() >= end):
+            break
+        time.sleep(poll)
+    return replies
+
+
 class GridExchange:
     """The protocol's `exchange` over a Flower Grid: one `send_and_receive` per stage. A node whose reply is
     missing or an error (timeout, crash, refusal) is a dropout of that stage; the reasons land in `errors`.
@@ -135,7 +154,7 @@ class GridExchange:
             messages.append(Message(content=content, dst_node_id=node_id, message_type=MESSAGE_TYPES[stage],
                                     group_id=self.group_id or str(request.get("round", ""))))
         replies: dict[str, ProtocolMessage] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+        for reply in send_and_receive(self.grid, messages, timeout=self.timeout):
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 self.errors.append((stage, node_id, str(reply.error.reason)))

@@ -28,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from dblocks.privacy.accounting import MechanismStep, epsilon
+from dblocks.privacy.secagg.flower import send_and_receive
 from dblocks.shared.fedmsg import BlockTask, check_update
 from dblocks.shared.presets import get_preset
 from dblocks.shared.sampler import classify
@@ -218,7 +219,7 @@ class Federation:
         msgs = [Message(RecordDict({"ping": ConfigRecord({"run_id": self.cfg.run_id})}), dst_node_id=n,
                         message_type="query.ping") for n in node_ids]
         live = []
-        for reply in self.grid.send_and_receive(msgs, timeout=self.cfg.ping_timeout):
+        for reply in send_and_receive(self.grid, msgs, timeout=self.cfg.ping_timeout):
             if reply.has_error():
                 continue
             info = reply.content["ping"]
