@@ -105,11 +105,20 @@ class CountingGrid:
         self.exchange_seconds.append(time.perf_counter() - t0)
         return self._in(replies)
 
+    # ours pushes and polls itself (dblocks.privacy.secagg.flower.send_and_receive): an exchange runs from the push
+    # to the pull that brings its last reply (or the next push, if some never came)
     def push_messages(self, messages):
-        return self._grid.push_messages(self._out(messages))
+        ids = list(self._grid.push_messages(self._out(messages)))
+        self.exchanges += 1
+        self._pending, self._t_push = set(ids), time.perf_counter()
+        self.exchange_seconds.append(0.0)
+        return ids
 
     def pull_messages(self, message_ids):
-        return self._in(self._grid.pull_messages(message_ids))
+        replies = self._in(self._grid.pull_messages(message_ids))
+        self._pending -= {m.metadata.reply_to_message_id for m in replies}
+        self.exchange_seconds[-1] = time.perf_counter() - self._t_push
+        return replies
 
 
 server_app = ServerApp()
