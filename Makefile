@@ -26,9 +26,10 @@ sysdeps:
 	./deploy/sysdeps.sh postgresql chromium nftables iproute2 nginx
 
 # two workers, one test file each at a time: the process tests mostly wait on Flower's messaging, so they
-# overlap well with the CPU-bound ones (the suite stays under 15 minutes on 2 cores)
+# overlap well with the CPU-bound ones (the suite stays under 15 minutes on 2 cores); one torch/OpenMP thread
+# per process, or two workers spin against each other
 test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/accuracy.py
