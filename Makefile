@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test sysdeps bench clean
+.PHONY: install demo test sysdeps bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ sysdeps:
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q
+
+# the docs site (site/); warnings are errors, as in the test suite (tests/deploy/test_docs.py)
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python bench/accuracy.py
