@@ -30,6 +30,9 @@ def command(cmd: str) -> str:
     return f"```bash\n{LOCK} {cmd.removeprefix('python ').strip()}\n```"
 
 
+SECAGG = {"flower": "Flower's SecAgg+", "dblocks": "dblocks' SecAgg+ (`dblocks.privacy.secagg`)"}
+
+
 def scale_section(s: dict) -> str:
     rounds = s["rounds"]
     setup = s.get("machine", {})
@@ -50,16 +53,20 @@ def scale_section(s: dict) -> str:
             ["blocks B / companies per block cohort", f"{s['blocks']} / {s['cohort']}"],
             ["records per company / DP-SGD steps per round", f"{s['records_per_company']} / {s['dp_sgd_steps']}"],
             ["Ray CPUs / torch threads per actor", f"{s['ray_cpus']} / {s.get('torch_threads_per_actor', '?')}"],
-            ["secure aggregation", f"`{s.get('secagg_mode', '?')}` (threshold {s.get('secagg_threshold', '?')})"],
+            ["secure aggregation per cohort", f"{SECAGG.get(s.get('secagg_mode'), '?')} (`secagg.mode = "
+                                              f"\"{s.get('secagg_mode', '?')}\"`, threshold {s.get('secagg_threshold', '?')})"],
             ["registry database", s["registry_database"]],
             ["machine", env],
         ]), "",
-        table(["round", "seconds", "blocks released", "companies trained"],
-              [[str(r["round"]), f"{r['seconds']:.1f}", str(len(r["blocks"])), str(t)]
+        table(["round", "seconds", "blocks released", "companies trained", "test accuracy"],
+              [[str(r["round"]), f"{r['seconds']:.1f}", str(len(r["blocks"])), str(t),
+                f"{100 * r['test_accuracy']:.1f}%" if "test_accuracy" in r else "-"]
                for r, t in zip(rounds, s["trained_per_round"])]), "",
         f"Peak memory **{s['peak_memory_gb']:.2f} GB**; registry: {s['registry_versions']} block versions and "
         f"{s['registry_round_reports']} round reports; whole benchmark {s['total_seconds']:.0f} s (simulation "
-        f"{s['simulation_seconds']:.0f} s). Round 1 includes starting Ray's actors. Summary keys: "
+        f"{s['simulation_seconds']:.0f} s). Round 1 includes starting Ray's actors; other jobs shared the cores "
+        "during the run, so round times vary with their load. This measures cost, not learning: a couple of DP-SGD steps "
+        "per company from a random initialisation leave the model near chance. Summary keys: "
         "`scale.simulated_companies`, `scale.round_seconds` (last round), `scale.peak_memory_gb`.",
     ]
     return "\n".join(parts)
