@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +119,7 @@ def generation_section(gen: dict) -> str:
     k0 = str(h["steps_per_block"])
     for name in ("diffusion_blocks", "end_to_end"):
         png = gen["models"][name]["by_steps_per_block"][k0]["grid_png"]
-        parts.append(f"![{name} samples, one row per class](../bench/results/{png})")
+        parts.append(f"![{name} samples, one row per class](img/{png})")  # copied next to the doc by main()
     parts.append("")
     return "\n".join(parts)
 
@@ -176,6 +178,10 @@ def main() -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     args.doc.parent.mkdir(parents=True, exist_ok=True)
+    # figures the section shows: copied from the results into the docs (mkdocs serves only files under docs/)
+    for png in re.findall(r"\]\(img/([^)]+\.png)\)", section):
+        (args.doc.parent / "img").mkdir(exist_ok=True)
+        shutil.copyfile(args.results / png, args.doc.parent / "img" / png)
     args.doc.write_text(text)
     print(f"wrote the core section of {args.doc}")
 

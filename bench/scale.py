@@ -1,7 +1,7 @@
 """Scale-out: many simulated companies under Flower's simulation engine (Ray), registry on PostgreSQL.
 
 The product's own apps run unchanged: the ServerApp `dblocks.server.federation.serverapp:app` (ping every
-node, per-block cohorts, SecAgg+ per cohort, central release, registry versions) and the ClientApp
+node, per-block cohorts, secure aggregation per cohort, central release, registry versions) and the ClientApp
 `dblocks.client.clientapp:app` (DP-SGD on the company's records, privacy ledger), driven by
 `flwr.simulation.run_simulation`. Simulated company i gets node_config {"partition-id": i} and reads
 $DBLOCKS_SIMULATION_DIR/company{i}.npz (see clientapp.node_settings).
@@ -9,6 +9,11 @@ $DBLOCKS_SIMULATION_DIR/company{i}.npz (see clientapp.node_settings).
 Data: `--records` training records of the `digits` preset per company, drawn at random from its training split
 (companies overlap: 200 disjoint slices of 1,437 digits would be too small for DP-SGD; overlap changes no
 cost measured here). The registry is the real service (uvicorn) on a throwaway PostgreSQL cluster.
+
+Secure aggregation: the run config names the protocol explicitly (`--secagg`, default "flower" = Flower's
+SecAgg+ with every cohort member holding a share); the mode that ran is stored with the results. Each Ray
+actor runs one ClientApp at a time with one torch/OpenMP thread (the simulated companies' node settings say
+threads=1, and OMP_NUM_THREADS=1 / MKL_NUM_THREADS=1 are set before Ray starts its workers).
 
 Measured: seconds per federated round (the ServerApp's own timer: ping, cohorts, training, secure
 aggregation, release, registration, evaluation) and the peak resident memory of this process and every
@@ -114,15 +119,26 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=60, help="training records per company")
     ap.add_argument("--steps", type=int, default=2, help="DP-SGD steps per company and round")
     ap.add_argument("--cpus", type=int, default=2, help="Ray CPUs (one ClientApp per CPU at a time)")
+    ap.add_argument("--secagg", choices=["flower", "dblocks"], default="flower",
+                    help='secure aggregation per cohort: "flower" = Flower\'s SecAgg+, "dblocks" = dblocks.privacy.secagg '
+                         "(needs cohorts >= 3)")
     ap.add_argument("--quick", action="store_true", help="do not write the summary keys")
     args = ap.parse_args()
     if args.blocks * args.cohort > args.companies:
         raise SystemExit(f"{args.blocks} blocks x cohort {args.cohort} > {args.companies} companies")
+    if args.secagg == "dblocks" and args.cohort < 3:
+        raise SystemExit(f"--secagg dblocks needs cohorts of at least 3 companies (got --cohort {args.cohort})")
+    # one thread per Ray actor: the workers inherit this environment
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import setup, update_summary
+
+    machine = setup(threads=1)
 
     from flwr.simulation import run_simulation
 
     from dblocks.client.clientapp import app as client_app
-    from dblocks.server.federation.config import RunConfig
+    from dblocks.server.federation.config import RunConfig, SecAggConfig
     from dblocks.server.federation.serverapp import app as server_app
     from dblocks.server.registry.client import RegistryClient
     from dblocks.shared.presets import get_preset
@@ -140,6 +156,7 @@ def main() -> None:
         cfg = RunConfig(run_id="pending", task="digits", num_blocks=args.blocks, num_rounds=args.rounds,
                         cohort_size=args.cohort, min_cohort=2, record_steps=args.steps, record_sample_rate=0.1,
                         record_noise=1.0, update_clip=0.5, lr=1e-3, ping_timeout=600.0,
+                        secagg=SecAggConfig(mode=args.secagg),
                         registry_url=url, registry_token=token)
         run = reg.create_run(task="digits", dataset={"name": "digits", "split": f"{args.records} records per company"},
                              num_blocks=args.blocks, schedule=preset.noise_schedule(args.blocks).to_dict(),
@@ -169,24 +186,22 @@ def main() -> None:
     rounds = status["rounds"]
     result = {
         "companies": args.companies, "blocks": args.blocks, "cohort": args.cohort, "records_per_company": args.records,
-        "dp_sgd_steps": args.steps, "ray_cpus": args.cpus, "rounds": rounds,
+        "dp_sgd_steps": args.steps, "ray_cpus": args.cpus, "torch_threads_per_actor": 1,
+        "secagg_mode": cfg.secagg.mode, "secagg_threshold": cfg.secagg.threshold, "rounds": rounds,
         "round_seconds": [r["seconds"] for r in rounds],
         "trained_per_round": [len(r["blocks"]) * args.cohort for r in rounds],
         "registry_round_reports": len(rounds_reg), "registry_versions": len(versions),
         "peak_memory_gb": memory.peak / 2**30, "simulation_seconds": sim_seconds, "total_seconds": time.time() - t0,
-        "registry_database": "postgresql (throwaway cluster)", "machine": f"{os.cpu_count()} cores",
+        "registry_database": "postgresql (throwaway cluster)", "machine": machine,
         "command": " ".join(["python", "bench/scale.py", *sys.argv[1:]]),
     }
     print(json.dumps(result, indent=2))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.quick:
-        summary_path = RESULTS / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        summary.update({"scale.simulated_companies": args.companies,
-                        "scale.round_seconds": round(rounds[-1]["seconds"], 1),
-                        "scale.peak_memory_gb": round(memory.peak / 2**30, 2)})
-        summary_path.write_text(json.dumps(dict(sorted(summary.items())), indent=2) + "\n")
+        update_summary(RESULTS, {"scale.simulated_companies": args.companies,
+                                 "scale.round_seconds": round(rounds[-1]["seconds"], 1),
+                                 "scale.peak_memory_gb": round(memory.peak / 2**30, 2)})
 
 
 if __name__ == "__main__":
