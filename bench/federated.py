@@ -266,10 +266,12 @@ def pretrain(public, num_blocks: int, epochs: int, seed: int) -> str:
     return out
 
 
-def central_noise_table(update_clip: float, rounds: int, delta: float = 1e-5) -> list[dict]:
+def central_noise_table(update_clip: float, rounds: int, dim: int, delta: float = 1e-5) -> dict:
     """Client-level DP from central noise: for cohort size K, the noise multiplier z_c that keeps a client that
-    joins every release at epsilon <= 10 over `rounds` releases, and the std it adds to each coordinate of the
-    released mean, sqrt(d) z_c C / K in norm, next to the clipped mean's own norm (<= C)."""
+    joins every release at client-level epsilon <= 10 over `rounds` releases (RDP, no subsampling), the std it
+    adds to each coordinate of the released mean, z_c C / K, and the noise norm over the largest norm the
+    clipped mean can have, sqrt(d) z_c C / K / C = sqrt(d) z_c / K, at our block's d. The noise stops swamping
+    the update once that ratio is <= 1, i.e. from K >= sqrt(d) z_c on (`meaningful_from_cohort`)."""
     from dblocks.privacy.accounting import MechanismStep, epsilon
 
     from_z = lambda z: epsilon([MechanismStep(z, 1.0, rounds)], delta, "rdp")  # noqa: E731
@@ -278,11 +280,11 @@ def central_noise_table(update_clip: float, rounds: int, delta: float = 1e-5) ->
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if from_z(mid) > 10 else (lo, mid)
     z = hi
-    rows = []
-    for k in (3, 6, 12, 50, 100, 1000, 10000):
-        rows.append({"cohort": k, "z_c": z, "noise_std_on_mean": z * update_clip / k,
-                     "noise_norm_over_signal_norm_d=10k": math.sqrt(10_000) * z / k})
-    return rows
+    rows = [{"cohort": k, "z_c": z, "noise_std_on_mean": z * update_clip / k,
+             "noise_norm_over_clip_norm": math.sqrt(dim) * z / k} for k in (3, 6, 12, 50, 100, 1000, 10000)]
+    return {"target_client_epsilon": 10.0, "delta": delta, "releases": rounds, "block_dim": dim,
+            "update_clip": update_clip, "rows": rows, "meaningful_from_cohort": math.ceil(math.sqrt(dim) * z),
+            "client_epsilon_of_z_c_1": from_z(1.0)}
 
 
 def fedavg_bytes(num_blocks: int) -> dict:
@@ -300,7 +302,8 @@ def fedavg_bytes(num_blocks: int) -> dict:
     arrays = [a for b in range(num_blocks) for a in m.weights_arrays(b)]
     one_way = recorddict_to_proto(RecordDict({"arrays": ArrayRecord(arrays)})).ByteSize()
     return {"down": one_way, "up": one_way, "total": 2 * one_way,
-            "float32_parameters": sum(a.size for a in arrays), "blocks": num_blocks}
+            "float32_parameters": sum(a.size for a in arrays), "blocks": num_blocks,
+            "block_update_dim": max(sum(int(np.prod(s)) for s in m.param_shapes(b)) for b in range(num_blocks))}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -503,7 +506,8 @@ def main() -> None:
         runs.append(("federated, record-level DP, pretrained, central noise z_c=1", replace(dp_setting, central_noise=1.0), init))
     fedavg = fedavg_bytes(B)
     out_path = RESULTS / ("federated-quick.json" if q else "federated.json")
-    result = {"setup": setup, "rows": rows, "central_noise": central_noise_table(dp_setting.update_clip, dp_setting.rounds),
+    dim = fedavg["block_update_dim"]
+    result = {"setup": setup, "rows": rows, "central_noise": central_noise_table(dp_setting.update_clip, dp_setting.rounds, dim),
               "memory": memory, "complete": False}
     write_json(out_path, result)  # partial results land after every row
     for name, s, start in runs:
