@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,17 +39,20 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def accuracy_section(acc: dict) -> str:
     t, setup = acc["tables"], acc["setup"]
+    commands = setup.get("commands", [setup["command"]])
     parts = ["### Classification accuracy (`bench/accuracy.py`)", "",
-             f"Command: `{setup['command']}` ({setup['env']['threads']} thread, torch {setup['env']['torch']}). "
+             "Commands (each later run resumed the rows of the earlier ones): "
+             + "; ".join(f"`{c}`" for c in commands) + f" ({setup['env']['threads']} thread, torch {setup['env']['torch']}). "
              "Accuracy in % of the fixed test split; medians over seeds (per-seed values in brackets). "
-             "Matched layer updates: each block and the end-to-end model train the preset's epochs. DiffusionBlocks "
+             "Matched layer updates: each block and the end-to-end model train the same number of epochs (column "
+             "epochs), so both make L x epochs layer updates. DiffusionBlocks "
              "readout: z starts at 0, one CDF-spaced Euler step per block from where block 0 has training mass, "
              "argmax of the last logits.", ""]
     rows = []
     for ds, v in t["main"].items():
         p = setup["presets"][ds]
         rows.append([ds, f"{p['train_examples']}/{p['test_examples']}", str(v["total_layers"]), str(p["arch"]["width"]),
-                     str(setup["epochs_override"] or p["train"]["epochs"]),
+                     str(v.get("epochs", setup["epochs_override"] or p["train"]["epochs"])),
                      f"{f2(v['end_to_end']['median'])} [{seeds(v['end_to_end'])}]",
                      f"{f2(v['diffusion_blocks_b4']['median'])} [{seeds(v['diffusion_blocks_b4'])}]",
                      f"{v['gap_points']:+.2f}", "yes" if v["gap_points"] <= 2.0 else "**no**"])
@@ -117,7 +122,7 @@ def generation_section(gen: dict) -> str:
     k0 = str(h["steps_per_block"])
     for name in ("diffusion_blocks", "end_to_end"):
         png = gen["models"][name]["by_steps_per_block"][k0]["grid_png"]
-        parts.append(f"![{name} samples, one row per class](../bench/results/{png})")
+        parts.append(f"![{name} samples, one row per class](img/{png})")  # copied next to the doc by main()
     parts.append("")
     return "\n".join(parts)
 
@@ -176,6 +181,10 @@ def main() -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     args.doc.parent.mkdir(parents=True, exist_ok=True)
+    # mkdocs only serves files under docs/: the sample grids the section shows are copied to docs/img/
+    for png in re.findall(r"\]\(img/([^)]+\.png)\)", section):
+        (args.doc.parent / "img").mkdir(exist_ok=True)
+        shutil.copyfile(args.results / png, args.doc.parent / "img" / png)
     args.doc.write_text(text)
     print(f"wrote the core section of {args.doc}")
 
