@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> dict:
                               for ds in splits},
                   "matched_layer_updates": "every block and the end-to-end model train the same number of epochs",
                   "default_readout": asdict(readouts_for(4)[0]),
-                  "command": "python bench/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+                  "command": shlex.join(["python", "bench/accuracy.py", *(argv if argv is not None else sys.argv[1:])])}
     # a resumed run adds to the rows of earlier ones: keep their commands and preset descriptions
     setup_info["commands"] = previous.get("setup", {}).get("commands", [previous["setup"]["command"]] if previous
                                                             else []) + [setup_info["command"]]
