@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -322,26 +323,31 @@ def tables(rows: list[dict], args) -> dict:
         db_rows = select(rows, dataset=ds, model="db", total_layers=L, num_blocks=4, recipe=final)
         db = stat(db_rows, DEFAULT_READOUT)
         if e2e and db:
-            t["main"][ds] = {"total_layers": L, "end_to_end": e2e, "diffusion_blocks_b4": db,
+            epochs = sorted({r["epochs"] for r in select(rows, dataset=ds, model="e2e", total_layers=L) + db_rows})
+            t["main"][ds] = {"total_layers": L, "epochs": epochs[0] if len(epochs) == 1 else epochs,
+                             "end_to_end": e2e, "diffusion_blocks_b4": db,
                              "gap_points": e2e["median"] - db["median"],
                              "other_readouts_median": {r: stat(db_rows, r)["median"] for r in db_rows[0]["accuracy"]}}
+    # the sweeps and the ablation use their own seeds (the final recipe's B=4 rows are shared with the main table)
+    sweep_rows = [r for r in rows if r["seed"] in args.sweep_seeds]
+    ablation_rows = [r for r in rows if r["seed"] in args.ablation_seeds]
     for ds in args.sweep_datasets:
         L = get_preset(DATASETS[ds]).total_layers
         sw = {"total_layers": args.sweep_layers,
-              "end_to_end": stat(select(rows, dataset=ds, model="e2e", total_layers=args.sweep_layers), "e2e")}
+              "end_to_end": stat(select(sweep_rows, dataset=ds, model="e2e", total_layers=args.sweep_layers), "e2e")}
         for b in args.sweep_blocks:
-            sw[f"B={b}"] = stat(select(rows, dataset=ds, model="db", total_layers=args.sweep_layers, num_blocks=b,
+            sw[f"B={b}"] = stat(select(sweep_rows, dataset=ds, model="db", total_layers=args.sweep_layers, num_blocks=b,
                                        recipe=final), DEFAULT_READOUT)
         t["sweep_blocks"][ds] = sw
         pg = {"total_layers": L, "num_blocks": 4}
         for part, gamma in args.partition_gamma:
-            pg[f"{part}, gamma={gamma}"] = stat(select(rows, dataset=ds, model="db", total_layers=L, num_blocks=4,
+            pg[f"{part}, gamma={gamma}"] = stat(select(sweep_rows, dataset=ds, model="db", total_layers=L, num_blocks=4,
                                                        recipe=replace(final, partition=part, gamma=gamma)),
                                                 DEFAULT_READOUT)
         t["partition_gamma"][ds] = pg
     for ds in args.ablation_datasets:
         L = get_preset(DATASETS[ds]).total_layers
-        by_name = {name: select(rows, dataset=ds, model="db", total_layers=L, num_blocks=4, recipe=r)
+        by_name = {name: select(ablation_rows, dataset=ds, model="db", total_layers=L, num_blocks=4, recipe=r)
                    for name, r in ABLATION_RECIPES.items() if r in args.ablation_recipes}
         if not by_name.get("final"):
             continue
@@ -364,6 +370,20 @@ def tables(rows: list[dict], args) -> dict:
                              "training_side": train_side, "inference_side": inference_side,
                              "cumulative": cumulative, "recipe_x_readout_median": grid}
     return t
+
+
+def tables_scope(rows: list[dict], args) -> argparse.Namespace:
+    """The tables cover this run's datasets and those of the rows kept from earlier runs (--resume), so that a
+    run of one dataset does not drop the others from the tables and from core.accuracy_gap_points."""
+    present = lambda model_ok: [ds for ds in DATASETS if any(r["dataset"] == ds and model_ok(r) for r in rows)]  # noqa: E731
+    union = lambda given, more: given + [ds for ds in more if ds not in given]  # noqa: E731
+    main_ds = present(lambda r: r["model"] == "e2e" and r["total_layers"] == get_preset(DATASETS[r["dataset"]]).total_layers)
+    sweep_ds = present(lambda r: r["total_layers"] == args.sweep_layers and r["num_blocks"] not in (0, 4))
+    ablation_ds = present(lambda r: r["recipe_tag"] not in ("final",) and "partition" not in r["recipe_tag"]
+                          and "gamma" not in r["recipe_tag"])
+    return argparse.Namespace(**{**vars(args), "datasets": union(args.datasets, main_ds),
+                                 "sweep_datasets": union(args.sweep_datasets, sweep_ds),
+                                 "ablation_datasets": union(args.ablation_datasets, ablation_ds)})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -412,12 +432,14 @@ def main(argv: list[str] | None = None) -> dict:
     jobs = plan(args)
     out_path = args.out / "accuracy.json"
     rows: list[dict] = []
+    previous: dict = {}
     if args.resume and out_path.exists():
         import json
 
-        keys = {j.key() for j in jobs}
-        rows = [r for r in json.loads(out_path.read_text())["rows"] if r["key"] in keys]
-    done = {r["key"] for r in rows}
+        previous = json.loads(out_path.read_text())
+        rows = previous["rows"]
+    epochs_of = {j.key(): preset_for(j.dataset, j.total_layers, j.recipe, args.epochs).train.epochs for j in jobs}
+    done = {r["key"] for r in rows if epochs_of.get(r["key"]) == r["epochs"]}
     setup_info = {"env": env, "quick": args.quick, "epochs_override": args.epochs,
                   "presets": {ds: {"total_layers": get_preset(DATASETS[ds]).total_layers,
                                    "arch": asdict(get_preset(DATASETS[ds]).arch),
@@ -427,16 +449,22 @@ def main(argv: list[str] | None = None) -> dict:
                               for ds in splits},
                   "matched_layer_updates": "every block and the end-to-end model train the same number of epochs",
                   "default_readout": asdict(readouts_for(4)[0]),
-                  "command": "python bench/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+                  "command": shlex.join(["python", "bench/accuracy.py", *(argv if argv is not None else sys.argv[1:])])}
+    # a resumed run adds to the rows of earlier ones: keep their commands and preset descriptions
+    setup_info["commands"] = previous.get("setup", {}).get("commands", [previous["setup"]["command"]] if previous
+                                                            else []) + [setup_info["command"]]
+    setup_info["presets"] = {**previous.get("setup", {}).get("presets", {}), **setup_info["presets"]}
+    table_args = tables_scope(rows, args)
     print(f"accuracy bench: {len(jobs)} training runs ({len(done)} already done), threads={args.threads}, "
           f"epochs={'preset' if args.epochs is None else args.epochs}")
-    for ds, info in setup_info["presets"].items():
+    for ds in splits:
+        info = setup_info["presets"][ds]
         print(f"  {ds}: {info['train_examples']} train / {info['test_examples']} test, L={info['total_layers']}, "
               f"width {info['arch']['width']}, epochs {args.epochs or info['train']['epochs']}, "
               f"batch {info['train']['batch_size']}, lr {info['train']['lr']}")
 
     def save() -> dict:
-        result = {"setup": setup_info, "tables": tables(rows, args), "rows": rows}
+        result = {"setup": setup_info, "tables": tables(rows, table_args), "rows": rows}
         write_json(out_path, result)
         return result
 
@@ -445,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
         if job.key() in done:
             continue
         row = run_job(job, args.epochs, splits)
-        rows.append(row)
+        rows[:] = [r for r in rows if r["key"] != row["key"]] + [row]  # a rerun with other epochs replaces the row
         acc = row["accuracy"].get("e2e", row["accuracy"].get(DEFAULT_READOUT))
         print(f"[{n}/{len(jobs)}] {job.key():70s} acc {acc:6.2f}  train {row['train_seconds']:6.1f} s  "
               f"(elapsed {time.perf_counter() - t_start:6.0f} s)", flush=True)

@@ -39,17 +39,20 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def accuracy_section(acc: dict) -> str:
     t, setup = acc["tables"], acc["setup"]
+    commands = setup.get("commands", [setup["command"]])
     parts = ["### Classification accuracy (`bench/accuracy.py`)", "",
-             f"Command: `{setup['command']}` ({setup['env']['threads']} thread, torch {setup['env']['torch']}). "
+             "Commands (each later run resumed the rows of the earlier ones): "
+             + "; ".join(f"`{c}`" for c in commands) + f" ({setup['env']['threads']} thread, torch {setup['env']['torch']}). "
              "Accuracy in % of the fixed test split; medians over seeds (per-seed values in brackets). "
-             "Matched layer updates: each block and the end-to-end model train the preset's epochs. DiffusionBlocks "
+             "Matched layer updates: each block and the end-to-end model train the same number of epochs (column "
+             "epochs), so both make L x epochs layer updates. DiffusionBlocks "
              "readout: z starts at 0, one CDF-spaced Euler step per block from where block 0 has training mass, "
              "argmax of the last logits.", ""]
     rows = []
     for ds, v in t["main"].items():
         p = setup["presets"][ds]
         rows.append([ds, f"{p['train_examples']}/{p['test_examples']}", str(v["total_layers"]), str(p["arch"]["width"]),
-                     str(setup["epochs_override"] or p["train"]["epochs"]),
+                     str(v.get("epochs", setup["epochs_override"] or p["train"]["epochs"])),
                      f"{f2(v['end_to_end']['median'])} [{seeds(v['end_to_end'])}]",
                      f"{f2(v['diffusion_blocks_b4']['median'])} [{seeds(v['diffusion_blocks_b4'])}]",
                      f"{v['gap_points']:+.2f}", "yes" if v["gap_points"] <= 2.0 else "**no**"])
@@ -178,7 +181,7 @@ def main() -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     args.doc.parent.mkdir(parents=True, exist_ok=True)
-    # figures the section shows: copied from the results into the docs (mkdocs serves only files under docs/)
+    # mkdocs only serves files under docs/: the sample grids the section shows are copied to docs/img/
     for png in re.findall(r"\]\(img/([^)]+\.png)\)", section):
         (args.doc.parent / "img").mkdir(exist_ok=True)
         shutil.copyfile(args.results / png, args.doc.parent / "img" / png)
