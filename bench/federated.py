@@ -312,14 +312,16 @@ def fedavg_bytes(num_blocks: int) -> dict:
 MEMORY_MODELS = ("block", "whole_diffusion_blocks", "end_to_end")
 
 
-def memory_worker(model: str, num_blocks: int, records: int, sample_rate: float, steps: int) -> dict:
+def memory_worker(model: str, num_blocks: int, records: int, sample_rate: float, steps: int,
+                  total_layers: int | None = None) -> dict:
     """Peak memory of `steps` DP-SGD steps (train_block_dp: Opacus ghost clipping, Poisson rate q, AdamW) on
     `records` records, measured as in bench/memory.py: (a) VmHWM - VmRSS growth after a warm-up of a tiny model
     of the same kind and malloc_trim, the peak reset through /proc/self/clear_refs; (b) torch's accounting:
     parameters + gradients + AdamW's 2 moments + the tensors autograd saves in one forward of the expected batch
     q N (deduplicated by storage, parameters excluded).
     model: `block` = block 0 of B (L/B layers), `whole_diffusion_blocks` = the B=1 model (all L layers, whole
-    noise range, same loss and code), `end_to_end` = the L-layer TransformerClassifier with cross-entropy."""
+    noise range, same loss and code), `end_to_end` = the L-layer TransformerClassifier with cross-entropy.
+    total_layers: L (default: the preset's 4, one layer per block at B = 4)."""
     import ctypes
     import gc
 
@@ -334,6 +336,7 @@ def memory_worker(model: str, num_blocks: int, records: int, sample_rate: float,
 
     torch.set_num_threads(1)
     p = get_preset("mnist-fed")
+    p = replace(p, total_layers=total_layers or p.total_layers)
     train, _ = p.load_split()
     x, y = train.x[:records].clone(), train.y[:records].clone()
     del train
@@ -379,21 +382,23 @@ def memory_worker(model: str, num_blocks: int, records: int, sample_rate: float,
         else:
             loss_fn(net, x[:batch], y[:batch], None)
     pbytes = sum(q.numel() * q.element_size() for q in params)
-    return {"model": model, "param_count": param_count(net), "records": records, "sample_rate": sample_rate,
+    return {"model": model, "total_layers": p.total_layers, "param_count": param_count(net), "records": records,
+            "sample_rate": sample_rate,
             "expected_batch": sample_rate * records, "steps": steps,
             "rss_growth_mib": (peak - base) / 1024, "rss_peak_mib": peak / 1024,
             "torch_mib": {"params_grads_adam": 4 * pbytes / 2**20, "saved_activations": sum(saved.values()) / 2**20,
                           "total": (4 * pbytes + sum(saved.values())) / 2**20}}
 
 
-def measure_memory(num_blocks: int, records: int, sample_rate: float, steps: int) -> dict:
+def measure_memory(num_blocks: int, records: int, sample_rate: float, steps: int, total_layers: int = 0) -> dict:
     """One fresh process per model (bench/memory.py's fixed glibc mmap threshold, one thread)."""
     from memory import FIXED_MMAP
 
     rows = {}
     for model in MEMORY_MODELS:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", model, "--blocks", str(num_blocks),
-               "--memory-records", str(records), "--sample-rate", str(sample_rate), "--memory-steps", str(steps)]
+               "--memory-records", str(records), "--sample-rate", str(sample_rate), "--memory-steps", str(steps),
+               "--memory-layers", str(total_layers)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
         r = subprocess.run(cmd, capture_output=True, text=True, env={**env, **FIXED_MMAP, "OMP_NUM_THREADS": "1"})
         if r.returncode != 0:
@@ -418,12 +423,24 @@ def bytes_ratios(measured: dict, fedavg: dict, num_blocks: int) -> dict:
             "ratio_first_round": (first["down"] + first["up"]) / fedavg["total"], "bar": 1.2 / num_blocks}
 
 
+def no_dp_gaps(rows: dict) -> dict:
+    """Centralized DiffusionBlocks minus federated without DP, in points, like for like: the same data and the
+    same start on both sides. From scratch the federation learns from the 3000 private records only, so its
+    centralized twin trains on those pooled (the 4000-record centralized row, public images included, is reported
+    next to it); from public pretraining both sides fine-tune the same pretrained blocks on the private records.
+    The summary takes the worse of the two pairs."""
+    pairs = {"from scratch": ("centralized DiffusionBlocks, private only", "federated, no DP"),
+             "pretrained": ("centralized DiffusionBlocks, pretrained", "federated, no DP, pretrained")}
+    gaps = {k: round(100 * (rows[c]["accuracy"] - rows[f]["accuracy"]), 2) for k, (c, f) in pairs.items()}
+    gaps["from scratch, vs centralized on all 4000 (public included)"] = round(
+        100 * (rows["centralized DiffusionBlocks"]["accuracy"] - rows["federated, no DP"]["accuracy"]), 2)
+    gaps["worst like for like"] = max(gaps["from scratch"], gaps["pretrained"])
+    return gaps
+
+
 def summarize(rows: dict, bytes_: dict, memory: dict) -> None:
-    # like for like: both from scratch (the pretrained pair is in the table; never the best of one side against
-    # the best of the other)
-    gap = rows["centralized DiffusionBlocks"]["accuracy"] - rows["federated, no DP"]["accuracy"]
     best_dp = max(rows["federated, record-level DP"], rows["federated, record-level DP, pretrained"], key=lambda r: r["accuracy"])
-    update_summary(RESULTS, {"federation.gap_points_no_dp": round(100 * gap, 2),
+    update_summary(RESULTS, {"federation.gap_points_no_dp": no_dp_gaps(rows)["worst like for like"],
                              "federation.accuracy_dp": best_dp["accuracy"],
                              "federation.epsilon_dp": best_dp["epsilon_rdp"],
                              "federation.bytes_ratio": bytes_["ratio"],
@@ -440,6 +457,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="DP-SGD steps per company per round")
     ap.add_argument("--sample-rate", type=float, default=0.3, help="DP-SGD Poisson rate q")
     ap.add_argument("--lr", type=float, default=5e-4, help="company lr with DP (cosine over rounds)")
+    ap.add_argument("--nodp-rounds", type=int, default=80, help="rounds without DP (no privacy budget to spend)")
     ap.add_argument("--nodp-steps", type=int, default=40)
     ap.add_argument("--nodp-sample-rate", type=float, default=0.1)
     ap.add_argument("--nodp-lr", type=float, default=2e-3)
@@ -449,25 +467,26 @@ def main() -> None:
     ap.add_argument("--memory-worker", choices=MEMORY_MODELS, help=argparse.SUPPRESS)
     ap.add_argument("--memory-records", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--memory-steps", type=int, default=5)
+    ap.add_argument("--memory-layers", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(1)  # one thread: on a shared 2-core machine OpenMP spinning costs 10x
     if args.memory_worker:
         print(json.dumps(memory_worker(args.memory_worker, args.blocks, args.memory_records, args.sample_rate,
-                                       args.memory_steps)))
+                                       args.memory_steps, args.memory_layers or None)))
         return
     t_start = time.time()
     B = args.blocks
     q = args.quick
     from dblocks.privacy.accounting import noise_for_epsilon
 
-    rounds = 2 if q else args.rounds
+    rounds, nodp_rounds = (2, 2) if q else (args.rounds, args.nodp_rounds)
     steps, nodp_steps = (2, 2) if q else (args.steps, args.nodp_steps)
     # every company trains one block every round: its history is (z, q, rounds * steps); pick z for epsilon <= 8
     z = noise_for_epsilon(args.epsilon, 1e-5, args.sample_rate, rounds * steps, "rdp")
     cohort = args.companies // B
     dp_setting = FedSetting(rounds=rounds, steps=steps, sample_rate=args.sample_rate, lr=args.lr, record_noise=z,
                             record_clip=1.0, update_clip=2.0, cohort_size=cohort)
-    nodp_setting = FedSetting(rounds=rounds, steps=nodp_steps, sample_rate=args.nodp_sample_rate, lr=args.nodp_lr,
+    nodp_setting = FedSetting(rounds=nodp_rounds, steps=nodp_steps, sample_rate=args.nodp_sample_rate, lr=args.nodp_lr,
                               record_noise=0.0, record_clip=1e6, update_clip=args.nodp_update_clip, cohort_size=cohort)
     epochs = 1 if q else 20
     pub, private, comps, test = companies_data(args.companies, 1000, args.seed)
@@ -488,6 +507,9 @@ def main() -> None:
     memory = {"dp_setting": measure_memory(B, largest, dp_setting.sample_rate, 2 if q else args.memory_steps)}
     if not q:
         memory["batch_256"] = measure_memory(B, 2560, 0.1, args.memory_steps)
+        # the same at 2 layers per block (8 layers): how the fixed per-step cost of a block (its embeddings and
+        # head, the backward's transients) weighs against its layers; not the federated model, not in the summary
+        memory["two_layers_per_block"] = measure_memory(B, largest, dp_setting.sample_rate, args.memory_steps, 2 * B)
     log(json.dumps({k: v["ratios_block_over_whole"] for k, v in memory.items()}))
     rows = {}
     from dblocks.shared.data import Dataset
@@ -499,6 +521,8 @@ def main() -> None:
     log(f"pretrained: {rows['pretrained on public only']}")
     rows["centralized end-to-end"] = {"accuracy": centralized(all_train, test, None, epochs, None, args.seed)}
     rows["centralized DiffusionBlocks"] = {"accuracy": centralized(all_train, test, B, epochs, None, args.seed)}
+    # the companies' pooled data, no pretraining: exactly what the federation from scratch learns from
+    rows["centralized DiffusionBlocks, private only"] = {"accuracy": centralized(private, test, B, epochs, None, args.seed)}
     rows["centralized DiffusionBlocks, pretrained"] = {"accuracy": centralized(private, test, B, epochs, init, args.seed)}
     log(json.dumps(rows))
     runs = [("federated, no DP", nodp_setting, None), ("federated, no DP, pretrained", nodp_setting, init),
@@ -521,6 +545,8 @@ def main() -> None:
         result["seconds"] = time.time() - t_start
         write_json(out_path, result)
         if name == "federated, record-level DP" and not q:  # the four rows the summary keys need are done
+            result["no_dp_gap_points"] = no_dp_gaps(rows)
+            write_json(out_path, result)
             summarize(rows, result["bytes"], memory)
     result["complete"] = True
     write_json(out_path, result)

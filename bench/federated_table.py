@@ -50,7 +50,8 @@ def render(d: dict) -> str:
     m = d["memory"]
     out += ["", "| client peak memory, DP-SGD (ghost clipping), same q and records | expected batch | params | RSS growth MiB | torch MiB |",
             "|---|---|---|---|---|"]
-    for key, label in (("dp_setting", "federated setting (largest company)"), ("batch_256", "batch 256")):
+    for key, label in (("dp_setting", "federated setting (largest company)"), ("batch_256", "batch 256"),
+                       ("two_layers_per_block", "8 layers, 2 per block (not the federated model)")):
         if key not in m:
             continue
         for model, r in m[key]["rows"].items():
@@ -59,6 +60,9 @@ def render(d: dict) -> str:
         ratios = m[key]["ratios_block_over_whole"]
         out.append(f"| {label}: block / whole (RSS, torch) | | | " + "; ".join(
             f"{w}: {v['rss']:.2f}, {v['torch']:.2f}" for w, v in ratios.items()) + f" | worst **{m[key]['ratio_worst']:.2f}** |")
+    if "no_dp_gap_points" in d:
+        out += ["", "| centralized DiffusionBlocks minus federated without DP | points |", "|---|---|"]
+        out += [f"| {k} | {v:+.1f} |" for k, v in d["no_dp_gap_points"].items()]
     fed = {k: v for k, v in rows.items() if "round_seconds_mean" in v}
     if fed:
         out += ["", "| run | round s (mean) | training s | SecAgg+ protocol s (in-process, all blocks) |", "|---|---|---|---|"]
