@@ -19,13 +19,15 @@ client-level central noise table (cost at cohort sizes 3..10000), bytes per clie
 whole model, and client peak memory (one block vs the whole model, same DP-SGD, bench/memory.py's measurement
 in fresh processes).
 
-    flock /tmp/dblocks-heavy.lock .venv/bin/python bench/federated.py --central-noise-row   # ~45 min, 1 core
+    flock /tmp/dblocks-heavy.lock .venv/bin/python bench/federated.py --central-noise-row   # ~45 min, 2 processes (--jobs)
     .venv/bin/python bench/federated.py --quick    # a smoke run (~1.5 min)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing
 import json
 import math
 import os
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -41,6 +44,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, update_summary, write_json  # noqa: E402
+
+
+def print_flush(message: str, prefix: str = "") -> None:
+    print(prefix + message, flush=True)
 
 
 @dataclass(frozen=True)
@@ -464,6 +471,7 @@ def main() -> None:
     ap.add_argument("--nodp-update-clip", type=float, default=20.0, help="L2 clip of a no-DP delta (reported if it bites)")
     ap.add_argument("--epsilon", type=float, default=7.9, help="record-level target (RDP, delta 1e-5, all rounds)")
     ap.add_argument("--central-noise-row", action="store_true", help="also run DP + pretrained with central noise z_c=1")
+    ap.add_argument("--jobs", type=int, default=2, help="federated rows run in parallel (one process and thread each)")
     ap.add_argument("--memory-worker", choices=MEMORY_MODELS, help=argparse.SUPPRESS)
     ap.add_argument("--memory-records", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--memory-steps", type=int, default=5)
@@ -501,15 +509,15 @@ def main() -> None:
              "engine": "in-process simulation of the product's round code (scheduler.assign, client train_task, "
                        "dblocks SecAgg+ via privacy.secagg LocalNetwork, add_central_noise, GlobalModel.apply_update)"}
     print(json.dumps(setup, indent=1))
-    log = lambda m: print(m, flush=True)  # noqa: E731
+    log = print_flush
     # --- memory first (cheap, fresh processes), then the accuracy rows (bytes are counted inside them)
     largest = max(len(c) for c in comps)
     memory = {"dp_setting": measure_memory(B, largest, dp_setting.sample_rate, 2 if q else args.memory_steps)}
     if not q:
         memory["batch_256"] = measure_memory(B, 2560, 0.1, args.memory_steps)
-        # the same at 2 layers per block (8 layers): how the fixed per-step cost of a block (its embeddings and
-        # head, the backward's transients) weighs against its layers; not the federated model, not in the summary
-        memory["two_layers_per_block"] = measure_memory(B, largest, dp_setting.sample_rate, args.memory_steps, 2 * B)
+        # the same at 1 layer per block (B layers in all): how the fixed per-step cost of a block (its embeddings
+        # and head, the backward's transients) weighs against its layers; not the federated model, not in the summary
+        memory["one_layer_per_block"] = measure_memory(B, largest, dp_setting.sample_rate, args.memory_steps, B)
     log(json.dumps({k: v["ratios_block_over_whole"] for k, v in memory.items()}))
     rows = {}
     from dblocks.shared.data import Dataset
@@ -535,9 +543,13 @@ def main() -> None:
     result = {"setup": setup, "rows": rows, "central_noise": central_noise_table(dp_setting.update_clip, dp_setting.rounds, dim),
               "memory": memory, "complete": False}
     write_json(out_path, result)  # partial results land after every row
+    # the federated rows are independent: run them `--jobs` at a time, longest first, one torch thread each
+    pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("fork"))
+    futures = {name: pool.submit(federated, comps, test, B, s, start, args.seed,
+                                      functools.partial(print_flush, prefix=f"[{name}] ")) for name, s, start in runs}
     for name, s, start in runs:
+        rows[name] = futures[name].result()
         log(f"{name}:")
-        rows[name] = federated(comps, test, B, s, start, args.seed, log)
         log(f"  -> {rows[name]['accuracy']:.4f}, epsilon (rdp) {rows[name]['epsilon_rdp']:.2f}, "
             f"round {rows[name]['round_seconds_mean']:.2f} s (protocol {rows[name]['protocol_seconds_mean']:.3f} s)")
         if name == "federated, record-level DP, pretrained":

@@ -51,7 +51,7 @@ def render(d: dict) -> str:
     out += ["", "| client peak memory, DP-SGD (ghost clipping), same q and records | expected batch | params | RSS growth MiB | torch MiB |",
             "|---|---|---|---|---|"]
     for key, label in (("dp_setting", "federated setting (largest company)"), ("batch_256", "batch 256"),
-                       ("two_layers_per_block", "8 layers, 2 per block (not the federated model)")):
+                       ("one_layer_per_block", "1 layer per block (not the federated model)")):
         if key not in m:
             continue
         for model, r in m[key]["rows"].items():
