@@ -138,7 +138,7 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
     net = LocalNetwork({cid: SecAggClient(cid) for cid in ids}, {cid: contribute(cid) for cid in ids})
     wire = WireCounter(net, tasks)
     server = SecAggServer()
-    curve, round_seconds, t0 = [], {}, time.time()
+    curve, round_seconds, t0, diverged = [], {}, time.time(), None
     cohorts = cohorts_of(1)
     plan_round(server, 1, cohorts, layouts, wire)
     for r in range(1, s.rounds + 1):
@@ -155,7 +155,13 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
                                  delta=1e-5, accountant="rdp", lr=round_lr(s.lr, r, s.rounds), weight_decay=0.0,
                                  update_clip=s.update_clip, seed=seed * 7919 + r * 101 + ids.index(cid))
                 tasks[(r, cid)] = (task, weights)
-        result = run_round(server, r, wire)
+        try:
+            result = run_round(server, r, wire)
+        except FloatingPointError as e:  # a company refused a NaN/Inf update: the model has diverged; stop the row
+            diverged = {"round": r, "reason": str(e)}
+            curve.append((r, accuracy_of(model, test)))
+            log(f"    round {r}: diverged ({e}); accuracy {curve[-1][1]:.4f}")
+            break
         if result.failures:
             raise RuntimeError(f"round {r}: secure aggregation failed: {result.failures}")
         for b, agg in result.aggregates.items():
@@ -171,14 +177,16 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
             log(f"    round {r}: accuracy {curve[-1][1]:.4f} ({time.time() - t0:.0f} s)")
     hist = [[e.mechanism for e in led.entries] for led in ledgers.values()]
     eps = {acc: max(epsilon(h, 1e-5, acc) for h in hist) if dp else math.inf for acc in ("rdp", "prv")}
+    done = max(1, len(round_seconds))  # rounds completed (fewer than s.rounds if the model diverged)
     total_round = sum(round_seconds.values())
-    total_train = sum(train_seconds.values())
-    return {"accuracy": curve[-1][1], "curve": curve, "epsilon_rdp": eps["rdp"], "epsilon_prv": eps["prv"],
+    total_train = sum(v for k, v in train_seconds.items() if k in round_seconds)
+    return {"accuracy": curve[-1][1], "curve": curve, "diverged": diverged,
+            "epsilon_rdp": eps["rdp"], "epsilon_prv": eps["prv"],
             "seconds": time.time() - t0, "updates_per_company": [len(led.entries) for led in ledgers.values()],
             "update_norm_before_clip": {"median": float(np.median(norms)), "max": float(np.max(norms)),
                                         "fraction_clipped": float(np.mean(np.array(norms) > s.update_clip))},
-            "round_seconds_mean": total_round / s.rounds, "training_seconds_mean": total_train / s.rounds,
-            "protocol_seconds_mean": (total_round - total_train) / s.rounds,
+            "round_seconds_mean": total_round / done, "training_seconds_mean": total_train / done,
+            "protocol_seconds_mean": (total_round - total_train) / done,
             "bytes": wire.summary(num_blocks, s.rounds)}
 
 
@@ -472,6 +480,7 @@ def main() -> None:
     ap.add_argument("--epsilon", type=float, default=7.9, help="record-level target (RDP, delta 1e-5, all rounds)")
     ap.add_argument("--central-noise-row", action="store_true", help="also run DP + pretrained with central noise z_c=1")
     ap.add_argument("--jobs", type=int, default=2, help="federated rows run in parallel (one process and thread each)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows of the results file (same setup), run the rest")
     ap.add_argument("--memory-worker", choices=MEMORY_MODELS, help=argparse.SUPPRESS)
     ap.add_argument("--memory-records", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--memory-steps", type=int, default=5)
@@ -510,51 +519,67 @@ def main() -> None:
                        "dblocks SecAgg+ via privacy.secagg LocalNetwork, add_central_noise, GlobalModel.apply_update)"}
     print(json.dumps(setup, indent=1))
     log = print_flush
+    out_path = RESULTS / ("federated-quick.json" if q else "federated.json")
+    # --resume: keep the rows (and memory) of an earlier invocation with exactly this setup, run only what is missing
+    prev = json.loads(out_path.read_text()) if args.resume and out_path.exists() else {}
+    if prev:
+        same = {k: v for k, v in prev["setup"].items() if k not in ("command", "commands")}
+        if same != {k: v for k, v in setup.items() if k != "command"}:
+            raise SystemExit(f"--resume: {out_path} was made with another setup; run without --resume")
+        setup["commands"] = prev["setup"].get("commands", [prev["setup"]["command"]]) + [command]
     # --- memory first (cheap, fresh processes), then the accuracy rows (bytes are counted inside them)
     largest = max(len(c) for c in comps)
-    memory = {"dp_setting": measure_memory(B, largest, dp_setting.sample_rate, 2 if q else args.memory_steps)}
-    if not q:
+    memory = prev.get("memory") or {"dp_setting": measure_memory(B, largest, dp_setting.sample_rate, 2 if q else args.memory_steps)}
+    if not q and not prev.get("memory"):
         memory["batch_256"] = measure_memory(B, 2560, 0.1, args.memory_steps)
         # the same at 1 layer per block (B layers in all): how the fixed per-step cost of a block (its embeddings
         # and head, the backward's transients) weighs against its layers; not the federated model, not in the summary
         memory["one_layer_per_block"] = measure_memory(B, largest, dp_setting.sample_rate, args.memory_steps, B)
     log(json.dumps({k: v["ratios_block_over_whole"] for k, v in memory.items()}))
-    rows = {}
+    rows = dict(prev.get("rows", {}))
     from dblocks.shared.data import Dataset
     from dblocks.shared.workflow import accuracy
 
-    all_train = Dataset(torch.cat([pub.x, private.x]), torch.cat([pub.y, private.y]), "image", 10, "train-4000")
-    init = pretrain(pub, B, epochs, args.seed)
-    rows["pretrained on public only"] = {"accuracy": accuracy(init, test)}
-    log(f"pretrained: {rows['pretrained on public only']}")
-    rows["centralized end-to-end"] = {"accuracy": centralized(all_train, test, None, epochs, None, args.seed)}
-    rows["centralized DiffusionBlocks"] = {"accuracy": centralized(all_train, test, B, epochs, None, args.seed)}
-    # the companies' pooled data, no pretraining: exactly what the federation from scratch learns from
-    rows["centralized DiffusionBlocks, private only"] = {"accuracy": centralized(private, test, B, epochs, None, args.seed)}
-    rows["centralized DiffusionBlocks, pretrained"] = {"accuracy": centralized(private, test, B, epochs, init, args.seed)}
-    log(json.dumps(rows))
-    runs = [("federated, no DP", nodp_setting, None), ("federated, no DP, pretrained", nodp_setting, init),
-            ("federated, record-level DP, pretrained", dp_setting, init), ("federated, record-level DP", dp_setting, None)]
+    runs = [("federated, no DP", nodp_setting, False), ("federated, no DP, pretrained", nodp_setting, True),
+            ("federated, record-level DP, pretrained", dp_setting, True), ("federated, record-level DP", dp_setting, False)]
     if args.central_noise_row:
-        runs.append(("federated, record-level DP, pretrained, central noise z_c=1", replace(dp_setting, central_noise=1.0), init))
+        runs.append(("federated, record-level DP, pretrained, central noise z_c=1", replace(dp_setting, central_noise=1.0), True))
+    runs = [r for r in runs if r[0] not in rows]
+    central = {"centralized end-to-end": (None, None), "centralized DiffusionBlocks": (B, None),
+               # the companies' pooled data, no pretraining: exactly what the federation from scratch learns from
+               "centralized DiffusionBlocks, private only": (B, None), "centralized DiffusionBlocks, pretrained": (B, "init")}
+    init = None
+    if any(pre for _, _, pre in runs) or any(k not in rows for k in ["pretrained on public only", *central]):
+        init = pretrain(pub, B, epochs, args.seed)
+        rows.setdefault("pretrained on public only", {"accuracy": accuracy(init, test)})
+        log(f"pretrained: {rows['pretrained on public only']}")
+    all_train = Dataset(torch.cat([pub.x, private.x]), torch.cat([pub.y, private.y]), "image", 10, "train-4000")
+    for name, (blocks, start) in central.items():
+        if name not in rows:
+            train_set = private if "private only" in name or start else all_train
+            rows[name] = {"accuracy": centralized(train_set, test, blocks, epochs, init if start else None, args.seed)}
+    log(json.dumps(rows))
     fedavg = fedavg_bytes(B)
-    out_path = RESULTS / ("federated-quick.json" if q else "federated.json")
     dim = fedavg["block_update_dim"]
     result = {"setup": setup, "rows": rows, "central_noise": central_noise_table(dp_setting.update_clip, dp_setting.rounds, dim),
               "memory": memory, "complete": False}
+    for key in ("bytes", "no_dp_gap_points"):
+        if key in prev:
+            result[key] = prev[key]
     write_json(out_path, result)  # partial results land after every row
     # the federated rows are independent: run them `--jobs` at a time, longest first, one torch thread each
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("fork"))
-    futures = {name: pool.submit(federated, comps, test, B, s, start, args.seed,
-                                      functools.partial(print_flush, prefix=f"[{name}] ")) for name, s, start in runs}
-    for name, s, start in runs:
+    futures = {name: pool.submit(federated, comps, test, B, s, init if pre else None, args.seed,
+                                 functools.partial(print_flush, prefix=f"[{name}] ")) for name, s, pre in runs}
+    for name, _, _ in runs:
         rows[name] = futures[name].result()
         log(f"{name}:")
         log(f"  -> {rows[name]['accuracy']:.4f}, epsilon (rdp) {rows[name]['epsilon_rdp']:.2f}, "
-            f"round {rows[name]['round_seconds_mean']:.2f} s (protocol {rows[name]['protocol_seconds_mean']:.3f} s)")
+            f"round {rows[name]['round_seconds_mean']:.2f} s (protocol {rows[name]['protocol_seconds_mean']:.3f} s)"
+            + (f", diverged in round {rows[name]['diverged']['round']}" if rows[name]["diverged"] else ""))
         if name == "federated, record-level DP, pretrained":
             result["bytes"] = bytes_ratios(rows[name]["bytes"], fedavg, B)
-        result["seconds"] = time.time() - t_start
+        result["seconds"] = prev.get("seconds", 0.0) + time.time() - t_start
         write_json(out_path, result)
         if name == "federated, record-level DP" and not q:  # the four rows the summary keys need are done
             result["no_dp_gap_points"] = no_dp_gaps(rows)
@@ -563,7 +588,7 @@ def main() -> None:
     result["complete"] = True
     write_json(out_path, result)
     print(json.dumps({k: v.get("accuracy") for k, v in rows.items()}, indent=1))
-    print(json.dumps({"bytes": result["bytes"]}, indent=1))
+    print(json.dumps({"bytes": result.get("bytes")}, indent=1))
     log(f"total {time.time() - t_start:.0f} s")
 
 

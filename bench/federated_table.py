@@ -34,6 +34,8 @@ def render(d: dict) -> str:
             setting = f"{f['rounds']} x {f['steps']}, q {f['sample_rate']}, lr {f['lr']:g}"
             if "central noise" in name:
                 setting += ", z_c 1"
+            if r.get("diverged"):
+                setting += f"; diverged in round {r['diverged']['round']} (companies refused NaN updates)"
         elif name.startswith("centralized") or name.startswith("pretrained"):
             setting = f"{s['central_epochs']} epochs"
         out.append(f"| {name} | {pct(r['accuracy'])} | {eps} | {setting} |")
