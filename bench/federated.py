@@ -19,7 +19,8 @@ client-level central noise table (cost at cohort sizes 3..10000), bytes per clie
 whole model, and client peak memory (one block vs the whole model, same DP-SGD, bench/memory.py's measurement
 in fresh processes).
 
-    flock /tmp/dblocks-heavy.lock .venv/bin/python bench/federated.py --central-noise-row   # ~45 min, 2 processes (--jobs)
+    flock /tmp/dblocks-heavy.lock .venv/bin/python bench/federated.py --central-noise-row   # ~50 min, 2 processes (--jobs)
+    ... --resume    # keep the rows of bench/results/federated.json (same setup), run only the missing ones
     .venv/bin/python bench/federated.py --quick    # a smoke run (~1.5 min)
 """
 
@@ -545,19 +546,19 @@ def main() -> None:
     if args.central_noise_row:
         runs.append(("federated, record-level DP, pretrained, central noise z_c=1", replace(dp_setting, central_noise=1.0), True))
     runs = [r for r in runs if r[0] not in rows]
-    central = {"centralized end-to-end": (None, None), "centralized DiffusionBlocks": (B, None),
+    all_train = Dataset(torch.cat([pub.x, private.x]), torch.cat([pub.y, private.y]), "image", 10, "train-4000")
+    central = {"centralized end-to-end": (None, all_train, False), "centralized DiffusionBlocks": (B, all_train, False),
                # the companies' pooled data, no pretraining: exactly what the federation from scratch learns from
-               "centralized DiffusionBlocks, private only": (B, None), "centralized DiffusionBlocks, pretrained": (B, "init")}
+               "centralized DiffusionBlocks, private only": (B, private, False),
+               "centralized DiffusionBlocks, pretrained": (B, private, True)}
     init = None
     if any(pre for _, _, pre in runs) or any(k not in rows for k in ["pretrained on public only", *central]):
         init = pretrain(pub, B, epochs, args.seed)
         rows.setdefault("pretrained on public only", {"accuracy": accuracy(init, test)})
         log(f"pretrained: {rows['pretrained on public only']}")
-    all_train = Dataset(torch.cat([pub.x, private.x]), torch.cat([pub.y, private.y]), "image", 10, "train-4000")
-    for name, (blocks, start) in central.items():
+    for name, (blocks, train_set, pre) in central.items():
         if name not in rows:
-            train_set = private if "private only" in name or start else all_train
-            rows[name] = {"accuracy": centralized(train_set, test, blocks, epochs, init if start else None, args.seed)}
+            rows[name] = {"accuracy": centralized(train_set, test, blocks, epochs, init if pre else None, args.seed)}
     log(json.dumps(rows))
     fedavg = fedavg_bytes(B)
     dim = fedavg["block_update_dim"]
