@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing
 import json
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -530,12 +530,14 @@ def main() -> None:
         setup["commands"] = prev["setup"].get("commands", [prev["setup"]["command"]]) + [command]
     # --- memory first (cheap, fresh processes), then the accuracy rows (bytes are counted inside them)
     largest = max(len(c) for c in comps)
-    memory = prev.get("memory") or {"dp_setting": measure_memory(B, largest, dp_setting.sample_rate, 2 if q else args.memory_steps)}
-    if not q and not prev.get("memory"):
-        memory["batch_256"] = measure_memory(B, 2560, 0.1, args.memory_steps)
-        # the same at 1 layer per block (B layers in all): how the fixed per-step cost of a block (its embeddings
-        # and head, the backward's transients) weighs against its layers; not the federated model, not in the summary
-        memory["one_layer_per_block"] = measure_memory(B, largest, dp_setting.sample_rate, args.memory_steps, B)
+    memory = prev.get("memory")
+    if memory is None:
+        memory = {"dp_setting": measure_memory(B, largest, dp_setting.sample_rate, 2 if q else args.memory_steps)}
+        if not q:
+            memory["batch_256"] = measure_memory(B, 2560, 0.1, args.memory_steps)
+            # the same at 1 layer per block (B layers in all): how the fixed per-step cost of a block (its embeddings
+            # and head, the backward's transients) weighs against its layers; not the federated model, not in the summary
+            memory["one_layer_per_block"] = measure_memory(B, largest, dp_setting.sample_rate, args.memory_steps, B)
     log(json.dumps({k: v["ratios_block_over_whole"] for k, v in memory.items()}))
     rows = dict(prev.get("rows", {}))
     from dblocks.shared.data import Dataset
@@ -569,23 +571,23 @@ def main() -> None:
             result[key] = prev[key]
     write_json(out_path, result)  # partial results land after every row
     # the federated rows are independent: run them `--jobs` at a time, longest first, one torch thread each
-    pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("fork"))
-    futures = {name: pool.submit(federated, comps, test, B, s, init if pre else None, args.seed,
-                                 functools.partial(print_flush, prefix=f"[{name}] ")) for name, s, pre in runs}
-    for name, _, _ in runs:
-        rows[name] = futures[name].result()
-        log(f"{name}:")
-        log(f"  -> {rows[name]['accuracy']:.4f}, epsilon (rdp) {rows[name]['epsilon_rdp']:.2f}, "
-            f"round {rows[name]['round_seconds_mean']:.2f} s (protocol {rows[name]['protocol_seconds_mean']:.3f} s)"
-            + (f", diverged in round {rows[name]['diverged']['round']}" if rows[name]["diverged"] else ""))
-        if name == "federated, record-level DP, pretrained":
-            result["bytes"] = bytes_ratios(rows[name]["bytes"], fedavg, B)
-        result["seconds"] = prev.get("seconds", 0.0) + time.time() - t_start
-        write_json(out_path, result)
-        if name == "federated, record-level DP" and not q:  # the four rows the summary keys need are done
-            result["no_dp_gap_points"] = no_dp_gaps(rows)
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {name: pool.submit(federated, comps, test, B, s, init if pre else None, args.seed,
+                                     functools.partial(print_flush, prefix=f"[{name}] ")) for name, s, pre in runs}
+        for name, _, _ in runs:
+            rows[name] = futures[name].result()
+            log(f"{name}:")
+            log(f"  -> {rows[name]['accuracy']:.4f}, epsilon (rdp) {rows[name]['epsilon_rdp']:.2f}, "
+                f"round {rows[name]['round_seconds_mean']:.2f} s (protocol {rows[name]['protocol_seconds_mean']:.3f} s)"
+                + (f", diverged in round {rows[name]['diverged']['round']}" if rows[name]["diverged"] else ""))
+            if name == "federated, record-level DP, pretrained":
+                result["bytes"] = bytes_ratios(rows[name]["bytes"], fedavg, B)
+            result["seconds"] = prev.get("seconds", 0.0) + time.time() - t_start
             write_json(out_path, result)
-            summarize(rows, result["bytes"], memory)
+            if name == "federated, record-level DP" and not q:  # the four rows the summary keys need are done
+                result["no_dp_gap_points"] = no_dp_gaps(rows)
+                write_json(out_path, result)
+                summarize(rows, result["bytes"], memory)
     result["complete"] = True
     write_json(out_path, result)
     print(json.dumps({k: v.get("accuracy") for k, v in rows.items()}, indent=1))
