@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,35 @@ class ServerTLS:
         return self.ca.exists() and self.cert.exists() and self.key.exists()
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+class PrivateFileError(OSError):
+    """A private key or secret could not be written safely (e.g. its path is a symbolic link)."""
+
+
+def write_private(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` readable by its owner only (mode 0600), atomically.
+
+    The bytes go to a new file beside `path`, created with mode 0600 from the start (O_CREAT | O_EXCL |
+    O_NOFOLLOW, then fchmod 0600 whatever the umask), which then replaces `path` by rename. So an existing file's
+    looser mode (say 0644) is never inherited, no reader ever sees a partly written key, and a symbolic link at
+    `path` is refused rather than followed into the file it points at."""
+    p = Path(path)
+    if p.is_symlink():
+        raise PrivateFileError(f"{p} is a symbolic link; a private key or secret is never written through a link "
+                               "(it could lead to a file others can read): remove the link and run the command again")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
 
 
 def _name(cn: str) -> x509.Name:
@@ -50,7 +75,8 @@ def create_server_tls(directory: str | Path, hosts: list[str], days: int = 825) 
     d = Path(directory)
     tls = ServerTLS(d / "ca.pem", d / "server.pem", d / "server.key")
     now = dt.datetime.now(dt.timezone.utc)
-    if (d / "ca.key").exists() and tls.ca.exists():
+    reuse_ca = (d / "ca.key").exists() and tls.ca.exists()
+    if reuse_ca:
         ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(tls.ca.read_bytes())
     else:
@@ -72,13 +98,13 @@ def create_server_tls(directory: str | Path, hosts: list[str], days: int = 825) 
         .sign(ca_key, hashes.SHA256())
     )
     d.mkdir(parents=True, exist_ok=True)
-    if not (d / "ca.key").exists():
-        _write_private(d / "ca.key", ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
+    if not reuse_ca:  # a new CA: its key goes with the new ca.pem (an orphaned old ca.key is replaced)
+        write_private(d / "ca.key", ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
     tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(tls.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption()))
+    write_private(tls.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
     return tls
 
 
@@ -103,8 +129,8 @@ def create_node_key(path: str | Path) -> tuple[Path, Path]:
     if priv.exists():
         raise FileExistsError(f"{priv} already exists; a node key is never overwritten (it identifies this company)")
     key = ec.generate_private_key(ec.SECP384R1())
-    _write_private(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                           serialization.NoEncryption()))
+    write_private(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
     pub = priv.with_name(priv.name + ".pub")
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
     return priv, pub

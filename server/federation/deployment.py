@@ -15,10 +15,11 @@ Secrets live beside it, mode 0600: `secrets/admin.token` (operator commands) and
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from dblocks.shared.pki import write_private
 
 CONFIG_NAME = "server.toml"
 
@@ -100,11 +101,9 @@ def _q(s: str) -> str:
 
 
 def write_secret(path: Path, value: str) -> None:
-    """Write a secret readable only by its owner (0600), replacing any old one."""
+    """Write a secret readable only by its owner (a new 0600 file replaces any old one; a link is refused)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value.strip() + "\n")
+    write_private(path, (value.strip() + "\n").encode())
 
 
 def read_secret(path: Path) -> str:
