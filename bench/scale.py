@@ -139,6 +139,7 @@ def main() -> None:
 
     from dblocks.client.clientapp import app as client_app
     from dblocks.server.federation.config import RunConfig, SecAggConfig
+    from dblocks.server.federation.deployment import write_secret
     from dblocks.server.federation.serverapp import app as server_app
     from dblocks.server.registry.client import RegistryClient
     from dblocks.shared.presets import get_preset
@@ -152,12 +153,14 @@ def main() -> None:
     pg, registry_proc, url, token = start_registry(root)
     try:
         reg = RegistryClient(url, token)
+        token_file = root / "registry.token"
+        write_secret(token_file, token)
         preset = get_preset("digits")
         cfg = RunConfig(run_id="pending", task="digits", num_blocks=args.blocks, num_rounds=args.rounds,
                         cohort_size=args.cohort, min_cohort=2, record_steps=args.steps, record_sample_rate=0.1,
                         record_noise=1.0, update_clip=0.5, lr=1e-3, ping_timeout=600.0,
                         secagg=SecAggConfig(mode=args.secagg),
-                        registry_url=url, registry_token=token)
+                        registry_url=url, registry_token_file=str(token_file))
         run = reg.create_run(task="digits", dataset={"name": "digits", "split": f"{args.records} records per company"},
                              num_blocks=args.blocks, schedule=preset.noise_schedule(args.blocks).to_dict(),
                              secagg=asdict(cfg.secagg), dp={"record_noise": cfg.record_noise}, num_rounds=args.rounds,

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import RunConfig, SecAggConfig
-from .launcher import ServerHome, default_home, register_node, start_superlink, submit_run
+from .launcher import (EXPOSE_FLAG, ServerHome, control_api_refusal, default_home, is_loopback, register_node,
+                       start_superlink, submit_run)
 
 console = Console(soft_wrap=True)
 run_app = typer.Typer(help="Create and follow federated training runs.", no_args_is_help=True)
@@ -33,6 +34,9 @@ def start(
     insecure: bool = typer.Option(False, "--insecure", help="no TLS: local tests only"),
     node_auth: bool = typer.Option(True, help="only nodes whose key the operator approved may connect"),
     home: Path = typer.Option(default_home(), help="server home (certificates, runs, state)"),
+    expose_control_api_unauthenticated: bool = typer.Option(
+        False, EXPOSE_FLAG, help="zero-config mode: allow a non-loopback --host although that port also serves "
+        "Flower's Control API, which has NO authentication (anyone reaching it can submit runs and register nodes)"),
 ) -> None:
     """Start the server side and keep it running.
 
@@ -50,14 +54,19 @@ def start(
         from .stack import run_stack
 
         sys.exit(run_stack(sh, cfg, console))
+    refusal = control_api_refusal(host, expose_control_api_unauthenticated)
+    if refusal:
+        fail(refusal)
     if insecure:
         console.print("[bold red]WARNING: --insecure: the SuperLink runs WITHOUT TLS. Traffic is unencrypted and "
                       "nodes are not authenticated. Never use this across a network.[/bold red]")
-    proc = start_superlink(sh, host, port, insecure, node_auth and not insecure)
+    proc = start_superlink(sh, host, port, insecure, node_auth and not insecure,
+                           expose_control_api=expose_control_api_unauthenticated)
     console.print(f"SuperLink listening on {host}:{port} (log: {home / 'superlink.log'})")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        console.print("[yellow]note:[/yellow] this port also serves the SuperLink's Control API, which has no "
-                      "authentication; run `dbserver init` to expose only the Fleet API (see the operator guide)")
+    if not is_loopback(host):
+        console.print(f"[bold red]WARNING: {EXPOSE_FLAG}: {host}:{port} also serves the SuperLink's Control API, "
+                      "which has NO authentication; run `dbserver init` to expose only the Fleet API "
+                      "(see the operator guide)[/bold red]")
     if not insecure:
         console.print(f"companies need the CA certificate: {sh.tls.ca}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -134,7 +143,9 @@ def run_new(
     secagg_threshold: float = typer.Option(0.6, help="flower mode: share of a cohort needed to unmask"),
     init_model: Optional[Path] = typer.Option(None, help="start from these blocks (e.g. pretrained on public data)"),
     registry_url: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_URL"),
-    token: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_TOKEN"),
+    token: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_TOKEN",
+                                        help="registry token; prefer the environment variable (a command line is "
+                                             "visible to every user of the host)"),
     wait: bool = typer.Option(True, help="follow the run until it ends"),
     home: Path = typer.Option(default_home()),
     run_id: Optional[str] = typer.Option(None, help="resume this run (after a crash) instead of creating one"),
@@ -160,8 +171,7 @@ def run_new(
                         record_sample_rate=sample_rate, record_steps=steps, lr=lr, update_clip=update_clip,
                         central_noise=central_noise, server_lr=server_lr,
                         secagg=SecAggConfig(mode=secagg, threshold=secagg_threshold),
-                        init_model_dir=str(init_model.resolve()) if init_model else None, registry_url=registry_url,
-                        registry_token=token)
+                        init_model_dir=str(init_model.resolve()) if init_model else None, registry_url=registry_url)
     except ValueError as e:
         fail(f"bad run settings: {e}")
     if run_id is None:
@@ -181,7 +191,7 @@ def run_new(
     cfg = RunConfig(**{**cfg.__dict__, "run_id": run_id,
                        "checkpoint_dir": str(sh.run_dir(run_id) / "checkpoints")})
     log = sh.run_dir(run_id) / "serverapp.log"
-    proc = submit_run(sh, cfg, log=log)
+    proc = submit_run(sh, cfg, log=log, registry_token=token if registry_url else None)
     console.print(f"run [bold]{run_id}[/bold] submitted: {blocks} blocks, {rounds} rounds; log {log}")
     if not wait:
         return

@@ -59,7 +59,7 @@ class RunConfig:
     # where things go
     checkpoint_dir: str = "checkpoints"
     registry_url: str | None = None
-    registry_token: str | None = None
+    registry_token_file: str | None = None  # a 0600 file holding the registry token; run.json never holds a token
     init_model_dir: str | None = None  # pretrained blocks (e.g. on public data) to start from
     seed: int = 0
     ping_timeout: float = 60.0
@@ -76,6 +76,11 @@ class RunConfig:
             raise ValueError(f"cohort_size {self.cohort_size} < min_cohort {self.min_cohort}")
         if not 0 < self.record_sample_rate <= 1:
             raise ValueError("record_sample_rate must be in (0, 1]")
+
+    @property
+    def registry_token(self) -> str | None:
+        """The registry token, read from `registry_token_file` (None without one)."""
+        return Path(self.registry_token_file).read_text().strip() if self.registry_token_file else None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))

@@ -3,16 +3,17 @@
 Everything lives under one server home (default `~/.dblocks/server`, or `$DBLOCKS_HOME/server`):
     tls/          ca.pem, server.pem, server.key (ca.key stays here, never leaves)
     flwr/         FLWR_HOME of the operator's Flower tools (config.toml names the SuperLink)
-    runs/RUN/     run.json (RunConfig), checkpoints/, logs
+    runs/RUN/     run.json (RunConfig: settings and paths, never a secret), registry.token (0600), checkpoints/, logs
     superlink.db  the SuperLink's state
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -20,6 +21,30 @@ from dblocks.shared.pki import ServerTLS, create_server_tls
 from dblocks.shared.procs import flwr_env, spawn, wait_for_port
 
 from .config import RunConfig
+from .deployment import write_secret
+
+EXPOSE_FLAG = "--expose-control-api-unauthenticated"
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1); any other name may resolve publicly."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def control_api_refusal(host: str, expose_control_api: bool) -> str | None:
+    """Why the SuperLink must not bind to `host` (None: it may). Flower 1.41 serves the Control API (`flwr run`,
+    node registration; no authentication in open-source Flower) on the same port as the Fleet API."""
+    if is_loopback(host) or expose_control_api:
+        return None
+    return (f"refusing to bind the SuperLink to {host!r}: its port also serves Flower's Control API, which has no "
+            "authentication (whoever reaches it can submit runs and register nodes); keep the SuperLink on 127.0.0.1 "
+            "and expose only the Fleet gateway (`dbserver init --host NAME`, then `dbserver start`), or pass "
+            f"{EXPOSE_FLAG} if you accept that risk")
 
 
 def default_home() -> Path:
@@ -67,8 +92,12 @@ class ServerHome:
 
 
 def start_superlink(home: ServerHome, host: str, port: int, insecure: bool, node_auth: bool,
-                    tied: bool = True, timeout: float = 60.0) -> subprocess.Popen:
-    """Start `flower-superlink` (Fleet, Control and ServerApp runtime on one port) and wait until it listens."""
+                    tied: bool = True, timeout: float = 60.0, expose_control_api: bool = False) -> subprocess.Popen:
+    """Start `flower-superlink` (Fleet, Control and ServerApp runtime on one port) and wait until it listens.
+    A non-loopback `host` is refused (ValueError) unless `expose_control_api`: see `control_api_refusal`."""
+    refusal = control_api_refusal(host, expose_control_api)
+    if refusal:
+        raise ValueError(refusal)
     cmd = ["flower-superlink", "--host", host, "--port", str(port), "--database", str(home.root / "superlink.db"),
            "--disable-runtime-dependency-installation"]
     if insecure:
@@ -85,10 +114,16 @@ def start_superlink(home: ServerHome, host: str, port: int, insecure: bool, node
     return proc
 
 
-def submit_run(home: ServerHome, cfg: RunConfig, log: Path | None = None, tied: bool = True) -> subprocess.Popen:
-    """`flwr run` the dblocks app with this run's config file; streams the ServerApp's log to `log`."""
+def submit_run(home: ServerHome, cfg: RunConfig, log: Path | None = None, tied: bool = True,
+               registry_token: str | None = None) -> subprocess.Popen:
+    """`flwr run` the dblocks app with this run's config file; streams the ServerApp's log to `log`.
+    `registry_token` goes to `runs/RUN/registry.token` (0600); run.json names only that file."""
     run_dir = home.run_dir(cfg.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if registry_token:
+        token_path = run_dir / "registry.token"
+        write_secret(token_path, registry_token)
+        cfg = replace(cfg, registry_token_file=str(token_path))
     cfg_path = run_dir / "run.json"
     cfg.save(cfg_path)
     cmd = ["flwr", "run", str(home.app_dir()), "local", "--stream", "--run-config", f'config-path="{cfg_path}"']

@@ -125,11 +125,13 @@ class LocalFederation:
                 args.append(f"--{k.replace('_', '-')}" if v else f"--no-{k.replace('_', '-')}")
             elif v is not None:
                 args += [f"--{k.replace('_', '-')}", str(v)]
-        if self.registry_url:
-            args += ["--registry-url", self.registry_url, "--token", self.service_token]
+        env = self.env
+        if self.registry_url:  # the token by environment: a command line is visible to every user of the host
+            args += ["--registry-url", self.registry_url]
+            env = dict(self.env, DBLOCKS_REGISTRY_TOKEN=self.service_token)
         if run_id:
             args += ["--run-id", run_id]
-        proc = spawn(args + ["--wait"], env=self.env, log=self.root / "run-new.log")
+        proc = spawn(args + ["--wait"], env=env, log=self.root / "run-new.log")
         if wait:
             proc.wait()
         return proc
