@@ -13,6 +13,10 @@ exactly when
 
   * it contains only `pyproject.toml` and Flower's `.info/CONTENT` manifest (no code, nothing that could
     shadow an installed module on the ClientApp's import path),
+  * its pyproject.toml has no setting the dblocks app manifest (server/flwrapp/pyproject.toml) does not have
+    (`MANIFEST`): components `serverapp` and `clientapp` only (an `agentapp` component, for one, turns the run
+    into an AgentApp run whose component the SuperNode executes instead of the ClientApp), no entry points,
+    scripts, FAB include patterns or federations, and only the run setting `config-path`,
   * its `[tool.flwr.app.components] clientapp` is `dblocks.client.clientapp:app`,
   * its `[project] dependencies` is empty (and SuperNodes never install dependencies unless told to);
 
@@ -22,6 +26,11 @@ where the SuperNode fetches them. Flower then verifies every FAB before storing 
 policy keeps whatever signatures it came with, so it runs only if one of the company's own trusted entities
 (`--trusted-entities FILE`, e.g. a Flower Hub publisher) signed it; otherwise Flower replies to the server
 with "The FAB could not be verified" and no code of it is installed or run.
+
+The guard wraps a private function of Flower's SuperNode, so it installs only on the Flower it was verified on:
+a version in `VERIFIED_FLWR` (the pin of pyproject.toml) whose patched function, its caller and the FAB check it
+relies on have exactly the source in `VERIFIED_SOURCES`. Any other Flower makes `dbclient join` refuse to start
+rather than run unguarded.
 """
 
 from __future__ import annotations
@@ -43,7 +52,34 @@ DBLOCKS_CLIENTAPP = "dblocks.client.clientapp:app"
 ALLOWED_FILES = {"pyproject.toml", ".info/CONTENT"}
 VOUCH_ENTITY = "dblocks-app-policy"
 
+# Every setting the dblocks app manifest has, and what its value may be: a table (dict) lists the keys allowed
+# in it; a type (str, list of strings) allows any such value; anything else is the one value allowed.
+MANIFEST: dict = {
+    "build-system": {"requires": list, "build-backend": str},
+    "project": {"name": str, "version": str, "description": str, "dependencies": []},
+    "tool": {
+        "hatch": {"build": {"targets": {"wheel": {"packages": list}}}},
+        "flwr": {"app": {"publisher": str,
+                         "components": {"serverapp": str, "clientapp": DBLOCKS_CLIENTAPP},
+                         "config": {"config-path": str}}},
+    },
+}
+
+# The Flower the guard was verified on: the version range (the pin in pyproject.toml) and the sha256 of
+# inspect.getsource of each function the guard depends on, in flwr.supernode.start_client_internal.
+VERIFIED_FLWR = "==1.41.*"
+PATCHED = "_pull_and_store_message"  # wrapped: it fetches, verifies and stores each run's FAB
+VERIFIED_SOURCES = {
+    PATCHED: "eaf5d0e36dc34e4cf46a490511d077ac55cc8edbbcdbe938c1f6dbcb758628be",
+    "_verify_fab": "dc3eb78d803b8fe9a65bc704e17da8b58e9f43020b43bf2ba0ba4812483634aa",  # checks the vouch
+    "start_client_internal": "9e89a6eb68fbec6821e817cd2c09f7894fc7b0f5725c2365b19a7122307f11f3",  # calls PATCHED
+}
+
 log = logging.getLogger("dblocks.appguard")
+
+
+class FlowerNotVerified(ValueError):
+    """The installed Flower is not the one the app guard was verified on; the SuperNode is not started."""
 
 
 def check_fab(content: bytes) -> list[str]:
@@ -52,11 +88,14 @@ def check_fab(content: bytes) -> list[str]:
         zf = zipfile.ZipFile(io.BytesIO(content))
     except zipfile.BadZipFile:
         return ["not a zip archive"]
-    names = {n for n in zf.namelist() if not n.endswith("/")}
+    listed = [n for n in zf.namelist() if not n.endswith("/")]
+    names = set(listed)
     problems = []
     extra = sorted(names - ALLOWED_FILES)
     if extra:
         problems.append(f"ships files {extra[:8]}{' ...' if len(extra) > 8 else ''}: the dblocks app carries no code")
+    if len(listed) != len(names):
+        problems.append("ships the same file name twice")
     if "pyproject.toml" not in names:
         return problems + ["has no pyproject.toml"]
     try:
@@ -66,9 +105,56 @@ def check_fab(content: bytes) -> list[str]:
     component = cfg.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {}).get("clientapp")
     if component != DBLOCKS_CLIENTAPP:
         problems.append(f"names the ClientApp {component!r}, not {DBLOCKS_CLIENTAPP!r}")
-    deps = cfg.get("project", {}).get("dependencies", [])
-    if deps:
-        problems.append(f"asks for dependencies {deps[:5]}")
+    clientapp = "tool.flwr.app.components.clientapp"  # reported above
+    return problems + [text for where, text in _beyond_manifest(cfg, MANIFEST, "") if where != clientapp]
+
+
+def _beyond_manifest(value, spec, path: str) -> list[tuple[str, str]]:
+    """(dotted path, why) for what of `value` (parsed pyproject.toml at `path`) the manifest `spec` does not allow."""
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return [(path, f"has {path} as a {type(value).__name__}, where the dblocks app has a table")]
+        problems = []
+        for key, v in value.items():
+            where = f"{path}.{key}" if path else key
+            if key in spec:
+                problems += _beyond_manifest(v, spec[key], where)
+            else:
+                problems.append((where, f"has the setting {where}, which the dblocks app does not have "
+                                        f"(allowed there: {sorted(spec)})"))
+        return problems
+    if isinstance(spec, type):
+        ok = isinstance(value, spec) and (spec is not list or all(isinstance(x, str) for x in value))
+        kind = f"{spec.__name__}{' of strings' * (spec is list)}"
+        return [] if ok else [(path, f"sets {path} to {str(value)[:200]!r}, not a {kind}")]
+    return [] if value == spec else [(path, f"sets {path} to {str(value)[:200]!r}, not {spec!r}")]
+
+
+def flower_mismatch() -> list[str]:
+    """How the installed Flower differs from the one the guard was verified on (empty list: it does not)."""
+    import flwr
+    import flwr.supernode.start_client_internal as sci
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    problems = []
+    if Version(flwr.__version__) not in SpecifierSet(VERIFIED_FLWR):
+        problems.append(f"flwr {flwr.__version__} is outside the verified range {VERIFIED_FLWR}")
+    for name, digest in VERIFIED_SOURCES.items():
+        fn = getattr(sci, name, None)
+        if getattr(fn, "__dblocks_guard__", None) is not None:
+            fn = fn.__wrapped__
+        if fn is None:
+            problems.append(f"flwr.supernode.start_client_internal.{name} is gone")
+            continue
+        try:
+            seen = hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
+        except (OSError, TypeError) as e:
+            problems.append(f"the source of {name} cannot be read ({e})")
+            continue
+        if seen != digest:
+            problems.append(f"flwr.supernode.start_client_internal.{name} changed (source sha256 {seen[:16]}..., "
+                            f"verified {digest[:16]}...)")
     return problems
 
 
@@ -109,11 +195,14 @@ class AppGuard:
         """Put the guard where Flower's SuperNode (running in this process) fetches each run's FAB."""
         import flwr.supernode.start_client_internal as sci
 
-        original = getattr(sci, "_pull_and_store_message")
-        params = inspect.signature(getattr(original, "__wrapped__", original)).parameters
-        if not {"get_fab", "trusted_entities"} <= params.keys():
-            raise RuntimeError("this Flower version fetches apps differently; dblocks' app guard cannot be installed "
-                               f"(flwr {__import__('flwr').__version__}); refusing to run unguarded")
+        problems = flower_mismatch()
+        if problems:
+            raise FlowerNotVerified(
+                "dblocks' app guard was verified on another Flower, so the SuperNode is not started (it would run "
+                f"unguarded): {'; '.join(problems)}. Install the Flower dblocks pins (pip install "
+                f"'flwr[simulation]{VERIFIED_FLWR}' as in dblocks' pyproject.toml) or a dblocks release verified on "
+                "this Flower")
+        original = getattr(sci, PATCHED)
         if getattr(original, "__dblocks_guard__", None) is not None:
             original = original.__wrapped__
 
@@ -125,7 +214,7 @@ class AppGuard:
 
         guarded.__wrapped__ = original
         guarded.__dblocks_guard__ = self
-        sci._pull_and_store_message = guarded
+        setattr(sci, PATCHED, guarded)
 
 
 def _b64url(b: bytes) -> str:

@@ -65,7 +65,8 @@ def test_control_api_is_refused_on_a_public_host(tmp_path, ops_spawned):
     runner = CliRunner()
     for host, tls in (("0.0.0.0", True), ("0.0.0.0", False), ("::", False), ("10.1.2.3", False),
                       ("fl.example.org", True)):
-        r = runner.invoke(app, ["start", "--host", host, "--home", str(tmp_path / "h")] + ([] if tls else ["--insecure"]))
+        args = ["start", "--host", host, "--home", str(tmp_path / "h")] + ([] if tls else ["--insecure"])
+        r = runner.invoke(app, args)
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
         assert r.exit_code == 2 and not ops_spawned, (host, r.output, ops_spawned)
         assert len(lines) == 1 and "Control API" in lines[0] and "no authentication" in lines[0], r.output
