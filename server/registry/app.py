@@ -28,7 +28,7 @@ from .dashboard import router as dashboard_router
 from .db import Database
 from .fingerprint import PublicKeyError
 from .lifecycle import TransitionError
-from .limits import BodySizeLimit
+from .limits import BodySizeLimit, FiniteJsonBodies
 from .store import ArtifactCorrupt, ArtifactNotFound, ContentStore
 
 HERE = Path(__file__).parent
@@ -89,6 +89,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                   description="Runs, block versions, privacy budgets, nodes and leakage audits of dblocks. "
                               "Authenticate with `Authorization: Bearer <token>` (`dbserver tokens create --role ...`).")
     app.state.registry = registry
+    app.add_middleware(FiniteJsonBodies)  # added first, so it runs inside the size limit: what it buffers is bounded
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes, max_json_bytes=settings.max_json_bytes)
     for router in API_ROUTERS:
         app.include_router(router, prefix="/api")

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from ..limits import non_finite_error, non_finite_path
 from ..models import Base, Run
 from ..schemas import Page
 
@@ -31,8 +32,18 @@ def paginate(session: Session, stmt: Select, limit: int, offset: int, out: type[
     return Response(page.model_dump_json(), media_type="application/json")
 
 
+def check_finite_json(text: str, field: str) -> None:
+    """422 located at `field` if the JSON in this multipart form field holds a NaN or an infinity
+    (request bodies sent as JSON are checked by `limits.FiniteJsonBodies`)."""
+    loc = non_finite_path(text)
+    if loc is not None:
+        raise RequestValidationError([non_finite_error(("body", field, *loc))])
+
+
 def parse_json_field(model: type[M], text: str, field: str) -> M:
-    """A multipart form field holding JSON, validated as `model`; errors are 422s located at `field`."""
+    """A multipart form field holding JSON, validated as `model`; errors are 422s located at `field`.
+    Numbers must be finite anywhere in it, free-form dicts included."""
+    check_finite_json(text, field)
     try:
         return model.model_validate_json(text)
     except ValidationError as e:

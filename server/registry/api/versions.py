@@ -13,7 +13,8 @@ from .. import events
 from ..auth import ALL_ROLES, SERVICE, WEIGHT_READERS, Allow, Principal
 from ..models import Audit, Block, BlockVersion, Node, Run, utcnow
 from ..schemas import AuditOut, Lineage, LineageStep, Page, VersionMeta, VersionOut, VersionRegistered
-from .common import Limit, Offset, check_block_index, get_or_404, get_run, paginate, parse_json_field, registry
+from .common import (Limit, Offset, check_block_index, check_finite_json, get_or_404, get_run, paginate, parse_json_field,
+                     registry)
 
 router = APIRouter(tags=["block versions"])
 MAX_LINEAGE_DEPTH = 100_000
@@ -71,6 +72,7 @@ def register_version(run_id: int, block_index: int, response: Response,
                      weights: Annotated[UploadFile, File(description="safetensors bytes whose sha256 is spec.sha256")],
                      who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)):
     m = parse_json_field(VersionMeta, meta, "meta")
+    check_finite_json(spec, "spec")
     block_spec = parse_spec(spec)
     data = weights.file.read()
     digest = hashlib.sha256(data).hexdigest()
