@@ -201,14 +201,16 @@ def add_central_noise(mean: list[np.ndarray], clip: float, noise_multiplier: flo
     return [(m + rng.normal(0.0, std, m.shape)).astype(np.float32) for m in mean], std
 
 
-def client_level_epsilon(noise_multiplier: float, releases: int, delta: float, accountant: str = "rdp") -> float:
-    """Client-level epsilon of `releases` Gaussian releases with sensitivity C (one client's clipped delta)
-    and noise std z_c C on the sum, without any subsampling amplification (cohorts are not Poisson-sampled).
-    inf without central noise."""
-    from dblocks.privacy.accounting import MechanismStep, epsilon
+def client_level_epsilon(noise_multiplier: float, releases: int, delta: float, accountant: str) -> float:
+    """Client-level epsilon of `releases` publications that aggregated one client, each a Gaussian mechanism of
+    sensitivity C / K (one client's clipped delta in the mean of K) with noise std z_c C / K, without any
+    subsampling amplification (cohorts are not Poisson-sampled), composed with `accountant` (the run's).
+    inf without central noise. `dblocks.privacy.composition` composes it over a company's releases of a run."""
+    from dblocks.privacy.accounting import epsilon
+    from dblocks.privacy.composition import client_mechanism
 
     if releases == 0:
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
-    return epsilon([MechanismStep(noise_multiplier, 1.0, releases)], delta, accountant)
+    return epsilon([client_mechanism(noise_multiplier, releases)], delta, accountant)

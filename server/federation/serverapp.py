@@ -10,13 +10,21 @@ Per round r:
      the same round with the members that still answer (they train afresh: a new, accounted release; never
      the same inputs summed twice), else skipped with the reason recorded;
   5. release: mean + N(0, (z_c C / K)^2), theta += server_lr * release; register the version (weights,
-     cohort, record- and client-level privacy numbers) and checkpoint it; evaluate the assembled model.
+     cohort, record- and client-level privacy numbers) and checkpoint it; evaluate the assembled model;
+  6. record each company's epsilons, composed over all its releases in the run (all rounds and blocks) with
+     the run's accountant (`releases.ReleaseLog`, `dblocks.privacy.composition`), in the registry.
+
+No node can fail the run: a malformed, missing or erroring ping reply makes that node a dropout of the round
+(the reason goes to the log and the round's entry in status.json), and an exception out of one round's
+aggregation fails only the blocks of that aggregation (re-run once, each block on its own, else skipped with
+the reason recorded).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,10 +44,12 @@ from dblocks.shared.sampler import classify
 from .aggregation import AggregateOutcome, DBlocksSecAgg, FlowerSecAggPlus, add_central_noise, client_level_epsilon
 from .config import RunConfig, round_lr
 from .model_state import GlobalModel
+from .releases import ReleaseLog
 from .scheduler import NodeInfo, assign
 
 log = logging.getLogger("flwr")  # Flower's logger: lines show up in `flwr run --stream` and the run log
 app = ServerApp()
+RAISED = "aggregation raised"  # prefix of the failure of blocks whose aggregation raised an exception
 
 
 @app.main()
@@ -83,6 +93,8 @@ class Federation:
         else:
             self.secagg = FlowerSecAggPlus(cfg.secagg, cfg.update_clip)
         self._tasks: dict[int, BlockTask] = {}  # block -> task of the protocol round under way (dblocks mode)
+        self.releases = ReleaseLog(self.model.checkpoint_dir / "releases.json")  # who took part in which release
+        self.dropped: dict[int, str] = {}  # node -> why it is not in this round (ping)
 
     # ---- the round loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -111,6 +123,7 @@ class Federation:
     def round(self, r: int) -> None:
         cfg, t0 = self.cfg, time.perf_counter()
         todo = [i for i, b in enumerate(self.model.blocks) if b.round < r]  # after a crash: only what is missing
+        self.dropped = {}
         live = self.ping(self.grid.get_node_ids())
         plan = assign(live, cfg.num_blocks, r, cfg.cohort_size, cfg.min_cohort, cfg.scheduler, seed=cfg.seed)
         cohorts = {b: c for b, c in plan.cohorts.items() if b in todo}
@@ -122,6 +135,8 @@ class Federation:
         if r < self._num_rounds():  # planned now, so that this round's uploads announce the keys for it
             upcoming = assign(live, cfg.num_blocks, r + 1, cfg.cohort_size, cfg.min_cohort, cfg.scheduler, seed=cfg.seed).cohorts
         outcomes = self.aggregate_blocks(r, cohorts, attempt=0, upcoming=upcoming)
+        # a shared aggregation that raised is re-run block by block: one cohort's bad message fails only its block
+        isolate = any((o.failure or "").startswith(RAISED) for o in outcomes.values())
         retry = {}
         for b, out in outcomes.items():
             if not out.ok:
@@ -130,39 +145,56 @@ class Federation:
                     log.info("block %d round %d: %s; re-running with the %d members still alive", b, r, out.failure, len(alive))
                     self._report_round(r, b, [str(n) for n in out.cohort], "rerun", out.failure)
                     retry[b] = alive
-        if retry:
-            outcomes.update(self.aggregate_blocks(r, retry, attempt=1))
+        for group in ([{b: c} for b, c in retry.items()] if isolate else [retry] if retry else []):
+            outcomes.update(self.aggregate_blocks(r, group, attempt=1))
         for b, out in sorted(outcomes.items()):
             if out.ok:
                 self.release(r, b, out)
             else:
                 self._report_round(r, b, [str(n) for n in out.cohort], "skipped", out.failure)
+        self._record_node_privacy(r)
         metrics = self.evaluate()
         entry = {"round": r, "seconds": time.perf_counter() - t0, "blocks": sorted(b for b, o in outcomes.items() if o.ok),
-                 **metrics}
+                 "dropped": {str(n): why for n, why in sorted(self.dropped.items())}, **metrics}
         self.history.append(entry)
         log.info("round %d done: %s", r, json.dumps(entry))
 
     def aggregate_blocks(self, r: int, cohorts: dict[int, list[int]], attempt: int,
                          upcoming: dict[int, list[int]] | None = None) -> dict[int, AggregateOutcome]:
-        """Every cohort trains its block and returns the securely aggregated mean of its clipped deltas."""
+        """Every cohort trains its block and returns the securely aggregated mean of its clipped deltas.
+
+        Every task is logged as a release of its cohort before it is sent. An exception out of an aggregation
+        (what a node sent that the protocol did not expect) fails the blocks of that aggregation only, with the
+        reason; it never leaves this method."""
+        tasks = {b: self.task_for(r, b, attempt) for b in cohorts}
+        for b, t in tasks.items():
+            self.releases.trained(r, b, t.attempt, cohorts[b], MechanismStep(t.noise_multiplier, t.sample_rate, t.steps))
         if isinstance(self.secagg, DBlocksSecAgg):
-            self._tasks = {b: self.task_for(r, b, attempt) for b in cohorts}
+            self._tasks = tasks
             if attempt > 0:
                 self.secagg.drop_plan_ahead()
-            outcomes = self.secagg.aggregate(cohorts, upcoming)
+            try:
+                outcomes = self.secagg.aggregate(cohorts, upcoming)
+            except Exception as e:  # noqa: BLE001 - a node's message must never fail the run
+                self.secagg.drop_plan_ahead()
+                outcomes = {b: _raised(b, c, e) for b, c in cohorts.items()}
         else:
             with ThreadPoolExecutor(max_workers=max(1, len(cohorts))) as pool:
                 futures = {b: pool.submit(self.secagg.aggregate, self.grid, self.context, b, r, c,
-                                          self.model.weights_arrays(b), self.task_for(r, b, attempt).to_config())
+                                          self.model.weights_arrays(b), tasks[b].to_config())
                            for b, c in cohorts.items()}
-                outcomes = {b: f.result() for b, f in futures.items()}
+                outcomes = {}
+                for b, f in futures.items():
+                    try:
+                        outcomes[b] = f.result()
+                    except Exception as e:  # noqa: BLE001 - a node's message must never fail the run
+                        outcomes[b] = _raised(b, cohorts[b], e)
         for b, out in outcomes.items():
             if out.ok:
                 try:
                     check_update(out.mean, self.model.param_shapes(b), self.cfg.update_clip)
-                except ValueError as e:
-                    out.mean, out.failure = None, f"aggregate rejected: {e}"
+                except Exception as e:  # noqa: BLE001 - ValueError for a bad update; anything else is a bad message
+                    out.mean, out.failure = None, f"aggregate rejected: {type(e).__name__}: {e}"
         return outcomes
 
     def _upload_payload(self, stage: str, node_id: int, blocks: list[str]) -> RecordDict | None:
@@ -179,25 +211,36 @@ class Federation:
         return BlockTask(run_id=c.run_id, round=r, block_index=b, attempt=attempt, spec_json=self.model.blocks[b].spec.to_json(),
                          noise_multiplier=c.record_noise, max_grad_norm=c.record_clip, sample_rate=c.record_sample_rate,
                          steps=c.record_steps, delta=c.delta, accountant=c.accountant, lr=round_lr(c.lr, r, self._num_rounds()),
-                         weight_decay=c.weight_decay, update_clip=c.update_clip, seed=c.seed * 1_000_003 + r * 101 + b + 7 * attempt)
+                         weight_decay=c.weight_decay, update_clip=c.update_clip)
 
     def release(self, r: int, b: int, out: AggregateOutcome) -> None:
+        """Publish the noised mean and register it. The version states, for record and client level, the largest
+        epsilon among the companies it aggregated, each composed over all its releases in this run with the run's
+        accountant; the cost of this one release is kept as *_one_release."""
         cfg = self.cfg
         k = len(out.survivors)
         noised, std = add_central_noise(out.mean, cfg.update_clip, cfg.central_noise, k, self.rng)
         parent = self.model.blocks[b].version_id
         state = self.model.apply_update(b, noised, cfg.server_lr, r)
-        record_eps = epsilon([MechanismStep(cfg.record_noise, cfg.record_sample_rate, cfg.record_steps)], cfg.delta,
-                             cfg.accountant)
-        client_eps = client_level_epsilon(cfg.central_noise, state.releases, cfg.delta)
+        self.releases.published(r, b, out.survivors, cfg.central_noise)
+        nodes = {n: self.releases.composed(n, cfg.delta, cfg.accountant) for n in out.survivors}
+        record_eps = max(e.record_epsilon for e in nodes.values())
+        client_eps = max(e.client_epsilon for e in nodes.values())
         privacy = {
             "record_epsilon": record_eps, "record_delta": cfg.delta, "record_sample_rate": cfg.record_sample_rate,
             "record_steps": cfg.record_steps, "record_noise_multiplier": cfg.record_noise, "accountant": cfg.accountant,
-            "client_epsilon": None if np.isinf(client_eps) else client_eps, "client_delta": cfg.delta,
+            "client_epsilon": _finite(client_eps), "client_delta": cfg.delta,
             "central_noise_multiplier": cfg.central_noise, "central_noise_std": std, "clients_aggregated": k,
+            "record_epsilon_one_release": epsilon([MechanismStep(cfg.record_noise, cfg.record_sample_rate,
+                                                                 cfg.record_steps)], cfg.delta, cfg.accountant),
+            "client_epsilon_one_release": _finite(client_level_epsilon(cfg.central_noise, 1, cfg.delta, cfg.accountant)),
+            "composition": f"largest among the cohort of each company's epsilon composed over all its releases in this "
+                           f"run (all rounds and blocks), {cfg.accountant} accountant",
+            "nodes": {str(n): {"record_epsilon": e.record_epsilon, "client_epsilon": _finite(e.client_epsilon),
+                               "releases": e.releases, "published": e.published} for n, e in nodes.items()},
         }
-        log.info("block %d round %d: aggregated %d/%d clients (%.1f s); record eps %.2f; client eps %s", b, r, k,
-                 len(out.cohort), out.seconds, record_eps, privacy["client_epsilon"])
+        log.info("block %d round %d: aggregated %d/%d clients (%.1f s); composed record eps %.2f; client eps %s (%s)",
+                 b, r, k, len(out.cohort), out.seconds, record_eps, privacy["client_epsilon"], cfg.accountant)
         if self.registry:
             v = self.registry.register_block_version(
                 self.rid, b, state.spec.to_json(), state.weights, round=r, parent_version_id=parent,
@@ -213,22 +256,57 @@ class Federation:
 
     # ---- liveness ---------------------------------------------------------------------------------
     def ping(self, node_ids) -> list[NodeInfo]:
+        """The nodes that answered with a well-formed liveness reply and can afford one more round; every other
+        node is a dropout of this round, its reason in `self.dropped`."""
         node_ids = list(node_ids)
         if not node_ids:
             return []
         msgs = [Message(RecordDict({"ping": ConfigRecord({"run_id": self.cfg.run_id})}), dst_node_id=n,
                         message_type="query.ping") for n in node_ids]
-        live = []
-        for reply in send_and_receive(self.grid, msgs, timeout=self.cfg.ping_timeout):
-            if reply.has_error():
-                continue
-            info = reply.content["ping"]
-            live.append(NodeInfo(reply.metadata.src_node_id, float(info.get("memory_mb", float("inf"))),
-                                 float(info.get("budget_left", float("inf")))))
         # a company that cannot afford one more round of the record-level mechanism is not asked
         need = epsilon([MechanismStep(self.cfg.record_noise, self.cfg.record_sample_rate, self.cfg.record_steps)],
                        self.cfg.delta, self.cfg.accountant)
-        return [n for n in live if n.budget_left >= need * 0.999]
+        why = {n: "no reply to the ping" for n in node_ids}
+        live = {}
+        for reply in send_and_receive(self.grid, msgs, timeout=self.cfg.ping_timeout):
+            src = None
+            try:
+                src = reply.metadata.src_node_id
+                if src not in why or src in live:
+                    continue  # not asked, or answered twice: the first answer stands
+                info = node_info_from_ping(reply)
+            except Exception as e:  # noqa: BLE001 - whatever a node sends, it only drops that node
+                if isinstance(src, int) and src in why and src not in live:
+                    why[src] = f"bad ping reply: {type(e).__name__}: {e}"[:300]
+                continue
+            if info.budget_left < need * 0.999:
+                why[src] = f"record-level budget left {info.budget_left:.3g} is below one round's {need:.3g}"
+                continue
+            live[src] = info
+            why.pop(src)
+        for n, reason in why.items():
+            log.warning("node %s is a dropout of this round: %s", n, reason)
+        self.dropped.update(why)
+        return [live[n] for n in node_ids if n in live]
+
+    def _record_node_privacy(self, r: int) -> None:
+        """Each company that took part in round r: its record-level epsilon composed over all its releases in
+        the run, into the registry's per-node privacy (registry nodes are matched by their SuperLink node id)."""
+        touched = {n: rows[-1] for n, rows in self.releases.by_node.items() if rows and rows[-1].round == r}
+        if not self.registry or not touched:
+            return
+        ids = {}
+        for node in self.registry.list_nodes():
+            link = str(((node.get("info") or {}).get("superlink") or {}).get("node_id") or "")
+            if link.isdigit():
+                ids[int(link)] = node["id"]
+        for n, last in sorted(touched.items()):
+            if n not in ids:
+                log.warning("node %s is not in the registry: its composed epsilon is in the block versions only", n)
+                continue
+            e = self.releases.composed(n, self.cfg.delta, self.cfg.accountant)
+            self.registry.record_node_privacy(ids[n], self.rid, last.block, r, e.record_epsilon, e.delta, e.accountant,
+                                              sample_rate=last.record.sample_rate, steps=e.steps)
 
     # ---- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -270,6 +348,38 @@ class Federation:
             log.info("block %d round %d %s: %s", b, r, status, reason)
         if self.registry:
             self.registry.report_round(self.rid, r, b, cohort, status, reason, stats or {})
+
+
+def node_info_from_ping(reply: Message) -> NodeInfo:
+    """A node's liveness reply as NodeInfo, or ValueError saying what is wrong with it. The reply must carry a
+    "ping" config record; memory_mb (MB training may use) and budget_left (record-level epsilon left) are
+    optional (absent: no limit stated) and, when present, numbers >= 0."""
+    if reply.has_error():
+        raise ValueError(f"error reply: {reply.error.reason[:200]}")
+    records = reply.content.config_records
+    if "ping" not in records:
+        raise ValueError(f"the reply has no 'ping' config record (it has {sorted(reply.content.keys())[:5]})")
+    info = records["ping"]
+    values = {}
+    for key in ("memory_mb", "budget_left"):
+        if key not in info:
+            continue
+        v = info[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{key} is a {type(v).__name__}, not a number")
+        if math.isnan(v) or v < 0:
+            raise ValueError(f"{key} is {v}, not a number >= 0")
+        values[key] = float(v)
+    return NodeInfo(reply.metadata.src_node_id, **values)
+
+
+def _raised(b: int, cohort: list[int], e: Exception) -> AggregateOutcome:
+    return AggregateOutcome(b, list(cohort), failure=f"{RAISED} {type(e).__name__}: {str(e)[:300]}")
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no infinity: an infinite epsilon (no central noise) is recorded as None."""
+    return None if math.isinf(x) else x
 
 
 def _code_version() -> str:

@@ -1,9 +1,14 @@
 """Privacy budgets per block and per node, read from block versions and node privacy records.
 
-Per block: the accountant's epsilon of the block's newest version (record level and client level), and its
-history over rounds. Per node: for each block the newest cumulative epsilon of that node's data (the record with the highest id); a node that
-trained several blocks of one run on the same data has spent at most the sum over those blocks (basic
-composition: epsilons add, deltas add), which is the total shown. It is an upper bound, never an estimate.
+Per node (company) and run: the federation server records, after each round the node took part in, its
+record-level epsilon composed with the run's accountant over ALL its releases in the run so far (every round
+and every block: one data set per company per run), with `block_index` the block of its newest release. The
+newest record (highest id) is therefore the node's total for the run; `per_block` keeps, per block, the newest
+record written after a release of that block. Nothing is summed: composition is the accountant's. A company
+that uses the same data in several runs composes across runs in its own ledger, which the registry never sees.
+
+Per block: the epsilons of the block's newest version (the largest among its cohort of each company's composed
+epsilon, record and client level, with the accountant named), and its history over rounds.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ class NodeBudget:
     node_id: str
     run_id: int
     display_name: str | None
-    per_block: dict[int, dict] = field(default_factory=dict)  # block -> {epsilon, delta, round, accountant}
-    epsilon_total: float = 0.0
-    delta_total: float = 0.0
+    per_block: dict[int, dict] = field(default_factory=dict)  # block -> newest {epsilon, delta, round, accountant, ...}
+    epsilon_total: float = 0.0  # composed over all the node's releases in the run (its newest record)
+    delta_total: float = 0.0  # the delta of that epsilon
+    accountant: str | None = None  # the accountant that composed it
+    round: int | None = None  # the round it is current to
 
 
 def block_budgets(session: Session, run_id: int, num_blocks: int) -> list[BlockBudget]:
@@ -55,8 +62,8 @@ def block_budgets(session: Session, run_id: int, num_blocks: int) -> list[BlockB
 
 
 def node_budgets(session: Session, *, run_id: int | None = None, node_id: str | None = None) -> dict[tuple[str, int], NodeBudget]:
-    """(node id, run id) -> NodeBudget, for one run, one node, or both. Per (node, run, block) the newest
-    record (highest id) counts: records are cumulative, so the newest one is the total so far."""
+    """(node id, run id) -> NodeBudget, for one run, one node, or both. Records are composed totals of the run
+    so far: the newest record of (node, run) is its total; per block, the newest record of that block."""
     newest = select(func.max(NodePrivacy.id)).group_by(NodePrivacy.node_id, NodePrivacy.run_id, NodePrivacy.block_index)
     if run_id is not None:
         newest = newest.where(NodePrivacy.run_id == run_id)
@@ -66,12 +73,15 @@ def node_budgets(session: Session, *, run_id: int | None = None, node_id: str | 
                               .order_by(NodePrivacy.node_id, NodePrivacy.run_id, NodePrivacy.block_index)).scalars().all()
     names = dict(session.execute(select(Node.id, Node.display_name).where(Node.id.in_({r.node_id for r in records}))).all()) if records else {}
     out: dict[tuple[str, int], NodeBudget] = {}
+    newest_id: dict[tuple[str, int], int] = {}
     for rec in records:
-        nb = out.setdefault((rec.node_id, rec.run_id), NodeBudget(node_id=rec.node_id, run_id=rec.run_id, display_name=names.get(rec.node_id)))
+        key = (rec.node_id, rec.run_id)
+        nb = out.setdefault(key, NodeBudget(node_id=rec.node_id, run_id=rec.run_id, display_name=names.get(rec.node_id)))
         nb.per_block[rec.block_index] = {"epsilon": rec.epsilon, "delta": rec.delta, "round": rec.round, "accountant": rec.accountant,
                                          "sample_rate": rec.sample_rate, "steps": rec.steps}
-        nb.epsilon_total += rec.epsilon
-        nb.delta_total += rec.delta
+        if rec.id > newest_id.get(key, -1):
+            newest_id[key] = rec.id
+            nb.epsilon_total, nb.delta_total, nb.accountant, nb.round = rec.epsilon, rec.delta, rec.accountant, rec.round
     return out
 
 
@@ -79,7 +89,9 @@ def run_privacy(session: Session, run_id: int, num_blocks: int) -> dict:
     """JSON-ready privacy summary of a run."""
     return {
         "run_id": run_id,
-        "composition": "node totals are sums over blocks (basic composition): an upper bound",
+        "composition": ("node totals: each node's record-level epsilon composed with the run's accountant over all its "
+                        "releases in this run (all rounds and blocks); block epsilons: the largest such composed epsilon "
+                        "among the block version's cohort"),
         "blocks": [asdict(b) for b in block_budgets(session, run_id, num_blocks)],
         "nodes": [asdict(n) for n in node_budgets(session, run_id=run_id).values()],
     }

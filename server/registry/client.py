@@ -184,7 +184,8 @@ class RegistryClient:
         return self._all(f"/api/runs/{run_id}/rounds", {"block_index": block_index, "round": round}, limit)
 
     def run_privacy(self, run_id: int) -> dict:
-        """{"blocks": [per-block epsilon and history], "nodes": [per-node epsilon per block and totals]}."""
+        """{"blocks": [per-block epsilon and history], "nodes": [per node: "epsilon_total" composed over all its
+        releases in the run with "accountant", and the newest record per block]}."""
         return self._json("GET", f"/api/runs/{run_id}/privacy")
 
     # ---- block versions ---------------------------------------------------------------------------------------
@@ -263,13 +264,16 @@ class RegistryClient:
 
     def record_node_privacy(self, node_id: str, run_id: int, block_index: int, round: int, epsilon: float, delta: float,
                             accountant: str, *, sample_rate: float | None = None, steps: int | None = None) -> dict:
-        """Service: cumulative (epsilon, delta) this node's data has spent on this block up to `round`."""
+        """Service: the (epsilon, delta) this node's data has spent in the run up to `round`, composed with the
+        run's accountant over all its releases (all rounds and blocks); `block_index`: the block of its newest
+        release; `steps`: DP-SGD steps over all its releases."""
         body = {"run_id": run_id, "block_index": block_index, "round": round, "epsilon": epsilon, "delta": delta,
                 "accountant": accountant, "sample_rate": sample_rate, "steps": steps}
         return self._json("POST", f"/api/nodes/{node_id}/privacy", json=body)
 
     def node_privacy(self, node_id: str) -> dict:
-        """{"node_id", "runs": [{"run_id", "per_block", "epsilon_total", "delta_total"}]}."""
+        """{"node_id", "runs": [{"run_id", "epsilon_total", "delta_total", "accountant", "round", "per_block"}]}:
+        epsilon_total is composed over all the node's releases in that run."""
         return self._json("GET", f"/api/nodes/{node_id}/privacy")
 
     # ---- audits ---------------------------------------------------------------------------------------------------

@@ -137,26 +137,32 @@ def node_names(s) -> dict[str, str]:
 
 
 def run_charts(s, run: Run) -> dict:
-    """Data of the run page's charts: metrics and epsilon over rounds per block, epsilon per node."""
+    """Data of the run page's charts: metrics and epsilon over rounds per block, epsilon per node. Every epsilon is
+    composed per company over all its releases in the run, by the accountant named in `accountant`."""
     metrics: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     record_eps: dict[str, list] = {str(b): [] for b in range(run.num_blocks)}
     client_eps: dict[str, list] = {str(b): [] for b in range(run.num_blocks)}
+    accountants: set[str] = set()
     for v in s.execute(select(BlockVersion.block_index, BlockVersion.round, BlockVersion.metrics, BlockVersion.record_epsilon,
-                              BlockVersion.client_epsilon).where(BlockVersion.run_id == run.id)
+                              BlockVersion.client_epsilon, BlockVersion.accountant).where(BlockVersion.run_id == run.id)
                        .order_by(BlockVersion.block_index, BlockVersion.version)):
         b = str(v.block_index)
         for k, val in (v.metrics or {}).items():
             if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val):
                 metrics[k][b].append([v.round, val])
+        if v.accountant:
+            accountants.add(v.accountant)
         if v.record_epsilon is not None:
             record_eps[b].append([v.round, v.record_epsilon])
         if v.client_epsilon is not None:
             client_eps[b].append([v.round, v.client_epsilon])
     names = node_names(s)
-    nodes = [{"node": names.get(n.node_id) or n.node_id, "per_block": {str(b): d["epsilon"] for b, d in n.per_block.items()},
-              "total": n.epsilon_total} for n in node_budgets(s, run_id=run.id).values()]
+    nodes = [{"node": names.get(n.node_id) or n.node_id, "total": n.epsilon_total, "accountant": n.accountant, "round": n.round}
+             for n in node_budgets(s, run_id=run.id).values()]
+    accountants |= {n["accountant"] for n in nodes if n["accountant"]}
     return {"num_blocks": run.num_blocks, "metrics": {k: dict(per) for k, per in sorted(metrics.items())},
-            "record_epsilon": record_eps, "client_epsilon": client_eps, "target_epsilon": run.dp.get("target_epsilon"), "nodes": nodes}
+            "record_epsilon": record_eps, "client_epsilon": client_eps, "target_epsilon": run.dp.get("target_epsilon"), "nodes": nodes,
+            "accountant": ", ".join(sorted(accountants)) or run.dp.get("accountant")}
 
 
 def load_run(s, run_id: int, with_blocks: bool = True) -> Run:

@@ -31,11 +31,11 @@ function series(perBlock, numBlocks) {
 function dblocksRunCharts(runId) {
   const select = document.getElementById("metric-select");
   const metrics = lineChart(document.getElementById("chart-metrics"), "value");
-  const epsilon = lineChart(document.getElementById("chart-epsilon"), "ε (record level)");
+  const epsilon = lineChart(document.getElementById("chart-epsilon"), "ε record level, composed");
   const nodes = new Chart(document.getElementById("chart-nodes"), {
     type: "bar", data: { labels: [], datasets: [] },
     options: { animation: false, maintainAspectRatio: false, indexAxis: "y",
-               scales: { x: { stacked: true, title: { display: true, text: "ε spent" } }, y: { stacked: true } },
+               scales: { x: { title: { display: true, text: "ε record level, composed over the run" } } },
                plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } } },
   });
   let last = null;
@@ -58,14 +58,16 @@ function dblocksRunCharts(runId) {
       eps.push({ label: "target ε", data: [{ x: Math.min(...xs), y: d.target_epsilon }, { x: Math.max(...xs), y: d.target_epsilon }],
                  borderColor: "#d64545", borderDash: [6, 4], pointRadius: 0, borderWidth: 1.5 });
     }
+    const accountant = d.accountant ? ` (${d.accountant} accountant)` : "";
     epsilon.data.datasets = eps;
+    epsilon.options.scales.y.title.text = `ε record level, composed${accountant}`;
     epsilon.update("none");
     document.getElementById("epsilon-empty").hidden = eps.length > 0;
 
     nodes.data.labels = d.nodes.map((n) => n.node);
-    nodes.data.datasets = [...Array(d.num_blocks).keys()]
-      .filter((b) => d.nodes.some((n) => n.per_block[String(b)] != null))
-      .map((b) => ({ label: `block ${b}`, data: d.nodes.map((n) => n.per_block[String(b)] ?? 0), backgroundColor: color(b) }));
+    nodes.data.datasets = [{ label: `ε composed over all rounds and blocks${accountant}`, data: d.nodes.map((n) => n.total),
+                             backgroundColor: color(0) }];
+    nodes.options.scales.x.title.text = `ε record level, composed over the run${accountant}`;
     nodes.update("none");
     document.getElementById("nodes-empty").hidden = d.nodes.length > 0;
   }
