@@ -74,3 +74,19 @@ def test_key_files_node_key_is_not_written_through_a_dangling_link(tmp_path):
     assert not target.exists()
     priv, pub = create_node_key(tmp_path / "company" / "real.key")
     assert mode(priv) == 0o600 and pub.read_text().startswith("ecdsa-sha2-nistp384 ")
+
+
+def test_key_files_new_ca_replaces_an_orphaned_ca_key(tmp_path):
+    """#14 low: on main, with `ca.pem` gone but a 0644 `ca.key` left over, `create_server_tls` made a new CA yet kept
+    the old key file (mode 0644, and not the key of the new ca.pem). Now the new CA's key replaces it, 0600."""
+    from cryptography import x509
+
+    tls_dir = tmp_path / "tls"
+    tls = create_server_tls(tls_dir, ["localhost"])
+    tls.ca.unlink()
+    (tls_dir / "ca.key").chmod(0o644)
+    tls = create_server_tls(tls_dir, ["localhost"])
+    ca_key = serialization.load_pem_private_key((tls_dir / "ca.key").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(tls.ca.read_bytes())
+    assert ca_key.public_key().public_numbers() == ca_cert.public_key().public_numbers()
+    assert mode(tls_dir / "ca.key") == 0o600
