@@ -19,13 +19,14 @@ from .client import Contribution, SecAggClient
 from .driver import Exchange, LocalNetwork, RoundResult, plan_round, run_round
 from .errors import AggregateOverflow, ProtocolRefusal, SecAggError, ThresholdError
 from .graph import GraphParams, Policy, choose_params
+from .directory import Directory, DirectoryView
 from .keys import Cert, Identity, TrustStore
 from .plan import Plan
 from .quant import Extra, QuantSpec, clip_l2
 from .server import Aggregate, Layout, SecAggServer
 
 __all__ = [
-    "Aggregate", "AggregateOverflow", "Cert", "Contribution", "Exchange", "Extra", "GraphParams", "Identity",
+    "Aggregate", "AggregateOverflow", "Cert", "Contribution", "Directory", "DirectoryView", "Exchange", "Extra", "GraphParams", "Identity",
     "Layout", "LocalNetwork", "Plan", "Policy", "ProtocolRefusal", "QuantSpec", "RoundResult", "SecAggClient",
     "SecAggError", "SecAggServer", "ThresholdError", "TrustStore", "choose_params", "clip_l2", "plan_round",
     "run_round",

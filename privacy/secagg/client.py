@@ -2,17 +2,23 @@
 
 Per instance a client goes announced -> uploaded [-> confirmed] -> unmasked, and every step is allowed once:
 - announce (in a `join` reply, or piggy-backed on the previous round's `upload` reply): a fresh masking key pair
-  (e_u, E_u) and self-mask seed b_u for that instance only; E_u and a commitment to b_u are signed; Shamir
-  shares of e_u and b_u go to each neighbour, encrypted under the pairwise channel key.
+  (e_u, E_u), seal key pair (k_u, K_u) and self-mask seed b_u for that instance only; E_u, K_u and a commitment
+  to b_u are signed; Shamir shares of e_u and b_u go to each neighbour v, sealed under X25519(k_u, P_v) with v's
+  prekey for the round; k_u is erased at once. The reply also certifies this client's prekeys for the next
+  rounds (`PREKEY_LOOKAHEAD`).
 - upload: y_u = encode(x_u) + PRG(b_u) + sum_v sign(u,v) PRG(s_uv) mod 2^bits over the neighbours v that
-  announced; then e_u and b_u are erased (the client can never mask twice with them).
+  announced; then e_u, b_u and this round's prekey are erased (the client can never mask twice with them, and
+  the shares it received can no longer be opened from what it keeps).
 - confirm (consistency mode only): sign the server's claimed (A, S) once.
 - unmask: for each announced neighbour v reveal exactly one share: of b_v if v is in S, of e_v otherwise, after
   checking that S is plausible (the client is in S, S within A, A equal to what it masked with, enough
   survivors, in consistency mode enough valid signatures on the same view). A second unmask request for the same
   instance gets the cached answer if identical and a refusal otherwise: no peer ever gets both shares revealed.
 
-Everything a client refuses raises `ProtocolRefusal` and leaves its state unchanged.
+Trust: a peer's identity key comes from the signed directory (`directory.py`) the server relays; with a
+`DirectoryView` every request's directory is verified and pinned, and a client with `require_consistency` refuses
+any plan without the consistency check. Everything a client refuses raises `ProtocolRefusal` and leaves its state
+unchanged.
 """
 
 from __future__ import annotations
@@ -30,13 +36,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from . import shamir
 from .errors import ProtocolRefusal
 from .graph import Policy
-from .keys import (Announcement, Cert, Identity, TrustStore, channel_key, new_x25519, open_sealed, pair_seed,
-                   pair_sign, seal, self_seed_commitment, share_ad, verify_signature, view_statement, x25519_public)
+from .directory import DirectoryView
+from .keys import (Announcement, Cert, Identity, TrustStore, new_x25519, open_sealed, pair_seed, pair_sign, seal,
+                   seal_key, self_seed_commitment, share_ad, verify_signature, view_statement, x25519_public)
 from .messages import Message, check_header, field, get, header
 from .plan import Plan
 from .prg import MaskExpander
 
 SHARE_WORDS = 2 * shamir.WORDS_PER_SECRET  # words 0..15: masking key e, 16..31: self seed b
+PREKEY_LOOKAHEAD = 2  # a reply about round r certifies prekeys up to round r + 2 (one missed reply is harmless)
 
 
 @dataclass
@@ -77,10 +85,12 @@ def _request_digest(msg: Mapping) -> bytes:
 
 
 class SecAggClient:
-    """One client. `identity` holds its long-term keys; `trust` the pinned identities of its peers."""
+    """One client. `identity` holds its long-term signing key; `trust` the pinned identities of its peers;
+    `directory` (if given) the directory key it verifies the relayed directory with."""
 
     def __init__(self, client_id: str, identity: Identity | None = None, *, policy: Policy = Policy(),
-                 trust: TrustStore | None = None):
+                 trust: TrustStore | None = None, directory: DirectoryView | None = None,
+                 require_consistency: bool = False):
         self.identity = identity or Identity(client_id)
         if self.identity.client_id != client_id:
             raise ValueError(f"identity is for {self.identity.client_id}, not {client_id}")
@@ -88,10 +98,12 @@ class SecAggClient:
         self.policy = policy
         self.trust = trust or TrustStore()
         self.trust.pinned.setdefault(client_id, self.identity.public)
+        self.directory = directory
+        self.require_consistency = require_consistency
         self.session: bytes | None = None
         self.instances: dict[str, _Instance] = {}
+        self.prekeys: dict[int, bytes] = {}  # protocol round -> X25519 private prekey (erased after use)
         self.last_round = -1  # the last round this client uploaded in (replay protection)
-        self._channel_keys: dict[tuple[str, bytes, int], bytes] = {}  # derived pairwise channel keys (cache)
 
     # dispatch --------------------------------------------------------------------------------------------
     def handle(self, msg: Message, contribute: Callable[[Plan], Contribution] | Mapping[str, Contribution]
@@ -111,28 +123,52 @@ class SecAggClient:
             return self.unmask(msg)
         raise ProtocolRefusal(f"unknown stage {stage!r}")
 
+    # trust -----------------------------------------------------------------------------------------------
+    def _accept_directory(self, msg: Message) -> None:
+        """With a directory key: the request must carry a directory signed by it; its entries become the pinned
+        identities (no trust on first use). Without one, `trust` is used as configured."""
+        if self.directory is None:
+            return
+        if "directory" not in msg:
+            if self.directory.current is None:
+                raise ProtocolRefusal("the server sent no SecAgg directory: peers cannot be verified")
+            return
+        current = self.directory.accept(get(msg, "directory", bytes), self.client_id, self.identity.public)
+        self.trust.pinned, self.trust.tofu = dict(current), False
+
+    def _certify_prekeys(self, first: int, reply: Message) -> None:
+        """Certify this client's prekeys for rounds first .. first + PREKEY_LOOKAHEAD (made once per round)."""
+        certs = []
+        for r in range(first, first + PREKEY_LOOKAHEAD + 1):
+            if r not in self.prekeys:
+                self.prekeys[r] = new_x25519()
+            certs.append(self.identity.cert(r, x25519_public(self.prekeys[r])).to_bytes())
+        reply["certs"] = certs
+
+    def _erase_prekeys(self, through: int) -> None:
+        for r in [r for r in self.prekeys if r <= through]:
+            del self.prekeys[r]
+
     # register --------------------------------------------------------------------------------------------
     def register(self, msg: Message) -> Message:
-        """Join a session: answer with the certified channel key. A new session (a restarted server) drops old
-        instance state but keeps `last_round`: its rounds must continue past the last round this client uploaded
-        in, so a restart can never make the client mask the same round's input twice."""
+        """Join a session: answer with certified prekeys. A new session (a restarted server) drops old instance
+        state but keeps `last_round`: its rounds must continue past the last round this client uploaded in, so a
+        restart can never make the client mask the same round's input twice."""
         round_ = check_header(msg, "register", None)
         session = get(msg, "session", bytes)
+        self._accept_directory(msg)
         if session != self.session:
             self.session, self.instances = session, {}
         reply = header("register", session, round_)
-        reply["cert"] = self.identity.cert().to_bytes()
+        self._certify_prekeys(round_, reply)
         return reply
-
-    def rotate_channel_key(self) -> Cert:
-        """New long-term channel key (epoch + 1). Takes effect for instances announced after the next register."""
-        return self.identity.rotate_channel_key()
 
     # announce --------------------------------------------------------------------------------------------
     def join(self, msg: Message) -> Message:
         """Announce keys for instances this client has no material for (first round, or after a dropout)."""
         round_ = check_header(msg, "join", self._session())
         reply = header("join", self._session(), round_)
+        self._accept_directory(msg)
         instances = get(msg, "instances", list)
         staged = {}
         for key in instances:
@@ -144,6 +180,7 @@ class SecAggClient:
             self._abandon_older(inst.plan.round)
         self.instances.update(staged)
         reply["instances"] = list(instances)
+        self._certify_prekeys(max([inst.plan.round for inst in staged.values()], default=round_) + 1, reply)
         return reply
 
     def _abandon_older(self, round_: int) -> None:
@@ -152,12 +189,16 @@ class SecAggClient:
         for inst in self.instances.values():
             if inst.plan.round < round_ and inst.status == "announced":
                 inst.status, inst.mask_private, inst.self_seed, inst.held = "abandoned", None, None, {}
+        self._erase_prekeys(round_ - 1)
 
     def _accept_plan(self, msg: Message, key: str) -> Plan:
         plan = Plan.from_bytes(get(msg, field(key, "plan"), bytes))
         if plan.key != key:
             raise ProtocolRefusal(f"plan for {plan.key} sent as {key}")
         plan.check(self.policy, self._session(), self.client_id)
+        if self.require_consistency and not plan.consistency:
+            raise ProtocolRefusal(f"plan {key} has no consistency check and this company requires it "
+                                  f"(--require-consistency): nothing was announced")
         if plan.round <= self.last_round:
             raise ProtocolRefusal(f"plan {key} is for round {plan.round} <= last uploaded round {self.last_round} "
                                   f"(replay)")
@@ -168,29 +209,31 @@ class SecAggClient:
 
     def _announce(self, msg: Message, plan: Plan, reply: Message) -> _Instance:
         key = plan.key
-        mask_private, self_seed = new_x25519(), os.urandom(32)
-        ann = Announcement(self.client_id, plan.digest, x25519_public(mask_private),
-                           self_seed_commitment(plan.digest, self.client_id, self_seed))
-        ann = Announcement(ann.client_id, ann.plan_digest, ann.mask_public, ann.seed_commitment,
-                           self.identity.sign(ann.signed_bytes()))
         peers = plan.neighbours(self.client_id)
         certs = {}
-        for v in peers:  # a neighbour the server has no cert for cannot take part: it gets no share
-            blob = msg.get(field(key, "cert", v))
-            if blob is not None:
+        for v in peers:  # a neighbour the server has no prekey for cannot take part: it gets no share
+            if field(key, "cert", v) in msg:
                 cert = self.trust.accept_cert(Cert.from_bytes(get(msg, field(key, "cert", v), bytes)))
-                if cert.client_id != v:
-                    raise ProtocolRefusal(f"cert of {cert.client_id} sent as {v}")
+                if cert.client_id != v or cert.round != plan.round:
+                    raise ProtocolRefusal(f"prekey of {cert.client_id} for round {cert.round} sent as {v}'s for "
+                                          f"round {plan.round}")
                 certs[v] = cert
         if len(certs) < plan.threshold:
             raise ProtocolRefusal(f"only {len(certs)} neighbours with keys in {key}; threshold is {plan.threshold}")
+        mask_private, self_seed, seal_private = new_x25519(), os.urandom(32), X25519PrivateKey.generate()
+        ann = Announcement(self.client_id, plan.digest, x25519_public(mask_private),
+                           self_seed_commitment(plan.digest, self.client_id, self_seed),
+                           seal_private.public_key().public_bytes_raw())
+        ann = Announcement(ann.client_id, ann.plan_digest, ann.mask_public, ann.seed_commitment, ann.seal_public,
+                           self.identity.sign(ann.signed_bytes()))
         secrets = np.concatenate([shamir.secret_to_elements(mask_private), shamir.secret_to_elements(self_seed)])
         receivers = sorted(certs)
         shares = shamir.split(secrets, [plan.x(v) for v in receivers], plan.threshold)
         for v, share in zip(receivers, shares):
-            ck = self._channel_key(certs[v])
-            reply[field(key, "share", v)] = seal(ck, share.astype("<u4").tobytes(),
+            k = seal_key(seal_private, certs[v].channel_public, plan.digest, self.client_id, v)
+            reply[field(key, "share", v)] = seal(k, share.astype("<u4").tobytes(),
                                                  share_ad(plan.digest, self.client_id, v))
+        del seal_private  # single use: nothing this client keeps can open the shares it sent
         reply[field(key, "ann")] = ann.to_bytes()
         return _Instance(plan, "announced", mask_private, self_seed)
 
@@ -200,6 +243,7 @@ class SecAggClient:
         """Mask this round's contributions; announce keys for the next round's instances in the same reply."""
         round_ = check_header(msg, "upload", self._session())
         reply = header("upload", self._session(), round_)
+        self._accept_directory(msg)
         instances = get(msg, "instances", list)
         work = []
         for key in instances:
@@ -236,9 +280,11 @@ class SecAggClient:
             inst.status, inst.announced, inst.held = "uploaded", announced, held
             inst.mask_private = inst.self_seed = None  # single use: erased once the masked input exists
             self.last_round = max(self.last_round, round_)
+        self._erase_prekeys(round_)  # the shares of this round are open: nothing can open them again
         self.instances.update(staged)
         reply["instances"] = [inst.plan.key for inst, _ in work]
         reply["next"] = list(next_keys)
+        self._certify_prekeys(round_ + 1, reply)
         self._prune(round_)
         return reply
 
@@ -251,28 +297,22 @@ class SecAggClient:
         if len(peers) < plan.threshold:
             raise ProtocolRefusal(f"only {len(peers)} neighbours announced in {key}; threshold {plan.threshold}: "
                                   f"too few to protect this client's input")
+        prekey = self.prekeys.get(plan.round)
+        if prekey is None:
+            raise ProtocolRefusal(f"no prekey of this client for round {plan.round} (erased or never certified): "
+                                  f"the shares of {key} cannot be opened")
         mask_publics, held = {}, {}
         for v in peers:
-            cert = self.trust.accept_cert(Cert.from_bytes(get(msg, field(key, "cert", v), bytes)))
-            if cert.client_id != v:
-                raise ProtocolRefusal(f"cert of {cert.client_id} sent as {v}")
             ann = Announcement.from_bytes(get(msg, field(key, "ann", v), bytes))
             ann.verify(self.trust.identity(v), v, plan.digest)
-            ck = self._channel_key(cert)
-            plain = open_sealed(ck, get(msg, field(key, "share", v), bytes), share_ad(plan.digest, v, self.client_id),
+            k = seal_key(prekey, ann.seal_public, plan.digest, v, self.client_id)
+            plain = open_sealed(k, get(msg, field(key, "share", v), bytes), share_ad(plan.digest, v, self.client_id),
                                 f"share from {v} in {key}")
             words = np.frombuffer(plain, dtype="<u4").astype(np.int64)
             if words.shape != (SHARE_WORDS,) or words.max() >= shamir.PRIME:
                 raise ProtocolRefusal(f"malformed share from {v} in {key}")
             mask_publics[v], held[v] = ann.mask_public, words
         return announced, mask_publics, held
-
-    def _channel_key(self, cert: Cert) -> bytes:
-        index = (cert.client_id, cert.channel_public, self.identity.epoch)
-        if index not in self._channel_keys:
-            self._channel_keys[index] = channel_key(self.identity.channel_private, cert.channel_public,
-                                                    self.client_id, cert.client_id)
-        return self._channel_keys[index]
 
     def _mask(self, inst: _Instance, acc: np.ndarray, peer_keys: dict[str, bytes]) -> np.ndarray:
         """y = acc + PRG(b_u) + sum_v sign(u, v) PRG(s_uv) mod 2^bits (acc: the encoded contribution)."""
@@ -290,6 +330,7 @@ class SecAggClient:
     def confirm(self, msg: Message) -> Message:
         round_ = check_header(msg, "confirm", self._session())
         reply = header("confirm", self._session(), round_)
+        self._accept_directory(msg)
         signed = {}
         for key in get(msg, "instances", list):
             inst = self._uploaded(key)
@@ -333,6 +374,7 @@ class SecAggClient:
     def unmask(self, msg: Message) -> Message:
         round_ = check_header(msg, "unmask", self._session())
         reply = header("unmask", self._session(), round_)
+        self._accept_directory(msg)
         staged = {}
         for key in get(msg, "instances", list):
             inst = self._uploaded(key)
@@ -370,9 +412,6 @@ class SecAggClient:
         for signer, sig in zip(signers, signatures):
             if signer not in survivors:
                 raise ProtocolRefusal(f"{signer} confirmed {key} but is not a survivor")
-            blob = msg.get(field(key, "cert", signer))
-            if blob is not None:
-                self.trust.accept_cert(Cert.from_bytes(get(msg, field(key, "cert", signer), bytes)))
             verify_signature(self.trust.identity(signer), bytes(sig), statement, f"confirmation by {signer}")
             valid += 1
         if valid < inst.plan.confirm_threshold:
@@ -414,9 +453,12 @@ class SecAggClient:
                 "held": {v: w.tolist() for v, w in inst.held.items()}, "confirmed_view": enc(inst.confirmed_view),
                 "unmask_digest": enc(inst.unmask_digest),
                 "unmask_reply": None if inst.unmask_reply is None else _encode_message(inst.unmask_reply)}
-        return json.dumps({"v": 1, "client_id": self.client_id, "identity": self.identity.to_dict(),
+        return json.dumps({"v": 2, "client_id": self.client_id, "identity": self.identity.to_dict(),
                            "policy": vars(self.policy), "trust": self.trust.to_dict(), "session": enc(self.session),
-                           "instances": insts, "last_round": self.last_round}).encode()
+                           "instances": insts, "last_round": self.last_round,
+                           "prekeys": {str(r): k.hex() for r, k in self.prekeys.items()},
+                           "directory": None if self.directory is None else self.directory.to_dict(),
+                           "require_consistency": self.require_consistency}).encode()
 
     @staticmethod
     def from_state(data: bytes) -> "SecAggClient":
@@ -425,8 +467,13 @@ class SecAggClient:
         def dec(s: str | None):
             return None if s is None else base64.b64decode(s)
 
+        if d.get("v") != 2:
+            raise ProtocolRefusal("client state of an older protocol version: start a new run")
         client = SecAggClient(d["client_id"], Identity.from_dict(d["identity"]), policy=Policy(**d["policy"]),
-                              trust=TrustStore.from_dict(d["trust"]))
+                              trust=TrustStore.from_dict(d["trust"]),
+                              directory=None if d["directory"] is None else DirectoryView.from_dict(d["directory"]),
+                              require_consistency=bool(d["require_consistency"]))
+        client.prekeys = {int(r): bytes.fromhex(k) for r, k in d["prekeys"].items()}
         client.session = dec(d["session"])
         client.last_round = int(d["last_round"])
         for key, s in d["instances"].items():

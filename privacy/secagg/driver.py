@@ -4,7 +4,8 @@ A transport is a function `exchange(stage, {client_id: request}) -> {client_id: 
 client, sent in parallel; a client missing from the replies dropped out of that stage. One call = one exchange
 with each addressed client. A steady-state round (every member announced its keys in the previous round) is
 exactly two calls, `upload` then `unmask` (three with the consistency check: `upload`, `confirm`, `unmask`);
-the first round of a client adds `register` (once per session) and `join`.
+the first round of a client adds `register` (once per session) and `join`. A client's replies certify its
+prekeys a few rounds ahead; one that has none for a planned round (it sat rounds out) is registered again.
 """
 
 from __future__ import annotations
@@ -31,15 +32,16 @@ class RoundResult:
 
 def plan_round(server: SecAggServer, round_: int, cohorts: Mapping[str, Sequence[str]],
                layouts: Mapping[str, Layout], exchange: Exchange) -> dict[str, Plan]:
-    """Register clients the server has no cert for (one exchange, only if there are any), then fix the plans of
-    round `round_`. Plan round r+1 before running round r so that round r's uploads announce its keys."""
+    """Register clients the server has no prekey of for round `round_` (one exchange, only if there are any),
+    then fix the plans of round `round_`. Plan round r+1 before running round r so that round r's uploads
+    announce its keys."""
     members = sorted({c for cohort in cohorts.values() for c in cohort})
-    new = [c for c in members if not server.registered(c)]
+    new = [c for c in members if not server.registered(c, round_)]
     if new:
         server.receive_register(exchange("register", server.register_requests(new, round_)))
     plans = {}
     for block, cohort in cohorts.items():
-        present = [c for c in cohort if server.registered(c)]
+        present = [c for c in cohort if server.registered(c, round_)]
         if len(present) < 3:
             raise ThresholdError(f"round {round_} block {block}: only {len(present)} of {len(cohort)} members are "
                                  f"registered (at least 3 needed); registration problems: {server.events[-5:]}")

@@ -1,19 +1,27 @@
 """Keys, certificates, signatures and the derivations of the protocol.
 
-Long-term, per client (never secret-shared, never revealed):
-- identity key: Ed25519. Its public key is the client's identity; it is pinned by every party (given by a
-  directory such as the registry, or trust-on-first-use) and signs everything a client says about itself.
-- channel key: X25519, certified by the identity key with an epoch number (`Cert`). The pairwise channel key
-  K_uv = HKDF-SHA256(X25519(c_u, C_v), info = tag || id_low || id_high) encrypts the Shamir shares one client
-  sends another through the server (ChaCha20-Poly1305, random 96-bit nonce, associated data binding the plan
-  digest, sender and receiver). Rotating it = a new Cert with a larger epoch.
+Long-term, per client (never secret-shared, never revealed, never used to encrypt):
+- identity key: Ed25519, persistent (a 0600 file beside the node key). Its public key is the client's identity;
+  it is enrolled with the operator's registry and pinned by every party from a signed directory (see
+  `directory.py`), and it signs everything a client says about itself. It only signs: compromising it later
+  opens nothing that was sent before.
+
+Short-lived, per client and round (forward secrecy, as the per-round keys of Bell et al.):
+- prekey: an X25519 pair (p_v, P_v) for one protocol round r, certified by the identity key (`Cert`, bound to
+  r). Shares for v's instances of round r are sealed to P_v; v erases p_v once it has opened them (at its
+  upload of round r), or when it moves past round r.
 
 Single-use, per protocol instance (one (session, round, block) cohort):
+- seal key: an ephemeral X25519 pair (k_u, K_u); K_u is in u's signed announcement. The share u sends v is
+  sealed under K_uv = HKDF-SHA256(X25519(k_u, P_v), salt = plan digest, info = tag || u || v) with
+  ChaCha20-Poly1305 (random 96-bit nonce, associated data binding the plan digest, sender and receiver).
+  k_u is erased as soon as the shares are sealed, so after round r neither k_u nor p_v exists anywhere and the
+  recorded sealed shares of round r cannot be opened, even with both parties' identity keys.
 - masking key: an ephemeral X25519 pair (e_u, E_u); E_u is announced, signed, one instance ahead. The pairwise
   mask seed is s_uv = HKDF-SHA256(X25519(e_u, E_v), salt = plan digest, info = tag || id_low || id_high).
 - self-mask seed b_u: 32 random bytes, committed by SHA-256(tag || plan digest || id || b_u) in the announcement.
 Shares of e_u and b_u go to u's neighbours; when u drops, e_u is rebuilt, which exposes u's masks of that one
-instance only (see docs/secure-aggregation.md for why the long-term key must never be the one that is shared).
+instance only (see docs/secure-aggregation.md for why a long-term key must never be the one that is shared).
 """
 
 from __future__ import annotations
@@ -78,37 +86,50 @@ def new_x25519() -> bytes:
 def verify_signature(identity_public: bytes, signature: bytes, message: bytes, what: str) -> None:
     try:
         Ed25519PublicKey.from_public_bytes(identity_public).verify(signature, message)
-    except (InvalidSignature, ValueError) as err:
+    except (InvalidSignature, ValueError, TypeError) as err:
         raise ProtocolRefusal(f"bad signature on {what}") from err
 
 
 @dataclass(frozen=True)
 class Cert:
-    """A client's channel public key, signed by its identity key, with an epoch that rotation increases."""
+    """A client's prekey for one protocol round (X25519 public), signed by its identity key."""
 
     client_id: str
     identity_public: bytes
     channel_public: bytes
-    epoch: int
+    round: int
     signature: bytes
 
     def signed_bytes(self) -> bytes:
-        return encode_fields(b"dblocks-secagg/cert/v1", self.client_id, self.identity_public,
-                             self.channel_public, self.epoch)
+        return encode_fields(b"dblocks-secagg/prekey/v2", self.client_id, self.identity_public,
+                             self.channel_public, self.round)
 
     def to_bytes(self) -> bytes:
-        return encode_fields(self.client_id, self.identity_public, self.channel_public, self.epoch, self.signature)
+        return encode_fields(self.client_id, self.identity_public, self.channel_public, self.round, self.signature)
 
     @staticmethod
     def from_bytes(data: bytes) -> "Cert":
         parts = decode_fields(data, 5)
-        return Cert(parts[0].decode(), parts[1], parts[2], int.from_bytes(parts[3], "big", signed=True), parts[4])
+        cert = Cert(decode_id(parts[0]), parts[1], parts[2], int.from_bytes(parts[3], "big", signed=True), parts[4])
+        if len(cert.identity_public) != 32 or len(cert.channel_public) != 32 or len(parts[3]) != 8:
+            raise ProtocolRefusal(f"malformed cert of {cert.client_id}")
+        return cert
 
     def verify(self) -> None:
         verify_signature(self.identity_public, self.signature, self.signed_bytes(), f"cert of {self.client_id}")
 
 
+def decode_id(raw: bytes) -> str:
+    """A client id from the wire: UTF-8 and matching ID_PATTERN, else ProtocolRefusal (never another error)."""
+    try:
+        return check_id(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ProtocolRefusal(f"malformed client id {raw[:40]!r}") from err
+
+
 def decode_fields(data: bytes, count: int) -> list[bytes]:
+    if not isinstance(data, (bytes, bytearray)):
+        raise ProtocolRefusal(f"expected encoded bytes, got {type(data).__name__}")
     parts, pos = [], 0
     try:
         for _ in range(count):
@@ -125,13 +146,11 @@ def decode_fields(data: bytes, count: int) -> list[bytes]:
 
 
 class Identity:
-    """A client's long-term keys: Ed25519 identity and a certified X25519 channel key."""
+    """A client's long-term Ed25519 identity key (it only signs; see the module docstring)."""
 
-    def __init__(self, client_id: str, signing: bytes | None = None, channel: bytes | None = None, epoch: int = 0):
+    def __init__(self, client_id: str, signing: bytes | None = None):
         self.client_id = check_id(client_id)
         self._signing = Ed25519PrivateKey.from_private_bytes(signing) if signing else Ed25519PrivateKey.generate()
-        self.channel_private = channel or new_x25519()
-        self.epoch = epoch
 
     @property
     def public(self) -> bytes:
@@ -140,63 +159,68 @@ class Identity:
     def sign(self, message: bytes) -> bytes:
         return self._signing.sign(message)
 
-    def cert(self) -> Cert:
-        unsigned = Cert(self.client_id, self.public, x25519_public(self.channel_private), self.epoch, b"")
-        return Cert(unsigned.client_id, unsigned.identity_public, unsigned.channel_public, unsigned.epoch,
+    def cert(self, round_: int, channel_public: bytes) -> Cert:
+        """Certify `channel_public` as this client's prekey for protocol round `round_`."""
+        unsigned = Cert(self.client_id, self.public, channel_public, int(round_), b"")
+        return Cert(unsigned.client_id, unsigned.identity_public, unsigned.channel_public, unsigned.round,
                     self.sign(unsigned.signed_bytes()))
 
-    def rotate_channel_key(self) -> Cert:
-        """A fresh channel key with epoch + 1; peers accept it (same identity, larger epoch)."""
-        self.channel_private = new_x25519()
-        self.epoch += 1
-        return self.cert()
+    def signing_bytes(self) -> bytes:
+        return self._signing.private_bytes_raw()
 
     def to_dict(self) -> dict:
-        return {"client_id": self.client_id, "signing": self._signing.private_bytes_raw().hex(),
-                "channel": self.channel_private.hex(), "epoch": self.epoch}
+        return {"client_id": self.client_id, "signing": self.signing_bytes().hex()}
 
     @staticmethod
     def from_dict(d: dict) -> "Identity":
-        return Identity(d["client_id"], bytes.fromhex(d["signing"]), bytes.fromhex(d["channel"]), int(d["epoch"]))
+        return Identity(d["client_id"], bytes.fromhex(d["signing"]))
 
 
 @dataclass
 class TrustStore:
-    """Pinned identity keys. `pinned` comes from a directory (registry enrolment) and is authoritative; with
-    `tofu=True` an unknown id is pinned at first sight (then a server that substitutes keys at first contact
-    is not detected: see the threat model). Also keeps the newest valid cert per client (epoch never goes back)."""
+    """Pinned identity keys and the prekey certs seen, per (client, round).
+
+    `pinned` comes from the signed directory (registry enrolment) and is authoritative. `tofu=True` pins an
+    unknown id at first sight; that is for in-process tests only: a server that substitutes keys at first
+    contact is then not detected (see the threat model). Two different prekeys of one client for one round are
+    refused (equivocation)."""
 
     pinned: dict[str, bytes] = field(default_factory=dict)
-    tofu: bool = True
-    certs: dict[str, Cert] = field(default_factory=dict)
+    tofu: bool = False
+    certs: dict[tuple[str, int], Cert] = field(default_factory=dict)
 
     def accept_cert(self, cert: Cert) -> Cert:
-        """Verify and remember `cert`; returns the newest cert of that client. Raises ProtocolRefusal."""
+        """Verify and remember `cert`. Raises ProtocolRefusal."""
         check_id(cert.client_id)
-        known = self.certs.get(cert.client_id)
+        index = (cert.client_id, cert.round)
+        known = self.certs.get(index)
         if known is not None and cert == known:
             return known  # already verified
         pinned = self.pinned.get(cert.client_id)
         if pinned is None:
             if not self.tofu:
                 raise ProtocolRefusal(f"{cert.client_id} is not in the directory of pinned identities")
-            self.pinned[cert.client_id] = cert.identity_public
         elif pinned != cert.identity_public:
             raise ProtocolRefusal(f"identity key of {cert.client_id} differs from the pinned one")
         cert.verify()
-        if known is not None and cert.epoch < known.epoch:
-            raise ProtocolRefusal(f"cert of {cert.client_id} has epoch {cert.epoch} < known {known.epoch} (replay)")
-        if known is None or cert.epoch > known.epoch:
-            self.certs[cert.client_id] = cert
-        elif cert.channel_public != known.channel_public:
-            raise ProtocolRefusal(f"two different channel keys of {cert.client_id} with epoch {cert.epoch}")
-        return self.certs[cert.client_id]
+        if known is not None:
+            raise ProtocolRefusal(f"two different prekeys of {cert.client_id} for round {cert.round}")
+        self.pinned.setdefault(cert.client_id, cert.identity_public)
+        self.certs[index] = cert
+        return cert
 
-    def cert(self, client_id: str) -> Cert:
+    def has_cert(self, client_id: str, round_: int) -> bool:
+        return (client_id, round_) in self.certs
+
+    def cert(self, client_id: str, round_: int) -> Cert:
         try:
-            return self.certs[client_id]
+            return self.certs[(client_id, round_)]
         except KeyError:
-            raise ProtocolRefusal(f"no certified channel key for {client_id}") from None
+            raise ProtocolRefusal(f"no prekey of {client_id} for round {round_}") from None
+
+    def forget_before(self, round_: int) -> None:
+        for index in [i for i in self.certs if i[1] < round_]:
+            del self.certs[index]
 
     def identity(self, client_id: str) -> bytes:
         try:
@@ -206,22 +230,24 @@ class TrustStore:
 
     def to_dict(self) -> dict:
         return {"pinned": {k: v.hex() for k, v in self.pinned.items()}, "tofu": self.tofu,
-                "certs": {k: c.to_bytes().hex() for k, c in self.certs.items()}}
+                "certs": [c.to_bytes().hex() for c in self.certs.values()]}
 
     @staticmethod
     def from_dict(d: dict) -> "TrustStore":
+        certs = [Cert.from_bytes(bytes.fromhex(v)) for v in d["certs"]]
         return TrustStore({k: bytes.fromhex(v) for k, v in d["pinned"].items()}, bool(d["tofu"]),
-                          {k: Cert.from_bytes(bytes.fromhex(v)) for k, v in d["certs"].items()})
+                          {(c.client_id, c.round): c for c in certs})
 
 
 def _ordered(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
-def channel_key(my_channel_private: bytes | X25519PrivateKey, peer_channel_public: bytes, me: str, peer: str) -> bytes:
-    low, high = _ordered(me, peer)
-    return hkdf(x25519(my_channel_private, peer_channel_public), b"",
-                encode_fields(b"dblocks-secagg/channel/v1", low, high))
+def seal_key(my_private: bytes | X25519PrivateKey, peer_public: bytes, plan_digest: bytes, sender: str,
+             receiver: str) -> bytes:
+    """K_uv for the share `sender` seals to `receiver`: one side holds the sender's per-instance seal key, the other
+    the receiver's prekey for the plan's round (directional: K_uv != K_vu)."""
+    return hkdf(x25519(my_private, peer_public), plan_digest, encode_fields(b"dblocks-secagg/seal/v2", sender, receiver))
 
 
 def share_ad(plan_digest: bytes, sender: str, receiver: str) -> bytes:
@@ -258,26 +284,28 @@ def self_seed_commitment(plan_digest: bytes, client_id: str, seed: bytes) -> byt
 
 @dataclass(frozen=True)
 class Announcement:
-    """What a client publishes for one instance: its masking public key and self-seed commitment, signed."""
+    """What a client publishes for one instance: its masking and seal public keys and its self-seed commitment,
+    signed by its identity key."""
 
     client_id: str
     plan_digest: bytes
     mask_public: bytes
     seed_commitment: bytes
+    seal_public: bytes
     signature: bytes = b""
 
     def signed_bytes(self) -> bytes:
-        return encode_fields(b"dblocks-secagg/announce/v1", self.client_id, self.plan_digest, self.mask_public,
-                             self.seed_commitment)
+        return encode_fields(b"dblocks-secagg/announce/v2", self.client_id, self.plan_digest, self.mask_public,
+                             self.seed_commitment, self.seal_public)
 
     def to_bytes(self) -> bytes:
         return encode_fields(self.client_id, self.plan_digest, self.mask_public, self.seed_commitment,
-                             self.signature)
+                             self.seal_public, self.signature)
 
     @staticmethod
     def from_bytes(data: bytes) -> "Announcement":
-        p = decode_fields(data, 5)
-        return Announcement(p[0].decode(), p[1], p[2], p[3], p[4])
+        p = decode_fields(data, 6)
+        return Announcement(decode_id(p[0]), p[1], p[2], p[3], p[4], p[5])
 
     def verify(self, identity_public: bytes, client_id: str, plan_digest: bytes) -> None:
         if self.client_id != client_id or self.plan_digest != plan_digest:

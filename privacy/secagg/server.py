@@ -5,9 +5,10 @@ member it asks for exactly one kind of share (self-seed shares for members whose
 key shares for members that announced but did not upload). Every method builds or consumes plain messages;
 `driver.run_round` strings them together over any transport.
 
-A client that does not answer a stage (timeout, crash, refusal) is a dropout of that stage. An instance keeps
-going while every member still has enough responding neighbours; otherwise it fails with a ThresholdError
-message in `failures` and the other instances of the round are unaffected.
+A client that does not answer a stage (timeout, crash, refusal) is a dropout of that stage, and so is one whose
+reply is malformed (undecodable, wrong types, bad signature): its reason is recorded in `dropouts` and `events`,
+never raised. An instance keeps going while every member still has enough responding neighbours; otherwise it
+fails with a ThresholdError message in `failures` and the other instances of the round are unaffected.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from . import shamir
 from .errors import AggregateOverflow, ProtocolRefusal, SecAggError, ThresholdError
 from .graph import Policy, choose_params
+from .directory import Directory
 from .keys import (Announcement, Cert, TrustStore, pair_seed, pair_sign, self_seed_commitment, verify_signature,
                    view_statement, x25519_public)
 from .messages import Message, field, get, header
@@ -31,6 +33,16 @@ from .prg import MaskExpander
 from .quant import Extra, QuantSpec
 
 MAX_RECONSTRUCTION_TRIES = 64
+# what a malformed reply can raise while it is decoded: the sender becomes a dropout, the server goes on
+MALFORMED = (SecAggError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
+
+
+def _keys(reply: Message, name: str) -> list[str]:
+    """reply[name] as a list of instance keys (missing: empty); anything else is a ProtocolRefusal."""
+    value = reply.get(name, [])
+    if not isinstance(value, (list, tuple)) or not all(isinstance(k, str) for k in value):
+        raise ProtocolRefusal(f"field {name!r} must be a list of instance keys")
+    return list(value)
 
 
 @dataclass(frozen=True)
@@ -83,36 +95,71 @@ class _Instance:
 
 
 class SecAggServer:
-    """Coordinates any number of instances (one per (round, block)) in one session."""
+    """Coordinates any number of instances (one per (round, block)) in one session.
+
+    `directory`: the signed directory of enrolled identities (`directory.py`), relayed to clients with every
+    register, join and upload request and pinned here too; without one the server pins on first use (it is not
+    the party the pinning protects)."""
 
     def __init__(self, session: bytes | None = None, *, policy: Policy = Policy(), trust: TrustStore | None = None,
-                 consistency_check: bool = False):
+                 consistency_check: bool = False, directory: bytes | None = None):
         self.session = session or os.urandom(16)
         self.policy = policy
-        self.trust = trust or TrustStore()
+        self.trust = trust or TrustStore(tofu=True)
         self.consistency_check = consistency_check
+        self.directory: bytes | None = None
         self.instances: dict[str, _Instance] = {}
         self.events: list[str] = []  # refusals and dropouts, for logs and tests
+        self.dropouts: dict[tuple[str, str], str] = {}  # (stage, client) -> why its reply was not used
+        if directory is not None:
+            self.set_directory(directory)
+
+    def set_directory(self, blob: bytes) -> None:
+        """Relay (and pin) this signed directory from now on. Its signature is the clients' to check."""
+        entries = Directory.from_bytes(blob).entries
+        self.directory = bytes(blob)
+        self.trust.pinned.update(entries)
+        self.trust.tofu = False
+
+    def _with_directory(self, msg: Message) -> Message:
+        if self.directory is not None:
+            msg["directory"] = self.directory
+        return msg
+
+    def _dropout(self, stage: str, cid: str, key: str | None, err: Exception) -> None:
+        reason = f"{type(err).__name__}: {err}" if not isinstance(err, SecAggError) else str(err)
+        self.dropouts[(stage, cid)] = reason
+        self.events.append(f"{stage} {cid}{' ' + key if key else ''}: {reason}")
 
     # registration ----------------------------------------------------------------------------------------
-    def registered(self, client_id: str) -> bool:
-        return client_id in self.trust.certs
+    def registered(self, client_id: str, round_: int | None = None) -> bool:
+        """Has a prekey cert of `client_id` (for `round_`, if given)."""
+        if round_ is not None:
+            return self.trust.has_cert(client_id, round_)
+        return any(c == client_id for c, _ in self.trust.certs)
 
     def register_requests(self, client_ids: Iterable[str], round_: int = 0) -> dict[str, Message]:
-        return {cid: header("register", self.session, round_) for cid in client_ids}
+        return {cid: self._with_directory(header("register", self.session, round_)) for cid in client_ids}
 
     def receive_register(self, replies: Mapping[str, Message]) -> list[str]:
         ok = []
         for cid, reply in replies.items():
             try:
-                cert = Cert.from_bytes(get(reply, "cert", bytes))
-                if cert.client_id != cid:
-                    raise ProtocolRefusal(f"cert is for {cert.client_id}")
-                self.trust.accept_cert(cert)
+                self._store_certs(cid, reply)
                 ok.append(cid)
-            except SecAggError as err:
-                self.events.append(f"register {cid}: {err}")
+            except MALFORMED as err:
+                self._dropout("register", cid, None, err)
         return ok
+
+    def _store_certs(self, cid: str, reply: Message) -> None:
+        """The prekey certs a reply carries (`certs`): each must be `cid`'s and verify under its pinned key."""
+        blobs = get(reply, "certs", list)
+        certs = [Cert.from_bytes(get({"cert": b}, "cert", bytes)) for b in blobs]
+        for cert in certs:
+            if cert.client_id != cid:
+                raise ProtocolRefusal(f"cert is for {cert.client_id}")
+        for cert in certs:
+            self.trust.accept_cert(cert)
 
     # planning --------------------------------------------------------------------------------------------
     def add_plan(self, round_: int, block: str, cohort: Sequence[str], layout: Layout) -> Plan:
@@ -122,9 +169,9 @@ class SecAggServer:
         if key in self.instances:
             raise ValueError(f"instance {key} is already planned (plans never change)")
         cohort = sorted(set(cohort))
-        missing = [c for c in cohort if not self.registered(c)]
+        missing = [c for c in cohort if not self.registered(c, round_)]
         if missing:
-            raise ValueError(f"instance {key}: members {missing} are not registered; register them first")
+            raise ValueError(f"instance {key}: members {missing} have no prekey for round {round_}; register them first")
         n = len(cohort)
         params = choose_params(n, self.policy)
         quant = QuantSpec.plan(n, layout.dim, layout.clip_norm, layout.rel_error, layout.extras)
@@ -151,7 +198,8 @@ class SecAggServer:
         for inst in self._live(round_):
             for cid in inst.plan.cohort:
                 if cid not in inst.announcements:
-                    msg = out.setdefault(cid, {**header("join", self.session, round_), "instances": []})
+                    msg = out.setdefault(cid, self._with_directory({**header("join", self.session, round_),
+                                                                    "instances": []}))
                     self._add_plan_for_announce(msg, inst, cid)
         return out
 
@@ -160,12 +208,17 @@ class SecAggServer:
         msg["instances" if msg["stage"] == "join" else "next"].append(key)
         msg[field(key, "plan")] = inst.plan.to_bytes()
         for v in inst.plan.neighbours(cid):
-            if self.registered(v):
-                msg[field(key, "cert", v)] = self.trust.cert(v).to_bytes()
+            if self.registered(v, inst.plan.round):
+                msg[field(key, "cert", v)] = self.trust.cert(v, inst.plan.round).to_bytes()
 
     def receive_join(self, replies: Mapping[str, Message]) -> None:
         for cid, reply in replies.items():
-            keys = reply.get("instances", [])
+            try:
+                keys = _keys(reply, "instances")
+                self._store_certs(cid, reply)
+            except MALFORMED as err:
+                self._dropout("join", cid, None, err)
+                continue
             self._store_announcements(cid, reply, keys, "join")
 
     def _store_announcements(self, cid: str, reply: Message, keys: Iterable[str], stage: str) -> None:
@@ -180,12 +233,12 @@ class SecAggServer:
                 ann.verify(self.trust.identity(cid), cid, inst.plan.digest)
                 shares = {}
                 for v in inst.plan.neighbours(cid):
-                    if self.registered(v):
+                    if self.registered(v, inst.plan.round):
                         shares[(cid, v)] = get(reply, field(key, "share", v), bytes)
                 inst.announcements[cid] = ann
                 inst.shares.update(shares)
-            except SecAggError as err:
-                self.events.append(f"{stage} {cid} {key}: {err}")
+            except MALFORMED as err:
+                self._dropout(stage, cid, key, err)
 
     # upload ----------------------------------------------------------------------------------------------
     def upload_requests(self, round_: int) -> dict[str, Message]:
@@ -208,7 +261,8 @@ class SecAggServer:
                                  f"{plan.min_survivors} needed: too many dropped during setup")
                 continue
             for u in inst.announced:
-                msg = out.setdefault(u, {**header("upload", self.session, round_), "instances": [], "next": []})
+                msg = out.setdefault(u, self._with_directory({**header("upload", self.session, round_),
+                                                              "instances": [], "next": []}))
                 key = plan.key
                 msg["instances"].append(key)
                 msg[field(key, "plan")] = plan.to_bytes()
@@ -216,7 +270,6 @@ class SecAggServer:
                 for v in plan.neighbours(u):
                     if v in announced:
                         msg[field(key, "ann", v)] = inst.announcements[v].to_bytes()
-                        msg[field(key, "cert", v)] = self.trust.cert(v).to_bytes()
                         msg[field(key, "share", v)] = inst.shares[(v, u)]
         for inst in self._live(round_ + 1):
             for u in inst.plan.cohort:
@@ -226,7 +279,12 @@ class SecAggServer:
 
     def receive_upload(self, replies: Mapping[str, Message]) -> None:
         for cid, reply in replies.items():
-            for key in reply.get("instances", []):
+            try:
+                keys, next_keys = _keys(reply, "instances"), _keys(reply, "next")
+            except MALFORMED as err:
+                self._dropout("upload", cid, None, err)
+                continue
+            for key in keys:
                 inst = self.instances.get(key)
                 try:
                     if inst is None or inst.announced is None or cid not in inst.announced:
@@ -241,9 +299,15 @@ class SecAggServer:
                     if quant.bits < quant.dtype.itemsize * 8 and int(y.max(initial=0)) > quant.modulus_mask:
                         raise ProtocolRefusal("masked input has words above the modulus")
                     inst.masked[cid] = y
-                except SecAggError as err:
-                    self.events.append(f"upload {cid} {key}: {err}")
-            self._store_announcements(cid, reply, reply.get("next", []), "announce")
+                except MALFORMED as err:
+                    self._dropout("upload", cid, key, err)
+            if next_keys:
+                try:
+                    self._store_certs(cid, reply)
+                except MALFORMED as err:
+                    self._dropout("announce", cid, None, err)
+                    continue
+            self._store_announcements(cid, reply, next_keys, "announce")
 
     # confirm (consistency mode) ---------------------------------------------------------------------------
     def _freeze_survivors(self, inst: _Instance) -> bool:
@@ -282,7 +346,12 @@ class SecAggServer:
 
     def receive_confirm(self, replies: Mapping[str, Message]) -> None:
         for cid, reply in replies.items():
-            for key in reply.get("instances", []):
+            try:
+                keys = _keys(reply, "instances")
+            except MALFORMED as err:
+                self._dropout("confirm", cid, None, err)
+                continue
+            for key in keys:
                 inst = self.instances.get(key)
                 try:
                     if inst is None or inst.survivors is None or cid not in inst.survivors:
@@ -291,8 +360,8 @@ class SecAggServer:
                     statement = view_statement(inst.plan.digest, inst.announced, inst.survivors)
                     verify_signature(self.trust.identity(cid), sig, statement, f"confirmation by {cid}")
                     inst.confirmations[cid] = sig
-                except SecAggError as err:
-                    self.events.append(f"confirm {cid} {key}: {err}")
+                except MALFORMED as err:
+                    self._dropout("confirm", cid, key, err)
 
     # unmask ----------------------------------------------------------------------------------------------
     def unmask_requests(self, round_: int) -> dict[str, Message]:
@@ -311,20 +380,23 @@ class SecAggServer:
                     signers = sorted(inst.confirmations)
                     msg[field(plan.key, "signers")] = signers
                     msg[field(plan.key, "signatures")] = [inst.confirmations[s] for s in signers]
-                    for s in signers:  # so a client can check identities it has not met (pinned or first use)
-                        msg[field(plan.key, "cert", s)] = self.trust.cert(s).to_bytes()
         return out
 
     def receive_unmask(self, replies: Mapping[str, Message], round_: int
                        ) -> tuple[dict[str, Aggregate], dict[str, str]]:
         """Store revealed shares and finish every instance of the round: ({block: Aggregate}, {block: reason})."""
         for cid, reply in replies.items():
-            for key in reply.get("instances", []):
+            try:
+                keys = _keys(reply, "instances")
+            except MALFORMED as err:
+                self._dropout("unmask", cid, None, err)
+                continue
+            for key in keys:
                 inst = self.instances.get(key)
                 try:
                     self._store_reveal(inst, key, cid, reply)
-                except SecAggError as err:
-                    self.events.append(f"unmask {cid} {key}: {err}")
+                except MALFORMED as err:
+                    self._dropout("unmask", cid, key, err)
         results, failures = {}, {}
         for inst in [i for i in self.instances.values() if i.plan.round == round_]:
             if inst.failure is None and inst.result is None:
@@ -336,6 +408,7 @@ class SecAggServer:
                 results[inst.plan.block] = inst.result
             else:
                 failures[inst.plan.block] = inst.failure or "not finished"
+        self.trust.forget_before(round_ + 1)  # prekeys of finished rounds are never used again
         return results, failures
 
     def _store_reveal(self, inst: _Instance | None, key: str, cid: str, reply: Message) -> None:
@@ -349,6 +422,8 @@ class SecAggServer:
         alive, announced = set(inst.survivors), set(inst.announced)
         mine = set(inst.plan.neighbours(cid))
         got = {}
+        if shares.dtype.kind not in "ui" or (shares.size and int(shares.max()) >= shamir.PRIME):
+            raise ProtocolRefusal("malformed reveal: shares are not field elements")
         for peer, kind, row in zip(peers, kinds, shares):
             expected = "b" if peer in alive else "e"
             if peer not in mine or peer not in announced or kind != expected:

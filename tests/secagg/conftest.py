@@ -48,9 +48,9 @@ class Federation:
 
 def build_federation(n: int | dict[str, int] = 5, dim: int = 64, *, consistency: bool = False,
                      policy: Policy = Policy(), seed: int = 0, extras=(), clip_norm: float = 1.0,
-                     directory: bool | None = None) -> Federation:
-    """directory: identities pinned in advance for everyone (a registry); default on in consistency mode, whose
-    malicious-server guarantee needs it, off (trust on first use) otherwise."""
+                     directory: bool = True) -> Federation:
+    """directory: identities pinned in advance for everyone (the enrolled directory), as in a deployment; False:
+    trust on first use (only to show what pinning prevents)."""
     sizes = {"0": n} if isinstance(n, int) else n
     cohorts, start = {}, 0
     for block, size in sizes.items():
@@ -58,14 +58,14 @@ def build_federation(n: int | dict[str, int] = 5, dim: int = 64, *, consistency:
         start += size
     ids = [c for cohort in cohorts.values() for c in cohort]
     identities = {cid: Identity(cid) for cid in ids}
-    if consistency if directory is None else directory:
+    if directory:
         pinned = {cid: ident.public for cid, ident in identities.items()}
 
         def trust():
             return TrustStore(dict(pinned), tofu=False)
     else:
         def trust():
-            return TrustStore()
+            return TrustStore(tofu=True)
     server = SecAggServer(policy=policy, consistency_check=consistency, trust=trust())
     clients = {cid: SecAggClient(cid, identities[cid], policy=policy, trust=trust()) for cid in ids}
     fed = Federation(server, LocalNetwork(clients, {}), cohorts,

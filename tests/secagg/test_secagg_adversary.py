@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 from dblocks.privacy.secagg import Policy, ProtocolRefusal, SecAggClient, ThresholdError, shamir
-from dblocks.privacy.secagg.keys import Announcement, Identity, pair_seed, self_seed_commitment, x25519_public
+from dblocks.privacy.secagg.keys import (Announcement, Identity, new_x25519, pair_seed, self_seed_commitment,
+                                         x25519_public)
 from dblocks.privacy.secagg.messages import field
 from dblocks.privacy.secagg.prg import expand_mask
 
@@ -189,21 +190,25 @@ def test_forged_or_substituted_announcements_are_refused(federation):
     ann = Announcement.from_bytes(requests[target][field(key, "ann", peer)])
     # the server substitutes its own masking key (to compute the pairwise mask itself)
     evil = Identity(peer)
-    swapped = Announcement(peer, ann.plan_digest, x25519_public(evil.channel_private), ann.seed_commitment,
-                           ann.signature)
+    swapped = Announcement(peer, ann.plan_digest, x25519_public(new_x25519()), ann.seed_commitment,
+                           ann.seal_public, ann.signature)
     req = copy.deepcopy(requests[target])
     req[field(key, "ann", peer)] = swapped.to_bytes()
     with pytest.raises(ProtocolRefusal, match="bad signature"):
         fed.net.clients[target].upload(req, fed.net.contribute[target])
     # ... or signs it with a key that is not the pinned identity of that peer
-    resigned = Announcement(peer, ann.plan_digest, swapped.mask_public, ann.seed_commitment,
+    resigned = Announcement(peer, ann.plan_digest, swapped.mask_public, ann.seed_commitment, ann.seal_public,
                             evil.sign(swapped.signed_bytes()))
     req[field(key, "ann", peer)] = resigned.to_bytes()
     with pytest.raises(ProtocolRefusal, match="bad signature"):
         fed.net.clients[target].upload(req, fed.net.contribute[target])
-    # ... or sends a cert for the peer under a different identity
+    # ... or sends a prekey for the peer under a different identity (with next round's announcement)
+    key2 = key_of(fed, 2)
+    fed.start(2)
+    requests = server.upload_requests(1)
     req = copy.deepcopy(requests[target])
-    req[field(key, "cert", peer)] = evil.cert().to_bytes()
+    assert field(key2, "cert", peer) in req
+    req[field(key2, "cert", peer)] = evil.cert(2, x25519_public(new_x25519())).to_bytes()
     with pytest.raises(ProtocolRefusal, match="differs from the pinned"):
         fed.net.clients[target].upload(req, fed.net.contribute[target])
     # the untouched request still works: refusals changed nothing
@@ -272,7 +277,8 @@ def test_a_client_sending_out_of_range_words_makes_the_aggregate_fail_not_wrap(f
             return super()._mask(inst, acc, peer_keys)
 
     fed = federation(5, 16, seed=29)
-    fed.net.clients["c002"] = RogueClient("c002")
+    honest = fed.net.clients["c002"]
+    fed.net.clients["c002"] = RogueClient("c002", honest.identity, trust=honest.trust)
     fed.start()
     result = fed.run(1, plan_next=False)
     assert result.aggregates == {} and "out of range" in result.failures["0"]
@@ -298,7 +304,9 @@ def test_a_second_instance_in_the_same_round_is_refused(federation):
     fed.run(1, plan_next=False)
     from dblocks.privacy.secagg import Layout
 
-    retry = fed.server.add_plan(1, "0.retry", sorted(fed.net.clients)[:5], Layout(16, 1.0))
+    members = sorted(fed.net.clients)[:5]
+    fed.server.receive_register(fed.net("register", fed.server.register_requests(members, 1)))
+    retry = fed.server.add_plan(1, "0.retry", members, Layout(16, 1.0))
     joins = fed.server.join_requests(1)
     assert set(joins) == set(retry.cohort)
     for cid, req in joins.items():

@@ -1,5 +1,5 @@
-"""Across rounds: exchange counts (steady state = 2), re-keying after being declared dropped, channel-key
-rotation, and client state that survives being serialised between every message (as in a Flower Context)."""
+"""Across rounds: exchange counts (steady state = 2), re-keying after being declared dropped, per-round
+prekeys, and client state that survives being serialised between every message (as in a Flower Context)."""
 
 import copy
 
@@ -84,28 +84,25 @@ def test_client_declared_dropped_must_rekey_before_it_takes_part_again(federatio
                                atol=r3.aggregates["0"].error_bound)
 
 
-def test_long_term_channel_key_rotation(federation):
+def test_prekeys_rotate_every_round_and_are_erased_after_use(federation):
+    """Replaces the manual channel-key rotation: shares are sealed to a prekey per round (#14.2 forward secrecy),
+    which the client erases once its upload opened that round's shares; two prekeys for one round are refused."""
     fed = federation(5, 16, seed=42)
     fed.start()
     fed.run(1)
-    rotating = "c002"
-    old_cert = fed.net.clients[rotating].identity.cert()
-    new_cert = fed.net.clients[rotating].rotate_channel_key()
-    assert new_cert.epoch == old_cert.epoch + 1 and new_cert.channel_public != old_cert.channel_public
-    # re-register: the server accepts the newer epoch; a replay of the old cert is refused everywhere
-    fed.server.receive_register(fed.net("register", fed.server.register_requests([rotating], 2)))
-    assert fed.server.trust.cert(rotating).epoch == new_cert.epoch
-    with pytest.raises(ProtocolRefusal, match="epoch"):
-        fed.server.trust.accept_cert(old_cert)
-    # keys for round 2 were announced in round 1 under the old channel key: plan round 3 and let the new key work
+    client = fed.net.clients["c002"]
+    assert 1 not in client.prekeys and {2, 3}.issubset(client.prekeys)
+    certs = [fed.server.trust.cert("c002", r) for r in (2, 3)]
+    assert certs[0].channel_public != certs[1].channel_public
+    forged = client.identity.cert(2, x25519_public(client.prekeys[3]))  # a second prekey for round 2
+    with pytest.raises(ProtocolRefusal, match="two different prekeys"):
+        fed.server.trust.accept_cert(forged)
     fed.run(2)
     r3 = fed.run(3, plan_next=False)
     assert r3.failures == {}
     agg = r3.aggregates["0"]
     assert np.abs(agg.update_sum - fed.expected_sum(3, agg.survivors)).max() <= agg.error_bound
-    for cid, client in fed.net.clients.items():
-        if cid != rotating and rotating in fed.server.plans(3)[0].neighbours(cid):
-            assert client.trust.cert(rotating).epoch == new_cert.epoch
+    assert all(r > 3 for r in client.prekeys)
 
 
 class PersistedClient:
