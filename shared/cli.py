@@ -58,7 +58,7 @@ def train(
 
     try:
         p = get_preset(preset)
-        train_ds = load_dataset(data, image_size=p.image_size) if data else p.load_split()[0]
+        train_ds = load_dataset(data, image_size=p.image_size, stats="own") if data else p.load_split()[0]
     except (KeyError, DataError) as e:
         fail(str(e))
     cfg = replace(p.train, seed=seed, **({"epochs": epochs} if epochs else {}))
@@ -84,7 +84,7 @@ def evaluate(
     try:
         m = ModelManifest.load(model)
         p = get_preset(m.task)
-        test = load_dataset(data, image_size=p.image_size) if data else p.load_split()[1]
+        test = load_dataset(data, image_size=p.image_size, stats="own") if data else p.load_split()[1]
     except (FileNotFoundError, KeyError, DataError) as e:
         fail(str(e))
     acc = accuracy(model, test, steps_per_block=steps_per_block)

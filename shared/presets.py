@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .data import Dataset, load_dataset, stratified_split
+from .data import Dataset, FeatureStats, builtin_feature_stats, load_dataset, stratified_split
 from .models import ArchConfig
 from .schedule import NoiseSchedule
 from .training import TrainConfig
@@ -34,6 +34,12 @@ class Preset:
 
     def noise_schedule(self, num_blocks: int, **overrides) -> NoiseSchedule:
         return replace(self.schedule, num_blocks=num_blocks, **overrides)
+
+    def feature_stats(self) -> FeatureStats | None:
+        """The public statistics this task's tabular features are standardised with (None for images): what the
+        server publishes with the task, so that a company standardises its raw records the same way without
+        using their own statistics (`load_dataset(path, stats=preset.feature_stats())`)."""
+        return builtin_feature_stats(self.dataset)
 
     def load_split(self, seed: int = 0) -> tuple[Dataset, Dataset]:
         """The fixed stratified train/test split of this preset's dataset (split seed 0 unless told)."""
