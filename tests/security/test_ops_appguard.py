@@ -40,6 +40,14 @@ ADDITIONS = {
 }
 
 
+def leaves(table: dict, path: str = "") -> set[str]:
+    """Dotted names of the settings (non-table values) in a parsed TOML table."""
+    out = set()
+    for k, v in table.items():
+        out |= leaves(v, f"{path}{k}.") if isinstance(v, dict) else {path + k}
+    return out
+
+
 def with_setting(section: str, line: str) -> str:
     assert section in GENUINE
     if line.startswith("["):  # a table of its own: append it
@@ -58,6 +66,7 @@ def test_app_guard_refuses_components_and_settings_beyond_the_dblocks_app():
 
     genuine = build_fab_from_disk(Path(str(files("dblocks.server") / "flwrapp")))  # what `flwr run` sends
     assert check_fab(genuine) == []
+    assert leaves(appguard.MANIFEST) == leaves(tomllib.loads(GENUINE)), "the allow-list drifted from the app manifest"
     refusals: list[str] = []
     guard = AppGuard(on_refusal=refusals.append)
     for i, (name, (section, line)) in enumerate(ADDITIONS.items()):
@@ -119,5 +128,6 @@ def test_app_guard_patched_flower_method_is_the_verified_one():
     for name, digest in appguard.VERIFIED_SOURCES.items():
         seen = hashlib.sha256(inspect.getsource(getattr(sci, name)).encode()).hexdigest()
         assert seen == digest or name == appguard.PATCHED, f"Flower's {name} changed: re-verify the app guard"
-    assert hashlib.sha256(inspect.getsource(patched).encode()).hexdigest() == appguard.VERIFIED_SOURCES[appguard.PATCHED]
+    seen = hashlib.sha256(inspect.getsource(patched).encode()).hexdigest()
+    assert seen == appguard.VERIFIED_SOURCES[appguard.PATCHED], f"Flower's {appguard.PATCHED} changed: re-verify"
     assert appguard.flower_mismatch() == []
