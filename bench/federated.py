@@ -130,7 +130,9 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
         def at_upload(plan) -> Contribution:
             task, arrays = tasks[(plan.round, cid)]
             t = time.perf_counter()
-            upd = train_task(task, arrays, data[cid], ledgers[cid])
+            # the company's DP draws from its own generator: seeded here so that a benchmark row is reproducible
+            g = torch.Generator().manual_seed(seed * 7919 + plan.round * 101 + ids.index(cid))
+            upd = train_task(task, arrays, data[cid], ledgers[cid], generator=g)
             train_seconds[plan.round] = train_seconds.get(plan.round, 0.0) + time.perf_counter() - t
             norms.append(upd.norm_before_clip)
             return Contribution(clip_l2(flatten_arrays(upd.delta), s.update_clip))
@@ -154,7 +156,7 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
                                  spec_json=model.blocks[int(b)].spec.to_json(), noise_multiplier=s.record_noise,
                                  max_grad_norm=s.record_clip if dp else 1e6, sample_rate=s.sample_rate, steps=s.steps,
                                  delta=1e-5, accountant="rdp", lr=round_lr(s.lr, r, s.rounds), weight_decay=0.0,
-                                 update_clip=s.update_clip, seed=seed * 7919 + r * 101 + ids.index(cid))
+                                 update_clip=s.update_clip)
                 tasks[(r, cid)] = (task, weights)
         try:
             result = run_round(server, r, wire)

@@ -51,6 +51,12 @@ def company_ledger(node_config: dict):
                          float(node_config.get("delta", 1e-5)))
 
 
+def memory_limit_mb(node_config: dict) -> float:
+    """The memory (MB) the company allows training to use (`--memory-limit`; 0 or unset: no limit, inf).
+    Reported in the ping and enforced before training: a block that needs more is refused."""
+    return float(node_config.get("memory-mb", 0)) or float("inf")
+
+
 def progress_line(node_config: dict, text: str) -> None:
     """Append a line to the company's progress log (`dbclient join` shows it)."""
     path = node_config.get("progress-path")
@@ -63,7 +69,7 @@ def progress_line(node_config: dict, text: str) -> None:
 def ping(msg: Message, context: Context) -> Message:
     nc = node_settings(context)
     ledger = company_ledger(nc)
-    info = {"memory_mb": float(nc.get("memory-mb", 0)) or float("inf"),
+    info = {"memory_mb": memory_limit_mb(nc),
             "budget_left": round(max(0.0, ledger.budget - ledger.recorded_spent()), 1)}
     return Message(RecordDict({"ping": ConfigRecord(info)}), reply_to=msg)
 
@@ -89,7 +95,7 @@ def train_block(nc: dict, task, arrays: list):
             progress_line(nc, f"round {task.round} block {task.block_index}: step {step}/{total} loss {loss:.4f}")
 
     try:
-        update = train_task(task, arrays, data, ledger, progress)
+        update = train_task(task, arrays, data, ledger, progress, memory_mb=memory_limit_mb(nc))
     except Exception as e:
         progress_line(nc, f"round {task.round} block {task.block_index}: REFUSED — {e}")
         raise

@@ -2,6 +2,11 @@
 
 The SuperNode only ever opens outbound connections to the SuperLink; the ClientApp it runs
 (dblocks.client.clientapp) reads the data and the privacy ledger named in the node configuration.
+
+Secure aggregation: the node's SecAgg identity key is persistent (`secagg_key_path`, 0600, beside the node key;
+the operator enrols its public key when approving the node), its peers are verified against the directory
+signed by the operator's directory key (`--directory-key directory.pub`, given with ca.pem), and its protocol
+state lives under `home/secagg` behind a file lock (see dblocks.privacy.secagg.flower).
 """
 
 from __future__ import annotations
@@ -22,8 +27,16 @@ def default_home() -> Path:
 
 
 def ledger_path(home: Path, data: Path) -> Path:
-    """One ledger per data set: the same records always compose into the same budget."""
-    return home / "ledgers" / f"{hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:16]}.json"
+    """One ledger per data set, named by a fingerprint of its content (`data_fingerprint`), not its path: a copy
+    of the same file composes into the same budget. A ledger that an earlier version kept under the hash of
+    the path is carried over to the content's name (it holds what was spent on these records)."""
+    from .ledger import data_fingerprint
+
+    path = home / "ledgers" / f"{data_fingerprint(data)[:16]}.json"
+    by_path = home / "ledgers" / f"{hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:16]}.json"
+    if by_path.exists() and not path.exists():
+        os.replace(by_path, path)
+    return path
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,13 @@ class JoinOptions:
     threads: int = 0  # torch threads for training (0: torch's default, all cores)
     runtime_port: int = 0
     trusted_entities: Path | None = None  # YAML {id: "ssh-ed25519 ..."}: signers whose apps may also run
+    directory_key: Path | None = None  # the operator's SecAgg directory public key (directory.pub)
+    require_consistency: bool = False  # refuse secure aggregation without the consistency check
+
+
+def secagg_key_path(opts: JoinOptions) -> Path:
+    """The node's persistent SecAgg identity key: beside the node key (or in the home without one)."""
+    return (opts.key.parent if opts.key is not None else opts.home) / "secagg.key"
 
 
 def validate(opts: JoinOptions) -> Dataset:
@@ -56,7 +76,12 @@ def supernode_argv(opts: JoinOptions) -> list[str]:
         f'progress-path="{opts.home / "progress.log"}"',
         f"epsilon-budget={float(opts.epsilon_budget)}", f"delta={float(opts.delta)}", f"memory-mb={float(opts.memory_mb)}",
         f'label-column="{opts.label_column}"', f"image-size={int(opts.image_size)}", f"threads={int(opts.threads)}",
-    ])
+        f'secagg-identity="{secagg_key_path(opts).resolve()}"', f'secagg-state="{(opts.home / "secagg").resolve()}"',
+        f"secagg-require-consistency={'true' if opts.require_consistency else 'false'}",
+    ] + ([f'secagg-directory-key="{opts.directory_key.resolve()}"'] if opts.directory_key is not None else []))
+    if opts.directory_key is None and not opts.insecure:
+        raise ValueError("secure aggregation needs the operator's directory key: pass --directory-key directory.pub "
+                         "(given with ca.pem); without it a malicious server could substitute your peers' keys")
     argv = ["flower-supernode", "--superlink", opts.server, "--node-config", node_config,
             "--port", str(opts.runtime_port or free_port())]
     if opts.insecure:

@@ -1,31 +1,34 @@
 """One round at a company: rebuild the assigned block, train it with DP-SGD, return the clipped delta.
 
     weights (from the server) --verify against BlockSpec sha256--> block
-    ledger.check(mechanism)   -- refuse before touching a record if the budget would be exceeded
-    train_block_dp(block, local data, noise z, clip C_rec, sample rate q, steps)
+    task values checked (BlockTask), the block's training memory against --memory-limit
+    ledger.reserve(mechanism)  -- under the ledger's lock: refuse a replay or a budget overrun, else reserve
+    train_block_dp(block, local data, noise z, clip C_rec, sample rate q, steps, a secret generator)
     delta = trained - received parameters;  clip to L2 <= C (client-level);  refuse NaN/Inf
-    ledger.record(...)        -- the release is counted before anything is sent
+    ledger.settle(reservation) -- the release is counted before anything is sent
+
+Randomness: the Poisson sample, the diffusion noise draws and the DP-SGD noise come from a generator seeded
+from this machine's OS entropy (`secret_generator`). The task carries no seed: nothing the server chooses can
+make the sample or the noise predictable, which the accountant's epsilon (amplification by subsampling) needs.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from dblocks.privacy.accounting import MechanismStep
-from dblocks.privacy.dpsgd import DPConfig, DPReport, train_block_dp
+from dblocks.privacy.dpsgd import DPConfig, DPReport, secret_generator, train_block_dp
 from dblocks.shared.data import Dataset
-from dblocks.shared.fedmsg import BlockTask, arrays_to_state, clip_update, param_names
+from dblocks.shared.fedmsg import BlockTask, arrays_to_state, clip_update
 from dblocks.shared.training import TrainConfig
-from dblocks.shared.wire import BlockSpec, pack_weights, sha256_hex, unpack_block
+from dblocks.shared.wire import BlockSpec, pack_weights, unpack_block
 
 from .ledger import PrivacyLedger
+from .memory import check_memory, training_memory
 
 
 @dataclass
@@ -55,36 +58,31 @@ def train_task(
     data: Dataset,
     ledger: PrivacyLedger,
     progress: Callable[[int, int, float], None] | None = None,
+    memory_mb: float = math.inf,
+    generator: torch.Generator | None = None,
 ) -> BlockUpdate:
+    """Train the task's block on `data`. Refused (nothing used, nothing spent) on tampered weights, a block that
+    needs more than `memory_mb` MB (MemoryLimitExceeded), a replay or a budget overrun.
+
+    `generator`: None (the ClientApp) draws a secret one from OS entropy; a local benchmark that wants
+    reproducible runs passes its own. Never derived from the task."""
     block = rebuild_block(task, arrays)
-    if ledger.seen(task.run_id, task.round, task.block_index, task.attempt):
-        raise RuntimeError(f"round {task.round} (attempt {task.attempt}) of block {task.block_index} was already trained "
-                           "here; a replayed task is refused (it would spend privacy budget twice)")
-    mechanism = MechanismStep(task.noise_multiplier, task.sample_rate, task.steps)
-    epsilon_after = ledger.check(mechanism, task.delta)
-    before = [p.detach().clone() for p in block.parameters()]
     # expected batch q N, so that DP-SGD samples with exactly the server's rate q
     dp = DPConfig(noise_multiplier=task.noise_multiplier, max_grad_norm=task.max_grad_norm,
                   batch_size=task.sample_rate * len(data), steps=task.steps, delta=task.delta, accountant=task.accountant)
+    check_memory(training_memory(block, task.block_index, data.x, data.y, task.sample_rate, dp.grad_sample_mode),
+                 memory_mb, task.block_index)
+    reservation = ledger.reserve(task.run_id, task.round, task.block_index, task.attempt, task.mechanism, task.delta,
+                                 len(data))
+    # from here on the records are used: whatever happens, the reservation stays spent (see ledger.py)
+    before = [p.detach().clone() for p in block.parameters()]
     # constant lr within the round: the server schedules it over rounds (task.lr)
-    cfg = TrainConfig(epochs=1, lr=task.lr, weight_decay=task.weight_decay, warmup=0.0, decay=False, grad_clip=math.inf,
-                      seed=task.seed)
-    report = train_block_dp(block, task.block_index, data.x, data.y, cfg, dp, progress)
+    cfg = TrainConfig(epochs=1, lr=task.lr, weight_decay=task.weight_decay, warmup=0.0, decay=False, grad_clip=math.inf)
+    report = train_block_dp(block, task.block_index, data.x, data.y, cfg, dp, progress,
+                            generator=generator if generator is not None else secret_generator())
     delta = [(p.detach() - b).numpy() for p, b in zip(block.parameters(), before)]
     clipped, norm = clip_update(delta, task.update_clip)
     if report.steps != task.steps or not math.isclose(report.sample_rate, task.sample_rate, rel_tol=1e-9):
         raise RuntimeError(f"DP-SGD ran q={report.sample_rate}, {report.steps} steps; the task asked q={task.sample_rate}, {task.steps}")
-    entry = ledger.record(task.run_id, task.round, task.block_index, task.attempt, mechanism, len(data), epsilon_after)
-    _debug_record(task, clipped)
+    entry = ledger.settle(reservation)
     return BlockUpdate(clipped, norm, report, entry.epsilon_after)
-
-
-def _debug_record(task: BlockTask, delta: list[np.ndarray]) -> None:
-    """Test-only: with DBLOCKS_TEST_DEBUG_DIR set, keep a copy of the clipped delta so an end-to-end test can
-    check the secure aggregate against the plain mean. Never set in production (it would keep per-company
-    updates on the company's own disk, nothing more — but it is not needed there)."""
-    d = os.environ.get("DBLOCKS_TEST_DEBUG_DIR")
-    if d:
-        Path(d).mkdir(parents=True, exist_ok=True)
-        name = f"r{task.round}-b{task.block_index}-a{task.attempt}-{os.getpid()}-{sha256_hex(delta[0].tobytes())[:8]}.npz"
-        np.savez(Path(d) / name, *delta)

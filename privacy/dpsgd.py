@@ -11,11 +11,20 @@ materialising per-example gradients; "hooks" materialises them. We assemble Opac
 ourselves (instead of `PrivacyEngine.make_private`) so that the sampling rate used by the sampler is exactly
 the q given to the accountant (Opacus' engine uses 1/len(loader), which differs from batch/N). An empty
 Poisson sample still takes a step of pure noise, as the mechanism requires.
+
+Randomness. Every draw of a run (the Poisson sample, the noise level sigma and the noisy input of the block loss,
+the Gaussian noise of each step, also of an empty step) comes from ONE generator, the `generator` argument.
+Amplification by subsampling, and so the accountant's epsilon, holds only if whoever sees the output cannot
+predict these draws. A company's federated client passes `secret_generator()` (seeded from the OS's entropy,
+never from anything the server sends). Without a generator the run is seeded from `cfg.seed`: reproducible,
+for local training, benchmarks and audits, where no one needs to be kept from the draws. torch's global
+generator is never used (in a fresh process its seed is a fixed constant).
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -81,9 +90,17 @@ class DPReport:
         return asdict(self)
 
 
+def secret_generator() -> torch.Generator:
+    """A CPU generator seeded with 64 bits from the OS's entropy pool (`secrets`, i.e. os.urandom): its draws
+    cannot be predicted by anyone who does not see its outputs. (torch's generator is a Mersenne Twister, not
+    a cryptographic generator; its outputs are never released, only their effect on a clipped, noised sum.)"""
+    return torch.Generator().manual_seed(secrets.randbits(64))
+
+
 def make_private_block(block: nn.Module, optimizer: torch.optim.Optimizer, dp: DPConfig, expected_batch: float,
                        generator: torch.Generator | None = None):
-    """Wrap `block` and `optimizer` in Opacus' per-example machinery: (module, dp_optimizer)."""
+    """Wrap `block` and `optimizer` in Opacus' per-example machinery: (module, dp_optimizer). The optimizer
+    draws its Gaussian noise from `generator` (None: torch's global generator, Opacus' default)."""
     if dp.grad_sample_mode == "ghost":
         module = GradSampleModuleFastGradientClipping(block, batch_first=True, loss_reduction="mean",
                                                       max_grad_norm=dp.max_grad_norm, use_ghost_clipping=True)
@@ -106,26 +123,30 @@ def train_block_dp(
     dp: DPConfig,
     progress: Callable[[int, int, float], None] | None = None,
     loss_fn: PerExampleLoss | None = None,
+    generator: torch.Generator | None = None,
 ) -> DPReport:
     """Train `block` in place with DP-SGD on (x, y); progress(step, total, smoothed loss) after each step.
+
+    `generator` is the source of every random draw (see the module docstring): a company passes
+    `secret_generator()`; None seeds one from `cfg.seed` (reproducible local runs).
 
     `loss_fn(module, xb, yb, generator)` gives one loss per example of the batch, computed through `module`
     (the Opacus-wrapped block); default: the DiffusionBlocks loss of block `block_index` (`per_sample_loss`).
     Privacy audits pass their own to route canary examples through the same sampler, clipping and noise."""
     n = len(x)
     q, total = dp.sample_rate(n), dp.num_steps(n, cfg.epochs)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
     block.train()
     opt, sched = make_optimizer(block, cfg, total)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "secure RNG off": stated in docs, not per call
-        module, dp_opt = make_private_block(block, opt, dp, q * n)
+        module, dp_opt = make_private_block(block, opt, dp, q * n, generator=g)
     t0, ema = time.perf_counter(), float("nan")
     for step in range(1, total + 1):
         idx = (torch.rand(n, generator=g) < q).nonzero().flatten()  # Poisson sample with rate q
         dp_opt.zero_grad(set_to_none=True)
         if len(idx) == 0:
-            _noise_only_step(block, dp_opt, dp, q * n)
+            _noise_only_step(block, dp_opt, dp, q * n, g)
         else:
             if loss_fn is None:
                 losses = per_sample_loss(block, block_index, x[idx], y[idx], generator=g,
@@ -150,9 +171,9 @@ def train_block_dp(
                     time.perf_counter() - t0)
 
 
-def _noise_only_step(block: nn.Module, dp_opt, dp: DPConfig, expected_batch: float) -> None:
-    """An empty Poisson sample: the update is the noise alone, N(0, (z C)^2) / (q N)."""
+def _noise_only_step(block: nn.Module, dp_opt, dp: DPConfig, expected_batch: float, g: torch.Generator) -> None:
+    """An empty Poisson sample: the update is the noise alone, N(0, (z C)^2) / (q N), drawn from `g`."""
     for p in block.parameters():
         if p.requires_grad:
-            p.grad = torch.normal(0.0, dp.noise_multiplier * dp.max_grad_norm, p.shape) / expected_batch
+            p.grad = torch.normal(0.0, dp.noise_multiplier * dp.max_grad_norm, p.shape, generator=g) / expected_batch
     dp_opt.original_optimizer.step()

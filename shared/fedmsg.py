@@ -11,6 +11,8 @@ record-level epsilon follows from public settings.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -22,12 +24,17 @@ MAX_UPDATE_BYTES = 256 * 2**20  # a block update larger than this is refused on 
 
 @dataclass(frozen=True)
 class BlockTask:
+    """One block round as the server asks it. Everything here is chosen by the server and known to it; none of
+    it seeds the company's randomness (the Poisson sample and all noise are drawn from the company's own OS
+    entropy, see client/trainer.py). Values are checked on construction (`validate`), so a task with a NaN,
+    an Inf or an out-of-range value is refused with a ValueError before any accounting or training."""
+
     run_id: str
     round: int
     block_index: int
     attempt: int  # 0, or 1.. for re-runs of the same round (each attempt is a release and is accounted)
     spec_json: str
-    noise_multiplier: float  # record-level DP-SGD noise, in units of max_grad_norm
+    noise_multiplier: float  # record-level DP-SGD noise, in units of max_grad_norm (0: no DP, infinite epsilon)
     max_grad_norm: float  # record-level per-example clip C_rec
     sample_rate: float  # Poisson sampling rate q of DP-SGD
     steps: int  # DP-SGD steps this round
@@ -36,13 +43,52 @@ class BlockTask:
     lr: float
     weight_decay: float
     update_clip: float  # client-level L2 clip C of the whole block delta
-    seed: int
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Types and ranges of every field; raises ValueError naming the field. Numbers are normalised to
+        plain int / float (what a Flower ConfigRecord carries)."""
+        from dblocks.privacy.accounting import ACCOUNTANTS, MechanismStep, check_delta
+
+        for name, kind in (("run_id", str), ("spec_json", str), ("accountant", str)):
+            if not isinstance(getattr(self, name), kind) or not getattr(self, name):
+                raise ValueError(f"block task: {name} must be a non-empty string, got {getattr(self, name)!r}")
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+                raise ValueError(f"block task: {name} must be an integer >= 0, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        for name in _FLOAT_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"block task: {name} must be a finite number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        positive = {"max_grad_norm": self.max_grad_norm, "sample_rate": self.sample_rate, "update_clip": self.update_clip}
+        for name, v in positive.items():
+            if v <= 0:
+                raise ValueError(f"block task: {name} must be > 0, got {v!r}")
+        if self.steps < 1:
+            raise ValueError(f"block task: steps must be >= 1, got {self.steps!r}")
+        if self.lr < 0 or self.weight_decay < 0:
+            raise ValueError(f"block task: lr and weight_decay must be >= 0, got {self.lr!r}, {self.weight_decay!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"block task: accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        try:
+            MechanismStep(self.noise_multiplier, self.sample_rate, self.steps).validate()
+            check_delta(self.delta)
+        except ValueError as e:
+            raise ValueError(f"block task: {e}") from None
 
     def to_config(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_config(cls, cfg: dict) -> "BlockTask":
+        """The task from a Flower ConfigRecord; missing fields, wrong types and out-of-range values raise
+        ValueError. Keys this version does not know (an older server's `seed`) are ignored: nothing the server
+        sends may choose the company's randomness."""
         names = {f.name for f in fields(cls)}
         missing = names - cfg.keys()
         if missing:
@@ -50,8 +96,19 @@ class BlockTask:
         return cls(**{k: cfg[k] for k in names})
 
     @property
+    def mechanism(self):
+        """The record-level mechanism this task runs (a `MechanismStep`)."""
+        from dblocks.privacy.accounting import MechanismStep
+
+        return MechanismStep(self.noise_multiplier, self.sample_rate, self.steps)
+
+    @property
     def spec(self) -> dict:
         return json.loads(self.spec_json)
+
+
+_INT_FIELDS = ("round", "block_index", "attempt", "steps")
+_FLOAT_FIELDS = ("noise_multiplier", "max_grad_norm", "sample_rate", "delta", "lr", "weight_decay", "update_clip")
 
 
 def state_names(module: nn.Module) -> list[str]:

@@ -22,6 +22,7 @@ from dblocks.server.federation.localfed import LocalFederation
 from dblocks.server.federation.model_state import GlobalModel
 from dblocks.server.federation.serverapp import Federation
 from dblocks.shared.presets import get_preset
+from update_recorder import recording  # test-only: saves each clipped delta (tests/federation/update_recorder.py)
 
 TASK, B = "digits", 2
 
@@ -70,7 +71,9 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setenv("DBLOCKS_TEST_DEBUG_DIR", str(tmp_path / "debug"))
+    import dblocks.client.trainer as trainer
+
+    monkeypatch.setattr(trainer, "train_task", recording(trainer.train_task, tmp_path / "debug"))
     _, paths, _ = LocalFederation(tmp_path, task=TASK).company_data(6, public=100, alpha=0.5)
     nodes = {1000 + i: {"data-path": str(p), "ledger-path": str(tmp_path / f"ledger{i}.json"),
                         "epsilon-budget": 50.0, "threads": 1} for i, p in enumerate(paths)}

@@ -2,7 +2,7 @@
 
 One module-scoped federation serves the tests in order (each test builds on the state the previous left):
   1. an end-to-end round: every company trains only its block, the secure aggregate equals the mean of the
-     clipped deltas (test-only debug record), versions and privacy numbers are in the registry, a company whose
+     clipped deltas (saved by the test's update_recorder, not by the product), versions and privacy numbers are in the registry, a company whose
      budget is spent is not asked to train;
   2. a company killed mid-round: the block completes with the survivors and the central noise is sized on them;
   3. the server killed mid-round and restarted: the run resumes, nothing is lost or registered twice;
@@ -26,6 +26,7 @@ from dblocks.server.federation.model_state import GlobalModel
 from dblocks.server.registry.client import RegistryClient
 from dblocks.shared.presets import get_preset
 from dblocks.shared.procs import stop_group
+from update_recorder import process_env  # test-only: companies save each clipped delta (update_recorder.py)
 
 pytestmark = pytest.mark.slow
 TASK, B = "digits", 2
@@ -43,7 +44,7 @@ def fed(tmp_path_factory):
     f.start_registry()
     f.start_superlink()
     for i, p in enumerate(paths):
-        f.add_company(f"company{i}", p, budget=50.0, env={"DBLOCKS_TEST_DEBUG_DIR": str(f.debug / f"company{i}")})
+        f.add_company(f"company{i}", p, budget=50.0, env=process_env(f.debug / f"company{i}"))
     f.add_company("broke", paths[0], budget=0.3)  # cannot afford a single round
     f.reg = RegistryClient(f.registry_url, f.admin_token)
     yield f

@@ -57,15 +57,14 @@ def test_ledger_composes_persists_and_refuses(tmp_path):
     led = PrivacyLedger(path, budget=5.0, accountant="rdp")  # rdp: fast; the logic is the same
     step = MechanismStep(1.0, 0.05, 40)
     one = led.check(step, 1e-5)
-    led.record("run", 1, 0, 0, step, 100)
-    led.record("run", 2, 1, 0, step, 100)  # another block on the same records composes
+    led.settle(led.reserve("run", 1, 0, 0, step, 1e-5, 100))
+    led.settle(led.reserve("run", 2, 1, 0, step, 1e-5, 100))  # another block on the same records composes
     again = PrivacyLedger(path, budget=5.0, accountant="rdp")
     assert len(again.entries) == 2 and again.spent() == pytest.approx(epsilon([step, step], 1e-5, "rdp"))
     assert again.spent() > one
     with pytest.raises(BudgetExceeded, match="over the budget 5"):
         for r in range(3, 20):
-            again.check(step, 1e-5)
-            again.record("run", r, 0, 0, step, 100)
+            again.settle(again.reserve("run", r, 0, 0, step, 1e-5, 100))
     assert again.spent() <= 5.0  # never recorded past the budget
     with pytest.raises(BudgetExceeded, match="delta"):
         again.check(step, 1e-3)
@@ -97,14 +96,14 @@ def test_central_noise_is_sized_on_the_clients_actually_aggregated():
     for k in (2, 5):
         noised, std = add_central_noise(mean, clip=1.0, noise_multiplier=2.0, num_aggregated=k, rng=rng)
         assert std == pytest.approx(2.0 / k) and noised[0].std() == pytest.approx(2.0 / k, rel=0.01)
-    assert client_level_epsilon(0.0, 3, 1e-5) == float("inf")
-    assert client_level_epsilon(5.0, 1, 1e-5) < client_level_epsilon(5.0, 4, 1e-5) < client_level_epsilon(1.0, 4, 1e-5)
+    assert client_level_epsilon(0.0, 3, 1e-5, "rdp") == float("inf")
+    assert client_level_epsilon(5.0, 1, 1e-5, "rdp") < client_level_epsilon(5.0, 4, 1e-5, "rdp") < client_level_epsilon(1.0, 4, 1e-5, "rdp")
 
 
 def _task(model, b=0, **kw):
     base = dict(run_id="r", round=1, block_index=b, attempt=0, spec_json=model.blocks[b].spec.to_json(), noise_multiplier=1.0,
                 max_grad_norm=1.0, sample_rate=0.1, steps=3, delta=1e-5, accountant="prv", lr=1e-3, weight_decay=0.0,
-                update_clip=0.5, seed=0)
+                update_clip=0.5)
     return BlockTask(**{**base, **kw})
 
 
