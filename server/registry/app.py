@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import IntegrityError
 
 from .api import ROUTERS as API_ROUTERS
-from .auth import TokenCache
+from .auth import TokenCache, session_csrf_token
 from .config import RegistrySettings
 from .dashboard import FragmentCache, template_filters
 from .dashboard import router as dashboard_router
@@ -55,6 +55,7 @@ def open_registry(settings: RegistrySettings) -> Registry:
     db.migrate()
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(template_filters())
+    templates.env.globals["session_csrf"] = session_csrf_token  # base.html: the CSRF token of the page's session
     templates.env.auto_reload = False  # templates ship with the package; no stat() per render
     return Registry(settings=settings, db=db, store=ContentStore(settings.artifact_dir), token_cache=TokenCache(), templates=templates,
                     fragments=FragmentCache())

@@ -7,6 +7,9 @@ Zero configuration works: everything lives under `$DBLOCKS_HOME/registry` (defau
 - `DBLOCKS_DATABASE_URL`: any SQLAlchemy URL, e.g. `postgresql+psycopg://user:pw@host:5432/db`.
 - `DBLOCKS_ARTIFACT_DIR`: where weight and artifact files go (default `<data dir>/artifacts`).
 - `DBLOCKS_MAX_UPLOAD_MB`: largest multipart upload (weights, audit artifacts), MiB; default 64.
+- `DBLOCKS_TRUST_PROXY`: `1` when the registry sits behind a reverse proxy that terminates TLS and sets
+  `X-Forwarded-Proto`; the dashboard's cookies are then marked Secure when that header says https. Default 0:
+  the header is ignored (anyone could send it) and only the request's own scheme counts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class RegistrySettings:
     artifact_dir: Path
     max_upload_bytes: int = 64 * MiB  # multipart uploads: block weights (~10 MB) and audit artifacts
     max_json_bytes: int = 2 * MiB  # every other request body
+    trust_proxy: bool = False  # believe X-Forwarded-Proto (only behind a proxy that sets it)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "RegistrySettings":
@@ -36,7 +40,11 @@ class RegistrySettings:
         url = env.get("DBLOCKS_DATABASE_URL") or f"sqlite:///{data_dir / 'registry.db'}"
         artifact_dir = Path(env.get("DBLOCKS_ARTIFACT_DIR") or data_dir / "artifacts").expanduser()
         max_mb = env.get("DBLOCKS_MAX_UPLOAD_MB")
-        settings = cls(data_dir=data_dir, database_url=url, artifact_dir=artifact_dir)
+        trust = env.get("DBLOCKS_TRUST_PROXY", "0").strip().lower()
+        if trust not in ("0", "1", "true", "false", ""):
+            raise ValueError(f"DBLOCKS_TRUST_PROXY must be 1 or 0, got {trust!r}")
+        settings = cls(data_dir=data_dir, database_url=url, artifact_dir=artifact_dir,
+                       trust_proxy=trust in ("1", "true"))
         if max_mb:
             try:
                 settings = replace(settings, max_upload_bytes=int(float(max_mb) * MiB))

@@ -26,7 +26,8 @@ from sqlalchemy import func, select
 from .api import nodes as nodes_api
 from .api import runs as runs_api
 from .api.common import get_or_404, get_run, registry
-from .auth import ALL_ROLES, COOKIE_NAME, OPERATORS, Allow, Principal, hash_token
+from .auth import (ALL_ROLES, COOKIE_NAME, CSRF_FIELD, LOGIN_CSRF_COOKIE, OPERATORS, Allow, Principal, delete_cookie,
+                   hash_token, login_nonce, require_csrf, secrets_match, set_cookie)
 from .budgets import node_budgets
 from .lifecycle import OPERATOR_ACTIONS, TransitionError
 from .models import ApiToken, Audit, BlockVersion, Event, Node, RoundReport, Run
@@ -222,28 +223,45 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+def login_form(request: Request, next: str, error: str | None, status_code: int = 200) -> HTMLResponse:
+    """The login page; its form and the login cookie carry the same CSRF nonce (double submit)."""
+    nonce = login_nonce(request)
+    response = render(request, "login.html", None, next=_safe_next(next), error=error, login_csrf=nonce)
+    response.status_code = status_code
+    set_cookie(response, request, LOGIN_CSRF_COOKIE, nonce, max_age=COOKIE_MAX_AGE_S, path="/login")
+    return response
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str = "/"):
-    return render(request, "login.html", None, next=_safe_next(next), error=None)
+    return login_form(request, next, None)
 
 
 @router.post("/login")
-def login(request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/", reg=Depends(registry)):
+def login(request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/",
+          csrf_token: Annotated[str, Form(alias=CSRF_FIELD)] = "", reg=Depends(registry)):
+    if not secrets_match(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
+        return login_form(request, next, "This login form has expired or was not sent by this site: log in again.", 403)
     with reg.db.reader() as s:
-        row = s.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip()), ApiToken.revoked_at.is_(None))).scalar_one_or_none()
+        row = s.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip()),
+                                               ApiToken.revoked_at.is_(None))).scalar_one_or_none()
     if row is None:
-        response = render(request, "login.html", None, next=_safe_next(next), error="Unknown or revoked token.")
-        response.status_code = 401
-        return response
+        return login_form(request, next, "Unknown or revoked token.", 401)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(COOKIE_NAME, token.strip(), max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict", path="/")
+    set_cookie(response, request, COOKIE_NAME, token.strip(), max_age=COOKIE_MAX_AGE_S)
+    delete_cookie(response, request, LOGIN_CSRF_COOKIE, path="/login")
     return response
 
 
 @router.post("/logout")
-def logout():
+def logout(request: Request, csrf_token: Annotated[str, Form(alias=CSRF_FIELD)] = ""):
+    """Ends the session of the login cookie; the form must carry that session's CSRF token (without a cookie there
+    is nothing to end)."""
+    session = request.cookies.get(COOKIE_NAME)
+    if session:
+        require_csrf(session, csrf_token)
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE_NAME, path="/")
+    delete_cookie(response, request, COOKIE_NAME)
     return response
 
 

@@ -6,11 +6,13 @@ then sends a real request per (route, role) and checks 403 exactly where the tab
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from regtools import DP, make_block, new_run, settings_for
 from starlette.testclient import TestClient
 
-from dblocks.server.registry.auth import COOKIE_NAME
+from dblocks.server.registry.auth import COOKIE_NAME, csrf_token_for
 from dblocks.server.registry.models import ROLES
 
 ALL = frozenset(ROLES)
@@ -155,8 +157,9 @@ def request_for(client: TestClient, method: str, path: str, ids: dict, headers: 
         return client.post(url, headers=headers, data={"meta": "{}"})
     if path.startswith("/ui/"):
         return client.post(url, headers={**headers, "HX-Request": "true"}, data={"action": "pause"})
-    if path == "/login":
-        return client.post(url, data={"token": tokens["viewer"]})
+    if path == "/login":  # the form's CSRF nonce comes with the page
+        nonce = re.search(r'name="csrf_token" value="([^"]+)"', client.get(url).text).group(1)
+        return client.post(url, data={"token": tokens["viewer"], "csrf_token": nonce})
     return client.post(url, headers=headers, json={})
 
 
@@ -182,12 +185,14 @@ def test_role_matrix(world, route, role):
         assert role in r.json()["detail"]
 
 
-def test_cookie_writes_need_the_htmx_header(world):
-    """A cross-site form post carrying the login cookie is refused (CSRF); the dashboard's htmx post passes."""
+def test_cookie_writes_need_the_csrf_token(world):
+    """A cross-site form post carrying the login cookie is refused (CSRF); the dashboard's htmx post, which carries
+    the session's CSRF token, passes."""
     app, tokens, ids = world
     client = TestClient(app, cookies={COOKIE_NAME: tokens["operator"]})
     assert client.post(f"/ui/runs/{ids['run_id']}/control", data={"action": "pause"}).status_code == 403
-    assert client.post(f"/ui/runs/{ids['run_id']}/control", data={"action": "pause"}, headers={"HX-Request": "true"}).status_code == 200
+    csrf = {"HX-Request": "true", "X-CSRF-Token": csrf_token_for(tokens["operator"])}
+    assert client.post(f"/ui/runs/{ids['run_id']}/control", data={"action": "pause"}, headers=csrf).status_code == 200
     assert client.get(f"/api/runs/{ids['run_id']}").status_code == 200
 
 
