@@ -12,8 +12,11 @@ sqrt(dim) * step / 2 of x in L2; step = 2 * rel_error * C / sqrt(dim) bounds tha
 therefore grows with the cohort size n, the vector length dim (through step) and the clip norm (through L).
 
 Overflow is checked, never wrapped: a client refuses an input above its bound (`encode`), and the server refuses
-a decoded sum with a coordinate outside [-n*L_j, n*L_j] (`decode_sum`), which only a client that broke the
-protocol can cause.
+a decoded sum outside `sum_bounds(count)` (`decode_sum`): a coordinate outside [-n*L_j, n*L_j] or an update
+part of L2 norm above n * (C (1 + 1e-9) + sqrt(dim) * step / 2), which only a client that broke the protocol
+can cause. Those checks are all the server can enforce: it only ever sees the sum, and every word mod M is a
+valid masked input, so one malicious client can still move the sum anywhere inside that region
+(`MaliciousReach`; docs/secure-aggregation.md, "What one malicious company can add").
 """
 
 from __future__ import annotations
@@ -47,6 +50,43 @@ class Extra:
     def __post_init__(self):
         if not self.name or not (self.bound > 0 and self.step > 0):
             raise ValueError(f"extra {self.name!r}: needs a name, bound > 0 and step > 0")
+
+
+@dataclass(frozen=True)
+class SumBounds:
+    """What the server accepts as the decoded sum of `count` contributions (`QuantSpec.decode_sum`).
+
+    client_l2 = C (1 + 1e-9) + sqrt(dim) step / 2: the largest L2 norm of one honest client's *encoded* update
+    (clipped norm plus rounding). The sum S is accepted iff |S_i| <= linf for every update coordinate,
+    |S_j| <= extras[j] for every extra and ||S_update||_2 <= l2 = count * client_l2."""
+
+    count: int
+    client_l2: float
+    l2: float
+    linf: float
+    extras: dict[str, float]
+
+    def reach(self) -> "MaliciousReach":
+        """What one malicious member of the `count` summed can add to the others' encoded sum H."""
+        honest = (self.count - 1) * self.client_l2  # ||H||_2 <= (count - 1) client_l2
+        return MaliciousReach(blind_l2=self.l2 - honest, informed_l2=self.l2 + honest,
+                              blind_linf=self.linf / self.count, informed_linf=self.linf * (2 - 1 / self.count))
+
+
+@dataclass(frozen=True)
+class MaliciousReach:
+    """Bounds on e, what one malicious client adds to the honest encoded sum H (S = H + e must be accepted).
+
+    blind_l2 = client_l2: every e with ||e||_2 <= blind_l2 (and |e_i| <= L step) is accepted whatever H is, since
+    ||H + e|| <= (count - 1) client_l2 + ||e||; larger ones are refused for some H (e pointing along H). A client
+    that knows H can go up to informed_l2 = (2 count - 1) client_l2 (S = l2 * u with H = -(count-1) client_l2 * u):
+    (2 count - 1) times what an honest client can add, and it can set the released mean S / count to any vector
+    of norm <= client_l2. The linf fields are the same bounds per update coordinate."""
+
+    blind_l2: float
+    informed_l2: float
+    blind_linf: float
+    informed_linf: float
 
 
 @dataclass(frozen=True)
@@ -116,6 +156,13 @@ class QuantSpec:
         n = self.cohort_size if cohort_size is None else cohort_size
         return (n * max(self._level_values())).bit_length() + 1
 
+    def sum_bounds(self, count: int) -> SumBounds:
+        """The region `decode_sum` accepts for the sum of `count` contributions (in the update's units)."""
+        levels = self._level_values()
+        client_l2 = self.clip_norm * (1 + NORM_TOLERANCE) + math.sqrt(self.dim) * self.step / 2
+        return SumBounds(count, client_l2, count * client_l2, count * levels[0] * self.step,
+                         {e.name: count * lvl * e.step for e, lvl in zip(self.extras, levels[1:])})
+
     def max_abs_error(self, count: int) -> np.ndarray:
         """Worst-case absolute error per coordinate of the decoded sum of `count` contributions."""
         steps = np.full(self.length, self.step)
@@ -174,16 +221,18 @@ class QuantSpec:
         w = (np.asarray(words).astype(np.uint64) & np.uint64(self.modulus_mask)) << np.uint64(shift)
         signed = w.view(np.int64) >> np.int64(shift)
         limit = count * self.levels()
-        bad = np.nonzero(np.abs(signed) > limit)[0]
+        # two comparisons, not abs(): abs(-2^63) wraps to -2^63 in int64 and would pass a 64-bit modulus' check
+        bad = np.nonzero((signed > limit) | (signed < -limit))[0]
         if bad.size:
             raise AggregateOverflow(
                 f"decoded sum out of range at {bad.size} coordinate(s) (first: {int(bad[0])}): some client sent "
                 f"values outside the agreed bounds; the aggregate is refused")
         total = signed[: self.dim].astype(np.float64) * self.step
         norm = math.sqrt(float(np.einsum("i,i", total, total)))
-        slack = count * (self.clip_norm * (1 + NORM_TOLERANCE) + math.sqrt(self.dim) * self.step / 2)
-        if norm > slack:
-            raise AggregateOverflow(f"decoded sum has L2 norm {norm:.6g} > {count} x clip_norm: refused")
+        bounds = self.sum_bounds(count)
+        if norm > bounds.l2:
+            raise AggregateOverflow(f"decoded sum has L2 norm {norm:.6g} > {bounds.l2:.6g} = {count} x (clip_norm + "
+                                    f"rounding): refused")
         extras = {e.name: float(signed[self.dim + j]) * e.step for j, e in enumerate(self.extras)}
         return total, extras
 
