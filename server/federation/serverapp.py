@@ -22,6 +22,7 @@ the reason recorded).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -89,7 +90,8 @@ class Federation:
             shapes = {b: self.model.param_shapes(b) for b in range(cfg.num_blocks)}
             # protocol rounds grow across restarts: each server session gets its own range
             self.secagg = DBlocksSecAgg(grid, shapes, cfg.update_clip, cfg.secagg.timeout, self._upload_payload,
-                                        first_round=self.session * 1_000_000 + 1)
+                                        first_round=self.session * 1_000_000 + 1,
+                                        consistency=cfg.secagg.consistency, directory=cfg.secagg.directory)
         else:
             self.secagg = FlowerSecAggPlus(cfg.secagg, cfg.update_clip)
         self._tasks: dict[int, BlockTask] = {}  # block -> task of the protocol round under way (dblocks mode)
@@ -231,8 +233,7 @@ class Federation:
             "record_steps": cfg.record_steps, "record_noise_multiplier": cfg.record_noise, "accountant": cfg.accountant,
             "client_epsilon": _finite(client_eps), "client_delta": cfg.delta,
             "central_noise_multiplier": cfg.central_noise, "central_noise_std": std, "clients_aggregated": k,
-            "record_epsilon_one_release": epsilon([MechanismStep(cfg.record_noise, cfg.record_sample_rate,
-                                                                 cfg.record_steps)], cfg.delta, cfg.accountant),
+            "record_epsilon_one_release": self._one_round_epsilon(),
             "client_epsilon_one_release": _finite(client_level_epsilon(cfg.central_noise, 1, cfg.delta, cfg.accountant)),
             "composition": f"largest among the cohort of each company's epsilon composed over all its releases in this "
                            f"run (all rounds and blocks), {cfg.accountant} accountant",
@@ -264,8 +265,7 @@ class Federation:
         msgs = [Message(RecordDict({"ping": ConfigRecord({"run_id": self.cfg.run_id})}), dst_node_id=n,
                         message_type="query.ping") for n in node_ids]
         # a company that cannot afford one more round of the record-level mechanism is not asked
-        need = epsilon([MechanismStep(self.cfg.record_noise, self.cfg.record_sample_rate, self.cfg.record_steps)],
-                       self.cfg.delta, self.cfg.accountant)
+        need = self._one_round_epsilon()
         why = {n: "no reply to the ping" for n in node_ids}
         live = {}
         for reply in send_and_receive(self.grid, msgs, timeout=self.cfg.ping_timeout):
@@ -288,6 +288,12 @@ class Federation:
             log.warning("node %s is a dropout of this round: %s", n, reason)
         self.dropped.update(why)
         return [live[n] for n in node_ids if n in live]
+
+    @functools.cache
+    def _one_round_epsilon(self) -> float:
+        """Record-level epsilon of one round's DP-SGD mechanism at a company (the run's accountant)."""
+        c = self.cfg
+        return epsilon([MechanismStep(c.record_noise, c.record_sample_rate, c.record_steps)], c.delta, c.accountant)
 
     def _record_node_privacy(self, r: int) -> None:
         """Each company that took part in round r: its record-level epsilon composed over all its releases in

@@ -183,14 +183,16 @@ def test_privacy_per_block_and_per_node(service):
         service.register_block_version(rid, 0, spec, w, round=rnd, cohort=[a, b], **{**DP, "record_epsilon": 0.5 * rnd},
                                        client_epsilon=0.2 * rnd, client_delta=1e-3)
         service.record_node_privacy(a, rid, 0, rnd, 0.5 * rnd, 1e-5, "prv", sample_rate=0.01, steps=100 * rnd)
-    service.record_node_privacy(a, rid, 1, 1, 0.7, 1e-5, "prv")
+    service.record_node_privacy(a, rid, 1, 3, 1.4, 1e-5, "prv")  # a's third release, on block 1: composed over all three
     service.record_node_privacy(b, rid, 0, 2, 1.0, 1e-5, "prv")
     p = service.run_privacy(rid)
     blk0 = p["blocks"][0]
     assert blk0["record_epsilon"] == 1.0 and blk0["client_epsilon"] == pytest.approx(0.4) and [h["round"] for h in blk0["history"]] == [1, 2]
     assert p["blocks"][1]["record_epsilon"] is None
     by_node = {n["node_id"]: n for n in p["nodes"]}
-    assert by_node[a]["epsilon_total"] == pytest.approx(1.0 + 0.7) and by_node[a]["delta_total"] == pytest.approx(2e-5)
+    # records are the node's composed totals of the run: the newest one is the total, never a sum over blocks
+    assert by_node[a]["epsilon_total"] == 1.4 and by_node[a]["delta_total"] == 1e-5 and by_node[a]["accountant"] == "prv"
+    assert by_node[a]["round"] == 3 and by_node[a]["per_block"]["1"]["epsilon"] == 1.4
     assert by_node[a]["per_block"]["0"]["epsilon"] == 1.0 and by_node[a]["per_block"]["0"]["steps"] == 200
     assert service.get_node(a)["blocks_trained"] == 2
     assert service.node_privacy(b)["runs"][0]["epsilon_total"] == 1.0
