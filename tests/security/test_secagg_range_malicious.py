@@ -12,16 +12,16 @@ C = 1.0
 
 
 class RogueClient(SecAggClient):
-    """Masks `words(plan, honest_sum_q)` instead of its encoded update: any vector mod 2^bits."""
+    """Masks `words(quant)` (signed integers, taken mod 2^bits) instead of its encoded update."""
 
     def __init__(self, cid, identity, trust, words):
         super().__init__(cid, identity, trust=trust)
         self.words = words
 
     def _mask(self, inst, acc, peer_keys):
-        q = np.asarray(self.words(inst.plan.quant), dtype=np.int64)
-        return super()._mask(inst, q.astype(inst.plan.quant.dtype) & inst.plan.quant.dtype.type(
-            inst.plan.quant.modulus_mask), peer_keys)
+        quant = inst.plan.quant
+        words = np.asarray(self.words(quant), dtype=np.int64).astype(quant.dtype) & quant.dtype.type(quant.modulus_mask)
+        return super()._mask(inst, words, peer_keys)
 
 
 def signed(words: np.ndarray, bits: int) -> np.ndarray:
@@ -30,14 +30,15 @@ def signed(words: np.ndarray, bits: int) -> np.ndarray:
     return (np.asarray(words).astype(np.uint64) << shift).view(np.int64) >> np.int64(64 - bits)
 
 
-def run_with_rogue(honest: list[np.ndarray], target_q, dim: int, extras=()):
-    """One protocol round: `honest` clipped updates and one rogue that makes the decoded sum's integer vector
-    `target_q(quant)` (it is told the honest encodings: the informed worst case). Returns (result, quant)."""
+def run_with_rogue(honest: list[np.ndarray], rogue_q, dim: int, extras=(), informed=True):
+    """One protocol round: `honest` clipped updates and one rogue. Informed (it is told the honest encodings, the
+    worst case), the rogue makes the decoded sum's integer vector `rogue_q(quant)`; blind, it adds `rogue_q(quant)`
+    to whatever the honest sum is. Returns (result, quant)."""
     ids = [f"c{i}" for i in range(len(honest) + 1)]
 
     def rogue_words(quant):
-        honest_q = sum(signed(quant.encode(x), quant.bits) for x in honest)
-        return np.asarray(target_q(quant), dtype=np.int64) - honest_q  # wraps mod 2^64, then mod 2^bits: fine
+        honest_q = sum(signed(quant.encode(x), quant.bits) for x in honest) if informed else 0
+        return np.asarray(rogue_q(quant), dtype=np.int64) - honest_q  # wraps mod 2^64, then mod 2^bits: fine
 
     identities = {c: Identity(c) for c in ids}
     pinned = {c: ident.public for c, ident in identities.items()}  # a registry's directory
@@ -102,12 +103,10 @@ def test_secagg_range_one_malicious_member_reach_is_as_documented():
     over, _ = run_with_rogue([-C * u] * (k - 1), along_u(l2, 1), dim)
     assert over.aggregates == {} and "L2 norm" in over.failures["0"]
 
-    def blind(extra_steps):  # e alone along u, the honest sum (k-1) C u already along u: S = H + e
-        return lambda quant: along_u(lambda q: q.sum_bounds(k).reach().blind_l2, extra_steps)(quant) + int(
-            round((k - 1) * C / np.sqrt(dim) / quant.step))
-    ok, _ = run_with_rogue([C * u] * (k - 1), blind(0), dim)
+    blind = lambda quant: quant.sum_bounds(k).reach().blind_l2  # noqa: E731
+    ok, _ = run_with_rogue([C * u] * (k - 1), along_u(blind), dim, informed=False)  # H along u too: worst case
     e = ok.aggregates["0"].update_sum - (k - 1) * C * u
     assert reach.blind_l2 == pytest.approx(bounds.client_l2)
     assert reach.blind_l2 - np.sqrt(dim) * quant.step <= np.linalg.norm(e) <= reach.blind_l2
-    refused, _ = run_with_rogue([C * u] * (k - 1), blind(3), dim)
+    refused, _ = run_with_rogue([C * u] * (k - 1), along_u(blind, 3), dim, informed=False)
     assert refused.aggregates == {} and "L2 norm" in refused.failures["0"]
