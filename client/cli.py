@@ -12,7 +12,7 @@ from rich.table import Table
 
 from dblocks.shared.data import DataError
 
-from .join import JoinOptions, default_home, ledger_path, run_supernode, validate
+from .join import JoinOptions, default_home, ledger_path, run_supernode, secagg_key_path, validate
 
 app = typer.Typer(help="Company side: join a federation, check data, keys and the privacy ledger.", no_args_is_help=True)
 keys_app = typer.Typer(help="This company's node key (its identity towards the federation).", no_args_is_help=True)
@@ -50,6 +50,12 @@ def join(
     trusted_entities: Optional[Path] = typer.Option(
         None, help="YAML file {id: 'ssh-ed25519 ...'} of app signers (Flower's --trusted-entities) whose signed apps "
                    "may run too; without it only the installed dblocks ClientApp ever runs"),
+    directory_key: Optional[Path] = typer.Option(
+        None, help="the operator's SecAgg directory key (directory.pub, given with ca.pem): your peers' keys are "
+                   "checked against the directory it signs"),
+    require_consistency: bool = typer.Option(
+        False, "--require-consistency", help="refuse every run whose secure aggregation lacks the consistency check "
+                                             "(a server could otherwise show members different survivor sets)"),
     home: Path = typer.Option(default_home(), help="where the ledger and Flower state live"),
 ) -> None:
     """Join a federation: validate the data, then run a SuperNode (outbound connections only).
@@ -58,7 +64,8 @@ def join(
     code of its own, else it is refused (see the company guide)."""
     opts = JoinOptions(server=server, data=data, home=home, ca=ca, key=key, insecure=insecure, epsilon_budget=epsilon_budget,
                        delta=delta, memory_mb=parse_size_mb(memory_limit), label_column=label_column, image_size=image_size, threads=threads,
-                       trusted_entities=trusted_entities)
+                       trusted_entities=trusted_entities, directory_key=directory_key,
+                       require_consistency=require_consistency)
     try:
         ds = validate(opts)
     except DataError as e:
@@ -69,10 +76,20 @@ def join(
         fail(f"{key}: node key not found (create one with `dbclient keys init`)")
     if trusted_entities is not None and not trusted_entities.is_file():
         fail(f"{trusted_entities}: trusted entities file not found")
+    if directory_key is not None and not directory_key.is_file():
+        fail(f"{directory_key}: directory key not found (ask the operator for directory.pub)")
     if insecure:
         console.print("[bold yellow]warning:[/bold yellow] --insecure: no TLS, the connection is neither encrypted nor "
                       "authenticated. Use only for local tests.")
     console.print(f"data ok: {ds.describe()}")
+    from dblocks.privacy.secagg.flower import identity_public
+
+    try:
+        ident = identity_public(secagg_key_path(opts))
+    except ValueError as e:
+        fail(str(e))
+    console.print(f"SecAgg identity {ident.hex()} ({secagg_key_path(opts)}): the operator enrols it when approving "
+                  f"this node{'; consistency check required' if require_consistency else ''}")
     console.print(f"joining {server}; privacy ledger {ledger_path(home, data.resolve())} (budget epsilon={epsilon_budget} "
                   f"at delta={delta})")
     try:
@@ -133,7 +150,12 @@ def keys_init(path: Path = typer.Option(default_home() / "node.key", help="where
     console.print(f"private key: {priv} (keep it here; it never leaves this machine)")
     console.print(f"public key:  {pub}\n{text}")
     console.print(f"fingerprint: {public_key_fingerprint(text)}")
-    console.print("send the public key to the operator, who approves it with `dbserver nodes approve`.")
+    from dblocks.privacy.secagg.flower import identity_public
+
+    secagg = path.parent / "secagg.key"
+    console.print(f"SecAgg identity: {identity_public(secagg).hex()} (key {secagg}, 0600)")
+    console.print("send the public key and the SecAgg identity to the operator, who approves them with "
+                  "`dbserver nodes approve KEY.pub --secagg-identity HEX`.")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ created with mode 0600 if missing; default: keys live in the run's Context only)
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
@@ -46,6 +48,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from .client import Contribution, SecAggClient
+from .directory import DirectoryView, read_public_key
 from .driver import RoundResult, plan_round, run_round
 from .errors import ProtocolRefusal, ThresholdError
 from .graph import Policy
@@ -179,9 +182,11 @@ class FlowerSecAgg:
     policy: Policy = Policy()
     consistency_check: bool = False
     trust: TrustStore | None = None
+    directory: bytes | None = None  # the signed directory of enrolled identities, relayed to the clients
 
     def __post_init__(self):
-        self.server = SecAggServer(policy=self.policy, trust=self.trust, consistency_check=self.consistency_check)
+        self.server = SecAggServer(policy=self.policy, trust=self.trust, consistency_check=self.consistency_check,
+                                   directory=self.directory)
         self.exchange = GridExchange(self.grid, timeout=self.timeout, payload=self.payload)
 
     def plan(self, round_: int, cohorts: Mapping[str, Iterable[int]]) -> dict[str, Plan]:
@@ -198,47 +203,125 @@ class FlowerSecAgg:
 
 
 # client side ------------------------------------------------------------------------------------------------------
-def _load_identity(path: str, client_id: str) -> Identity:
+def load_identity_key(path: str | Path) -> bytes:
+    """The node's persistent SecAgg identity (Ed25519 private key, 32 bytes), created 0600 if missing.
+    Its public key (`identity_public`) is what the operator enrols with the node."""
     p = Path(path)
-    if p.exists():
-        identity = Identity.from_dict(json.loads(p.read_text()))
-        if identity.client_id != client_id:
-            raise ValueError(f"{path} holds the keys of {identity.client_id}, this node is {client_id}")
-        return identity
-    identity = Identity(client_id)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(identity.to_dict(), f)
-    return identity
+    if not p.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # created by a concurrent message: read it below
+        else:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"v": 2, "signing": Identity("new").signing_bytes().hex()}, f)
+    if p.stat().st_mode & 0o077:
+        raise ValueError(f"{p} is readable by other users: chmod 600 {p}")
+    data = json.loads(p.read_text())
+    return bytes.fromhex(data["signing"])
+
+
+def identity_public(path: str | Path) -> bytes:
+    return Identity("me", load_identity_key(path)).public
+
+
+def _flag(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def new_client(client_id: str, node_config: Mapping, policy: Policy = Policy()) -> SecAggClient:
+    """A fresh protocol client for this node, configured from the node configuration (see the module docstring)."""
+    nc = node_config
+    identity = Identity(client_id, load_identity_key(str(nc["secagg-identity"]))) if nc.get("secagg-identity") \
+        else None
+    directory, trust = None, TrustStore(tofu=True)  # no directory key: simulations and tests only
+    if nc.get("secagg-directory-key"):
+        directory, trust = DirectoryView(read_public_key(Path(str(nc["secagg-directory-key"])))), TrustStore()
+    return SecAggClient(client_id, identity, policy=policy, trust=trust, directory=directory,
+                        require_consistency=_flag(nc.get("secagg-require-consistency", False)))
 
 
 def client_from_context(context: Context, policy: Policy = Policy()) -> SecAggClient:
-    """The node's protocol client: restored from the Context state, or created (keys from `secagg-identity`
-    if configured, pinned identities from `secagg-directory`)."""
+    """The node's protocol client: restored from the Context state, or created (`new_client`)."""
     record = context.state.config_records.get(STATE_RECORD)
     if record is not None and "state" in record:
         return SecAggClient.from_state(bytes(record["state"]))
-    client_id = str(context.node_id)
-    nc = context.node_config
-    identity = _load_identity(str(nc["secagg-identity"]), client_id) if nc.get("secagg-identity") else None
-    trust = None
-    if nc.get("secagg-directory"):
-        pinned = {k: bytes.fromhex(v) for k, v in json.loads(Path(str(nc["secagg-directory"])).read_text()).items()}
-        trust = TrustStore(pinned, tofu=False)
-    return SecAggClient(client_id, identity, policy=policy, trust=trust)
+    return new_client(str(context.node_id), context.node_config, policy)
 
 
 def save_client(context: Context, client: SecAggClient) -> None:
     context.state.config_records[STATE_RECORD] = ConfigRecord({"state": client.export_state()})
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An open file descriptor of `path` (created 0600) under an exclusive lock until the block ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _read(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _write(fd: int, data: bytes) -> None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.ftruncate(fd, 0)
+    os.write(fd, data)
+    os.fsync(fd)
+
+
+def _handle_with_file_state(state_dir: Path, context: Context, request: ProtocolMessage, contribute,
+                            policy: Policy) -> ProtocolMessage:
+    """Read the run's state, answer, write it back, all under the state file's exclusive lock; the directory
+    pins are carried over from (and back into) the node-wide pins file."""
+    with _locked(state_dir / f"run-{int(context.run_id)}.json") as fd:
+        data = _read(fd)
+        client = SecAggClient.from_state(data) if data else new_client(str(context.node_id), context.node_config,
+                                                                        policy)
+        pins_path = state_dir / "directory-pins.json"
+        if client.directory is not None:
+            with _locked(pins_path) as pfd:
+                pins = _read(pfd)
+                if pins:
+                    known = DirectoryView.from_dict(json.loads(pins))
+                    if known.key == client.directory.key and known.version > client.directory.version:
+                        client.directory.version = known.version
+                    client.directory.seen = {**(known.seen or {}), **(client.directory.seen or {})}
+        reply = client.handle(request, contribute)
+        _write(fd, client.export_state())
+        if client.directory is not None:
+            with _locked(pins_path) as pfd:
+                pins = _read(pfd)
+                seen = {**(DirectoryView.from_dict(json.loads(pins)).seen or {})} if pins else {}
+                seen.update(client.directory.seen or {})
+                view = DirectoryView(client.directory.key, client.directory.version, seen, None)
+                _write(pfd, json.dumps(view.to_dict()).encode())
+    return reply
+
+
 def handle(msg: Message, context: Context,
            contribute: Callable[[Plan, Message], Contribution] | None = None, policy: Policy = Policy()) -> Message:
     """Answer one protocol message in a ClientApp. Refusals raise (Flower returns them as error replies, which
     the server treats as a dropout) and leave the persisted state untouched."""
-    client = client_from_context(context, policy)
     request = from_recorddict(msg.content)
-    reply = client.handle(request, (lambda plan: contribute(plan, msg)) if contribute is not None else None)
-    save_client(context, client)
+    wrapped = (lambda plan: contribute(plan, msg)) if contribute is not None else None
+    state_dir = context.node_config.get("secagg-state")
+    if state_dir:
+        reply = _handle_with_file_state(Path(str(state_dir)), context, request, wrapped, policy)
+    else:
+        client = client_from_context(context, policy)
+        reply = client.handle(request, wrapped)
+        save_client(context, client)
     return Message(to_recorddict(reply), reply_to=msg)

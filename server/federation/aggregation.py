@@ -23,6 +23,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
@@ -129,22 +130,37 @@ class DBlocksSecAgg:
     Steady state takes two exchanges per member (upload, unmask): `upcoming` (the cohorts expected next
     round) is planned before this round's uploads, whose replies then announce the members' keys for it. If
     next round's cohorts turn out different (a company left, ran out of budget, joined), that plan is dropped
-    and the round plans afresh, which costs its members one `join` exchange."""
+    and the round plans afresh, which costs its members one `join` exchange.
+
+    `consistency` (default on, as in `dbserver start` deployments) adds the signed-view check (one `confirm`
+    exchange). `directory`: path of the signed directory of enrolled identities, re-read every round (a node
+    approved mid-run appears in it) and relayed to the companies, which verify and pin it. A node whose reply is
+    malformed is a dropout of its instance, with the reason in `self.protocol.server.dropouts`."""
 
     name = "dblocks-secagg+"
 
     def __init__(self, grid: Grid, shapes: dict[int, list[tuple[int, ...]]], clip: float, timeout: float,
-                 payload: Payload, first_round: int = 1) -> None:
+                 payload: Payload, first_round: int = 1, *, consistency: bool = True,
+                 directory: str | None = None) -> None:
         self.shapes = shapes
         layouts = {str(b): Layout(dim=sum(int(np.prod(s, dtype=np.int64)) for s in ss), clip_norm=clip)
                    for b, ss in shapes.items()}
-        self.protocol = FlowerSecAgg(grid, layouts, timeout=timeout, payload=payload)
+        self.protocol = FlowerSecAgg(grid, layouts, timeout=timeout, payload=payload, consistency_check=consistency)
+        self.directory = directory
+        self._load_directory()
         self.next_round = first_round  # the next unused protocol round
         self.ahead: tuple[int, dict[int, list[int]]] | None = None  # (protocol round, cohorts) planned ahead
+
+    def _load_directory(self) -> None:
+        if self.directory is not None:
+            blob = Path(self.directory).read_bytes()
+            if blob != self.protocol.server.directory:
+                self.protocol.server.set_directory(blob)
 
     def aggregate(self, cohorts: dict[int, list[int]],
                   upcoming: dict[int, list[int]] | None = None) -> dict[int, AggregateOutcome]:
         t0 = time.perf_counter()
+        self._load_directory()
         cohorts = {b: sorted(c) for b, c in cohorts.items()}
         outcomes = {b: AggregateOutcome(b, list(c)) for b, c in cohorts.items()}
         if self.ahead is not None and self.ahead[1] == cohorts:
@@ -169,7 +185,7 @@ class DBlocksSecAgg:
         if planned:
             try:
                 result = self.protocol.run(proto)
-            except SecAggError as e:
+            except (SecAggError, ValueError) as e:
                 for b in planned:
                     outcomes[b].failure = f"secure aggregation failed: {e}"
             else:

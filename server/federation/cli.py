@@ -102,7 +102,8 @@ def init(
         fail(str(e))
     console.print(f"config: {r.config_path}")
     console.print(f"server certificate for: {', '.join(r.certificate_hosts)} (CA kept if it existed)")
-    console.print(f"give the companies: {r.ca}  and the address {r.config.hosts[0]}:{r.config.gateway.port}")
+    console.print(f"give the companies: {r.ca}, {r.directory_key} and the address "
+                  f"{r.config.hosts[0]}:{r.config.gateway.port}")
     if r.admin_token:
         console.print(f"registry admin token (also in {home / 'secrets' / 'admin.token'}, mode 0600):\n\n    {r.admin_token}\n")
     console.print("next: `dbserver start`, then approve companies with `dbserver nodes approve KEY.pub`")
@@ -141,6 +142,8 @@ def run_new(
     server_lr: float = 1.0,
     secagg: str = typer.Option("dblocks", help="secure aggregation: dblocks (ours) | flower (Flower's SecAgg+)"),
     secagg_threshold: float = typer.Option(0.6, help="flower mode: share of a cohort needed to unmask"),
+    consistency: bool = typer.Option(True, help="dblocks mode: members sign the survivor view before unmasking (one "
+                                                "more exchange per round; companies may require it)"),
     init_model: Optional[Path] = typer.Option(None, help="start from these blocks (e.g. pretrained on public data)"),
     registry_url: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_URL"),
     token: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_TOKEN",
@@ -154,12 +157,12 @@ def run_new(
     sh = ServerHome(home)
     if not (sh.flwr_home / "config.toml").exists():
         fail(f"no SuperLink configured under {home}: run `dbserver start` first")
-    if registry_url is None:  # after `dbserver init`: the deployment's registry, with the service token
-        from .provision import load_config, read_secret, service_token_path
+    from .provision import directory_path, load_config, read_secret, service_token_path
 
-        deployed = load_config(sh)
-        if deployed is not None:
-            registry_url, token = deployed.registry_url, token or read_secret(service_token_path(sh))
+    deployed = load_config(sh)
+    if registry_url is None and deployed is not None:  # after `dbserver init`: the registry, with the service token
+        registry_url, token = deployed.registry_url, token or read_secret(service_token_path(sh))
+    directory = str(directory_path(sh)) if deployed is not None and directory_path(sh).exists() else None
     registry = None
     if registry_url:
         from dblocks.server.registry.client import RegistryClient
@@ -170,7 +173,8 @@ def run_new(
                         min_cohort=min_cohort, scheduler=scheduler, record_noise=record_noise, record_clip=record_clip,
                         record_sample_rate=sample_rate, record_steps=steps, lr=lr, update_clip=update_clip,
                         central_noise=central_noise, server_lr=server_lr,
-                        secagg=SecAggConfig(mode=secagg, threshold=secagg_threshold),
+                        secagg=SecAggConfig(mode=secagg, threshold=secagg_threshold, consistency=consistency,
+                                            directory=directory),
                         init_model_dir=str(init_model.resolve()) if init_model else None, registry_url=registry_url)
     except ValueError as e:
         fail(f"bad run settings: {e}")
@@ -232,6 +236,8 @@ def nodes_approve(
     public_key: Path = typer.Argument(..., help="the company's node public key (node.key.pub)"),
     name: Optional[str] = typer.Option(None, help="display name"),
     organisation: Optional[str] = typer.Option(None, help="the company (default: the name)"),
+    secagg_identity: Optional[str] = typer.Option(None, help="the company's SecAgg identity (64 hex, printed by "
+                                                             "`dbclient keys init` / `dbclient join`): enrolled once"),
     home: Path = typer.Option(default_home()),
 ) -> None:
     """Approve a company's node key: the SuperLink admits it from now on (no certificate is reissued).
@@ -258,7 +264,8 @@ def nodes_approve(
 
     try:
         node = reg.register_node(name or public_key.stem, organisation or name or public_key.stem, text)
-        node = reg.approve_node(node["id"], "dbserver nodes approve")
+        node = reg.approve_node(node["id"], "dbserver nodes approve",
+                                secagg_identity=secagg_identity.strip().lower() if secagg_identity else None)
     except (RegistryError, OSError) as e:
         fail(f"the registry refused or is not running (`dbserver start`): {e}")
     console.print(f"approved {node['id']} ({node['display_name']}); the SuperLink admits it within a few seconds")
@@ -331,7 +338,10 @@ def nodes_sync(
     registry = RegistryClient(cfg.registry_url, read_secret(service_token_path(sh)))
     link = SuperLinkNodes(cfg.superlink.local_address, sh.tls.ca)
     if every <= 0:
-        r = sync_once(registry, link)
+        from .provision import directory_publisher, ensure_directory_key
+
+        ensure_directory_key(sh)
+        r = sync_once(registry, link, directory_publisher(sh))
         console.print(f"registered {r.registered or 'none'}, unregistered {r.unregistered or 'none'}")
         for node_id, err in r.errors.items():
             console.print(f"[red]{node_id}: {err}[/red]")
@@ -339,7 +349,10 @@ def nodes_sync(
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    loop = NodeSyncLoop(registry, link, every)
+    from .provision import directory_publisher, ensure_directory_key
+
+    ensure_directory_key(sh)
+    loop = NodeSyncLoop(registry, link, every, directory_publisher(sh))
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     loop.start()
     try:
@@ -360,7 +373,9 @@ def _sync_now(home: Path, reg) -> None:
 
         svc = RegistryClient(cfg.registry_url, read_secret(service_token_path(ServerHome(home))), connect_retries=1)
         link = SuperLinkNodes(cfg.superlink.local_address, ServerHome(home).tls.ca)
-        report = sync_once(svc, link)
+        from .provision import directory_publisher
+
+        report = sync_once(svc, link, directory_publisher(ServerHome(home)))
     except Exception as e:  # noqa: BLE001 - the loop in `dbserver start` retries
         console.print(f"[yellow]the SuperLink will be updated by `dbserver start`'s node sync ({type(e).__name__})[/yellow]")
         return

@@ -26,11 +26,17 @@ class SecAggConfig:
     """Secure aggregation per block cohort. mode "dblocks" (default): ours (dblocks.privacy.secagg: uint32
     masks, all blocks of a round share each exchange, threshold and graph chosen from the cohort size);
     "flower": Flower's SecAgg+ (legacy workflow), for comparison. threshold: Flower mode only, the fraction of
-    the cohort needed to unmask. timeout: seconds a protocol stage waits for replies (training included)."""
+    the cohort needed to unmask. timeout: seconds a protocol stage waits for replies (training included).
+    consistency (dblocks mode, default on): every survivor signs the server's survivor view before anyone reveals
+    shares (one more exchange per round), so a server cannot show members different views; companies may
+    require it (`dbclient join --require-consistency`). directory: the signed directory of enrolled SecAgg
+    identities (written by the node sync of `dbserver start`), relayed to the companies, which pin it."""
 
     mode: Literal["dblocks", "flower"] = "dblocks"
     threshold: float = 0.6
     timeout: float = 600.0
+    consistency: bool = True
+    directory: str | None = None
 
 
 @dataclass(frozen=True)

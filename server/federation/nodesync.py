@@ -14,6 +14,11 @@ registry node's `info` ("superlink": {"node_id", "status", "error"}), only when 
 
 Flower 1.41 keeps an unregistered key forever ("public key already in use"): a revoked company that is
 approved again must create a new node key; the sync reports that in `info.superlink.error`.
+
+The same pass publishes the SecAgg directory (`DirectoryPublisher`): {SuperLink node id: enrolled SecAgg
+identity} of every approved, registered node, signed with the operator's directory key whenever it changes.
+SuperLink node ids are the SecAgg client ids (a ClientApp's `context.node_id`), so this is the one place where
+both halves of the mapping are known. The ServerApp relays the file; companies verify it with directory.pub.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+
+from dblocks.privacy.secagg.directory import Directory, load_signing_key
 
 log = logging.getLogger("dblocks.nodesync")
 
@@ -93,9 +100,30 @@ class SyncReport:
         return bool(self.registered or self.unregistered or self.errors)
 
 
-def sync_once(registry, link: SuperLinkNodes) -> SyncReport:
+@dataclass(frozen=True)
+class DirectoryPublisher:
+    """Signs {SuperLink node id: SecAgg identity} with the directory key (`signing_key`) into `path`."""
+
+    signing_key: Path
+    path: Path
+
+    def publish(self, entries: dict[str, bytes]) -> bool:
+        """Write a new signed version if the entries changed; True if it did."""
+        current = Directory.from_bytes(self.path.read_bytes()) if self.path.exists() else None
+        if current is not None and current.entries == entries:
+            return False
+        signed = Directory.sign(current.version + 1 if current else 1, entries, load_signing_key(self.signing_key))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(signed.to_bytes())
+        tmp.replace(self.path)
+        return True
+
+
+def sync_once(registry, link: SuperLinkNodes, directory: DirectoryPublisher | None = None) -> SyncReport:
     """One reconciliation pass (see the module docstring). `registry`: a RegistryClient with a service token."""
     report = SyncReport()
+    enrolled: dict[str, bytes] = {}
     on_link = {n.public_key_der: n for n in link.list()}
     known = set()
     for node in registry.list_nodes():
@@ -121,25 +149,30 @@ def sync_once(registry, link: SuperLinkNodes) -> SyncReport:
             state["error"] = f"{type(e).__name__}: {e}"[:500]
         if state["error"]:
             report.errors[node["id"]] = state["error"]
+        elif want == "approved" and state["node_id"] and node.get("secagg_identity"):
+            enrolled[state["node_id"]] = bytes.fromhex(node["secagg_identity"])
         if (node.get("info") or {}).get("superlink") != state:
             registry.node_seen(node["id"], {**(node.get("info") or {}), "superlink": state})
     report.foreign = sorted(n.node_id for der, n in on_link.items() if der not in known and n.status in REGISTERED_STATES)
+    if directory is not None:
+        directory.publish(enrolled)
     return report
 
 
 class NodeSyncLoop(threading.Thread):
     """`sync_once` every `interval` seconds until stopped; errors are logged, never fatal."""
 
-    def __init__(self, registry, link: SuperLinkNodes, interval: float = 5.0):
+    def __init__(self, registry, link: SuperLinkNodes, interval: float = 5.0,
+                 directory: DirectoryPublisher | None = None):
         super().__init__(name="node-sync", daemon=True)
-        self.registry, self.link, self.interval = registry, link, interval
+        self.registry, self.link, self.interval, self.directory = registry, link, interval, directory
         self.stopped = threading.Event()
         self.passes = 0
 
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                r = sync_once(self.registry, self.link)
+                r = sync_once(self.registry, self.link, self.directory)
                 if r.changed():
                     log.info("node sync: registered %s, unregistered %s, errors %s", r.registered, r.unregistered, r.errors)
             except Exception as e:  # noqa: BLE001 - registry or SuperLink restarting: try again next pass

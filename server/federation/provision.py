@@ -30,6 +30,37 @@ def service_token_path(home: ServerHome) -> Path:
     return home.root / "secrets" / "service.token"
 
 
+def directory_key_path(home: ServerHome) -> Path:
+    """The operator's SecAgg directory signing key (0600); companies pin its public half, directory.pub."""
+    return home.root / "secrets" / "directory.key"
+
+
+def directory_public_path(home: ServerHome) -> Path:
+    """directory.pub, beside ca.pem: give both to every company."""
+    return home.root / "tls" / "directory.pub"
+
+
+def directory_path(home: ServerHome) -> Path:
+    """The signed SecAgg directory the node sync writes and every run relays."""
+    return home.root / "secagg" / "directory.json"
+
+
+def directory_publisher(home: ServerHome):
+    from .nodesync import DirectoryPublisher
+
+    return DirectoryPublisher(directory_key_path(home), directory_path(home))
+
+
+def ensure_directory_key(home: ServerHome) -> Path:
+    """Create the directory key once (kept across inits, like the CA) and write directory.pub."""
+    from dblocks.privacy.secagg.directory import create_signing_key
+
+    public = create_signing_key(directory_key_path(home))
+    directory_public_path(home).parent.mkdir(parents=True, exist_ok=True)
+    directory_public_path(home).write_text(public.hex() + "\n")
+    return directory_public_path(home)
+
+
 def load_config(home: ServerHome) -> ServerConfig | None:
     """The deployment of this server home, or None where `dbserver init` never ran (zero-config mode)."""
     p = config_path(home)
@@ -49,6 +80,7 @@ class InitResult:
     config: ServerConfig
     config_path: Path
     ca: Path
+    directory_key: Path  # directory.pub: companies pin it (`dbclient join --directory-key`)
     admin_token: str | None  # shown once; None where an existing token was kept
     certificate_hosts: list[str]
 
@@ -69,7 +101,7 @@ def init_server(home: ServerHome, hosts: list[str], *, gateway_port: int = 9092,
     admin = _ensure_tokens(home, cfg, rotate_tokens)
     home.write_flwr_config(cfg.superlink.local_address, insecure=False)  # the operator's `flwr` -> this SuperLink
     cfg.save(config_path(home))
-    return InitResult(cfg, config_path(home), tls.ca, admin, cert_hosts)
+    return InitResult(cfg, config_path(home), tls.ca, ensure_directory_key(home), admin, cert_hosts)
 
 
 def _ensure_tokens(home: ServerHome, cfg: ServerConfig, rotate: bool) -> str | None:

@@ -54,7 +54,11 @@ def run_stack(home: ServerHome, cfg: ServerConfig, console) -> int:
         h, p = cfg.gateway.local_address.rsplit(":", 1)
         wait_for_port(h.strip("[]"), int(p), 60, procs["gateway"])
         registry = RegistryClient(cfg.registry_url, read_secret(service_token_path(home)))
-        sync = NodeSyncLoop(registry, SuperLinkNodes(cfg.superlink.local_address, home.tls.ca), cfg.node_sync_seconds)
+        from .provision import directory_publisher, ensure_directory_key
+
+        ensure_directory_key(home)
+        sync = NodeSyncLoop(registry, SuperLinkNodes(cfg.superlink.local_address, home.tls.ca), cfg.node_sync_seconds,
+                            directory_publisher(home))
         sync.start()
         console.print(f"Fleet API (companies): {cfg.hosts[0]}:{cfg.gateway.port} via the gateway on {cfg.gateway.address}")
         console.print(f"SuperLink (loopback only): {cfg.superlink.address}; logs in {home.root}")

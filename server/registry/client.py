@@ -240,17 +240,22 @@ class RegistryClient:
                                            "max_client_epsilon": max_client_epsilon, "round": round, "sha256": sha256}, limit)
 
     # ---- nodes ----------------------------------------------------------------------------------------------------
-    def register_node(self, display_name: str, organisation: str, public_key: str, fingerprint: str | None = None) -> dict:
+    def register_node(self, display_name: str, organisation: str, public_key: str, fingerprint: str | None = None,
+                      secagg_identity: str | None = None) -> dict:
         """A node in status 'pending' (or the existing node with that key, ["created"] == False). `public_key`:
-        PEM or an OpenSSH line; `fingerprint`, if given, must match it. Returns ["id"] ('node-' + 12 hex)."""
-        return self._json("POST", "/api/nodes", idempotent=True, json={"display_name": display_name, "organisation": organisation,
-                                                                      "public_key": public_key, "fingerprint": fingerprint})
+        PEM or an OpenSSH line; `fingerprint`, if given, must match it. Returns ["id"] ('node-' + 12 hex).
+        `secagg_identity`: the node's SecAgg identity key (64 hex), if known already."""
+        return self._json("POST", "/api/nodes", idempotent=True, json={
+            "display_name": display_name, "organisation": organisation, "public_key": public_key,
+            "fingerprint": fingerprint, "secagg_identity": secagg_identity})
 
     def get_node(self, node_id: str) -> dict:
         return self._json("GET", f"/api/nodes/{node_id}")
 
-    def approve_node(self, node_id: str, reason: str | None = None) -> dict:
-        return self._json("POST", f"/api/nodes/{node_id}/approve", idempotent=True, json={"reason": reason})
+    def approve_node(self, node_id: str, reason: str | None = None, secagg_identity: str | None = None) -> dict:
+        """Approve a node; `secagg_identity` (64 hex) enrols its SecAgg identity key (once; a different one: 409)."""
+        return self._json("POST", f"/api/nodes/{node_id}/approve", idempotent=True,
+                          json={"reason": reason, "secagg_identity": secagg_identity})
 
     def revoke_node(self, node_id: str, reason: str | None = None) -> dict:
         return self._json("POST", f"/api/nodes/{node_id}/revoke", idempotent=True, json={"reason": reason})

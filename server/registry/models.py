@@ -154,6 +154,8 @@ class Node(Base):
     organisation: Mapped[str] = mapped_column(String(200))
     public_key: Mapped[str] = mapped_column(Text)
     fingerprint: Mapped[str] = mapped_column(String(128), unique=True)
+    # Ed25519 public key (64 hex) of the node's SecAgg identity, enrolled at approval; never changes once set
+    secagg_identity: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
     status_reason: Mapped[str | None] = mapped_column(Text)
     blocks_trained: Mapped[int] = mapped_column(default=0)  # block versions whose cohort named this node

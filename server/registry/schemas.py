@@ -18,6 +18,9 @@ Role = Literal["admin", "operator", "researcher", "viewer", "service"]
 
 Name = Field(min_length=1, max_length=200)
 NodeId = Field(min_length=1, max_length=64)
+SecAggIdentity = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                       description="the node's SecAgg identity key (Ed25519 public, 64 lowercase hex); enrolled "
+                                   "once, never changed")
 
 
 class In(BaseModel):
@@ -225,6 +228,7 @@ class NodeCreate(In):
     organisation: str = Name
     public_key: str = Field(min_length=1, max_length=20_000, description="PEM SubjectPublicKeyInfo or an OpenSSH public key line")
     fingerprint: str | None = Field(default=None, max_length=128, description="optional; if given it must match the key")
+    secagg_identity: str | None = SecAggIdentity
 
 
 class NodeOut(Out):
@@ -233,6 +237,7 @@ class NodeOut(Out):
     organisation: str
     public_key: str
     fingerprint: str
+    secagg_identity: str | None
     status: NodeStatus
     status_reason: str | None
     blocks_trained: int
@@ -249,6 +254,7 @@ class NodeRegistered(NodeOut):
 
 class NodeDecision(In):
     reason: str | None = Field(default=None, max_length=2000)
+    secagg_identity: str | None = SecAggIdentity
 
 
 class NodeSeen(In):

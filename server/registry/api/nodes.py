@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from sqlalchemy import select
 
 from .. import events
@@ -34,7 +34,8 @@ def register_node(body: NodeCreate, response: Response, who: Principal = Depends
             response.status_code = 200
             return NodeRegistered(**NodeOut.model_validate(existing).model_dump(), created=False)
         node = Node(id=node_id_for(fingerprint), display_name=body.display_name, organisation=body.organisation,
-                    public_key=body.public_key.strip(), fingerprint=fingerprint, status="pending", info={})
+                    public_key=body.public_key.strip(), fingerprint=fingerprint, status="pending", info={},
+                    secagg_identity=body.secagg_identity)
         s.add(node)
         s.flush()
         events.record(s, who, "node.registered", "node", node.id,
@@ -60,10 +61,26 @@ def read_node(node_id: str, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depend
         return NodeOut.model_validate(get_or_404(s, Node, node_id, "node"))
 
 
-def decide(reg, who: Principal, node_id: str, status: str, reason: str | None) -> NodeOut:
-    """Approve or revoke a node (no-op if it already has that status), with an event."""
+def enrol_secagg_identity(s, who: Principal, node: Node, identity: str | None) -> None:
+    """Record the node's SecAgg identity key (once). A different key for an enrolled node is refused: companies
+    pin it, so a change would look exactly like the key substitution the directory exists to detect."""
+    if identity is None or identity == node.secagg_identity:
+        return
+    if node.secagg_identity is not None:
+        raise HTTPException(409, f"node {node.id} already has SecAgg identity {node.secagg_identity[:16]}...; it never "
+                                 f"changes (a company with a new key registers a new node key)")
+    node.secagg_identity = identity
+    events.record(s, who, "node.secagg_enrolled", "node", node.id, after={"secagg_identity": identity})
+
+
+def decide(reg, who: Principal, node_id: str, status: str, reason: str | None,
+           secagg_identity: str | None = None) -> NodeOut:
+    """Approve or revoke a node (no-op if it already has that status), with an event; an approval may enrol the
+    node's SecAgg identity."""
     with reg.db.writer() as s:
         node = get_or_404(s, Node, node_id, "node", lock=True)
+        if status == "approved":
+            enrol_secagg_identity(s, who, node, secagg_identity)
         before = node.status
         if before != status:
             now = utcnow()
@@ -79,7 +96,8 @@ def decide(reg, who: Principal, node_id: str, status: str, reason: str | None) -
 
 @router.post("/nodes/{node_id}/approve", response_model=NodeOut)
 def approve_node(node_id: str, body: NodeDecision | None = None, who: Principal = Depends(Allow(OPERATORS)), reg=Depends(registry)):
-    return decide(reg, who, node_id, "approved", body.reason if body else None)
+    return decide(reg, who, node_id, "approved", body.reason if body else None,
+                  body.secagg_identity if body else None)
 
 
 @router.post("/nodes/{node_id}/revoke", response_model=NodeOut)
