@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,15 @@ def page(browser, live):
     assert not pg.errors, f"browser errors: {pg.errors[:5]}"
 
 
+def wait_for(page, expression: str, timeout: float = 30_000) -> None:
+    """page.wait_for_function, but polling page.evaluate: wait_for_function eval()s its string inside the page,
+    which the registry's Content-Security-Policy (rightly) refuses. `timeout` in ms."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(f"(() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }})()"):
+        assert time.monotonic() < deadline, f"timed out after {timeout / 1000:.0f} s waiting for {expression}"
+        page.wait_for_timeout(100)
+
+
 def login(page, base: str, token: str) -> None:
     page.goto(base + "/")
     assert "/login" in page.url  # not logged in yet: sent to the login page
@@ -90,7 +100,7 @@ def test_login_open_run_pause_and_watch_it_live(page, live):
 
     page.click(f"a[href='/runs/{run_id}']")
     page.wait_for_selector("#run-status .badge.st-running")
-    page.wait_for_function("document.querySelectorAll('#chart-metrics').length && Chart.getChart('chart-metrics').data.datasets.length === 4")
+    wait_for(page, "document.querySelectorAll('#chart-metrics').length && Chart.getChart('chart-metrics').data.datasets.length === 4")
     page.screenshot(path=ARTIFACTS / "run.png", full_page=True)
 
     page.click("#btn-pause")
@@ -101,13 +111,13 @@ def test_login_open_run_pause_and_watch_it_live(page, live):
 
     # the federation reports a new round: the page shows it without a reload
     clients["service"].report_round(run_id, 3, 0, [info["nodes"][0]["id"]], "completed")
-    page.wait_for_function("document.querySelector('#run-round').textContent.trim() === '3'", timeout=15_000)
+    wait_for(page, "document.querySelector('#run-round').textContent.trim() === '3'", timeout=15_000)
     page.click("#btn-resume")
     page.wait_for_selector("#run-status .badge.st-running")
     assert clients["viewer"].control_state(run_id)["status"] == "running"
     page.fill("#rounds-input", "9")
     page.click(".rounds-form button")
-    page.wait_for_function("document.querySelector('.run-title').textContent.includes('/ 9')")
+    wait_for(page, "document.querySelector('.run-title').textContent.includes('/ 9')")
     assert clients["viewer"].control_state(run_id)["num_rounds"] == 9
 
 

@@ -84,3 +84,8 @@ function dblocksRunCharts(runId) {
   refresh();
   setInterval(refresh, 3000);
 }
+
+// The run page loads this file with data-run-id: no inline script, which the Content-Security-Policy refuses.
+if (document.currentScript && document.currentScript.dataset.runId) {
+  dblocksRunCharts(Number(document.currentScript.dataset.runId));
+}
