@@ -192,6 +192,9 @@ class Federation:
                     except Exception as e:  # noqa: BLE001 - a node's message must never fail the run
                         outcomes[b] = _raised(b, cohorts[b], e)
         for b, out in outcomes.items():
+            if out.ok and not (out.survivors and set(out.survivors) <= set(out.cohort)):
+                out.mean, out.failure = None, (f"aggregate rejected: its members {sorted(out.survivors)[:20]} are not "
+                                               f"a non-empty part of the cohort {sorted(out.cohort)[:20]}")
             if out.ok:
                 try:
                     check_update(out.mean, self.model.param_shapes(b), self.cfg.update_clip)
@@ -303,7 +306,9 @@ class Federation:
             return
         ids = {}
         for node in self.registry.list_nodes():
-            link = str(((node.get("info") or {}).get("superlink") or {}).get("node_id") or "")
+            info = node.get("info")
+            link = info.get("superlink") if isinstance(info, dict) else None
+            link = str(link.get("node_id") or "") if isinstance(link, dict) else ""
             if link.isdigit():
                 ids[int(link)] = node["id"]
         for n, last in sorted(touched.items()):

@@ -126,3 +126,33 @@ def test_dashboard_shows_composed_epsilon_with_the_accountant_named(run3):
     assert all(n["total"] == pytest.approx(composed, rel=1e-6) and n["accountant"] == "prv" for n in data["nodes"])
     page = http.get(f"/runs/{rid}").text
     assert "composed" in page and "prv accountant" in page
+
+
+def test_composed_epsilon_counts_releases_of_earlier_server_sessions(tmp_path, monkeypatch):
+    """#14.7: a restarted ServerApp (a new session on the same run) goes on composing over the releases of the
+    sessions before it: after round 1 in one session and round 2 in the next, the round-2 versions state the
+    composition of 2 rounds. On main every session forgot the earlier ones (and no version ever composed)."""
+    set_task_identity(monkeypatch)
+    app, reg = registry_app(tmp_path / "registry")
+    svc = reg["service"]
+    cfg = RunConfig(run_id="restart", task=TASK, num_blocks=B, num_rounds=2, cohort_size=3, min_cohort=3,
+                    record_noise=Z, record_sample_rate=Q, record_steps=STEPS, delta=DELTA, accountant="rdp",
+                    secagg=SecAggConfig(mode="flower"), checkpoint_dir=str(tmp_path / "run" / "ck"))
+    run = None
+    for session in (1, 2):
+        fed = Federation(cfg, PingGrid(NODES), context())
+        if run is None:
+            run = svc.create_run(task=fed.model.task, dataset={"name": TASK}, num_blocks=B, schedule=fed.schedule.to_dict(),
+                                 secagg={"mode": "flower"}, dp={"accountant": "rdp", "delta": DELTA}, num_rounds=2)
+            svc.set_status(run["id"], "running")
+        fed.registry, fed.rid = svc, run["id"]
+        fed.secagg = CohortSecAgg(fed)
+        fed.evaluate = dict  # test accuracy is not under test here (and the slowest part)
+        if session == 1:
+            fed.round(1)  # the server stops after round 1
+        else:
+            fed.run()
+    second = [v for v in svc.list_block_versions(run["id"]) if v["round"] == 2]
+    assert len(second) == B
+    assert all(v["record_epsilon"] == pytest.approx(epsilon([ONE_RECORD] * 2, DELTA, "rdp"), rel=1e-6) for v in second)
+    app.state.registry.db.dispose()
