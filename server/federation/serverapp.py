@@ -147,8 +147,9 @@ class Federation:
                     log.info("block %d round %d: %s; re-running with the %d members still alive", b, r, out.failure, len(alive))
                     self._report_round(r, b, [str(n) for n in out.cohort], "rerun", out.failure)
                     retry[b] = alive
-        for group in ([{b: c} for b, c in retry.items()] if isolate else [retry] if retry else []):
-            outcomes.update(self.aggregate_blocks(r, group, attempt=1))
+        for group in [{b: c} for b, c in retry.items()] if isolate else [retry]:
+            if group:
+                outcomes.update(self.aggregate_blocks(r, group, attempt=1))
         for b, out in sorted(outcomes.items()):
             if out.ok:
                 self.release(r, b, out)
@@ -170,7 +171,8 @@ class Federation:
         reason; it never leaves this method."""
         tasks = {b: self.task_for(r, b, attempt) for b in cohorts}
         for b, t in tasks.items():
-            self.releases.trained(r, b, t.attempt, cohorts[b], MechanismStep(t.noise_multiplier, t.sample_rate, t.steps))
+            step = MechanismStep(t.noise_multiplier, t.sample_rate, t.steps)
+            self.releases.trained(r, b, t.attempt, cohorts[b], step)
         if isinstance(self.secagg, DBlocksSecAgg):
             self._tasks = tasks
             if attempt > 0:
@@ -237,7 +239,8 @@ class Federation:
             "client_epsilon": _finite(client_eps), "client_delta": cfg.delta,
             "central_noise_multiplier": cfg.central_noise, "central_noise_std": std, "clients_aggregated": k,
             "record_epsilon_one_release": self._one_round_epsilon(),
-            "client_epsilon_one_release": _finite(client_level_epsilon(cfg.central_noise, 1, cfg.delta, cfg.accountant)),
+            "client_epsilon_one_release": _finite(client_level_epsilon(cfg.central_noise, 1, cfg.delta,
+                                                                       cfg.accountant)),
             "composition": f"largest among the cohort of each company's epsilon composed over all its releases in this "
                            f"run (all rounds and blocks), {cfg.accountant} accountant",
             "nodes": {str(n): {"record_epsilon": e.record_epsilon, "client_epsilon": _finite(e.client_epsilon),
