@@ -247,7 +247,8 @@ def seal_key(my_private: bytes | X25519PrivateKey, peer_public: bytes, plan_dige
              receiver: str) -> bytes:
     """K_uv for the share `sender` seals to `receiver`: one side holds the sender's per-instance seal key, the other
     the receiver's prekey for the plan's round (directional: K_uv != K_vu)."""
-    return hkdf(x25519(my_private, peer_public), plan_digest, encode_fields(b"dblocks-secagg/seal/v2", sender, receiver))
+    info = encode_fields(b"dblocks-secagg/seal/v2", sender, receiver)
+    return hkdf(x25519(my_private, peer_public), plan_digest, info)
 
 
 def share_ad(plan_digest: bytes, sender: str, receiver: str) -> bytes:

@@ -171,7 +171,8 @@ class SecAggServer:
         cohort = sorted(set(cohort))
         missing = [c for c in cohort if not self.registered(c, round_)]
         if missing:
-            raise ValueError(f"instance {key}: members {missing} have no prekey for round {round_}; register them first")
+            raise ValueError(f"instance {key}: members {missing} have no prekey for round {round_}; "
+                             f"register them first")
         n = len(cohort)
         params = choose_params(n, self.policy)
         quant = QuantSpec.plan(n, layout.dim, layout.clip_norm, layout.rel_error, layout.extras)
