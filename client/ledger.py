@@ -130,7 +130,8 @@ class PrivacyLedger:
         if after > self.budget:
             raise BudgetExceeded(
                 f"this update would bring record-level epsilon to {after:.2f} (delta={self.delta:g}), over the budget "
-                f"{self.budget:g}; {self.spent():.2f} is already spent or reserved. Raise --epsilon-budget or leave the run."
+                f"{self.budget:g}; {self.spent():.2f} is already spent or reserved. Raise --epsilon-budget or leave "
+                "the run."
             )
         return after
 

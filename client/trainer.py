@@ -69,7 +69,8 @@ def train_task(
     block = rebuild_block(task, arrays)
     # expected batch q N, so that DP-SGD samples with exactly the server's rate q
     dp = DPConfig(noise_multiplier=task.noise_multiplier, max_grad_norm=task.max_grad_norm,
-                  batch_size=task.sample_rate * len(data), steps=task.steps, delta=task.delta, accountant=task.accountant)
+                  batch_size=task.sample_rate * len(data), steps=task.steps, delta=task.delta,
+                  accountant=task.accountant)
     check_memory(training_memory(block, task.block_index, data.x, data.y, task.sample_rate, dp.grad_sample_mode),
                  memory_mb, task.block_index)
     reservation = ledger.reserve(task.run_id, task.round, task.block_index, task.attempt, task.mechanism, task.delta,
@@ -83,6 +84,7 @@ def train_task(
     delta = [(p.detach() - b).numpy() for p, b in zip(block.parameters(), before)]
     clipped, norm = clip_update(delta, task.update_clip)
     if report.steps != task.steps or not math.isclose(report.sample_rate, task.sample_rate, rel_tol=1e-9):
-        raise RuntimeError(f"DP-SGD ran q={report.sample_rate}, {report.steps} steps; the task asked q={task.sample_rate}, {task.steps}")
+        raise RuntimeError(f"DP-SGD ran q={report.sample_rate}, {report.steps} steps; the task asked "
+                           f"q={task.sample_rate}, {task.steps}")
     entry = ledger.settle(reservation)
     return BlockUpdate(clipped, norm, report, entry.epsilon_after)

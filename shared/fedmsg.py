@@ -65,8 +65,8 @@ class BlockTask:
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
                 raise ValueError(f"block task: {name} must be a finite number, got {v!r}")
             object.__setattr__(self, name, float(v))
-        positive = {"max_grad_norm": self.max_grad_norm, "sample_rate": self.sample_rate, "update_clip": self.update_clip}
-        for name, v in positive.items():
+        for name in ("max_grad_norm", "sample_rate", "update_clip"):
+            v = getattr(self, name)
             if v <= 0:
                 raise ValueError(f"block task: {name} must be > 0, got {v!r}")
         if self.steps < 1:

@@ -30,7 +30,8 @@ def recording(train_task, directory: str | os.PathLike):
         update = train_task(task, *args, **kwargs)
         directory.mkdir(parents=True, exist_ok=True)
         tag = hashlib.sha256(update.delta[0].tobytes()).hexdigest()[:8]
-        np.savez(directory / f"r{task.round}-b{task.block_index}-a{task.attempt}-{os.getpid()}-{tag}.npz", *update.delta)
+        name = f"r{task.round}-b{task.block_index}-a{task.attempt}-{os.getpid()}-{tag}.npz"
+        np.savez(directory / name, *update.delta)
         return update
 
     return recording_train_task

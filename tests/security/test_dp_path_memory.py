@@ -26,7 +26,8 @@ def test_memory_limit_is_enforced_at_the_company(tmp_path):
     nc = _node_config(tmp_path, memory_mb=4.0)
     with pytest.raises(RuntimeError, match=r"allows 4 MB \(--memory-limit\)"):
         train_block(nc, task(1, sample_rate=0.1), arrays(1))
-    assert not (tmp_path / "ledger.json").exists() or json.loads((tmp_path / "ledger.json").read_text())["entries"] == []
+    ledger = tmp_path / "ledger.json"
+    assert not ledger.exists() or json.loads(ledger.read_text())["entries"] == []
     assert "REFUSED" in (tmp_path / "progress.log").read_text()
     # the estimate (client/memory.py) holds the state and grows with the Poisson batch; above it the block trains
     from dblocks.client.memory import training_memory
