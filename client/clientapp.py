@@ -5,6 +5,8 @@ the top; torch, Opacus and the data are loaded only by the step that trains.
 
 Messages it answers:
   * `query.ping`  — liveness and what the company can offer: memory it allows, record-level budget left.
+                    The memory limit is also enforced: a block whose training needs more is refused
+                    (client/memory.py) before any record is used or anything is spent.
   * `train.secagg` / `query.secagg` — dblocks' SecAgg+ (the default): the `upload` request carries the
                     company's block (weights + BlockTask); the company trains it and answers with the clipped
                     delta in fixed point under the protocol's masks, nothing else (no metrics, no counts).

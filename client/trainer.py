@@ -71,8 +71,9 @@ def train_task(
     dp = DPConfig(noise_multiplier=task.noise_multiplier, max_grad_norm=task.max_grad_norm,
                   batch_size=task.sample_rate * len(data), steps=task.steps, delta=task.delta,
                   accountant=task.accountant)
-    check_memory(training_memory(block, task.block_index, data.x, data.y, task.sample_rate, dp.grad_sample_mode),
-                 memory_mb, task.block_index)
+    if math.isfinite(memory_mb):
+        check_memory(training_memory(block, task.block_index, data.x, data.y, task.sample_rate, dp.grad_sample_mode),
+                     memory_mb, task.block_index)
     reservation = ledger.reserve(task.run_id, task.round, task.block_index, task.attempt, task.mechanism, task.delta,
                                  len(data))
     # from here on the records are used: whatever happens, the reservation stays spent (see ledger.py)
