@@ -162,7 +162,7 @@ def run_new(
     deployed = load_config(sh)
     if registry_url is None and deployed is not None:  # after `dbserver init`: the registry, with the service token
         registry_url, token = deployed.registry_url, token or read_secret(service_token_path(sh))
-    directory = str(directory_path(sh)) if deployed is not None and directory_path(sh).exists() else None
+    directory = str(directory_path(sh)) if directory_path(sh).exists() else None
     registry = None
     if registry_url:
         from dblocks.server.registry.client import RegistryClient
@@ -259,6 +259,19 @@ def nodes_approve(
         except RuntimeError as e:
             fail(str(e))
         console.print(out or f"registered {public_key}")
+        if secagg_identity:
+            import re
+
+            from .provision import enroll_secagg_identity
+
+            found = re.search(r"SuperNode (\d+) registered", out or "")
+            if not found:
+                fail(f"the SuperLink did not say which node id it gave {public_key}; SecAgg identity not enrolled")
+            try:
+                enroll_secagg_identity(ServerHome(home), found.group(1), secagg_identity.strip().lower())
+            except ValueError as e:
+                fail(str(e))
+            console.print(f"SecAgg identity of node {found.group(1)} enrolled in the signed directory")
         return
     from dblocks.server.registry.client import RegistryError
 

@@ -94,6 +94,11 @@ class LocalFederation:
     def ca(self) -> Path:
         return self.root / "operator" / "server" / "tls" / "ca.pem"
 
+    @property
+    def directory_key(self) -> Path:
+        """directory.pub: the key that signs the SecAgg directory; every company pins it with ca.pem."""
+        return self.ca.parent / "directory.pub"
+
     # ---- companies --------------------------------------------------------------------------------
     def company_home(self, name: str) -> Path:
         return self.root / "companies" / name
@@ -109,12 +114,21 @@ class LocalFederation:
             subprocess.run([str(BIN / "dbclient"), "keys", "init", "--path", str(key)], env=env, check=True,
                            capture_output=True, timeout=60)
             if approve:
-                self._cli("dbserver", "nodes", "approve", str(key) + ".pub", "--name", name)
+                self.approve(name)
         args = [str(BIN / "dbclient"), "join", "--server", f"127.0.0.1:{self.superlink_port}", "--data", str(data),
                 "--epsilon-budget", str(budget), "--threads", str(self.threads_per_company), "--home", str(home)]
-        args += ["--insecure"] if self.insecure else ["--ca", str(self.ca), "--key", str(key)]
+        args += ["--insecure"] if self.insecure else ["--ca", str(self.ca), "--key", str(key),
+                                                      "--directory-key", str(self.directory_key)]
         self.procs[name] = spawn(args + list(extra or []), env=env, log=home / "join.log")
         return self.procs[name]
+
+    def approve(self, name: str) -> None:
+        """The operator approves the company's node key and enrols its SecAgg identity (what it sent with it)."""
+        from dblocks.privacy.secagg.flower import identity_public
+
+        key = self.company_home(name) / "node.key"
+        identity = identity_public(key.parent / "secagg.key").hex()
+        self._cli("dbserver", "nodes", "approve", str(key) + ".pub", "--name", name, "--secagg-identity", identity)
 
     # ---- runs -------------------------------------------------------------------------------------
     def run(self, *, wait: bool = True, run_id: str | None = None, **settings) -> subprocess.Popen:

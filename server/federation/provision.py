@@ -61,6 +61,25 @@ def ensure_directory_key(home: ServerHome) -> Path:
     return directory_public_path(home)
 
 
+def enroll_secagg_identity(home: ServerHome, node_id: str, identity_hex: str) -> None:
+    """Zero-config mode (no registry): enrol a node's SecAgg identity in the signed directory directly.
+
+    An id keeps the identity it was enrolled with: a different one is refused (a changed key is what a key
+    substitution looks like; the company must join with a new node key instead)."""
+    from dblocks.privacy.secagg.directory import Directory
+
+    identity = bytes.fromhex(identity_hex)
+    if len(identity) != 32:
+        raise ValueError(f"a SecAgg identity is 32 bytes (64 hex characters), got {len(identity)} bytes")
+    ensure_directory_key(home)
+    path = directory_path(home)
+    entries = dict(Directory.from_bytes(path.read_bytes()).entries) if path.exists() else {}
+    if entries.get(str(node_id), identity) != identity:
+        raise ValueError(f"node {node_id} is enrolled with another SecAgg identity; enrolment never changes a key")
+    entries[str(node_id)] = identity
+    directory_publisher(home).publish(entries)
+
+
 def load_config(home: ServerHome) -> ServerConfig | None:
     """The deployment of this server home, or None where `dbserver init` never ran (zero-config mode)."""
     p = config_path(home)

@@ -167,9 +167,11 @@ class Node(Base):
 
 
 class NodePrivacy(Base):
-    """Privacy spent by one node's data on one block of one run, cumulative up to `round`.
+    """Privacy spent by one node's data in one run, composed up to `round`.
 
-    epsilon is the accountant's total for that (node, run, block) after `round` at `delta`, not an increment.
+    epsilon is the accountant's total at `delta` over every release the node's data made in the run (all
+    rounds and all blocks, composed by `accountant`), not an increment; `block_index` is the block of the
+    newest release. The newest row per (node, run) is the run total.
     """
 
     __tablename__ = "node_privacy"

@@ -265,7 +265,8 @@ class NodePrivacyIn(In):
     run_id: int
     block_index: int = Field(ge=0)
     round: int = Field(ge=0)
-    epsilon: float = Field(ge=0, description="cumulative epsilon of this node's data on this block after `round`")
+    epsilon: float = Field(ge=0, description="epsilon of this node's data composed over all its releases in the run "
+                                                 "(all rounds and blocks) up to `round`")
     delta: float = Field(gt=0, lt=1)
     accountant: str = Field(min_length=1, max_length=64)
     sample_rate: float | None = Field(default=None, gt=0, le=1)

@@ -143,10 +143,14 @@ def _scenario(h: Hosts) -> None:
         home = h.root / "companies" / name
         subprocess.run([str(BIN / "dbclient"), "keys", "init", "--path", str(home / "node.key")], check=True,
                        capture_output=True, timeout=60)
-        h.on_server("dbserver", "nodes", "approve", str(home / "node.key.pub"), "--name", name)
+        from dblocks.privacy.secagg.flower import identity_public
+
+        h.on_server("dbserver", "nodes", "approve", str(home / "node.key.pub"), "--name", name,
+                    "--secagg-identity", identity_public(home / "secagg.key").hex())
     for (host, name), path in zip(NODES, data):
         home = h.root / "companies" / name
         h.start(name, net.company(host), [str(BIN / "dbclient"), "join", "--server", f"{SERVER_IP}:9092", "--ca", str(ca),
+                                          "--directory-key", str(h.home / "tls" / "directory.pub"),
                                           "--key", str(home / "node.key"), "--data", str(path), "--epsilon-budget", "50",
                                           "--threads", "1", "--home", str(home)],
                 dict(os.environ, DBLOCKS_HOME=str(home)), home / "join.log")
