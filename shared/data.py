@@ -81,6 +81,9 @@ class Dataset:
     name: str
     class_names: list[str] = field(default_factory=list)
     preprocessing: str = "as given"  # how x was derived from the stored values (see the module docstring)
+    feature_names: list[str] = field(default_factory=list)  # tabular: the columns of x, in order
+    labelled: bool = True  # False: a file without labels read for prediction (y is all zeros)
+    notes: list[str] = field(default_factory=list)  # things the user should know (classes absent, columns ignored)
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
@@ -88,7 +91,8 @@ class Dataset:
         if not torch.isfinite(self.x).all():
             raise DataError(f"{self.name}: inputs contain NaN or Inf values; clean or impute them first")
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
-            raise DataError(f"{self.name}: labels must lie in [0, {self.num_classes}), got {self.y.min()}..{self.y.max()}")
+            raise DataError(f"{self.name}: labels must lie in [0, {self.num_classes}), "
+                            f"got {int(self.y.min())}..{int(self.y.max())}")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -178,35 +182,46 @@ Stats = Union[FeatureStats, Literal["own"], None]
 
 
 def load_dataset(source: str | os.PathLike, *, label_column: str = "label", image_size: int | None = None,
-                 stats: Stats = None) -> Dataset:
+                 stats: Stats = None, classes: list[str] | None = None, features: list[str] | None = None,
+                 labels: Literal["required", "optional"] = "required", channels: int | None = None) -> Dataset:
     """A built-in name (`digits`, `breast_cancer`, `mnist`) or a path to a CSV, Parquet, NPZ or image folder.
 
     `stats` standardises the tabular features of a user's file: None (the default, and the only choice for
     federated training) keeps them as stored, a `FeatureStats` applies public statistics, "own" uses the file's
     own mean/std (local training only: every record then depends on all the others, outside any DP guarantee).
     Images are always scaled by their fixed range and built-ins by their public preprocessing; `stats` does not
-    apply to them. `Dataset.preprocessing` says what was done."""
+    apply to them. `Dataset.preprocessing` says what was done.
+
+    A model fixes its data at training; eval and predict pass it back: `classes` (names, in the model's order:
+    labels are matched by name, numbers by their integer value's text, and a label not in the list is an
+    error), `features` (tabular column names, selected in that order; other columns are ignored with a note),
+    `channels` (images: 1 grayscale, 3 RGB). `labels="optional"` reads a file without a label column
+    (`Dataset.labelled` False, y zeros) for prediction. Files are sniffed (`sniff.py`) before a full read."""
     if str(source) in BUILTIN:
         return load_builtin(str(source), image_size=image_size)
     path = Path(source)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory (built-in datasets: {', '.join(BUILTIN)})")
     if path.is_dir():
-        return load_image_folder(path, image_size=image_size)
-    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+        return load_image_folder(path, image_size=image_size, classes=classes, channels=channels)
+    suffix = ("".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix).lower()
     if suffix in (".csv", ".csv.gz", ".parquet", ".pq"):
-        return load_table(path, label_column=label_column, stats=stats)
+        return load_table(path, label_column=label_column, stats=stats, classes=classes, features=features,
+                          labels=labels)
     if suffix == ".npz":
-        return load_npz(path, stats=stats)
-    raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .parquet, .npz or a folder of images")
+        return load_npz(path, stats=stats, classes=classes, labels=labels)
+    from .sniff import excerpt
+
+    raise DataError(f"{path}: unsupported file type {excerpt(suffix)}; use .csv, .parquet, .npz or a folder of "
+                    f"images")
 
 
 # ---------------------------------------------------------------------------------------------------
 # users' files
 # ---------------------------------------------------------------------------------------------------
-def _encode_labels(raw: np.ndarray, path: Path, where: str) -> tuple[torch.Tensor, list[str]]:
-    """Numeric labels are class indices 0..K-1 (whole numbers, floats like 3.0 included); strings (and booleans)
-    are mapped to 0..K-1 in sorted order. `where` names the labels in messages ("column 'label'", "array 'y'")."""
+def _label_names(raw: np.ndarray, path: Path, where: str) -> np.ndarray:
+    """Each label's name (an array of str): numbers must be class indices 0..K-1 (whole, finite, floats like 3.0
+    included) and are named by their integer ("3"); strings (and booleans) are their own names, stripped."""
     if raw.dtype.kind in "iuf":
         v = raw.astype(np.float64)
         finite = np.isfinite(v)
@@ -219,14 +234,51 @@ def _encode_labels(raw: np.ndarray, path: Path, where: str) -> tuple[torch.Tenso
                 raise DataError(f"{path}: {where} has {int(bad.sum())} label(s) {why} (first: row {i + 1}, value "
                                 f"{raw[i].item()!r}); numeric labels must be class indices 0..K-1 (K <= {MAX_CLASSES}),"
                                 f" or use strings")
-        ints = raw.astype(np.int64)
+        return raw.astype(np.int64).astype(str)
+    return np.char.strip(raw.astype(str))
+
+
+def _encode_labels(raw: np.ndarray, path: Path, where: str,
+                   classes: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Labels -> (class indices [N], class names). Without `classes`: numeric labels are class indices 0..K-1
+    (K = largest + 1, so every file numbers a class the same way) and strings are sorted (a file's own order).
+    With `classes` (the model's or the federation's list): every label is matched by name; a name not in the
+    list is an error naming it (bounded), never a silent renumbering. `where` names the labels in messages."""
+    from .sniff import excerpt
+
+    names = _label_names(raw, path, where)
+    if classes is not None:
+        index = {c: k for k, c in enumerate(classes)}
+        codes = np.array([index.get(n, -1) for n in names.tolist()], dtype=np.int64)
+        unknown = codes < 0
+        if unknown.any():
+            i = int(np.argmax(unknown))
+            odd = sorted(set(names[unknown].tolist()))
+            shown = ", ".join(excerpt(o, 30) for o in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+            known = ", ".join(excerpt(c, 30) for c in classes[:10]) + (" ..." if len(classes) > 10 else "")
+            raise DataError(f"{path}: {where} has {int(unknown.sum())} label(s) that are not among the model's "
+                            f"{len(classes)} classes (first: row {i + 1}; unknown: {shown}); the classes are: {known}."
+                            f" Labels are matched by name (numbers by their value), so use the training file's names")
+        return torch.from_numpy(codes), list(classes)
+    if raw.dtype.kind in "iuf":
+        ints = names.astype(np.int64) if len(names) else np.zeros(0, np.int64)
         k = int(ints.max()) + 1 if len(ints) else 0
         return torch.from_numpy(ints), [str(i) for i in range(k)]
-    values, codes = np.unique(raw.astype(str), return_inverse=True)
+    values, codes = np.unique(names, return_inverse=True)
     if len(values) > MAX_CLASSES:
         raise DataError(f"{path}: {where} has {len(values)} distinct labels (at most {MAX_CLASSES}); is it the "
                         f"right column?")
     return torch.from_numpy(codes.astype(np.int64).ravel()), [str(v) for v in values]
+
+
+def _absent_classes_note(y: torch.Tensor, names: list[str]) -> list[str]:
+    """A note when some of the classes have no example in this file (a subset: fine, but worth saying)."""
+    counts = np.bincount(y.numpy(), minlength=len(names)) if len(y) else np.zeros(len(names), np.int64)
+    absent = [n for n, c in zip(names, counts) if c == 0]
+    if not absent:
+        return []
+    shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
+    return [f"{len(absent)} of the {len(names)} classes have no example in this file: {shown}"]
 
 
 def _standardise(ds: Dataset, stats: Stats) -> Dataset:
@@ -268,105 +320,197 @@ def _scale_pixels(x: np.ndarray, path: Path) -> tuple[torch.Tensor, str]:
     return xt, "fixed: float pixels as stored (already in [-1, 1])"
 
 
-def load_table(path: Path, *, label_column: str = "label", stats: Stats = None) -> Dataset:
-    """CSV or Parquet: one row per example, numeric feature columns and a label column (`stats`: see
-    `load_dataset`)."""
+def _read_table(path: Path):
+    """The file as a DataFrame, after sniffing it (`sniff.py`): refuses what is not a sane table quickly."""
     import pandas as pd
 
+    from .sniff import excerpt, sniff_csv, sniff_parquet
+
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    found = sniff_parquet(path) if parquet else sniff_csv(path)
     try:
-        df = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
-    except Exception as e:  # pandas raises many kinds; the user needs the file and the reason
-        raise DataError(f"{path}: cannot be read as a table ({type(e).__name__}: {e})") from e
-    if label_column not in df.columns:
-        cols = ", ".join(map(str, df.columns[:12])) + (" ..." if len(df.columns) > 12 else "")
-        raise DataError(f"{path}: no label column {label_column!r} (columns: {cols}); pass --label-column NAME")
+        if parquet:
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep=found.delimiter, engine="c", encoding="utf-8-sig")
+    except Exception as e:  # pandas raises many kinds; the user needs the file and the reason (bounded)
+        raise DataError(f"{path}: cannot be read as a table ({type(e).__name__}: {excerpt(str(e), 160)})") from None
+
+
+def _column_list(cols: list, limit: int = 12) -> str:
+    from .sniff import excerpt
+
+    return ", ".join(excerpt(str(c), 30) for c in cols[:limit]) + (" ..." if len(cols) > limit else "")
+
+
+def load_table(path: Path, *, label_column: str = "label", stats: Stats = None, classes: list[str] | None = None,
+               features: list[str] | None = None, labels: Literal["required", "optional"] = "required") -> Dataset:
+    """CSV or Parquet: one row per example, numeric feature columns and a label column (`stats`, `classes`,
+    `features`, `labels`: see `load_dataset`)."""
+    import pandas as pd
+
+    from .sniff import excerpt
+
+    df = _read_table(path)
+    df.columns = [str(c).strip() for c in df.columns]
+    if df.columns.duplicated().any():
+        raise DataError(f"{path}: column {excerpt(df.columns[df.columns.duplicated()][0])} appears twice; "
+                        f"give every column its own name")
+    has_labels = label_column in df.columns
+    if not has_labels and labels == "required":
+        raise DataError(f"{path}: no label column {excerpt(label_column)} (columns: {_column_list(list(df.columns))}); "
+                        f"pass --label-column NAME")
     if len(df) == 0:
-        raise DataError(f"{path}: the table has no rows")
-    labels = df.pop(label_column)
-    if labels.isna().any():
-        raise DataError(f"{path}: {int(labels.isna().sum())} rows have no label in column {label_column!r} "
-                        f"(first: row {int(labels.isna().argmax()) + 1}); fill or drop them")
+        raise DataError(f"{path}: the table has a header but no rows")
+    notes: list[str] = []
+    label_values = df.pop(label_column) if has_labels else None
+    if features is not None:
+        missing = [c for c in features if c not in df.columns]
+        if missing:
+            raise DataError(f"{path}: lacks {len(missing)} of the model's {len(features)} feature columns "
+                            f"({_column_list(missing, 5)}); the model was trained on: {_column_list(features)}")
+        extra = [c for c in df.columns if c not in features]
+        if extra:
+            notes.append(f"ignored {len(extra)} column(s) the model was not trained on: {_column_list(extra, 5)}")
+        df = df[list(features)]
     if df.shape[1] == 0:
-        raise DataError(f"{path}: no feature columns besides {label_column!r}")
+        raise DataError(f"{path}: no feature columns besides {excerpt(label_column)}")
     for col in df.columns:
-        if not pd.api.types.is_numeric_dtype(df[col]):
+        if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+            if pd.api.types.is_bool_dtype(df[col]):
+                df[col] = df[col].astype(np.float32)
+                continue
             bad = pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna()
             row = int(bad.argmax()) + 1 if bad.any() else 1
-            raise DataError(
-                f"{path}: column {col!r} is not numeric (row {row}: {df[col].iloc[row - 1]!r}); encode it as numbers first"
-            )
+            raise DataError(f"{path}: column {excerpt(col)} is not numeric (row {row}: "
+                            f"{excerpt(df[col].iloc[row - 1])}); encode it as numbers first (e.g. one 0/1 column "
+                            f"per category)")
     if df.isna().any().any():
         col = df.columns[df.isna().any()][0]
-        raise DataError(f"{path}: column {col!r} has {int(df[col].isna().sum())} missing values; impute or drop them")
-    y, names = _encode_labels(labels.to_numpy(), path, f"column {label_column!r}")
+        row = int(df[col].isna().argmax()) + 1
+        raise DataError(f"{path}: column {excerpt(col)} has {int(df[col].isna().sum())} missing values (first: row "
+                        f"{row}); impute or drop them")
     x = torch.tensor(df.to_numpy(np.float32))
     if not torch.isfinite(x).all():
-        raise DataError(f"{path}: features contain Inf values")
-    return _standardise(Dataset(x, y, "tabular", len(names), path.name, names), stats)
+        raise DataError(f"{path}: features contain Inf values (or numbers too large for float32)")
+    if label_values is not None:
+        if label_values.isna().any():
+            raise DataError(f"{path}: {int(label_values.isna().sum())} rows have no label in column "
+                            f"{excerpt(label_column)} (first: row {int(label_values.isna().argmax()) + 1}); "
+                            f"fill or drop them")
+        y, names = _encode_labels(label_values.to_numpy(), path, f"column {label_column!r}", classes)
+        notes += _absent_classes_note(y, names) if classes is not None else []
+    else:
+        names = list(classes or [])
+        y = torch.zeros(len(x), dtype=torch.long)
+        notes.append(f"no label column {excerpt(label_column)}: read for prediction only")
+    ds = Dataset(x, y, "tabular", max(len(names), 1), path.name, names, feature_names=list(df.columns),
+                 labelled=label_values is not None, notes=notes)
+    return _standardise(ds, stats)
 
 
-def load_npz(path: Path, *, stats: Stats = None) -> Dataset:
+def load_npz(path: Path, *, stats: Stats = None, classes: list[str] | None = None,
+             labels: Literal["required", "optional"] = "required") -> Dataset:
     """NPZ with `x` [N, F] (tabular), [N, H, W] or [N, C, H, W] (square images: uint8 0..255, uint16, bool or
-    floats in [-1, 1]) and labels `y` [N] (class indices or strings). `stats`: see `load_dataset`."""
+    floats in [-1, 1]) and labels `y` [N] (class indices or strings). `stats`, `classes`, `labels`: see
+    `load_dataset`."""
+    from .sniff import excerpt, sniff_npz
+
+    sniff_npz(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as e:
-        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
-    missing = {"x", "y"} - arrays.keys()
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {excerpt(str(e), 160)})") from None
+    required = {"x", "y"} if labels == "required" else {"x"}
+    missing = required - arrays.keys()
     if missing:
-        raise DataError(f"{path}: missing array(s) {sorted(missing)}; found {sorted(arrays)} (need 'x' and 'y')")
-    x, y = arrays["x"], arrays["y"]
-    if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{path}: 'y' must have shape [{len(x)}], got {list(y.shape)}")
+        raise DataError(f"{path}: missing array(s) {sorted(missing)}; found {_column_list(sorted(arrays))} "
+                        f"(need 'x' and 'y')")
+    x = arrays["x"]
+    if x.ndim < 2 or len(x) == 0:
+        raise DataError(f"{path}: 'x' must hold records along its first axis, got shape {list(x.shape)}")
     if x.dtype.kind not in "fiub":
         raise DataError(f"{path}: 'x' must be numeric, got dtype {x.dtype}")
-    labels, names = _encode_labels(y, path, "array 'y'")
+    notes: list[str] = []
+    if "y" in arrays:
+        y = arrays["y"]
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{path}: 'y' must have shape [{len(x)}], got {list(y.shape)}")
+        lab, names = _encode_labels(y, path, "array 'y'", classes)
+        notes += _absent_classes_note(lab, names) if classes is not None else []
+    else:
+        lab, names = torch.zeros(len(x), dtype=torch.long), list(classes or [])
+        notes.append("no array 'y': read for prediction only")
+    k = max(len(names), 1)
     if x.ndim == 2:
         xt = torch.tensor(x, dtype=torch.float32)
         if not torch.isfinite(xt).all():
             raise DataError(f"{path}: 'x' contains NaN or Inf values")
-        return _standardise(Dataset(xt, labels, "tabular", len(names), path.name, names), stats)
+        ds = Dataset(xt, lab, "tabular", k, path.name, names, feature_names=[f"x{i}" for i in range(x.shape[1])],
+                     labelled="y" in arrays, notes=notes)
+        return _standardise(ds, stats)
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
         raise DataError(f"{path}: 'x' must be [N, F], [N, H, W] or [N, C, H, W] with H == W, "
                         f"got {list(arrays['x'].shape)}")
     xt, how = _scale_pixels(x, path)
-    return Dataset(xt, labels, "image", len(names), path.name, names, how)
+    return Dataset(xt, lab, "image", k, path.name, names, how, labelled="y" in arrays, notes=notes)
 
 
-def load_image_folder(path: Path, *, image_size: int | None = None) -> Dataset:
-    """A folder with one sub-folder per class, each holding images; all are converted to the mode of the
-    first image (grayscale or RGB) and must share one square size unless `image_size` resizes them."""
+def load_image_folder(path: Path, *, image_size: int | None = None, classes: list[str] | None = None,
+                      channels: int | None = None) -> Dataset:
+    """A folder with one sub-folder per class, each holding images; all are converted to grayscale (`channels`
+    1) or RGB (3), by default the mode of the first image, and must share one square size unless `image_size`
+    resizes them. With `classes` (the model's list) sub-folders are matched by name; a folder whose name is not
+    a class is an error. Without sub-folders, the images directly inside are read unlabelled (prediction)."""
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-    if not classes:
+    from .sniff import excerpt
+
+    folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    notes: list[str] = []
+    if not folders and not (loose and classes is not None):
         raise DataError(f"{path}: an image folder needs one sub-folder per class (e.g. {path}/cat/001.png)")
-    xs, ys, mode, size = [], [], None, None
-    for k, cls in enumerate(classes):
-        files = sorted(f for f in (path / cls).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    names = list(classes) if classes is not None else folders
+    if classes is not None:
+        odd = [f for f in folders if f not in classes]
+        if odd:
+            raise DataError(f"{path}: sub-folder(s) {_column_list(odd, 5)} are not among the model's classes "
+                            f"({_column_list(list(classes), 10)}); name each folder after its class")
+        notes += [f"{len(classes) - len(folders)} of the {len(classes)} classes have no folder here"] \
+            if folders and len(folders) < len(classes) else []
+    groups = [(names.index(c), sorted(f for f in (path / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+              for c in folders] if folders else [(0, loose)]
+    xs, ys, size = [], [], None
+    mode = {1: "L", 3: "RGB"}.get(channels or 0)
+    for k, files in groups:
         if not files:
-            raise DataError(f"{path / cls}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise DataError(f"{path / names[k]}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files:
             try:
-                img = Image.open(f)
-                img.load()
-            except (UnidentifiedImageError, OSError) as e:
-                raise DataError(f"{f}: not a readable image ({e})") from e
-            mode = mode or ("L" if img.mode in ("L", "1", "P", "I", "I;16") else "RGB")
-            img = img.convert(mode)
+                with Image.open(f) as img:
+                    img.load()
+                    mode = mode or ("L" if img.mode in ("L", "1", "P", "I", "I;16", "LA") else "RGB")
+                    img = img.convert(mode)
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise DataError(f"{f}: not a readable image ({excerpt(str(e), 120)})") from None
             if image_size:
                 img = img.resize((image_size, image_size))
             size = size or img.size
             if img.size != size or size[0] != size[1]:
-                raise DataError(f"{f}: size {img.size} differs from {size} (square, equal sizes needed; pass --image-size)")
+                raise DataError(f"{f}: size {img.size} differs from {size} (square, equal sizes needed; pass "
+                                f"--image-size N)")
             a = np.asarray(img, dtype=np.float32)
             xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
             ys.append(k)
     x = torch.tensor(np.stack(xs)) / 127.5 - 1.0
-    return Dataset(x, torch.tensor(ys), "image", len(classes), path.name, classes, "fixed: 8-bit pixels x/127.5 - 1")
+    labelled = bool(folders)
+    if not labelled:
+        notes.append("images without class sub-folders: read for prediction only")
+    return Dataset(x, torch.tensor(ys), "image", max(len(names), 1), path.name, names,
+                   "fixed: 8-bit pixels x/127.5 - 1", labelled=labelled, notes=notes)
 
 
 # ---------------------------------------------------------------------------------------------------

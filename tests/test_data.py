@@ -70,7 +70,7 @@ BAD_FILES = [
     ("nan.csv", "a,label\n1,0\n,1\n", "column 'a' has 1 missing"),
     ("nolab.csv", "a,label\n1,0\n2,\n", "1 rows have no label"),
     ("empty.csv", "a,label\n", "no rows"),
-    ("garbage.parquet", "not parquet", "cannot be read as a table"),
+    ("garbage.parquet", "not parquet", "is not a Parquet file"),
     ("data.json", "{}", "unsupported file type"),
 ]
 
