@@ -67,9 +67,9 @@ def opacus_clipping_disabled():
 
 @contextmanager
 def central_noise_disabled():
-    import dblocks.server.federation.aggregation as aggregation
+    import dblocks.privacy.mechanisms as mechanisms
 
-    with mock.patch.object(aggregation, "add_central_noise", lambda mean, clip, z, k, rng: ([m.copy() for m in mean], 0.0)):
+    with mock.patch.object(mechanisms, "add_central_noise", lambda mean, clip, z, k, rng: ([m.copy() for m in mean], 0.0)):
         yield
 
 

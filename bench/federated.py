@@ -94,9 +94,9 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
     from dblocks.client.ledger import PrivacyLedger
     from dblocks.client.trainer import train_task
     from dblocks.privacy.accounting import epsilon
-    from dblocks.privacy.secagg import Contribution, Layout, LocalNetwork, SecAggClient, SecAggServer, clip_l2, plan_round, run_round
+    from dblocks.privacy.mechanisms import add_central_noise, clip_vector as clip_l2
+    from dblocks.privacy.secagg import Contribution, Layout, LocalNetwork, SecAggClient, SecAggServer, plan_round, run_round
     from dblocks.privacy.secagg.flower import flatten_arrays, unflatten_arrays
-    from dblocks.server.federation.aggregation import add_central_noise
     from dblocks.server.federation.config import round_lr
     from dblocks.server.federation.model_state import GlobalModel
     from dblocks.server.federation.scheduler import NodeInfo, assign

@@ -141,7 +141,7 @@ def main() -> None:
     from dblocks.server.federation.config import RunConfig, SecAggConfig
     from dblocks.server.federation.deployment import write_secret
     from dblocks.server.federation.serverapp import app as server_app
-    from dblocks.server.registry.client import RegistryClient
+    from dblocks.shared.registry_client import RegistryClient
     from dblocks.shared.presets import get_preset
     from dblocks.shared.procs import stop_group
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from dblocks.privacy.secagg import (Contribution, Layout, LocalNetwork, Policy, SecAggClient, SecAggServer,
-                                    choose_params, clip_l2, plan_round, run_round)
+                                    choose_params, plan_round, run_round)
+from dblocks.privacy.mechanisms import clip_vector
 from dblocks.privacy.secagg.keys import new_x25519, pair_seed, x25519_public
 from dblocks.privacy.secagg.prg import MaskExpander
 from dblocks.privacy.secagg.quant import QuantSpec
@@ -80,7 +81,7 @@ def flower_mask_cost() -> float | None:
 def protocol_run(n: int = 10, rounds: int = 3) -> dict:
     rng = np.random.default_rng(0)
     ids = [f"c{i:02d}" for i in range(n)]
-    updates = {(r, c): clip_l2(rng.normal(size=DIM) * rng.uniform(0.001, 0.01), 1.0)
+    updates = {(r, c): clip_vector(rng.normal(size=DIM) * rng.uniform(0.001, 0.01), 1.0)
                for r in range(1, rounds + 1) for c in ids}
     server = SecAggServer(policy=Policy(dropout_fraction=0.2))
     clients = {c: SecAggClient(c, policy=Policy(dropout_fraction=0.2)) for c in ids}
@@ -126,7 +127,7 @@ def protocol_run(n: int = 10, rounds: int = 3) -> dict:
 
 
 def main() -> None:
-    x = clip_l2(np.random.default_rng(1).normal(size=DIM), 1.0)
+    x = clip_vector(np.random.default_rng(1).normal(size=DIM), 1.0)
     masks = [mask_cost(n, x) for n in (10, 100, 1000)]
     for m in masks:
         print(f"cohort {m['cohort']:5d}: k={m['k']:3d} {m['modulus_bits']}-bit {m['word']}: masking 1M params "

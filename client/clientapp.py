@@ -109,7 +109,8 @@ def train_block(nc: dict, task, arrays: list):
 
 @app.train("secagg")
 def secagg_upload(msg: Message, context: Context) -> Message:
-    from dblocks.privacy.secagg import Contribution, clip_l2
+    from dblocks.privacy.mechanisms import clip_vector
+    from dblocks.privacy.secagg import Contribution
     from dblocks.privacy.secagg.flower import flatten_arrays, handle
     from dblocks.shared.fedmsg import BlockTask
 
@@ -120,8 +121,8 @@ def secagg_upload(msg: Message, context: Context) -> Message:
         if str(task.block_index) != plan.block:
             raise ValueError(f"the task is for block {task.block_index}, the protocol plan for block {plan.block}")
         update = train_block(nc, task, msg.content["arrays"].to_numpy_ndarrays())
-        # the delta is clipped in float32; clip_l2 in float64 keeps it within the plan's bound after rounding
-        return Contribution(clip_l2(flatten_arrays(update.delta), task.update_clip))
+        # the delta is clipped in float32; clip_vector in float64 keeps it within the plan's bound after rounding
+        return Contribution(clip_vector(flatten_arrays(update.delta), task.update_clip))
 
     return handle(msg, context, contribute)
 

@@ -23,7 +23,8 @@ import torch
 
 from dblocks.privacy.dpsgd import DPConfig, DPReport, secret_generator, train_block_dp
 from dblocks.shared.data import Dataset
-from dblocks.shared.fedmsg import BlockTask, arrays_to_state, clip_update
+from dblocks.privacy.mechanisms import clip_update
+from dblocks.shared.fedmsg import BlockTask, arrays_to_state
 from dblocks.shared.training import TrainConfig
 from dblocks.shared.wire import BlockSpec, pack_weights, unpack_block
 

@@ -92,7 +92,7 @@ def _input_shape(block) -> tuple:
 
 
 def _registry(registry: str, token: Optional[str]):
-    from dblocks.server.registry.client import RegistryClient  # lazy: only the registry path needs it
+    from dblocks.shared.registry_client import RegistryClient
 
     if not token:
         _fail("the registry needs a token: --token T (or DBLOCKS_TOKEN); a researcher token can post audits")

@@ -9,8 +9,8 @@ whether or not its update ended up in a released aggregate (it trained on its re
 result). All of a run's releases use the same records, so they compose, across rounds AND blocks:
     eps_record(delta) = epsilon(concatenation of the mechanisms of all its releases; accountant).
 
-Client level. A release that aggregated the company's L2-clipped block delta (norm <= C) into the mean of K
-deltas and added N(0, (z_c C / K)^2) is a Gaussian mechanism of sensitivity C / K with noise std z_c C / K:
+Client level (`dblocks.privacy.mechanisms`). A release that aggregated the company's L2-clipped block delta
+(norm <= C) into the mean of K deltas and added N(0, (z_c C / K)^2) is a Gaussian mechanism of sensitivity C / K with noise std z_c C / K:
 noise multiplier z_c, no subsampling amplification (cohorts are chosen, not Poisson-sampled), i.e.
 `MechanismStep(z_c, 1.0, 1)`. Over the n releases that aggregated the company, across blocks:
     eps_client(delta) = epsilon([MechanismStep(z_c, 1.0, n)]; accountant)   (inf without central noise).
@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .accounting import MechanismStep, epsilon
+from .mechanisms import client_mechanism
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,6 @@ class NodeEpsilon:
 
 def record_history(releases: list[NodeRelease]) -> list[MechanismStep]:
     return [r.record for r in releases]
-
-
-def client_mechanism(central_noise: float, publications: int = 1) -> MechanismStep:
-    """`publications` aggregates of one client's clipped delta with central noise multiplier z_c (module doc)."""
-    return MechanismStep(central_noise, 1.0, publications)
 
 
 def client_history(releases: list[NodeRelease]) -> list[MechanismStep]:

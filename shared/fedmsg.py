@@ -19,9 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-MAX_UPDATE_BYTES = 256 * 2**20  # a block update larger than this is refused on both sides
-
-
 @dataclass(frozen=True)
 class BlockTask:
     """One block round as the server asks it. Everything here is chosen by the server and known to it; none of
@@ -132,30 +129,3 @@ def arrays_to_state(module: nn.Module, arrays: list[np.ndarray]) -> dict[str, to
         raise ValueError(f"expected {len(names)} weight arrays, got {len(arrays)}")
     return {n: torch.from_numpy(np.asarray(a, dtype=np.float32).copy()) for n, a in zip(names, arrays)}
 
-
-def clip_update(delta: list[np.ndarray], clip: float) -> tuple[list[np.ndarray], float]:
-    """Scale `delta` to L2 norm <= clip (as one vector). Returns (clipped, norm before clipping).
-    Non-finite updates are refused: they must never be sent."""
-    norm = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in delta)))
-    if not np.isfinite(norm):
-        raise FloatingPointError("the block update contains NaN or Inf; it is not sent")
-    scale = min(1.0, clip / (norm + 1e-12))
-    return [(d * scale).astype(np.float32) for d in delta], norm
-
-
-def check_update(delta: list[np.ndarray], shapes: list[tuple[int, ...]], clip: float) -> None:
-    """Server-side check of a received update (shapes, finiteness, norm within the clip, size)."""
-    if len(delta) != len(shapes):
-        raise ValueError(f"update has {len(delta)} arrays, expected {len(shapes)}")
-    size = 0
-    for d, s in zip(delta, shapes):
-        if tuple(d.shape) != tuple(s):
-            raise ValueError(f"update array of shape {tuple(d.shape)}, expected {tuple(s)}")
-        if not np.all(np.isfinite(d)):
-            raise ValueError("update contains NaN or Inf")
-        size += d.nbytes
-    if size > MAX_UPDATE_BYTES:
-        raise ValueError(f"update of {size} bytes exceeds the {MAX_UPDATE_BYTES} byte limit")
-    norm = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in delta)))
-    if norm > clip * (1 + 1e-4):
-        raise ValueError(f"update norm {norm:.4g} exceeds the clip {clip:g}")

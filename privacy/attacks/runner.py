@@ -18,6 +18,7 @@ from dblocks.shared.data import Dataset
 from dblocks.shared.imaging import save_grid
 from dblocks.shared.training import TrainConfig
 
+from .. import mechanisms
 from . import canary as canary_mod
 from .closed_form import closed_form_sequence
 from .conformance import noise_conformance
@@ -28,7 +29,7 @@ from .membership import MembershipConfig, membership_audit
 from .metrics import bootstrap_mean, clopper_pearson, match_order, score_reconstructions
 from .record import AuditRecord, decide
 from .scenario import ADVERSARIES, FederationScenario, observe
-from .updates import OBSERVATIONS, BlockUpdate, UpdateMeta, clip_delta, release, release_meta
+from .updates import OBSERVATIONS, BlockUpdate, UpdateMeta, clip_delta, release_meta
 
 INVERSION_ATTACKS = ("closed-form", *MATCHING_ATTACKS)
 ATTACK_NAMES = (*INVERSION_ATTACKS, "membership", "canary", "noise-conformance")
@@ -432,8 +433,8 @@ def _canary(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
         dp = {}
         secagg = _base_record(target, spec)["secagg"] | {"rounds": spec.rounds, "epsilon": res.accountant_epsilon,
                                                          "delta": spec.delta, "canaries": spec.canaries}
-        scope = (f"client-level release as the federation computes it (fedmsg.clip_update C={spec.clip_norm}, mean, "
-                 f"aggregation.add_central_noise z={spec.noise_multiplier}) of "
+        scope = (f"client-level release as the federation computes it (mechanisms.clip_update "
+                 f"C={spec.clip_norm}, mean, mechanisms.add_central_noise z={spec.noise_multiplier}) of "
                  f"{spec.clients} real clients plus canary clients, {spec.rounds} round(s). A pass does not prove the claim.")
     return AuditRecord(**_base_record(target, spec, dp=dp, secagg=secagg), metrics=metrics, controls=controls,
                        verdict=verdict, reasons=reasons, scope=scope)
@@ -455,19 +456,14 @@ def client_updates(target: AuditTarget, spec: AuditSpec, x, y, seed: int) -> lis
 
 def federation_release(keys: list[str], clip_norm: float, noise_multiplier: float, seed: int):
     """The federation's own release mechanism, as the server runs it: every client's delta clipped by
-    `fedmsg.clip_update`, the mean over the K clients aggregated, then `aggregation.add_central_noise`
-    (std z C / K). Falls back to the local reference `updates.release` where the server package is absent."""
-    try:
-        from dblocks.server.federation.aggregation import add_central_noise
-        from dblocks.shared.fedmsg import clip_update
-    except ImportError:
-        return lambda updates, g: release(updates, clip_norm, noise_multiplier, g, keys)
+    `mechanisms.clip_update`, the mean over the K clients aggregated, then `mechanisms.add_central_noise`
+    (std z C / K)."""
     rng = np.random.default_rng(seed)
 
     def fn(updates: list[dict], g: torch.Generator) -> dict:
-        arrays = [clip_update([u[k].numpy() for k in keys], clip_norm)[0] for u in updates]
+        arrays = [mechanisms.clip_update([u[k].numpy() for k in keys], clip_norm)[0] for u in updates]
         mean = [np.mean([a[i] for a in arrays], axis=0) for i in range(len(keys))]
-        noised, _ = add_central_noise(mean, clip_norm, noise_multiplier, len(updates), rng)
+        noised, _ = mechanisms.add_central_noise(mean, clip_norm, noise_multiplier, len(updates), rng)
         out = {k: torch.zeros_like(v) for k, v in updates[0].items()}
         out.update({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in zip(keys, noised)})
         return out

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..mechanisms import central_noise_std, sum_noise_std
 from .inversion import MatchingTarget, RoundObservation
 from .local import LocalTraining, local_update, trainable
 from .updates import Delta, UpdateMeta, aggregate, clip_delta
@@ -92,7 +93,7 @@ def observe(
         else:
             total = aggregate(clipped)
             if point in ("release", "sequence"):
-                total = _noise(total, keys, z * c, generator)
+                total = _noise(total, keys, sum_noise_std(z, c), generator)
             if adversary == "colluding":  # the other clients remove their own contributions
                 seen = {name: v - sum(cl[name] for cl in clipped[1:]) for name, v in total.items()}
             else:
@@ -109,7 +110,7 @@ def observe(
     clip = None if point == "raw" else c
     target = MatchingTarget(observed, clients_seen, n, tr, reduction, clip)
     lo_hi = block.schedule.training_interval(block_index)
-    noise_std = (z * c / (k if reduction == "mean" else 1)) if point in ("release", "sequence") else 0.0
+    noise_std = central_noise_std(z, c, k if reduction == "mean" else 1) if point in ("release", "sequence") else 0.0
     meta = UpdateMeta(block_index=block_index, noise_interval=lo_hi, observation=point, clip_norm=clip,
                       clients_aggregated=clients_seen, reduction=reduction,
                       noise_multiplier=z if point in ("release", "sequence") else 0.0,

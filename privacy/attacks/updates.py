@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..mechanisms import central_noise_std, clip_factor, sum_noise_std
+
 Delta = dict[str, torch.Tensor]
 OBSERVATIONS: tuple[str, ...] = ("raw", "clipped", "aggregate", "release", "weights", "sequence")
 UPDATE_FORMAT_VERSION = 1
@@ -148,9 +150,9 @@ def weight_delta(trained: nn.Module, received: dict[str, torch.Tensor]) -> Delta
 
 
 def clip_delta(delta: Delta, clip_norm: float) -> tuple[Delta, float]:
-    """Scale the whole delta to L2 norm <= clip_norm; returns (clipped, factor) with factor = min(1, C/||delta||)."""
-    norm = float(flatten(delta).norm())
-    factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    """The federation's clip (`mechanisms.clip_factor`) on a tensor dict: the whole delta scaled to L2 norm
+    <= clip_norm; returns (clipped, factor) with factor = min(1, C/||delta||) (norm taken in float32)."""
+    factor = clip_factor(float(flatten(delta).norm()), clip_norm)
     return {k: v * factor for k, v in delta.items()}, factor
 
 
@@ -168,18 +170,22 @@ def release(
 ) -> Delta:
     """Client-level DP release: (sum_k clip_C(u_k) + N(0, (z C)^2 I)) / K, noise on `noise_keys` (default all).
 
-    The K clients are the ones actually aggregated, so the noise is sized on them."""
+    The federation's mechanism (`dblocks.privacy.mechanisms`) on tensor dicts with a torch generator, the noise
+    drawn on the sum (`sum_noise_std`), which is noise z C / K on the mean. The K clients are the ones actually
+    aggregated, so the noise is sized on them."""
     k = len(deltas)
     total = aggregate([clip_delta(d, clip_norm)[0] for d in deltas])
     keys = sorted(total) if noise_keys is None else noise_keys
+    std = sum_noise_std(noise_multiplier, clip_norm)
     for name in keys:
-        total[name] = total[name] + noise_multiplier * clip_norm * torch.randn(total[name].shape, generator=generator)
+        total[name] = total[name] + std * torch.randn(total[name].shape, generator=generator)
     return {name: v / k for name, v in total.items()}
 
 
 def release_meta(base: UpdateMeta, clip_norm: float, clients: int, noise_multiplier: float) -> UpdateMeta:
     return replace(base, observation="release", clip_norm=clip_norm, clients_aggregated=clients, reduction="mean",
-                   noise_multiplier=noise_multiplier, central_noise_std=noise_multiplier * clip_norm / clients)
+                   noise_multiplier=noise_multiplier,
+                   central_noise_std=central_noise_std(noise_multiplier, clip_norm, clients))
 
 
 def dp_local_update(block: nn.Module, block_index: int, x: torch.Tensor, y: torch.Tensor, cfg, dp,

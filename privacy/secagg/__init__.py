@@ -22,12 +22,12 @@ from .graph import GraphParams, Policy, choose_params
 from .directory import Directory, DirectoryView
 from .keys import Cert, Identity, TrustStore
 from .plan import Plan
-from .quant import Extra, QuantSpec, clip_l2
+from .quant import Extra, QuantSpec
 from .server import Aggregate, Layout, SecAggServer
 
 __all__ = [
     "Aggregate", "AggregateOverflow", "Cert", "Contribution", "Directory", "DirectoryView", "Exchange", "Extra", "GraphParams", "Identity",
     "Layout", "LocalNetwork", "Plan", "Policy", "ProtocolRefusal", "QuantSpec", "RoundResult", "SecAggClient",
-    "SecAggError", "SecAggServer", "ThresholdError", "TrustStore", "choose_params", "clip_l2", "plan_round",
+    "SecAggError", "SecAggServer", "ThresholdError", "TrustStore", "choose_params", "plan_round",
     "run_round",
 ]

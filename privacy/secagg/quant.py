@@ -182,7 +182,7 @@ class QuantSpec:
         if norm > self.clip_norm * (1 + NORM_TOLERANCE):
             raise AggregateOverflow(
                 f"update L2 norm {norm:.6g} exceeds the plan's clip_norm {self.clip_norm:.6g}: clip it first "
-                f"(dblocks.privacy.secagg.clip_l2)")
+                f"(dblocks.privacy.mechanisms.clip_vector)")
         extras = dict(extras or {})
         unknown = set(extras) - {e.name for e in self.extras}
         if unknown:
@@ -245,13 +245,6 @@ class QuantSpec:
     def from_json(d: dict) -> "QuantSpec":
         return QuantSpec(int(d["dim"]), float(d["clip_norm"]), float(d["step"]), int(d["cohort_size"]),
                          int(d["bits"]), tuple(Extra(str(n), float(b), float(s)) for n, b, s in d["extras"]))
-
-
-def clip_l2(update: np.ndarray, clip_norm: float) -> np.ndarray:
-    """x * min(1, C / ||x||_2), as float64: the clipping the plan's bound assumes."""
-    x = np.asarray(update, dtype=np.float64)
-    norm = math.sqrt(float(np.einsum("i,i", x.ravel(), x.ravel())))
-    return x if norm <= clip_norm else x * (clip_norm / norm)
 
 
 def canonical_json(d: dict) -> bytes:

@@ -13,13 +13,11 @@ coordinate of a vector of L2 norm <= C is within [-C, C]); the result is the mea
 to quantisation (step 2C / 2^22). Its known weaknesses (32-bit mask seeds, a dropout during setup or key
 sharing loses the round) are why dblocks has its own protocol (issue #6); this one stays for comparison.
 
-Central noise: the released mean is  mean + N(0, (z_c C / K)^2 I)  with K the number of clients actually
-aggregated (never the planned cohort size).
+The central noise on the mean and the client-level epsilon are `dblocks.privacy.mechanisms`.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -204,29 +202,3 @@ class DBlocksSecAgg:
         """Forget the plan made for next round (e.g. a re-run takes the next protocol round number)."""
         if self.ahead is not None:
             self.next_round, self.ahead = self.ahead[0] + 1, None
-
-
-def add_central_noise(mean: list[np.ndarray], clip: float, noise_multiplier: float, num_aggregated: int,
-                      rng: np.random.Generator) -> tuple[list[np.ndarray], float]:
-    """mean + N(0, (z_c C / K)^2 I); returns (noised, std). K = clients actually aggregated."""
-    if num_aggregated < 1:
-        raise ValueError("no client was aggregated")
-    std = noise_multiplier * clip / num_aggregated
-    if std == 0:
-        return [m.copy() for m in mean], 0.0
-    return [(m + rng.normal(0.0, std, m.shape)).astype(np.float32) for m in mean], std
-
-
-def client_level_epsilon(noise_multiplier: float, releases: int, delta: float, accountant: str) -> float:
-    """Client-level epsilon of `releases` publications that aggregated one client, each a Gaussian mechanism of
-    sensitivity C / K (one client's clipped delta in the mean of K) with noise std z_c C / K, without any
-    subsampling amplification (cohorts are not Poisson-sampled), composed with `accountant` (the run's).
-    inf without central noise. `dblocks.privacy.composition` composes it over a company's releases of a run."""
-    from dblocks.privacy.accounting import epsilon
-    from dblocks.privacy.composition import client_mechanism
-
-    if releases == 0:
-        return 0.0
-    if noise_multiplier <= 0:
-        return math.inf
-    return epsilon([client_mechanism(noise_multiplier, releases)], delta, accountant)

@@ -165,7 +165,7 @@ def run_new(
     directory = str(directory_path(sh)) if directory_path(sh).exists() else None
     registry = None
     if registry_url:
-        from dblocks.server.registry.client import RegistryClient
+        from dblocks.shared.registry_client import RegistryClient
 
         registry = RegistryClient(registry_url, token)
     try:
@@ -273,7 +273,7 @@ def nodes_approve(
                 fail(str(e))
             console.print(f"SecAgg identity of node {found.group(1)} enrolled in the signed directory")
         return
-    from dblocks.server.registry.client import RegistryError
+    from dblocks.shared.registry_client import RegistryError
 
     try:
         node = reg.register_node(name or public_key.stem, organisation or name or public_key.stem, text)
@@ -292,7 +292,7 @@ def nodes_revoke(
     home: Path = typer.Option(default_home()),
 ) -> None:
     """Revoke a company's node: the SuperLink refuses its next request and the node stops."""
-    from dblocks.server.registry.client import RegistryError
+    from dblocks.shared.registry_client import RegistryError
 
     from .provision import operator_registry
 
@@ -339,7 +339,7 @@ def nodes_sync(
 ) -> None:
     """Carry the registry's approvals and revocations to the SuperLink (what `dbserver start` does in a loop;
     run it as its own process where the SuperLink and the registry run as separate containers)."""
-    from dblocks.server.registry.client import RegistryClient
+    from dblocks.shared.registry_client import RegistryClient
 
     from .nodesync import NodeSyncLoop, SuperLinkNodes, sync_once
     from .provision import load_config, read_secret, service_token_path
@@ -382,7 +382,7 @@ def _sync_now(home: Path, reg) -> None:
 
     cfg = load_config(ServerHome(home))
     try:
-        from dblocks.server.registry.client import RegistryClient
+        from dblocks.shared.registry_client import RegistryClient
 
         svc = RegistryClient(cfg.registry_url, read_secret(service_token_path(ServerHome(home))), connect_retries=1)
         link = SuperLinkNodes(cfg.superlink.local_address, ServerHome(home).tls.ca)

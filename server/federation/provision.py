@@ -154,6 +154,6 @@ def operator_registry(home: ServerHome):
     cfg = load_config(home)
     if cfg is None:
         return None
-    from dblocks.server.registry.client import RegistryClient
+    from dblocks.shared.registry_client import RegistryClient
 
     return RegistryClient(cfg.registry_url, read_secret(admin_token_path(home)), connect_retries=2)

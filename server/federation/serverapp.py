@@ -37,12 +37,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from dblocks.privacy.accounting import MechanismStep, epsilon
+from dblocks.privacy.mechanisms import add_central_noise, check_update, client_level_epsilon
 from dblocks.privacy.secagg.flower import send_and_receive
-from dblocks.shared.fedmsg import BlockTask, check_update
+from dblocks.shared.fedmsg import BlockTask
 from dblocks.shared.presets import get_preset
 from dblocks.shared.sampler import classify
 
-from .aggregation import AggregateOutcome, DBlocksSecAgg, FlowerSecAggPlus, add_central_noise, client_level_epsilon
+from .aggregation import AggregateOutcome, DBlocksSecAgg, FlowerSecAggPlus
 from .config import RunConfig, round_lr
 from .model_state import GlobalModel
 from .releases import ReleaseLog
@@ -67,7 +68,7 @@ class Federation:
         self.schedule = self.preset.noise_schedule(cfg.num_blocks)
         self.registry = None
         if cfg.registry_url:
-            from dblocks.server.registry.client import RegistryClient
+            from dblocks.shared.registry_client import RegistryClient
 
             self.registry = RegistryClient(cfg.registry_url, cfg.registry_token)
             self.rid = int(cfg.run_id)  # the registry's id of this run

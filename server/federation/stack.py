@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 
 
 def run_stack(home: ServerHome, cfg: ServerConfig, console) -> int:
-    from dblocks.server.registry.client import RegistryClient
+    from dblocks.shared.registry_client import RegistryClient
 
     from .nodesync import NodeSyncLoop, SuperLinkNodes
 

@@ -82,12 +82,12 @@ def test_correct_dp_sgd_stays_below_the_accountant_and_planted_bugs_exceed_it(tr
 
 
 def test_client_level_canaries_catch_a_release_without_central_noise(trained_blocks, digits):
-    """Canary clients through the federation's own release (fedmsg.clip_update + add_central_noise)."""
+    """Canary clients through the federation's own release (mechanisms.clip_update + add_central_noise)."""
     from dblocks.privacy.attacks.canary import client_canary_audit
     from dblocks.privacy.attacks.local import LocalTraining, local_update
     from dblocks.privacy.attacks.runner import federation_release
     from dblocks.privacy.attacks.updates import parameter_keys
-    import dblocks.server.federation.aggregation as aggregation
+    import dblocks.privacy.mechanisms as mechanisms
 
     block = trained_blocks["classifier"]
     keys = parameter_keys(block)
@@ -101,6 +101,6 @@ def test_client_level_canaries_catch_a_release_without_central_noise(trained_blo
     correct = audit()
     assert correct.bound.epsilon_lower_bound < correct.accountant_epsilon < 3
     no_noise = lambda mean, clip, z, k, rng: ([m.copy() for m in mean], 0.0)  # noqa: E731  planted bug
-    with mock.patch.object(aggregation, "add_central_noise", no_noise):
+    with mock.patch.object(mechanisms, "add_central_noise", no_noise):
         buggy = audit()
     assert buggy.bound.epsilon_lower_bound > correct.accountant_epsilon

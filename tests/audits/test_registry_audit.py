@@ -9,7 +9,7 @@ warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testcli
 from starlette.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-import dblocks.server.registry.client as registry_client  # noqa: E402
+import dblocks.shared.registry_client as registry_client  # noqa: E402
 from dblocks.privacy.cli import app as dbaudit  # noqa: E402
 from dblocks.server.registry.app import create_app  # noqa: E402
 from dblocks.server.registry.auth import issue_token  # noqa: E402

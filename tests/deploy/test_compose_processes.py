@@ -83,7 +83,7 @@ def wait_for(pred, timeout: float, what: str):
 REGISTRY = """
 import json, sys
 from pathlib import Path
-from dblocks.server.registry.client import RegistryClient
+from dblocks.shared.registry_client import RegistryClient
 reg = RegistryClient("http://127.0.0.1:8700", Path("{token}").read_text().strip())
 """
 

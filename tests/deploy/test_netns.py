@@ -215,7 +215,7 @@ socket.create_connection(("127.0.0.1", 7777), timeout=3).close(); print(json.dum
     rounds = h.python_in(net.server, f"""
 import json
 from pathlib import Path
-from dblocks.server.registry.client import RegistryClient
+from dblocks.shared.registry_client import RegistryClient
 reg = RegistryClient("http://127.0.0.1:8700", Path("{h.home / 'secrets' / 'admin.token'}").read_text().strip())
 run = reg.list_runs()[0]
 print(json.dumps({{"status": run["status"], "rounds": reg.list_rounds(run["id"]),

@@ -23,7 +23,7 @@ import pytest
 
 from dblocks.server.federation.localfed import LocalFederation
 from dblocks.server.federation.model_state import GlobalModel
-from dblocks.server.registry.client import RegistryClient
+from dblocks.shared.registry_client import RegistryClient
 from dblocks.shared.presets import get_preset
 from dblocks.shared.procs import stop_group
 from update_recorder import process_env  # test-only: companies save each clipped delta (update_recorder.py)

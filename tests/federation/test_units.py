@@ -9,11 +9,11 @@ import torch
 from dblocks.client.ledger import BudgetExceeded, PrivacyLedger
 from dblocks.client.trainer import rebuild_block, train_task
 from dblocks.privacy.accounting import MechanismStep, epsilon
-from dblocks.server.federation.aggregation import add_central_noise, client_level_epsilon
+from dblocks.privacy.mechanisms import add_central_noise, check_update, client_level_epsilon, clip_update
 from dblocks.server.federation.model_state import GlobalModel
 from dblocks.server.federation.scheduler import NodeInfo, assign
 from dblocks.shared.data import load_builtin
-from dblocks.shared.fedmsg import BlockTask, check_update, clip_update, param_names
+from dblocks.shared.fedmsg import BlockTask, param_names
 from dblocks.shared.presets import get_preset
 from dblocks.shared.wire import BlockIntegrityError
 

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from dblocks.server.registry.app import create_app  # noqa: E402
 from dblocks.server.registry.auth import issue_token  # noqa: E402
-from dblocks.server.registry.client import RegistryClient  # noqa: E402
+from dblocks.shared.registry_client import RegistryClient  # noqa: E402
 from dblocks.server.registry.config import RegistrySettings  # noqa: E402
 from dblocks.server.registry.models import ROLES  # noqa: E402
 from dblocks.server.registry.throwaway_pg import ThrowawayPostgres, postgres_bin_dir  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import uuid
 
-from dblocks.server.registry.client import RegistryClient
+from dblocks.shared.registry_client import RegistryClient
 from dblocks.server.registry.config import RegistrySettings
 
 TASK = "mnist"

@@ -9,7 +9,7 @@ import pytest
 from regseed import ssh_key
 from regtools import DP, TASK, make_block, new_run, schedule
 
-from dblocks.server.registry.client import Conflict, InvalidRequest, NotFound
+from dblocks.shared.registry_client import Conflict, InvalidRequest, NotFound
 
 
 def test_create_and_read_runs(service, clients):

@@ -15,7 +15,7 @@ from regseed import seed_demo
 
 from dblocks.server.registry.app import open_registry
 from dblocks.server.registry.auth import issue_token
-from dblocks.server.registry.client import RegistryClient
+from dblocks.shared.registry_client import RegistryClient
 from dblocks.server.registry.config import RegistrySettings
 from dblocks.server.registry.models import ROLES
 

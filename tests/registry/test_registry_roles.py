@@ -109,7 +109,7 @@ def world(tmp_path_factory, request):
     """One app per backend with a run, a version, a node, an audit with an artifact and a spare token."""
     from dblocks.server.registry.app import create_app
     from dblocks.server.registry.auth import issue_token
-    from dblocks.server.registry.client import RegistryClient
+    from dblocks.shared.registry_client import RegistryClient
 
     backend = request.param
     app = create_app(settings_for(backend, request, tmp_path_factory.mktemp(backend)))

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from dblocks.server.registry import events
 from dblocks.server.registry.app import create_app
-from dblocks.server.registry.client import InvalidRequest, RegistryClient
+from dblocks.shared.registry_client import InvalidRequest, RegistryClient
 from dblocks.server.registry.config import MiB
 from dblocks.server.registry.models import Audit, AuditArtifact, Block, BlockVersion, Event, Run
 from dblocks.server.registry.store import ContentStore

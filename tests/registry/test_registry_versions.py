@@ -11,7 +11,7 @@ from regtools import DP, make_block, new_run
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from dblocks.server.registry.client import Conflict, IntegrityError, InvalidRequest, NotFound, RegistryClient, RegistryError
+from dblocks.shared.registry_client import Conflict, IntegrityError, InvalidRequest, NotFound, RegistryClient, RegistryError
 from dblocks.server.registry.models import BlockVersion, Event
 
 

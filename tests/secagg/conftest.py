@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dblocks.privacy.secagg import (Contribution, Identity, Layout, LocalNetwork, Policy, SecAggClient,
-                                    SecAggServer, TrustStore, clip_l2, plan_round, run_round)
+                                    SecAggServer, TrustStore, plan_round, run_round)
+from dblocks.privacy.mechanisms import clip_vector
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Federation:
         if key not in self.inputs:
             layout = self.layouts[block]
             x = self.rng.normal(size=layout.dim) * self.rng.uniform(0.1, 2.0)
-            self.inputs[key] = clip_l2(x, layout.clip_norm)
+            self.inputs[key] = clip_vector(x, layout.clip_norm)
         return self.inputs[key]
 
     def contribution(self, cid: str, plan) -> Contribution:

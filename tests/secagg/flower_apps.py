@@ -15,7 +15,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from dblocks.privacy.secagg import Contribution, Extra, Layout, Policy, clip_l2
+from dblocks.privacy.mechanisms import clip_vector
+from dblocks.privacy.secagg import Contribution, Extra, Layout, Policy
 from dblocks.privacy.secagg.flower import FlowerSecAgg, flatten_arrays, handle
 
 DIMS = {"0": 40, "1": 24}
@@ -27,7 +28,7 @@ LAYOUTS = {b: Layout(d, 1.0, (Extra.count("num_examples", 10_000),)) for b, d in
 def node_update(node_id: int, block: str, round_: int, model: list[np.ndarray]) -> np.ndarray:
     rng = np.random.default_rng([node_id % 2**32, int(block), round_])
     base = flatten_arrays(model)
-    return clip_l2(rng.normal(size=base.size) + 0.01 * base, 1.0)
+    return clip_vector(rng.normal(size=base.size) + 0.01 * base, 1.0)
 
 
 def num_examples(node_id: int) -> int:

@@ -11,7 +11,8 @@ from dblocks.privacy.secagg import shamir
 from dblocks.privacy.secagg.errors import AggregateOverflow
 from dblocks.privacy.secagg.graph import Policy, choose_params, failure_probabilities, neighbours, ring_order
 from dblocks.privacy.secagg.prg import MaskExpander, expand_mask
-from dblocks.privacy.secagg.quant import Extra, QuantSpec, clip_l2
+from dblocks.privacy.mechanisms import clip_vector
+from dblocks.privacy.secagg.quant import Extra, QuantSpec
 
 
 # Shamir ------------------------------------------------------------------------------------------------------
@@ -113,13 +114,13 @@ def test_encode_refuses_out_of_bound_inputs():
         spec.encode(np.zeros(8), {"loss": 1.0})
     with pytest.raises(ValueError, match="dim"):
         spec.encode(np.zeros(9))
-    assert np.linalg.norm(clip_l2(np.ones(8), 1.0)) == pytest.approx(1.0)
-    spec.encode(clip_l2(np.ones(8) * 1e6, 1.0))
+    assert np.linalg.norm(clip_vector(np.ones(8), 1.0)) == pytest.approx(1.0)
+    spec.encode(clip_vector(np.ones(8) * 1e6, 1.0))
 
 
 def test_decode_refuses_a_sum_outside_the_guaranteed_range():
     spec = QuantSpec.plan(10, 8, 1.0)
-    honest = spec.encode(clip_l2(np.ones(8), 1.0))
+    honest = spec.encode(clip_vector(np.ones(8), 1.0))
     # a malicious client's words: a value far beyond its level bound
     rogue = np.full(8, (1 << (spec.bits - 2)), dtype=spec.dtype)
     with pytest.raises(AggregateOverflow, match="out of range"):

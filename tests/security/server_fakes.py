@@ -102,7 +102,7 @@ def registry_app(directory):
 
     from dblocks.server.registry.app import create_app
     from dblocks.server.registry.auth import issue_token
-    from dblocks.server.registry.client import RegistryClient
+    from dblocks.shared.registry_client import RegistryClient
     from dblocks.server.registry.config import RegistrySettings
 
     app = create_app(RegistrySettings.in_directory(directory))

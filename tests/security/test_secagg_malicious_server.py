@@ -21,7 +21,8 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common.config import parse_config_args
 
 from dblocks.client.join import JoinOptions, supernode_argv
-from dblocks.privacy.secagg import Contribution, Layout, LocalNetwork, SecAggClient, SecAggServer, TrustStore, clip_l2
+from dblocks.privacy.mechanisms import clip_vector
+from dblocks.privacy.secagg import Contribution, Layout, LocalNetwork, SecAggClient, SecAggServer, TrustStore
 from dblocks.privacy.secagg import plan_round, run_round
 from dblocks.privacy.secagg.flower import client_from_context, from_recorddict, handle, to_recorddict
 from dblocks.privacy.secagg.keys import decode_fields, encode_fields, hkdf, open_sealed, share_ad, x25519
@@ -77,7 +78,7 @@ def victim_identity_public(opts: JoinOptions) -> bytes | None:
 
 
 def update_of(cid: str) -> np.ndarray:
-    return clip_l2(np.random.default_rng(int(cid)).normal(size=DIM), 1.0)
+    return clip_vector(np.random.default_rng(int(cid)).normal(size=DIM), 1.0)
 
 
 def contribute(cid: str):

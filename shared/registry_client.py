@@ -1,6 +1,6 @@
 """Python client of the registry: the only way the federation server and the audit tool talk to it.
 
-    from dblocks.server.registry.client import RegistryClient
+    from dblocks.shared.registry_client import RegistryClient
     reg = RegistryClient("http://127.0.0.1:8700", token)      # a 'service' token for the federation server
     run = reg.create_run(task="mnist", dataset={...}, num_blocks=4, schedule=sched.to_dict(), secagg={...},
                          dp={...}, num_rounds=20, created_by="alice")
