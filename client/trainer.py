@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dblocks.privacy.dpsgd import DPConfig, DPReport, secret_generator, train_block_dp
+from dblocks.privacy.dpsgd import DPConfig, DPReport, freeze_except, secret_generator, train_block_dp
 from dblocks.shared.data import Dataset
 from dblocks.privacy.mechanisms import clip_update
 from dblocks.shared.fedmsg import BlockTask, arrays_to_state
@@ -79,11 +79,14 @@ def train_task(
                                  len(data))
     # from here on the records are used: whatever happens, the reservation stays spent (see ledger.py)
     before = [p.detach().clone() for p in block.parameters()]
+    freeze_except(block, task.trainable)  # the others keep the server's values: their delta is 0
     # constant lr within the round: the server schedules it over rounds (task.lr)
     cfg = TrainConfig(epochs=1, lr=task.lr, weight_decay=task.weight_decay, warmup=0.0, decay=False, grad_clip=math.inf)
     report = train_block_dp(block, task.block_index, data.x, data.y, cfg, dp, progress,
                             generator=generator if generator is not None else secret_generator())
     delta = [(p.detach() - b).numpy() for p, b in zip(block.parameters(), before)]
+    for p in block.parameters():
+        p.requires_grad_(True)
     clipped, norm = clip_update(delta, task.update_clip)
     if report.steps != task.steps or not math.isclose(report.sample_rate, task.sample_rate, rel_tol=1e-9):
         raise RuntimeError(f"DP-SGD ran q={report.sample_rate}, {report.steps} steps; the task asked "

@@ -97,6 +97,40 @@ def secret_generator() -> torch.Generator:
     return torch.Generator().manual_seed(secrets.randbits(64))
 
 
+def trainable_names(block: nn.Module, which: str = "all") -> list[str]:
+    """The names of the parameters of `block` that DP-SGD trains for the subset `which` (shared/fedmsg.py TRAINABLE):
+    all; bias (every bias vector); head (the output head and its AdaLN modulation, head + head_ada); ada (the AdaLN
+    modulation of every layer and of the head); and the unions bias+head, bias+ada. DP-SGD's noise has the
+    same std on every trained coordinate, so its norm grows with sqrt(#trained); a subset keeps the signal of
+    the directions that matter and drops the noise of the others."""
+    def pick(name: str, group: str) -> bool:
+        top = name.split(".")[0]
+        if group == "all":
+            return True
+        if group == "bias":
+            return name.endswith(".bias")
+        if group == "head":
+            return top in ("head", "head_ada")
+        if group == "ada":
+            return top == "head_ada" or ".ada." in name
+        raise ValueError(f"unknown trainable subset {group!r}")
+
+    groups = which.split("+")
+    names = [n for n, _ in block.named_parameters() if any(pick(n, g) for g in groups)]
+    if not names:
+        raise ValueError(f"trainable subset {which!r} selects no parameter of this block")
+    return names
+
+
+def freeze_except(block: nn.Module, which: str = "all") -> int:
+    """requires_grad only on `trainable_names(block, which)`; returns how many values are trained. Frozen
+    parameters get no gradient, no DP noise and no optimizer step: their delta is exactly 0."""
+    keep = set(trainable_names(block, which))
+    for n, p in block.named_parameters():
+        p.requires_grad_(n in keep)
+    return sum(p.numel() for n, p in block.named_parameters() if n in keep)
+
+
 def make_private_block(block: nn.Module, optimizer: torch.optim.Optimizer, dp: DPConfig, expected_batch: float,
                        generator: torch.Generator | None = None):
     """Wrap `block` and `optimizer` in Opacus' per-example machinery: (module, dp_optimizer). The optimizer

@@ -40,6 +40,9 @@ class BlockTask:
     lr: float
     weight_decay: float
     update_clip: float  # client-level L2 clip C of the whole block delta
+    # which of the block's parameters DP-SGD trains (the others stay as received, their delta is 0): a name in
+    # TRAINABLE. Fewer trained parameters, less DP noise in the update (privacy/dpsgd.py `trainable_names`)
+    trainable: str = "all"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,6 +81,8 @@ class BlockTask:
             raise ValueError(f"block task: delta must be in (0, 1), got {self.delta!r}")
         if self.accountant not in ACCOUNTANTS:
             raise ValueError(f"block task: accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"block task: trainable must be one of {TRAINABLE}, got {self.trainable!r}")
 
     def to_config(self) -> dict:
         return asdict(self)
@@ -88,10 +93,10 @@ class BlockTask:
         ValueError. Keys this version does not know (an older server's `seed`) are ignored: nothing the server
         sends may choose the company's randomness."""
         names = {f.name for f in fields(cls)}
-        missing = names - cfg.keys()
+        missing = names - cfg.keys() - {"trainable"}  # an older server sends no `trainable`: all parameters
         if missing:
             raise ValueError(f"block task is missing {sorted(missing)}: server and client versions differ?")
-        return cls(**{k: cfg[k] for k in names})
+        return cls(**{k: cfg[k] for k in names if k in cfg})
 
     @property
     def mechanism(self):
@@ -105,6 +110,8 @@ class BlockTask:
         return json.loads(self.spec_json)
 
 
+# trainable parameter subsets of a block (privacy/dpsgd.py `trainable_names` says which names each selects)
+TRAINABLE = ("all", "bias", "head", "bias+head", "ada", "bias+ada")
 _INT_FIELDS = ("round", "block_index", "attempt", "steps")
 _FLOAT_FIELDS = ("noise_multiplier", "max_grad_norm", "sample_rate", "delta", "lr", "weight_decay", "update_clip")
 
@@ -128,4 +135,3 @@ def arrays_to_state(module: nn.Module, arrays: list[np.ndarray]) -> dict[str, to
     if len(arrays) != len(names):
         raise ValueError(f"expected {len(names)} weight arrays, got {len(arrays)}")
     return {n: torch.from_numpy(np.asarray(a, dtype=np.float32).copy()) for n, a in zip(names, arrays)}
-

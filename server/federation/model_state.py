@@ -122,3 +122,14 @@ class GlobalModel:
 
     def update_names(self, i: int) -> list[str]:
         return param_names(self.blocks[i].module)
+
+
+def momentum_step(velocity: dict, i: int, release: list[np.ndarray], beta: float) -> list[np.ndarray]:
+    """Server momentum (heavy ball) for block i: v_i <- beta v_i + release; the step to apply is v_i. Only the
+    released (securely aggregated, clipped, noised) means enter: post-processing, no privacy cost. `velocity`
+    holds v per block between rounds (in memory; a restarted server starts again from v = 0)."""
+    prev = velocity.get(i)
+    v = [np.asarray(d, dtype=np.float64) + (beta * p if prev is not None else 0.0)
+         for d, p in zip(release, prev or [None] * len(release))]
+    velocity[i] = v
+    return [a.astype(np.float32) for a in v]

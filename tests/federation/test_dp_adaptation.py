@@ -1,0 +1,59 @@
+"""Issue #16 product settings: the trainable-parameter subset a company trains, and the server's momentum."""
+
+import numpy as np
+import pytest
+
+from dblocks.client.ledger import PrivacyLedger
+from dblocks.client.trainer import train_task
+from dblocks.privacy.dpsgd import trainable_names
+from dblocks.server.federation.model_state import GlobalModel, momentum_step
+from dblocks.shared.data import load_builtin
+from dblocks.shared.fedmsg import TRAINABLE, BlockTask, param_names
+from dblocks.shared.presets import get_preset
+
+
+def _task(model, **kw):
+    base = dict(run_id="r", round=1, block_index=0, attempt=0, spec_json=model.blocks[0].spec.to_json(),
+                noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.2, steps=3, delta=1e-5, accountant="rdp",
+                lr=1e-2, weight_decay=0.0, update_clip=100.0)
+    return BlockTask(**{**base, **kw})
+
+
+@pytest.mark.parametrize("which", ["bias", "bias+head"])
+def test_client_trains_only_the_tasks_trainable_subset(tmp_path, which):
+    p = get_preset("digits")
+    model = GlobalModel.initial(p, p.noise_schedule(2), seed=0)
+    data = load_builtin("digits").subset(np.arange(100))
+    upd = train_task(_task(model, trainable=which), model.weights_arrays(0), data,
+                     PrivacyLedger(tmp_path / "l.json", budget=50.0))
+    keep = set(trainable_names(model.blocks[0].module, which))
+    names = param_names(model.blocks[0].module)
+    assert keep and len(keep) < len(names)
+    for name, d in zip(names, upd.delta):
+        if name in keep:
+            assert np.abs(d).max() > 0, name  # trained (with DP noise every trained value moves)
+        else:
+            assert not np.any(d), name  # frozen: exactly the server's values
+    assert all(q.requires_grad for q in model.blocks[0].module.parameters())
+
+
+def test_trainable_is_validated_and_optional_on_the_wire():
+    p = get_preset("digits")
+    model = GlobalModel.initial(p, p.noise_schedule(2), seed=0)
+    assert "all" in TRAINABLE and _task(model).trainable == "all"
+    with pytest.raises(ValueError, match="trainable"):
+        _task(model, trainable="everything")
+    cfg = _task(model, trainable="bias").to_config()
+    assert BlockTask.from_config(cfg).trainable == "bias"
+    del cfg["trainable"]  # an older server: all parameters
+    assert BlockTask.from_config(cfg).trainable == "all"
+
+
+def test_server_momentum_is_heavy_ball_on_the_released_means():
+    v = {}
+    a = momentum_step(v, 0, [np.array([1.0, -2.0])], 0.5)
+    b = momentum_step(v, 0, [np.array([1.0, 0.0])], 0.5)
+    c = momentum_step(v, 1, [np.array([3.0, 3.0])], 0.5)  # blocks keep their own velocity
+    np.testing.assert_allclose(a[0], [1.0, -2.0])
+    np.testing.assert_allclose(b[0], [1.5, -1.0])
+    np.testing.assert_allclose(c[0], [3.0, 3.0])
