@@ -133,6 +133,7 @@ def prepare(url: str, env: dict[str, str], history_rounds: int = 20, num_blocks:
     from dblocks.server.registry.app import open_registry
     from dblocks.server.registry.auth import issue_token
     from dblocks.shared.registry_client import RegistryClient
+    from dblocks.shared.versions import VersionMeta
     from dblocks.server.registry.config import RegistrySettings
 
     reg = open_registry(RegistrySettings.from_env(env))
@@ -153,8 +154,8 @@ def prepare(url: str, env: dict[str, str], history_rounds: int = 20, num_blocks:
         for b in range(num_blocks):
             _, spec, data = blocks[(r * num_blocks + b) % len(blocks)]
             cohort = random.sample(nodes, 3)
-            v = svc.register_block_version(run["id"], b, spec, data, round=r, parent_version_id=parents.get(b), cohort=cohort,
-                                           **dp_fields(r), metrics={"train_loss": 2.0 / r, "val_loss": 2.2 / r})
+            v = svc.register_block_version(run["id"], b, spec, data, VersionMeta(round=r, parent_version_id=parents.get(b), cohort=cohort,
+                                           **dp_fields(r), metrics={"train_loss": 2.0 / r, "val_loss": 2.2 / r}))
             parents[b] = v["id"]
             svc.report_round(run["id"], r, b, cohort, "completed", stats={"seconds": 42})
             for n in cohort:

@@ -78,8 +78,9 @@ def main() -> None:
             fed.add_company(f"company{i}", p, budget=200.0)
         for mode in modes:
             since = progress_sizes(fed)
-            fed.run(task="mnist-fed", blocks=args.blocks, rounds=args.rounds, cohort=3, min_cohort=3, record_noise=1.0,
-                    record_clip=1.0, sample_rate=0.1, steps=15, lr=3e-4, update_clip=0.5, secagg=mode)
+            fed.run(task="mnist-fed", num_blocks=args.blocks, num_rounds=args.rounds, cohort_size=3, min_cohort=3,
+                    record_noise=1.0, record_clip=1.0, record_sample_rate=0.1, record_steps=15, lr=3e-4,
+                    update_clip=0.5, secagg=mode)
             rows = parse(fed, fed.runs()[-1], since)
             steady = [r for r in rows if r["round"] > 1] or rows
             mean = {k: sum(r[k] for r in steady) / len(steady)

@@ -6,7 +6,7 @@
                          dp={...}, num_rounds=20, created_by="alice")
     reg.set_status(run["id"], "running")
     state = reg.control_state(run["id"])                        # poll each round: status, num_rounds
-    v = reg.register_block_version(run["id"], 2, spec.to_json(), weights, round=3, parent_version_id=prev["id"], ...)
+    v = reg.register_block_version(run["id"], 2, spec.to_json(), weights, VersionMeta(round=3, ...))
 
 Every method returns plain JSON-ready dicts (or lists of them, or bytes for file downloads). HTTP errors
 raise a `RegistryError` subclass carrying the server's message: `NotFound` (404), `Conflict` (409),
@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import httpx
+
+from .versions import VersionMeta
 
 PAGE = 500
 
@@ -189,26 +191,15 @@ class RegistryClient:
         return self._json("GET", f"/api/runs/{run_id}/privacy")
 
     # ---- block versions ---------------------------------------------------------------------------------------
-    def register_block_version(self, run_id: int, block_index: int, spec_json: str, weights: bytes, *, round: int,
-                               parent_version_id: int | None = None, cohort: Iterable[str] = (),
-                               clip_norm: float | None = None, noise_multiplier: float | None = None,
-                               record_epsilon: float | None = None, record_delta: float | None = None,
-                               record_sample_rate: float | None = None, record_steps: int | None = None,
-                               client_epsilon: float | None = None, client_delta: float | None = None,
-                               accountant: str | None = None, metrics: dict | None = None, code_version: str | None = None,
-                               secagg_session: str | None = None) -> dict:
-        """Service: register the weights of block `block_index` after `round`. Idempotent: the same
-        (run, block, round) with the same sha256 returns the existing version with ["created"] == False;
-        other weights for a registered round raise Conflict. The spec's sha256 must be the weights' (else
-        InvalidRequest); a record_epsilon needs record_delta, record_sample_rate, record_steps and accountant.
-        Returns the version: ["id"], ["version"] (1, 2, ... per block), intervals, hashes, privacy fields."""
-        meta = {"round": round, "parent_version_id": parent_version_id, "cohort": list(cohort), "clip_norm": clip_norm,
-                "noise_multiplier": noise_multiplier, "record_epsilon": record_epsilon, "record_delta": record_delta,
-                "record_sample_rate": record_sample_rate, "record_steps": record_steps, "client_epsilon": client_epsilon,
-                "client_delta": client_delta, "accountant": accountant, "metrics": metrics or {}, "code_version": code_version,
-                "secagg_session": secagg_session}
+    def register_block_version(self, run_id: int, block_index: int, spec_json: str, weights: bytes,
+                               meta: VersionMeta) -> dict:
+        """Service: register the weights of block `block_index` with their record `meta` (round, parent, cohort,
+        privacy). Idempotent: the same (run, block, round) with the same sha256 returns the existing version
+        with ["created"] == False; other weights for a registered round raise Conflict. The spec's sha256 must
+        be the weights' (else InvalidRequest). Returns the version: ["id"], ["version"] (1, 2, ... per block),
+        intervals, hashes, privacy fields."""
         return self._json("POST", f"/api/runs/{run_id}/blocks/{block_index}/versions", idempotent=True,
-                          data={"meta": json.dumps(meta), "spec": spec_json},
+                          data={"meta": meta.model_dump_json(), "spec": spec_json},
                           files={"weights": (f"block-{block_index}.safetensors", weights, "application/octet-stream")})
 
     def latest_block_version(self, run_id: int, block_index: int) -> dict | None:

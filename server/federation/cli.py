@@ -127,15 +127,15 @@ def gateway(
 @run_app.command("new")
 def run_new(
     task: str = typer.Option("mnist", help="task preset (dblocks.shared.presets)"),
-    blocks: int = typer.Option(4, help="number of blocks B"),
-    rounds: int = typer.Option(10, help="federated rounds"),
-    cohort: int = typer.Option(3, help="companies per block cohort"),
+    num_blocks: int = typer.Option(4, help="number of blocks B"),
+    num_rounds: int = typer.Option(10, help="federated rounds"),
+    cohort_size: int = typer.Option(3, help="companies per block cohort"),
     min_cohort: int = typer.Option(3, help="a block with fewer live companies is skipped that round"),
     scheduler: str = typer.Option("round-robin", help="round-robin | capacity"),
     record_noise: float = typer.Option(1.0, help="DP-SGD noise multiplier at each company"),
     record_clip: float = typer.Option(1.0, help="DP-SGD per-example clip"),
-    sample_rate: float = typer.Option(0.1, help="DP-SGD Poisson sampling rate"),
-    steps: int = typer.Option(20, help="DP-SGD steps per round"),
+    record_sample_rate: float = typer.Option(0.1, help="DP-SGD Poisson sampling rate"),
+    record_steps: int = typer.Option(20, help="DP-SGD steps per round"),
     lr: float = typer.Option(1e-3, help="company learning rate (AdamW)"),
     update_clip: float = typer.Option(1.0, help="client-level L2 clip of a block update"),
     central_noise: float = typer.Option(0.0, help="central noise multiplier on the aggregate"),
@@ -144,7 +144,7 @@ def run_new(
     secagg_threshold: float = typer.Option(0.6, help="flower mode: share of a cohort needed to unmask"),
     consistency: bool = typer.Option(True, help="dblocks mode: members sign the survivor view before unmasking (one "
                                                 "more exchange per round; companies may require it)"),
-    init_model: Optional[Path] = typer.Option(None, help="start from these blocks (e.g. pretrained on public data)"),
+    init_model_dir: Optional[Path] = typer.Option(None, help="start from these blocks (e.g. pretrained on public data)"),
     registry_url: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_URL"),
     token: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_TOKEN",
                                         help="registry token; prefer the environment variable (a command line is "
@@ -169,13 +169,15 @@ def run_new(
 
         registry = RegistryClient(registry_url, token)
     try:
-        cfg = RunConfig(run_id="pending", task=task, num_blocks=blocks, num_rounds=rounds, cohort_size=cohort,
-                        min_cohort=min_cohort, scheduler=scheduler, record_noise=record_noise, record_clip=record_clip,
-                        record_sample_rate=sample_rate, record_steps=steps, lr=lr, update_clip=update_clip,
+        cfg = RunConfig(run_id="pending", task=task, num_blocks=num_blocks, num_rounds=num_rounds,
+                        cohort_size=cohort_size, min_cohort=min_cohort, scheduler=scheduler, record_noise=record_noise,
+                        record_clip=record_clip, record_sample_rate=record_sample_rate, record_steps=record_steps, lr=lr,
+                        update_clip=update_clip,
                         central_noise=central_noise, server_lr=server_lr,
                         secagg=SecAggConfig(mode=secagg, threshold=secagg_threshold, consistency=consistency,
                                             directory=directory),
-                        init_model_dir=str(init_model.resolve()) if init_model else None, registry_url=registry_url)
+                        init_model_dir=str(init_model_dir.resolve()) if init_model_dir else None,
+                        registry_url=registry_url)
     except ValueError as e:
         fail(f"bad run settings: {e}")
     if run_id is None:
@@ -185,10 +187,9 @@ def run_new(
             from dblocks.shared.presets import get_preset
 
             p = get_preset(task)
-            run = registry.create_run(task=task, dataset={"name": p.dataset, "split": "companies' own data"}, num_blocks=blocks,
-                                      schedule=p.noise_schedule(blocks).to_dict(), secagg=asdict(cfg.secagg),
-                                      dp={k: v for k, v in asdict(cfg).items() if k.startswith(("record_", "update_", "central_", "delta", "accountant"))},
-                                      num_rounds=rounds)
+            run = registry.create_run(task=task, dataset={"name": p.dataset, "split": "companies' own data"},
+                                      num_blocks=num_blocks, schedule=p.noise_schedule(num_blocks).to_dict(),
+                                      secagg=asdict(cfg.secagg), dp=cfg.dp.model_dump(), num_rounds=num_rounds)
             run_id = str(run["id"])
         else:
             run_id = uuid.uuid4().hex[:12]
@@ -196,7 +197,7 @@ def run_new(
                        "checkpoint_dir": str(sh.run_dir(run_id) / "checkpoints")})
     log = sh.run_dir(run_id) / "serverapp.log"
     proc = submit_run(sh, cfg, log=log, registry_token=token if registry_url else None)
-    console.print(f"run [bold]{run_id}[/bold] submitted: {blocks} blocks, {rounds} rounds; log {log}")
+    console.print(f"run [bold]{run_id}[/bold] submitted: {num_blocks} blocks, {num_rounds} rounds; log {log}")
     if not wait:
         return
     code = proc.wait()

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+from dblocks.shared.versions import DPSettings
+
 
 def round_lr(lr: float, r: int, rounds: int) -> float:
     """Company learning rate of round r of `rounds`: cosine from lr (round 1) down to lr / 10 (last round).
@@ -82,6 +84,11 @@ class RunConfig:
             raise ValueError(f"cohort_size {self.cohort_size} < min_cohort {self.min_cohort}")
         if not 0 < self.record_sample_rate <= 1:
             raise ValueError("record_sample_rate must be in (0, 1]")
+
+    @property
+    def dp(self) -> DPSettings:
+        """The run's DP settings as one record (what the registry keeps of the run and of each version)."""
+        return DPSettings(**{f: getattr(self, f) for f in DPSettings.model_fields})
 
     @property
     def registry_token(self) -> str | None:

@@ -64,8 +64,9 @@ def demo(
             fed.add_company(f"company{i}", p, budget=8.0)
         console.print(f"registry + dashboard at {url}; SuperLink on 127.0.0.1:{fed.superlink_port}; {companies} companies joined")
         console.rule(f"4. federated run: {rounds} rounds, DP-SGD + secure aggregation per block cohort")
-        proc = fed.run(task="mnist-fed", blocks=blocks, rounds=rounds, cohort=3, min_cohort=3, record_noise=1.0,
-                       record_clip=1.0, sample_rate=0.1, steps=15, lr=3e-4, update_clip=0.5, init_model=init)
+        proc = fed.run(task="mnist-fed", num_blocks=blocks, num_rounds=rounds, cohort_size=3, min_cohort=3,
+                       record_noise=1.0, record_clip=1.0, record_sample_rate=0.1, record_steps=15, lr=3e-4,
+                       update_clip=0.5, init_model_dir=init)
         run_id = fed.runs()[-1]
         status = fed.status(run_id)
         if status.get("status") != "finished":

@@ -42,6 +42,7 @@ from dblocks.privacy.secagg.flower import send_and_receive
 from dblocks.shared.fedmsg import BlockTask
 from dblocks.shared.presets import get_preset
 from dblocks.shared.sampler import classify
+from dblocks.shared.versions import VersionMeta
 
 from .aggregation import AggregateOutcome, DBlocksSecAgg, FlowerSecAggPlus
 from .config import RunConfig, round_lr
@@ -250,13 +251,11 @@ class Federation:
         log.info("block %d round %d: aggregated %d/%d clients (%.1f s); composed record eps %.2f; client eps %s (%s)",
                  b, r, k, len(out.cohort), out.seconds, record_eps, privacy["client_epsilon"], cfg.accountant)
         if self.registry:
-            v = self.registry.register_block_version(
-                self.rid, b, state.spec.to_json(), state.weights, round=r, parent_version_id=parent,
-                cohort=[str(n) for n in out.survivors], clip_norm=cfg.update_clip,
-                noise_multiplier=cfg.central_noise, record_epsilon=record_eps, record_delta=cfg.delta,
-                record_sample_rate=cfg.record_sample_rate, record_steps=cfg.record_steps,
-                client_epsilon=privacy["client_epsilon"], client_delta=cfg.delta, accountant=cfg.accountant,
+            meta = VersionMeta.released(
+                r, cfg.dp, record_epsilon=record_eps, client_epsilon=privacy["client_epsilon"],
+                parent_version_id=parent, cohort=[str(n) for n in out.survivors],
                 metrics={"releases": state.releases, "seconds": out.seconds, **privacy}, code_version=_code_version())
+            v = self.registry.register_block_version(self.rid, b, state.spec.to_json(), state.weights, meta)
             state.version_id = v["id"]
         self.model.save_checkpoint(b)
         self._report_round(r, b, [str(n) for n in out.survivors], "completed", None,

@@ -151,40 +151,7 @@ class RoundReportOut(Out):
     created_at: datetime
 
 
-# ---- block versions ---------------------------------------------------------------------------------------
-class VersionMeta(In):
-    """Everything about a block version except its spec and weights (sent alongside, multipart)."""
-
-    round: int = Field(ge=0)
-    parent_version_id: int | None = None
-    cohort: list[str] = Field(default_factory=list, max_length=10_000)
-    clip_norm: float | None = Field(default=None, gt=0)
-    noise_multiplier: float | None = Field(default=None, ge=0)
-    record_epsilon: float | None = Field(default=None, ge=0)
-    record_delta: float | None = Field(default=None, gt=0, lt=1)
-    record_sample_rate: float | None = Field(default=None, gt=0, le=1)
-    record_steps: int | None = Field(default=None, ge=0)
-    client_epsilon: float | None = Field(default=None, ge=0)
-    client_delta: float | None = Field(default=None, gt=0, lt=1)
-    accountant: str | None = Field(default=None, max_length=64)
-    secagg_session: str | None = Field(default=None, max_length=200)
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    code_version: str | None = Field(default=None, max_length=200)
-
-    @model_validator(mode="after")
-    def _epsilon_is_accounted(self) -> "VersionMeta":
-        """An epsilon means nothing without its delta, sample rate, steps and accountant."""
-        if self.record_epsilon is not None:
-            missing = [k for k in ("record_delta", "record_sample_rate", "record_steps", "accountant") if getattr(self, k) is None]
-            if missing:
-                raise ValueError(f"record_epsilon needs {', '.join(missing)} too (an epsilon is only meaningful with its accounting)")
-        if self.client_epsilon is not None:
-            missing = [k for k in ("client_delta", "accountant") if getattr(self, k) is None]
-            if missing:
-                raise ValueError(f"client_epsilon needs {', '.join(missing)} too")
-        return self
-
-
+# ---- block versions (the record a version is registered with: dblocks.shared.versions.VersionMeta) ----------
 class VersionOut(Out):
     id: int
     run_id: int

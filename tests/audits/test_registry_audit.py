@@ -14,6 +14,7 @@ from dblocks.privacy.cli import app as dbaudit  # noqa: E402
 from dblocks.server.registry.app import create_app  # noqa: E402
 from dblocks.server.registry.auth import issue_token  # noqa: E402
 from dblocks.server.registry.config import RegistrySettings  # noqa: E402
+from dblocks.shared.versions import VersionMeta  # noqa: E402
 from dblocks.shared.wire import pack_block  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def registry(tmp_path, trained_blocks, monkeypatch):
     run = svc.create_run(task="digits-tiny", dataset={"name": "digits"}, num_blocks=3, schedule=block.schedule.to_dict(),
                          secagg={}, dp={}, num_rounds=1)
     spec, weights = pack_block("digits-tiny", block.schedule, 1, block)
-    version = svc.register_block_version(run["id"], 1, spec.to_json(), weights, round=1)
+    version = svc.register_block_version(run["id"], 1, spec.to_json(), weights, VersionMeta(round=1))
     yield svc, tokens, version
     app.state.registry.db.dispose()
 

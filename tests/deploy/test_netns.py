@@ -36,8 +36,9 @@ from .summary import record
 BIN = Path(sys.executable).parent
 NODES = [(0, "acme-a"), (0, "acme-b"), (1, "globex"), (2, "initech")]  # (company host, node name)
 PULLED_HOST = 2
-RUN = ["--task", "digits", "--blocks", "2", "--rounds", "1", "--cohort", "2", "--min-cohort", "2", "--secagg", "flower", "--steps", "4",
-       "--sample-rate", "0.1", "--record-noise", "1.0", "--update-clip", "0.5", "--lr", "1e-3"]
+RUN = ["--task", "digits", "--num-blocks", "2", "--num-rounds", "1", "--cohort-size", "2", "--min-cohort", "2", "--secagg", "flower",
+       "--record-steps", "4",
+       "--record-sample-rate", "0.1", "--record-noise", "1.0", "--update-clip", "0.5", "--lr", "1e-3"]
 
 REASON = unavailable_reason()
 if REASON:

@@ -30,7 +30,8 @@ from update_recorder import process_env  # test-only: companies save each clippe
 
 pytestmark = pytest.mark.slow
 TASK, B = "digits", 2
-RUN = dict(task=TASK, blocks=B, cohort=3, min_cohort=3, record_noise=1.0, record_clip=1.0, sample_rate=0.1, steps=4,
+RUN = dict(task=TASK, num_blocks=B, cohort_size=3, min_cohort=3, record_noise=1.0, record_clip=1.0,
+           record_sample_rate=0.1, record_steps=4,
            lr=1e-3, update_clip=0.5)  # secure aggregation: dblocks' SecAgg+ (the default)
 
 
@@ -66,7 +67,7 @@ def wait_for(pred, timeout, what):
 
 
 def test_end_to_end_round(fed):
-    fed.run(**RUN, rounds=1, central_noise=0.0)
+    fed.run(**RUN, num_rounds=1, central_noise=0.0)
     run_id = fed.runs()[-1]
     assert fed.status(run_id)["status"] == "finished", (fed.root / "run-new.log").read_text()[-3000:]
     # each company trained exactly one block, and only the block it was assigned
@@ -107,7 +108,7 @@ def test_company_killed_mid_round(fed):
     """One block, all six companies in its cohort (SecAgg+ with 6 members tolerates a dropout; a cohort of 3
     does not, and then the block is re-run or skipped): kill the first one that starts training."""
     before = {f"company{i}": len(ledger(fed, f"company{i}")) for i in range(6)}
-    proc = fed.run(**{**RUN, "blocks": 1, "cohort": 6}, rounds=1, central_noise=0.5, wait=False)
+    proc = fed.run(**{**RUN, "num_blocks": 1, "cohort_size": 6}, num_rounds=1, central_noise=0.5, wait=False)
     victim = None
 
     def someone_trains():
@@ -137,7 +138,7 @@ def test_server_killed_mid_round_resumes_without_loss_or_duplicates(fed):
     survivors = [f"company{i}" for i in range(6) if f"company{i}" in fed.procs]
     n_before = {c: len(ledger(fed, c)) for c in survivors}
     old_runs = set(fed.runs())
-    proc = fed.run(**RUN, rounds=2, central_noise=0.0, wait=False)
+    proc = fed.run(**RUN, num_rounds=2, central_noise=0.0, wait=False)
     wait_for(lambda: set(fed.runs()) - old_runs, 300, "the run did not start")
     (run_id,) = set(fed.runs()) - old_runs
     wait_for(lambda: (fed.run_dir(run_id) / "checkpoints" / "rounds.json").exists(), 900, "round 1 did not complete")
@@ -151,7 +152,7 @@ def test_server_killed_mid_round_resumes_without_loss_or_duplicates(fed):
     time.sleep(3)
     fed.start_superlink(port)
     time.sleep(10)  # SuperNodes reconnect by themselves
-    fed.run(**RUN, rounds=2, central_noise=0.0, run_id=run_id)
+    fed.run(**RUN, num_rounds=2, central_noise=0.0, run_id=run_id)
     assert fed.status(run_id)["status"] == "finished", (fed.root / "run-new.log").read_text()[-3000:]
     versions = fed.reg.list_block_versions(int(run_id))
     keys = [(v["block_index"], v["round"]) for v in versions]

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 
+from dblocks.shared.versions import VersionMeta
 from regtools import DP, make_block, new_run
 
 COMPANIES = [("Acme Bank", "acme-fra-1"), ("Globex Health", "globex-node"), ("Initech Insurance", "initech-01"), ("Umbrella Labs", "umbrella-lab")]
@@ -60,10 +61,10 @@ def seed_demo(clients: dict, rounds_done: int = 4) -> dict:
             spec, weights = make_block(b, seed=r)
             eps = 1.1 * math.sqrt(r) * (1 + 0.08 * b)
             v = svc.register_block_version(
-                run["id"], b, spec, weights, round=r, parent_version_id=last[b]["id"] if b in last else None, cohort=cohort,
+                run["id"], b, spec, weights, VersionMeta(round=r, parent_version_id=last[b]["id"] if b in last else None, cohort=cohort,
                 **{**DP, "record_epsilon": eps, "record_steps": 300 * r}, client_epsilon=0.6 * eps, client_delta=1e-3,
                 metrics={"train_loss": 1.8 / (1 + 0.5 * r) + 0.05 * b, "val_loss": 2.0 / (1 + 0.45 * r) + 0.06 * b, "grad_norm": 0.9 - 0.1 * r},
-                code_version="dblocks 0.1.0+g9756806", secagg_session=f"sa-{run['id']}-{r}-{b}")
+                code_version="dblocks 0.1.0+g9756806", secagg_session=f"sa-{run['id']}-{r}-{b}"))
             last[b] = v
             svc.report_round(run["id"], r, b, cohort, "completed", stats={"seconds": 40 + 3 * b, "updates": len(cohort)})
             for n in cohort:

@@ -10,6 +10,7 @@ from regseed import ssh_key
 from regtools import DP, TASK, make_block, new_run, schedule
 
 from dblocks.shared.registry_client import Conflict, InvalidRequest, NotFound
+from dblocks.shared.versions import VersionMeta
 
 
 def test_create_and_read_runs(service, clients):
@@ -118,9 +119,9 @@ def test_versions_filters_pagination_and_lineage(service, clients, http, tokens)
         for b in (0, 1):
             spec, w = make_block(b, seed=rnd)
             parent = versions.get((b, rnd - 1))
-            v = service.register_block_version(rid, b, spec, w, round=rnd, parent_version_id=parent["id"] if parent else None,
+            v = service.register_block_version(rid, b, spec, w, VersionMeta(round=rnd, parent_version_id=parent["id"] if parent else None,
                                                cohort=[f"n{rnd}", f"n{rnd + 1}"], **{**DP, "record_epsilon": float(rnd + b)},
-                                               metrics={"loss": 1.0 / rnd})
+                                               metrics={"loss": 1.0 / rnd}))
             assert v["created"] and v["version"] == rnd
             versions[(b, rnd)] = v
     # filters: block 1 with epsilon <= 3 -> rounds 1, 2 (epsilon 2, 3)
@@ -180,8 +181,8 @@ def test_privacy_per_block_and_per_node(service):
     b = service.register_node("b", "B", ssh_key())["id"]
     for rnd in (1, 2):
         spec, w = make_block(0, seed=rnd)
-        service.register_block_version(rid, 0, spec, w, round=rnd, cohort=[a, b], **{**DP, "record_epsilon": 0.5 * rnd},
-                                       client_epsilon=0.2 * rnd, client_delta=1e-3)
+        service.register_block_version(rid, 0, spec, w, VersionMeta(round=rnd, cohort=[a, b], **{**DP, "record_epsilon": 0.5 * rnd},
+                                       client_epsilon=0.2 * rnd, client_delta=1e-3))
         service.record_node_privacy(a, rid, 0, rnd, 0.5 * rnd, 1e-5, "prv", sample_rate=0.01, steps=100 * rnd)
     service.record_node_privacy(a, rid, 1, 3, 1.4, 1e-5, "prv")  # a's third release, on block 1: composed over all three
     service.record_node_privacy(b, rid, 0, 2, 1.0, 1e-5, "prv")
@@ -203,7 +204,7 @@ def test_privacy_per_block_and_per_node(service):
 def test_audits(service, clients):
     rid = new_run(service)["id"]
     spec, w = make_block(0)
-    v = service.register_block_version(rid, 0, spec, w, round=1, **DP)
+    v = service.register_block_version(rid, 0, spec, w, VersionMeta(round=1, **DP))
     res = clients["researcher"]
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
     a = res.post_audit(v["id"], "gradient inversion", "update", "honest-but-curious", {"iters": 10}, "abc123", [0, 1],
@@ -243,7 +244,7 @@ def test_dashboard_pages_render(service, clients, http, tokens):
     """Every page renders with data in it (the browser test clicks through them for real)."""
     rid = new_run(service, name="page-test")["id"]
     spec, w = make_block(0)
-    v = service.register_block_version(rid, 0, spec, w, round=1, cohort=["x"], **DP, metrics={"loss": 0.3})
+    v = service.register_block_version(rid, 0, spec, w, VersionMeta(round=1, cohort=["x"], **DP, metrics={"loss": 0.3}))
     service.report_round(rid, 1, 0, ["x"], "completed")
     a = clients["researcher"].post_audit(v["id"], "dlg", "update", "server", {}, "h", [0], {"m": 1.0}, {}, "pass", {"r.png": b"p"})
     h = {"Authorization": f"Bearer {tokens['viewer']}"}

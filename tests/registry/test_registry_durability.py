@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text
 from dblocks.server.registry.app import open_registry
 from dblocks.server.registry.auth import issue_token
 from dblocks.shared.registry_client import RegistryClient
+from dblocks.shared.versions import VersionMeta
 from dblocks.server.registry.config import RegistrySettings
 from dblocks.server.registry.models import BlockVersion, Event, NodePrivacy, RoundReport
 
@@ -53,7 +54,7 @@ def test_kill_9_under_load_loses_no_acknowledged_write(backend, tmp_path, reques
     rid = run["id"]
     node = svc.register_node("n", "org", ssh_key())["id"]
     svc.set_status(rid, "running")
-    svc.register_block_version(rid, 0, *make_block(0), round=10_000, **DP)  # the first registration imports torch
+    svc.register_block_version(rid, 0, *make_block(0), VersionMeta(round=10_000, **DP))  # the first registration imports torch
 
     def client(token):
         return RegistryClient(server.url, token, connect_retries=0, timeout=10)
@@ -63,7 +64,7 @@ def test_kill_9_under_load_loses_no_acknowledged_write(backend, tmp_path, reques
     stop = threading.Event()
     steps = [
         (rounds, lambda i: c_rounds.report_round(rid, i, i % 4, [node], "completed", stats={"i": i})),
-        (versions, lambda i: c_versions.register_block_version(rid, i % 4, *blocks[i % 4], round=i, cohort=[node], **DP)
+        (versions, lambda i: c_versions.register_block_version(rid, i % 4, *blocks[i % 4], VersionMeta(round=i, cohort=[node], **DP))
          if i < VERSION_ROUNDS else stop.wait(0.05)),
         (privacy, lambda i: c_privacy.record_node_privacy(node, rid, i % 4, i, 0.01 * i, 1e-5, "prv")),
         (controls, lambda i: c_op.control(rid, "pause" if i % 2 == 0 else "resume")),

@@ -110,6 +110,7 @@ def world(tmp_path_factory, request):
     from dblocks.server.registry.app import create_app
     from dblocks.server.registry.auth import issue_token
     from dblocks.shared.registry_client import RegistryClient
+    from dblocks.shared.versions import VersionMeta
 
     backend = request.param
     app = create_app(settings_for(backend, request, tmp_path_factory.mktemp(backend)))
@@ -119,7 +120,7 @@ def world(tmp_path_factory, request):
     svc = RegistryClient("http://testserver", tokens["service"], http=TestClient(app))
     run = new_run(svc)
     spec, weights = make_block(0)
-    version = svc.register_block_version(run["id"], 0, spec, weights, round=1, **DP)
+    version = svc.register_block_version(run["id"], 0, spec, weights, VersionMeta(round=1, **DP))
     from regseed import ssh_key
 
     node = svc.register_node("n1", "org", ssh_key())

@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 from dblocks.server.registry import events
 from dblocks.server.registry.app import create_app
 from dblocks.shared.registry_client import InvalidRequest, RegistryClient
+from dblocks.shared.versions import VersionMeta
 from dblocks.server.registry.config import MiB
 from dblocks.server.registry.models import Audit, AuditArtifact, Block, BlockVersion, Event, Run
 from dblocks.server.registry.store import ContentStore
@@ -39,7 +40,7 @@ def count(app, model, *where) -> int:
 def version(service):
     rid = new_run(service)["id"]
     spec, w = make_block(0)
-    return service.register_block_version(rid, 0, spec, w, round=1, **DP)
+    return service.register_block_version(rid, 0, spec, w, VersionMeta(round=1, **DP))
 
 
 def test_artifact_names_cannot_escape(app, http, tokens, version, tmp_path):
@@ -127,12 +128,12 @@ def test_failed_version_registration_leaves_nothing(app, service, monkeypatch):
     monkeypatch.setattr(events, "record", boom)
     client = RegistryClient("http://testserver", service._http.headers["Authorization"].split()[1], http=TestClient(app, raise_server_exceptions=False))
     with pytest.raises(Exception):
-        client.register_block_version(rid, 0, spec, w, round=1, cohort=[], **DP)
+        client.register_block_version(rid, 0, spec, w, VersionMeta(round=1, cohort=[], **DP))
     monkeypatch.undo()
     assert count(app, BlockVersion) == 0 and count(app, Event) == events_before
     with app.state.registry.db.reader() as s:
         assert s.execute(select(Block.param_count).where(Block.run_id == rid, Block.block_index == 0)).scalar_one() is None
-    assert service.register_block_version(rid, 0, spec, w, round=1, **DP)["version"] == 1  # and the retry works
+    assert service.register_block_version(rid, 0, spec, w, VersionMeta(round=1, **DP))["version"] == 1  # and the retry works
 
 
 def test_failed_run_creation_leaves_nothing(app, service, monkeypatch):
@@ -168,6 +169,6 @@ def test_ten_megabyte_weights_are_welcome(app, service, clients):
     weights = os.urandom(10 * MiB)
     d = json.loads(spec)
     d["sha256"] = hashlib.sha256(weights).hexdigest()  # the registry checks the hash, not the tensors
-    v = service.register_block_version(rid, 0, json.dumps(d), weights, round=1, **DP)
+    v = service.register_block_version(rid, 0, json.dumps(d), weights, VersionMeta(round=1, **DP))
     assert v["size_bytes"] == 10 * MiB
     assert clients["researcher"].download_weights(v["id"]) == weights

@@ -12,7 +12,9 @@ from sqlalchemy import func, select, update
 from .. import events
 from ..auth import ALL_ROLES, SERVICE, WEIGHT_READERS, Allow, Principal
 from ..models import Audit, Block, BlockVersion, Node, Run, utcnow
-from ..schemas import AuditOut, Lineage, LineageStep, Page, VersionMeta, VersionOut, VersionRegistered
+from dblocks.shared.versions import VersionMeta
+
+from ..schemas import AuditOut, Lineage, LineageStep, Page, VersionOut, VersionRegistered
 from .common import (Limit, Offset, check_block_index, check_finite_json, get_or_404, get_run, paginate, parse_json_field,
                      registry)
 
