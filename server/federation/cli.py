@@ -140,6 +140,8 @@ def run_new(
     update_clip: float = typer.Option(1.0, help="client-level L2 clip of a block update"),
     central_noise: float = typer.Option(0.0, help="central noise multiplier on the aggregate"),
     server_lr: float = 1.0,
+    trainable: str = typer.Option("all", help="block parameters the companies train: all | bias | head | bias+head | "
+                                              "ada | bias+ada (fewer trained values, less DP noise in an update)"),
     secagg: str = typer.Option("dblocks", help="secure aggregation: dblocks (ours) | flower (Flower's SecAgg+)"),
     secagg_threshold: float = typer.Option(0.6, help="flower mode: share of a cohort needed to unmask"),
     consistency: bool = typer.Option(True, help="dblocks mode: members sign the survivor view before unmasking (one "
@@ -173,7 +175,7 @@ def run_new(
                         cohort_size=cohort_size, min_cohort=min_cohort, scheduler=scheduler, record_noise=record_noise,
                         record_clip=record_clip, record_sample_rate=record_sample_rate, record_steps=record_steps, lr=lr,
                         update_clip=update_clip,
-                        central_noise=central_noise, server_lr=server_lr,
+                        central_noise=central_noise, server_lr=server_lr, trainable=trainable,
                         secagg=SecAggConfig(mode=secagg, threshold=secagg_threshold, consistency=consistency,
                                             directory=directory),
                         init_model_dir=str(init_model_dir.resolve()) if init_model_dir else None,

@@ -63,6 +63,8 @@ class RunConfig:
     update_clip: float = 1.0
     central_noise: float = 0.0
     server_lr: float = 1.0
+    # which parameters of a block the companies train (BlockTask.trainable; shared/fedmsg.py TRAINABLE)
+    trainable: str = "all"
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     # where things go
     checkpoint_dir: str = "checkpoints"
@@ -84,6 +86,10 @@ class RunConfig:
             raise ValueError(f"cohort_size {self.cohort_size} < min_cohort {self.min_cohort}")
         if not 0 < self.record_sample_rate <= 1:
             raise ValueError("record_sample_rate must be in (0, 1]")
+        from dblocks.shared.fedmsg import TRAINABLE
+
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"trainable {self.trainable!r}: use one of {', '.join(TRAINABLE)}")
 
     @property
     def dp(self) -> DPSettings:

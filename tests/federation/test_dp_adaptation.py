@@ -57,3 +57,16 @@ def test_server_momentum_is_heavy_ball_on_the_released_means():
     np.testing.assert_allclose(a[0], [1.0, -2.0])
     np.testing.assert_allclose(b[0], [1.5, -1.0])
     np.testing.assert_allclose(c[0], [3.0, 3.0])
+
+
+def test_run_config_validates_trainable_and_the_server_sends_it():
+    from dblocks.server.federation.config import RunConfig
+
+    assert RunConfig(run_id="r").trainable == "all"
+    with pytest.raises(ValueError, match="trainable"):
+        RunConfig(run_id="r", trainable="weights")
+    import inspect
+
+    from dblocks.server.federation import serverapp
+
+    assert "trainable=c.trainable" in inspect.getsource(serverapp)  # the task carries the run's setting
