@@ -62,9 +62,9 @@ def test_server_momentum_is_heavy_ball_on_the_released_means():
 def test_run_config_validates_trainable_and_the_server_sends_it():
     from dblocks.server.federation.config import RunConfig
 
-    assert RunConfig(run_id="r").trainable == "all"
+    assert RunConfig(run_id="r", min_cohort=3).trainable == "all"
     with pytest.raises(ValueError, match="trainable"):
-        RunConfig(run_id="r", trainable="weights")
+        RunConfig(run_id="r", min_cohort=3, trainable="weights")
     import inspect
 
     from dblocks.server.federation import serverapp
