@@ -105,7 +105,7 @@ class CountingGrid:
         self.exchange_seconds.append(time.perf_counter() - t0)
         return self._in(replies)
 
-    # ours pushes and polls itself (dblocks.privacy.secagg.flower.send_and_receive): an exchange runs from the push
+    # ours pushes and polls itself (dblocks.server.federation.grid.send_and_receive): an exchange runs from the push
     # to the pull that brings its last reply (or the next push, if some never came)
     def push_messages(self, messages):
         ids = list(self._grid.push_messages(self._out(messages)))
@@ -130,6 +130,7 @@ def main(grid: Grid, context: Context) -> None:
     from dblocks.privacy.secagg.flower import FlowerSecAgg
     from dblocks.server.federation.aggregation import FlowerSecAggPlus
     from dblocks.server.federation.config import SecAggConfig
+    from dblocks.server.federation.grid import send_and_receive
 
     cfg = context.run_config
     want, rounds, dim = int(cfg["nodes"]), int(cfg["rounds"]), int(cfg["dim"])
@@ -146,7 +147,8 @@ def main(grid: Grid, context: Context) -> None:
             return RecordDict({"model": ArrayRecord(weights), "task": ConfigRecord({"block": blocks[0]})})
         return None
 
-    ours = FlowerSecAgg(counting, {"0": Layout(dim, CLIP)}, timeout=600, payload=payload, policy=policy)
+    ours = FlowerSecAgg(counting, {"0": Layout(dim, CLIP)}, timeout=600, payload=payload, policy=policy,
+                        send=lambda messages, timeout: send_and_receive(counting, messages, timeout))
     flower = FlowerSecAggPlus(SecAggConfig(mode="flower", threshold=0.6, timeout=600), CLIP)
     result = {"nodes": cohort, "dim": dim, "rounds": [], "plan": None}
     t0 = time.perf_counter()

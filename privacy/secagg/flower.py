@@ -8,7 +8,8 @@ stage) belongs to the application and is left alone.
 Message types: `train.secagg` for the `upload` stage (the client trains, then masks), `query.secagg` for the
 others (register, join, confirm, unmask). A ClientApp registers both and hands them to `handle`.
 
-ServerApp side: `GridExchange(grid, ...)` is the protocol's `exchange` over `grid.send_and_receive`, and
+ServerApp side: `GridExchange(grid, ...)` is the protocol's `exchange` over `grid.send_and_receive` (or the
+`send` it is given), and
 `FlowerSecAgg` runs planning and rounds for per-block cohorts of node ids:
 
     secagg = FlowerSecAgg(grid, {"0": Layout(dim0, clip), "1": Layout(dim1, clip)}, timeout=60,
@@ -39,7 +40,6 @@ import contextlib
 import fcntl
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -116,34 +116,22 @@ def unflatten_arrays(vector: np.ndarray, shapes: Sequence[tuple[int, ...]], dtyp
 Payload = Callable[[str, int, list[str]], RecordDict | None]
 
 
-def send_and_receive(grid, messages: list[Message], timeout: float | None = None, poll: float = 0.25) -> list[Message]:
-    """Like `Grid.send_and_receive`, but polls for replies every `poll` seconds (Flower's polls every 3 s, which
-    adds 1.5 s on average to every exchange). Grids without push/pull (in-process test grids) are called as is."""
-    if not (hasattr(grid, "push_messages") and hasattr(grid, "pull_messages")):
-        return list(grid.send_and_receive(messages, timeout=timeout))
-    pending = set(grid.push_messages(messages))
-    end = None if timeout is None else time.monotonic() + timeout
-    replies: list[Message] = []
-    while pending:
-        got = list(grid.pull_messages(pending))
-        replies += got
-        pending -= {m.metadata.reply_to_message_id for m in got}
-        if not pending or (end is not None and time.monotonic() >= end):
-            break
-        time.sleep(poll)
-    return replies
+Send = Callable[[list[Message], float | None], Iterable[Message]]  # (messages, timeout) -> replies
 
 
 class GridExchange:
     """The protocol's `exchange` over a Flower Grid: one `send_and_receive` per stage. A node whose reply is
     missing or an error (timeout, crash, refusal) is a dropout of that stage; the reasons land in `errors`.
+    `send(messages, timeout)` delivers one stage (default: `grid.send_and_receive`); the ServerApp passes its
+    own, which polls faster (dblocks.server.federation.grid).
 
     payload(stage, node_id, blocks) may add application records (model, task) to a node's request; `blocks`
     are the blocks of the node's instances in that request."""
 
     def __init__(self, grid, *, timeout: float | None = None, payload: Payload | None = None,
-                 group_id: str | None = None):
+                 group_id: str | None = None, send: Send | None = None):
         self.grid, self.timeout, self.payload, self.group_id = grid, timeout, payload, group_id
+        self.send = send or (lambda messages, timeout: grid.send_and_receive(messages, timeout=timeout))
         self.errors: list[tuple[str, int, str]] = []
         self.replies: dict[tuple[str, int], RecordDict] = {}  # last reply content per (stage, node)
 
@@ -157,7 +145,7 @@ class GridExchange:
             messages.append(Message(content=content, dst_node_id=node_id, message_type=MESSAGE_TYPES[stage],
                                     group_id=self.group_id or str(request.get("round", ""))))
         replies: dict[str, ProtocolMessage] = {}
-        for reply in send_and_receive(self.grid, messages, timeout=self.timeout):
+        for reply in self.send(messages, self.timeout):
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 self.errors.append((stage, node_id, str(reply.error.reason)))
@@ -183,11 +171,12 @@ class FlowerSecAgg:
     consistency_check: bool = False
     trust: TrustStore | None = None
     directory: bytes | None = None  # the signed directory of enrolled identities, relayed to the clients
+    send: Send | None = None  # how one stage is delivered (GridExchange)
 
     def __post_init__(self):
         self.server = SecAggServer(policy=self.policy, trust=self.trust, consistency_check=self.consistency_check,
                                    directory=self.directory)
-        self.exchange = GridExchange(self.grid, timeout=self.timeout, payload=self.payload)
+        self.exchange = GridExchange(self.grid, timeout=self.timeout, payload=self.payload, send=self.send)
 
     def plan(self, round_: int, cohorts: Mapping[str, Iterable[int]]) -> dict[str, Plan]:
         """Fix round `round_`'s per-block cohorts of node ids (registers nodes the server has not met)."""

@@ -18,6 +18,7 @@ The central noise on the mean and the client-level epsilon are `dblocks.privacy.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from dblocks.privacy.secagg import Layout, SecAggError
 from dblocks.privacy.secagg.flower import FlowerSecAgg, Payload, unflatten_arrays
 
 from .config import SecAggConfig
+from .grid import send_and_receive
 
 
 @dataclass
@@ -143,7 +145,8 @@ class DBlocksSecAgg:
         self.shapes = shapes
         layouts = {str(b): Layout(dim=sum(int(np.prod(s, dtype=np.int64)) for s in ss), clip_norm=clip)
                    for b, ss in shapes.items()}
-        self.protocol = FlowerSecAgg(grid, layouts, timeout=timeout, payload=payload, consistency_check=consistency)
+        self.protocol = FlowerSecAgg(grid, layouts, timeout=timeout, payload=payload, consistency_check=consistency,
+                                     send=functools.partial(send_and_receive, grid))
         self.directory = directory
         self._load_directory()
         self.next_round = first_round  # the next unused protocol round

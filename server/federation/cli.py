@@ -131,7 +131,6 @@ def run_new(
     num_rounds: int = typer.Option(10, help="federated rounds"),
     cohort_size: int = typer.Option(3, help="companies per block cohort"),
     min_cohort: int = typer.Option(3, help="a block with fewer live companies is skipped that round"),
-    scheduler: str = typer.Option("round-robin", help="round-robin | capacity"),
     record_noise: float = typer.Option(1.0, help="DP-SGD noise multiplier at each company"),
     record_clip: float = typer.Option(1.0, help="DP-SGD per-example clip"),
     record_sample_rate: float = typer.Option(0.1, help="DP-SGD Poisson sampling rate"),
@@ -172,7 +171,7 @@ def run_new(
         registry = RegistryClient(registry_url, token)
     try:
         cfg = RunConfig(run_id="pending", task=task, num_blocks=num_blocks, num_rounds=num_rounds,
-                        cohort_size=cohort_size, min_cohort=min_cohort, scheduler=scheduler, record_noise=record_noise,
+                        cohort_size=cohort_size, min_cohort=min_cohort, record_noise=record_noise,
                         record_clip=record_clip, record_sample_rate=record_sample_rate, record_steps=record_steps, lr=lr,
                         update_clip=update_clip,
                         central_noise=central_noise, server_lr=server_lr, trainable=trainable,

@@ -49,7 +49,6 @@ class RunConfig:
     num_rounds: int = 3
     cohort_size: int = 3  # companies per block cohort
     min_cohort: int = 2  # below this a block's round is skipped (with the reason recorded)
-    scheduler: Literal["round-robin", "capacity"] = "round-robin"
     # record-level DP-SGD at each company
     record_noise: float = 1.0
     record_clip: float = 1.0

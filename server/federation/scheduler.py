@@ -1,13 +1,12 @@
 """Which companies train which block this round.
 
-Both policies give each block a cohort of distinct nodes (a node trains at most one block per round):
-  * round-robin: balanced; with N live nodes, m = min(B, N // min_cohort) blocks get a cohort this round,
-    starting at block (round mod B) so that short-handed rounds rotate over the blocks; the (shuffled by
-    round) nodes are dealt to those blocks in turn, up to cohort_size each. Over rounds every node visits
-    every block, and every block gets a cohort every round when N >= B * min_cohort.
-  * capacity: nodes report the memory they can spend; blocks are filled largest-memory-first, a node only
-    gets a block whose estimated training memory fits.
-A block that cannot get `min_cohort` nodes gets none this round, and the reason says so.
+Round-robin: each block gets a cohort of distinct nodes (a node trains at most one block per round). With N
+live nodes, m = min(B, N // min_cohort) blocks get a cohort this round, starting at block (round mod B) so that
+short-handed rounds rotate over the blocks; the (shuffled by round) nodes are dealt to those blocks in turn, up
+to cohort_size each. Over rounds every node visits every block, and every block gets a cohort every round when
+N >= B * min_cohort. A block that cannot get `min_cohort` nodes gets none this round, and the reason says so.
+Memory is the company's own check: a task whose block would need more than its `--memory-limit` is refused
+there (client/memory.py), which makes the company a dropout of that block's round.
 """
 
 from __future__ import annotations
@@ -30,25 +29,14 @@ class Assignment:
 
 
 def assign(nodes: list[NodeInfo], num_blocks: int, round: int, cohort_size: int, min_cohort: int,
-           policy: str = "round-robin", block_memory_mb: list[float] | None = None, seed: int = 0) -> Assignment:
+           seed: int = 0) -> Assignment:
     live = sorted(nodes, key=lambda n: n.node_id)
     random.Random(seed * 100_003 + round).shuffle(live)
     cohorts: dict[int, list[int]] = {b: [] for b in range(num_blocks)}
-    if policy == "round-robin":
-        served = [(round + j) % num_blocks for j in range(min(num_blocks, len(live) // min_cohort))]
-        for i, n in enumerate(live):
-            if served and len(cohorts[b := served[i % len(served)]]) < cohort_size:
-                cohorts[b].append(n.node_id)
-    elif policy == "capacity":
-        need = block_memory_mb or [0.0] * num_blocks
-        order = sorted(range(num_blocks), key=lambda b: (-need[b], (b + round) % num_blocks))
-        free = sorted(live, key=lambda n: -n.memory_mb)
-        for b in order:  # the most demanding block picks first among the nodes that can hold it
-            fits = [n for n in free if n.memory_mb >= need[b]][:cohort_size]
-            cohorts[b] = [n.node_id for n in fits]
-            free = [n for n in free if n not in fits]
-    else:
-        raise ValueError(f"unknown scheduling policy {policy!r} (round-robin or capacity)")
+    served = [(round + j) % num_blocks for j in range(min(num_blocks, len(live) // min_cohort))]
+    for i, n in enumerate(live):
+        if served and len(cohorts[b := served[i % len(served)]]) < cohort_size:
+            cohorts[b].append(n.node_id)
     skipped = {}
     for b, c in cohorts.items():
         if len(c) < min_cohort:

@@ -1,28 +1,22 @@
 """The dblocks ServerApp: owns the global model (B blocks) and runs the block schedule round by round.
 
-Per round r:
-  1. read run control from the registry (pause / stop / number of rounds);
-  2. liveness check: ping every connected node (`query.ping`), collect memory and budget reports;
-  3. assign one cohort per block (scheduler.assign), each node to at most one block;
-  4. securely aggregate every cohort's clipped deltas, each company receiving only its block (weights +
-     BlockTask): with dblocks' SecAgg+ (default) all blocks share each protocol exchange; with Flower's
-     SecAgg+ each block runs its own workflow concurrently. A block whose aggregation fails is re-run once in
-     the same round with the members that still answer (they train afresh: a new, accounted release; never
-     the same inputs summed twice), else skipped with the reason recorded;
-  5. release: mean + N(0, (z_c C / K)^2), theta += server_lr * release; register the version (weights,
-     cohort, record- and client-level privacy numbers) and checkpoint it; evaluate the assembled model;
-  6. record each company's epsilons, composed over all its releases in the run (all rounds and blocks) with
-     the run's accountant (`releases.ReleaseLog`, `dblocks.privacy.composition`), in the registry.
-
-No node can fail the run: a malformed, missing or erroring ping reply makes that node a dropout of the round
-(the reason goes to the log and the round's entry in status.json), and an exception out of one round's
-aggregation fails only the blocks of that aggregation (re-run once, each block on its own, else skipped with
-the reason recorded).
+`Federation.round` is the whole round, top to bottom; each hop is owned by one module:
+  1. ping      every connected node answers with its memory and record-level budget left (`ping` here; a
+               malformed, missing or erroring reply makes the node a dropout of the round, with the reason);
+  2. assign    one cohort per block, each node in at most one (scheduler.assign);
+  3. configure each block's task (strategy.BlockStrategy.configure), logged as a release of its cohort;
+  4. aggregate the cohorts' clipped deltas by secure aggregation, each company receiving only its block
+               (aggregation.DBlocksSecAgg: all blocks share each protocol exchange; FlowerSecAggPlus: one workflow
+               per block), the result checked (BlockStrategy.accept). A block whose aggregation failed is re-run
+               once with the members still alive (they train afresh: a new, accounted release); an exception
+               out of a shared aggregation fails only its blocks, re-run one by one;
+  5. release   mean + N(0, (z_c C / K)^2), theta += server_lr * release, the version record with each company's
+               epsilons composed over the run (BlockStrategy.release); registered and checkpointed (`publish`);
+  6. evaluate  the assembled model, and report: per-company composed epsilons and the round to the registry.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -31,24 +25,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from dblocks.privacy.accounting import MechanismStep, epsilon
-from dblocks.privacy.mechanisms import add_central_noise, check_update, client_level_epsilon
-from dblocks.privacy.secagg.flower import send_and_receive
 from dblocks.shared.fedmsg import BlockTask
 from dblocks.shared.presets import get_preset
 from dblocks.shared.sampler import classify
-from dblocks.shared.versions import VersionMeta
 
 from .aggregation import AggregateOutcome, DBlocksSecAgg, FlowerSecAggPlus
-from .config import RunConfig, round_lr
+from .config import RunConfig
+from .grid import send_and_receive
 from .model_state import GlobalModel
 from .releases import ReleaseLog
 from .scheduler import NodeInfo, assign
+from .strategy import BlockRelease, BlockStrategy
 
 log = logging.getLogger("flwr")  # Flower's logger: lines show up in `flwr run --stream` and the run log
 app = ServerApp()
@@ -73,7 +64,6 @@ class Federation:
 
             self.registry = RegistryClient(cfg.registry_url, cfg.registry_token)
             self.rid = int(cfg.run_id)  # the registry's id of this run
-        self.rng = np.random.default_rng()  # central noise: fresh OS entropy, never a fixed seed
         self.model = GlobalModel.initial(self.preset, self.schedule, cfg.seed, cfg.init_model_dir)
         self.model.checkpoint_dir = Path(cfg.checkpoint_dir)
         self.model.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +77,10 @@ class Federation:
         # resumed round is a new (accounted) release at the companies, not a replay they would refuse
         starts = self.model.checkpoint_dir / "starts.json"
         self.session = len(json.loads(starts.read_text())) if starts.exists() else 0
-        starts.write_text(json.dumps([*json.loads(starts.read_text()), time.time()] if starts.exists() else [time.time()]))
+        previous = json.loads(starts.read_text()) if starts.exists() else []
+        starts.write_text(json.dumps([*previous, time.time()]))
+        self.releases = ReleaseLog(self.model.checkpoint_dir / "releases.json")  # who took part in which release
+        self.strategy = BlockStrategy(cfg, self.model, self.releases, self.session, self._num_rounds)
         if cfg.secagg.mode == "dblocks":
             shapes = {b: self.model.param_shapes(b) for b in range(cfg.num_blocks)}
             # protocol rounds grow across restarts: each server session gets its own range
@@ -97,7 +90,6 @@ class Federation:
         else:
             self.secagg = FlowerSecAggPlus(cfg.secagg, cfg.update_clip)
         self._tasks: dict[int, BlockTask] = {}  # block -> task of the protocol round under way (dblocks mode)
-        self.releases = ReleaseLog(self.model.checkpoint_dir / "releases.json")  # who took part in which release
         self.dropped: dict[int, str] = {}  # node -> why it is not in this round (ping)
 
     # ---- the round loop ---------------------------------------------------------------------------
@@ -125,44 +117,61 @@ class Federation:
         self._status("finished")
 
     def round(self, r: int) -> None:
-        cfg, t0 = self.cfg, time.perf_counter()
+        """ping -> assign -> aggregate (configure, secure aggregation, accept; re-run failures) -> release ->
+        evaluate -> report."""
+        t0 = time.perf_counter()
         todo = [i for i, b in enumerate(self.model.blocks) if b.round < r]  # after a crash: only what is missing
         self.dropped = {}
         live = self.ping(self.grid.get_node_ids())
-        plan = assign(live, cfg.num_blocks, r, cfg.cohort_size, cfg.min_cohort, cfg.scheduler, seed=cfg.seed)
+        cohorts, upcoming = self.assign(r, live, todo)
+        outcomes = self.aggregate_with_retry(r, cohorts, upcoming)
+        for b, out in sorted(outcomes.items()):
+            if out.ok:
+                self.publish(self.strategy.release(r, b, out))
+            else:
+                self._report_round(r, b, [str(n) for n in out.cohort], "skipped", out.failure)
+        self._record_node_privacy(r)
+        metrics = self.evaluate()
+        entry = {"round": r, "seconds": time.perf_counter() - t0,
+                 "blocks": sorted(b for b, o in outcomes.items() if o.ok),
+                 "dropped": {str(n): why for n, why in sorted(self.dropped.items())}, **metrics}
+        self.history.append(entry)
+        log.info("round %d done: %s", r, json.dumps(entry))
+
+    def assign(self, r: int, live: list[NodeInfo], todo: list[int]) -> tuple[dict[int, list[int]], dict | None]:
+        """This round's cohorts of the blocks still to do (a block without enough nodes is reported skipped), and
+        next round's, planned now so that this round's uploads announce the keys for it."""
+        cfg = self.cfg
+        plan = assign(live, cfg.num_blocks, r, cfg.cohort_size, cfg.min_cohort, seed=cfg.seed)
         cohorts = {b: c for b, c in plan.cohorts.items() if b in todo}
         for b, reason in plan.skipped.items():
             if b in todo:
                 self._report_round(r, b, [], "skipped", reason)
         log.info("round %d: %d live nodes; cohorts %s", r, len(live), cohorts)
         upcoming = None
-        if r < self._num_rounds():  # planned now, so that this round's uploads announce the keys for it
-            upcoming = assign(live, cfg.num_blocks, r + 1, cfg.cohort_size, cfg.min_cohort, cfg.scheduler, seed=cfg.seed).cohorts
+        if r < self._num_rounds():
+            upcoming = assign(live, cfg.num_blocks, r + 1, cfg.cohort_size, cfg.min_cohort, seed=cfg.seed).cohorts
+        return cohorts, upcoming
+
+    def aggregate_with_retry(self, r: int, cohorts: dict[int, list[int]],
+                             upcoming: dict[int, list[int]] | None) -> dict[int, AggregateOutcome]:
+        """Every cohort's accepted aggregate; a failed block is re-run once with the members still alive. A shared
+        aggregation that raised is re-run block by block: one cohort's bad message fails only its block."""
         outcomes = self.aggregate_blocks(r, cohorts, attempt=0, upcoming=upcoming)
-        # a shared aggregation that raised is re-run block by block: one cohort's bad message fails only its block
         isolate = any((o.failure or "").startswith(RAISED) for o in outcomes.values())
         retry = {}
         for b, out in outcomes.items():
             if not out.ok:
                 alive = [n.node_id for n in self.ping(out.cohort)]
-                if len(alive) >= cfg.min_cohort:
-                    log.info("block %d round %d: %s; re-running with the %d members still alive", b, r, out.failure, len(alive))
+                if len(alive) >= self.cfg.min_cohort:
+                    log.info("block %d round %d: %s; re-running with the %d members still alive", b, r, out.failure,
+                             len(alive))
                     self._report_round(r, b, [str(n) for n in out.cohort], "rerun", out.failure)
                     retry[b] = alive
         for group in [{b: c} for b, c in retry.items()] if isolate else [retry]:
             if group:
                 outcomes.update(self.aggregate_blocks(r, group, attempt=1))
-        for b, out in sorted(outcomes.items()):
-            if out.ok:
-                self.release(r, b, out)
-            else:
-                self._report_round(r, b, [str(n) for n in out.cohort], "skipped", out.failure)
-        self._record_node_privacy(r)
-        metrics = self.evaluate()
-        entry = {"round": r, "seconds": time.perf_counter() - t0, "blocks": sorted(b for b, o in outcomes.items() if o.ok),
-                 "dropped": {str(n): why for n, why in sorted(self.dropped.items())}, **metrics}
-        self.history.append(entry)
-        log.info("round %d done: %s", r, json.dumps(entry))
+        return outcomes
 
     def aggregate_blocks(self, r: int, cohorts: dict[int, list[int]], attempt: int,
                          upcoming: dict[int, list[int]] | None = None) -> dict[int, AggregateOutcome]:
@@ -171,10 +180,9 @@ class Federation:
         Every task is logged as a release of its cohort before it is sent. An exception out of an aggregation
         (what a node sent that the protocol did not expect) fails the blocks of that aggregation only, with the
         reason; it never leaves this method."""
-        tasks = {b: self.task_for(r, b, attempt) for b in cohorts}
+        tasks = {b: self.strategy.configure(r, b, attempt) for b in cohorts}
         for b, t in tasks.items():
-            step = MechanismStep(t.noise_multiplier, t.sample_rate, t.steps)
-            self.releases.trained(r, b, t.attempt, cohorts[b], step)
+            self.releases.trained(r, b, t.attempt, cohorts[b], t.mechanism)
         if isinstance(self.secagg, DBlocksSecAgg):
             self._tasks = tasks
             if attempt > 0:
@@ -195,16 +203,7 @@ class Federation:
                         outcomes[b] = f.result()
                     except Exception as e:  # noqa: BLE001 - a node's message must never fail the run
                         outcomes[b] = _raised(b, cohorts[b], e)
-        for b, out in outcomes.items():
-            if out.ok and not (out.survivors and set(out.survivors) <= set(out.cohort)):
-                out.mean, out.failure = None, (f"aggregate rejected: its members {sorted(out.survivors)[:20]} are not "
-                                               f"a non-empty part of the cohort {sorted(out.cohort)[:20]}")
-            if out.ok:
-                try:
-                    check_update(out.mean, self.model.param_shapes(b), self.cfg.update_clip)
-                except Exception as e:  # noqa: BLE001 - ValueError for a bad update; anything else is a bad message
-                    out.mean, out.failure = None, f"aggregate rejected: {type(e).__name__}: {e}"
-        return outcomes
+        return {b: self.strategy.accept(b, out) for b, out in outcomes.items()}
 
     def _upload_payload(self, stage: str, node_id: int, blocks: list[str]) -> RecordDict | None:
         """What rides on a company's `upload` request (dblocks SecAgg+): its block's weights and task only."""
@@ -214,52 +213,20 @@ class Federation:
         return RecordDict({"arrays": ArrayRecord(self.model.weights_arrays(b)),
                            "task": ConfigRecord(self._tasks[b].to_config())})
 
-    def task_for(self, r: int, b: int, attempt: int = 0) -> BlockTask:
-        c = self.cfg
-        attempt += 2 * self.session  # two attempts (first try, re-run) per server session
-        return BlockTask(run_id=c.run_id, round=r, block_index=b, attempt=attempt, spec_json=self.model.blocks[b].spec.to_json(),
-                         noise_multiplier=c.record_noise, max_grad_norm=c.record_clip, sample_rate=c.record_sample_rate,
-                         steps=c.record_steps, delta=c.delta, accountant=c.accountant, lr=round_lr(c.lr, r, self._num_rounds()),
-                         weight_decay=c.weight_decay, update_clip=c.update_clip, trainable=c.trainable)
-
-    def release(self, r: int, b: int, out: AggregateOutcome) -> None:
-        """Publish the noised mean and register it. The version states, for record and client level, the largest
-        epsilon among the companies it aggregated, each composed over all its releases in this run with the run's
-        accountant; the cost of this one release is kept as *_one_release."""
-        cfg = self.cfg
-        k = len(out.survivors)
-        noised, std = add_central_noise(out.mean, cfg.update_clip, cfg.central_noise, k, self.rng)
-        parent = self.model.blocks[b].version_id
-        state = self.model.apply_update(b, noised, cfg.server_lr, r)
-        self.releases.published(r, b, out.survivors, cfg.central_noise)
-        nodes = {n: self.releases.composed(n, cfg.delta, cfg.accountant) for n in out.survivors}
-        record_eps = max(e.record_epsilon for e in nodes.values())
-        client_eps = max(e.client_epsilon for e in nodes.values())
-        privacy = {
-            "record_epsilon": record_eps, "record_delta": cfg.delta, "record_sample_rate": cfg.record_sample_rate,
-            "record_steps": cfg.record_steps, "record_noise_multiplier": cfg.record_noise, "accountant": cfg.accountant,
-            "client_epsilon": _finite(client_eps), "client_delta": cfg.delta,
-            "central_noise_multiplier": cfg.central_noise, "central_noise_std": std, "clients_aggregated": k,
-            "record_epsilon_one_release": self._one_round_epsilon(),
-            "client_epsilon_one_release": _finite(client_level_epsilon(cfg.central_noise, 1, cfg.delta,
-                                                                       cfg.accountant)),
-            "composition": f"largest among the cohort of each company's epsilon composed over all its releases in this "
-                           f"run (all rounds and blocks), {cfg.accountant} accountant",
-            "nodes": {str(n): {"record_epsilon": e.record_epsilon, "client_epsilon": _finite(e.client_epsilon),
-                               "releases": e.releases, "published": e.published} for n, e in nodes.items()},
-        }
+    def publish(self, rel: BlockRelease) -> None:
+        """Register the released version (its id becomes the block's parent for the next), checkpoint it and
+        report the round."""
+        s, out = rel.stats, rel.outcome
         log.info("block %d round %d: aggregated %d/%d clients (%.1f s); composed record eps %.2f; client eps %s (%s)",
-                 b, r, k, len(out.cohort), out.seconds, record_eps, privacy["client_epsilon"], cfg.accountant)
+                 rel.block, rel.round, len(out.survivors), len(out.cohort), out.seconds, s["record_epsilon"],
+                 s["client_epsilon"], self.cfg.accountant)
         if self.registry:
-            meta = VersionMeta.released(
-                r, cfg.dp, record_epsilon=record_eps, client_epsilon=privacy["client_epsilon"],
-                parent_version_id=parent, cohort=[str(n) for n in out.survivors],
-                metrics={"releases": state.releases, "seconds": out.seconds, **privacy}, code_version=_code_version())
-            v = self.registry.register_block_version(self.rid, b, state.spec.to_json(), state.weights, meta)
-            state.version_id = v["id"]
-        self.model.save_checkpoint(b)
-        self._report_round(r, b, [str(n) for n in out.survivors], "completed", None,
-                           {"seconds": out.seconds, "planned": len(out.cohort), **privacy})
+            v = self.registry.register_block_version(self.rid, rel.block, rel.state.spec.to_json(), rel.state.weights,
+                                                     rel.meta)
+            rel.state.version_id = v["id"]
+        self.model.save_checkpoint(rel.block)
+        self._report_round(rel.round, rel.block, rel.meta.cohort, "completed", None,
+                           {"seconds": out.seconds, "planned": len(out.cohort), **s})
 
     # ---- liveness ---------------------------------------------------------------------------------
     def ping(self, node_ids) -> list[NodeInfo]:
@@ -271,7 +238,7 @@ class Federation:
         msgs = [Message(RecordDict({"ping": ConfigRecord({"run_id": self.cfg.run_id})}), dst_node_id=n,
                         message_type="query.ping") for n in node_ids]
         # a company that cannot afford one more round of the record-level mechanism is not asked
-        need = self._one_round_epsilon()
+        need = self.strategy.one_round_epsilon
         why = {n: "no reply to the ping" for n in node_ids}
         live = {}
         for reply in send_and_receive(self.grid, msgs, timeout=self.cfg.ping_timeout):
@@ -294,12 +261,6 @@ class Federation:
             log.warning("node %s is a dropout of this round: %s", n, reason)
         self.dropped.update(why)
         return [live[n] for n in node_ids if n in live]
-
-    @functools.cache
-    def _one_round_epsilon(self) -> float:
-        """Record-level epsilon of one round's DP-SGD mechanism at a company (the run's accountant)."""
-        c = self.cfg
-        return epsilon([MechanismStep(c.record_noise, c.record_sample_rate, c.record_steps)], c.delta, c.accountant)
 
     def _record_node_privacy(self, r: int) -> None:
         """Each company that took part in round r: its record-level epsilon composed over all its releases in
@@ -357,7 +318,8 @@ class Federation:
         if self.registry and not local_only:
             self.registry.set_status(self.rid, status, reason)
 
-    def _report_round(self, r: int, b: int, cohort: list[str], status: str, reason: str | None, stats: dict | None = None) -> None:
+    def _report_round(self, r: int, b: int, cohort: list[str], status: str, reason: str | None,
+                      stats: dict | None = None) -> None:
         if reason:
             log.info("block %d round %d %s: %s", b, r, status, reason)
         if self.registry:
@@ -389,14 +351,3 @@ def node_info_from_ping(reply: Message) -> NodeInfo:
 
 def _raised(b: int, cohort: list[int], e: Exception) -> AggregateOutcome:
     return AggregateOutcome(b, list(cohort), failure=f"{RAISED} {type(e).__name__}: {str(e)[:300]}")
-
-
-def _finite(x: float) -> float | None:
-    """JSON has no infinity: an infinite epsilon (no central noise) is recorded as None."""
-    return None if math.isinf(x) else x
-
-
-def _code_version() -> str:
-    from importlib.metadata import version
-
-    return f"dblocks {version('dblocks')}"

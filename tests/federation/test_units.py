@@ -44,14 +44,6 @@ def test_short_handed_rounds_serve_fewer_blocks_with_a_reason_and_rotate():
     assert assign(nodes(1), 2, 1, 3, 2).cohorts == {}
 
 
-def test_capacity_policy_puts_big_blocks_on_big_nodes():
-    ns = [NodeInfo(1, memory_mb=4000), NodeInfo(2, memory_mb=4000), NodeInfo(3, memory_mb=500), NodeInfo(4, memory_mb=500)]
-    a = assign(ns, 2, 1, cohort_size=2, min_cohort=2, policy="capacity", block_memory_mb=[3000, 400])
-    assert sorted(a.cohorts[0]) == [1, 2] and sorted(a.cohorts[1]) == [3, 4]
-    a = assign(ns, 2, 1, cohort_size=2, min_cohort=2, policy="capacity", block_memory_mb=[5000, 400])
-    assert 0 in a.skipped and "fewer than the minimum" in a.skipped[0]
-
-
 def test_ledger_composes_persists_and_refuses(tmp_path):
     path = tmp_path / "ledger.json"
     led = PrivacyLedger(path, budget=5.0, accountant="rdp")  # rdp: fast; the logic is the same
