@@ -1,4 +1,9 @@
-"""`dblocks`: local DiffusionBlocks training, evaluation and sampling (no federation involved)."""
+"""`dblocks`: local DiffusionBlocks training, evaluation, prediction and sampling (no federation involved).
+
+With `--data` the data set decides the model's input shape, classes and class names; a preset (if given) only
+the architecture and schedule. The class list and the feature preprocessing are saved with the model
+(`schema.DataSchema`) and applied unchanged by `eval` and `predict`. Errors end in one line (exit 2 for a
+user's mistake; `--debug` shows the traceback: `clierrors.py`)."""
 
 from __future__ import annotations
 
@@ -11,12 +16,15 @@ from typing import Optional
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .data import DataError, load_dataset
+from .clierrors import SafeTyper, bounded
+from .data import DataError, Dataset, FeatureStats, load_dataset, stratified_split
 from .presets import PRESETS, get_preset
 
-app = typer.Typer(help="Local DiffusionBlocks training, evaluation and sampling.", no_args_is_help=True)
+app = SafeTyper(help="Local DiffusionBlocks training, evaluation, prediction and sampling. Add --debug anywhere "
+                     "to see a traceback.", no_args_is_help=True)
 console = Console(soft_wrap=True)
 
 
@@ -36,59 +44,245 @@ def block_progress(label: str):
 
 
 def fail(msg: str) -> None:
-    console.print(f"[red]error:[/red] {msg}")
+    console.print(f"[red]error:[/red] {escape(bounded(msg))}", highlight=False)
     raise typer.Exit(2)
+
+
+def note(msg: str) -> None:
+    console.print(f"[yellow]note:[/yellow] {escape(bounded(msg))}", highlight=False)
+
+
+def _class_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise DataError(f"--classes needs at least two distinct comma-separated names, got {text[:80]!r}")
+    return names
+
+
+def _check_trainable(ds: Dataset, label_column: str, test_fraction: float) -> None:
+    """Refuse, with what to do, data a classifier cannot be trained (and tested) on."""
+    import numpy as np
+
+    counts = np.bincount(ds.y.numpy(), minlength=ds.num_classes)
+    present = [ds.class_names[i] for i in np.flatnonzero(counts)]
+    if len(present) < 2:
+        raise DataError(f"{ds.name}: every row has the same label ({present[0] if present else 'none'!r} in "
+                        f"{label_column!r}); a classifier needs at least two classes. Is it the right label column?")
+    if not 0 <= test_fraction < 1:
+        raise DataError(f"--test-fraction must lie in [0, 1), got {test_fraction}")
+    if test_fraction > 0:
+        few = [ds.class_names[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]
+        if few:
+            raise DataError(f"{ds.name}: class(es) {', '.join(few[:5])} have a single example; a stratified "
+                            f"held-out split needs two per class: add examples or pass --test-fraction 0")
+        n_test = int(np.ceil(test_fraction * len(ds)))
+        if n_test < len(present) or len(ds) - n_test < len(present):
+            raise DataError(f"{ds.name}: {len(ds)} rows are too few for a stratified {test_fraction:g} held-out split "
+                            f"of {len(present)} classes; pass a larger --test-fraction or --test-fraction 0")
+
+
+def _print_report(report: dict, title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{title}: accuracy {report['accuracy']:.3f} on {report['examples']} examples")
+    t.add_column("class")
+    t.add_column("examples", justify="right")
+    t.add_column("accuracy", justify="right")
+    for name, r in report["per_class"].items():
+        t.add_row(name, str(r["examples"]), "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}")
+    console.print(t)
 
 
 @app.command()
 def train(
-    preset: str = typer.Option("mnist", help=f"task preset: {', '.join(PRESETS)}"),
+    preset: Optional[str] = typer.Option(None, help=f"architecture and schedule: {', '.join(PRESETS)} (default: "
+                                                     f"mnist without --data; with --data a recipe chosen from it)"),
     out: Path = typer.Option(..., help="model directory to write"),
-    blocks: int = typer.Option(4, help="number of blocks B"),
+    blocks: Optional[int] = typer.Option(None, help="number of blocks B (default: the preset's 4 or the recipe's)"),
     block: Optional[list[int]] = typer.Option(None, help="train only these block indices (repeatable)"),
     end_to_end: bool = typer.Option(False, "--end-to-end", help="train the backprop baseline instead"),
-    epochs: Optional[int] = typer.Option(None, help="epochs per block (default: the preset's)"),
-    seed: int = 0,
-    data: Optional[str] = typer.Option(None, help="train on this file instead of the preset's train split"),
+    epochs: Optional[int] = typer.Option(None, help="epochs per block (default: the preset's or the recipe's)"),
+    seed: int = typer.Option(0, help="seed of the initialisation, the batches and the held-out split"),
+    data: Optional[str] = typer.Option(None, help="train on this CSV/Parquet/NPZ file or image folder instead of "
+                                                  "the preset's train split"),
+    label_column: str = typer.Option("label", help="label column of a CSV/Parquet file"),
+    test_fraction: float = typer.Option(0.2, help="with --data: stratified held-out fraction (seeded by --seed), "
+                                                  "scored after training; 0: no held-out split"),
+    classes: Optional[str] = typer.Option(None, help="with --data: the class list, comma-separated, fixing names and "
+                                                     "order (default: the file's labels, sorted)"),
+    image_size: Optional[int] = typer.Option(None, help="with --data: resize images to N x N"),
 ) -> None:
     """Train a DiffusionBlocks model one block at a time (or the end-to-end baseline) into OUT."""
     from dataclasses import replace
 
-    from .workflow import train_diffusion_blocks, train_end_to_end
+    from .recipes import fit_preset, recipe_for
+    from .schema import DataSchema
+    from .workflow import evaluation_report, predict, train_diffusion_blocks, train_end_to_end
 
+    if blocks is not None and blocks < 1 or epochs is not None and epochs < 1:
+        fail("--blocks and --epochs must be at least 1")
     try:
-        p = get_preset(preset)
-        train_ds = load_dataset(data, image_size=p.image_size, stats="own") if data else p.load_split()[0]
-    except (KeyError, DataError) as e:
-        fail(str(e))
+        base = get_preset(preset) if preset else None
+    except KeyError as e:
+        fail(str(e.args[0]))
+    test_ds = None
+    if data is None:
+        p = base or get_preset("mnist")
+        train_ds, test_split = p.load_split()
+        stats = p.feature_stats()
+        schema = DataSchema.of(test_split, stats=stats, source={"preset": p.name})
+        default_blocks, label = 4, p.name
+    else:
+        ds = load_dataset(data, label_column=label_column, image_size=image_size, classes=_class_list(classes))
+        for n in ds.notes:
+            note(n)
+        _check_trainable(ds, label_column, test_fraction)
+        if test_fraction > 0:
+            try:
+                train_ds, test_ds = stratified_split(ds, test_fraction, seed=seed)
+            except ValueError as e:
+                raise DataError(f"{ds.name}: cannot split {len(ds)} rows stratified ({e})") from None
+        else:
+            train_ds = ds
+        stats = None
+        if train_ds.kind == "tabular":
+            stats = FeatureStats.of(train_ds.x, f"training split of {ds.name} ({len(train_ds)} rows; local training, "
+                                                f"outside any DP guarantee)")
+            train_ds = train_ds.standardize(stats)
+            test_ds = test_ds.standardize(stats) if test_ds is not None else None
+        plan = fit_preset(base, train_ds) if base else recipe_for(train_ds)
+        p, default_blocks, label = plan.preset, plan.blocks, train_ds.name
+        console.print(f"{plan.origin}; {len(train_ds)} training rows, "
+                      f"{len(test_ds) if test_ds is not None else 0} held out")
+        source = {"data": str(Path(data).resolve()), "test_fraction": test_fraction, "split_seed": seed}
+        schema = DataSchema.of(train_ds, label_column=label_column, stats=stats, image_size=image_size, source=source)
+    nb = blocks or default_blocks
+    if not end_to_end and p.total_layers % nb:
+        divisors = [d for d in range(1, p.total_layers + 1) if p.total_layers % d == 0]
+        fail(f"the model has {p.total_layers} layers, which {nb} blocks cannot share equally; --blocks must be one "
+             f"of {', '.join(map(str, divisors))}")
     cfg = replace(p.train, seed=seed, **({"epochs": epochs} if epochs else {}))
     t0 = time.time()
-    with block_progress(preset) as progress:
+    with block_progress(label) as progress:
         if end_to_end:
-            train_end_to_end(p, train_ds, cfg, out, progress)
+            train_end_to_end(p, train_ds, cfg, out, progress, schema=schema)
         else:
-            train_diffusion_blocks(p, p.noise_schedule(blocks), train_ds, cfg, out, blocks=block, progress=progress)
+            train_diffusion_blocks(p, p.noise_schedule(nb), train_ds, cfg, out, blocks=block, progress=progress,
+                                   schema=schema)
     console.print(f"wrote [bold]{out}[/bold] in {time.time() - t0:.0f} s")
+    if test_ds is not None and (end_to_end or block is None):
+        report = evaluation_report(test_ds.y, predict(out, test_ds.x), schema.class_names)
+        (Path(out) / "report.json").write_text(json.dumps({"data": "held-out split", **report}, indent=2))
+        _print_report(report, f"held-out {test_fraction:g} of {Path(data).name}")
+        console.print(f"report: {Path(out) / 'report.json'}")
+
+
+def _model_and_schema(model: Path):
+    """The manifest and data schema of a model directory, checking that every block is there."""
+    from .wire import ModelManifest
+    from .workflow import model_schema
+
+    m = ModelManifest.load(model)
+    if m.kind == "classifier" or m.kind == "generator":
+        missing = [i for i in range(m.noise_schedule.num_blocks)
+                   if not (model / f"block-{i}.safetensors").exists() or not (model / f"block-{i}.json").exists()]
+        if missing:
+            fail(f"{model}: block(s) {', '.join(map(str, missing))} were not trained (training stopped early, or "
+                 f"--block trained only some): train them with `dblocks train --block I` into the same directory")
+    elif not (model / "model.safetensors").exists():
+        fail(f"{model}: the end-to-end model's weights are missing (training stopped early?)")
+    return m, model_schema(model)
+
+
+def _labelled_data(model: Path, m, schema, data: Optional[str], label_column: Optional[str]) -> Dataset:
+    """What `eval` scores: --data read through the model's schema, else the held-out split it was trained with."""
+    if data is not None:
+        if schema is None:
+            p = get_preset(m.task)
+            return load_dataset(data, label_column=label_column or "label", image_size=p.image_size,
+                                stats=p.feature_stats())
+        return schema.load(data, label_column=label_column)
+    if schema is not None and "data" in schema.source:
+        frac, seed = float(schema.source.get("test_fraction", 0)), int(schema.source.get("split_seed", 0))
+        if frac <= 0:
+            fail(f"{model} was trained on all of {schema.source['data']} (--test-fraction 0): pass --data FILE")
+        full = schema.load(schema.source["data"], label_column=label_column)
+        return stratified_split(full, frac, seed=seed)[1]
+    try:
+        return get_preset(m.task).load_split()[1]
+    except KeyError:
+        fail(f"{model}: no held-out data recorded; pass --data FILE")
 
 
 @app.command("eval")
 def evaluate(
     model: Path = typer.Argument(..., help="model directory"),
-    data: Optional[str] = typer.Option(None, help="labelled data to score (default: the preset's test split)"),
+    data: Optional[str] = typer.Option(None, help="labelled data to score (default: the held-out split of the "
+                                                  "training file, or the preset's test split)"),
+    label_column: Optional[str] = typer.Option(None, help="label column (default: the one the model was trained "
+                                                          "with)"),
+    steps_per_block: int = 1,
+    out: Optional[Path] = typer.Option(None, help="also write the report (JSON) here"),
+) -> None:
+    """Accuracy, per-class accuracy and confusion matrix of a classification model, with its class names."""
+    from .workflow import evaluation_report, predict
+
+    m, schema = _model_and_schema(model)
+    if m.kind == "generator":
+        fail(f"{model} is a generator; use `dblocks sample`")
+    test = _labelled_data(model, m, schema, data, label_column)
+    if not test.labelled:
+        fail(f"{test.name} has no labels to score; use `dblocks predict {model} --data {data}`")
+    for n in test.notes:
+        note(n)
+    names = schema.class_names if schema is not None else test.class_names or [str(i) for i in range(test.num_classes)]
+    report = evaluation_report(test.y, predict(model, test.x, steps_per_block=steps_per_block), names)
+    result = {"model": str(model), "data": test.name, **report}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    console.print_json(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
+
+
+@app.command("predict")
+def predict_cmd(
+    model: Path = typer.Argument(..., help="model directory"),
+    data: str = typer.Option(..., help="rows to classify: CSV/Parquet (a label column is optional and ignored), NPZ "
+                                       "(x, optional y) or images"),
+    out: Path = typer.Option(Path("predictions.csv"), help="CSV to write: row, predicted class name, its "
+                                                           "probability and one probability column per class"),
+    label_column: Optional[str] = typer.Option(None, help="label column to ignore (default: the model's)"),
     steps_per_block: int = 1,
 ) -> None:
-    """Test accuracy of a classification model directory."""
-    from .wire import ModelManifest
-    from .workflow import accuracy
+    """Classify new rows with a model; the output names the classes as the training data did."""
+    import pandas as pd
 
-    try:
-        m = ModelManifest.load(model)
-        p = get_preset(m.task)
-        test = load_dataset(data, image_size=p.image_size, stats="own") if data else p.load_split()[1]
-    except (FileNotFoundError, KeyError, DataError) as e:
-        fail(str(e))
-    acc = accuracy(model, test, steps_per_block=steps_per_block)
-    console.print_json(json.dumps({"model": str(model), "data": test.name, "examples": len(test), "accuracy": acc}))
+    from .workflow import predict_proba
+
+    m, schema = _model_and_schema(model)
+    if m.kind == "generator":
+        fail(f"{model} is a generator; use `dblocks sample`")
+    if schema is None:
+        fail(f"{model} was saved without its class list (an older dblocks); retrain it to predict with class names")
+    ds = schema.load(data, label_column=label_column, labels="optional")
+    for n in ds.notes:
+        if not n.startswith("no label column") and not n.startswith("no array 'y'"):
+            note(n)
+    proba = predict_proba(model, ds.x, steps_per_block=steps_per_block)
+    pred = proba.argmax(-1)
+    names = schema.class_names
+    table = pd.DataFrame({"row": range(1, len(pred) + 1), "prediction": [names[i] for i in pred.tolist()],
+                          "probability": proba.max(-1).values.numpy().round(4)})
+    for k, name in enumerate(names):
+        table[f"p_{name}"] = proba[:, k].numpy().round(4)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    msg = f"wrote {len(table)} predictions to [bold]{out}[/bold]"
+    if ds.labelled:
+        msg += f" (accuracy against the file's labels: {float((pred == ds.y).float().mean()):.3f})"
+    console.print(msg)
 
 
 @app.command()

@@ -1,0 +1,115 @@
+"""Tabular parity on tables the recipe was never tuned on: end-to-end minus DiffusionBlocks accuracy (points).
+
+For each table and seed s: a stratified 75/25 split (seed s), features standardised with the training split's
+statistics, then the recipe `shared/recipes.tabular_recipe` (chosen from the training split's rows, features and
+classes) trains a DiffusionBlocks model with its default B and the end-to-end baseline of the same total depth
+and width, both through `shared/workflow.py` (what `dblocks train --data` runs). Gap = e2e - DB accuracy in points;
+reported per table as the median over seeds (`core.tabular_gap_points`).
+
+Tables (all ship inside installed packages, nothing is downloaded): sklearn wine (178 x 13, 3 classes), iris
+(150 x 4, 3), breast_cancer (569 x 30, 2), and digits read as a 64-feature table (1797 x 64, 10). `--tune` runs
+the synthetic make_classification tables the recipe was tuned on instead (reported, not in the summary).
+
+    nice -n 10 .venv/bin/python bench/tabular.py --seeds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, median, setup, update_summary, write_json  # noqa: E402
+
+from dblocks.shared.data import Dataset, FeatureStats, stratified_split  # noqa: E402
+from dblocks.shared.recipes import tabular_recipe  # noqa: E402
+from dblocks.shared.workflow import accuracy, train_diffusion_blocks, train_end_to_end  # noqa: E402
+
+
+def _table(name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
+    k = int(y.max()) + 1
+    return Dataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long), "tabular", k, name,
+                   [str(i) for i in range(k)])
+
+
+def held_out_tables() -> dict[str, Dataset]:
+    from sklearn import datasets as d
+
+    out = {}
+    for name, loader in (("wine", d.load_wine), ("iris", d.load_iris), ("breast_cancer", d.load_breast_cancer),
+                         ("digits_table", d.load_digits)):
+        b = loader()
+        out[name] = _table(name, b.data, b.target)
+    return out
+
+
+def tuning_tables() -> dict[str, Dataset]:
+    from sklearn.datasets import make_classification
+
+    specs = {"syn_200x10_k3": (200, 10, 3), "syn_600x20_k2": (600, 20, 2), "syn_160x6_k4": (160, 6, 4)}
+    out = {}
+    for name, (n, f, k) in specs.items():
+        x, y = make_classification(n_samples=n, n_features=f, n_informative=max(2, f // 2), n_classes=k,
+                                   n_clusters_per_class=1, class_sep=1.0, random_state=1)
+        out[name] = _table(name, x, y)
+    return out
+
+
+def run_one(ds: Dataset, seed: int, work: Path) -> dict:
+    tr, te = stratified_split(ds, 0.25, seed=seed)
+    stats = FeatureStats.of(tr.x, "training split")
+    tr, te = tr.standardize(stats), te.standardize(stats)
+    plan = tabular_recipe(len(tr), tr.input_shape[0], ds.num_classes, name=ds.name)
+    p = plan.preset
+    from dataclasses import replace
+
+    cfg = replace(p.train, seed=seed)
+    t0 = time.perf_counter()
+    train_diffusion_blocks(p, p.noise_schedule(plan.blocks), tr, cfg, work / "db")
+    t_db = time.perf_counter() - t0
+    train_end_to_end(p, tr, cfg, work / "e2e")
+    db, e2e = accuracy(work / "db", te), accuracy(work / "e2e", te)
+    return {"seed": seed, "db": db, "e2e": e2e, "gap_points": 100 * (e2e - db), "blocks": plan.blocks,
+            "epochs": cfg.epochs, "width": p.arch.width, "db_seconds": t_db}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tune", action="store_true", help="the synthetic tuning tables instead of the held-out ones")
+    ap.add_argument("--only", nargs="*", help="table names to run")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    env = setup(args.threads)
+    tables = tuning_tables() if args.tune else held_out_tables()
+    if args.only:
+        tables = {k: v for k, v in tables.items() if k in args.only}
+    results: dict[str, dict] = {}
+    for name, ds in tables.items():
+        runs = []
+        for seed in range(args.seeds):
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.append(run_one(ds, seed, Path(tmp)))
+            r = runs[-1]
+            print(f"{name} seed {seed}: DB {r['db']:.3f} e2e {r['e2e']:.3f} gap {r['gap_points']:+.1f} "
+                  f"(B={r['blocks']}, {r['epochs']} epochs, {r['db_seconds']:.0f} s)", flush=True)
+        results[name] = {"rows": len(ds), "features": ds.input_shape[0], "classes": ds.num_classes, "runs": runs,
+                         "gap_points_median": median([r["gap_points"] for r in runs]),
+                         "db_median": median([r["db"] for r in runs]), "e2e_median": median([r["e2e"] for r in runs])}
+        print(f"{name}: median gap {results[name]['gap_points_median']:+.2f} points", flush=True)
+    out = {"setup": env, "seeds": args.seeds, "tables": results}
+    write_json(args.out / ("tabular_tune.json" if args.tune else "tabular.json"), out)
+    if not args.tune and not args.only:
+        update_summary(args.out, {"core.tabular_gap_points": {k: round(v["gap_points_median"], 2)
+                                                              for k, v in results.items()}})
+
+
+if __name__ == "__main__":
+    main()
