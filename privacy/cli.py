@@ -22,7 +22,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Leakage audits against DiffusionBlocks block updates.", no_args_is_help=True)
+app = typer.Typer(help="Leakage audits against DiffusionBlocks block updates.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)  # locals would print private data
 console = Console(soft_wrap=True)
 
 ATTACK_HELP = "closed-form | inversion | dlg | idlg | dlg-scales | membership | canary | noise-conformance"

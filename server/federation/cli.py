@@ -19,8 +19,10 @@ from .launcher import (EXPOSE_FLAG, ServerHome, control_api_refusal, default_hom
                        start_superlink, submit_run)
 
 console = Console(soft_wrap=True)
-run_app = typer.Typer(help="Create and follow federated training runs.", no_args_is_help=True)
-nodes_app = typer.Typer(help="Companies' nodes: approve (register their key) or revoke.", no_args_is_help=True)
+run_app = typer.Typer(help="Create and follow federated training runs.", no_args_is_help=True,
+                      pretty_exceptions_show_locals=False)
+nodes_app = typer.Typer(help="Companies' nodes: approve (register their key) or revoke.", no_args_is_help=True,
+                        pretty_exceptions_show_locals=False)
 
 
 def fail(msg: str, code: int = 2) -> None:
