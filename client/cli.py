@@ -8,14 +8,18 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from dblocks.shared.data import DataError
+from dblocks.shared.clierrors import TRACEBACK_SETTINGS, SafeTyper
+from dblocks.shared.data import DataError, load_dataset
 
 from .join import JoinOptions, default_home, ledger_path, run_supernode, secagg_key_path, validate
 
-app = typer.Typer(help="Company side: join a federation, check data, keys and the privacy ledger.", no_args_is_help=True)
-keys_app = typer.Typer(help="This company's node key (its identity towards the federation).", no_args_is_help=True)
+app = SafeTyper(help="Company side: join a federation, check data, keys and the privacy ledger. Add --debug anywhere "
+                     "to see a traceback.", no_args_is_help=True)
+keys_app = typer.Typer(help="This company's node key (its identity towards the federation).", no_args_is_help=True,
+                       **TRACEBACK_SETTINGS)
 app.add_typer(keys_app, name="keys")
 console = Console(soft_wrap=True)
 
@@ -101,16 +105,25 @@ def join(
 @app.command("check-data")
 def check_data(
     path: Path = typer.Argument(..., help="CSV/Parquet/NPZ file or image folder"),
-    label_column: str = "label",
-    image_size: int = 0,
+    label_column: str = typer.Option("label", help="label column of a CSV/Parquet file"),
+    image_size: int = typer.Option(0, help="resize images to this size (0: as they are)"),
+    classes: Optional[str] = typer.Option(None, help="the run's class list from the operator, comma-separated: every "
+                                                     "label must be one of these names (numbers match by value)"),
 ) -> None:
-    """Validate a data set as `join` would, and describe it."""
+    """Validate a data set as `join` would, and describe it (with --classes: check its labels against the run's)."""
     try:
         ds = validate(JoinOptions(server="", data=path, home=default_home(), label_column=label_column,
                                   image_size=image_size))
+        if classes is not None:
+            names = [c.strip() for c in classes.split(",") if c.strip()]
+            if len(names) < 2 or len(set(names)) != len(names):
+                fail(f"--classes needs at least two distinct comma-separated names, got {classes[:80]!r}")
+            ds = load_dataset(path, label_column=label_column, image_size=image_size or None, classes=names)
     except DataError as e:
         fail(str(e))
-    console.print_json(json.dumps(ds.describe()))
+    for n in ds.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(n)}", highlight=False)
+    console.print_json(json.dumps({**ds.describe(), "class_names": ds.class_names}))
 
 
 @app.command()

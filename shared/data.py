@@ -256,9 +256,9 @@ def _encode_labels(raw: np.ndarray, path: Path, where: str,
             odd = sorted(set(names[unknown].tolist()))
             shown = ", ".join(excerpt(o, 30) for o in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
             known = ", ".join(excerpt(c, 30) for c in classes[:10]) + (" ..." if len(classes) > 10 else "")
-            raise DataError(f"{path}: {where} has {int(unknown.sum())} label(s) that are not among the model's "
-                            f"{len(classes)} classes (first: row {i + 1}; unknown: {shown}); the classes are: {known}."
-                            f" Labels are matched by name (numbers by their value), so use the training file's names")
+            raise DataError(f"{path}: {where} has {int(unknown.sum())} label(s) not in the class list (first: row "
+                            f"{i + 1}; unknown: {shown}); the {len(classes)} classes of the model (or run) are: {known}."
+                            f" Labels are matched by name (numbers by their value): use those names")
         return torch.from_numpy(codes), list(classes)
     if raw.dtype.kind in "iuf":
         ints = names.astype(np.int64) if len(names) else np.zeros(0, np.int64)
