@@ -100,7 +100,8 @@ def secret_generator() -> torch.Generator:
 def trainable_names(block: nn.Module, which: str = "all") -> list[str]:
     """The names of the parameters of `block` that DP-SGD trains for the subset `which` (shared/fedmsg.py TRAINABLE):
     all; bias (every bias vector); head (the output head and its AdaLN modulation, head + head_ada); ada (the AdaLN
-    modulation of every layer and of the head); and the unions bias+head, bias+ada. DP-SGD's noise has the
+    modulation of every layer and of the head); input (the patch tokenizer and the label embedding's input
+    layer); and unions with +. DP-SGD's noise has the
     same std on every trained coordinate, so its norm grows with sqrt(#trained); a subset keeps the signal of
     the directions that matter and drops the noise of the others."""
     def pick(name: str, group: str) -> bool:
@@ -113,6 +114,8 @@ def trainable_names(block: nn.Module, which: str = "all") -> list[str]:
             return top in ("head", "head_ada")
         if group == "ada":
             return top == "head_ada" or ".ada." in name
+        if group == "input":  # the patch tokenizer: what an input shift (another scanner) changes first
+            return top in ("tokenizer", "label_in", "label_pos")
         raise ValueError(f"unknown trainable subset {group!r}")
 
     groups = which.split("+")

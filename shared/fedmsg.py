@@ -111,7 +111,7 @@ class BlockTask:
 
 
 # trainable parameter subsets of a block (privacy/dpsgd.py `trainable_names` says which names each selects)
-TRAINABLE = ("all", "bias", "head", "bias+head", "ada", "bias+ada")
+TRAINABLE = ("all", "bias", "head", "bias+head", "ada", "bias+ada", "input", "input+bias", "input+bias+head")
 _INT_FIELDS = ("round", "block_index", "attempt", "steps")
 _FLOAT_FIELDS = ("noise_multiplier", "max_grad_norm", "sample_rate", "delta", "lr", "weight_decay", "update_clip")
 
