@@ -123,7 +123,7 @@ class GridExchange:
     """The protocol's `exchange` over a Flower Grid: one `send_and_receive` per stage. A node whose reply is
     missing or an error (timeout, crash, refusal) is a dropout of that stage; the reasons land in `errors`.
     `send(messages, timeout)` delivers one stage (default: `grid.send_and_receive`); the ServerApp passes its
-    own, which polls faster (dblocks.server.federation.grid).
+    own, which polls faster than Flower's 3 s.
 
     payload(stage, node_id, blocks) may add application records (model, task) to a node's request; `blocks`
     are the blocks of the node's instances in that request."""
