@@ -62,10 +62,13 @@ class FedSetting:
     update_clip: float
     cohort_size: int = 6
     central_noise: float = 0.0
+    trainable: str = "all"  # BlockTask.trainable: which parameters of the block the companies train
+    server_lr: float = 1.0  # RunConfig.server_lr
+    server_momentum: float = 0.0  # RunConfig.server_momentum: heavy-ball on the released (already private) means
 
 
 def companies_data(num: int, public: int, seed: int = 0):
-    from dblocks.server.federation.localfed import split_public_private
+    from dblocks.server.ops.localfed import split_public_private
     from dblocks.shared.data import partition_dirichlet
 
     pub, private, test = split_public_private("mnist-fed", public, seed)
@@ -138,10 +141,17 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
             return Contribution(clip_l2(flatten_arrays(upd.delta), s.update_clip))
         return at_upload
 
-    net = LocalNetwork({cid: SecAggClient(cid) for cid in ids}, {cid: contribute(cid) for cid in ids})
+    # identities pinned out of band (as the registry's signed directory does in the product): no trust on first use
+    from dblocks.privacy.secagg import Identity, TrustStore
+
+    identities = {cid: Identity(cid) for cid in ids}
+    pinned = {cid: ident.public for cid, ident in identities.items()}
+    net = LocalNetwork({cid: SecAggClient(cid, identities[cid], trust=TrustStore(dict(pinned), tofu=False)) for cid in ids},
+                       {cid: contribute(cid) for cid in ids})
     wire = WireCounter(net, tasks)
-    server = SecAggServer()
+    server = SecAggServer(trust=TrustStore(dict(pinned), tofu=False))
     curve, round_seconds, t0, diverged = [], {}, time.time(), None
+    velocity: dict = {}  # server momentum per block
     cohorts = cohorts_of(1)
     plan_round(server, 1, cohorts, layouts, wire)
     for r in range(1, s.rounds + 1):
@@ -156,7 +166,7 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
                                  spec_json=model.blocks[int(b)].spec.to_json(), noise_multiplier=s.record_noise,
                                  max_grad_norm=s.record_clip if dp else 1e6, sample_rate=s.sample_rate, steps=s.steps,
                                  delta=1e-5, accountant="rdp", lr=round_lr(s.lr, r, s.rounds), weight_decay=0.0,
-                                 update_clip=s.update_clip)
+                                 update_clip=s.update_clip, trainable=s.trainable)
                 tasks[(r, cid)] = (task, weights)
         try:
             result = run_round(server, r, wire)
@@ -170,7 +180,10 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
         for b, agg in result.aggregates.items():
             mean = unflatten_arrays(agg.mean_update, shapes[int(b)])
             noised, _ = add_central_noise(mean, s.update_clip, s.central_noise, agg.count, rng)
-            model.apply_update(int(b), noised, 1.0, r)
+            if s.server_momentum:  # post-processing of the released means: no privacy cost
+                from dblocks.server.federation.model_state import momentum_step
+                noised = momentum_step(velocity, int(b), noised, s.server_momentum)
+            model.apply_update(int(b), noised, s.server_lr, r)
         round_seconds[r] = time.perf_counter() - t_round
         tasks = {k: v for k, v in tasks.items() if k[0] > r}
         wire.tasks = tasks
