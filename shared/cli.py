@@ -13,15 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .clierrors import SafeTyper, bounded
-from .data import DataError, Dataset, FeatureStats, load_dataset, stratified_split
-from .presets import PRESETS, get_preset
+from .errors import DataError
+from .sniff import preflight
+
+# the preset names for --help (shared/presets.py's PRESETS; tests check they agree): importing presets imports
+# torch, which takes seconds, and a bad file must be refused before that
+PRESET_NAMES = ("digits", "mnist", "breast_cancer", "mnist-fed", "mnist-gen")
 
 app = SafeTyper(help="Local DiffusionBlocks training, evaluation, prediction and sampling. Add --debug anywhere "
                      "to see a traceback.", no_args_is_help=True)
@@ -61,7 +64,7 @@ def _class_list(text: str | None) -> list[str] | None:
     return names
 
 
-def _check_trainable(ds: Dataset, label_column: str, test_fraction: float) -> None:
+def _check_trainable(ds, label_column: str, test_fraction: float) -> None:
     """Refuse, with what to do, data a classifier cannot be trained (and tested) on."""
     import numpy as np
 
@@ -97,7 +100,7 @@ def _print_report(report: dict, title: str) -> None:
 
 @app.command()
 def train(
-    preset: Optional[str] = typer.Option(None, help=f"architecture and schedule: {', '.join(PRESETS)} (default: "
+    preset: Optional[str] = typer.Option(None, help=f"architecture and schedule: {', '.join(PRESET_NAMES)} (default: "
                                                      f"mnist without --data; with --data a recipe chosen from it)"),
     out: Path = typer.Option(..., help="model directory to write"),
     blocks: Optional[int] = typer.Option(None, help="number of blocks B (default: the preset's 4 or the recipe's)"),
@@ -117,12 +120,18 @@ def train(
     """Train a DiffusionBlocks model one block at a time (or the end-to-end baseline) into OUT."""
     from dataclasses import replace
 
+    if blocks is not None and blocks < 1 or epochs is not None and epochs < 1:
+        fail("--blocks and --epochs must be at least 1")
+    if preset is not None and preset not in PRESET_NAMES:
+        fail(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}, or omit --preset with --data")
+    if data is not None:
+        preflight(data)  # refuses what is not a sane table before torch is imported
+    from .data import FeatureStats, load_dataset, stratified_split
+    from .presets import get_preset
     from .recipes import fit_preset, recipe_for
     from .schema import DataSchema
     from .workflow import evaluation_report, predict, train_diffusion_blocks, train_end_to_end
 
-    if blocks is not None and blocks < 1 or epochs is not None and epochs < 1:
-        fail("--blocks and --epochs must be at least 1")
     try:
         base = get_preset(preset) if preset else None
     except KeyError as e:
@@ -196,8 +205,11 @@ def _model_and_schema(model: Path):
     return m, model_schema(model)
 
 
-def _labelled_data(model: Path, m, schema, data: Optional[str], label_column: Optional[str]) -> Dataset:
+def _labelled_data(model: Path, m, schema, data: Optional[str], label_column: Optional[str]):
     """What `eval` scores: --data read through the model's schema, else the held-out split it was trained with."""
+    from .data import load_dataset, stratified_split
+    from .presets import get_preset
+
     if data is not None:
         if schema is None:
             p = get_preset(m.task)
@@ -227,6 +239,8 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="also write the report (JSON) here"),
 ) -> None:
     """Accuracy, per-class accuracy and confusion matrix of a classification model, with its class names."""
+    if data is not None:
+        preflight(data)
     from .workflow import evaluation_report, predict
 
     m, schema = _model_and_schema(model)
@@ -257,6 +271,7 @@ def predict_cmd(
     steps_per_block: int = 1,
 ) -> None:
     """Classify new rows with a model; the output names the classes as the training data did."""
+    preflight(data)
     import pandas as pd
 
     from .workflow import predict_proba
@@ -295,6 +310,8 @@ def sample(
     seed: int = 0,
 ) -> None:
     """Generate a PNG grid (one row per class) from a class-conditional model."""
+    import torch
+
     from .imaging import save_grid
     from .sampler import generate
     from .wire import load_blocks
@@ -317,6 +334,7 @@ def demo(
     """The local demo: train DiffusionBlocks (B=4) and the end-to-end baseline on digits and compare."""
     from dataclasses import replace
 
+    from .presets import get_preset
     from .workflow import accuracy, train_diffusion_blocks, train_end_to_end
 
     p = get_preset("digits")

@@ -6,6 +6,7 @@
 `--debug` anywhere on the command line (or DBLOCKS_DEBUG=1) prints the plain Python traceback instead. Rich's
 pretty tracebacks are off everywhere: their local variables would print tensors of private records.
 Every message is cut to `MAX_MESSAGE` characters, so no error embeds more than an excerpt of the input.
+This module imports nothing heavy (no torch), so that refusing bad input stays fast.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import traceback
 
 import typer
 
-from .data import DataError
-from .wire import BlockIntegrityError
+from .errors import DataError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (DataError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                                                PermissionError, BlockIntegrityError)
+                                                PermissionError)
 MAX_MESSAGE = 600
 TRACEBACK_SETTINGS = {"pretty_exceptions_enable": False, "pretty_exceptions_show_locals": False}
 
@@ -55,7 +55,8 @@ class SafeTyper(typer.Typer):
         except Exception as e:  # the one place every error of a command ends
             if debug:
                 traceback.print_exc()
-            user = isinstance(e, USER_ERRORS)
+            wire = sys.modules.get("dblocks.shared.wire")  # a damaged block is the user's file too
+            user = isinstance(e, USER_ERRORS) or (wire is not None and isinstance(e, wire.BlockIntegrityError))
             what = str(e) if user else f"internal error ({type(e).__name__}: {e})"
             hint = "" if debug else " (add --debug for the traceback)" if not user else ""
             print(f"error: {bounded(what)}{hint}", flush=True)

@@ -30,11 +30,9 @@ from typing import Literal, Union
 import numpy as np
 import torch
 
+from .errors import DataError  # noqa: F401  (defined without heavy imports; re-exported here)
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used, with the file and the problem in the message."""
 
 
 OWN_STATISTICS = "own statistics (not covered by DP; local training only)"
@@ -257,7 +255,8 @@ def _encode_labels(raw: np.ndarray, path: Path, where: str,
             shown = ", ".join(excerpt(o, 30) for o in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
             known = ", ".join(excerpt(c, 30) for c in classes[:10]) + (" ..." if len(classes) > 10 else "")
             raise DataError(f"{path}: {where} has {int(unknown.sum())} label(s) not in the class list (first: row "
-                            f"{i + 1}; unknown: {shown}); the {len(classes)} classes of the model (or run) are: {known}."
+                            f"{i + 1}; unknown: {shown}); the {len(classes)} classes of the model (or run) are: "
+                            f"{known}."
                             f" Labels are matched by name (numbers by their value): use those names")
         return torch.from_numpy(codes), list(classes)
     if raw.dtype.kind in "iuf":

@@ -22,7 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError
+from .errors import DataError
 
 SNIFF_BYTES = 64 * 1024  # how much of a file is read before deciding it is a table
 MAX_COLUMNS = 10_000
@@ -134,6 +134,30 @@ def sniff_parquet(path: Path) -> TableSniff:
     if data_bytes > max_table_bytes():
         raise _too_big(path, data_bytes, "the uncompressed table")
     return TableSniff(size, "", [meta.schema.column(i).name for i in range(meta.num_columns)])
+
+
+def preflight(source: str) -> None:
+    """Cheap checks of a `--data` argument before anything heavy is imported or read: exists, a known kind, and
+    (for files) sniffed as above. Built-in dataset names and folders pass (folders are checked when read)."""
+    from .errors import DataError as _DataError
+
+    if source in ("digits", "breast_cancer", "mnist"):
+        return
+    path = Path(source)
+    if not path.exists():
+        raise _DataError(f"{path}: no such file or directory (built-in datasets: digits, breast_cancer, mnist)")
+    if path.is_dir():
+        return
+    suffix = ("".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix).lower()
+    if suffix in (".csv", ".csv.gz"):
+        sniff_csv(path)
+    elif suffix in (".parquet", ".pq"):
+        sniff_parquet(path)
+    elif suffix == ".npz":
+        sniff_npz(path)
+    else:
+        raise _DataError(f"{path}: unsupported file type {excerpt(suffix)}; use .csv, .parquet, .npz or a folder of "
+                         f"images")
 
 
 def sniff_npz(path: Path) -> None:
