@@ -137,15 +137,66 @@ def main() -> None:
 
 
 def report() -> None:
+    """Every tag's median [min-max] over seeds; on the test split, the issue's summary keys and the epsilon plot."""
     rows = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
     by: dict = {}
     for r in rows:
         by.setdefault((r["args"]["scenario"], r["args"]["split"], r["tag"]), []).append(r)
+    med = {}
     for (sc, sp, tag), rs in sorted(by.items()):
         acc = [r.get("accuracy", r["pretrained_accuracy"]) for r in rs]
-        print(f"{sc:5s} {sp:4s} {tag:40s} n={len(rs)} acc {statistics.median(acc):.4f} "
-              f"[{min(acc):.4f}-{max(acc):.4f}] pre {statistics.median(r['pretrained_accuracy'] for r in rs):.4f} "
-              f"eps {rs[0].get('epsilon_rdp', float('nan')):.2f}")
+        pre = [r["pretrained_accuracy"] for r in rs]
+        gain = [100 * (a - p0) for a, p0 in zip(acc, pre)]
+        med[(sc, sp, tag)] = {"accuracy": statistics.median(acc), "gain": statistics.median(gain), "n": len(rs),
+                              "spread": [min(acc), max(acc)], "pretrained": statistics.median(pre),
+                              "epsilon": rs[0].get("epsilon_rdp"), "seeds": sorted(r["args"]["seed"] for r in rs)}
+        print(f"{sc:5s} {sp:4s} {tag:28s} seeds {med[(sc, sp, tag)]['seeds']} acc {statistics.median(acc):.4f} "
+              f"[{min(acc):.4f}-{max(acc):.4f}] pretrained {statistics.median(pre):.4f} gain {statistics.median(gain):+.1f} "
+              f"eps(rdp) {rs[0].get('epsilon_rdp', float('nan')):.2f}")
+    keys = {}
+    if ("same", "test", "headline_DP") in med:
+        keys["federation.dp_gain_points_same"] = round(med[("same", "test", "headline_DP")]["gain"], 2)
+    if ("shift", "test", "headline_DP") in med:
+        keys["federation.dp_gain_points_shift"] = round(med[("shift", "test", "headline_DP")]["gain"], 2)
+        if ("shift", "test", "headline_noDP") in med:
+            keys["federation.dp_gap_to_nodp_shift"] = round(100 * (med[("shift", "test", "headline_noDP")]["accuracy"]
+                                                                   - med[("shift", "test", "headline_DP")]["accuracy"]), 2)
+    curve = {}
+    for e, tag in (("1", "eps_1"), ("2", "eps_2"), ("4", "eps_4"), ("8", "headline_DP"), ("inf", "headline_noDP")):
+        if ("shift", "test", tag) in med:
+            curve[e] = round(med[("shift", "test", tag)]["accuracy"], 4)
+    if curve:
+        keys["federation.accuracy_vs_epsilon"] = curve
+        pre = med.get(("shift", "test", "headline_DP"), {}).get("pretrained")
+        plot_epsilon(curve, pre)
+    if keys:
+        update_summary(RESULTS, keys)
+        print(json.dumps(keys, indent=1))
+
+
+def plot_epsilon(curve: dict, pretrained: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = [(float(k), v) for k, v in curve.items() if k != "inf"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    if finite:
+        ax.plot(*zip(*sorted(finite)), "o-", label="federated, record-level DP (delta 1e-5)")
+    if "inf" in curve:
+        ax.axhline(curve["inf"], color="gray", ls="--", label="federated without DP (not private)")
+    if pretrained is not None:
+        ax.axhline(pretrained, color="tab:red", ls=":", label="pretrained on the operator's digits only")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("record-level epsilon per company (all rounds, RDP)")
+    ax.set_ylabel("test accuracy (MNIST, shift scenario)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out = Path(__file__).resolve().parent.parent / "docs" / "img" / "dp_accuracy_vs_epsilon.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
