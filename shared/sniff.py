@@ -78,11 +78,11 @@ def sniff_csv(path: Path) -> TableSniff:
                 head = f.read(SNIFF_BYTES)
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot be read ({type(e).__name__}: {excerpt(str(e))})") from None
-    if not gz and size > max_table_bytes():
-        raise _too_big(path, size, "the file")
     if b"\x00" in head:
         raise DataError(f"{path}: contains NUL bytes, so it is a binary or sparse file, not CSV text; export the "
                         f"table as CSV (comma-separated text with a header row), Parquet or NPZ")
+    if not gz and size > max_table_bytes():
+        raise _too_big(path, size, "the file")
     complete = len(head) < SNIFF_BYTES
     if not complete:  # cut at the last line break so that a multi-byte character or a row is never split
         head = head[: head.rfind(b"\n") + 1] if b"\n" in head else head
