@@ -7,7 +7,7 @@ and width, both through `shared/workflow.py` (what `dblocks train --data` runs).
 reported per table as the median over seeds (`core.tabular_gap_points`).
 
 Tables (all ship inside installed packages, nothing is downloaded): sklearn wine (178 x 13, 3 classes), iris
-(150 x 4, 3), breast_cancer (569 x 30, 2), and digits read as a 64-feature table (1797 x 64, 10). `--tune` runs
+(150 x 4, 3), breast_cancer (569 x 30, 2) and mlxtend's three_blobs (150 x 2, 3). `--tune` runs
 the synthetic make_classification tables the recipe was tuned on instead (reported, not in the summary).
 
     nice -n 10 .venv/bin/python bench/tabular.py --seeds 5
@@ -42,10 +42,13 @@ def held_out_tables() -> dict[str, Dataset]:
     from sklearn import datasets as d
 
     out = {}
-    for name, loader in (("wine", d.load_wine), ("iris", d.load_iris), ("breast_cancer", d.load_breast_cancer),
-                         ("digits_table", d.load_digits)):
+    for name, loader in (("wine", d.load_wine), ("iris", d.load_iris), ("breast_cancer", d.load_breast_cancer)):
         b = loader()
         out[name] = _table(name, b.data, b.target)
+    from mlxtend.data import three_blobs_data
+
+    x, y = three_blobs_data()
+    out["three_blobs"] = _table("three_blobs", x, y)
     return out
 
 
