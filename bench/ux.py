@@ -187,6 +187,7 @@ def bad_files(root: Path) -> list[tuple[str, list[str]]]:
     (b / "oneclass.csv").write_text("a,b,label\n" + "".join(f"{i},{i * 2},same\n" for i in range(20)))
     (b / "onecol.csv").write_text("abc\n1\n2\n")
     (b / "nolabelvals.csv").write_text("a,b,label\n1,2,x\n3,4,\n")
+    (b / "xy.csv").write_text("a,b,label\n1,2,x\n3,4,y\n")
     (b / "data.json").write_text('{"a": [1, 2]}')
     (b / "fake.parquet").write_text("a,b,label\n1,2,x\n")
     (b / "png.csv").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
@@ -208,7 +209,7 @@ def bad_files(root: Path) -> list[tuple[str, list[str]]]:
     cases += [
         ("check-data: 1 GiB sparse file", ["dbclient", "check-data", str(b / "huge.csv")]),
         ("check-data: missing label column", ["dbclient", "check-data", str(b / "nolabel.csv")]),
-        ("check-data: label not in the run's classes", ["dbclient", "check-data", str(b / "nan.csv"), "--classes",
+        ("check-data: label not in the run's classes", ["dbclient", "check-data", str(b / "xy.csv"), "--classes",
                                                         "p,q"]),
         ("eval of a directory without a model", ["dblocks", "eval", str(b)]),
         ("unknown preset", ["dblocks", "train", "--preset", "cifar", "--out", str(root / "m")]),
