@@ -23,7 +23,7 @@ demo: $(STAMP)
 # System packages some tests need (PostgreSQL, Chromium, nftables); installs them when run as root with apt,
 # otherwise those tests skip and say why.
 sysdeps:
-	./deploy/sysdeps.sh postgresql chromium nftables iproute2 nginx
+	./deploy/sysdeps.sh postgresql chromium nftables iproute2
 
 # two workers, one test file each at a time: the process tests mostly wait on Flower's messaging, so they
 # overlap well with the CPU-bound ones (the suite stays under 15 minutes on 2 cores); one torch/OpenMP thread

@@ -369,7 +369,8 @@ def summarize(samples: list[Sample], wall: float) -> dict:
 
 # ---- one backend -------------------------------------------------------------------------------------------------
 def bench_backend(backend: str, args) -> dict:
-    from dblocks.server.registry.throwaway_pg import ThrowawayPostgres
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "registry"))  # test infrastructure
+    from throwaway_pg import ThrowawayPostgres
 
     home = Path(tempfile.mkdtemp(prefix=f"dblocks-bench-{backend}-"))
     env = {"DBLOCKS_HOME": str(home)}

@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--secagg", choices=["both", "dblocks", "flower"], default="both")
     args = ap.parse_args()
-    from dblocks.server.federation.localfed import LocalFederation
+    from dblocks.server.ops.localfed import LocalFederation
 
     modes = ["dblocks", "flower"] if args.secagg == "both" else [args.secagg]
     root = Path(tempfile.mkdtemp(prefix="dblocks-round-time-"))

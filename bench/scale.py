@@ -94,8 +94,11 @@ def start_registry(root: Path):
     """PostgreSQL (throwaway cluster) + the registry service; returns (pg, registry process, url, service token)."""
     import subprocess
 
-    from dblocks.server.registry.throwaway_pg import ThrowawayPostgres, postgres_bin_dir
-    from dblocks.shared.procs import free_port, spawn, wait_for_port
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "registry"))  # test infrastructure
+    from throwaway_pg import ThrowawayPostgres, postgres_bin_dir
+
+    from dblocks.server.ops.procs import spawn, wait_for_port
+    from dblocks.shared.procs import free_port
 
     if postgres_bin_dir() is None:
         raise SystemExit("PostgreSQL is not installed (Debian package postgresql; make sysdeps)")
@@ -139,11 +142,11 @@ def main() -> None:
 
     from dblocks.client.clientapp import app as client_app
     from dblocks.server.federation.config import RunConfig, SecAggConfig
-    from dblocks.server.federation.deployment import write_secret
+    from dblocks.server.ops.deployment import write_secret
     from dblocks.server.federation.serverapp import app as server_app
     from dblocks.shared.registry_client import RegistryClient
     from dblocks.shared.presets import get_preset
-    from dblocks.shared.procs import stop_group
+    from dblocks.server.ops.procs import stop_group
 
     root = Path(tempfile.mkdtemp(prefix="dblocks-scale-"))
     t0 = time.time()

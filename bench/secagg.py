@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dblocks.shared.procs import flwr_env, free_port, spawn, wait_for_port
+from dblocks.server.ops.procs import spawn, wait_for_port
+from dblocks.shared.procs import flwr_env, free_port
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -153,7 +153,7 @@ def status(
 @keys_app.command("init")
 def keys_init(path: Path = typer.Option(default_home() / "node.key", help="where to write the private key")) -> None:
     """Create this company's node key and print the public key to send to the operator."""
-    from dblocks.shared.pki import create_node_key, public_key_fingerprint
+    from dblocks.client.nodekey import create_node_key, public_key_fingerprint
 
     try:
         priv, pub = create_node_key(path)

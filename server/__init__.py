@@ -1,1 +1,2 @@
-"""dblocks.server: the operator side — block registry, Flower ServerApp and the `dbserver` CLI."""
+"""dblocks.server: the operator side — the Flower ServerApp (`federation`), the block registry (`registry`),
+operations around them (`ops`) and the `dbserver` CLI."""

@@ -1,22 +1,13 @@
-"""Child processes that die with their parent, and the environment Flower's tools need."""
+"""What both sides need to start Flower's processes: its environment and a free local port (`dbclient join`
+runs a SuperNode; the operator's tools run the SuperLink). Supervising child processes is the operator's
+business: `dblocks.server.ops.procs`."""
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: deliver SIGTERM to the child when the parent dies (Linux PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def flwr_env(home: str | os.PathLike, **extra: str) -> dict[str, str]:
@@ -28,49 +19,7 @@ def flwr_env(home: str | os.PathLike, **extra: str) -> dict[str, str]:
     return env
 
 
-def spawn(cmd: list[str], *, env: dict[str, str] | None = None, log: Path | None = None, cwd: str | None = None,
-          tied: bool = True, group: bool = True) -> subprocess.Popen:
-    """Start `cmd` (stdout+stderr to `log` if given). group=True: in a process group of its own, so that
-    `stop_group` takes it down with every helper it starts; group=False: in ours (our group's fate is its).
-    tied=True: it also gets SIGTERM when this process dies."""
-    out = open(log, "ab") if log else None
-    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT if out else None,
-                            preexec_fn=_die_with_parent if tied else None, start_new_session=group)
-
-
-def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-    """Send `sig` to the process group of `proc` (it and its descendants), wait, then SIGKILL what is left."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    import time
-
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args[0]} exited with code {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")

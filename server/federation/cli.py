@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import RunConfig, SecAggConfig
-from .launcher import (EXPOSE_FLAG, ServerHome, control_api_refusal, default_home, is_loopback, register_node,
+from dblocks.server.ops.launcher import (EXPOSE_FLAG, ServerHome, control_api_refusal, default_home, is_loopback, register_node,
                        start_superlink, submit_run)
 
 console = Console(soft_wrap=True)
@@ -45,7 +45,7 @@ def start(
     After `dbserver init` (server.toml in the home): the SuperLink on loopback, the Fleet gateway on the
     public address, the registry + dashboard on loopback and the node sync (approved keys -> SuperLink).
     Without it (zero configuration): only the SuperLink on --host/--port, TLS and node keys on."""
-    from .provision import load_config
+    from dblocks.server.ops.provision import load_config
 
     sh = ServerHome(home)
     try:
@@ -53,7 +53,7 @@ def start(
     except ValueError as e:
         fail(str(e))
     if cfg is not None:
-        from .stack import run_stack
+        from dblocks.server.ops.stack import run_stack
 
         sys.exit(run_stack(sh, cfg, console))
     refusal = control_api_refusal(host, expose_control_api_unauthenticated)
@@ -93,7 +93,7 @@ def init(
     home: Path = typer.Option(default_home(), help="server home"),
 ) -> None:
     """Provision the server: CA + server certificate, registry database and tokens, server.toml."""
-    from .provision import init_server
+    from dblocks.server.ops.provision import init_server
 
     try:
         r = init_server(ServerHome(home), host, gateway_port=gateway_port, gateway_host=gateway_bind,
@@ -118,7 +118,7 @@ def gateway(
     home: Path = typer.Option(default_home(), help="server home (its tls/ has the certificate)"),
 ) -> None:
     """Serve only the Fleet API (POST /v1/fleet/*) of the SuperLink on a public address, with TLS."""
-    from .gateway import GatewayConfig, serve
+    from dblocks.server.ops.gateway import GatewayConfig, serve
 
     tls = ServerHome(home).tls
     if not tls.exists():
@@ -160,7 +160,7 @@ def run_new(
     sh = ServerHome(home)
     if not (sh.flwr_home / "config.toml").exists():
         fail(f"no SuperLink configured under {home}: run `dbserver start` first")
-    from .provision import directory_path, load_config, read_secret, service_token_path
+    from dblocks.server.ops.provision import directory_path, load_config, read_secret, service_token_path
 
     deployed = load_config(sh)
     if registry_url is None and deployed is not None:  # after `dbserver init`: the registry, with the service token
@@ -248,7 +248,7 @@ def nodes_approve(
 
     After `dbserver init` the decision goes to the registry (like the dashboard's Approve button) and the
     node sync registers the key with the SuperLink; without it, the key is registered directly."""
-    from .provision import operator_registry
+    from dblocks.server.ops.provision import operator_registry
 
     if not public_key.exists():
         fail(f"{public_key}: no such public key file")
@@ -266,7 +266,7 @@ def nodes_approve(
         if secagg_identity:
             import re
 
-            from .provision import enroll_secagg_identity
+            from dblocks.server.ops.provision import enroll_secagg_identity
 
             found = re.search(r"SuperNode (\d+) registered", out or "")
             if not found:
@@ -298,7 +298,7 @@ def nodes_revoke(
     """Revoke a company's node: the SuperLink refuses its next request and the node stops."""
     from dblocks.shared.registry_client import RegistryError
 
-    from .provision import operator_registry
+    from dblocks.server.ops.provision import operator_registry
 
     reg = operator_registry(ServerHome(home))
     if reg is None:
@@ -323,7 +323,7 @@ def nodes_revoke(
 @nodes_app.command("list")
 def nodes_list(home: Path = typer.Option(default_home())) -> None:
     """Nodes known to the registry, their decision and their state on the SuperLink."""
-    from .provision import operator_registry
+    from dblocks.server.ops.provision import operator_registry
 
     reg = operator_registry(ServerHome(home))
     if reg is None:
@@ -345,8 +345,8 @@ def nodes_sync(
     run it as its own process where the SuperLink and the registry run as separate containers)."""
     from dblocks.shared.registry_client import RegistryClient
 
-    from .nodesync import NodeSyncLoop, SuperLinkNodes, sync_once
-    from .provision import load_config, read_secret, service_token_path
+    from dblocks.server.ops.nodesync import NodeSyncLoop, SuperLinkNodes, sync_once
+    from dblocks.server.ops.provision import load_config, read_secret, service_token_path
 
     sh = ServerHome(home)
     cfg = load_config(sh)
@@ -355,7 +355,7 @@ def nodes_sync(
     registry = RegistryClient(cfg.registry_url, read_secret(service_token_path(sh)))
     link = SuperLinkNodes(cfg.superlink.local_address, sh.tls.ca)
     if every <= 0:
-        from .provision import directory_publisher, ensure_directory_key
+        from dblocks.server.ops.provision import directory_publisher, ensure_directory_key
 
         ensure_directory_key(sh)
         r = sync_once(registry, link, directory_publisher(sh))
@@ -366,7 +366,7 @@ def nodes_sync(
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from .provision import directory_publisher, ensure_directory_key
+    from dblocks.server.ops.provision import directory_publisher, ensure_directory_key
 
     ensure_directory_key(sh)
     loop = NodeSyncLoop(registry, link, every, directory_publisher(sh))
@@ -381,8 +381,8 @@ def nodes_sync(
 
 def _sync_now(home: Path, reg) -> None:
     """One node-sync pass right away, if the SuperLink is up (else `dbserver start`'s loop does it)."""
-    from .nodesync import SuperLinkNodes, sync_once
-    from .provision import load_config, read_secret, service_token_path
+    from dblocks.server.ops.nodesync import SuperLinkNodes, sync_once
+    from dblocks.server.ops.provision import load_config, read_secret, service_token_path
 
     cfg = load_config(ServerHome(home))
     try:
@@ -390,7 +390,7 @@ def _sync_now(home: Path, reg) -> None:
 
         svc = RegistryClient(cfg.registry_url, read_secret(service_token_path(ServerHome(home))), connect_retries=1)
         link = SuperLinkNodes(cfg.superlink.local_address, ServerHome(home).tls.ca)
-        from .provision import directory_publisher
+        from dblocks.server.ops.provision import directory_publisher
 
         report = sync_once(svc, link, directory_publisher(ServerHome(home)))
     except Exception as e:  # noqa: BLE001 - the loop in `dbserver start` retries

@@ -58,7 +58,7 @@ def demo(
     from dblocks.shared.presets import digits_as_mnist, get_preset
     from dblocks.shared.workflow import accuracy, train_diffusion_blocks
 
-    from .localfed import LocalFederation
+    from dblocks.server.ops.localfed import LocalFederation
 
     t0 = time.time()
     if out.exists():

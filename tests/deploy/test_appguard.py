@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from dblocks.client.appguard import DBLOCKS_CLIENTAPP, check_fab
-from dblocks.server.federation.launcher import ServerHome, start_superlink
-from dblocks.shared.procs import flwr_env, free_port, spawn, stop_group
+from dblocks.server.ops.launcher import ServerHome, start_superlink
+from dblocks.server.ops.procs import spawn, stop_group
+from dblocks.shared.procs import flwr_env, free_port
 
 BIN = Path(sys.executable).parent
 
@@ -143,7 +144,7 @@ def test_a_server_cannot_run_its_own_code_at_a_company(tmp_path):
     try:
         procs["superlink"] = start_superlink(home, "127.0.0.1", port, insecure=True, node_auth=False)
         data = tmp_path / "data.npz"
-        from dblocks.server.federation.localfed import split_public_private
+        from dblocks.server.ops.localfed import split_public_private
         from dblocks.shared.data import save_npz
 
         save_npz(split_public_private("digits", 100)[1].subset(list(range(60))), data)

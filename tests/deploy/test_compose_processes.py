@@ -5,7 +5,7 @@ init, SuperLink, registry, Fleet gateway and node sync run with exactly the comm
 Then the provisioning path end to end: a company's key approved in the registry (REST, as the dashboard
 does) is registered on the SuperLink by the sync; the company joins through the gateway; revoking it in the
 registry stops the node at its next request; approving the revoked key again is reported as needing a new
-key. The gateway (and nginx with deploy/nginx/fleet-gateway.conf, where installed) serve the Fleet API only.
+key. The gateway serves the Fleet API only.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dblocks.shared.procs import spawn, stop_group
+from dblocks.server.ops.procs import spawn, stop_group
 
 from .netns import Topology, unavailable_reason
 
@@ -144,12 +143,13 @@ print(json.dumps(reg.get_node("{node['id']}")["info"].get("superlink") or {{}}))
     assert state["node_id"] and not state["error"]
 
     # the company joins through the gateway, then is revoked: its next request is refused and it stops
-    from dblocks.server.federation.localfed import split_public_private
+    from dblocks.server.ops.localfed import split_public_private
     from dblocks.shared.data import save_npz
 
     save_npz(split_public_private("digits", 100)[1].subset(list(range(60))), company / "data.npz")
     join = pod.spawn("join", [str(BIN / "dbclient"), "join", "--server", "127.0.0.1:9092", "--ca", str(ca),
                               "--key", str(company / "node.key"), "--data", str(company / "data.npz"),
+                              "--directory-key", str(ca.parent / "directory.pub"),
                               "--home", str(company)], env=dict(pod.env, DBLOCKS_HOME=str(company)))
     log = tmp / "join.log"
     flower_id = wait_for(lambda: re.search(r"SuperNode ID: (\d+)", log.read_text()), 60, "the node to connect").group(1)
@@ -167,30 +167,3 @@ print(json.dumps(reg.revoke_node("{node['id']}", "contract ended")))""")
 print(json.dumps(reg.approve_node("{node['id']}")))""")
     err = wait_for(lambda: link_state().get("error"), 30, "the sync to report the revoked key")
     assert "new key" in err
-
-    _nginx(pod, tmp, ca)
-
-
-def _nginx(pod: Pod, tmp: Path, ca: Path) -> None:
-    """deploy/nginx/fleet-gateway.conf, for real, in front of the same SuperLink (port 9093)."""
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if nginx is None:
-        return  # test_deploy_files skips with the reason; the gateway above is the default path
-    conf = (ROOT / "deploy" / "nginx" / "fleet-gateway.conf").read_text()
-    conf = conf.replace("/srv/dblocks", str(pod.data)).replace("listen 9092", "listen 9093")
-    (tmp / "fleet.conf").write_text(conf)
-    (tmp / "nginx.conf").write_text(
-        f"daemon off;\npid {tmp}/nginx.pid;\nerror_log {tmp}/nginx-error.log;\nuser root;\nevents {{}}\nhttp {{\n"
-        f"access_log off;\nclient_body_temp_path {tmp}/nginx-body;\nproxy_temp_path {tmp}/nginx-proxy;\n"
-        f"include {tmp}/fleet.conf;\n}}\n")
-    pod.spawn("nginx", [nginx, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
-    probe = pod.python(f"""
-import json, time, httpx
-for _ in range(40):
-    try:
-        httpx.post("https://127.0.0.1:9093/", verify="{ca}"); break
-    except httpx.TransportError: time.sleep(0.25)
-c = httpx.post("https://127.0.0.1:9093/v1/control/list-nodes", verify="{ca}", content=b"").status_code
-f = httpx.post("https://127.0.0.1:9093/v1/fleet/get-run", verify="{ca}", content=b"").status_code
-print(json.dumps({{"control": c, "fleet": f}}))""")
-    assert probe["control"] == 404 and probe["fleet"] not in (404, 502, 503), probe

@@ -142,20 +142,3 @@ def test_kubernetes_exposes_only_the_fleet_gateway():
     policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
     assert policies["dblocks-server-ingress"]["spec"]["ingress"] == [{"ports": [{"port": 9092, "protocol": "TCP"}]}]
     assert "ingress" not in policies["dblocks-node-no-ingress"]["spec"]  # a company node accepts nothing
-
-
-# ---- nginx --------------------------------------------------------------------------------------------------
-def test_nginx_fleet_gateway_config_is_accepted_by_nginx(tmp_path):
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if nginx is None:
-        pytest.skip("nginx is not installed (Debian package nginx; make sysdeps)")
-    from dblocks.shared.pki import create_server_tls
-
-    tls = create_server_tls(tmp_path / "tls", ["localhost", "127.0.0.1"])
-    conf = (DEPLOY / "nginx" / "fleet-gateway.conf").read_text().replace("/srv/dblocks/server/tls", str(tmp_path / "tls"))
-    (tmp_path / "fleet.conf").write_text(conf)
-    main = tmp_path / "nginx.conf"
-    main.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\nhttp {{\n"
-                    f"access_log off;\nclient_body_temp_path {tmp_path};\ninclude {tmp_path}/fleet.conf;\n}}\n")
-    r = subprocess.run([nginx, "-t", "-c", str(main), "-p", str(tmp_path)], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0 and tls.exists(), r.stderr

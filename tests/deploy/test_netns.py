@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from dblocks.shared.procs import spawn, stop_group
+from dblocks.server.ops.procs import spawn, stop_group
 
 from .netns import SERVER_IP, Topology, unavailable_reason
 from .summary import record
@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=f"
 
 
 def company_data(root: Path) -> list[Path]:
-    from dblocks.server.federation.localfed import split_public_private
+    from dblocks.server.ops.localfed import split_public_private
     from dblocks.shared.data import partition_dirichlet, save_npz
 
     _, private, _ = split_public_private("digits", 100)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from dblocks.server.federation.deployment import ServerConfig
-from dblocks.server.federation.launcher import ServerHome
-from dblocks.server.federation.provision import admin_token_path, init_server, load_config, service_token_path
+from dblocks.server.ops.deployment import ServerConfig
+from dblocks.server.ops.launcher import ServerHome
+from dblocks.server.ops.provision import admin_token_path, init_server, load_config, service_token_path
 
 BIN = Path(sys.executable).parent
 

@@ -18,7 +18,7 @@ from flwr.app import Context, Error, Message, RecordDict
 
 from dblocks.client.clientapp import app as client_app
 from dblocks.server.federation.config import RunConfig
-from dblocks.server.federation.localfed import LocalFederation
+from dblocks.server.ops.localfed import LocalFederation
 from dblocks.server.federation.model_state import GlobalModel
 from dblocks.server.federation.serverapp import Federation
 from dblocks.shared.presets import get_preset

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from dblocks.server.registry.throwaway_pg import free_port
+from dblocks.shared.procs import free_port
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -9,7 +9,7 @@ import subprocess
 import httpx
 from regproc import VENV_BIN, ServerProcess
 
-from dblocks.server.registry.throwaway_pg import free_port
+from dblocks.shared.procs import free_port
 
 
 def clean_env(home) -> dict[str, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import dblocks.server.federation.launcher as launcher
+import dblocks.server.ops.launcher as launcher
 from dblocks.server.cli import app
 from dblocks.server.federation.config import RunConfig
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from dblocks.server.federation.deployment import write_secret
-from dblocks.shared.pki import create_node_key, create_server_tls
+from dblocks.server.ops.deployment import write_secret
+from dblocks.client.nodekey import create_node_key
+from dblocks.server.ops.tls import create_server_tls
 
 
 def mode(p: Path) -> int:

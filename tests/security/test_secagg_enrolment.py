@@ -54,8 +54,8 @@ def test_zero_config_enrolment_signs_a_directory_companies_verify(tmp_path):
     directory, and the operator cannot re-enrol a node under another key. On main there was no directory."""
     from dblocks.privacy.secagg.directory import Directory, DirectoryView, read_public_key
     from dblocks.privacy.secagg.errors import ProtocolRefusal
-    from dblocks.server.federation.launcher import ServerHome
-    from dblocks.server.federation.provision import (directory_path, directory_public_path,
+    from dblocks.server.ops.launcher import ServerHome
+    from dblocks.server.ops.provision import (directory_path, directory_public_path,
                                                      enroll_secagg_identity)
 
     home = ServerHome(tmp_path / "server")

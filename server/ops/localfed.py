@@ -21,7 +21,9 @@ import numpy as np
 
 from dblocks.shared.data import Dataset, partition_dirichlet, save_npz
 from dblocks.shared.presets import get_preset
-from dblocks.shared.procs import free_port, spawn, stop_group, wait_for_port
+from dblocks.shared.procs import free_port
+
+from .procs import spawn, stop_group, wait_for_port
 
 BIN = Path(sys.executable).parent
 

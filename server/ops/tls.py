@@ -1,19 +1,14 @@
-"""Certificates and keys (the `cryptography` package).
+"""The operator's certificates (the `cryptography` package).
 
-* A self-signed CA (ECDSA P-256) and a server certificate it signs for the SuperLink's host names; companies
-  get only `ca.pem` to verify the server. Adding a company never touches certificates: companies
-  authenticate with their own node key, which the operator approves.
-* Node keys: ECDSA P-384 private key (OpenSSH PEM) + OpenSSH public key — the format Flower's SuperNode
-  authentication expects (`--auth-supernode-private-key`, `flwr supernode register KEY.pub`).
+A self-signed CA (ECDSA P-256) and a server certificate it signs for the SuperLink's host names; companies
+get only `ca.pem` to verify the server. Adding a company never touches certificates: companies authenticate
+with their own node key (`dblocks.client.nodekey`), which the operator approves.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from dblocks.shared.privatefile import write_private
 
 
 @dataclass(frozen=True)
@@ -31,37 +28,6 @@ class ServerTLS:
 
     def exists(self) -> bool:
         return self.ca.exists() and self.cert.exists() and self.key.exists()
-
-
-class PrivateFileError(OSError):
-    """A private key or secret could not be written safely (e.g. its path is a symbolic link)."""
-
-
-def write_private(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` readable by its owner only (mode 0600), atomically.
-
-    The bytes go to a new file beside `path`, created with mode 0600 from the start (O_CREAT | O_EXCL |
-    O_NOFOLLOW, then fchmod 0600 whatever the umask), which then replaces `path` by rename. So an existing file's
-    looser mode (say 0644) is never inherited, no reader ever sees a partly written key, and a symbolic link at
-    `path` is refused rather than followed into the file it points at."""
-    p = Path(path)
-    if p.is_symlink():
-        raise PrivateFileError(f"{p} is a symbolic link; a private key or secret is never written through a link "
-                               "(it could lead to a file others can read): remove the link and run the command again")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return p
 
 
 def _name(cn: str) -> x509.Name:
@@ -121,24 +87,3 @@ def _new_ca(now: dt.datetime):
         .sign(ca_key, hashes.SHA256())
     )
     return ca_key, ca_cert
-
-
-def create_node_key(path: str | Path) -> tuple[Path, Path]:
-    """ECDSA P-384 node key at `path` (OpenSSH private key) and `path`.pub (OpenSSH public key)."""
-    priv = Path(path)
-    if priv.exists():
-        raise FileExistsError(f"{priv} already exists; a node key is never overwritten (it identifies this company)")
-    key = ec.generate_private_key(ec.SECP384R1())
-    write_private(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                          serialization.NoEncryption()))
-    pub = priv.with_name(priv.name + ".pub")
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
-    return priv, pub
-
-
-def public_key_fingerprint(public_key_openssh: str | bytes) -> str:
-    """SHA256 fingerprint of an OpenSSH public key line (as `ssh-keygen -l` prints it, hex)."""
-    text = public_key_openssh.decode() if isinstance(public_key_openssh, bytes) else public_key_openssh
-    key = serialization.load_ssh_public_key(text.strip().encode())
-    raw = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return "SHA256:" + hashlib.sha256(raw).hexdigest()

@@ -10,7 +10,7 @@ and never reaches the SuperLink. Node authentication is end to end: the signed h
 unchanged and the SuperLink checks them.
 
 Bodies stream in both directions (no buffering); hop-by-hop headers are dropped; the peer address is added as
-X-Forwarded-For. An nginx equivalent is in deploy/nginx/fleet-gateway.conf.
+X-Forwarded-For.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dblocks.shared.pki import create_server_tls
+from .tls import create_server_tls
 
 from .deployment import CONFIG_NAME, Endpoint, ServerConfig, read_secret, write_secret
 from .launcher import ServerHome

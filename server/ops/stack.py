@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from dblocks.shared.procs import spawn, wait_for_port
+from .procs import spawn, wait_for_port
 
 from .deployment import ServerConfig, read_secret
 from .launcher import ServerHome, start_superlink

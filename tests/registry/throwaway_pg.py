@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL cluster for tests and benchmarks (Debian's `postgresql` package).
+"""Test infrastructure: a throwaway PostgreSQL cluster for the registry tests and benchmarks (Debian's `postgresql` package).
 
 `ThrowawayPostgres().start()` runs initdb into a fresh temporary directory and starts `postgres` as a direct
 child on a free loopback port (fsync off: nothing in it is meant to survive). As root it drops to the
@@ -17,11 +17,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from dblocks.shared.procs import free_port
 
 PR_SET_PDEATHSIG = 1
 
@@ -34,11 +35,6 @@ def postgres_bin_dir() -> Path | None:
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _demote(uid: int | None, gid: int | None, die_with_parent: bool):

@@ -19,7 +19,7 @@ import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from dblocks.shared.pki import write_private
+from dblocks.shared.privatefile import write_private
 
 CONFIG_NAME = "server.toml"
 

@@ -17,10 +17,12 @@ from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
-from dblocks.shared.pki import ServerTLS, create_server_tls
-from dblocks.shared.procs import flwr_env, spawn, wait_for_port
+from .tls import ServerTLS, create_server_tls
+from dblocks.shared.procs import flwr_env
 
-from .config import RunConfig
+from .procs import spawn, wait_for_port
+
+from dblocks.server.federation.config import RunConfig
 from .deployment import write_secret
 
 EXPOSE_FLAG = "--expose-control-api-unauthenticated"
