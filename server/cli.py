@@ -3,7 +3,7 @@
 import typer
 
 from .federation.cli import gateway, init, nodes_app, run_app, start, status
-from .federation.demo import demo
+from .ops.demo import demo
 from .registry.cli import registry_command, tokens_app
 
 app = typer.Typer(help="Operator side: registry, SuperLink and the federation server.", no_args_is_help=True,

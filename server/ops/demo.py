@@ -58,7 +58,7 @@ def demo(
     from dblocks.shared.presets import digits_as_mnist, get_preset
     from dblocks.shared.workflow import accuracy, train_diffusion_blocks
 
-    from dblocks.server.ops.localfed import LocalFederation
+    from .localfed import LocalFederation
 
     t0 = time.time()
     if out.exists():
@@ -197,9 +197,9 @@ def _reference_worker(queue, init, paths, test, blocks, rounds, steps, q, lr) ->
     from dblocks.shared.presets import get_preset
     from dblocks.shared.sampler import classify
 
-    from .config import round_lr
-    from .model_state import GlobalModel
-    from .scheduler import NodeInfo, assign
+    from dblocks.server.federation.config import round_lr
+    from dblocks.server.federation.model_state import GlobalModel
+    from dblocks.server.federation.scheduler import NodeInfo, assign
 
     torch.set_num_threads(1)
     preset = get_preset("mnist-fed")
