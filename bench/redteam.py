@@ -5,8 +5,8 @@ many fail, on this checkout and, with --against REV, on an earlier revision (eac
     python bench/redteam.py --against 121adaa    # also: how many of the same tests fail on that revision
 
 How the earlier revision is run: `git archive REV` is unpacked into a temporary folder and its four code
-folders are put first on PYTHONPATH as the `dblocks.*` namespace, so the *tests of this checkout* import the
-*code of REV* (the editable install's finder comes after PYTHONPATH). A test that fails there because an API
+folders are put first on PYTHONPATH as the `dblocks.*` namespace, with a sitecustomize that removes the editable
+install's finder, so the *tests of this checkout* import the *code of REV* and nothing else of ours. A test that fails there because an API
 it needs did not exist yet counts as failing, and is listed as such in the JSON (error type), so a reader can
 tell "the flaw was there" from "the entry point was not".
 
@@ -57,6 +57,14 @@ def run_pytest(pythonpath: str | None, workers: int) -> dict[str, str]:
         return outcomes
 
 
+# Put first on the path with the base revision: drops the editable install's finder (added by a .pth file before
+# sitecustomize runs), which would otherwise serve a module that exists only in this checkout (say a moved one)
+# from this checkout's code and make a base run pass where it should fail.
+_NO_EDITABLE = """import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+"""
+
+
 def base_pythonpath(rev: str, into: Path) -> str:
     """Unpack `rev` into `into` and lay out its code folders as the dblocks namespace; returns the path."""
     src = into / "src"
@@ -67,6 +75,7 @@ def base_pythonpath(rev: str, into: Path) -> str:
     ns.mkdir(parents=True)
     for folder in ("shared", "server", "client", "privacy"):
         (ns / folder).symlink_to(src / folder)
+    (into / "pkg" / "sitecustomize.py").write_text(_NO_EDITABLE)
     return str(into / "pkg")
 
 
