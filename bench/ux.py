@@ -58,22 +58,21 @@ class Run:
 
 
 def cli(*argv: str, timeout: float = 900) -> Run:
-    """Run a dblocks/dbclient command; its wall time and peak resident memory (MiB, the child's ru_maxrss)."""
-    import threading
-
+    """Run a dblocks/dbclient command; its wall time and peak resident memory (MiB). The peak comes from
+    /usr/bin/time (%M): a child forked from this (large) process would report this process's size as its own."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    with tempfile.TemporaryFile("w+") as log:
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         t0 = time.perf_counter()
-        p = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], stdout=log, stderr=subprocess.STDOUT, env=env)
-        timer = threading.Timer(timeout, p.kill)
-        timer.start()
-        _, status, usage = os.wait4(p.pid, 0)
+        try:
+            p = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", str(BIN / argv[0]), *argv[1:]],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, timeout=timeout)
+            rc, out = p.returncode, p.stdout
+        except subprocess.TimeoutExpired as e:
+            rc, out = -9, (e.stdout or "") + "\n[bench: killed after timeout]"
         seconds = time.perf_counter() - t0
-        timer.cancel()
-        p.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        out = log.read()
-    return Run(list(argv), p.returncode, seconds, usage.ru_maxrss / 1024, out)
+        text = Path(rss.name).read_text().strip().splitlines()
+    peak = float(text[-1]) / 1024 if text and text[-1].isdigit() else float("nan")
+    return Run(list(argv), rc, seconds, peak, out)
 
 
 # ---------------------------------------------------------------------------------------------------

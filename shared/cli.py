@@ -124,9 +124,17 @@ def train(
         fail("--blocks and --epochs must be at least 1")
     if preset is not None and preset not in PRESET_NAMES:
         fail(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}, or omit --preset with --data")
+    ds = None
     if data is not None:
         preflight(data)  # refuses what is not a sane table before torch is imported
-    from .data import FeatureStats, load_dataset, stratified_split
+        from .data import load_dataset
+
+        ds = load_dataset(data, label_column=label_column, image_size=image_size, classes=_class_list(classes),
+                          min_classes=2)
+        for n in ds.notes:
+            note(n)
+        _check_trainable(ds, label_column, test_fraction)
+    from .data import FeatureStats, stratified_split
     from .presets import get_preset
     from .recipes import fit_preset, recipe_for
     from .schema import DataSchema
@@ -137,17 +145,13 @@ def train(
     except KeyError as e:
         fail(str(e.args[0]))
     test_ds = None
-    if data is None:
+    if ds is None:
         p = base or get_preset("mnist")
         train_ds, test_split = p.load_split()
         stats = p.feature_stats()
         schema = DataSchema.of(test_split, stats=stats, source={"preset": p.name})
         default_blocks, label = 4, p.name
     else:
-        ds = load_dataset(data, label_column=label_column, image_size=image_size, classes=_class_list(classes))
-        for n in ds.notes:
-            note(n)
-        _check_trainable(ds, label_column, test_fraction)
         if test_fraction > 0:
             try:
                 train_ds, test_ds = stratified_split(ds, test_fraction, seed=seed)
@@ -190,6 +194,8 @@ def train(
 
 def _model_and_schema(model: Path):
     """The manifest and data schema of a model directory, checking that every block is there."""
+    if not (model / "model.json").is_file():  # before torch is imported
+        fail(f"{model / 'model.json'}: not a dblocks model directory (no model.json)")
     from .wire import ModelManifest
     from .workflow import model_schema
 

@@ -28,11 +28,24 @@ from pathlib import Path
 from typing import Literal, Union
 
 import numpy as np
-import torch
 
 from .errors import DataError  # noqa: F401  (defined without heavy imports; re-exported here)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class _LazyTorch:
+    """torch, imported on first use: importing it takes seconds, and a file with a mistake is refused (every check
+    below runs on numpy/pandas before the first tensor is made) without waiting for it."""
+
+    def __getattr__(self, name: str):
+        import torch as _torch
+
+        globals()["torch"] = _torch
+        return getattr(_torch, name)
+
+
+torch = _LazyTorch()
 
 
 OWN_STATISTICS = "own statistics (not covered by DP; local training only)"
@@ -181,7 +194,8 @@ Stats = Union[FeatureStats, Literal["own"], None]
 
 def load_dataset(source: str | os.PathLike, *, label_column: str = "label", image_size: int | None = None,
                  stats: Stats = None, classes: list[str] | None = None, features: list[str] | None = None,
-                 labels: Literal["required", "optional"] = "required", channels: int | None = None) -> Dataset:
+                 labels: Literal["required", "optional"] = "required", channels: int | None = None,
+                 min_classes: int = 0) -> Dataset:
     """A built-in name (`digits`, `breast_cancer`, `mnist`) or a path to a CSV, Parquet, NPZ or image folder.
 
     `stats` standardises the tabular features of a user's file: None (the default, and the only choice for
@@ -194,20 +208,22 @@ def load_dataset(source: str | os.PathLike, *, label_column: str = "label", imag
     labels are matched by name, numbers by their integer value's text, and a label not in the list is an
     error), `features` (tabular column names, selected in that order; other columns are ignored with a note),
     `channels` (images: 1 grayscale, 3 RGB). `labels="optional"` reads a file without a label column
-    (`Dataset.labelled` False, y zeros) for prediction. Files are sniffed (`sniff.py`) before a full read."""
+    (`Dataset.labelled` False, y zeros) for prediction. `min_classes` refuses a file whose labels hold fewer
+    distinct classes (training needs 2). Files are sniffed (`sniff.py`) before a full read."""
     if str(source) in BUILTIN:
         return load_builtin(str(source), image_size=image_size)
     path = Path(source)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory (built-in datasets: {', '.join(BUILTIN)})")
     if path.is_dir():
-        return load_image_folder(path, image_size=image_size, classes=classes, channels=channels)
+        return load_image_folder(path, image_size=image_size, classes=classes, channels=channels,
+                                 min_classes=min_classes)
     suffix = ("".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix).lower()
     if suffix in (".csv", ".csv.gz", ".parquet", ".pq"):
         return load_table(path, label_column=label_column, stats=stats, classes=classes, features=features,
-                          labels=labels)
+                          labels=labels, min_classes=min_classes)
     if suffix == ".npz":
-        return load_npz(path, stats=stats, classes=classes, labels=labels)
+        return load_npz(path, stats=stats, classes=classes, labels=labels, min_classes=min_classes)
     from .sniff import excerpt
 
     raise DataError(f"{path}: unsupported file type {excerpt(suffix)}; use .csv, .parquet, .npz or a folder of "
@@ -236,8 +252,16 @@ def _label_names(raw: np.ndarray, path: Path, where: str) -> np.ndarray:
     return np.char.strip(raw.astype(str))
 
 
-def _encode_labels(raw: np.ndarray, path: Path, where: str,
-                   classes: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+def _too_few_classes(present: list[str], min_classes: int, path: Path, where: str) -> None:
+    if len(present) < min_classes:
+        from .sniff import excerpt
+
+        raise DataError(f"{path}: every row has the same label ({excerpt(present[0]) if present else 'none'} in "
+                        f"{where}); a classifier needs at least {min_classes} classes. Is it the right label column?")
+
+
+def _encode_labels(raw: np.ndarray, path: Path, where: str, classes: list[str] | None = None,
+                   min_classes: int = 0) -> tuple[torch.Tensor, list[str]]:
     """Labels -> (class indices [N], class names). Without `classes`: numeric labels are class indices 0..K-1
     (K = largest + 1, so every file numbers a class the same way) and strings are sorted (a file's own order).
     With `classes` (the model's or the federation's list): every label is matched by name; a name not in the
@@ -245,6 +269,8 @@ def _encode_labels(raw: np.ndarray, path: Path, where: str,
     from .sniff import excerpt
 
     names = _label_names(raw, path, where)
+    if min_classes:
+        _too_few_classes(np.unique(names).tolist(), min_classes, path, where)
     if classes is not None:
         index = {c: k for k, c in enumerate(classes)}
         codes = np.array([index.get(n, -1) for n in names.tolist()], dtype=np.int64)
@@ -342,7 +368,8 @@ def _column_list(cols: list, limit: int = 12) -> str:
 
 
 def load_table(path: Path, *, label_column: str = "label", stats: Stats = None, classes: list[str] | None = None,
-               features: list[str] | None = None, labels: Literal["required", "optional"] = "required") -> Dataset:
+               features: list[str] | None = None, labels: Literal["required", "optional"] = "required",
+               min_classes: int = 0) -> Dataset:
     """CSV or Parquet: one row per example, numeric feature columns and a label column (`stats`, `classes`,
     `features`, `labels`: see `load_dataset`)."""
     import pandas as pd
@@ -388,27 +415,28 @@ def load_table(path: Path, *, label_column: str = "label", stats: Stats = None, 
         row = int(df[col].isna().argmax()) + 1
         raise DataError(f"{path}: column {excerpt(col)} has {int(df[col].isna().sum())} missing values (first: row "
                         f"{row}); impute or drop them")
-    x = torch.tensor(df.to_numpy(np.float32))
-    if not torch.isfinite(x).all():
+    values = df.to_numpy(np.float32)
+    if not np.isfinite(values).all():
         raise DataError(f"{path}: features contain Inf values (or numbers too large for float32)")
     if label_values is not None:
         if label_values.isna().any():
             raise DataError(f"{path}: {int(label_values.isna().sum())} rows have no label in column "
                             f"{excerpt(label_column)} (first: row {int(label_values.isna().argmax()) + 1}); "
                             f"fill or drop them")
-        y, names = _encode_labels(label_values.to_numpy(), path, f"column {label_column!r}", classes)
+        y, names = _encode_labels(label_values.to_numpy(), path, f"column {label_column!r}", classes, min_classes)
         notes += _absent_classes_note(y, names) if classes is not None else []
     else:
         names = list(classes or [])
-        y = torch.zeros(len(x), dtype=torch.long)
+        y = torch.zeros(len(values), dtype=torch.long)
         notes.append(f"no label column {excerpt(label_column)}: read for prediction only")
+    x = torch.from_numpy(values)
     ds = Dataset(x, y, "tabular", max(len(names), 1), path.name, names, feature_names=list(df.columns),
                  labelled=label_values is not None, notes=notes)
     return _standardise(ds, stats)
 
 
 def load_npz(path: Path, *, stats: Stats = None, classes: list[str] | None = None,
-             labels: Literal["required", "optional"] = "required") -> Dataset:
+             labels: Literal["required", "optional"] = "required", min_classes: int = 0) -> Dataset:
     """NPZ with `x` [N, F] (tabular), [N, H, W] or [N, C, H, W] (square images: uint8 0..255, uint16, bool or
     floats in [-1, 1]) and labels `y` [N] (class indices or strings). `stats`, `classes`, `labels`: see
     `load_dataset`."""
@@ -435,7 +463,7 @@ def load_npz(path: Path, *, stats: Stats = None, classes: list[str] | None = Non
         y = arrays["y"]
         if y.ndim != 1 or len(y) != len(x):
             raise DataError(f"{path}: 'y' must have shape [{len(x)}], got {list(y.shape)}")
-        lab, names = _encode_labels(y, path, "array 'y'", classes)
+        lab, names = _encode_labels(y, path, "array 'y'", classes, min_classes)
         notes += _absent_classes_note(lab, names) if classes is not None else []
     else:
         lab, names = torch.zeros(len(x), dtype=torch.long), list(classes or [])
@@ -458,7 +486,7 @@ def load_npz(path: Path, *, stats: Stats = None, classes: list[str] | None = Non
 
 
 def load_image_folder(path: Path, *, image_size: int | None = None, classes: list[str] | None = None,
-                      channels: int | None = None) -> Dataset:
+                      channels: int | None = None, min_classes: int = 0) -> Dataset:
     """A folder with one sub-folder per class, each holding images; all are converted to grayscale (`channels`
     1) or RGB (3), by default the mode of the first image, and must share one square size unless `image_size`
     resizes them. With `classes` (the model's list) sub-folders are matched by name; a folder whose name is not
@@ -473,6 +501,7 @@ def load_image_folder(path: Path, *, image_size: int | None = None, classes: lis
     if not folders and not (loose and classes is not None):
         raise DataError(f"{path}: an image folder needs one sub-folder per class (e.g. {path}/cat/001.png)")
     names = list(classes) if classes is not None else folders
+    _too_few_classes(folders, min_classes, path, "its class sub-folders")
     if classes is not None:
         odd = [f for f in folders if f not in classes]
         if odd:
