@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test sysdeps bench docs clean
+.PHONY: install demo test lint sysdeps bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,17 @@ sysdeps:
 # two workers, one test file each at a time: the process tests mostly wait on Flower's messaging, so they
 # overlap well with the CPU-bound ones (the suite stays under 15 minutes on 2 cores); one torch/OpenMP thread
 # per process, or two workers spin against each other
-test: $(STAMP) sysdeps
+test: $(STAMP) sysdeps lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# ruff (lint + format) on the tree, mypy on the four packages ([tool.ruff], [tool.mypy] in pyproject.toml). mypy
+# needs the folders under their installed names (dblocks.shared, ...): build/mypy/dblocks/ links to them.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	mkdir -p build/mypy/dblocks
+	for p in shared server client privacy; do ln -sfn ../../../$$p build/mypy/dblocks/$$p; done
+	$(BIN)/mypy
 
 # the docs site (site/); warnings are errors, as in the test suite (tests/deploy/test_docs.py)
 docs: $(STAMP)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
 from safetensors.torch import load_file, save_file
+from scipy import linalg
 from torch import nn
 
 

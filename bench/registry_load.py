@@ -132,9 +132,9 @@ class World:
 def prepare(url: str, env: dict[str, str], history_rounds: int = 20, num_blocks: int = 4, num_nodes: int = 8) -> World:
     from dblocks.server.registry.app import open_registry
     from dblocks.server.registry.auth import issue_token
+    from dblocks.server.registry.config import RegistrySettings
     from dblocks.shared.registry_client import RegistryClient
     from dblocks.shared.versions import VersionMeta
-    from dblocks.server.registry.config import RegistrySettings
 
     reg = open_registry(RegistrySettings.from_env(env))
     with reg.db.writer() as s:

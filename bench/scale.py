@@ -142,11 +142,11 @@ def main() -> None:
 
     from dblocks.client.clientapp import app as client_app
     from dblocks.server.federation.config import RunConfig, SecAggConfig
-    from dblocks.server.ops.deployment import write_secret
     from dblocks.server.federation.serverapp import app as server_app
-    from dblocks.shared.registry_client import RegistryClient
-    from dblocks.shared.presets import get_preset
+    from dblocks.server.ops.deployment import write_secret
     from dblocks.server.ops.procs import stop_group
+    from dblocks.shared.presets import get_preset
+    from dblocks.shared.registry_client import RegistryClient
 
     root = Path(tempfile.mkdtemp(prefix="dblocks-scale-"))
     t0 = time.time()

@@ -22,9 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from dblocks.privacy.secagg import (Contribution, Layout, LocalNetwork, Policy, SecAggClient, SecAggServer,
-                                    choose_params, plan_round, run_round)
 from dblocks.privacy.mechanisms import clip_vector
+from dblocks.privacy.secagg import (
+    Contribution,
+    Layout,
+    LocalNetwork,
+    Policy,
+    SecAggClient,
+    SecAggServer,
+    choose_params,
+    plan_round,
+)
 from dblocks.privacy.secagg.keys import new_x25519, pair_seed, x25519_public
 from dblocks.privacy.secagg.prg import MaskExpander
 from dblocks.privacy.secagg.quant import QuantSpec

@@ -35,10 +35,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 from dblocks.privacy.accounting import MechanismStep  # light: the accountant itself is imported on use
 

@@ -12,7 +12,6 @@ import math
 import numbers
 from dataclasses import asdict, dataclass
 
-
 ACCOUNTANTS = ("prv", "rdp")
 
 

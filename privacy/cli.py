@@ -14,10 +14,8 @@ positive control failed or there was nothing to score against), 2 bad input.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -49,7 +47,7 @@ def _block_info(spec, block_id: str | None = None) -> dict:
             "training_interval": list(spec.training_interval), "sha256": spec.sha256}
 
 
-def _dataset(name: Optional[str], task: str):
+def _dataset(name: str | None, task: str):
     from dblocks.shared.data import load_dataset
     from dblocks.shared.presets import PRESETS
 
@@ -61,8 +59,8 @@ def _dataset(name: Optional[str], task: str):
     return load_dataset(name)
 
 
-def _load_target(block_dir: Optional[Path], block_index: int, data: Optional[str], block_version: Optional[str],
-                 registry: Optional[str], token: Optional[str]):
+def _load_target(block_dir: Path | None, block_index: int, data: str | None, block_version: str | None,
+                 registry: str | None, token: str | None):
     from dblocks.privacy.attacks.runner import AuditTarget
     from dblocks.shared.data import DataError
     from dblocks.shared.wire import BlockIntegrityError, load_block
@@ -92,7 +90,7 @@ def _input_shape(block) -> tuple:
     return (a.image_channels, a.image_size, a.image_size) if a.input == "image" else (a.num_features,)
 
 
-def _registry(registry: str, token: Optional[str]):
+def _registry(registry: str, token: str | None):
     from dblocks.shared.registry_client import RegistryClient
 
     if not token:
@@ -104,7 +102,7 @@ def _version_id(block_version: str):
     return int(block_version) if block_version.isdigit() else block_version
 
 
-def _fetch_block(registry: str, token: Optional[str], version_id: str):
+def _fetch_block(registry: str, token: str | None, version_id: str):
     """The block version's spec and verified weights from the registry (kept thin: the registry owns the API)."""
     from dblocks.shared.wire import BlockSpec, unpack_block
 
@@ -114,7 +112,7 @@ def _fetch_block(registry: str, token: Optional[str], version_id: str):
     return spec, unpack_block(spec, client.download_weights(_version_id(version_id), version.get("sha256")))
 
 
-def _post_audit(registry: str, token: Optional[str], version_id: str, record, out: Path) -> dict:
+def _post_audit(registry: str, token: str | None, version_id: str, record, out: Path) -> dict:
     """Post the record: config carries the DP/SecAgg settings, rounds, code version, block and scope; controls the
     reasons; the PNG grids go as artifacts."""
     artifacts = {name: (out / name).read_bytes() for name in record.artifacts if (out / name).exists()}
@@ -128,7 +126,7 @@ def _post_audit(registry: str, token: Optional[str], version_id: str, record, ou
         controls=d["controls"] | {"reasons": d["reasons"]}, verdict=d["verdict"], artifacts=artifacts)
 
 
-def _load_truth(path: Optional[Path]):
+def _load_truth(path: Path | None):
     if path is None:
         return None
     import numpy as np
@@ -169,11 +167,11 @@ def run(
     attack: str = typer.Option(..., help=ATTACK_HELP),
     observe: str = typer.Option(..., help=OBSERVE_HELP),
     adversary: str = typer.Option("server", help="server (honest but curious) | colluding (the other K-1 clients)"),
-    block_dir: Optional[Path] = typer.Option(None, help="model directory holding block-I.json/.safetensors"),
+    block_dir: Path | None = typer.Option(None, help="model directory holding block-I.json/.safetensors"),
     block_index: int = typer.Option(0, help="which block of --block-dir"),
-    update: Optional[Path] = typer.Option(None, help="an update file (safetensors + .json sidecar) to audit as given"),
-    truth: Optional[Path] = typer.Option(None, help="NPZ (x, y) of the records behind --update, to score against"),
-    data: Optional[str] = typer.Option(None, help="records the auditor holds (default: the block's preset dataset)"),
+    update: Path | None = typer.Option(None, help="an update file (safetensors + .json sidecar) to audit as given"),
+    truth: Path | None = typer.Option(None, help="NPZ (x, y) of the records behind --update, to score against"),
+    data: str | None = typer.Option(None, help="records the auditor holds (default: the block's preset dataset)"),
     out: Path = typer.Option(Path("audit-out"), help="directory for audit.json and PNGs"),
     clients: int = typer.Option(1, help="K clients per round"),
     records: int = typer.Option(1, help="records per client"),
@@ -192,16 +190,16 @@ def run(
     dp_batch_size: int = typer.Option(64, help="expected Poisson batch"),
     dp_steps: int = typer.Option(200, help="DP-SGD steps"),
     delta: float = typer.Option(1e-5, help="delta of the privacy claim"),
-    claimed_epsilon: Optional[float] = typer.Option(None, help="the epsilon claimed (default: the accountant's)"),
+    claimed_epsilon: float | None = typer.Option(None, help="the epsilon claimed (default: the accountant's)"),
     canaries: int = typer.Option(1000, help="canaries (one-run audit)"),
     canary_level: str = typer.Option("record", help="record (DP-SGD canaries) | client (canary clients)"),
     models: int = typer.Option(8, help="membership: target + shadow blocks"),
     train_epochs: int = typer.Option(20, help="membership: epochs per block"),
     population: int = typer.Option(0, help="membership/canary: records used (0: all)"),
     seed: int = typer.Option(0),
-    block_version: Optional[str] = typer.Option(None, help="registry block version to audit"),
-    registry: Optional[str] = typer.Option(None, help="registry base URL"),
-    token: Optional[str] = typer.Option(None, envvar="DBLOCKS_TOKEN", help="registry token"),
+    block_version: str | None = typer.Option(None, help="registry block version to audit"),
+    registry: str | None = typer.Option(None, help="registry base URL"),
+    token: str | None = typer.Option(None, envvar="DBLOCKS_TOKEN", help="registry token"),
 ) -> None:
     """Run one audit and write its record; exit 1 when it fails."""
     import torch
@@ -239,7 +237,7 @@ def make_update(
     block_index: int = typer.Option(0),
     observe: str = typer.Option("clipped", help="raw | clipped | aggregate | release"),
     out: Path = typer.Option(..., help="update file to write (.safetensors; sidecar .json and .truth.npz beside)"),
-    data: Optional[str] = typer.Option(None),
+    data: str | None = typer.Option(None),
     clients: int = typer.Option(1),
     records: int = typer.Option(1),
     local_steps: int = typer.Option(1),
@@ -276,9 +274,9 @@ def make_update(
 
 @app.command()
 def suite(
-    block_dir: Optional[Path] = typer.Option(None, help="model directory"),
+    block_dir: Path | None = typer.Option(None, help="model directory"),
     block_index: int = typer.Option(0),
-    data: Optional[str] = typer.Option(None),
+    data: str | None = typer.Option(None),
     out: Path = typer.Option(Path("audit-suite"), help="one sub-directory per audit"),
     clients: int = typer.Option(8, help="K clients of the audited release"),
     clip_norm: float = typer.Option(1.0),
@@ -290,9 +288,9 @@ def suite(
     iterations: int = typer.Option(300),
     quick: bool = typer.Option(False, help="fewer targets, canaries and iterations (smoke test)"),
     seed: int = typer.Option(0),
-    block_version: Optional[str] = typer.Option(None),
-    registry: Optional[str] = typer.Option(None),
-    token: Optional[str] = typer.Option(None, envvar="DBLOCKS_TOKEN"),
+    block_version: str | None = typer.Option(None),
+    registry: str | None = typer.Option(None),
+    token: str | None = typer.Option(None, envvar="DBLOCKS_TOKEN"),
 ) -> None:
     """The standard battery: positive controls, inversion at every observation point, canaries, conformance."""
     from dblocks.privacy.attacks.record import EXIT_CODES

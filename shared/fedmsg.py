@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+
 @dataclass(frozen=True)
 class BlockTask:
     """One block round as the server asks it. Everything here is chosen by the server and known to it; none of
@@ -88,7 +89,7 @@ class BlockTask:
         return asdict(self)
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "BlockTask":
+    def from_config(cls, cfg: dict) -> BlockTask:
         """The task from a Flower ConfigRecord; missing fields, wrong types and out-of-range values raise
         ValueError. Keys this version does not know (an older server's `seed`) are ignored: nothing the server
         sends may choose the company's randomness."""
@@ -124,10 +125,6 @@ def state_names(module: nn.Module) -> list[str]:
 def param_names(module: nn.Module) -> list[str]:
     """Order of the arrays that carry a block update (trainable parameters only)."""
     return [n for n, _ in module.named_parameters()]
-
-
-def state_to_arrays(module: nn.Module) -> list[np.ndarray]:
-    return [v.detach().cpu().numpy().astype(np.float32) for v in module.state_dict().values()]
 
 
 def arrays_to_state(module: nn.Module, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:

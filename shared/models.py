@@ -72,10 +72,10 @@ class ArchConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ArchConfig":
+    def from_dict(cls, d: dict) -> ArchConfig:
         return cls(**d)
 
-    def with_depth(self, depth: int) -> "ArchConfig":
+    def with_depth(self, depth: int) -> ArchConfig:
         return replace(self, depth=depth)
 
 

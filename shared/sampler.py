@@ -8,7 +8,8 @@ Heun:   adds the corrector z_{j+1} = z_j + (s_{j+1} - s_j) (d_j + d'_{j+1}) / 2 
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch

@@ -146,7 +146,8 @@ class NoiseSchedule:
     @property
     def inference_start(self) -> float:
         """Where sampling starts: sigma_max, or the 99.9% quantile of block 0's training noise if that is
-        lower. Above it block 0 has (almost) never been trained (method.md pitfall 1)."""
+        lower. Above it block 0 has (almost) never been trained, so starting higher would feed it noise levels it
+        never saw."""
         lo, hi = self.training_interval(0)
         c_lo, c_hi = self.cdf(lo), self.cdf(hi)
         return float(min(hi, self.quantile(c_lo + 0.999 * (c_hi - c_lo))))
@@ -170,7 +171,7 @@ class NoiseSchedule:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NoiseSchedule":
+    def from_dict(cls, d: dict) -> NoiseSchedule:
         return cls(**d)
 
     def _check_block(self, block: int) -> None:

@@ -38,7 +38,7 @@ class DataSchema:
 
     @staticmethod
     def of(ds: Dataset, *, label_column: str = "label", stats: FeatureStats | None = None,
-           image_size: int | None = None, source: dict | None = None) -> "DataSchema":
+           image_size: int | None = None, source: dict | None = None) -> DataSchema:
         return DataSchema(ds.kind, list(ds.input_shape), list(ds.class_names), label_column, list(ds.feature_names),
                           stats.mean.tolist() if stats is not None else None,
                           stats.std.tolist() if stats is not None else None,
@@ -53,7 +53,7 @@ class DataSchema:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "DataSchema":
+    def from_dict(d: dict) -> DataSchema:
         known = DataSchema.__dataclass_fields__.keys()
         return DataSchema(**{k: v for k, v in d.items() if k in known})
 

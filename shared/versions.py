@@ -59,7 +59,7 @@ class VersionMeta(BaseModel):
 
     @classmethod
     def released(cls, round: int, dp: DPSettings, *, record_epsilon: float, client_epsilon: float | None,
-                 **fields: Any) -> "VersionMeta":
+                 **fields: Any) -> VersionMeta:
         """A version released under `dp` with its epsilons (client_epsilon None: infinite, no central noise);
         `fields`: the rest (parent_version_id, cohort, metrics, code_version, secagg_session)."""
         return cls(round=round, clip_norm=dp.update_clip, noise_multiplier=dp.central_noise,
@@ -68,7 +68,7 @@ class VersionMeta(BaseModel):
                    accountant=dp.accountant, **fields)
 
     @model_validator(mode="after")
-    def _epsilon_is_accounted(self) -> "VersionMeta":
+    def _epsilon_is_accounted(self) -> VersionMeta:
         """An epsilon means nothing without its delta, sample rate, steps and accountant."""
         if self.record_epsilon is not None:
             missing = [k for k in ("record_delta", "record_sample_rate", "record_steps", "accountant")

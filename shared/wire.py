@@ -52,7 +52,7 @@ class BlockSpec:
     format_version: int = FORMAT_VERSION
 
     @classmethod
-    def describe(cls, task: str, schedule: NoiseSchedule, arch: ArchConfig, block_index: int, weights: bytes) -> "BlockSpec":
+    def describe(cls, task: str, schedule: NoiseSchedule, arch: ArchConfig, block_index: int, weights: bytes) -> BlockSpec:
         return cls(
             task=task,
             block_index=block_index,
@@ -69,7 +69,7 @@ class BlockSpec:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "BlockSpec":
+    def from_json(cls, text: str) -> BlockSpec:
         d = json.loads(text)
         if d.get("format_version") != FORMAT_VERSION:
             raise BlockIntegrityError(f"block spec format {d.get('format_version')} is not {FORMAT_VERSION}")
@@ -159,7 +159,7 @@ class ModelManifest:
         _atomic_write(Path(directory) / "model.json", json.dumps(asdict(self), indent=2).encode())
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "ModelManifest":
+    def load(cls, directory: str | os.PathLike) -> ModelManifest:
         p = Path(directory) / "model.json"
         if not p.exists():
             raise FileNotFoundError(f"{p}: not a dblocks model directory (no model.json)")

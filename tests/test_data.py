@@ -1,11 +1,17 @@
-import gzip
 
 import numpy as np
 import pytest
 import torch
 
-from dblocks.shared.data import (DataError, load_builtin, load_dataset, partition_dirichlet, partition_iid, save_npz,
-                                 stratified_split)
+from dblocks.shared.data import (
+    DataError,
+    load_builtin,
+    load_dataset,
+    partition_dirichlet,
+    partition_iid,
+    save_npz,
+    stratified_split,
+)
 
 
 def test_builtin_datasets_load_with_expected_shapes():

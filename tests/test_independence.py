@@ -1,6 +1,5 @@
 """Each block trains alone: no other block exists on disk or in memory while it trains."""
 
-import gc
 import json
 import subprocess
 import sys

@@ -38,7 +38,7 @@ def test_lean_layer_matches_plain_autograd_and_saves_four_fewer_activations():
     for fn in (lambda h, c: layer(h, c), lambda h, c: reference(layer, h, c)):
         layer.zero_grad()
         h, c = h0.clone().requires_grad_(), c0.clone().requires_grad_()
-        out, nbytes = saved_bytes(lambda: fn(h, c))
+        out, nbytes = saved_bytes(lambda fn=fn, h=h, c=c: fn(h, c))
         (out * torch.linspace(-1, 1, d)).sum().backward()
         grads.append((out.detach(), h.grad, c.grad, [p.grad.clone() for p in layer.parameters()], nbytes))
     (o1, gh1, gc1, gp1, lean), (o2, gh2, gc2, gp2, plain) = grads

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 
 from dblocks.shared.models import ArchConfig, TransformerClassifier, build_block, param_count
@@ -102,7 +101,7 @@ def test_opacus_per_sample_gradients_match_a_per_sample_loop(name):
             z = x[i : i + 1] + sigma[i].view(1, 1, 1, 1) * eps[i : i + 1]
             (ref(z, sigma[i : i + 1], y[i : i + 1]) - x[i : i + 1]).pow(2).mean().backward()
         for (n, p), (_, q) in zip(block.named_parameters(), ref.named_parameters()):
-            torch.testing.assert_close(p.grad_sample[i], q.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+            torch.testing.assert_close(p.grad_sample[i], q.grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
@@ -135,7 +134,7 @@ def test_ghost_clipping_gives_the_clipped_mean_gradient(name):
             w += p.grad * min(1.0, C / (norm.item() + 1e-6)) / n
     assert clipped_any, "choose C so that clipping is active"
     for (name_, p), w in zip(block.named_parameters(), want):
-        torch.testing.assert_close(p.grad, w, rtol=2e-3, atol=1e-6, msg=lambda m: f"{name_}: {m}")
+        torch.testing.assert_close(p.grad, w, rtol=2e-3, atol=1e-6, msg=lambda m, name_=name_: f"{name_}: {m}")
 
 
 def test_end_to_end_baseline_has_the_same_tokenizer_and_width():

@@ -80,7 +80,7 @@ def test_block_grid_gives_every_block_the_same_steps():
         s = NoiseSchedule(num_blocks=4, partition_kind=kind)
         counts = np.bincount(route(s, s.block_grid(3)), minlength=4)
         assert counts.tolist() == [3, 3, 3, 3]
-    # the EDM rho grid does not (method.md pitfall 3)
+    # the EDM rho grid does not: its steps crowd into some blocks
     s = NoiseSchedule(num_blocks=3)
     assert len(set(np.bincount(route(s, s.edm_grid(18)), minlength=3))) > 1
 

@@ -24,8 +24,7 @@ from .metrics import roc_metrics, score_reconstructions
 from .record import AuditRecord
 from .runner import AuditSpec, AuditTarget, run_audit
 from .scenario import FederationScenario, observe
-from .updates import (BlockUpdate, UpdateMeta, aggregate, clip_delta, dp_local_update, load_update, release,
-                      save_update)
+from .updates import BlockUpdate, UpdateMeta, aggregate, clip_delta, dp_local_update, load_update, release, save_update
 
 __all__ = [
     "ATTACKS", "AuditRecord", "AuditSpec", "AuditTarget", "BlockUpdate", "ClosedFormResult", "ConformanceResult",

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -292,7 +292,8 @@ def client_canary_audit(
     """Canary clients for client-level DP. Each canary i sends S e_{j_i} (S = 10 C, one random parameter
     coordinate per canary) in every round it is included in; the real clients send `real_updates`. The
     accountant's epsilon is that of `rounds` Gaussian mechanisms with sensitivity C and noise z C."""
-    from dblocks.privacy.accounting import MechanismStep, epsilon as accountant_epsilon
+    from dblocks.privacy.accounting import MechanismStep
+    from dblocks.privacy.accounting import epsilon as accountant_epsilon
 
     g = torch.Generator().manual_seed(seed)
     included = torch.rand(canaries, generator=g) < 0.5

@@ -159,7 +159,8 @@ def membership_audit(block: nn.Module, block_index: int, x, y, cfg: TrainConfig,
     scores = np.stack([record_scores(mod, block_index, x, y, mcfg.draws, mcfg.seed) for mod in models])
     eps = delta = None
     if dp is not None:
-        from dblocks.privacy.accounting import MechanismStep, epsilon as accountant_epsilon
+        from dblocks.privacy.accounting import MechanismStep
+        from dblocks.privacy.accounting import epsilon as accountant_epsilon
 
         n = int(masks[0].sum())
         steps = dp.num_steps(n, cfg.epochs)

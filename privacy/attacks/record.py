@@ -52,7 +52,7 @@ class AuditRecord:
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> file name beside audit.json
     code_version: str = field(default_factory=code_version)
     config_hash: str = ""
-    created_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -75,7 +75,7 @@ class AuditRecord:
         return path
 
     @classmethod
-    def read(cls, path: str | Path) -> "AuditRecord":
+    def read(cls, path: str | Path) -> AuditRecord:
         d = json.loads(Path(path).read_text())
         return cls(**d)
 

@@ -61,7 +61,7 @@ class UpdateMeta:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UpdateMeta":
+    def from_dict(cls, d: dict) -> UpdateMeta:
         if d.get("format_version") != UPDATE_FORMAT_VERSION:
             raise ValueError(f"update sidecar format {d.get('format_version')!r} is not {UPDATE_FORMAT_VERSION}")
         d = dict(d)
@@ -124,16 +124,6 @@ def check_update_matches(update: BlockUpdate, block: nn.Module) -> None:
 def flatten(delta: Delta, keys: list[str] | None = None) -> torch.Tensor:
     keys = sorted(delta) if keys is None else keys
     return torch.cat([delta[k].detach().float().flatten() for k in keys])
-
-
-def unflatten(vec: torch.Tensor, like: Delta, keys: list[str] | None = None) -> Delta:
-    keys = sorted(like) if keys is None else keys
-    out, i = {}, 0
-    for k in keys:
-        n = like[k].numel()
-        out[k] = vec[i : i + n].view_as(like[k]).clone()
-        i += n
-    return out
 
 
 def parameter_keys(block: nn.Module) -> list[str]:

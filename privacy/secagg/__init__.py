@@ -16,10 +16,10 @@ See docs/secure-aggregation.md for the protocol, the threat model and the securi
 """
 
 from .client import Contribution, SecAggClient
+from .directory import Directory, DirectoryView
 from .driver import Exchange, LocalNetwork, RoundResult, plan_round, run_round
 from .errors import AggregateOverflow, ProtocolRefusal, SecAggError, ThresholdError
 from .graph import GraphParams, Policy, choose_params
-from .directory import Directory, DirectoryView
 from .keys import Cert, Identity, TrustStore
 from .plan import Plan
 from .quant import Extra, QuantSpec

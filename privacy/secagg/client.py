@@ -27,18 +27,34 @@ import base64
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field as dc_field
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import shamir
+from .directory import DirectoryView
 from .errors import ProtocolRefusal
 from .graph import Policy
-from .directory import DirectoryView
-from .keys import (Announcement, Cert, Identity, TrustStore, new_x25519, open_sealed, pair_seed, pair_sign, seal,
-                   seal_key, self_seed_commitment, share_ad, verify_signature, view_statement, x25519_public)
+from .keys import (
+    Announcement,
+    Cert,
+    Identity,
+    TrustStore,
+    new_x25519,
+    open_sealed,
+    pair_seed,
+    pair_sign,
+    seal,
+    seal_key,
+    self_seed_commitment,
+    share_ad,
+    verify_signature,
+    view_statement,
+    x25519_public,
+)
 from .messages import Message, check_header, field, get, header
 from .plan import Plan
 from .prg import MaskExpander
@@ -270,7 +286,7 @@ class SecAggClient:
             staged[key] = self._announce(msg, self._accept_plan(msg, key), reply)
         # all checks passed; encode every contribution first (bounds can still fail), then mask and commit
         encoded = []
-        for inst, peers in work:
+        for inst, _peers in work:
             contribution = contribute(inst.plan) if callable(contribute) else contribute[inst.plan.block]
             encoded.append(inst.plan.quant.encode(contribution.update, contribution.extras))
         for inst, _ in work:
@@ -461,7 +477,7 @@ class SecAggClient:
                            "require_consistency": self.require_consistency}).encode()
 
     @staticmethod
-    def from_state(data: bytes) -> "SecAggClient":
+    def from_state(data: bytes) -> SecAggClient:
         d = json.loads(data)
 
         def dec(s: str | None):

@@ -48,7 +48,7 @@ class Directory:
                            "signature": self.signature.hex()}, sort_keys=True).encode()
 
     @staticmethod
-    def from_bytes(data: bytes) -> "Directory":
+    def from_bytes(data: bytes) -> Directory:
         try:
             d = json.loads(bytes(data))
             entries = {check_id(str(k)): bytes.fromhex(v) for k, v in d["entries"].items()}
@@ -62,7 +62,7 @@ class Directory:
         verify_signature(directory_key, self.signature, self.signed_bytes(), "the SecAgg directory")
 
     @staticmethod
-    def sign(version: int, entries: dict[str, bytes], signing_key: bytes) -> "Directory":
+    def sign(version: int, entries: dict[str, bytes], signing_key: bytes) -> Directory:
         unsigned = Directory(int(version), dict(entries))
         return Directory(unsigned.version, unsigned.entries,
                          Ed25519PrivateKey.from_private_bytes(signing_key).sign(unsigned.signed_bytes()))
@@ -101,7 +101,7 @@ class DirectoryView:
                 "current": None if self.current is None else {k: v.hex() for k, v in self.current.items()}}
 
     @staticmethod
-    def from_dict(d: dict) -> "DirectoryView":
+    def from_dict(d: dict) -> DirectoryView:
         return DirectoryView(bytes.fromhex(d["key"]), int(d["version"]),
                              {k: bytes.fromhex(v) for k, v in d["seen"].items()},
                              None if d["current"] is None else {k: bytes.fromhex(v) for k, v in d["current"].items()})

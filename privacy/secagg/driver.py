@@ -11,8 +11,8 @@ prekeys a few rounds ahead; one that has none for a planned round (it sat rounds
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 from .client import Contribution, SecAggClient
 from .errors import SecAggError, ThresholdError

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 

@@ -108,7 +108,7 @@ class Cert:
         return encode_fields(self.client_id, self.identity_public, self.channel_public, self.round, self.signature)
 
     @staticmethod
-    def from_bytes(data: bytes) -> "Cert":
+    def from_bytes(data: bytes) -> Cert:
         parts = decode_fields(data, 5)
         cert = Cert(decode_id(parts[0]), parts[1], parts[2], int.from_bytes(parts[3], "big", signed=True), parts[4])
         if len(cert.identity_public) != 32 or len(cert.channel_public) != 32 or len(parts[3]) != 8:
@@ -172,7 +172,7 @@ class Identity:
         return {"client_id": self.client_id, "signing": self.signing_bytes().hex()}
 
     @staticmethod
-    def from_dict(d: dict) -> "Identity":
+    def from_dict(d: dict) -> Identity:
         return Identity(d["client_id"], bytes.fromhex(d["signing"]))
 
 
@@ -233,7 +233,7 @@ class TrustStore:
                 "certs": [c.to_bytes().hex() for c in self.certs.values()]}
 
     @staticmethod
-    def from_dict(d: dict) -> "TrustStore":
+    def from_dict(d: dict) -> TrustStore:
         certs = [Cert.from_bytes(bytes.fromhex(v)) for v in d["certs"]]
         return TrustStore({k: bytes.fromhex(v) for k, v in d["pinned"].items()}, bool(d["tofu"]),
                           {(c.client_id, c.round): c for c in certs})
@@ -304,7 +304,7 @@ class Announcement:
                              self.seal_public, self.signature)
 
     @staticmethod
-    def from_bytes(data: bytes) -> "Announcement":
+    def from_bytes(data: bytes) -> Announcement:
         p = decode_fields(data, 6)
         return Announcement(decode_id(p[0]), p[1], p[2], p[3], p[4], p[5])
 

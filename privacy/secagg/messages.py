@@ -19,7 +19,8 @@ unmask    server: instances, <i>/announced, <i>/survivors [, <i>/signers, <i>/si
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -85,7 +85,7 @@ class Plan:
         return canonical_json(self.to_json())
 
     @staticmethod
-    def from_bytes(data: bytes) -> "Plan":
+    def from_bytes(data: bytes) -> Plan:
         try:
             d = json.loads(bytes(data))
             if d.get("v") != 1:

@@ -43,7 +43,7 @@ class Extra:
     step: float
 
     @staticmethod
-    def count(name: str, max_count: int) -> "Extra":
+    def count(name: str, max_count: int) -> Extra:
         """An integer count in [-max_count, max_count], aggregated exactly."""
         return Extra(name, float(max_count), 1.0)
 
@@ -66,7 +66,7 @@ class SumBounds:
     linf: float
     extras: dict[str, float]
 
-    def reach(self) -> "MaliciousReach":
+    def reach(self) -> MaliciousReach:
         """What one malicious member of the `count` summed can add to the others' encoded sum H."""
         honest = (self.count - 1) * self.client_l2  # ||H||_2 <= (count - 1) client_l2
         return MaliciousReach(blind_l2=self.l2 - honest, informed_l2=self.l2 + honest,
@@ -106,7 +106,7 @@ class QuantSpec:
 
     @staticmethod
     def plan(cohort_size: int, dim: int, clip_norm: float, rel_error: float = 1e-4,
-             extras: tuple[Extra, ...] | list[Extra] = ()) -> "QuantSpec":
+             extras: tuple[Extra, ...] | list[Extra] = ()) -> QuantSpec:
         """The smallest modulus for `cohort_size` clients with step = 2 rel_error C / sqrt(dim)."""
         if cohort_size < 1 or dim < 1:
             raise ValueError(f"cohort_size and dim must be >= 1, got {cohort_size}, {dim}")
@@ -242,7 +242,7 @@ class QuantSpec:
                 "bits": self.bits, "extras": [[e.name, e.bound, e.step] for e in self.extras]}
 
     @staticmethod
-    def from_json(d: dict) -> "QuantSpec":
+    def from_json(d: dict) -> QuantSpec:
         return QuantSpec(int(d["dim"]), float(d["clip_norm"]), float(d["step"]), int(d["cohort_size"]),
                          int(d["bits"]), tuple(Extra(str(n), float(b), float(s)) for n, b, s in d["extras"]))
 

@@ -15,18 +15,28 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, field as dc_field
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import shamir
-from .errors import AggregateOverflow, ProtocolRefusal, SecAggError, ThresholdError
-from .graph import Policy, choose_params
 from .directory import Directory
-from .keys import (Announcement, Cert, TrustStore, pair_seed, pair_sign, self_seed_commitment, verify_signature,
-                   view_statement, x25519_public)
+from .errors import ProtocolRefusal, SecAggError, ThresholdError
+from .graph import Policy, choose_params
+from .keys import (
+    Announcement,
+    Cert,
+    TrustStore,
+    pair_seed,
+    pair_sign,
+    self_seed_commitment,
+    verify_signature,
+    view_statement,
+    x25519_public,
+)
 from .messages import Message, field, get, header
 from .plan import Plan, check_block, confirm_threshold_for, instance_key, min_survivors_for
 from .prg import MaskExpander

@@ -13,7 +13,7 @@ mod p before the next addition.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,7 +7,7 @@ client sends its L2-clipped delta (norm <= C) in fixed point under uint32 masks;
 the members that survived, exact up to the quantisation (<= 1e-4 C in L2 per client), and the number of them.
 
 `FlowerSecAggPlus` (`secagg.mode = "flower"`) runs Flower's SecAgg+ (legacy `SecAggPlusWorkflow`) for one cohort with the settings
-that make it exact for clipped deltas (../shared/design/flower.md): every client sends its L2-clipped delta
+that make it exact for clipped deltas (docs/federation.md): every client sends its L2-clipped delta
 with num_examples=1, max_weight=1 and clipping_range=C (a per-value clamp that never bites because every
 coordinate of a vector of L2 norm <= C is within [-C, C]); the result is the mean of the survivors' deltas up
 to quantisation (step 2C / 2^22). Its known weaknesses (32-bit mask seeds, a dropout during setup or key
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
-from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitIns, Parameters, parameters_to_ndarrays
 from flwr.server import ServerConfig
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.compat import LegacyContext
@@ -167,6 +167,7 @@ class DBlocksSecAgg:
         if self.ahead is not None and self.ahead[1] == cohorts:
             proto, planned = self.ahead[0], sorted(cohorts)
         else:
+            self.drop_plan_ahead()  # membership changed: the round made ahead is never used, plan a fresh one
             proto, planned = self.next_round, []
             for b, cohort in sorted(cohorts.items()):  # one block's failure to start must not stop the others
                 try:

@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from dblocks.server.ops.launcher import (
+    EXPOSE_FLAG,
+    ServerHome,
+    control_api_refusal,
+    default_home,
+    is_loopback,
+    register_node,
+    start_superlink,
+    submit_run,
+)
+
 from .config import RunConfig, SecAggConfig
-from dblocks.server.ops.launcher import (EXPOSE_FLAG, ServerHome, control_api_refusal, default_home, is_loopback, register_node,
-                       start_superlink, submit_run)
 
 console = Console(soft_wrap=True)
 run_app = typer.Typer(help="Create and follow federated training runs.", no_args_is_help=True,
@@ -147,14 +154,14 @@ def run_new(
     secagg_threshold: float = typer.Option(0.6, help="flower mode: share of a cohort needed to unmask"),
     consistency: bool = typer.Option(True, help="dblocks mode: members sign the survivor view before unmasking (one "
                                                 "more exchange per round; companies may require it)"),
-    init_model_dir: Optional[Path] = typer.Option(None, help="start from these blocks (e.g. pretrained on public data)"),
-    registry_url: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_URL"),
-    token: Optional[str] = typer.Option(None, envvar="DBLOCKS_REGISTRY_TOKEN",
+    init_model_dir: Path | None = typer.Option(None, help="start from these blocks (e.g. pretrained on public data)"),
+    registry_url: str | None = typer.Option(None, envvar="DBLOCKS_REGISTRY_URL"),
+    token: str | None = typer.Option(None, envvar="DBLOCKS_REGISTRY_TOKEN",
                                         help="registry token; prefer the environment variable (a command line is "
                                              "visible to every user of the host)"),
     wait: bool = typer.Option(True, help="follow the run until it ends"),
     home: Path = typer.Option(default_home()),
-    run_id: Optional[str] = typer.Option(None, help="resume this run (after a crash) instead of creating one"),
+    run_id: str | None = typer.Option(None, help="resume this run (after a crash) instead of creating one"),
 ) -> None:
     """Start a federated run on the SuperLink that `dbserver start` runs."""
     sh = ServerHome(home)
@@ -216,7 +223,7 @@ def read_status(sh: ServerHome, run_id: str) -> dict:
 
 
 def status(
-    run_id: Optional[str] = typer.Argument(None, help="a run id (default: all runs under the home)"),
+    run_id: str | None = typer.Argument(None, help="a run id (default: all runs under the home)"),
     home: Path = typer.Option(default_home()),
 ) -> None:
     """Show runs: status, rounds done, accuracy, per-block versions."""
@@ -238,9 +245,9 @@ def status(
 @nodes_app.command("approve")
 def nodes_approve(
     public_key: Path = typer.Argument(..., help="the company's node public key (node.key.pub)"),
-    name: Optional[str] = typer.Option(None, help="display name"),
-    organisation: Optional[str] = typer.Option(None, help="the company (default: the name)"),
-    secagg_identity: Optional[str] = typer.Option(None, help="the company's SecAgg identity (64 hex, printed by "
+    name: str | None = typer.Option(None, help="display name"),
+    organisation: str | None = typer.Option(None, help="the company (default: the name)"),
+    secagg_identity: str | None = typer.Option(None, help="the company's SecAgg identity (64 hex, printed by "
                                                              "`dbclient keys init` / `dbclient join`): enrolled once"),
     home: Path = typer.Option(default_home()),
 ) -> None:
@@ -292,13 +299,12 @@ def nodes_approve(
 @nodes_app.command("revoke")
 def nodes_revoke(
     node: str = typer.Argument(..., help="registry node id (node-...) or the node's public key file"),
-    reason: Optional[str] = typer.Option(None, help="recorded with the decision"),
+    reason: str | None = typer.Option(None, help="recorded with the decision"),
     home: Path = typer.Option(default_home()),
 ) -> None:
     """Revoke a company's node: the SuperLink refuses its next request and the node stops."""
-    from dblocks.shared.registry_client import RegistryError
-
     from dblocks.server.ops.provision import operator_registry
+    from dblocks.shared.registry_client import RegistryError
 
     reg = operator_registry(ServerHome(home))
     if reg is None:
@@ -343,10 +349,9 @@ def nodes_sync(
 ) -> None:
     """Carry the registry's approvals and revocations to the SuperLink (what `dbserver start` does in a loop;
     run it as its own process where the SuperLink and the registry run as separate containers)."""
-    from dblocks.shared.registry_client import RegistryClient
-
     from dblocks.server.ops.nodesync import NodeSyncLoop, SuperLinkNodes, sync_once
     from dblocks.server.ops.provision import load_config, read_secret, service_token_path
+    from dblocks.shared.registry_client import RegistryClient
 
     sh = ServerHome(home)
     cfg = load_config(sh)

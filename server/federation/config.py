@@ -104,7 +104,7 @@ class RunConfig:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> RunConfig:
         d = json.loads(Path(path).read_text())
         d["secagg"] = SecAggConfig(**d.get("secagg", {}))
         unknown = d.keys() - {f.name for f in fields(cls)}

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from dblocks.shared.fedmsg import param_names
 from dblocks.shared.models import build_block
 from dblocks.shared.presets import Preset
 from dblocks.shared.schedule import NoiseSchedule
@@ -44,7 +43,7 @@ class GlobalModel:
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
-    def initial(cls, preset: Preset, schedule: NoiseSchedule, seed: int, init_model_dir: str | None = None) -> "GlobalModel":
+    def initial(cls, preset: Preset, schedule: NoiseSchedule, seed: int, init_model_dir: str | None = None) -> GlobalModel:
         """Fresh blocks (seeded) or blocks pretrained elsewhere (e.g. on public data)."""
         arch = preset.block_arch(schedule.num_blocks)
         blocks = []
@@ -119,9 +118,6 @@ class GlobalModel:
             return
         ModelManifest(task=self.task, kind=preset.kind, schedule=self.schedule.to_dict(),
                       arch=self.blocks[0].spec.arch, metrics=extra or {}).save(self.checkpoint_dir)
-
-    def update_names(self, i: int) -> list[str]:
-        return param_names(self.blocks[i].module)
 
 
 def momentum_step(velocity: dict, i: int, release: list[np.ndarray], beta: float) -> list[np.ndarray]:

@@ -67,7 +67,7 @@ class ServerConfig:
         path.write_text("\n".join(lines))
 
     @classmethod
-    def load(cls, path: Path) -> "ServerConfig":
+    def load(cls, path: Path) -> ServerConfig:
         try:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:

@@ -17,13 +17,12 @@ from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
-from .tls import ServerTLS, create_server_tls
+from dblocks.server.federation.config import RunConfig
 from dblocks.shared.procs import flwr_env
 
-from .procs import spawn, wait_for_port
-
-from dblocks.server.federation.config import RunConfig
 from .deployment import write_secret
+from .procs import spawn, wait_for_port
+from .tls import ServerTLS, create_server_tls
 
 EXPOSE_FLAG = "--expose-control-api-unauthenticated"
 
@@ -139,10 +138,3 @@ def register_node(home: ServerHome, public_key: Path, name: str | None = None) -
     if r.returncode != 0:
         raise RuntimeError(f"registering {public_key} with the SuperLink failed: {(r.stdout + r.stderr).strip()[-500:]}")
     return r.stdout.strip()
-
-
-def unregister_node(home: ServerHome, node_id: str) -> None:
-    r = subprocess.run(["flwr", "supernode", "unregister", str(node_id), "local"], env=home.env(), capture_output=True,
-                       text=True, timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"unregistering node {node_id} failed: {(r.stdout + r.stderr).strip()[-500:]}")

@@ -170,7 +170,7 @@ class LocalFederation:
             if p:
                 stop_group(p, sig)
 
-    def __enter__(self) -> "LocalFederation":
+    def __enter__(self) -> LocalFederation:
         return self
 
     def __exit__(self, *exc) -> None:

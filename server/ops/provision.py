@@ -10,10 +10,9 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .tls import create_server_tls
-
 from .deployment import CONFIG_NAME, Endpoint, ServerConfig, read_secret, write_secret
 from .launcher import ServerHome
+from .tls import create_server_tls
 
 LOCAL_NAMES = ["localhost", "127.0.0.1"]  # the gateway and the operator's tools reach the SuperLink on loopback
 

@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from .procs import spawn, wait_for_port
-
 from .deployment import ServerConfig, read_secret
 from .launcher import ServerHome, start_superlink
+from .procs import spawn, wait_for_port
 from .provision import LOCAL_NAMES, registry_environ, service_token_path
 
 BIN = Path(sys.executable).parent
@@ -78,7 +77,7 @@ def run_stack(home: ServerHome, cfg: ServerConfig, console) -> int:
         for name in ("gateway", "registry", "superlink"):
             if name in procs and procs[name].poll() is None:
                 procs[name].send_signal(signal.SIGTERM)
-        for name, pr in procs.items():
+        for pr in procs.values():
             try:
                 pr.wait(timeout=20)
             except subprocess.TimeoutExpired:

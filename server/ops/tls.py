@@ -40,7 +40,7 @@ def create_server_tls(directory: str | Path, hosts: list[str], days: int = 825) 
     host names) keeps the CA, so the companies' copies of ca.pem stay valid."""
     d = Path(directory)
     tls = ServerTLS(d / "ca.pem", d / "server.pem", d / "server.key")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     reuse_ca = (d / "ca.key").exists() and tls.ca.exists()
     if reuse_ca:
         ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)

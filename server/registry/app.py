@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gc
 import importlib
-import os
 import logging
+import os
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass

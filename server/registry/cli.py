@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,7 @@ ROLE_HELP = "admin | operator | researcher | viewer | service"
 tokens_app = typer.Typer(help="Create, list and revoke registry API tokens (works on the database directly).", no_args_is_help=True)
 
 
-def _settings(data_dir: Optional[Path], database_url: Optional[str]):
+def _settings(data_dir: Path | None, database_url: str | None):
     """Settings from the environment, with command-line overrides written back to it (for uvicorn workers)."""
     from .config import RegistrySettings
 
@@ -29,8 +29,8 @@ def _settings(data_dir: Optional[Path], database_url: Optional[str]):
     return RegistrySettings.from_env()
 
 
-DataDir = Annotated[Optional[Path], typer.Option("--home", help="base data directory (env DBLOCKS_HOME; default ~/.dblocks)")]
-DbUrl = Annotated[Optional[str], typer.Option("--database-url", help="SQLAlchemy URL (env DBLOCKS_DATABASE_URL; default SQLite in the data dir)")]
+DataDir = Annotated[Path | None, typer.Option("--home", help="base data directory (env DBLOCKS_HOME; default ~/.dblocks)")]
+DbUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (env DBLOCKS_DATABASE_URL; default SQLite in the data dir)")]
 
 
 def ensure_admin_token(reg) -> str | None:
@@ -77,7 +77,7 @@ def registry_command(
 @tokens_app.command("create")
 def tokens_create(
     role: Annotated[str, typer.Option(help=ROLE_HELP)],
-    name: Annotated[Optional[str], typer.Option(help="who or what uses it (default: the role)")] = None,
+    name: Annotated[str | None, typer.Option(help="who or what uses it (default: the role)")] = None,
     home: DataDir = None,
     database_url: DbUrl = None,
 ) -> None:

@@ -33,7 +33,7 @@ class RegistrySettings:
     trust_proxy: bool = False  # believe X-Forwarded-Proto (only behind a proxy that sets it)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "RegistrySettings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> RegistrySettings:
         env = os.environ if environ is None else environ
         home = Path(env.get("DBLOCKS_HOME") or Path.home() / ".dblocks").expanduser()
         data_dir = home / "registry"
@@ -53,7 +53,7 @@ class RegistrySettings:
         return settings
 
     @classmethod
-    def in_directory(cls, directory: str | os.PathLike, database_url: str | None = None) -> "RegistrySettings":
+    def in_directory(cls, directory: str | os.PathLike, database_url: str | None = None) -> RegistrySettings:
         """Everything under one directory (tests, benchmarks); `database_url` overrides the SQLite file."""
         d = Path(directory)
         return cls(data_dir=d, database_url=database_url or f"sqlite:///{d / 'registry.db'}", artifact_dir=d / "artifacts")

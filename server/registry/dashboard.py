@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
@@ -26,8 +26,21 @@ from sqlalchemy import func, select
 from .api import nodes as nodes_api
 from .api import runs as runs_api
 from .api.common import get_or_404, get_run, registry
-from .auth import (ALL_ROLES, COOKIE_NAME, CSRF_FIELD, LOGIN_CSRF_COOKIE, OPERATORS, Allow, Principal, delete_cookie,
-                   hash_token, login_nonce, require_csrf, secrets_match, set_cookie)
+from .auth import (
+    ALL_ROLES,
+    COOKIE_NAME,
+    CSRF_FIELD,
+    LOGIN_CSRF_COOKIE,
+    OPERATORS,
+    Allow,
+    Principal,
+    delete_cookie,
+    hash_token,
+    login_nonce,
+    require_csrf,
+    secrets_match,
+    set_cookie,
+)
 from .budgets import node_budgets
 from .lifecycle import OPERATOR_ACTIONS, TransitionError
 from .models import ApiToken, Audit, BlockVersion, Event, Node, RoundReport, Run
@@ -44,7 +57,7 @@ RunPanel = Literal["header", "blocks", "rounds", "audits", "events"]
 def ago(t: datetime | None) -> str:
     if t is None:
         return "never"
-    s = (datetime.now(timezone.utc) - t).total_seconds()
+    s = (datetime.now(UTC) - t).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if s >= size:
             return f"{int(s // size)} {unit} ago"

@@ -7,7 +7,7 @@ Sigma intervals are (lo, hi) in the target's units, as in `dblocks.shared.schedu
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -21,7 +21,7 @@ ROLES = ("admin", "operator", "researcher", "viewer", "service")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -35,10 +35,10 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column; use an aware datetime")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        return None if value is None else value.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -67,7 +67,7 @@ class Run(Base):
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)  # any change to the run or what is recorded under it
 
-    blocks: Mapped[list["Block"]] = relationship(back_populates="run", order_by="Block.block_index")
+    blocks: Mapped[list[Block]] = relationship(back_populates="run", order_by="Block.block_index")
 
 
 class Block(Base):
@@ -209,7 +209,7 @@ class Audit(Base):
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    artifacts: Mapped[list["AuditArtifact"]] = relationship(order_by="AuditArtifact.filename", lazy="selectin")
+    artifacts: Mapped[list[AuditArtifact]] = relationship(order_by="AuditArtifact.filename", lazy="selectin")
 
 
 class AuditArtifact(Base):

@@ -117,7 +117,7 @@ class RunControl(In):
     reason: str | None = Field(default=None, max_length=2000)
 
     @model_validator(mode="after")
-    def _something(self) -> "RunControl":
+    def _something(self) -> RunControl:
         if self.action is None and self.num_rounds is None:
             raise ValueError("give an action (start, pause, resume, stop), num_rounds, or both")
         return self

@@ -83,11 +83,11 @@ def test_correct_dp_sgd_stays_below_the_accountant_and_planted_bugs_exceed_it(tr
 
 def test_client_level_canaries_catch_a_release_without_central_noise(trained_blocks, digits):
     """Canary clients through the federation's own release (mechanisms.clip_update + add_central_noise)."""
+    import dblocks.privacy.mechanisms as mechanisms
     from dblocks.privacy.attacks.canary import client_canary_audit
     from dblocks.privacy.attacks.local import LocalTraining, local_update
     from dblocks.privacy.attacks.runner import federation_release
     from dblocks.privacy.attacks.updates import parameter_keys
-    import dblocks.privacy.mechanisms as mechanisms
 
     block = trained_blocks["classifier"]
     keys = parameter_keys(block)

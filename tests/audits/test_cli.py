@@ -3,12 +3,11 @@
 import json
 
 import pytest
+from test_canary import noise_disabled  # the planted bug lives in the tests only
 from typer.testing import CliRunner
 
 from dblocks.privacy.cli import app
 from dblocks.shared.wire import pack_block, save_block
-
-from test_canary import noise_disabled  # the planted bug lives in the tests only
 
 runner = CliRunner()
 

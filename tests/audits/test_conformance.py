@@ -2,7 +2,15 @@ import pytest
 import torch
 
 from dblocks.privacy.attacks.conformance import noise_conformance
-from dblocks.privacy.attacks.updates import BlockUpdate, UpdateMeta, aggregate, clip_delta, parameter_keys, release, release_meta
+from dblocks.privacy.attacks.updates import (
+    BlockUpdate,
+    UpdateMeta,
+    aggregate,
+    clip_delta,
+    parameter_keys,
+    release,
+    release_meta,
+)
 
 K, C, Z = 8, 1.0, 1.0
 

@@ -3,8 +3,18 @@ import math
 import pytest
 import torch
 
-from dblocks.privacy.attacks.updates import (BlockUpdate, UpdateMeta, check_update_matches, clip_delta, flatten,
-                                             load_update, parameter_keys, release, release_meta, save_update)
+from dblocks.privacy.attacks.updates import (
+    BlockUpdate,
+    UpdateMeta,
+    check_update_matches,
+    clip_delta,
+    flatten,
+    load_update,
+    parameter_keys,
+    release,
+    release_meta,
+    save_update,
+)
 
 
 def _delta(block, seed=0, scale=1.0):

@@ -88,7 +88,7 @@ class Topology:
     def company_ip(i: int) -> str:
         return f"198.18.0.{10 + i}"
 
-    def create(self) -> "Topology":
+    def create(self) -> Topology:
         remove_stale()
         s = self.server
         self._add(s)

@@ -84,7 +84,7 @@ def test_compose_exposes_only_the_fleet_gateway():
 def commands() -> list[tuple[str, list[str]]]:
     """(program, arguments) of every dblocks container in compose.yaml and the Kubernetes manifests."""
     out = []
-    for name, s in compose()["services"].items():
+    for s in compose()["services"].values():
         if "entrypoint" in s:
             out.append((s["entrypoint"][0], [interpolate(a) for a in s["command"]]))
     for path in K8S:
@@ -103,10 +103,10 @@ def interpolate(text: str) -> str:
 def test_every_container_command_parses_with_the_program_that_runs_it():
     import click
     import typer
+    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
 
     from dblocks.client.cli import app as client_app
     from dblocks.server.cli import app as server_app
-    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
 
     seen = set()
     for program, args in commands():
@@ -115,7 +115,7 @@ def test_every_container_command_parses_with_the_program_that_runs_it():
             _parse_args_run_superlink().parse_args(args)  # argparse exits on an unknown option
             continue
         group = typer.main.get_command({"dbserver": server_app, "dbclient": client_app}[program])
-        ctx, cmd, rest = group, group, list(args)
+        cmd, rest = group, list(args)
         while isinstance(cmd, click.Group):
             name, cmd, rest = cmd.resolve_command(cmd.make_context(program, list(rest), resilient_parsing=True), rest)
         cmd.make_context(name, rest)  # raises click.UsageError on an unknown option or a bad value

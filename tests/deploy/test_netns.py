@@ -53,7 +53,7 @@ def company_data(root: Path) -> list[Path]:
     _, private, _ = split_public_private("digits", 100)
     parts = partition_dirichlet(private.y.numpy(), len(NODES), 5.0, seed=0, min_size=100)
     paths = []
-    for (host, name), idx in zip(NODES, parts):
+    for (_host, name), idx in zip(NODES, parts):
         p = root / name / "data.npz"
         p.parent.mkdir(parents=True, exist_ok=True)
         save_npz(private.subset(idx), p)
@@ -140,7 +140,7 @@ def _scenario(h: Hosts) -> None:
 
     # ---- company hosts: keys, approval, join ---------------------------------------------------------
     data = company_data(h.root / "companies")
-    for (host, name), path in zip(NODES, data):
+    for (_host, name), _path in zip(NODES, data):
         home = h.root / "companies" / name
         subprocess.run([str(BIN / "dbclient"), "keys", "init", "--path", str(home / "node.key")], check=True,
                        capture_output=True, timeout=60)
@@ -175,7 +175,7 @@ print(json.dumps({{"superlink_port_refused": refused(9091), "registry_refused": 
     assert probe["fleet_via_gateway"] not in (404, 503), probe  # reached the SuperLink (which rejects the empty body)
 
     # the company firewall drops inbound connections: a listener on company host 0 is unreachable from the server
-    listener = h.start("listener", net.company(0), [sys.executable, "-c", "import socket,time; s=socket.socket(); "
+    h.start("listener", net.company(0), [sys.executable, "-c", "import socket,time; s=socket.socket(); "
                        "s.bind(('0.0.0.0', 7777)); s.listen(); time.sleep(600)"], dict(os.environ), h.root / "listener.log")
     time.sleep(1.0)
     inbound = h.python_in(net.server, f"""

@@ -49,9 +49,10 @@ def test_init_then_reinit_keeps_the_ca_and_the_tokens(tmp_path):
 
 
 def test_the_registry_accepts_the_tokens_init_wrote(tmp_path):
+    from fastapi.testclient import TestClient
+
     from dblocks.server.registry.app import create_app
     from dblocks.server.registry.config import RegistrySettings
-    from fastapi.testclient import TestClient
 
     home = ServerHome(tmp_path / "server")
     init_server(home, ["fl.example.org"])

@@ -15,14 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
+from update_recorder import recording  # test-only: saves each clipped delta (tests/federation/update_recorder.py)
 
 from dblocks.client.clientapp import app as client_app
 from dblocks.server.federation.config import RunConfig
-from dblocks.server.ops.localfed import LocalFederation
-from dblocks.server.federation.model_state import GlobalModel
 from dblocks.server.federation.serverapp import Federation
-from dblocks.shared.presets import get_preset
-from update_recorder import recording  # test-only: saves each clipped delta (tests/federation/update_recorder.py)
+from dblocks.server.ops.localfed import LocalFederation
 
 TASK, B = "digits", 2
 
@@ -145,3 +143,30 @@ def test_steady_state_rounds_take_two_exchanges(setup):
     for n in nodes:
         stages = {s: grid.received[(n, s)] for s in ("register", "join", "upload", "unmask")}
         assert stages == {"register": 1, "join": 1, "upload": 3, "unmask": 3}, (n, stages)
+
+
+def test_membership_changes_between_rounds_never_fail_the_run(setup):
+    """#20: a company leaving, rejoining with the same key, and a new company joining between rounds: the plan
+    made ahead no longer matches, so the round plans afresh under a new protocol round (on main: `ValueError:
+    instance N:0 is already planned` failed the run). Every released block sums each member's delta once."""
+    tmp, nodes, cfg = setup
+    from dataclasses import replace
+
+    grid = InProcessGrid(nodes)
+    fed = Federation(replace(cfg, num_rounds=4, record_steps=1),
+                     grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    fed.round(1)
+    grid.dead.add(1001)  # leaves between rounds: 5 left, one block gets a cohort of 3, the other is skipped
+    fed.round(2)
+    grid.dead.discard(1001)  # rejoins with the same key
+    fed.round(3)
+    newcomer = 2000  # joins mid-run (its own ledger; data like company 0's)
+    grid.contexts[newcomer] = Context(run_id=1, node_id=newcomer, state=RecordDict(), run_config={},
+                                      node_config={**nodes[1000], "ledger-path": str(tmp / "ledger-new.json")})
+    fed.round(4)
+    trained = [e["blocks"] for e in fed.history]
+    assert trained[0] == [0, 1] and len(trained[1]) == 1 and trained[2] == [0, 1] and trained[3] == [0, 1], trained
+    assert any(b == newcomer for b in grid.upload_blocks)
+    for r, blocks in enumerate(trained, start=1):  # one recorded delta per member of each released cohort
+        for b in blocks:
+            assert len(list((tmp / "debug").glob(f"r{r}-b{b}-*.npz"))) == 3, (r, b)

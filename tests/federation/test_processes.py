@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dblocks.server.ops.localfed import LocalFederation
-from dblocks.server.federation.model_state import GlobalModel
-from dblocks.shared.registry_client import RegistryClient
-from dblocks.shared.presets import get_preset
-from dblocks.server.ops.procs import stop_group
 from update_recorder import process_env  # test-only: companies save each clipped delta (update_recorder.py)
+
+from dblocks.server.federation.model_state import GlobalModel
+from dblocks.server.ops.localfed import LocalFederation
+from dblocks.server.ops.procs import stop_group
+from dblocks.shared.presets import get_preset
+from dblocks.shared.registry_client import RegistryClient
 
 pytestmark = pytest.mark.slow
 TASK, B = "digits", 2

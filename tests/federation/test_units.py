@@ -1,10 +1,11 @@
 """Federation pieces without processes: scheduling, ledger, update checks, noise, task verification."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dblocks.client.ledger import BudgetExceeded, PrivacyLedger
 from dblocks.client.trainer import rebuild_block, train_task
@@ -146,3 +147,33 @@ def test_global_model_checkpoint_round_trip(tmp_path):
     for a, b in zip(m2.weights_arrays(1), m.weights_arrays(1)):
         np.testing.assert_array_equal(a, b)
     assert param_names(m.blocks[1].module)[0] == "tokenizer.proj.weight"
+
+
+def test_a_company_that_trained_is_asked_while_one_more_round_fits_its_budget(tmp_path, monkeypatch):
+    """The affordability check in `Federation.ping` charges what one more round *adds* to the company's epsilon
+    over its releases in this run (composition is sublinear), not one round's standalone epsilon: a company
+    with 8 of budget that spent 5.2 on round 1 can afford a round 2 that brings it to about 7.4. Before, it was
+    dropped ("budget left 2.8 is below one round's 5.16") and the demo's second round had no live company."""
+    from flwr.app import Context, RecordDict
+
+    from dblocks.privacy.accounting import MechanismStep, epsilon
+    from dblocks.server.federation.config import RunConfig
+    from dblocks.server.federation.serverapp import Federation
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "security"))
+    from server_fakes import PingGrid, good_ping, set_task_identity
+
+    set_task_identity(monkeypatch)
+    cfg = RunConfig(run_id="afford", task="digits", num_blocks=2, num_rounds=2, cohort_size=3, min_cohort=3,
+                    record_noise=1.92, record_clip=1.0, record_sample_rate=0.5, record_steps=15,
+                    checkpoint_dir=str(tmp_path / "ck"))
+    step = MechanismStep(1.92, 0.5, 15)
+    one, two = epsilon([step], 1e-5, "prv"), epsilon([step, step], 1e-5, "prv")
+    left = 8.0 - one
+    assert two - one < left < one  # the case: affordable at the margin, not by the standalone figure
+    fed = Federation(cfg, PingGrid([1, 2], {1: good_ping(budget_left=left), 2: good_ping(budget_left=left)}),
+                     Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    fed.releases.trained(1, 0, 0, [1], step)  # node 1 trained in round 1; node 2 never did (full cost applies)
+    live = [n.node_id for n in fed.ping([1, 2])]
+    assert live == [1]
+    assert "what one more round adds" in fed.dropped[2]

@@ -10,15 +10,15 @@ import warnings
 import pytest
 
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+from regtools import settings_for  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
+from throwaway_pg import ThrowawayPostgres, postgres_bin_dir  # noqa: E402
 
 from dblocks.server.registry.app import create_app  # noqa: E402
 from dblocks.server.registry.auth import issue_token  # noqa: E402
-from dblocks.shared.registry_client import RegistryClient  # noqa: E402
 from dblocks.server.registry.config import RegistrySettings  # noqa: E402
 from dblocks.server.registry.models import ROLES  # noqa: E402
-from throwaway_pg import ThrowawayPostgres, postgres_bin_dir  # noqa: E402
-from regtools import settings_for  # noqa: E402
+from dblocks.shared.registry_client import RegistryClient  # noqa: E402
 
 PG_MISSING = "PostgreSQL is not installed: `apt-get install postgresql` (CI: add `postgresql` to deploy/sysdeps.sh)"
 

@@ -11,9 +11,9 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
+from regtools import DP, make_block, new_run
 
 from dblocks.shared.versions import VersionMeta
-from regtools import DP, make_block, new_run
 
 COMPANIES = [("Acme Bank", "acme-fra-1"), ("Globex Health", "globex-node"), ("Initech Insurance", "initech-01"), ("Umbrella Labs", "umbrella-lab")]
 

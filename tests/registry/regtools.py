@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import uuid
 
-from dblocks.shared.registry_client import RegistryClient
 from dblocks.server.registry.config import RegistrySettings
+from dblocks.shared.registry_client import RegistryClient
 
 TASK = "mnist"
 

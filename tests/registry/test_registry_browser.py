@@ -15,9 +15,9 @@ from regseed import seed_demo
 
 from dblocks.server.registry.app import open_registry
 from dblocks.server.registry.auth import issue_token
-from dblocks.shared.registry_client import RegistryClient
 from dblocks.server.registry.config import RegistrySettings
 from dblocks.server.registry.models import ROLES
+from dblocks.shared.registry_client import RegistryClient
 
 CHROMIUM = os.environ.get("DBLOCKS_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "registry"

@@ -15,10 +15,10 @@ from sqlalchemy import func, select, text
 
 from dblocks.server.registry.app import open_registry
 from dblocks.server.registry.auth import issue_token
-from dblocks.shared.registry_client import RegistryClient
-from dblocks.shared.versions import VersionMeta
 from dblocks.server.registry.config import RegistrySettings
 from dblocks.server.registry.models import BlockVersion, Event, NodePrivacy, RoundReport
+from dblocks.shared.registry_client import RegistryClient
+from dblocks.shared.versions import VersionMeta
 
 LOAD_SECONDS = 2.0
 VERSION_ROUNDS = 40

@@ -17,11 +17,11 @@ from starlette.testclient import TestClient
 
 from dblocks.server.registry import events
 from dblocks.server.registry.app import create_app
-from dblocks.shared.registry_client import InvalidRequest, RegistryClient
-from dblocks.shared.versions import VersionMeta
 from dblocks.server.registry.config import MiB
 from dblocks.server.registry.models import Audit, AuditArtifact, Block, BlockVersion, Event, Run
 from dblocks.server.registry.store import ContentStore
+from dblocks.shared.registry_client import InvalidRequest, RegistryClient, RegistryError
+from dblocks.shared.versions import VersionMeta
 
 EVIL_NAMES = ["../../evil.png", "../evil.png", "/etc/evil.png", "..", ".", ".hidden.png", "a/b.png", "a\\b.png",
               "..%2F..%2Fevil.png", "%2e%2e/evil.png", "evil.png\x00.txt", "", "x" * 200, "CON:evil", "~/evil.png"]
@@ -127,7 +127,7 @@ def test_failed_version_registration_leaves_nothing(app, service, monkeypatch):
 
     monkeypatch.setattr(events, "record", boom)
     client = RegistryClient("http://testserver", service._http.headers["Authorization"].split()[1], http=TestClient(app, raise_server_exceptions=False))
-    with pytest.raises(Exception):
+    with pytest.raises(RegistryError):  # the registry answers 500
         client.register_block_version(rid, 0, spec, w, VersionMeta(round=1, cohort=[], **DP))
     monkeypatch.undo()
     assert count(app, BlockVersion) == 0 and count(app, Event) == events_before
@@ -140,7 +140,7 @@ def test_failed_run_creation_leaves_nothing(app, service, monkeypatch):
     runs_before = count(app, Run)
     monkeypatch.setattr(events, "record", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     client = RegistryClient("http://testserver", service._http.headers["Authorization"].split()[1], http=TestClient(app, raise_server_exceptions=False))
-    with pytest.raises(Exception):
+    with pytest.raises(RegistryError):  # the registry answers 500
         new_run(client)
     assert count(app, Run) == runs_before and count(app, Block) == 0
 

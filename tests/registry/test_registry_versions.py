@@ -11,9 +11,16 @@ from regtools import DP, make_block, new_run
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from dblocks.shared.registry_client import Conflict, IntegrityError, InvalidRequest, NotFound, RegistryClient, RegistryError
-from dblocks.shared.versions import VersionMeta
 from dblocks.server.registry.models import BlockVersion, Event
+from dblocks.shared.registry_client import (
+    Conflict,
+    IntegrityError,
+    InvalidRequest,
+    NotFound,
+    RegistryClient,
+    RegistryError,
+)
+from dblocks.shared.versions import VersionMeta
 
 
 def count(app, model, *where) -> int:

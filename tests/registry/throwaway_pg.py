@@ -70,7 +70,7 @@ class ThrowawayPostgres:
     def _run(self, *args: str) -> None:
         subprocess.run(args, check=True, capture_output=True, preexec_fn=_demote(self.uid, self.gid, False))
 
-    def start(self, timeout_s: float = 30.0) -> "ThrowawayPostgres":
+    def start(self, timeout_s: float = 30.0) -> ThrowawayPostgres:
         data = self.dir / "data"
         self._run(str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", self.superuser, "-E", "UTF8", "--no-sync")
         log = open(self.dir / "server.log", "wb")
@@ -131,7 +131,7 @@ class ThrowawayPostgres:
                 self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "ThrowawayPostgres":
+    def __enter__(self) -> ThrowawayPostgres:
         return self.start()
 
     def __exit__(self, *exc) -> None:

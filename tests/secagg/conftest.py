@@ -7,9 +7,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from dblocks.privacy.secagg import (Contribution, Identity, Layout, LocalNetwork, Policy, SecAggClient,
-                                    SecAggServer, TrustStore, plan_round, run_round)
 from dblocks.privacy.mechanisms import clip_vector
+from dblocks.privacy.secagg import (
+    Contribution,
+    Identity,
+    Layout,
+    LocalNetwork,
+    Policy,
+    SecAggClient,
+    SecAggServer,
+    TrustStore,
+    plan_round,
+    run_round,
+)
 
 
 @dataclass

@@ -8,8 +8,14 @@ import pytest
 from scipy import stats
 
 from dblocks.privacy.secagg import Policy, ProtocolRefusal, SecAggClient, ThresholdError, shamir
-from dblocks.privacy.secagg.keys import (Announcement, Identity, new_x25519, pair_seed, self_seed_commitment,
-                                         x25519_public)
+from dblocks.privacy.secagg.keys import (
+    Announcement,
+    Identity,
+    new_x25519,
+    pair_seed,
+    self_seed_commitment,
+    x25519_public,
+)
 from dblocks.privacy.secagg.messages import field
 from dblocks.privacy.secagg.prg import expand_mask
 
@@ -87,7 +93,7 @@ def test_honest_helpers_reveal_one_share_kind_per_peer_so_a_split_lie_cannot_get
         requests[c][field(key, "survivors")] = survivors
     replies = fed.net("unmask", {c: requests[c] for c in helpers})
     kinds = {"b": 0, "e": 0}
-    for c, reply in replies.items():
+    for reply in replies.values():
         got = dict(zip(reply[field(key, "peers")], reply[field(key, "kinds")]))
         kinds[got[victim]] += 1
     assert kinds["b"] + kinds["e"] <= plan.degree

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from dblocks.privacy.mechanisms import clip_vector
 from dblocks.privacy.secagg import shamir
 from dblocks.privacy.secagg.errors import AggregateOverflow
 from dblocks.privacy.secagg.graph import Policy, choose_params, failure_probabilities, neighbours, ring_order
 from dblocks.privacy.secagg.prg import MaskExpander, expand_mask
-from dblocks.privacy.mechanisms import clip_vector
 from dblocks.privacy.secagg.quant import Extra, QuantSpec
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from dblocks.shared.fedmsg import BlockTask
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_model():
     from dblocks.server.federation.model_state import GlobalModel
     from dblocks.shared.presets import get_preset
@@ -21,7 +21,7 @@ def digits_model():
     return GlobalModel.initial(p, p.noise_schedule(2), seed=0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def company_data(n: int = 120):
     from dblocks.shared.data import load_builtin
 

@@ -102,8 +102,8 @@ def registry_app(directory):
 
     from dblocks.server.registry.app import create_app
     from dblocks.server.registry.auth import issue_token
-    from dblocks.shared.registry_client import RegistryClient
     from dblocks.server.registry.config import RegistrySettings
+    from dblocks.shared.registry_client import RegistryClient
 
     app = create_app(RegistrySettings.in_directory(directory))
     clients = {}

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from dblocks.server.ops.deployment import write_secret
 from dblocks.client.nodekey import create_node_key
+from dblocks.server.ops.deployment import write_secret
 from dblocks.server.ops.tls import create_server_tls
 
 

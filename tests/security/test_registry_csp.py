@@ -6,6 +6,7 @@ Real app with real data (run, block version, node, audit) on SQLite; every GET r
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 
@@ -50,8 +51,8 @@ def csp_world(tmp_path_factory):
                        data={"meta": '{"round": 1, "metrics": {"loss": 0.5}}', "spec": spec},
                        files={"weights": ("w.safetensors", weights)})
     assert version.status_code == 201, version.text
-    meta = ('{"block_version_id": %d, "attack": "mia", "observation_point": "release", "adversary": "server", '
-            '"config_hash": "abc", "verdict": "pass"}' % version.json()["id"])
+    meta = json.dumps({"block_version_id": version.json()["id"], "attack": "mia", "observation_point": "release",
+                       "adversary": "server", "config_hash": "abc", "verdict": "pass"})
     audit = api.post("/api/audits", headers=as_("researcher"), data={"meta": meta},
                      files={"artifacts": ("report.txt", b"fine")})
     assert audit.status_code == 201, audit.text

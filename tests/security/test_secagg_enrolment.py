@@ -55,8 +55,7 @@ def test_zero_config_enrolment_signs_a_directory_companies_verify(tmp_path):
     from dblocks.privacy.secagg.directory import Directory, DirectoryView, read_public_key
     from dblocks.privacy.secagg.errors import ProtocolRefusal
     from dblocks.server.ops.launcher import ServerHome
-    from dblocks.server.ops.provision import (directory_path, directory_public_path,
-                                                     enroll_secagg_identity)
+    from dblocks.server.ops.provision import directory_path, directory_public_path, enroll_secagg_identity
 
     home = ServerHome(tmp_path / "server")
     me, peer = bytes(range(32)), bytes(range(32, 64))

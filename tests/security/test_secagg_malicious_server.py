@@ -16,14 +16,21 @@ import re
 import threading
 
 import numpy as np
-import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.common.config import parse_config_args
 
 from dblocks.client.join import JoinOptions, supernode_argv
 from dblocks.privacy.mechanisms import clip_vector
-from dblocks.privacy.secagg import Contribution, Layout, LocalNetwork, SecAggClient, SecAggServer, TrustStore
-from dblocks.privacy.secagg import plan_round, run_round
+from dblocks.privacy.secagg import (
+    Contribution,
+    Layout,
+    LocalNetwork,
+    SecAggClient,
+    SecAggServer,
+    TrustStore,
+    plan_round,
+    run_round,
+)
 from dblocks.privacy.secagg.flower import client_from_context, from_recorddict, handle, to_recorddict
 from dblocks.privacy.secagg.keys import decode_fields, encode_fields, hkdf, open_sealed, share_ad, x25519
 from dblocks.privacy.secagg.messages import field

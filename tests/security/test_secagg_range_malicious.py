@@ -5,8 +5,18 @@ shares, in process) with one client that uploads words of its choosing instead o
 import numpy as np
 import pytest
 
-from dblocks.privacy.secagg import (Contribution, Extra, Identity, Layout, LocalNetwork, SecAggClient, SecAggServer,
-                                    TrustStore, plan_round, run_round)
+from dblocks.privacy.secagg import (
+    Contribution,
+    Extra,
+    Identity,
+    Layout,
+    LocalNetwork,
+    SecAggClient,
+    SecAggServer,
+    TrustStore,
+    plan_round,
+    run_round,
+)
 
 C = 1.0
 

@@ -14,7 +14,7 @@ from dblocks.privacy.accounting import MechanismStep, epsilon
 from dblocks.server.federation.config import RunConfig, SecAggConfig
 from dblocks.server.federation.serverapp import Federation
 
-from .server_fakes import B, TASK, CohortSecAgg, PingGrid, context, registry_app, set_task_identity
+from .server_fakes import TASK, B, CohortSecAgg, PingGrid, context, registry_app, set_task_identity
 
 NODES = [2001, 2002, 2003, 2004, 2005, 2006]
 ROUNDS, DELTA, Z, Q, STEPS, ZC = 3, 1e-5, 1.0, 0.1, 3, 1.0
@@ -90,7 +90,7 @@ def test_client_level_epsilon_uses_the_runs_prv_accountant_over_all_blocks(run3)
         assert v["client_epsilon"] == pytest.approx(prv, rel=1e-6)
         assert v["metrics"]["client_epsilon_one_release"] == pytest.approx(
             epsilon([MechanismStep(ZC, 1.0, 1)], DELTA, "prv"), rel=1e-6)
-        for n, e in v["metrics"]["nodes"].items():
+        for e in v["metrics"]["nodes"].values():
             assert e["client_epsilon"] == pytest.approx(prv, rel=1e-6) and e["published"] == ROUNDS
 
 

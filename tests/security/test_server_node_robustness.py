@@ -13,7 +13,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from dblocks.server.federation.config import RunConfig, SecAggConfig
 from dblocks.server.federation.serverapp import Federation
 
-from .server_fakes import B, TASK, CohortSecAgg, JointSecAgg, PingGrid, context, good_ping, registry_app, set_task_identity
+from .server_fakes import (
+    TASK,
+    B,
+    CohortSecAgg,
+    JointSecAgg,
+    PingGrid,
+    context,
+    good_ping,
+    registry_app,
+    set_task_identity,
+)
 
 GOOD = [1001, 1002, 1003, 1004, 1005, 1006]
 BAD = 1666

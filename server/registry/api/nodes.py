@@ -13,7 +13,17 @@ from ..auth import ALL_ROLES, OPERATORS, RUN_CREATORS, SERVICE, Allow, Principal
 from ..budgets import node_budgets
 from ..fingerprint import canonical_fingerprint
 from ..models import Node, NodePrivacy, utcnow
-from ..schemas import NodeCreate, NodeDecision, NodeOut, NodePrivacyIn, NodePrivacyOut, NodeRegistered, NodeSeen, NodeStatus, Page
+from ..schemas import (
+    NodeCreate,
+    NodeDecision,
+    NodeOut,
+    NodePrivacyIn,
+    NodePrivacyOut,
+    NodeRegistered,
+    NodeSeen,
+    NodeStatus,
+    Page,
+)
 from .common import Limit, Offset, check_block_index, get_or_404, get_run, paginate, registry
 
 router = APIRouter(tags=["nodes"])

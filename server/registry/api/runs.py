@@ -11,8 +11,18 @@ from ..auth import ALL_ROLES, OPERATORS, RUN_CREATORS, SERVICE, Allow, Principal
 from ..budgets import run_privacy
 from ..lifecycle import TERMINAL, Transition, operator_action, service_status
 from ..models import Block, RoundReport, Run, utcnow
-from ..schemas import (ControlState, Page, RoundReportIn, RoundReportOut, RunControl, RunCreate, RunOut, RunStatus,
-                       RunStatusSet, RunSummary)
+from ..schemas import (
+    ControlState,
+    Page,
+    RoundReportIn,
+    RoundReportOut,
+    RunControl,
+    RunCreate,
+    RunOut,
+    RunStatus,
+    RunStatusSet,
+    RunSummary,
+)
 from .common import Limit, Offset, check_block_index, get_run, paginate, registry
 
 router = APIRouter(tags=["runs"])

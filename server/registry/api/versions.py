@@ -9,14 +9,23 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Response, UploadFile
 from sqlalchemy import func, select, update
 
+from dblocks.shared.versions import VersionMeta
+
 from .. import events
 from ..auth import ALL_ROLES, SERVICE, WEIGHT_READERS, Allow, Principal
 from ..models import Audit, Block, BlockVersion, Node, Run, utcnow
-from dblocks.shared.versions import VersionMeta
-
 from ..schemas import AuditOut, Lineage, LineageStep, Page, VersionOut, VersionRegistered
-from .common import (Limit, Offset, check_block_index, check_finite_json, get_or_404, get_run, paginate, parse_json_field,
-                     registry)
+from .common import (
+    Limit,
+    Offset,
+    check_block_index,
+    check_finite_json,
+    get_or_404,
+    get_run,
+    paginate,
+    parse_json_field,
+    registry,
+)
 
 router = APIRouter(tags=["block versions"])
 MAX_LINEAGE_DEPTH = 100_000

@@ -2,7 +2,7 @@
 events (append-only, enforced by triggers) and API tokens.
 
 Revision ID: 0001
-Revises: 
+Revises:
 """
 
 from __future__ import annotations
