@@ -20,6 +20,7 @@ memory-mb, label-column, image-size, threads (torch threads; 0 = all cores).
 
 from __future__ import annotations
 
+import math
 import time
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -72,7 +73,8 @@ def ping(msg: Message, context: Context) -> Message:
     nc = node_settings(context)
     ledger = company_ledger(nc)
     info = {"memory_mb": memory_limit_mb(nc),
-            "budget_left": round(max(0.0, ledger.budget - ledger.recorded_spent()), 1)}
+            # rounded down to 0.1 (never up: the server must not think a company can afford more than it can)
+            "budget_left": math.floor(max(0.0, ledger.budget - ledger.recorded_spent()) * 10) / 10}
     return Message(RecordDict({"ping": ConfigRecord(info)}), reply_to=msg)
 
 

@@ -63,6 +63,21 @@ class ReleaseLog:
             self._cache[key] = compose_node_epsilon(rows, delta, accountant)
         return self._cache[key]
 
+    def marginal_record_epsilon(self, node: int, step: MechanismStep, delta: float, accountant: str) -> float:
+        """What one more release of `step` adds to the node's record-level epsilon over its releases in this run:
+        eps(history + step) - eps(history). Composition is sublinear, so this is below the step's own epsilon
+        once the node has trained; the company's ledger, which also holds its other runs, decides for real."""
+        rows = self.by_node.get(int(node), [])
+        key = ("marginal", tuple(sorted((r.record.noise_multiplier, r.record.sample_rate, r.record.steps)
+                                        for r in rows)), step, delta, accountant)
+        if key not in self._cache:
+            from dblocks.privacy.accounting import epsilon
+
+            history = [r.record for r in rows]
+            before = epsilon(history, delta, accountant) if history else 0.0
+            self._cache[key] = epsilon(history + [step], delta, accountant) - before
+        return self._cache[key]  # type: ignore[return-value]
+
     def _save(self) -> None:
         if self.path is None:
             return

@@ -29,6 +29,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from dblocks.privacy.accounting import MechanismStep
 from dblocks.shared.fedmsg import BlockTask
 from dblocks.shared.presets import get_preset
 from dblocks.shared.sampler import classify
@@ -237,8 +238,10 @@ class Federation:
             return []
         msgs = [Message(RecordDict({"ping": ConfigRecord({"run_id": self.cfg.run_id})}), dst_node_id=n,
                         message_type="query.ping") for n in node_ids]
-        # a company that cannot afford one more round of the record-level mechanism is not asked
-        need = self.strategy.one_round_epsilon
+        # a company that cannot afford one more round of the record-level mechanism is not asked: the cost is what
+        # one more release adds to what it already spent in this run (its ledger checks again, exactly)
+        c = self.cfg
+        step = MechanismStep(c.record_noise, c.record_sample_rate, c.record_steps)
         why = {n: "no reply to the ping" for n in node_ids}
         live = {}
         for reply in send_and_receive(self.grid, msgs, timeout=self.cfg.ping_timeout):
@@ -252,8 +255,9 @@ class Federation:
                 if isinstance(src, int) and src in why and src not in live:
                     why[src] = f"bad ping reply: {type(e).__name__}: {e}"[:300]
                 continue
+            need = self.releases.marginal_record_epsilon(src, step, c.delta, c.accountant)
             if info.budget_left < need * 0.999:
-                why[src] = f"record-level budget left {info.budget_left:.3g} is below one round's {need:.3g}"
+                why[src] = f"record-level budget left {info.budget_left:.3g} is below what one more round adds ({need:.3g})"
                 continue
             live[src] = info
             why.pop(src)
