@@ -139,8 +139,11 @@ ABLATION_RECIPES = {
 }
 # naive -> final, one fix at a time: (training recipe, readout) pairs
 CUMULATIVE = [
-    ("naive: EDM-weighted CE, label std sigma_data, constant LR, no clip; EDM rho=7 grid from 80 (N=10), random z",
-     "naive (all four)", "edm80-N=10-random"),
+    (
+        "naive: EDM-weighted CE, label std sigma_data, constant LR, no clip; EDM rho=7 grid from 80 (N=10), random z",
+        "naive (all four)",
+        "edm80-N=10-random",
+    ),
     ("+ cosine LR with warm-up, grad clip 1", "naive + cosine LR + clip", "edm80-N=10-random"),
     ("+ plain (unweighted) CE", "label norm sigma_data*sqrt(d)", "edm80-N=10-random"),
     ("+ unit-norm class embedding", "final", "edm80-N=10-random"),
@@ -177,8 +180,12 @@ def preset_for(dataset: str, total_layers: int | None, recipe: Recipe, epochs: i
     arch = p.arch
     if recipe.label_scale == "sigma_data":
         arch = replace(arch, label_scale=p.schedule.sigma_data * math.sqrt(arch.width))
-    train = replace(p.train, classifier_weighting=recipe.weighting, grad_clip=recipe.grad_clip,
-                    **({"epochs": epochs} if epochs else {}))
+    train = replace(
+        p.train,
+        classifier_weighting=recipe.weighting,
+        grad_clip=recipe.grad_clip,
+        **({"epochs": epochs} if epochs else {}),
+    )
     schedule = replace(p.schedule, partition_kind=recipe.partition, gamma=recipe.gamma)
     return replace(p, arch=arch, train=train, schedule=schedule, total_layers=total_layers or p.total_layers)
 
@@ -196,7 +203,9 @@ def evaluate_blocks(blocks, schedule: NoiseSchedule, test: Dataset, readouts: li
         accs = []
         for d in range(draws):
             g = torch.Generator().manual_seed(d)
-            logp = classify(blocks, schedule, test.x, grid, solver=r.solver, readout=r.readout, init=r.init, generator=g)
+            logp = classify(
+                blocks, schedule, test.x, grid, solver=r.solver, readout=r.readout, init=r.init, generator=g
+            )
             accs.append(accuracy_points(logp.argmax(-1), test.y))
         out[r.name] = float(np.mean(accs))
     return out
@@ -275,14 +284,26 @@ def run_job(job: Job, epochs: int | None, splits: dict) -> dict:
     p = preset_for(job.dataset, job.total_layers, job.recipe, epochs)
     train, test = splits[job.dataset]
     try:
-        res = run_end_to_end(p, job.seed, train, test) if job.model == "e2e" else \
-            run_diffusion_blocks(p, job.num_blocks, job.recipe, job.seed, train, test)
+        res = (
+            run_end_to_end(p, job.seed, train, test)
+            if job.model == "e2e"
+            else run_diffusion_blocks(p, job.num_blocks, job.recipe, job.seed, train, test)
+        )
     except FloatingPointError as e:  # a diverged run is a result too; it is excluded from medians and counted
         names = ["e2e"] if job.model == "e2e" else [r.name for r in readouts_for(job.num_blocks)]
         res = {"accuracy": {n: float("nan") for n in names}, "train_seconds": float("nan"), "diverged": str(e)}
-    return {"key": job.key(), "dataset": job.dataset, "model": job.model, "total_layers": job.total_layers,
-            "num_blocks": job.num_blocks, "recipe": asdict(job.recipe), "recipe_tag": job.recipe.tag(),
-            "seed": job.seed, "epochs": p.train.epochs, **res}
+    return {
+        "key": job.key(),
+        "dataset": job.dataset,
+        "model": job.model,
+        "total_layers": job.total_layers,
+        "num_blocks": job.num_blocks,
+        "recipe": asdict(job.recipe),
+        "recipe_tag": job.recipe.tag(),
+        "seed": job.seed,
+        "epochs": p.train.epochs,
+        **res,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,9 +330,13 @@ def stat(rows, readout: str) -> dict | None:
     if not rows:
         return None
     accs = [r["accuracy"][readout] for r in ok]
-    return {"median": median(accs) if accs else float("nan"), "per_seed": accs, "seeds": [r["seed"] for r in ok],
-            "diverged_seeds": [r["seed"] for r in rows if "diverged" in r],
-            "train_seconds_median": median([r["train_seconds"] for r in ok]) if ok else float("nan")}
+    return {
+        "median": median(accs) if accs else float("nan"),
+        "per_seed": accs,
+        "seeds": [r["seed"] for r in ok],
+        "diverged_seeds": [r["seed"] for r in rows if "diverged" in r],
+        "train_seconds_median": median([r["train_seconds"] for r in ok]) if ok else float("nan"),
+    }
 
 
 def tables(rows: list[dict], args) -> dict:
@@ -324,37 +349,62 @@ def tables(rows: list[dict], args) -> dict:
         db = stat(db_rows, DEFAULT_READOUT)
         if e2e and db:
             epochs = sorted({r["epochs"] for r in select(rows, dataset=ds, model="e2e", total_layers=L) + db_rows})
-            t["main"][ds] = {"total_layers": L, "epochs": epochs[0] if len(epochs) == 1 else epochs,
-                             "end_to_end": e2e, "diffusion_blocks_b4": db,
-                             "gap_points": e2e["median"] - db["median"],
-                             "other_readouts_median": {r: stat(db_rows, r)["median"] for r in db_rows[0]["accuracy"]}}
+            t["main"][ds] = {
+                "total_layers": L,
+                "epochs": epochs[0] if len(epochs) == 1 else epochs,
+                "end_to_end": e2e,
+                "diffusion_blocks_b4": db,
+                "gap_points": e2e["median"] - db["median"],
+                "other_readouts_median": {r: stat(db_rows, r)["median"] for r in db_rows[0]["accuracy"]},
+            }
     # the sweeps and the ablation use their own seeds (the final recipe's B=4 rows are shared with the main table)
     sweep_rows = [r for r in rows if r["seed"] in args.sweep_seeds]
     ablation_rows = [r for r in rows if r["seed"] in args.ablation_seeds]
     for ds in args.sweep_datasets:
         L = get_preset(DATASETS[ds]).total_layers
-        sw = {"total_layers": args.sweep_layers,
-              "end_to_end": stat(select(sweep_rows, dataset=ds, model="e2e", total_layers=args.sweep_layers), "e2e")}
+        sw = {
+            "total_layers": args.sweep_layers,
+            "end_to_end": stat(select(sweep_rows, dataset=ds, model="e2e", total_layers=args.sweep_layers), "e2e"),
+        }
         for b in args.sweep_blocks:
-            sw[f"B={b}"] = stat(select(sweep_rows, dataset=ds, model="db", total_layers=args.sweep_layers, num_blocks=b,
-                                       recipe=final), DEFAULT_READOUT)
+            sw[f"B={b}"] = stat(
+                select(sweep_rows, dataset=ds, model="db", total_layers=args.sweep_layers, num_blocks=b, recipe=final),
+                DEFAULT_READOUT,
+            )
         t["sweep_blocks"][ds] = sw
         pg = {"total_layers": L, "num_blocks": 4}
         for part, gamma in args.partition_gamma:
-            pg[f"{part}, gamma={gamma}"] = stat(select(sweep_rows, dataset=ds, model="db", total_layers=L, num_blocks=4,
-                                                       recipe=replace(final, partition=part, gamma=gamma)),
-                                                DEFAULT_READOUT)
+            pg[f"{part}, gamma={gamma}"] = stat(
+                select(
+                    sweep_rows,
+                    dataset=ds,
+                    model="db",
+                    total_layers=L,
+                    num_blocks=4,
+                    recipe=replace(final, partition=part, gamma=gamma),
+                ),
+                DEFAULT_READOUT,
+            )
         t["partition_gamma"][ds] = pg
     for ds in args.ablation_datasets:
         L = get_preset(DATASETS[ds]).total_layers
-        by_name = {name: select(ablation_rows, dataset=ds, model="db", total_layers=L, num_blocks=4, recipe=r)
-                   for name, r in ABLATION_RECIPES.items() if r in args.ablation_recipes}
+        by_name = {
+            name: select(ablation_rows, dataset=ds, model="db", total_layers=L, num_blocks=4, recipe=r)
+            for name, r in ABLATION_RECIPES.items()
+            if r in args.ablation_recipes
+        }
         if not by_name.get("final"):
             continue
         ref = stat(by_name["final"], DEFAULT_READOUT)["median"]
-        train_side = {name: {**stat(rs, DEFAULT_READOUT), "delta_vs_final": stat(rs, DEFAULT_READOUT)["median"] - ref,
-                             "recipe": by_name[name][0]["recipe"]}
-                      for name, rs in by_name.items() if rs}
+        train_side = {
+            name: {
+                **stat(rs, DEFAULT_READOUT),
+                "delta_vs_final": stat(rs, DEFAULT_READOUT)["median"] - ref,
+                "recipe": by_name[name][0]["recipe"],
+            }
+            for name, rs in by_name.items()
+            if rs
+        }
         inference_side = {}
         for r in by_name["final"][0]["accuracy"]:
             s = stat(by_name["final"], r)
@@ -362,13 +412,18 @@ def tables(rows: list[dict], args) -> dict:
         cumulative = []
         for label, recipe_name, readout in CUMULATIVE:
             if by_name.get(recipe_name):
-                cumulative.append({"step": label, "recipe": recipe_name, "readout": readout,
-                                   **stat(by_name[recipe_name], readout)})
+                cumulative.append(
+                    {"step": label, "recipe": recipe_name, "readout": readout, **stat(by_name[recipe_name], readout)}
+                )
         # the full grid of (training recipe x readout) medians, for anything the tables above do not show
         grid = {name: {r: stat(rs, r)["median"] for r in rs[0]["accuracy"]} for name, rs in by_name.items() if rs}
-        t["ablation"][ds] = {"readout_definitions": {r.name: asdict(r) for r in readouts_for(4)},
-                             "training_side": train_side, "inference_side": inference_side,
-                             "cumulative": cumulative, "recipe_x_readout_median": grid}
+        t["ablation"][ds] = {
+            "readout_definitions": {r.name: asdict(r) for r in readouts_for(4)},
+            "training_side": train_side,
+            "inference_side": inference_side,
+            "cumulative": cumulative,
+            "recipe_x_readout_median": grid,
+        }
     return t
 
 
@@ -377,13 +432,23 @@ def tables_scope(rows: list[dict], args) -> argparse.Namespace:
     run of one dataset does not drop the others from the tables and from core.accuracy_gap_points."""
     present = lambda model_ok: [ds for ds in DATASETS if any(r["dataset"] == ds and model_ok(r) for r in rows)]  # noqa: E731
     union = lambda given, more: given + [ds for ds in more if ds not in given]  # noqa: E731
-    main_ds = present(lambda r: r["model"] == "e2e" and r["total_layers"] == get_preset(DATASETS[r["dataset"]]).total_layers)
+    main_ds = present(
+        lambda r: r["model"] == "e2e" and r["total_layers"] == get_preset(DATASETS[r["dataset"]]).total_layers
+    )
     sweep_ds = present(lambda r: r["total_layers"] == args.sweep_layers and r["num_blocks"] not in (0, 4))
-    ablation_ds = present(lambda r: r["recipe_tag"] not in ("final",) and "partition" not in r["recipe_tag"]
-                          and "gamma" not in r["recipe_tag"])
-    return argparse.Namespace(**{**vars(args), "datasets": union(args.datasets, main_ds),
-                                 "sweep_datasets": union(args.sweep_datasets, sweep_ds),
-                                 "ablation_datasets": union(args.ablation_datasets, ablation_ds)})
+    ablation_ds = present(
+        lambda r: (
+            r["recipe_tag"] not in ("final",) and "partition" not in r["recipe_tag"] and "gamma" not in r["recipe_tag"]
+        )
+    )
+    return argparse.Namespace(
+        **{
+            **vars(args),
+            "datasets": union(args.datasets, main_ds),
+            "sweep_datasets": union(args.sweep_datasets, sweep_ds),
+            "ablation_datasets": union(args.ablation_datasets, ablation_ds),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -401,15 +466,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sweep-blocks", default="2,3,4,6")
     ap.add_argument("--ablation-datasets", default="digits")
     ap.add_argument("--ablation-seeds", default="0,1,2")
-    ap.add_argument("--resume", action="store_true", help="keep rows already in OUT/accuracy.json, run only missing ones")
+    ap.add_argument(
+        "--resume", action="store_true", help="keep rows already in OUT/accuracy.json, run only missing ones"
+    )
     args = ap.parse_args(argv)
 
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
     names = lambda s: [v for v in s.split(",") if v]  # noqa: E731
-    args.datasets, args.sweep_datasets, args.ablation_datasets = map(names, (args.datasets, args.sweep_datasets,
-                                                                             args.ablation_datasets))
+    args.datasets, args.sweep_datasets, args.ablation_datasets = map(
+        names, (args.datasets, args.sweep_datasets, args.ablation_datasets)
+    )
     args.seeds, args.sweep_seeds, args.ablation_seeds, args.sweep_blocks = map(
-        ints, (args.seeds, args.sweep_seeds, args.ablation_seeds, args.sweep_blocks))
+        ints, (args.seeds, args.sweep_seeds, args.ablation_seeds, args.sweep_blocks)
+    )
     args.ablation_recipes = list(ABLATION_RECIPES.values())
     args.partition_gamma = [(part, gamma) for part in ("equiprob", "uniform") for gamma in (0.0, 0.1)]
     limit = None  # (train, test) examples kept per split
@@ -424,11 +493,15 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"unknown dataset {ds!r}; choose from {', '.join(DATASETS)}")
 
     env = setup(args.threads)
-    splits = {ds: get_preset(DATASETS[ds]).load_split() for ds in set(args.datasets + args.sweep_datasets +
-                                                                      args.ablation_datasets)}
+    splits = {
+        ds: get_preset(DATASETS[ds]).load_split()
+        for ds in set(args.datasets + args.sweep_datasets + args.ablation_datasets)
+    }
     if limit:
-        splits = {ds: (tr.subset(np.arange(min(limit[0], len(tr)))), te.subset(np.arange(min(limit[1], len(te)))))
-                  for ds, (tr, te) in splits.items()}
+        splits = {
+            ds: (tr.subset(np.arange(min(limit[0], len(tr)))), te.subset(np.arange(min(limit[1], len(te)))))
+            for ds, (tr, te) in splits.items()
+        }
     jobs = plan(args)
     out_path = args.out / "accuracy.json"
     rows: list[dict] = []
@@ -440,28 +513,42 @@ def main(argv: list[str] | None = None) -> dict:
         rows = previous["rows"]
     epochs_of = {j.key(): preset_for(j.dataset, j.total_layers, j.recipe, args.epochs).train.epochs for j in jobs}
     done = {r["key"] for r in rows if epochs_of.get(r["key"]) == r["epochs"]}
-    setup_info = {"env": env, "quick": args.quick, "epochs_override": args.epochs,
-                  "presets": {ds: {"total_layers": get_preset(DATASETS[ds]).total_layers,
-                                   "arch": asdict(get_preset(DATASETS[ds]).arch),
-                                   "train": asdict(get_preset(DATASETS[ds]).train),
-                                   "schedule": asdict(get_preset(DATASETS[ds]).schedule),
-                                   "train_examples": len(splits[ds][0]), "test_examples": len(splits[ds][1])}
-                              for ds in splits},
-                  "matched_layer_updates": "every block and the end-to-end model train the same number of epochs",
-                  "default_readout": asdict(readouts_for(4)[0]),
-                  "command": shlex.join(["python", "bench/accuracy.py", *(argv if argv is not None else sys.argv[1:])])}
+    setup_info = {
+        "env": env,
+        "quick": args.quick,
+        "epochs_override": args.epochs,
+        "presets": {
+            ds: {
+                "total_layers": get_preset(DATASETS[ds]).total_layers,
+                "arch": asdict(get_preset(DATASETS[ds]).arch),
+                "train": asdict(get_preset(DATASETS[ds]).train),
+                "schedule": asdict(get_preset(DATASETS[ds]).schedule),
+                "train_examples": len(splits[ds][0]),
+                "test_examples": len(splits[ds][1]),
+            }
+            for ds in splits
+        },
+        "matched_layer_updates": "every block and the end-to-end model train the same number of epochs",
+        "default_readout": asdict(readouts_for(4)[0]),
+        "command": shlex.join(["python", "bench/accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
     # a resumed run adds to the rows of earlier ones: keep their commands and preset descriptions
-    setup_info["commands"] = previous.get("setup", {}).get("commands", [previous["setup"]["command"]] if previous
-                                                            else []) + [setup_info["command"]]
+    setup_info["commands"] = previous.get("setup", {}).get(
+        "commands", [previous["setup"]["command"]] if previous else []
+    ) + [setup_info["command"]]
     setup_info["presets"] = {**previous.get("setup", {}).get("presets", {}), **setup_info["presets"]}
     table_args = tables_scope(rows, args)
-    print(f"accuracy bench: {len(jobs)} training runs ({len(done)} already done), threads={args.threads}, "
-          f"epochs={'preset' if args.epochs is None else args.epochs}")
+    print(
+        f"accuracy bench: {len(jobs)} training runs ({len(done)} already done), threads={args.threads}, "
+        f"epochs={'preset' if args.epochs is None else args.epochs}"
+    )
     for ds in splits:
         info = setup_info["presets"][ds]
-        print(f"  {ds}: {info['train_examples']} train / {info['test_examples']} test, L={info['total_layers']}, "
-              f"width {info['arch']['width']}, epochs {args.epochs or info['train']['epochs']}, "
-              f"batch {info['train']['batch_size']}, lr {info['train']['lr']}")
+        print(
+            f"  {ds}: {info['train_examples']} train / {info['test_examples']} test, L={info['total_layers']}, "
+            f"width {info['arch']['width']}, epochs {args.epochs or info['train']['epochs']}, "
+            f"batch {info['train']['batch_size']}, lr {info['train']['lr']}"
+        )
 
     def save() -> dict:
         result = {"setup": setup_info, "tables": tables(rows, table_args), "rows": rows}
@@ -475,14 +562,19 @@ def main(argv: list[str] | None = None) -> dict:
         row = run_job(job, args.epochs, splits)
         rows[:] = [r for r in rows if r["key"] != row["key"]] + [row]  # a rerun with other epochs replaces the row
         acc = row["accuracy"].get("e2e", row["accuracy"].get(DEFAULT_READOUT))
-        print(f"[{n}/{len(jobs)}] {job.key():70s} acc {acc:6.2f}  train {row['train_seconds']:6.1f} s  "
-              f"(elapsed {time.perf_counter() - t_start:6.0f} s)", flush=True)
+        print(
+            f"[{n}/{len(jobs)}] {job.key():70s} acc {acc:6.2f}  train {row['train_seconds']:6.1f} s  "
+            f"(elapsed {time.perf_counter() - t_start:6.0f} s)",
+            flush=True,
+        )
         save()
     result = save()
     gaps = {ds: round(v["gap_points"], 3) for ds, v in result["tables"]["main"].items()}
     for ds, v in result["tables"]["main"].items():
-        print(f"{ds:14s} end-to-end {v['end_to_end']['median']:6.2f}  DiffusionBlocks B=4 "
-              f"{v['diffusion_blocks_b4']['median']:6.2f}  gap {v['gap_points']:+.2f} points")
+        print(
+            f"{ds:14s} end-to-end {v['end_to_end']['median']:6.2f}  DiffusionBlocks B=4 "
+            f"{v['diffusion_blocks_b4']['median']:6.2f}  gap {v['gap_points']:+.2f} points"
+        )
     update_summary(args.out, {"core.accuracy_gap_points": gaps})
     return result
 

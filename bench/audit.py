@@ -69,7 +69,9 @@ def opacus_clipping_disabled():
 def central_noise_disabled():
     import dblocks.privacy.mechanisms as mechanisms
 
-    with mock.patch.object(mechanisms, "add_central_noise", lambda mean, clip, z, k, rng: ([m.copy() for m in mean], 0.0)):
+    with mock.patch.object(
+        mechanisms, "add_central_noise", lambda mean, clip, z, k, rng: ([m.copy() for m in mean], 0.0)
+    ):
         yield
 
 
@@ -132,8 +134,18 @@ def value(rec: dict, key: str):
 
 
 def short(rec: dict) -> dict:
-    keys = ("psnr", "ssim", "iip", "iip_chance", "share_above_20db", "mean_record_psnr", "random_record_psnr",
-            "psnr_over_mean_baseline", "label_accuracy", "sigma_relative_error")
+    keys = (
+        "psnr",
+        "ssim",
+        "iip",
+        "iip_chance",
+        "share_above_20db",
+        "mean_record_psnr",
+        "random_record_psnr",
+        "psnr_over_mean_baseline",
+        "label_accuracy",
+        "sigma_relative_error",
+    )
     out = {k: rec["metrics"][k] for k in keys if k in rec["metrics"]}
     out["verdict"] = rec["verdict"]
     out["controls"] = {k: v.get("passed") for k, v in rec["controls"].items()}
@@ -154,8 +166,10 @@ def main() -> None:
 
     targets, ig_targets, iters = (4, 1, 100) if q else (32, 4, 400)
     zs = [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
-    res: dict = {"model": {"dir": str(MODEL.relative_to(ROOT)), "preset": "digits", "blocks": 4,
-                           "epochs": 3 if q else 10}, "quick": q}
+    res: dict = {
+        "model": {"dir": str(MODEL.relative_to(ROOT)), "preset": "digits", "blocks": 4, "epochs": 3 if q else 10},
+        "quick": q,
+    }
 
     # 1. positive controls -----------------------------------------------------------------------
     log("1. positive controls")
@@ -168,52 +182,112 @@ def main() -> None:
     rel = dict(observe="release", clients=8, clip_norm=1.0, noise_multiplier=1.0)
     release_runs = {
         "closed-form server": audit("release-closed-form-server", 1, attack="closed-form", targets=targets, **rel),
-        "closed-form colluding": audit("release-closed-form-colluding", 1, attack="closed-form", adversary="colluding",
-                                       targets=targets, **rel),
-        "dlg-scales server": audit("release-dlg-scales-server", 1, attack="dlg-scales", targets=ig_targets,
-                                   iterations=iters, **(rel | {"clients": 4})),
-        "inversion colluding": audit("release-inversion-colluding", 1, attack="inversion", adversary="colluding",
-                                     targets=ig_targets, iterations=iters, **rel),
+        "closed-form colluding": audit(
+            "release-closed-form-colluding", 1, attack="closed-form", adversary="colluding", targets=targets, **rel
+        ),
+        "dlg-scales server": audit(
+            "release-dlg-scales-server",
+            1,
+            attack="dlg-scales",
+            targets=ig_targets,
+            iterations=iters,
+            **(rel | {"clients": 4}),
+        ),
+        "inversion colluding": audit(
+            "release-inversion-colluding",
+            1,
+            attack="inversion",
+            adversary="colluding",
+            targets=ig_targets,
+            iterations=iters,
+            **rel,
+        ),
     }
     res["dp_release"] = {k: short(v) for k, v in release_runs.items()}
     worst = max(release_runs.values(), key=lambda r: value(r, "psnr_over_mean_baseline"))
     res["dp_release"]["worst_psnr_over_baseline"] = value(worst, "psnr_over_mean_baseline")
-    res["dp_release"]["all_iip_at_chance"] = all(r["metrics"]["iip"]["low"] <= r["metrics"]["iip_chance"]
-                                                 for r in release_runs.values())
+    res["dp_release"]["all_iip_at_chance"] = all(
+        r["metrics"]["iip"]["low"] <= r["metrics"]["iip_chance"] for r in release_runs.values()
+    )
 
     # 3. leakage per block across the noise intervals ----------------------------------------------
     log("3. leakage per block across noise intervals")
     per_block = {}
     for b in range(4):
         t = target(b)
-        entry = {"training_interval": t.info["training_interval"], "owned_interval": t.info["owned_interval"],
-                 "closed_form_colluding": {}, "inversion_colluding": {}}
+        entry = {
+            "training_interval": t.info["training_interval"],
+            "owned_interval": t.info["owned_interval"],
+            "closed_form_colluding": {},
+            "inversion_colluding": {},
+        }
         for z in zs:
-            r = audit(f"block{b}-closed-form-z{z:g}", b, attack="closed-form", observe="release", adversary="colluding",
-                      clients=8, clip_norm=1.0, noise_multiplier=z, targets=targets)
+            r = audit(
+                f"block{b}-closed-form-z{z:g}",
+                b,
+                attack="closed-form",
+                observe="release",
+                adversary="colluding",
+                clients=8,
+                clip_norm=1.0,
+                noise_multiplier=z,
+                targets=targets,
+            )
             entry["closed_form_colluding"][f"{z:g}"] = short(r)
-        for z in ([0.0] if q else [0.0, 1e-5, 1e-4, 1e-3]):
-            r = audit(f"block{b}-inversion-z{z:g}", b, attack="inversion", observe="release", adversary="colluding",
-                      clients=8, clip_norm=1.0, noise_multiplier=z, targets=ig_targets, iterations=iters,
-                      control=(z == 0.0))  # one control per block: without it the other points stay inconclusive
+        for z in [0.0] if q else [0.0, 1e-5, 1e-4, 1e-3]:
+            r = audit(
+                f"block{b}-inversion-z{z:g}",
+                b,
+                attack="inversion",
+                observe="release",
+                adversary="colluding",
+                clients=8,
+                clip_norm=1.0,
+                noise_multiplier=z,
+                targets=ig_targets,
+                iterations=iters,
+                control=(z == 0.0),
+            )  # one control per block: without it the other points stay inconclusive
             entry["inversion_colluding"][f"{z:g}"] = short(r)
-        m = audit(f"block{b}-membership", b, attack="membership", observe="weights", dp_noise_multiplier=0.0,
-                  models=4 if q else 8, population=128 if q else 512, train_epochs=5 if q else 20, control=(b == 1))
-        entry["membership"] = {"loss_auc": m["metrics"]["loss_attack"]["auc_interval"],
-                               "lira_auc": m["metrics"]["lira"]["auc_interval"],
-                               "loss_tpr_at_1pct_fpr": m["metrics"]["loss_attack"]["tpr_at_0.01_fpr"],
-                               "lira_tpr_at_1pct_fpr": m["metrics"]["lira"]["tpr_at_0.01_fpr"],
-                               "lira_tpr_at_0.1pct_fpr": m["metrics"]["lira"]["tpr_at_0.001_fpr"],
-                               "verdict": m["verdict"], "controls": m["controls"]}
+        m = audit(
+            f"block{b}-membership",
+            b,
+            attack="membership",
+            observe="weights",
+            dp_noise_multiplier=0.0,
+            models=4 if q else 8,
+            population=128 if q else 512,
+            train_epochs=5 if q else 20,
+            control=(b == 1),
+        )
+        entry["membership"] = {
+            "loss_auc": m["metrics"]["loss_attack"]["auc_interval"],
+            "lira_auc": m["metrics"]["lira"]["auc_interval"],
+            "loss_tpr_at_1pct_fpr": m["metrics"]["loss_attack"]["tpr_at_0.01_fpr"],
+            "lira_tpr_at_1pct_fpr": m["metrics"]["lira"]["tpr_at_0.01_fpr"],
+            "lira_tpr_at_0.1pct_fpr": m["metrics"]["lira"]["tpr_at_0.001_fpr"],
+            "verdict": m["verdict"],
+            "controls": m["controls"],
+        }
         per_block[b] = entry
     res["leakage_by_block"] = per_block
 
     # 4. sequence over rounds ---------------------------------------------------------------------
     log("4. sequence: the same clients over several rounds")
     res["sequence"] = {}
-    for rounds in ([1, 4] if q else [1, 4, 16]):
-        r = audit(f"sequence-closed-form-r{rounds}", 1, attack="closed-form", observe="sequence", adversary="colluding",
-                  clients=8, clip_norm=1.0, noise_multiplier=1e-4, rounds=rounds, targets=max(4, targets // 2))
+    for rounds in [1, 4] if q else [1, 4, 16]:
+        r = audit(
+            f"sequence-closed-form-r{rounds}",
+            1,
+            attack="closed-form",
+            observe="sequence",
+            adversary="colluding",
+            clients=8,
+            clip_norm=1.0,
+            noise_multiplier=1e-4,
+            rounds=rounds,
+            targets=max(4, targets // 2),
+        )
         res["sequence"][rounds] = short(r)
 
     # 5. canary audits through the CLI ------------------------------------------------------------
@@ -224,35 +298,83 @@ def main() -> None:
     n_real = 1797 + canaries // 2  # the digits records plus the (expected) included canaries
     batch = 64
     z_rec = noise_for_epsilon(2.0, 1e-5, batch / n_real, steps)
-    common = ["run", "--attack", "canary", "--observe", "clipped", "--block-dir", MODEL, "--block-index", 1,
-              "--canaries", canaries, "--dp-noise-multiplier", f"{z_rec:.4f}", "--dp-batch-size", batch,
-              "--dp-steps", steps]
+    common = [
+        "run",
+        "--attack",
+        "canary",
+        "--observe",
+        "clipped",
+        "--block-dir",
+        MODEL,
+        "--block-index",
+        1,
+        "--canaries",
+        canaries,
+        "--dp-noise-multiplier",
+        f"{z_rec:.4f}",
+        "--dp-batch-size",
+        batch,
+        "--dp-steps",
+        steps,
+    ]
     code_ok, rec_ok, cmd_ok = cli(*common, "--out", AUDITS / "canary-record-correct")
     with opacus_noise_disabled():
         code_nn, rec_nn, cmd_nn = cli(*common, "--no-control", "--out", AUDITS / "canary-record-bug-no-noise")
     with opacus_clipping_disabled():
         code_nc, rec_nc, cmd_nc = cli(*common, "--no-control", "--out", AUDITS / "canary-record-bug-no-clipping")
     z_cli = noise_for_epsilon(2.0, 1e-5, 1.0, 1)
-    ccommon = ["run", "--attack", "canary", "--canary-level", "client", "--observe", "release", "--block-dir", MODEL,
-               "--block-index", 1, "--clients", 8, "--canaries", canaries, "--noise-multiplier", f"{z_cli:.4f}"]
+    ccommon = [
+        "run",
+        "--attack",
+        "canary",
+        "--canary-level",
+        "client",
+        "--observe",
+        "release",
+        "--block-dir",
+        MODEL,
+        "--block-index",
+        1,
+        "--clients",
+        8,
+        "--canaries",
+        canaries,
+        "--noise-multiplier",
+        f"{z_cli:.4f}",
+    ]
     ccode_ok, crec_ok, ccmd_ok = cli(*ccommon, "--out", AUDITS / "canary-client-correct")
     with central_noise_disabled():
         ccode_bug, crec_bug, ccmd_bug = cli(*ccommon, "--no-control", "--out", AUDITS / "canary-client-bug-no-noise")
 
     def canary_entry(code, rec, cmd):
         m = rec["metrics"]
-        return {"command": cmd, "exit_code": code, "verdict": rec["verdict"], "epsilon_lower_bound": m["epsilon_lower_bound"],
-                "accountant_epsilon": m["accountant_epsilon"], "delta": rec["config"]["delta"],
-                "guesses": m["bound"]["guesses"], "correct": m["bound"]["correct"], "controls": rec["controls"],
-                "sample_rate": rec["dp"].get("sample_rate"), "steps": rec["dp"].get("steps"),
-                "noise_multiplier": rec["dp"].get("noise_multiplier", rec["secagg"].get("noise_multiplier"))}
+        return {
+            "command": cmd,
+            "exit_code": code,
+            "verdict": rec["verdict"],
+            "epsilon_lower_bound": m["epsilon_lower_bound"],
+            "accountant_epsilon": m["accountant_epsilon"],
+            "delta": rec["config"]["delta"],
+            "guesses": m["bound"]["guesses"],
+            "correct": m["bound"]["correct"],
+            "controls": rec["controls"],
+            "sample_rate": rec["dp"].get("sample_rate"),
+            "steps": rec["dp"].get("steps"),
+            "noise_multiplier": rec["dp"].get("noise_multiplier", rec["secagg"].get("noise_multiplier")),
+        }
 
     res["canary"] = {
         "record_correct": canary_entry(code_ok, rec_ok, cmd_ok),
-        "record_bug_no_noise": canary_entry(code_nn, rec_nn, cmd_nn + "   # with Opacus' _generate_noise patched to zeros"),
-        "record_bug_no_clipping": canary_entry(code_nc, rec_nc, cmd_nc + "   # with ghost clipping's coefficient patched to 1"),
+        "record_bug_no_noise": canary_entry(
+            code_nn, rec_nn, cmd_nn + "   # with Opacus' _generate_noise patched to zeros"
+        ),
+        "record_bug_no_clipping": canary_entry(
+            code_nc, rec_nc, cmd_nc + "   # with ghost clipping's coefficient patched to 1"
+        ),
         "client_correct": canary_entry(ccode_ok, crec_ok, ccmd_ok),
-        "client_bug_no_noise": canary_entry(ccode_bug, crec_bug, ccmd_bug + "   # with add_central_noise patched to add nothing"),
+        "client_bug_no_noise": canary_entry(
+            ccode_bug, crec_bug, ccmd_bug + "   # with add_central_noise patched to add nothing"
+        ),
     }
 
     # 6. noise conformance of release files ------------------------------------------------------
@@ -268,8 +390,11 @@ def main() -> None:
     (RESULTS / "audit.json").write_text(json.dumps(res, indent=2, default=str))
 
     correct = res["canary"]["record_correct"]
-    caught = all(res["canary"][k]["exit_code"] == 1 and res["canary"][k]["epsilon_lower_bound"] > res["canary"][k]["accountant_epsilon"]
-                 for k in ("record_bug_no_noise", "record_bug_no_clipping", "client_bug_no_noise"))
+    caught = all(
+        res["canary"][k]["exit_code"] == 1
+        and res["canary"][k]["epsilon_lower_bound"] > res["canary"][k]["accountant_epsilon"]
+        for k in ("record_bug_no_noise", "record_bug_no_clipping", "client_bug_no_noise")
+    )
     keys = {
         "audits.positive_control_psnr": value(cf, "psnr"),
         "audits.dp_release_psnr_over_baseline": res["dp_release"]["worst_psnr_over_baseline"],
@@ -307,12 +432,32 @@ def conformance_cases() -> dict:
     for name, (delta, m) in cases.items():
         path = AUDITS / "files" / f"release-{name}.safetensors"
         save_update(path, BlockUpdate(delta, m))
-        code, rec, cmd = cli("run", "--attack", "noise-conformance", "--observe", "release", "--block-dir", MODEL,
-                             "--block-index", 1, "--update", path, "--out", AUDITS / f"conformance-{name}")
+        code, rec, cmd = cli(
+            "run",
+            "--attack",
+            "noise-conformance",
+            "--observe",
+            "release",
+            "--block-dir",
+            MODEL,
+            "--block-index",
+            1,
+            "--update",
+            path,
+            "--out",
+            AUDITS / f"conformance-{name}",
+        )
         met = rec["metrics"]
-        out[name] = {"command": cmd, "exit_code": code, "verdict": rec["verdict"], "measured_std": met["measured_std"],
-                     "expected_std": met["expected_std"], "accepted": met["accepted_std"],
-                     "random_direction_std": met["random_direction_std"], "failures": met["failures"][:3]}
+        out[name] = {
+            "command": cmd,
+            "exit_code": code,
+            "verdict": rec["verdict"],
+            "measured_std": met["measured_std"],
+            "expected_std": met["expected_std"],
+            "accepted": met["accepted_std"],
+            "random_direction_std": met["random_direction_std"],
+            "failures": met["failures"][:3],
+        }
     return out
 
 

@@ -115,7 +115,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(covmean))
 
 
-def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int = 500, seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int = 500, seed: int = 0
+) -> tuple[float, float]:
     """KID: unbiased MMD^2 with the cubic polynomial kernel k(u, v) = (u.v / d + 1)^3, averaged over random
     subsets of `size` from each set. Returns (mean, std over subsets)."""
     rng = np.random.default_rng(seed)

@@ -55,14 +55,24 @@ def trained_model(name: str, work: Path, train_fn, expect: dict) -> tuple[Path, 
 
 
 @torch.no_grad()
-def sample_model(model_dir: Path, grid: np.ndarray, labels: torch.Tensor, cfg_scale: float, seed: int,
-                 batch: int = 250) -> tuple[torch.Tensor, float]:
+def sample_model(
+    model_dir: Path, grid: np.ndarray, labels: torch.Tensor, cfg_scale: float, seed: int, batch: int = 250
+) -> tuple[torch.Tensor, float]:
     """Samples for `labels` on `grid`; the initial noise of sample j depends only on (seed, j)."""
     _, blocks = load_blocks(model_dir)
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
-    out = [generate(blocks, ModelManifest.load(model_dir).noise_schedule, labels[i : i + batch], grid,
-                    cfg_scale=cfg_scale, generator=g) for i in range(0, len(labels), batch)]
+    out = [
+        generate(
+            blocks,
+            ModelManifest.load(model_dir).noise_schedule,
+            labels[i : i + batch],
+            grid,
+            cfg_scale=cfg_scale,
+            generator=g,
+        )
+        for i in range(0, len(labels), batch)
+    ]
     return torch.cat(out).clamp(-1, 1), time.perf_counter() - t0
 
 
@@ -70,8 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny run (256 images, 1 epoch, 50 samples) for smoke tests")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--work", type=Path, default=Path("runs/bench-generation"),
-                    help="where the trained models go (reused when their settings match)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path("runs/bench-generation"),
+        help="where the trained models go (reused when their settings match)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=None, help="epochs per block and for the end-to-end model")
     ap.add_argument("--width", type=int, default=None)
@@ -88,8 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
     env = setup(args.threads)
     p = get_preset("mnist-gen")
     arch = replace(p.arch, **({"width": args.width} if args.width else {}))
-    cfg = replace(p.train, seed=args.seed, **{k: v for k, v in (("epochs", args.epochs), ("lr", args.lr),
-                                                                 ("batch_size", args.batch_size)) if v})
+    cfg = replace(
+        p.train,
+        seed=args.seed,
+        **{k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size)) if v},
+    )
     train, test = p.load_split()
     if args.quick:
         train, test = train.subset(np.arange(256)), test.subset(np.arange(200))
@@ -99,10 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
     p = replace(p, arch=arch, train=cfg)
     sched = p.noise_schedule(args.blocks)
     labels = torch.arange(10).repeat_interleave(args.samples_per_class)
-    print(f"generation bench: mnist-gen {p.image_size}x{p.image_size}, {len(train)} train / {len(test)} test, "
-          f"L={p.total_layers}, width {arch.width}, patch {arch.patch_size}, epochs {cfg.epochs}, batch "
-          f"{cfg.batch_size}, lr {cfg.lr}, label dropout {cfg.label_dropout}; B={args.blocks} vs end-to-end (B=1); "
-          f"CFG {args.cfg_scale}, Euler, steps/block {steps_list}, {len(labels)} samples; threads {args.threads}")
+    print(
+        f"generation bench: mnist-gen {p.image_size}x{p.image_size}, {len(train)} train / {len(test)} test, "
+        f"L={p.total_layers}, width {arch.width}, patch {arch.patch_size}, epochs {cfg.epochs}, batch "
+        f"{cfg.batch_size}, lr {cfg.lr}, label dropout {cfg.label_dropout}; B={args.blocks} vs end-to-end (B=1); "
+        f"CFG {args.cfg_scale}, Euler, steps/block {steps_list}, {len(labels)} samples; threads {args.threads}"
+    )
 
     # ---- the frozen feature network and the real-data floor ---------------------------------------
     cnn_path = args.out / "fd_classifier.safetensors"
@@ -118,25 +137,44 @@ def main(argv: list[str] | None = None) -> dict:
     f_test, pred_test = embed(cnn, test.x)
     unit = Standardizer(f_train)  # features in units of the train split's per-dimension std
     f_train, f_test = unit(f_train), unit(f_test)
-    classifier = {"file": cnn_path.name, "sha256": cnn_sha, "trained_now": cnn_trained,
-                  "test_accuracy": float((pred_test == test.y.numpy()).mean()),
-                  "feature_dim": int(f_train.shape[1]), "seconds": time.perf_counter() - t0}
-    floor = {"fd": frechet_distance(f_test, f_train), "kid": kernel_inception_distance(f_test, f_train)[0],
-             "class_agreement": classifier["test_accuracy"], "n": len(test)}
-    print(f"feature CNN {cnn_sha[:12]}… test accuracy {classifier['test_accuracy']:.4f}; floor (real test vs train): "
-          f"FD {floor['fd']:.3f}, KID {floor['kid']:.5f}")
+    classifier = {
+        "file": cnn_path.name,
+        "sha256": cnn_sha,
+        "trained_now": cnn_trained,
+        "test_accuracy": float((pred_test == test.y.numpy()).mean()),
+        "feature_dim": int(f_train.shape[1]),
+        "seconds": time.perf_counter() - t0,
+    }
+    floor = {
+        "fd": frechet_distance(f_test, f_train),
+        "kid": kernel_inception_distance(f_test, f_train)[0],
+        "class_agreement": classifier["test_accuracy"],
+        "n": len(test),
+    }
+    print(
+        f"feature CNN {cnn_sha[:12]}… test accuracy {classifier['test_accuracy']:.4f}; floor (real test vs train): "
+        f"FD {floor['fd']:.3f}, KID {floor['kid']:.5f}"
+    )
 
     # ---- the two models ---------------------------------------------------------------------------
     models = {
-        "diffusion_blocks": (f"db-b{args.blocks}", lambda d: train_diffusion_blocks(p, sched, train, cfg, d),
-                             {"arch": asdict(p.block_arch(args.blocks)), "train": cfg.to_dict(), "schedule": sched.to_dict()}),
-        "end_to_end": ("e2e", lambda d: train_end_to_end(p, train, cfg, d),
-                       {"arch": asdict(p.block_arch(1)), "train": cfg.to_dict(), "schedule": p.noise_schedule(1).to_dict()}),
+        "diffusion_blocks": (
+            f"db-b{args.blocks}",
+            lambda d: train_diffusion_blocks(p, sched, train, cfg, d),
+            {"arch": asdict(p.block_arch(args.blocks)), "train": cfg.to_dict(), "schedule": sched.to_dict()},
+        ),
+        "end_to_end": (
+            "e2e",
+            lambda d: train_end_to_end(p, train, cfg, d),
+            {"arch": asdict(p.block_arch(1)), "train": cfg.to_dict(), "schedule": p.noise_schedule(1).to_dict()},
+        ),
     }
     results: dict = {}
     for name, (dirname, fn, expect) in models.items():
         model_dir, train_seconds, reused = trained_model(dirname, args.work, fn, expect)
-        print(f"{name}: {'reused' if reused else 'trained'} {model_dir} ({train_seconds:.0f} s of training)", flush=True)
+        print(
+            f"{name}: {'reused' if reused else 'trained'} {model_dir} ({train_seconds:.0f} s of training)", flush=True
+        )
         per_steps = {}
         for k in steps_list:
             grid = sched.block_grid(k)
@@ -144,37 +182,74 @@ def main(argv: list[str] | None = None) -> dict:
             f_gen, pred = embed(cnn, x)
             f_gen = unit(f_gen)
             kid, kid_std = kernel_inception_distance(f_gen, f_train)
-            per_steps[str(k)] = {"steps_total": len(grid) - 1, "fd": frechet_distance(f_gen, f_train), "kid": kid,
-                                 "kid_std": kid_std, "class_agreement": float((pred == labels.numpy()).mean()),
-                                 "sample_seconds": secs}
+            per_steps[str(k)] = {
+                "steps_total": len(grid) - 1,
+                "fd": frechet_distance(f_gen, f_train),
+                "kid": kid,
+                "kid_std": kid_std,
+                "class_agreement": float((pred == labels.numpy()).mean()),
+                "sample_seconds": secs,
+            }
             png = f"generation_{name}_k{k}.png"
-            save_grid(x.view(10, args.samples_per_class, *x.shape[1:])[:, :10].reshape(-1, *x.shape[1:]),
-                      args.out / png, nrow=min(10, args.samples_per_class))
+            save_grid(
+                x.view(10, args.samples_per_class, *x.shape[1:])[:, :10].reshape(-1, *x.shape[1:]),
+                args.out / png,
+                nrow=min(10, args.samples_per_class),
+            )
             per_steps[str(k)]["grid_png"] = png
             r = per_steps[str(k)]
-            print(f"  {k} steps/block ({r['steps_total']} Euler steps): FD {r['fd']:.3f}  KID {r['kid']:.5f}  "
-                  f"class agreement {r['class_agreement']:.3f}  ({secs:.0f} s sampling)", flush=True)
+            print(
+                f"  {k} steps/block ({r['steps_total']} Euler steps): FD {r['fd']:.3f}  KID {r['kid']:.5f}  "
+                f"class agreement {r['class_agreement']:.3f}  ({secs:.0f} s sampling)",
+                flush=True,
+            )
         results[name] = {"train_seconds": train_seconds, "reused": reused, "by_steps_per_block": per_steps}
 
     k0 = str(steps_list[0])
     db, e2e = results["diffusion_blocks"]["by_steps_per_block"][k0], results["end_to_end"]["by_steps_per_block"][k0]
-    headline = {"steps_per_block": steps_list[0], "fd_ratio": db["fd"] / e2e["fd"],
-                "class_agreement_diffusion_blocks": db["class_agreement"],
-                "class_agreement_end_to_end": e2e["class_agreement"],
-                "bars": {"fd_ratio_max": 1.15, "class_agreement_min": 0.90}}
-    out = {"setup": {"env": env, "quick": args.quick, "preset": "mnist-gen", "image_size": p.image_size,
-                     "train_examples": len(train), "test_examples": len(test), "total_layers": p.total_layers,
-                     "num_blocks": args.blocks, "arch": asdict(arch), "train": cfg.to_dict(),
-                     "schedule": sched.to_dict(), "cfg_scale": args.cfg_scale, "solver": "euler",
-                     "samples": len(labels), "samples_per_class": args.samples_per_class,
-                     "grid": "B=4 block grid (k CDF-spaced steps per block from inference_start) for both models",
-                     "inference_start": sched.inference_start, "reference_set": "train split features",
-                     "features": "128-d penultimate layer of the frozen CNN, standardised per dimension with train mean/std",
-                     "command": "python bench/generation.py " + " ".join(argv if argv is not None else sys.argv[1:])},
-           "classifier": classifier, "floor_real_test_vs_train": floor, "models": results, "headline": headline}
+    headline = {
+        "steps_per_block": steps_list[0],
+        "fd_ratio": db["fd"] / e2e["fd"],
+        "class_agreement_diffusion_blocks": db["class_agreement"],
+        "class_agreement_end_to_end": e2e["class_agreement"],
+        "bars": {"fd_ratio_max": 1.15, "class_agreement_min": 0.90},
+    }
+    out = {
+        "setup": {
+            "env": env,
+            "quick": args.quick,
+            "preset": "mnist-gen",
+            "image_size": p.image_size,
+            "train_examples": len(train),
+            "test_examples": len(test),
+            "total_layers": p.total_layers,
+            "num_blocks": args.blocks,
+            "arch": asdict(arch),
+            "train": cfg.to_dict(),
+            "schedule": sched.to_dict(),
+            "cfg_scale": args.cfg_scale,
+            "solver": "euler",
+            "samples": len(labels),
+            "samples_per_class": args.samples_per_class,
+            "grid": "B=4 block grid (k CDF-spaced steps per block from inference_start) for both models",
+            "inference_start": sched.inference_start,
+            "reference_set": "train split features",
+            "features": "128-d penultimate layer of the frozen CNN, standardised per dimension with train mean/std",
+            "command": "python bench/generation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        },
+        "classifier": classifier,
+        "floor_real_test_vs_train": floor,
+        "models": results,
+        "headline": headline,
+    }
     write_json(args.out / "generation.json", out)
-    update_summary(args.out, {"core.generation_fd_ratio": headline["fd_ratio"],
-                              "core.generation_class_agreement": headline["class_agreement_diffusion_blocks"]})
+    update_summary(
+        args.out,
+        {
+            "core.generation_fd_ratio": headline["fd_ratio"],
+            "core.generation_class_agreement": headline["class_agreement_diffusion_blocks"],
+        },
+    )
     print(json.dumps(headline, indent=2))
     return out
 

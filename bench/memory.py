@@ -85,10 +85,16 @@ def worker(task: str, model: str, dp: bool, batch: int, steps: int, num_blocks: 
             engine = PrivacyEngine(accountant="prv")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                private = engine.make_private(module=net, optimizer=opt, data_loader=DataLoader(TensorDataset(x, y),
-                                              batch_size=batch), noise_multiplier=1.0, max_grad_norm=1.0,
-                                              poisson_sampling=False, grad_sample_mode="ghost",
-                                              criterion=nn.CrossEntropyLoss())
+                private = engine.make_private(
+                    module=net,
+                    optimizer=opt,
+                    data_loader=DataLoader(TensorDataset(x, y), batch_size=batch),
+                    noise_multiplier=1.0,
+                    max_grad_norm=1.0,
+                    poisson_sampling=False,
+                    grad_sample_mode="ghost",
+                    criterion=nn.CrossEntropyLoss(),
+                )
             fwd, opt = private[0], private[1]
 
         def losses():
@@ -153,16 +159,28 @@ def worker(task: str, model: str, dp: bool, batch: int, steps: int, num_blocks: 
     param_bytes = sum(q.numel() * q.element_size() for q in params)
     grad_bytes = sum(q.grad.numel() * q.grad.element_size() for q in params if q.grad is not None)
     inner = getattr(opt, "original_optimizer", opt)
-    state_bytes = sum(v.numel() * v.element_size() for st in inner.state.values() for v in st.values()
-                      if isinstance(v, torch.Tensor))
+    state_bytes = sum(
+        v.numel() * v.element_size() for st in inner.state.values() for v in st.values() if isinstance(v, torch.Tensor)
+    )
     return {
-        "task": task, "model": model, "opacus": dp, "batch": batch, "steps": steps,
-        "layers": len(getattr(net, "layers", [])), "param_count": param_count(net),
-        "rss_base_mib": base_kib / 1024, "rss_peak_mib": peak_kib / 1024, "rss_growth_mib": (peak_kib - base_kib) / 1024,
-        "torch": {"params_mib": param_bytes / 2**20, "grads_mib": grad_bytes / 2**20,
-                  "optimizer_state_mib": state_bytes / 2**20, "saved_activations_mib": activation_bytes / 2**20,
-                  "autograd_saved_mib": autograd_bytes / 2**20,
-                  "total_mib": (param_bytes + grad_bytes + state_bytes + activation_bytes) / 2**20},
+        "task": task,
+        "model": model,
+        "opacus": dp,
+        "batch": batch,
+        "steps": steps,
+        "layers": len(getattr(net, "layers", [])),
+        "param_count": param_count(net),
+        "rss_base_mib": base_kib / 1024,
+        "rss_peak_mib": peak_kib / 1024,
+        "rss_growth_mib": (peak_kib - base_kib) / 1024,
+        "torch": {
+            "params_mib": param_bytes / 2**20,
+            "grads_mib": grad_bytes / 2**20,
+            "optimizer_state_mib": state_bytes / 2**20,
+            "saved_activations_mib": activation_bytes / 2**20,
+            "autograd_saved_mib": autograd_bytes / 2**20,
+            "total_mib": (param_bytes + grad_bytes + state_bytes + activation_bytes) / 2**20,
+        },
         "seconds": seconds,
     }
 
@@ -177,11 +195,26 @@ FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def measure(task: str, model: str, dp: bool, args, malloc_env: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", task, model, "dp" if dp else "plain",
-           "--batch", str(args.batch), "--steps", str(args.steps), "--blocks", str(args.blocks),
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        task,
+        model,
+        "dp" if dp else "plain",
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--blocks",
+        str(args.blocks),
+        "--threads",
+        str(args.threads),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**env, **malloc_env, "OMP_NUM_THREADS": str(args.threads)})
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, env={**env, **malloc_env, "OMP_NUM_THREADS": str(args.threads)}
+    )
     if r.returncode != 0:
         raise RuntimeError(f"worker {task}/{model}/{'dp' if dp else 'plain'} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -206,35 +239,61 @@ def main(argv: list[str] | None = None) -> dict:
         args.batch, args.steps, tasks = 32, 1, ["classification"]
 
     env = setup(args.threads)
-    print(f"memory bench: B={args.blocks}, batch {args.batch}, {args.steps} steps per measurement, threads "
-          f"{args.threads}; one fresh process per (task, model, mode)")
+    print(
+        f"memory bench: B={args.blocks}, batch {args.batch}, {args.steps} steps per measurement, threads "
+        f"{args.threads}; one fresh process per (task, model, mode)"
+    )
     rows = []
     for task in tasks:
         for dp in (False, True):
             block, e2e = measure(task, "block", dp, args, FIXED_MMAP), measure(task, "end_to_end", dp, args, FIXED_MMAP)
-            row = {"task": task, "preset": TASKS[task], "opacus_ghost": dp, "block": block, "end_to_end": e2e,
-                   "ratio_rss": e2e["rss_growth_mib"] / block["rss_growth_mib"],
-                   "ratio_torch": e2e["torch"]["total_mib"] / block["torch"]["total_mib"],
-                   "ratio_params_grads_adam": sum(e2e["torch"][k] for k in ("params_mib", "grads_mib", "optimizer_state_mib"))
-                   / sum(block["torch"][k] for k in ("params_mib", "grads_mib", "optimizer_state_mib")),
-                   "ratio_saved_activations": e2e["torch"]["saved_activations_mib"] / block["torch"]["saved_activations_mib"]}
+            row = {
+                "task": task,
+                "preset": TASKS[task],
+                "opacus_ghost": dp,
+                "block": block,
+                "end_to_end": e2e,
+                "ratio_rss": e2e["rss_growth_mib"] / block["rss_growth_mib"],
+                "ratio_torch": e2e["torch"]["total_mib"] / block["torch"]["total_mib"],
+                "ratio_params_grads_adam": sum(
+                    e2e["torch"][k] for k in ("params_mib", "grads_mib", "optimizer_state_mib")
+                )
+                / sum(block["torch"][k] for k in ("params_mib", "grads_mib", "optimizer_state_mib")),
+                "ratio_saved_activations": e2e["torch"]["saved_activations_mib"]
+                / block["torch"]["saved_activations_mib"],
+            }
             if not args.quick:
                 block_d, e2e_d = measure(task, "block", dp, args, {}), measure(task, "end_to_end", dp, args, {})
-                row["glibc_default_malloc"] = {"block_rss_growth_mib": block_d["rss_growth_mib"],
-                                               "end_to_end_rss_growth_mib": e2e_d["rss_growth_mib"],
-                                               "ratio_rss": e2e_d["rss_growth_mib"] / block_d["rss_growth_mib"]}
+                row["glibc_default_malloc"] = {
+                    "block_rss_growth_mib": block_d["rss_growth_mib"],
+                    "end_to_end_rss_growth_mib": e2e_d["rss_growth_mib"],
+                    "ratio_rss": e2e_d["rss_growth_mib"] / block_d["rss_growth_mib"],
+                }
             rows.append(row)
-            print(f"{task:14s} {'opacus-ghost' if dp else 'plain':12s} RSS growth block {block['rss_growth_mib']:8.1f} "
-                  f"MiB  e2e {e2e['rss_growth_mib']:8.1f} MiB  ratio {row['ratio_rss']:.2f} | torch block "
-                  f"{block['torch']['total_mib']:8.1f} MiB  e2e {e2e['torch']['total_mib']:8.1f} MiB  ratio "
-                  f"{row['ratio_torch']:.2f} (params+grads+adam {row['ratio_params_grads_adam']:.2f}, "
-                  f"activations {row['ratio_saved_activations']:.2f})", flush=True)
+            print(
+                f"{task:14s} {'opacus-ghost' if dp else 'plain':12s} RSS growth block {block['rss_growth_mib']:8.1f} "
+                f"MiB  e2e {e2e['rss_growth_mib']:8.1f} MiB  ratio {row['ratio_rss']:.2f} | torch block "
+                f"{block['torch']['total_mib']:8.1f} MiB  e2e {e2e['torch']['total_mib']:8.1f} MiB  ratio "
+                f"{row['ratio_torch']:.2f} (params+grads+adam {row['ratio_params_grads_adam']:.2f}, "
+                f"activations {row['ratio_saved_activations']:.2f})",
+                flush=True,
+            )
     ratio_min = min(min(r["ratio_rss"], r["ratio_torch"]) for r in rows)
-    out = {"setup": {"env": env, "quick": args.quick, "num_blocks": args.blocks, "batch": args.batch, "steps": args.steps,
-                     "malloc_env_primary": FIXED_MMAP,
-                     "ratio_min_over": "ratio_rss (fixed mmap threshold) and ratio_torch of every row",
-                     "command": "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])},
-           "rows": rows, "ratio_min": ratio_min, "bar": 3.0}
+    out = {
+        "setup": {
+            "env": env,
+            "quick": args.quick,
+            "num_blocks": args.blocks,
+            "batch": args.batch,
+            "steps": args.steps,
+            "malloc_env_primary": FIXED_MMAP,
+            "ratio_min_over": "ratio_rss (fixed mmap threshold) and ratio_torch of every row",
+            "command": "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        },
+        "rows": rows,
+        "ratio_min": ratio_min,
+        "bar": 3.0,
+    }
     write_json(args.out / "memory.json", out)
     update_summary(args.out, {"core.memory_ratio_min": ratio_min})
     print(f"smallest ratio over all rows and both measures: {ratio_min:.2f} (bar 3.0)")

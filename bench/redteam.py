@@ -6,9 +6,9 @@ many fail, on this checkout and, with --against REV, on an earlier revision (eac
 
 How the earlier revision is run: `git archive REV` is unpacked into a temporary folder and its four code
 folders are put first on PYTHONPATH as the `dblocks.*` namespace, with a sitecustomize that removes the editable
-install's finder, so the *tests of this checkout* import the *code of REV* and nothing else of ours. A test that fails there because an API
-it needs did not exist yet counts as failing, and is listed as such in the JSON (error type), so a reader can
-tell "the flaw was there" from "the entry point was not".
+install's finder, so the *tests of this checkout* import the *code of REV* and nothing else of ours. A test that
+fails there because an API it needs did not exist yet counts as failing, and is listed as such in the JSON
+(error type), so a reader can tell "the flaw was there" from "the entry point was not".
 
 Writes bench/results/redteam.json (every test's outcome on both sides) and the summary keys
 security.redteam_tests, security.redteam_failures (this checkout) and, with --against,
@@ -96,8 +96,10 @@ def main() -> None:
         passing_on_base = sorted(t for t, o in base.items() if o == "passed")
         result["base"] = {"rev": args.against, "outcomes": base, "passed_on_base": passing_on_base}
         updates["security.redteam_fail_on_base"] = sum(o.startswith("failed") for o in base.values())
-        print(f"on {args.against}: {updates['security.redteam_fail_on_base']} of {len(base)} fail; "
-              f"passing there (should be none): {passing_on_base}")
+        print(
+            f"on {args.against}: {updates['security.redteam_fail_on_base']} of {len(base)} fail; "
+            f"passing there (should be none): {passing_on_base}"
+        )
     result["seconds"] = round(time.time() - t0, 1)
     write_json(RESULTS / "redteam.json", result)
     update_summary(RESULTS, updates)

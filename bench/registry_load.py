@@ -55,11 +55,30 @@ def free_port() -> int:
 
 def start_server(env: dict[str, str], workers: int, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "dblocks.server.registry.app:create_app_from_env", "--host", "127.0.0.1",
-            "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
-            "--no-proxy-headers"]  # as `dbserver registry` runs it
-    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL))
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "dblocks.server.registry.app:create_app_from_env",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--no-proxy-headers",
+    ]  # as `dbserver registry` runs it
+    proc = subprocess.Popen(
+        argv,
+        env={**os.environ, **env},
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL),
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -146,16 +165,36 @@ def prepare(url: str, env: dict[str, str], history_rounds: int = 20, num_blocks:
     nodes = [svc.register_node(f"node-{i}", f"Company {i}", ssh_key())["id"] for i in range(num_nodes)]
     for n in nodes:
         op.approve_node(n)
-    run = svc.create_run(TASK, {"name": "mnist", "n": 5000}, num_blocks, schedule.to_dict(), {"protocol": "secagg+"},
-                         {"target_epsilon": 8.0, "delta": 1e-5}, 100_000, "bench", name="bench-run")
+    run = svc.create_run(
+        TASK,
+        {"name": "mnist", "n": 5000},
+        num_blocks,
+        schedule.to_dict(),
+        {"protocol": "secagg+"},
+        {"target_epsilon": 8.0, "delta": 1e-5},
+        100_000,
+        "bench",
+        name="bench-run",
+    )
     svc.set_status(run["id"], "running")
     parents: dict[int, int] = {}
     for r in range(1, history_rounds + 1):
         for b in range(num_blocks):
             _, spec, data = blocks[(r * num_blocks + b) % len(blocks)]
             cohort = random.sample(nodes, 3)
-            v = svc.register_block_version(run["id"], b, spec, data, VersionMeta(round=r, parent_version_id=parents.get(b), cohort=cohort,
-                                           **dp_fields(r), metrics={"train_loss": 2.0 / r, "val_loss": 2.2 / r}))
+            v = svc.register_block_version(
+                run["id"],
+                b,
+                spec,
+                data,
+                VersionMeta(
+                    round=r,
+                    parent_version_id=parents.get(b),
+                    cohort=cohort,
+                    **dp_fields(r),
+                    metrics={"train_loss": 2.0 / r, "val_loss": 2.2 / r},
+                ),
+            )
             parents[b] = v["id"]
             svc.report_round(run["id"], r, b, cohort, "completed", stats={"seconds": 42})
             for n in cohort:
@@ -164,8 +203,15 @@ def prepare(url: str, env: dict[str, str], history_rounds: int = 20, num_blocks:
 
 
 def dp_fields(r: int) -> dict:
-    return dict(clip_norm=1.0, noise_multiplier=1.1, record_epsilon=0.4 * r ** 0.5, record_delta=1e-5, record_sample_rate=0.01,
-                record_steps=100 * r, accountant="prv")
+    return dict(
+        clip_norm=1.0,
+        noise_multiplier=1.1,
+        record_epsilon=0.4 * r**0.5,
+        record_delta=1e-5,
+        record_sample_rate=0.01,
+        record_steps=100 * r,
+        accountant="prv",
+    )
 
 
 # ---- traffic -----------------------------------------------------------------------------------------------------
@@ -189,10 +235,16 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tu
     boundary = "dblocksbench" + os.urandom(8).hex()
     parts = []
     for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value.encode() + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value.encode() + b"\r\n"
+        )
     for name, (filename, data) in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -210,9 +262,17 @@ class Traffic:
         self.ops: list[tuple[str, float, callable]] = [
             ("fed.control_state", 14, lambda: Call(True, "GET", f"/api/runs/{rid}/control")),
             ("fed.report_round", 5, self.report_round),
-            ("fed.node_seen", 6, lambda: json_call(True, "POST", f"/api/nodes/{self.node()}/seen", {"info": {"version": "0.1.0"}})),
+            (
+                "fed.node_seen",
+                6,
+                lambda: json_call(True, "POST", f"/api/nodes/{self.node()}/seen", {"info": {"version": "0.1.0"}}),
+            ),
             ("fed.node_privacy", 4, self.node_privacy),
-            ("fed.latest_version", 2, lambda: Call(True, "GET", f"/api/runs/{rid}/blocks/{self.rnd.randrange(w.num_blocks)}/latest")),
+            (
+                "fed.latest_version",
+                2,
+                lambda: Call(True, "GET", f"/api/runs/{rid}/blocks/{self.rnd.randrange(w.num_blocks)}/latest"),
+            ),
             ("fed.register_version", 0.35, self.register_version),
             ("ui.run_header", 12, lambda: Call(False, "GET", f"/ui/runs/{rid}/header")),
             ("ui.run_blocks", 9, lambda: Call(False, "GET", f"/ui/runs/{rid}/blocks")),
@@ -221,8 +281,16 @@ class Traffic:
             ("ui.run_charts", 8, lambda: Call(False, "GET", f"/ui/runs/{rid}/charts")),
             ("ui.runs_table", 6, lambda: Call(False, "GET", "/ui/runs")),
             ("ui.nodes_table", 3, lambda: Call(False, "GET", "/ui/nodes")),
-            ("api.versions_query", 4, lambda: Call(False, "GET", f"/api/versions?run_id={rid}&block_index={self.rnd.randrange(w.num_blocks)}"
-                                                                 "&max_epsilon=3.0&limit=20")),
+            (
+                "api.versions_query",
+                4,
+                lambda: Call(
+                    False,
+                    "GET",
+                    f"/api/versions?run_id={rid}&block_index={self.rnd.randrange(w.num_blocks)}"
+                    "&max_epsilon=3.0&limit=20",
+                ),
+            ),
             ("api.run", 4, lambda: Call(False, "GET", f"/api/runs/{rid}")),
             ("api.events", 3, lambda: Call(False, "GET", f"/api/events?run_id={rid}&limit=20")),
         ]
@@ -243,17 +311,36 @@ class Traffic:
             i = self.report_counter
             self.report_counter += 1
             cohort = self.rnd.sample(self.w.nodes, 3)
-        return json_call(True, "POST", f"/api/runs/{self.w.run_id}/rounds",
-                         {"round": self.w.next_round + i // self.w.num_blocks, "block_index": i % self.w.num_blocks,
-                          "cohort": cohort, "status": "completed", "stats": {"seconds": 40.0}})
+        return json_call(
+            True,
+            "POST",
+            f"/api/runs/{self.w.run_id}/rounds",
+            {
+                "round": self.w.next_round + i // self.w.num_blocks,
+                "block_index": i % self.w.num_blocks,
+                "cohort": cohort,
+                "status": "completed",
+                "stats": {"seconds": 40.0},
+            },
+        )
 
     def node_privacy(self) -> Call:
         with self.lock:
             i = self.privacy_counter
             self.privacy_counter += 1
-        return json_call(True, "POST", f"/api/nodes/{self.node()}/privacy",
-                         {"run_id": self.w.run_id, "block_index": i % self.w.num_blocks, "round": self.w.next_round + i // self.w.num_blocks,
-                          "epsilon": 0.001 * i, "delta": 1e-5, "accountant": "prv"})
+        return json_call(
+            True,
+            "POST",
+            f"/api/nodes/{self.node()}/privacy",
+            {
+                "run_id": self.w.run_id,
+                "block_index": i % self.w.num_blocks,
+                "round": self.w.next_round + i // self.w.num_blocks,
+                "epsilon": 0.001 * i,
+                "delta": 1e-5,
+                "accountant": "prv",
+            },
+        )
 
     def register_version(self) -> Call:
         with self.lock:
@@ -307,7 +394,9 @@ class Connection:
         raise AssertionError("unreachable")
 
 
-def run_load(w: World, traffic: Traffic, rate: float, seconds: float, threads: int) -> tuple[list[Sample], float, float]:
+def run_load(
+    w: World, traffic: Traffic, rate: float, seconds: float, threads: int
+) -> tuple[list[Sample], float, float]:
     """Open-loop load at `rate` requests/s for `seconds`; returns (samples, wall seconds, generator CPU s)."""
     rnd = random.Random(1)
     jobs: queue.Queue = queue.Queue()
@@ -332,7 +421,15 @@ def run_load(w: World, traffic: Traffic, rate: float, seconds: float, threads: i
             try:
                 status, body = conn.send(call, w.service if call.federation else w.operator)
                 ok = status < 400
-                local.append(Sample(name, due, time.perf_counter() - due, status, None if ok else body[:200].decode(errors="replace")))
+                local.append(
+                    Sample(
+                        name,
+                        due,
+                        time.perf_counter() - due,
+                        status,
+                        None if ok else body[:200].decode(errors="replace"),
+                    )
+                )
             except (OSError, http.client.HTTPException) as e:
                 local.append(Sample(name, due, time.perf_counter() - due, 0, repr(e)))
         with lock:
@@ -358,13 +455,25 @@ def summarize(samples: list[Sample], wall: float) -> dict:
     per_op = {}
     for name in sorted({s.name for s in samples}):
         ls = [s.latency_s * 1000 for s in samples if s.name == name]
-        per_op[name] = {"count": len(ls), "p50_ms": round(percentile(ls, 50), 2), "p99_ms": round(percentile(ls, 99), 2),
-                        "errors": sum(1 for s in samples if s.name == name and s.error)}
+        per_op[name] = {
+            "count": len(ls),
+            "p50_ms": round(percentile(ls, 50), 2),
+            "p99_ms": round(percentile(ls, 99), 2),
+            "errors": sum(1 for s in samples if s.name == name and s.error),
+        }
     errors = [s for s in samples if s.error]
-    return {"requests": len(samples), "seconds": round(wall, 2), "rps": round(len(samples) / wall, 1), "errors": len(errors),
-            "error_examples": [f"{s.name}: {s.status} {s.error}" for s in errors[:5]],
-            "p50_ms": round(percentile(lat, 50), 2), "p95_ms": round(percentile(lat, 95), 2), "p99_ms": round(percentile(lat, 99), 2),
-            "max_ms": round(max(lat), 2), "per_operation": per_op}
+    return {
+        "requests": len(samples),
+        "seconds": round(wall, 2),
+        "rps": round(len(samples) / wall, 1),
+        "errors": len(errors),
+        "error_examples": [f"{s.name}: {s.status} {s.error}" for s in errors[:5]],
+        "p50_ms": round(percentile(lat, 50), 2),
+        "p95_ms": round(percentile(lat, 95), 2),
+        "p99_ms": round(percentile(lat, 99), 2),
+        "max_ms": round(max(lat), 2),
+        "per_operation": per_op,
+    }
 
 
 # ---- one backend -------------------------------------------------------------------------------------------------
@@ -393,13 +502,21 @@ def bench_backend(backend: str, args) -> dict:
         server_cpu = process_tree_cpu_s(proc.pid) - cpu0
         db_cpu = (process_tree_cpu_s(pg.proc.pid) - db_cpu0) if pg else 0.0
         result = summarize(samples, wall)
-        result.update(backend=backend, offered_rps=args.rate, uvicorn_workers=args.workers, client_threads=args.threads,
-                      server_cpu_ms_per_request=round(1000 * server_cpu / max(len(samples), 1), 3),
-                      database_cpu_ms_per_request=round(1000 * db_cpu / max(len(samples), 1), 3),
-                      generator_cpu_ms_per_request=round(1000 * gen_cpu / max(len(samples), 1), 3),
-                      write_share=round(traffic.write_share, 3))
-        print(f"[{backend}] {result['rps']} requests/s, errors {result['errors']}, p50 {result['p50_ms']} ms, "
-              f"p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms", flush=True)
+        result.update(
+            backend=backend,
+            offered_rps=args.rate,
+            uvicorn_workers=args.workers,
+            client_threads=args.threads,
+            server_cpu_ms_per_request=round(1000 * server_cpu / max(len(samples), 1), 3),
+            database_cpu_ms_per_request=round(1000 * db_cpu / max(len(samples), 1), 3),
+            generator_cpu_ms_per_request=round(1000 * gen_cpu / max(len(samples), 1), 3),
+            write_share=round(traffic.write_share, 3),
+        )
+        print(
+            f"[{backend}] {result['rps']} requests/s, errors {result['errors']}, p50 {result['p50_ms']} ms, "
+            f"p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms",
+            flush=True,
+        )
         return result
     finally:
         if proc and proc.poll() is None:
@@ -441,16 +558,22 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     results = {b: bench_backend(b, args) for b in backends}
-    payload = {"benchmark": "registry_load", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-               "acceptance": {"min_rps": 300, "max_errors": 0}, "results": results,
-               "passed": all(r["rps"] >= 300 and r["errors"] == 0 for r in results.values())}
+    payload = {
+        "benchmark": "registry_load",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "acceptance": {"min_rps": 300, "max_errors": 0},
+        "results": results,
+        "passed": all(r["rps"] >= 300 and r["errors"] == 0 for r in results.values()),
+    }
     if args.out.exists() and args.backend != "both":  # keep the other backend's last result
         old = json.loads(args.out.read_text()).get("results", {})
         payload["results"] = {**{k: v for k, v in old.items() if k not in results}, **results}
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     update_summary(results)
-    print(json.dumps({b: {k: r[k] for k in ("rps", "errors", "p50_ms", "p99_ms")} for b, r in payload["results"].items()}))
+    print(
+        json.dumps({b: {k: r[k] for k in ("rps", "errors", "p50_ms", "p99_ms")} for b, r in payload["results"].items()})
+    )
     return 0 if payload["passed"] else 1
 
 

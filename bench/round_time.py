@@ -24,32 +24,49 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def parse(fed, run_id: str, since: dict[str, int]) -> list[dict]:
     """Rows per (round, block) of run `run_id`; company progress lines after `since[company]` characters."""
     log = (fed.run_dir(run_id) / "serverapp.log").read_text(errors="replace")
-    agg = {(int(r), int(b)): (float(s), int(k)) for b, r, k, s in
-           re.findall(r"block (\d+) round (\d+): aggregated (\d+)/\d+ clients \(([\d.]+) s\)", log)}
+    agg = {
+        (int(r), int(b)): (float(s), int(k))
+        for b, r, k, s in re.findall(r"block (\d+) round (\d+): aggregated (\d+)/\d+ clients \(([\d.]+) s\)", log)
+    }
     rounds = {int(r): float(s) for r, s in re.findall(r'round (\d+) done: \{"round": \d+, "seconds": ([\d.]+)', log)}
     train: dict[tuple[int, int], list[float]] = {}
     for home in (fed.root / "companies").iterdir():
         p = home / "progress.log"
         if p.exists():
-            text = p.read_text()[since.get(home.name, 0):]
-            for r, b, s in re.findall(r"round (\d+) block (\d+): sent clipped update .*? after ([\d.]+) s of training", text):
+            text = p.read_text()[since.get(home.name, 0) :]
+            for r, b, s in re.findall(
+                r"round (\d+) block (\d+): sent clipped update .*? after ([\d.]+) s of training", text
+            ):
                 train.setdefault((int(r), int(b)), []).append(float(s))
     rows = []
     for (r, b), (wall, k) in sorted(agg.items()):
         # the slowest training that overlapped this block's aggregation (all blocks of the round run together)
         t = max((max(v) for (rr, _), v in train.items() if rr == r), default=0.0)
-        rows.append({"round": r, "block": b, "clients": k, "aggregation_seconds": wall, "max_training_seconds": t,
-                     "protocol_seconds": wall - t, "round_seconds": rounds.get(r)})
+        rows.append(
+            {
+                "round": r,
+                "block": b,
+                "clients": k,
+                "aggregation_seconds": wall,
+                "max_training_seconds": t,
+                "protocol_seconds": wall - t,
+                "round_seconds": rounds.get(r),
+            }
+        )
     return rows
 
 
 def progress_sizes(fed) -> dict[str, int]:
-    return {h.name: len((h / "progress.log").read_text()) if (h / "progress.log").exists() else 0
-            for h in (fed.root / "companies").iterdir()}
+    return {
+        h.name: len((h / "progress.log").read_text()) if (h / "progress.log").exists() else 0
+        for h in (fed.root / "companies").iterdir()
+    }
 
 
-PROTOCOLS = {"dblocks": "dblocks SecAgg+ (privacy/secagg), all blocks of a round in the same exchanges",
-             "flower": "Flower SecAgg+ (legacy SecAggPlusWorkflow + secaggplus_mod), one workflow per block cohort"}
+PROTOCOLS = {
+    "dblocks": "dblocks SecAgg+ (privacy/secagg), all blocks of a round in the same exchanges",
+    "flower": "Flower SecAgg+ (legacy SecAggPlusWorkflow + secaggplus_mod), one workflow per block cohort",
+}
 
 
 def main() -> None:
@@ -63,10 +80,18 @@ def main() -> None:
 
     modes = ["dblocks", "flower"] if args.secagg == "both" else [args.secagg]
     root = Path(tempfile.mkdtemp(prefix="dblocks-round-time-"))
-    setup = {"companies": args.companies, "blocks": args.blocks, "rounds": args.rounds, "task": "mnist-fed",
-             "secure_aggregation": {m: PROTOCOLS[m] for m in modes}, "cohort": 3,
-             "dp_sgd": {"noise": 1.0, "clip": 1.0, "sample_rate": 0.1, "steps": 15}, "tls": True, "node_auth": True,
-             "host": "the shared 2-core development machine: server, SuperLink, registry and all companies on it"}
+    setup = {
+        "companies": args.companies,
+        "blocks": args.blocks,
+        "rounds": args.rounds,
+        "task": "mnist-fed",
+        "secure_aggregation": {m: PROTOCOLS[m] for m in modes},
+        "cohort": 3,
+        "dp_sgd": {"noise": 1.0, "clip": 1.0, "sample_rate": 0.1, "steps": 15},
+        "tls": True,
+        "node_auth": True,
+        "host": "the shared 2-core development machine: server, SuperLink, registry and all companies on it",
+    }
     print(json.dumps(setup))
     t0 = time.time()
     out = {"setup": setup, "modes": {}}
@@ -78,13 +103,26 @@ def main() -> None:
             fed.add_company(f"company{i}", p, budget=200.0)
         for mode in modes:
             since = progress_sizes(fed)
-            fed.run(task="mnist-fed", num_blocks=args.blocks, num_rounds=args.rounds, cohort_size=3, min_cohort=3,
-                    record_noise=1.0, record_clip=1.0, record_sample_rate=0.1, record_steps=15, lr=3e-4,
-                    update_clip=0.5, secagg=mode)
+            fed.run(
+                task="mnist-fed",
+                num_blocks=args.blocks,
+                num_rounds=args.rounds,
+                cohort_size=3,
+                min_cohort=3,
+                record_noise=1.0,
+                record_clip=1.0,
+                record_sample_rate=0.1,
+                record_steps=15,
+                lr=3e-4,
+                update_clip=0.5,
+                secagg=mode,
+            )
             rows = parse(fed, fed.runs()[-1], since)
             steady = [r for r in rows if r["round"] > 1] or rows
-            mean = {k: sum(r[k] for r in steady) / len(steady)
-                    for k in ("round_seconds", "aggregation_seconds", "max_training_seconds", "protocol_seconds")}
+            mean = {
+                k: sum(r[k] for r in steady) / len(steady)
+                for k in ("round_seconds", "aggregation_seconds", "max_training_seconds", "protocol_seconds")
+            }
             out["modes"][mode] = {"rows": rows, "steady_state_mean": mean}
             print(mode, json.dumps(mean))
     out["wall_seconds"] = time.time() - t0
@@ -94,8 +132,13 @@ def main() -> None:
         from _common import update_summary
 
         mean = out["modes"]["dblocks"]["steady_state_mean"]
-        update_summary(RESULTS, {"federation.round_seconds": round(mean["round_seconds"], 1),
-                                 "federation.protocol_seconds": round(mean["protocol_seconds"], 1)})
+        update_summary(
+            RESULTS,
+            {
+                "federation.round_seconds": round(mean["round_seconds"], 1),
+                "federation.protocol_seconds": round(mean["protocol_seconds"], 1),
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -86,8 +86,10 @@ def make_companies(root: Path, n: int, records: int, seed: int = 0) -> None:
     train, _ = get_preset("digits").load_split()
     rng = np.random.default_rng(seed)
     for i in range(n):
-        save_npz(train.subset(np.sort(rng.choice(len(train), size=records, replace=False)), f"company{i}"),
-                 root / f"company{i}.npz")
+        save_npz(
+            train.subset(np.sort(rng.choice(len(train), size=records, replace=False)), f"company{i}"),
+            root / f"company{i}.npz",
+        )
 
 
 def start_registry(root: Path):
@@ -105,8 +107,18 @@ def start_registry(root: Path):
     pg = ThrowawayPostgres().start()
     url = pg.create_database("dblocks")
     env = dict(os.environ, DBLOCKS_HOME=str(root / "registry-home"), DBLOCKS_DATABASE_URL=url)
-    token = subprocess.run([str(BIN / "dbserver"), "tokens", "create", "--role", "service"], env=env, check=True,
-                           capture_output=True, text=True, timeout=120).stdout.strip().splitlines()[-1]
+    token = (
+        subprocess.run(
+            [str(BIN / "dbserver"), "tokens", "create", "--role", "service"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     port = free_port()
     proc = spawn([str(BIN / "dbserver"), "registry", "--port", str(port)], env=env, log=root / "registry.log")
     wait_for_port("127.0.0.1", port, 90, proc)
@@ -122,9 +134,13 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=60, help="training records per company")
     ap.add_argument("--steps", type=int, default=2, help="DP-SGD steps per company and round")
     ap.add_argument("--cpus", type=int, default=2, help="Ray CPUs (one ClientApp per CPU at a time)")
-    ap.add_argument("--secagg", choices=["flower", "dblocks"], default="flower",
-                    help='secure aggregation per cohort: "flower" = Flower\'s SecAgg+, "dblocks" = dblocks.privacy.secagg '
-                         "(needs cohorts >= 3)")
+    ap.add_argument(
+        "--secagg",
+        choices=["flower", "dblocks"],
+        default="flower",
+        help='secure aggregation per cohort: "flower" = Flower\'s SecAgg+, "dblocks" = dblocks.privacy.secagg '
+        "(needs cohorts >= 3)",
+    )
     ap.add_argument("--quick", action="store_true", help="do not write the summary keys")
     args = ap.parse_args()
     if args.blocks * args.cohort > args.companies:
@@ -159,25 +175,54 @@ def main() -> None:
         token_file = root / "registry.token"
         write_secret(token_file, token)
         preset = get_preset("digits")
-        cfg = RunConfig(run_id="pending", task="digits", num_blocks=args.blocks, num_rounds=args.rounds,
-                        cohort_size=args.cohort, min_cohort=2, record_steps=args.steps, record_sample_rate=0.1,
-                        record_noise=1.0, update_clip=0.5, lr=1e-3, ping_timeout=600.0,
-                        secagg=SecAggConfig(mode=args.secagg),
-                        registry_url=url, registry_token_file=str(token_file))
-        run = reg.create_run(task="digits", dataset={"name": "digits", "split": f"{args.records} records per company"},
-                             num_blocks=args.blocks, schedule=preset.noise_schedule(args.blocks).to_dict(),
-                             secagg=asdict(cfg.secagg), dp={"record_noise": cfg.record_noise}, num_rounds=args.rounds,
-                             created_by="bench/scale.py")
-        cfg = RunConfig(**{**cfg.__dict__, "run_id": str(run["id"]), "checkpoint_dir": str(root / "run" / "checkpoints")})
+        cfg = RunConfig(
+            run_id="pending",
+            task="digits",
+            num_blocks=args.blocks,
+            num_rounds=args.rounds,
+            cohort_size=args.cohort,
+            min_cohort=2,
+            record_steps=args.steps,
+            record_sample_rate=0.1,
+            record_noise=1.0,
+            update_clip=0.5,
+            lr=1e-3,
+            ping_timeout=600.0,
+            secagg=SecAggConfig(mode=args.secagg),
+            registry_url=url,
+            registry_token_file=str(token_file),
+        )
+        run = reg.create_run(
+            task="digits",
+            dataset={"name": "digits", "split": f"{args.records} records per company"},
+            num_blocks=args.blocks,
+            schedule=preset.noise_schedule(args.blocks).to_dict(),
+            secagg=asdict(cfg.secagg),
+            dp={"record_noise": cfg.record_noise},
+            num_rounds=args.rounds,
+            created_by="bench/scale.py",
+        )
+        cfg = RunConfig(
+            **{**cfg.__dict__, "run_id": str(run["id"]), "checkpoint_dir": str(root / "run" / "checkpoints")}
+        )
         (root / "run").mkdir()
         cfg.save(root / "run" / "run.json")
-        os.environ.update(DBLOCKS_RUN_CONFIG=str(root / "run" / "run.json"), DBLOCKS_SIMULATION_DIR=str(root),
-                          DBLOCKS_SIMULATION_BUDGET="1000", FLWR_TELEMETRY_ENABLED="0")
+        os.environ.update(
+            DBLOCKS_RUN_CONFIG=str(root / "run" / "run.json"),
+            DBLOCKS_SIMULATION_DIR=str(root),
+            DBLOCKS_SIMULATION_BUDGET="1000",
+            FLWR_TELEMETRY_ENABLED="0",
+        )
         t_sim = time.time()
-        run_simulation(server_app, client_app, num_supernodes=args.companies,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": args.cpus, "include_dashboard": False,
-                                                     "object_store_memory": 1_000_000_000}})
+        run_simulation(
+            server_app,
+            client_app,
+            num_supernodes=args.companies,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": args.cpus, "include_dashboard": False, "object_store_memory": 1_000_000_000},
+            },
+        )
         sim_seconds = time.time() - t_sim
         status = json.loads((root / "run" / "status.json").read_text())
         rounds_reg = reg.list_rounds(run["id"])
@@ -191,23 +236,39 @@ def main() -> None:
         raise SystemExit(f"the run did not finish: {status}")
     rounds = status["rounds"]
     result = {
-        "companies": args.companies, "blocks": args.blocks, "cohort": args.cohort, "records_per_company": args.records,
-        "dp_sgd_steps": args.steps, "ray_cpus": args.cpus, "torch_threads_per_actor": 1,
-        "secagg_mode": cfg.secagg.mode, "secagg_threshold": cfg.secagg.threshold, "rounds": rounds,
+        "companies": args.companies,
+        "blocks": args.blocks,
+        "cohort": args.cohort,
+        "records_per_company": args.records,
+        "dp_sgd_steps": args.steps,
+        "ray_cpus": args.cpus,
+        "torch_threads_per_actor": 1,
+        "secagg_mode": cfg.secagg.mode,
+        "secagg_threshold": cfg.secagg.threshold,
+        "rounds": rounds,
         "round_seconds": [r["seconds"] for r in rounds],
         "trained_per_round": [len(r["blocks"]) * args.cohort for r in rounds],
-        "registry_round_reports": len(rounds_reg), "registry_versions": len(versions),
-        "peak_memory_gb": memory.peak / 2**30, "simulation_seconds": sim_seconds, "total_seconds": time.time() - t0,
-        "registry_database": "postgresql (throwaway cluster)", "machine": machine,
+        "registry_round_reports": len(rounds_reg),
+        "registry_versions": len(versions),
+        "peak_memory_gb": memory.peak / 2**30,
+        "simulation_seconds": sim_seconds,
+        "total_seconds": time.time() - t0,
+        "registry_database": "postgresql (throwaway cluster)",
+        "machine": machine,
         "command": " ".join(["python", "bench/scale.py", *sys.argv[1:]]),
     }
     print(json.dumps(result, indent=2))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     if not args.quick:
-        update_summary(RESULTS, {"scale.simulated_companies": args.companies,
-                                 "scale.round_seconds": round(rounds[-1]["seconds"], 1),
-                                 "scale.peak_memory_gb": round(memory.peak / 2**30, 2)})
+        update_summary(
+            RESULTS,
+            {
+                "scale.simulated_companies": args.companies,
+                "scale.round_seconds": round(rounds[-1]["seconds"], 1),
+                "scale.peak_memory_gb": round(memory.peak / 2**30, 2),
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -73,9 +73,17 @@ def mask_cost(n: int, x: np.ndarray) -> dict:
     acc = quant.encode(x)
     one_mask = cpu(lambda: [expander.add(acc, self_seed, 1) for _ in range(10)]) / 10
     agreement = cpu(lambda: [pair_seed(mine, pub, b"plan", "me", "p") for pub in peers]) / params.k
-    return {"cohort": n, "k": params.k, "t": params.t, "modulus_bits": quant.bits, "word": str(quant.dtype),
-            "cpu_s": total, "encode_cpu_s": encode, "one_mask_expand_add_cpu_s": one_mask,
-            "one_x25519_hkdf_cpu_s": agreement}
+    return {
+        "cohort": n,
+        "k": params.k,
+        "t": params.t,
+        "modulus_bits": quant.bits,
+        "word": str(quant.dtype),
+        "cpu_s": total,
+        "encode_cpu_s": encode,
+        "one_mask_expand_add_cpu_s": one_mask,
+        "one_x25519_hkdf_cpu_s": agreement,
+    }
 
 
 def flower_mask_cost() -> float | None:
@@ -89,8 +97,11 @@ def flower_mask_cost() -> float | None:
 def protocol_run(n: int = 10, rounds: int = 3) -> dict:
     rng = np.random.default_rng(0)
     ids = [f"c{i:02d}" for i in range(n)]
-    updates = {(r, c): clip_vector(rng.normal(size=DIM) * rng.uniform(0.001, 0.01), 1.0)
-               for r in range(1, rounds + 1) for c in ids}
+    updates = {
+        (r, c): clip_vector(rng.normal(size=DIM) * rng.uniform(0.001, 0.01), 1.0)
+        for r in range(1, rounds + 1)
+        for c in ids
+    }
     server = SecAggServer(policy=Policy(dropout_fraction=0.2))
     clients = {c: SecAggClient(c, policy=Policy(dropout_fraction=0.2)) for c in ids}
     net = LocalNetwork(clients, {c: (lambda plan, c=c: Contribution(updates[(plan.round, c)])) for c in ids})
@@ -127,33 +138,54 @@ def protocol_run(n: int = 10, rounds: int = 3) -> dict:
         plain_mean = sum(updates[(r, c)] for c in agg.survivors) / agg.count
         errors.append(float(np.abs(agg.mean_update - plain_mean).max()))
     plan = server.plans(1)[0]
-    return {"clients": n, "dim": DIM, "rounds": rounds, "k": plan.degree, "t": plan.threshold,
-            "modulus_bits": plan.quant.bits, "step": plan.quant.step,
-            "upload_cpu_s_per_client_median": float(np.median(upload_cpu)),
-            "server_unmask_cpu_s": unmask_cpu, "max_abs_error_of_mean": max(errors),
-            "error_bound_of_mean": plan.quant.step / 2}
+    return {
+        "clients": n,
+        "dim": DIM,
+        "rounds": rounds,
+        "k": plan.degree,
+        "t": plan.threshold,
+        "modulus_bits": plan.quant.bits,
+        "step": plan.quant.step,
+        "upload_cpu_s_per_client_median": float(np.median(upload_cpu)),
+        "server_unmask_cpu_s": unmask_cpu,
+        "max_abs_error_of_mean": max(errors),
+        "error_bound_of_mean": plan.quant.step / 2,
+    }
 
 
 def main() -> None:
     x = clip_vector(np.random.default_rng(1).normal(size=DIM), 1.0)
     masks = [mask_cost(n, x) for n in (10, 100, 1000)]
     for m in masks:
-        print(f"cohort {m['cohort']:5d}: k={m['k']:3d} {m['modulus_bits']}-bit {m['word']}: masking 1M params "
-              f"{m['cpu_s']:.3f} CPU s per client (encode {m['encode_cpu_s']:.3f} s, one mask "
-              f"{m['one_mask_expand_add_cpu_s'] * 1e3:.2f} ms, one key agreement {m['one_x25519_hkdf_cpu_s'] * 1e3:.2f} ms)")
+        print(
+            f"cohort {m['cohort']:5d}: k={m['k']:3d} {m['modulus_bits']}-bit {m['word']}: masking 1M params "
+            f"{m['cpu_s']:.3f} CPU s per client (encode {m['encode_cpu_s']:.3f} s, one mask "
+            f"{m['one_mask_expand_add_cpu_s'] * 1e3:.2f} ms, one key agreement {m['one_x25519_hkdf_cpu_s'] * 1e3:.2f} "
+            "ms)"
+        )
     flower = flower_mask_cost()
     if flower is not None:
         print(f"flower 1.41 pseudo_rand_gen (32-bit seed, MT19937), one 1M mask: {flower:.3f} CPU s")
     run = protocol_run()
-    print(f"protocol, 10 clients x 1M params: upload step {run['upload_cpu_s_per_client_median']:.3f} CPU s per "
-          f"client, server unmask {max(run['server_unmask_cpu_s']):.3f} CPU s, max abs error of the mean "
-          f"{run['max_abs_error_of_mean']:.3g} (bound {run['error_bound_of_mean']:.3g})")
+    print(
+        f"protocol, 10 clients x 1M params: upload step {run['upload_cpu_s_per_client_median']:.3f} CPU s per "
+        f"client, server unmask {max(run['server_unmask_cpu_s']):.3f} CPU s, max abs error of the mean "
+        f"{run['max_abs_error_of_mean']:.3g} (bound {run['error_bound_of_mean']:.3g})"
+    )
     headline = next(m for m in masks if m["cohort"] == 100)
-    out = {"dim": DIM, "masking": masks, "flower_mask_expansion_cpu_s": flower, "protocol": run,
-           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
-           "headline": {"mask_seconds_per_million_params": headline["cpu_s"] * 1e6 / DIM,
-                        "headline_cohort": 100, "headline_k": headline["k"],
-                        "max_abs_error": run["max_abs_error_of_mean"]}}
+    out = {
+        "dim": DIM,
+        "masking": masks,
+        "flower_mask_expansion_cpu_s": flower,
+        "protocol": run,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
+        "headline": {
+            "mask_seconds_per_million_params": headline["cpu_s"] * 1e6 / DIM,
+            "headline_cohort": 100,
+            "headline_k": headline["k"],
+            "max_abs_error": run["max_abs_error_of_mean"],
+        },
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "secagg_mask.json").write_text(json.dumps(out, indent=2) + "\n")
     summary_path = RESULTS / "summary.json"

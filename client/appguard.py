@@ -59,9 +59,13 @@ MANIFEST: dict = {
     "project": {"name": str, "version": str, "description": str, "dependencies": []},
     "tool": {
         "hatch": {"build": {"targets": {"wheel": {"packages": list}}}},
-        "flwr": {"app": {"publisher": str,
-                         "components": {"serverapp": str, "clientapp": DBLOCKS_CLIENTAPP},
-                         "config": {"config-path": str}}},
+        "flwr": {
+            "app": {
+                "publisher": str,
+                "components": {"serverapp": str, "clientapp": DBLOCKS_CLIENTAPP},
+                "config": {"config-path": str},
+            }
+        },
     },
 }
 
@@ -120,8 +124,12 @@ def _beyond_manifest(value, spec, path: str) -> list[tuple[str, str]]:
             if key in spec:
                 problems += _beyond_manifest(v, spec[key], where)
             else:
-                problems.append((where, f"has the setting {where}, which the dblocks app does not have "
-                                        f"(allowed there: {sorted(spec)})"))
+                problems.append(
+                    (
+                        where,
+                        f"has the setting {where}, which the dblocks app does not have (allowed there: {sorted(spec)})",
+                    )
+                )
         return problems
     if isinstance(spec, type):
         ok = isinstance(value, spec) and (spec is not list or all(isinstance(x, str) for x in value))
@@ -153,8 +161,10 @@ def flower_mismatch() -> list[str]:
             problems.append(f"the source of {name} cannot be read ({e})")
             continue
         if seen != digest:
-            problems.append(f"flwr.supernode.start_client_internal.{name} changed (source sha256 {seen[:16]}..., "
-                            f"verified {digest[:16]}...)")
+            problems.append(
+                f"flwr.supernode.start_client_internal.{name} changed (source sha256 {seen[:16]}..., "
+                f"verified {digest[:16]}...)"
+            )
     return problems
 
 
@@ -163,8 +173,11 @@ class AppGuard:
 
     def __init__(self, on_refusal: Callable[[str], None] | None = None):
         self._key = ed25519.Ed25519PrivateKey.generate()
-        self.public_key = self._key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                              serialization.PublicFormat.OpenSSH).decode()
+        self.public_key = (
+            self._key.public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode()
+        )
         self.on_refusal = on_refusal or (lambda text: None)
         self.refused: dict[int, list[str]] = {}  # run id -> reasons
 
@@ -187,8 +200,11 @@ class AppGuard:
         digest = hashlib.sha256(fab.content).digest()
         sig = self._key.sign(create_message_to_sign(digest, signed_at))
         vouch = json.dumps({"signature": _b64url(sig), "signed_at": signed_at})
-        verifications = {**fab.verifications, "valid_license": fab.verifications.get("valid_license") or VOUCH_ENTITY,
-                         VOUCH_ENTITY: vouch}
+        verifications = {
+            **fab.verifications,
+            "valid_license": fab.verifications.get("valid_license") or VOUCH_ENTITY,
+            VOUCH_ENTITY: vouch,
+        }
         return Fab(fab.hash_str, fab.content, verifications)
 
     def install(self) -> None:
@@ -201,7 +217,8 @@ class AppGuard:
                 "dblocks' app guard was verified on another Flower, so the SuperNode is not started (it would run "
                 f"unguarded): {'; '.join(problems)}. Install the Flower dblocks pins (pip install "
                 f"'flwr[simulation]{VERIFIED_FLWR}' as in dblocks' pyproject.toml) or a dblocks release verified on "
-                "this Flower")
+                "this Flower"
+            )
         original = getattr(sci, PATCHED)
         if getattr(original, "__dblocks_guard__", None) is not None:
             original = original.__wrapped__

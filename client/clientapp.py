@@ -43,15 +43,20 @@ def node_settings(context: Context) -> dict:
     if not root:
         raise RuntimeError("a simulated company (node_config partition-id) needs DBLOCKS_SIMULATION_DIR")
     pid = int(nc["partition-id"])
-    return {"data-path": f"{root}/company{pid}.npz", "ledger-path": f"{root}/ledgers/company{pid}.json",
-            "epsilon-budget": float(os.environ.get("DBLOCKS_SIMULATION_BUDGET", "1000")), "threads": 1}
+    return {
+        "data-path": f"{root}/company{pid}.npz",
+        "ledger-path": f"{root}/ledgers/company{pid}.json",
+        "epsilon-budget": float(os.environ.get("DBLOCKS_SIMULATION_BUDGET", "1000")),
+        "threads": 1,
+    }
 
 
 def company_ledger(node_config: dict):
     from .ledger import PrivacyLedger
 
-    return PrivacyLedger(node_config["ledger-path"], float(node_config.get("epsilon-budget", 8.0)),
-                         float(node_config.get("delta", 1e-5)))
+    return PrivacyLedger(
+        node_config["ledger-path"], float(node_config.get("epsilon-budget", 8.0)), float(node_config.get("delta", 1e-5))
+    )
 
 
 def memory_limit_mb(node_config: dict) -> float:
@@ -72,9 +77,11 @@ def progress_line(node_config: dict, text: str) -> None:
 def ping(msg: Message, context: Context) -> Message:
     nc = node_settings(context)
     ledger = company_ledger(nc)
-    info = {"memory_mb": memory_limit_mb(nc),
-            # rounded down to 0.1 (never up: the server must not think a company can afford more than it can)
-            "budget_left": math.floor(max(0.0, ledger.budget - ledger.recorded_spent()) * 10) / 10}
+    info = {
+        "memory_mb": memory_limit_mb(nc),
+        # rounded down to 0.1 (never up: the server must not think a company can afford more than it can)
+        "budget_left": math.floor(max(0.0, ledger.budget - ledger.recorded_spent()) * 10) / 10,
+    }
     return Message(RecordDict({"ping": ConfigRecord(info)}), reply_to=msg)
 
 
@@ -88,11 +95,17 @@ def train_block(nc: dict, task, arrays: list):
         import torch
 
         torch.set_num_threads(int(nc["threads"]))
-    data = load_dataset(str(nc["data-path"]), label_column=str(nc.get("label-column", "label")),
-                        image_size=int(nc.get("image-size", 0)) or None)
+    data = load_dataset(
+        str(nc["data-path"]),
+        label_column=str(nc.get("label-column", "label")),
+        image_size=int(nc.get("image-size", 0)) or None,
+    )
     ledger = company_ledger(nc)
-    progress_line(nc, f"round {task.round}: training block {task.block_index} on {len(data)} records "
-                      f"({task.steps} DP-SGD steps, q={task.sample_rate:g}, z={task.noise_multiplier:g})")
+    progress_line(
+        nc,
+        f"round {task.round}: training block {task.block_index} on {len(data)} records "
+        f"({task.steps} DP-SGD steps, q={task.sample_rate:g}, z={task.noise_multiplier:g})",
+    )
 
     def progress(step: int, total: int, loss: float) -> None:
         if step == total or step % max(1, total // 4) == 0:
@@ -103,9 +116,12 @@ def train_block(nc: dict, task, arrays: list):
     except Exception as e:
         progress_line(nc, f"round {task.round} block {task.block_index}: REFUSED — {e}")
         raise
-    progress_line(nc, f"round {task.round} block {task.block_index}: sent clipped update (norm {update.norm_before_clip:.3f}"
-                      f" -> clip {task.update_clip:g}) after {update.report.seconds:.2f} s of training; record-level "
-                      f"epsilon {update.epsilon_after:.2f} of {ledger.budget:g} at delta {ledger.delta:g}")
+    progress_line(
+        nc,
+        f"round {task.round} block {task.block_index}: sent clipped update (norm {update.norm_before_clip:.3f}"
+        f" -> clip {task.update_clip:g}) after {update.report.seconds:.2f} s of training; record-level "
+        f"epsilon {update.epsilon_after:.2f} of {ledger.budget:g} at delta {ledger.delta:g}",
+    )
     return update
 
 

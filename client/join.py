@@ -71,19 +71,37 @@ def validate(opts: JoinOptions) -> Dataset:
 
 def supernode_argv(opts: JoinOptions) -> list[str]:
     data = opts.data.resolve()
-    node_config = " ".join([
-        f'data-path="{data}"', f'ledger-path="{ledger_path(opts.home, data)}"',
-        f'progress-path="{opts.home / "progress.log"}"',
-        f"epsilon-budget={float(opts.epsilon_budget)}", f"delta={float(opts.delta)}", f"memory-mb={float(opts.memory_mb)}",
-        f'label-column="{opts.label_column}"', f"image-size={int(opts.image_size)}", f"threads={int(opts.threads)}",
-        f'secagg-identity="{secagg_key_path(opts).resolve()}"', f'secagg-state="{(opts.home / "secagg").resolve()}"',
-        f"secagg-require-consistency={'true' if opts.require_consistency else 'false'}",
-    ] + ([f'secagg-directory-key="{opts.directory_key.resolve()}"'] if opts.directory_key is not None else []))
+    node_config = " ".join(
+        [
+            f'data-path="{data}"',
+            f'ledger-path="{ledger_path(opts.home, data)}"',
+            f'progress-path="{opts.home / "progress.log"}"',
+            f"epsilon-budget={float(opts.epsilon_budget)}",
+            f"delta={float(opts.delta)}",
+            f"memory-mb={float(opts.memory_mb)}",
+            f'label-column="{opts.label_column}"',
+            f"image-size={int(opts.image_size)}",
+            f"threads={int(opts.threads)}",
+            f'secagg-identity="{secagg_key_path(opts).resolve()}"',
+            f'secagg-state="{(opts.home / "secagg").resolve()}"',
+            f"secagg-require-consistency={'true' if opts.require_consistency else 'false'}",
+        ]
+        + ([f'secagg-directory-key="{opts.directory_key.resolve()}"'] if opts.directory_key is not None else [])
+    )
     if opts.directory_key is None and not opts.insecure:
-        raise ValueError("secure aggregation needs the operator's directory key: pass --directory-key directory.pub "
-                         "(given with ca.pem); without it a malicious server could substitute your peers' keys")
-    argv = ["flower-supernode", "--superlink", opts.server, "--node-config", node_config,
-            "--port", str(opts.runtime_port or free_port())]
+        raise ValueError(
+            "secure aggregation needs the operator's directory key: pass --directory-key directory.pub "
+            "(given with ca.pem); without it a malicious server could substitute your peers' keys"
+        )
+    argv = [
+        "flower-supernode",
+        "--superlink",
+        opts.server,
+        "--node-config",
+        node_config,
+        "--port",
+        str(opts.runtime_port or free_port()),
+    ]
     if opts.insecure:
         argv.append("--insecure")
     else:

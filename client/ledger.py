@@ -135,18 +135,33 @@ class PrivacyLedger:
             )
         return after
 
-    def reserve(self, run_id: str, round: int, block_index: int, attempt: int, step: MechanismStep, delta: float,
-                examples: int) -> LedgerEntry:
+    def reserve(
+        self, run_id: str, round: int, block_index: int, attempt: int, step: MechanismStep, delta: float, examples: int
+    ) -> LedgerEntry:
         """One transaction: refuse a replay (ReplayedTask) or a step over the budget (BudgetExceeded), else write
         the entry as reserved. Call before any record is used; the reservation counts from now on."""
         with self._transaction():
             if self.seen(run_id, round, block_index, attempt):
                 raise ReplayedTask(
                     f"round {round} (attempt {attempt}) of block {block_index} of run {run_id} was already trained "
-                    "here; a replayed task is refused (it would spend privacy budget twice)")
+                    "here; a replayed task is refused (it would spend privacy budget twice)"
+                )
             after = self.check(step, delta)
-            entry = LedgerEntry(run_id, round, block_index, attempt, step.noise_multiplier, step.sample_rate,
-                                step.steps, self.delta, examples, after, self.accountant, time.time(), RESERVED)
+            entry = LedgerEntry(
+                run_id,
+                round,
+                block_index,
+                attempt,
+                step.noise_multiplier,
+                step.sample_rate,
+                step.steps,
+                self.delta,
+                examples,
+                after,
+                self.accountant,
+                time.time(),
+                RESERVED,
+            )
             self.entries.append(entry)
             self._write()
         return entry
@@ -168,9 +183,13 @@ class PrivacyLedger:
         for e in self.entries:
             per_block.setdefault(e.block_index, []).append(e.mechanism)
         return {
-            "budget": self.budget, "delta": self.delta, "accountant": self.accountant, "spent": self.spent(),
+            "budget": self.budget,
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "spent": self.spent(),
             "per_block": {b: epsilon(h, self.delta, self.accountant) for b, h in sorted(per_block.items())},
-            "updates": len(self.entries), "reserved": sum(e.status == RESERVED for e in self.entries),
+            "updates": len(self.entries),
+            "reserved": sum(e.status == RESERVED for e in self.entries),
         }
 
     @contextmanager
@@ -192,15 +211,26 @@ class PrivacyLedger:
             raw = json.loads(self.path.read_text())
             return [LedgerEntry(**e) for e in raw["entries"]]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{self.path}: privacy ledger is corrupt ({e}); restore it from backup — "
-                             "never delete it, it is the record of what was spent") from e
+            raise ValueError(
+                f"{self.path}: privacy ledger is corrupt ({e}); restore it from backup — "
+                "never delete it, it is the record of what was spent"
+            ) from e
 
     def _write(self) -> None:
         """Atomic and durable: temporary file, fsync, rename, fsync the folder. Only inside `_transaction`."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w") as f:
-            f.write(json.dumps({"budget": self.budget, "delta": self.delta, "accountant": self.accountant,
-                                "entries": [asdict(e) for e in self.entries]}, indent=1))
+            f.write(
+                json.dumps(
+                    {
+                        "budget": self.budget,
+                        "delta": self.delta,
+                        "accountant": self.accountant,
+                        "entries": [asdict(e) for e in self.entries],
+                    },
+                    indent=1,
+                )
+            )
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

@@ -50,8 +50,13 @@ def poisson_batch_bound(expected: float, q: float) -> int:
     return max(1, math.ceil(expected + 4 * math.sqrt(max(0.0, expected * (1 - q)))))
 
 
-def activation_bytes_per_example(block: nn.Module, block_index: int, record_shape: tuple[int, ...],
-                                 record_dtype: torch.dtype, label_dtype: torch.dtype) -> int:
+def activation_bytes_per_example(
+    block: nn.Module,
+    block_index: int,
+    record_shape: tuple[int, ...],
+    record_dtype: torch.dtype,
+    label_dtype: torch.dtype,
+) -> int:
     """Bytes autograd saves for backward per example, from one forward of `PROBE_BATCH` all-zero records."""
     from dblocks.shared.training import block_loss, draw_block_inputs
 
@@ -76,8 +81,14 @@ def activation_bytes_per_example(block: nn.Module, block_index: int, record_shap
     return math.ceil(sum(saved.values()) / PROBE_BATCH)
 
 
-def training_memory(block: nn.Module, block_index: int, x: torch.Tensor, y: torch.Tensor, sample_rate: float,
-                    grad_sample_mode: str = "ghost") -> MemoryEstimate:
+def training_memory(
+    block: nn.Module,
+    block_index: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sample_rate: float,
+    grad_sample_mode: str = "ghost",
+) -> MemoryEstimate:
     """The estimate of the module docstring for training `block` on the records (x, y) at Poisson rate
     `sample_rate`. Only the shapes and dtypes of x and y are used, never their values."""
     p = sum(t.numel() * t.element_size() for t in block.parameters())

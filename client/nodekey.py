@@ -20,10 +20,16 @@ def create_node_key(path: str | Path) -> tuple[Path, Path]:
     if priv.exists():
         raise FileExistsError(f"{priv} already exists; a node key is never overwritten (it identifies this company)")
     key = ec.generate_private_key(ec.SECP384R1())
-    write_private(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                          serialization.NoEncryption()))
+    write_private(
+        priv,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+    )
     pub = priv.with_name(priv.name + ".pub")
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
     return priv, pub
 
 

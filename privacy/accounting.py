@@ -70,7 +70,9 @@ def epsilon(history: list[MechanismStep], delta: float, accountant: str = "prv")
     return float(acc.get_epsilon(delta=delta))
 
 
-def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv") -> float:
+def noise_for_epsilon(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv"
+) -> float:
     """Smallest noise multiplier whose `steps` steps at `sample_rate` stay within (target_epsilon, delta)."""
     if not math.isfinite(target_epsilon) or target_epsilon <= 0:
         raise ValueError(f"target epsilon must be a finite number > 0, got {target_epsilon!r}")
@@ -78,5 +80,13 @@ def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, s
     MechanismStep(1.0, sample_rate, steps).validate()
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                      steps=steps, accountant=accountant, epsilon_tolerance=0.005))
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=0.005,
+        )
+    )

@@ -20,8 +20,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Leakage audits against DiffusionBlocks block updates.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)  # locals would print private data
+app = typer.Typer(
+    help="Leakage audits against DiffusionBlocks block updates.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)  # locals would print private data
 console = Console(soft_wrap=True)
 
 ATTACK_HELP = "closed-form | inversion | dlg | idlg | dlg-scales | membership | canary | noise-conformance"
@@ -42,9 +45,15 @@ def main() -> None:
 # loading what is audited
 # ---------------------------------------------------------------------------------------------------
 def _block_info(spec, block_id: str | None = None) -> dict:
-    return {"id": block_id or spec.sha256[:16], "task": spec.task, "block_index": spec.block_index,
-            "num_blocks": spec.num_blocks, "owned_interval": list(spec.owned_interval),
-            "training_interval": list(spec.training_interval), "sha256": spec.sha256}
+    return {
+        "id": block_id or spec.sha256[:16],
+        "task": spec.task,
+        "block_index": spec.block_index,
+        "num_blocks": spec.num_blocks,
+        "owned_interval": list(spec.owned_interval),
+        "training_interval": list(spec.training_interval),
+        "sha256": spec.sha256,
+    }
 
 
 def _dataset(name: str | None, task: str):
@@ -59,8 +68,14 @@ def _dataset(name: str | None, task: str):
     return load_dataset(name)
 
 
-def _load_target(block_dir: Path | None, block_index: int, data: str | None, block_version: str | None,
-                 registry: str | None, token: str | None):
+def _load_target(
+    block_dir: Path | None,
+    block_index: int,
+    data: str | None,
+    block_version: str | None,
+    registry: str | None,
+    token: str | None,
+):
     from dblocks.privacy.attacks.runner import AuditTarget
     from dblocks.shared.data import DataError
     from dblocks.shared.wire import BlockIntegrityError, load_block
@@ -80,8 +95,10 @@ def _load_target(block_dir: Path | None, block_index: int, data: str | None, blo
     except (FileNotFoundError, BlockIntegrityError, DataError, ValueError) as e:
         _fail(str(e))
     if tuple(ds.x.shape[1:]) != _input_shape(block):
-        _fail(f"records of {ds.name!r} have shape {tuple(ds.x.shape[1:])}, the block takes {_input_shape(block)}: "
-              "pass --data with the block's kind of records")
+        _fail(
+            f"records of {ds.name!r} have shape {tuple(ds.x.shape[1:])}, the block takes {_input_shape(block)}: "
+            "pass --data with the block's kind of records"
+        )
     return AuditTarget(block, spec.block_index, info, ds)
 
 
@@ -117,13 +134,29 @@ def _post_audit(registry: str, token: str | None, version_id: str, record, out: 
     reasons; the PNG grids go as artifacts."""
     artifacts = {name: (out / name).read_bytes() for name in record.artifacts if (out / name).exists()}
     d = record.to_dict()
-    config = d["config"] | {"dp": d["dp"], "secagg": d["secagg"], "rounds": d["rounds"], "code_version": d["code_version"],
-                            "block": d["block"], "scope": d["scope"], "seeds": d["seeds"]}
+    config = d["config"] | {
+        "dp": d["dp"],
+        "secagg": d["secagg"],
+        "rounds": d["rounds"],
+        "code_version": d["code_version"],
+        "block": d["block"],
+        "scope": d["scope"],
+        "seeds": d["seeds"],
+    }
     seeds = [d["seeds"]["audit"], *d["seeds"].get("targets", [])]
     return _registry(registry, token).post_audit(
-        block_version_id=_version_id(version_id), attack=d["attack"], observation_point=d["observation_point"],
-        adversary=d["adversary"], config=config, config_hash=d["config_hash"], seeds=seeds, metrics=d["metrics"],
-        controls=d["controls"] | {"reasons": d["reasons"]}, verdict=d["verdict"], artifacts=artifacts)
+        block_version_id=_version_id(version_id),
+        attack=d["attack"],
+        observation_point=d["observation_point"],
+        adversary=d["adversary"],
+        config=config,
+        config_hash=d["config_hash"],
+        seeds=seeds,
+        metrics=d["metrics"],
+        controls=d["controls"] | {"reasons": d["reasons"]},
+        verdict=d["verdict"],
+        artifacts=artifacts,
+    )
 
 
 def _load_truth(path: Path | None):
@@ -185,7 +218,9 @@ def run(
     iterations: int = typer.Option(300, help="gradient-matching iterations"),
     restarts: int = typer.Option(1, help="gradient-matching restarts"),
     control: bool = typer.Option(True, help="run the positive control"),
-    dp_noise_multiplier: float = typer.Option(1.0, help="record-level DP-SGD noise multiplier (canary, membership; 0: no DP)"),
+    dp_noise_multiplier: float = typer.Option(
+        1.0, help="record-level DP-SGD noise multiplier (canary, membership; 0: no DP)"
+    ),
     dp_max_grad_norm: float = typer.Option(1.0, help="record-level per-example clip"),
     dp_batch_size: int = typer.Option(64, help="expected Poisson batch"),
     dp_steps: int = typer.Option(200, help="DP-SGD steps"),
@@ -208,13 +243,35 @@ def run(
     from dblocks.privacy.attacks.updates import check_update_matches, load_update
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    spec = _spec(attack=attack, observe=observe, adversary=adversary, clients=clients, records=records,
-                 local_steps=local_steps, local_lr=local_lr, local_optimizer=local_optimizer, clip_norm=clip_norm,
-                 noise_multiplier=noise_multiplier, rounds=rounds, targets=targets, iterations=iterations,
-                 restarts=restarts, control=control, dp_noise_multiplier=dp_noise_multiplier,
-                 dp_max_grad_norm=dp_max_grad_norm, dp_batch_size=dp_batch_size, dp_steps=dp_steps, delta=delta,
-                 claimed_epsilon=claimed_epsilon, canaries=canaries, canary_level=canary_level, models=models,
-                 train_epochs=train_epochs, population=population, seed=seed)
+    spec = _spec(
+        attack=attack,
+        observe=observe,
+        adversary=adversary,
+        clients=clients,
+        records=records,
+        local_steps=local_steps,
+        local_lr=local_lr,
+        local_optimizer=local_optimizer,
+        clip_norm=clip_norm,
+        noise_multiplier=noise_multiplier,
+        rounds=rounds,
+        targets=targets,
+        iterations=iterations,
+        restarts=restarts,
+        control=control,
+        dp_noise_multiplier=dp_noise_multiplier,
+        dp_max_grad_norm=dp_max_grad_norm,
+        dp_batch_size=dp_batch_size,
+        dp_steps=dp_steps,
+        delta=delta,
+        claimed_epsilon=claimed_epsilon,
+        canaries=canaries,
+        canary_level=canary_level,
+        models=models,
+        train_epochs=train_epochs,
+        population=population,
+        seed=seed,
+    )
     target = _load_target(block_dir, block_index, data, block_version, registry, token)
     upd = None
     if update is not None:
@@ -225,8 +282,12 @@ def run(
             _fail(str(e))
         if upd.meta.observation != observe:
             console.print(f"[yellow]note:[/yellow] the update is a '{upd.meta.observation}', audited as '{observe}'")
-        spec = replace(spec, clients=upd.meta.clients_aggregated, clip_norm=upd.meta.clip_norm or spec.clip_norm,
-                       noise_multiplier=upd.meta.noise_multiplier)
+        spec = replace(
+            spec,
+            clients=upd.meta.clients_aggregated,
+            clip_norm=upd.meta.clip_norm or spec.clip_norm,
+            noise_multiplier=upd.meta.noise_multiplier,
+        )
     record = run_audit(target, spec, out, update=upd, truth=_load_truth(truth), progress=lambda m: console.print(m))
     _finish(record, out, registry, token, block_version)
 
@@ -256,8 +317,17 @@ def make_update(
 
     if observe not in ("raw", "clipped", "aggregate", "release"):
         _fail(f"make-update writes raw | clipped | aggregate | release updates, not {observe!r}")
-    spec = _spec(attack="closed-form", observe=observe, clients=clients, records=records, local_steps=local_steps,
-                 local_lr=local_lr, clip_norm=clip_norm, noise_multiplier=noise_multiplier, seed=seed)
+    spec = _spec(
+        attack="closed-form",
+        observe=observe,
+        clients=clients,
+        records=records,
+        local_steps=local_steps,
+        local_lr=local_lr,
+        clip_norm=clip_norm,
+        noise_multiplier=noise_multiplier,
+        seed=seed,
+    )
     target = _load_target(block_dir, block_index, data, None, None, None)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(target.data.x), generator=g)[: clients * records]
@@ -298,20 +368,46 @@ def suite(
 
     target = _load_target(block_dir, block_index, data, block_version, registry, token)
     if quick:
-        targets, iterations, canaries, dp_steps = min(targets, 4), min(iterations, 100), min(canaries, 200), min(dp_steps, 50)
+        targets, iterations, canaries, dp_steps = (
+            min(targets, 4),
+            min(iterations, 100),
+            min(canaries, 200),
+            min(dp_steps, 50),
+        )
     k = dict(clients=clients, clip_norm=clip_norm, noise_multiplier=noise_multiplier, targets=targets, seed=seed)
     battery = [
         ("closed-form-raw", dict(attack="closed-form", observe="raw", targets=targets, seed=seed)),
-        ("inversion-clipped", dict(attack="inversion", observe="clipped", targets=max(2, targets // 4),
-                                   iterations=iterations, seed=seed)),
-        ("closed-form-aggregate-colluding", dict(attack="closed-form", observe="aggregate", adversary="colluding", **k)),
-        ("dlg-scales-aggregate", dict(attack="dlg-scales", observe="aggregate", **(k | {"clients": min(clients, 4),
-                                      "targets": max(2, targets // 4)}), iterations=iterations)),
+        (
+            "inversion-clipped",
+            dict(attack="inversion", observe="clipped", targets=max(2, targets // 4), iterations=iterations, seed=seed),
+        ),
+        (
+            "closed-form-aggregate-colluding",
+            dict(attack="closed-form", observe="aggregate", adversary="colluding", **k),
+        ),
+        (
+            "dlg-scales-aggregate",
+            dict(
+                attack="dlg-scales",
+                observe="aggregate",
+                **(k | {"clients": min(clients, 4), "targets": max(2, targets // 4)}),
+                iterations=iterations,
+            ),
+        ),
         ("closed-form-release", dict(attack="closed-form", observe="release", **k)),
         ("closed-form-release-colluding", dict(attack="closed-form", observe="release", adversary="colluding", **k)),
         ("noise-conformance-release", dict(attack="noise-conformance", observe="release", **k)),
-        ("canary-record", dict(attack="canary", observe="clipped", dp_noise_multiplier=dp_noise_multiplier,
-                               dp_steps=dp_steps, canaries=canaries, seed=seed)),
+        (
+            "canary-record",
+            dict(
+                attack="canary",
+                observe="clipped",
+                dp_noise_multiplier=dp_noise_multiplier,
+                dp_steps=dp_steps,
+                canaries=canaries,
+                seed=seed,
+            ),
+        ),
         ("canary-client", dict(attack="canary", observe="release", canary_level="client", canaries=canaries, **k)),
     ]
     verdicts = []
@@ -325,14 +421,18 @@ def suite(
         verdicts.append(record.verdict)
     console.print(f"suite written to {out}; `dbaudit report {out}` renders it")
     overall = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
-    console.print(f"suite verdict: {overall.upper()} ({verdicts.count('pass')} pass, {verdicts.count('fail')} fail, "
-                  f"{verdicts.count('inconclusive')} inconclusive)")
+    console.print(
+        f"suite verdict: {overall.upper()} ({verdicts.count('pass')} pass, {verdicts.count('fail')} fail, "
+        f"{verdicts.count('inconclusive')} inconclusive)"
+    )
     raise typer.Exit(EXIT_CODES[overall])
 
 
 @app.command()
 def report(
-    results: list[Path] = typer.Argument(..., help="audit directories / audit.json files / bench JSON (searched recursively)"),
+    results: list[Path] = typer.Argument(
+        ..., help="audit directories / audit.json files / bench JSON (searched recursively)"
+    ),
     out: Path = typer.Option(Path("audit-report.html"), help="HTML file to write"),
 ) -> None:
     """Render audits (and bench sweeps) as one self-contained HTML report with plots."""

@@ -10,9 +10,9 @@ result). All of a run's releases use the same records, so they compose, across r
     eps_record(delta) = epsilon(concatenation of the mechanisms of all its releases; accountant).
 
 Client level (`dblocks.privacy.mechanisms`). A release that aggregated the company's L2-clipped block delta
-(norm <= C) into the mean of K deltas and added N(0, (z_c C / K)^2) is a Gaussian mechanism of sensitivity C / K with noise std z_c C / K:
-noise multiplier z_c, no subsampling amplification (cohorts are chosen, not Poisson-sampled), i.e.
-`MechanismStep(z_c, 1.0, 1)`. Over the n releases that aggregated the company, across blocks:
+(norm <= C) into the mean of K deltas and added N(0, (z_c C / K)^2) is a Gaussian mechanism of sensitivity C / K
+with noise std z_c C / K: noise multiplier z_c, no subsampling amplification (cohorts are chosen, not
+Poisson-sampled), i.e. `MechanismStep(z_c, 1.0, 1)`. Over the n releases that aggregated the company, across blocks:
     eps_client(delta) = epsilon([MechanismStep(z_c, 1.0, n)]; accountant)   (inf without central noise).
 
 Both use the run's accountant (PRV or RDP, `dblocks.privacy.accounting`). What the server can count is one
@@ -67,7 +67,12 @@ def client_history(releases: list[NodeRelease]) -> list[MechanismStep]:
 
 def compose_node_epsilon(releases: list[NodeRelease], delta: float, accountant: str) -> NodeEpsilon:
     """Record- and client-level epsilon of one company composed over all its `releases` (see the module doc)."""
-    return NodeEpsilon(record_epsilon=epsilon(record_history(releases), delta, accountant),
-                       client_epsilon=epsilon(client_history(releases), delta, accountant), delta=delta,
-                       accountant=accountant, releases=len(releases), published=sum(r.published for r in releases),
-                       steps=sum(r.record.steps for r in releases))
+    return NodeEpsilon(
+        record_epsilon=epsilon(record_history(releases), delta, accountant),
+        client_epsilon=epsilon(client_history(releases), delta, accountant),
+        delta=delta,
+        accountant=accountant,
+        releases=len(releases),
+        published=sum(r.published for r in releases),
+        steps=sum(r.record.steps for r in releases),
+    )

@@ -96,8 +96,9 @@ def central_noise_std(noise_multiplier: float, clip: float, num_aggregated: int)
     return noise_multiplier * clip / num_aggregated
 
 
-def add_central_noise(mean: Sequence[np.ndarray], clip: float, noise_multiplier: float, num_aggregated: int,
-                      rng: np.random.Generator) -> tuple[list[np.ndarray], float]:
+def add_central_noise(
+    mean: Sequence[np.ndarray], clip: float, noise_multiplier: float, num_aggregated: int, rng: np.random.Generator
+) -> tuple[list[np.ndarray], float]:
     """mean + N(0, s^2 I) with s = z_c C / K, as float32 arrays; returns (noised, s). K = clients actually
     aggregated. Without noise (s = 0) the mean is returned as copies and rng is not drawn from."""
     std = central_noise_std(noise_multiplier, clip, num_aggregated)

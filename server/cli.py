@@ -6,8 +6,11 @@ from .federation.cli import gateway, init, nodes_app, run_app, start, status
 from .ops.demo import demo
 from .registry.cli import registry_command, tokens_app
 
-app = typer.Typer(help="Operator side: registry, SuperLink and the federation server.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)  # locals would print private data
+app = typer.Typer(
+    help="Operator side: registry, SuperLink and the federation server.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)  # locals would print private data
 app.command()(init)
 app.command()(start)
 app.command()(gateway)

@@ -19,8 +19,13 @@ import typer
 
 from .errors import DataError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (DataError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                                                PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    DataError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 MAX_MESSAGE = 600
 TRACEBACK_SETTINGS = {"pretty_exceptions_enable": False, "pretty_exceptions_show_locals": False}
 

@@ -16,7 +16,9 @@ def to_grid(x: torch.Tensor, nrow: int, pad: int = 1) -> np.ndarray:
     grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
     for k in range(n):
         r, col = divmod(k, nrow)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = x[k].transpose(1, 2, 0)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = x[
+            k
+        ].transpose(1, 2, 0)
     return grid
 
 

@@ -141,8 +141,9 @@ class _ModulatedNorm(torch.autograd.Function):
         h, mean, rstd, scale = ctx.saved_tensors
         xhat = torch.ops.aten.native_layer_norm(h, [h.shape[-1]], None, None, ctx.eps)[0]
         grad_xhat = grad * (1 + scale.unsqueeze(1))
-        grad_h = torch.ops.aten.native_layer_norm_backward(grad_xhat, h, [h.shape[-1]], mean, rstd, None, None,
-                                                           [True, False, False])[0]
+        grad_h = torch.ops.aten.native_layer_norm_backward(
+            grad_xhat, h, [h.shape[-1]], mean, rstd, None, None, [True, False, False]
+        )[0]
         return grad_h, grad.sum(1), (grad * xhat).sum(1), None
 
 

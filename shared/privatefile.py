@@ -21,8 +21,10 @@ def write_private(path: str | Path, data: bytes) -> Path:
     `path` is refused rather than followed into the file it points at."""
     p = Path(path)
     if p.is_symlink():
-        raise PrivateFileError(f"{p} is a symbolic link; a private key or secret is never written through a link "
-                               "(it could lead to a file others can read): remove the link and run the command again")
+        raise PrivateFileError(
+            f"{p} is a symbolic link; a private key or secret is never written through a link "
+            "(it could lead to a file others can read): remove the link and run the command again"
+        )
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

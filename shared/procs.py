@@ -14,8 +14,13 @@ def flwr_env(home: str | os.PathLike, **extra: str) -> dict[str, str]:
     """Environment for Flower processes: its own FLWR_HOME, no telemetry or update checks, and this
     interpreter's bin/ first on PATH (a SuperNode starts `flower-superexec` / `flwr-clientapp` by name)."""
     env = dict(os.environ)
-    env.update(FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", **extra)
+    env.update(
+        FLWR_HOME=str(home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        **extra,
+    )
     return env
 
 

@@ -51,8 +51,9 @@ def tabular_recipe(rows: int, features: int, classes: int, name: str = "tabular"
     width = 32 if rows < 1000 else 64
     batch = 32 if rows < 1000 else 64
     blocks = 2 if rows < 2000 else 4
-    arch = ArchConfig(kind="classifier", input="tabular", num_classes=classes, width=width, heads=4,
-                      num_features=features)
+    arch = ArchConfig(
+        kind="classifier", input="tabular", num_classes=classes, width=width, heads=4, num_features=features
+    )
     train = TrainConfig(epochs=_epochs(rows, batch), batch_size=batch, lr=1e-3)
     preset = Preset(name, name, "classifier", 0.2, 4, arch, train, schedule=NoiseSchedule())
     return Plan(preset, blocks, f"tabular recipe for {rows} rows x {features} features, {classes} classes")
@@ -68,8 +69,16 @@ def _patch(size: int) -> int:
 
 def image_recipe(rows: int, channels: int, size: int, classes: int, name: str = "images") -> Plan:
     """The recipe for `rows` square images of `channels` x `size` x `size` in `classes` classes."""
-    arch = ArchConfig(kind="classifier", input="image", num_classes=classes, width=64, heads=4, image_size=size,
-                      patch_size=_patch(size), image_channels=channels)
+    arch = ArchConfig(
+        kind="classifier",
+        input="image",
+        num_classes=classes,
+        width=64,
+        heads=4,
+        image_size=size,
+        patch_size=_patch(size),
+        image_channels=channels,
+    )
     batch = 32 if rows < 1000 else 64
     train = TrainConfig(epochs=_epochs(rows, batch, 2000), batch_size=batch, lr=1e-3)
     preset = Preset(name, name, "classifier", 0.2, 8, arch, train, schedule=NoiseSchedule())
@@ -89,12 +98,16 @@ def fit_preset(preset: Preset, ds: Dataset) -> Plan:
     """`preset`'s architecture and schedule with the input shape and classes of `ds`; a `DataError` that says why
     when the preset cannot take this data (a generator, images vs a table)."""
     if preset.kind != "classifier":
-        raise DataError(f"preset {preset.name!r} is a {preset.kind}; `dblocks train --data` trains classifiers: "
-                        f"omit --preset to get a recipe chosen from the data")
+        raise DataError(
+            f"preset {preset.name!r} is a {preset.kind}; `dblocks train --data` trains classifiers: "
+            f"omit --preset to get a recipe chosen from the data"
+        )
     want = "tabular" if preset.arch.input == "tabular" else "image"
     if ds.kind != want:
-        raise DataError(f"preset {preset.name!r} is for {want} data, but {ds.name} is {ds.kind} "
-                        f"(shape {list(ds.input_shape)}); omit --preset to get a recipe chosen from the data")
+        raise DataError(
+            f"preset {preset.name!r} is for {want} data, but {ds.name} is {ds.kind} "
+            f"(shape {list(ds.input_shape)}); omit --preset to get a recipe chosen from the data"
+        )
     k = max(ds.num_classes, 2)
     if ds.kind == "tabular":
         arch = replace(preset.arch, num_classes=k, num_features=ds.input_shape[0])

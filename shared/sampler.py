@@ -64,7 +64,11 @@ def classify(
     on the draw) or z = grid[0] eps ("random"). readout "last" takes the logits of the final step; "mean"
     averages the log-softmax of every step (a product of the blocks' experts)."""
     width = blocks[0].arch.width
-    z = torch.zeros(x.shape[0], width) if init == "zero" else float(grid[0]) * torch.randn(x.shape[0], width, generator=generator)
+    z = (
+        torch.zeros(x.shape[0], width)
+        if init == "zero"
+        else float(grid[0]) * torch.randn(x.shape[0], width, generator=generator)
+    )
     logps: list[torch.Tensor] = []
 
     def denoise(i: int, zt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

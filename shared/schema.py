@@ -37,12 +37,26 @@ class DataSchema:
     source: dict = field(default_factory=dict)
 
     @staticmethod
-    def of(ds: Dataset, *, label_column: str = "label", stats: FeatureStats | None = None,
-           image_size: int | None = None, source: dict | None = None) -> DataSchema:
-        return DataSchema(ds.kind, list(ds.input_shape), list(ds.class_names), label_column, list(ds.feature_names),
-                          stats.mean.tolist() if stats is not None else None,
-                          stats.std.tolist() if stats is not None else None,
-                          stats.source if stats is not None else "", image_size, dict(source or {}))
+    def of(
+        ds: Dataset,
+        *,
+        label_column: str = "label",
+        stats: FeatureStats | None = None,
+        image_size: int | None = None,
+        source: dict | None = None,
+    ) -> DataSchema:
+        return DataSchema(
+            ds.kind,
+            list(ds.input_shape),
+            list(ds.class_names),
+            label_column,
+            list(ds.feature_names),
+            stats.mean.tolist() if stats is not None else None,
+            stats.std.tolist() if stats is not None else None,
+            stats.source if stats is not None else "",
+            image_size,
+            dict(source or {}),
+        )
 
     def feature_stats(self) -> FeatureStats | None:
         if self.mean is None or self.std is None:
@@ -57,16 +71,30 @@ class DataSchema:
         known = DataSchema.__dataclass_fields__.keys()
         return DataSchema(**{k: v for k, v in d.items() if k in known})
 
-    def load(self, source: str | Path, *, label_column: str | None = None,
-             labels: Literal["required", "optional"] = "required") -> Dataset:
+    def load(
+        self,
+        source: str | Path,
+        *,
+        label_column: str | None = None,
+        labels: Literal["required", "optional"] = "required",
+    ) -> Dataset:
         """`source` read the way the training data was (see the module docstring); a `DataError` if it cannot be."""
         channels = self.input_shape[0] if self.kind == "image" else None
-        ds = load_dataset(source, label_column=label_column or self.label_column, image_size=self.image_size,
-                          stats=None, classes=self.class_names, labels=labels, channels=channels,
-                          features=self.feature_names or None if self.kind == "tabular" else None)
+        ds = load_dataset(
+            source,
+            label_column=label_column or self.label_column,
+            image_size=self.image_size,
+            stats=None,
+            classes=self.class_names,
+            labels=labels,
+            channels=channels,
+            features=self.feature_names or None if self.kind == "tabular" else None,
+        )
         if ds.kind != self.kind or list(ds.input_shape) != list(self.input_shape):
-            raise DataError(f"{ds.name}: the model takes {self.kind} input of shape {self.input_shape}, this file "
-                            f"gives {ds.kind} input of shape {list(ds.input_shape)}"
-                            + ("; pass --image-size or resize the images" if self.kind == "image" else ""))
+            raise DataError(
+                f"{ds.name}: the model takes {self.kind} input of shape {self.input_shape}, this file "
+                f"gives {ds.kind} input of shape {list(ds.input_shape)}"
+                + ("; pass --image-size or resize the images" if self.kind == "image" else "")
+            )
         stats = self.feature_stats()
         return ds.standardize(stats) if stats is not None and str(source) not in BUILTIN else ds

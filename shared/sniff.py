@@ -59,8 +59,10 @@ class TableSniff:
 
 
 def _too_big(path: Path, size: int, what: str) -> DataError:
-    return DataError(f"{path}: {what} is {_mib(size)}, more than the {_mib(max_table_bytes())} a table may hold in "
-                     f"memory; use a sample or a subset of columns (or raise DBLOCKS_MAX_TABLE_MB)")
+    return DataError(
+        f"{path}: {what} is {_mib(size)}, more than the {_mib(max_table_bytes())} a table may hold in "
+        f"memory; use a sample or a subset of columns (or raise DBLOCKS_MAX_TABLE_MB)"
+    )
 
 
 def sniff_csv(path: Path) -> TableSniff:
@@ -79,8 +81,10 @@ def sniff_csv(path: Path) -> TableSniff:
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot be read ({type(e).__name__}: {excerpt(str(e))})") from None
     if b"\x00" in head:
-        raise DataError(f"{path}: contains NUL bytes, so it is a binary or sparse file, not CSV text; export the "
-                        f"table as CSV (comma-separated text with a header row), Parquet or NPZ")
+        raise DataError(
+            f"{path}: contains NUL bytes, so it is a binary or sparse file, not CSV text; export the "
+            f"table as CSV (comma-separated text with a header row), Parquet or NPZ"
+        )
     if not gz and size > max_table_bytes():
         raise _too_big(path, size, "the file")
     complete = len(head) < SNIFF_BYTES
@@ -89,14 +93,18 @@ def sniff_csv(path: Path) -> TableSniff:
     try:
         text = head.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: is not UTF-8 text (byte {e.start}: {excerpt(head[e.start:e.start + 8])}); "
-                        f"save the table as UTF-8 CSV") from None
+        raise DataError(
+            f"{path}: is not UTF-8 text (byte {e.start}: {excerpt(head[e.start : e.start + 8])}); "
+            f"save the table as UTF-8 CSV"
+        ) from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise DataError(f"{path}: has no header row (only blank lines)")
     if not complete and "\n" not in text:
-        raise DataError(f"{path}: the first line is longer than {SNIFF_BYTES // 1024} KiB, so it is not a table's "
-                        f"header row (starts {excerpt(lines[0][:40])})")
+        raise DataError(
+            f"{path}: the first line is longer than {SNIFF_BYTES // 1024} KiB, so it is not a table's "
+            f"header row (starts {excerpt(lines[0][:40])})"
+        )
     try:
         dialect = csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t|")
         delimiter = dialect.delimiter
@@ -106,8 +114,10 @@ def sniff_csv(path: Path) -> TableSniff:
     if len(header) > MAX_COLUMNS:
         raise DataError(f"{path}: the header has {len(header)} columns (at most {MAX_COLUMNS}); is it a table?")
     if len(header) < 2:
-        raise DataError(f"{path}: found a single column ({excerpt(header[0] if header else '')}); a table needs "
-                        f"feature columns and a label column separated by ',', ';', tab or '|'")
+        raise DataError(
+            f"{path}: found a single column ({excerpt(header[0] if header else '')}); a table needs "
+            f"feature columns and a label column separated by ',', ';', tab or '|'"
+        )
     return TableSniff(size, delimiter, header)
 
 
@@ -156,8 +166,9 @@ def preflight(source: str) -> None:
     elif suffix == ".npz":
         sniff_npz(path)
     else:
-        raise _DataError(f"{path}: unsupported file type {excerpt(suffix)}; use .csv, .parquet, .npz or a folder of "
-                         f"images")
+        raise _DataError(
+            f"{path}: unsupported file type {excerpt(suffix)}; use .csv, .parquet, .npz or a folder of images"
+        )
 
 
 def sniff_npz(path: Path) -> None:

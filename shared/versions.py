@@ -58,24 +58,38 @@ class VersionMeta(BaseModel):
     code_version: str | None = Field(default=None, max_length=200)
 
     @classmethod
-    def released(cls, round: int, dp: DPSettings, *, record_epsilon: float, client_epsilon: float | None,
-                 **fields: Any) -> VersionMeta:
+    def released(
+        cls, round: int, dp: DPSettings, *, record_epsilon: float, client_epsilon: float | None, **fields: Any
+    ) -> VersionMeta:
         """A version released under `dp` with its epsilons (client_epsilon None: infinite, no central noise);
         `fields`: the rest (parent_version_id, cohort, metrics, code_version, secagg_session)."""
-        return cls(round=round, clip_norm=dp.update_clip, noise_multiplier=dp.central_noise,
-                   record_epsilon=record_epsilon, record_delta=dp.delta, record_sample_rate=dp.record_sample_rate,
-                   record_steps=dp.record_steps, client_epsilon=client_epsilon, client_delta=dp.delta,
-                   accountant=dp.accountant, **fields)
+        return cls(
+            round=round,
+            clip_norm=dp.update_clip,
+            noise_multiplier=dp.central_noise,
+            record_epsilon=record_epsilon,
+            record_delta=dp.delta,
+            record_sample_rate=dp.record_sample_rate,
+            record_steps=dp.record_steps,
+            client_epsilon=client_epsilon,
+            client_delta=dp.delta,
+            accountant=dp.accountant,
+            **fields,
+        )
 
     @model_validator(mode="after")
     def _epsilon_is_accounted(self) -> VersionMeta:
         """An epsilon means nothing without its delta, sample rate, steps and accountant."""
         if self.record_epsilon is not None:
-            missing = [k for k in ("record_delta", "record_sample_rate", "record_steps", "accountant")
-                       if getattr(self, k) is None]
+            missing = [
+                k
+                for k in ("record_delta", "record_sample_rate", "record_steps", "accountant")
+                if getattr(self, k) is None
+            ]
             if missing:
-                raise ValueError(f"record_epsilon needs {', '.join(missing)} too (an epsilon is only meaningful "
-                                 "with its accounting)")
+                raise ValueError(
+                    f"record_epsilon needs {', '.join(missing)} too (an epsilon is only meaningful with its accounting)"
+                )
         if self.client_epsilon is not None:
             missing = [k for k in ("client_delta", "accountant") if getattr(self, k) is None]
             if missing:

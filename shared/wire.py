@@ -52,7 +52,9 @@ class BlockSpec:
     format_version: int = FORMAT_VERSION
 
     @classmethod
-    def describe(cls, task: str, schedule: NoiseSchedule, arch: ArchConfig, block_index: int, weights: bytes) -> BlockSpec:
+    def describe(
+        cls, task: str, schedule: NoiseSchedule, arch: ArchConfig, block_index: int, weights: bytes
+    ) -> BlockSpec:
         return cls(
             task=task,
             block_index=block_index,
@@ -102,7 +104,9 @@ def check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
         raise BlockIntegrityError(f"{what}: missing tensors {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}")
     for k, ref in expected.items():
         if got[k].shape != ref.shape:
-            raise BlockIntegrityError(f"{what}: tensor {k!r} has shape {list(got[k].shape)}, expected {list(ref.shape)}")
+            raise BlockIntegrityError(
+                f"{what}: tensor {k!r} has shape {list(got[k].shape)}, expected {list(ref.shape)}"
+            )
         if got[k].dtype != ref.dtype:
             raise BlockIntegrityError(f"{what}: tensor {k!r} has dtype {got[k].dtype}, expected {ref.dtype}")
         if not torch.isfinite(got[k]).all():
@@ -113,7 +117,9 @@ def unpack_block(spec: BlockSpec, data: bytes) -> nn.Module:
     """Rebuild a block from its spec and weight bytes, verifying hash, names, shapes and dtypes."""
     what = f"block {spec.block_index} of {spec.task!r}"
     if sha256_hex(data) != spec.sha256:
-        raise BlockIntegrityError(f"{what}: sha256 of the weights {sha256_hex(data)[:12]}… does not match the spec's {spec.sha256[:12]}…")
+        raise BlockIntegrityError(
+            f"{what}: sha256 of the weights {sha256_hex(data)[:12]}… does not match the spec's {spec.sha256[:12]}…"
+        )
     try:
         state = st_load(data)
     except Exception as e:

@@ -13,8 +13,13 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 @pytest.mark.slow
 def test_quick_benches_write_results_and_summary(tmp_path):
     for script in ("accuracy.py", "generation.py", "memory.py"):
-        r = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(tmp_path)],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        r = subprocess.run(
+            [sys.executable, str(BENCH / script), "--quick", "--out", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert r.returncode == 0, f"{script} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
 
     acc = json.loads((tmp_path / "accuracy.json").read_text())

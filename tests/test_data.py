@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -65,7 +64,9 @@ def test_user_files_load(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for k in range(2):
-            Image.fromarray(np.random.randint(0, 255, (5, 5), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{k}.png")
+            Image.fromarray(np.random.randint(0, 255, (5, 5), dtype=np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{k}.png"
+            )
     d = load_dataset(tmp_path / "imgs")
     assert d.x.shape == (4, 1, 5, 5) and d.class_names == ["cat", "dog"]
 

@@ -61,5 +61,6 @@ def test_lean_functions_pass_gradcheck():
     bias = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
     gate = torch.randn(3, 6, dtype=torch.float64, generator=g, requires_grad=True)
     # y = x W^T + b built outside; gradients to x, W, b flow through y only
-    assert torch.autograd.gradcheck(lambda h_, g_, x_, w_, b_: _GatedResidual.apply(h_, g_, F.linear(x_, w_, b_), x_, w_, b_),
-                                    (h, gate, x, w, bias))
+    assert torch.autograd.gradcheck(
+        lambda h_, g_, x_, w_, b_: _GatedResidual.apply(h_, g_, F.linear(x_, w_, b_), x_, w_, b_), (h, gate, x, w, bias)
+    )

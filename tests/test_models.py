@@ -13,12 +13,15 @@ from dblocks.shared.schedule import NoiseSchedule
 
 SCHED = NoiseSchedule(num_blocks=4)
 ARCHS = {
-    "image-classifier": ArchConfig(kind="classifier", input="image", num_classes=10, width=32, depth=2, heads=4,
-                                   image_size=8, patch_size=2),
-    "tabular-classifier": ArchConfig(kind="classifier", input="tabular", num_classes=3, width=32, depth=2, heads=4,
-                                     num_features=7),
-    "generator": ArchConfig(kind="generator", input="image", num_classes=10, width=32, depth=2, heads=4,
-                            image_size=8, patch_size=2),
+    "image-classifier": ArchConfig(
+        kind="classifier", input="image", num_classes=10, width=32, depth=2, heads=4, image_size=8, patch_size=2
+    ),
+    "tabular-classifier": ArchConfig(
+        kind="classifier", input="tabular", num_classes=3, width=32, depth=2, heads=4, num_features=7
+    ),
+    "generator": ArchConfig(
+        kind="generator", input="image", num_classes=10, width=32, depth=2, heads=4, image_size=8, patch_size=2
+    ),
 }
 
 
@@ -117,8 +120,9 @@ def test_ghost_clipping_gives_the_clipped_mean_gradient(name):
     ref = copy.deepcopy(block)
     x, y, sigma = batch(arch, n, torch.Generator().manual_seed(1))
     gsm = GradSampleModuleFastGradientClipping(block, max_grad_norm=C, use_ghost_clipping=True)
-    opt = DPOptimizerFastGradientClipping(torch.optim.SGD(block.parameters(), lr=0.0), noise_multiplier=0.0,
-                                          max_grad_norm=C, expected_batch_size=n)
+    opt = DPOptimizerFastGradientClipping(
+        torch.optim.SGD(block.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=C, expected_batch_size=n
+    )
     losses = loss_per_example(block, gsm, x, y, sigma, torch.Generator().manual_seed(2))
     DPTensorFastGradientClipping(gsm, opt, losses, "mean").backward()
     opt.pre_step()

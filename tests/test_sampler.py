@@ -27,8 +27,10 @@ def test_heun_beats_euler_at_equal_steps():
     sd = 0.5
     z = 80 * torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
     exact = z * np.sqrt(sd**2 + 0.002**2) / np.sqrt(sd**2 + 80**2)
-    err = {s: (integrate(gaussian_denoiser(sd), SCHED, SCHED.edm_grid(20), z.clone(), s) - exact).norm().item()
-           for s in ("euler", "heun")}
+    err = {
+        s: (integrate(gaussian_denoiser(sd), SCHED, SCHED.edm_grid(20), z.clone(), s) - exact).norm().item()
+        for s in ("euler", "heun")
+    }
     assert err["heun"] < 0.5 * err["euler"]
 
 

@@ -9,7 +9,9 @@ from dblocks.shared.schedule import NoiseSchedule
 from dblocks.shared.wire import BlockIntegrityError, BlockSpec, load_block, pack_block, save_block, unpack_block
 
 SCHED = NoiseSchedule(num_blocks=3, gamma=0.1)
-ARCH = ArchConfig(kind="classifier", input="image", num_classes=10, width=32, depth=1, heads=4, image_size=8, patch_size=2)
+ARCH = ArchConfig(
+    kind="classifier", input="image", num_classes=10, width=32, depth=1, heads=4, image_size=8, patch_size=2
+)
 
 
 def test_round_trip_preserves_spec_and_function(tmp_path):

@@ -147,14 +147,21 @@ def main(grid: Grid, context: Context) -> None:
             return RecordDict({"model": ArrayRecord(weights), "task": ConfigRecord({"block": blocks[0]})})
         return None
 
-    ours = FlowerSecAgg(counting, {"0": Layout(dim, CLIP)}, timeout=600, payload=payload, policy=policy,
-                        send=lambda messages, timeout: send_and_receive(counting, messages, timeout))
+    ours = FlowerSecAgg(
+        counting,
+        {"0": Layout(dim, CLIP)},
+        timeout=600,
+        payload=payload,
+        policy=policy,
+        send=lambda messages, timeout: send_and_receive(counting, messages, timeout),
+    )
     flower = FlowerSecAggPlus(SecAggConfig(mode="flower", threshold=0.6, timeout=600), CLIP)
     result = {"nodes": cohort, "dim": dim, "rounds": [], "plan": None}
     t0 = time.perf_counter()
     counting.reset()
     ours.plan(1, {"0": cohort})
     result["ours_registration"] = {"seconds": time.perf_counter() - t0, "exchanges": counting.exchanges}
+
     def error_vs_plain_mean(mean, survivors, r):
         plain = np.mean([node_update(int(n), r, dim).astype(np.float64) for n in survivors], axis=0)
         return float(np.abs(np.asarray(mean, dtype=np.float64) - plain).max())
@@ -165,11 +172,20 @@ def main(grid: Grid, context: Context) -> None:
         t0 = time.perf_counter()
         out = flower.aggregate(counting, context, 0, r, cohort, weights, {"round": r})
         seconds = time.perf_counter() - t0
-        entry = {"round": r, "protocol": "flower", "seconds": seconds, "ok": out.ok, "failure": out.failure,
-                 "exchanges": counting.exchanges, "exchange_seconds": counting.exchange_seconds,
-                 "messages": counting.sent, "bytes_down": counting.bytes_down,
-                 "bytes_up": counting.bytes_up, "aggregated": len(out.survivors) if out.ok else 0,
-                 "max_abs_error": error_vs_plain_mean(out.mean[0], out.survivors, r) if out.ok else None}
+        entry = {
+            "round": r,
+            "protocol": "flower",
+            "seconds": seconds,
+            "ok": out.ok,
+            "failure": out.failure,
+            "exchanges": counting.exchanges,
+            "exchange_seconds": counting.exchange_seconds,
+            "messages": counting.sent,
+            "bytes_down": counting.bytes_down,
+            "bytes_up": counting.bytes_up,
+            "aggregated": len(out.survivors) if out.ok else 0,
+            "max_abs_error": error_vs_plain_mean(out.mean[0], out.survivors, r) if out.ok else None,
+        }
         result["rounds"].append(entry)
         # ours (round r+1 is planned inside the timed window: it is part of the protocol's cost)
         counting.reset()
@@ -179,12 +195,20 @@ def main(grid: Grid, context: Context) -> None:
         res = ours.run(r)
         seconds = time.perf_counter() - t0
         agg = res.aggregates.get("0")
-        entry = {"round": r, "protocol": "dblocks", "seconds": seconds, "ok": agg is not None,
-                 "failure": res.failures.get("0"), "exchanges": counting.exchanges,
-                 "exchange_seconds": counting.exchange_seconds, "messages": counting.sent,
-                 "bytes_down": counting.bytes_down, "bytes_up": counting.bytes_up,
-                 "aggregated": agg.count if agg else 0,
-                 "max_abs_error": error_vs_plain_mean(agg.mean_update, agg.survivors, r) if agg else None}
+        entry = {
+            "round": r,
+            "protocol": "dblocks",
+            "seconds": seconds,
+            "ok": agg is not None,
+            "failure": res.failures.get("0"),
+            "exchanges": counting.exchanges,
+            "exchange_seconds": counting.exchange_seconds,
+            "messages": counting.sent,
+            "bytes_down": counting.bytes_down,
+            "bytes_up": counting.bytes_up,
+            "aggregated": agg.count if agg else 0,
+            "max_abs_error": error_vs_plain_mean(agg.mean_update, agg.survivors, r) if agg else None,
+        }
         result["rounds"].append(entry)
         print(json.dumps(result["rounds"][-2:]), flush=True)
     plan = ours.server.plans(1)[0]

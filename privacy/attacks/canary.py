@@ -122,8 +122,13 @@ def two_means_threshold(scores: np.ndarray, iterations: int = 50) -> float:
     return t
 
 
-def bound_from_scores(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95,
-                      fractions: tuple[float, ...] | None = None) -> CanaryBound:
+def bound_from_scores(
+    scores: np.ndarray,
+    included: np.ndarray,
+    delta: float,
+    confidence: float = 0.95,
+    fractions: tuple[float, ...] | None = None,
+) -> CanaryBound:
     """Try several guess rules, each at significance (1 - confidence) / #rules (Bonferroni), and report the best
     bound: for r = fraction * m, guess the top r/2 scores included and the bottom r/2 excluded; and one rule
     that guesses all m by the two-means threshold of the scores (right when included and excluded counts are
@@ -174,8 +179,9 @@ def canary_loss_fn(block: nn.Module, block_index: int, cfg: TrainConfig, canarie
     def loss(module, xb, yb, generator):
         is_canary = yb < 0
         ids = torch.where(is_canary, -yb - 1, torch.full_like(yb, canaries))
-        inputs = draw_block_inputs(block, block_index, xb, yb.clamp_min(0), generator=generator,
-                                   label_dropout=cfg.label_dropout)
+        inputs = draw_block_inputs(
+            block, block_index, xb, yb.clamp_min(0), generator=generator, label_dropout=cfg.label_dropout
+        )
         table: dict[str, torch.Tensor] = {}
 
         def forward(*args):
@@ -221,7 +227,11 @@ class RecordCanaryResult:
     included: list[bool]
 
     def to_dict(self) -> dict:
-        return {"bound": self.bound.to_dict(), "accountant_epsilon": self.accountant_epsilon, "dp_report": self.dp_report}
+        return {
+            "bound": self.bound.to_dict(),
+            "accountant_epsilon": self.accountant_epsilon,
+            "dp_report": self.dp_report,
+        }
 
 
 def record_canary_audit(

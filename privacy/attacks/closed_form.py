@@ -113,8 +113,11 @@ def closed_form_attack(block: nn.Module, delta: Delta, lr: float | None = None) 
     sigma, ratio = recover_sigma(block, grads)
     if math.isnan(sigma):  # without sigma nothing else can be un-preconditioned
         arch = block.arch
-        label = int(grads["head.bias"].argmin()) if isinstance(block, DenoisingClassifier) else \
-            int(grads["label_emb.weight"].norm(dim=1).argmax())
+        label = (
+            int(grads["head.bias"].argmin())
+            if isinstance(block, DenoisingClassifier)
+            else int(grads["label_emb.weight"].norm(dim=1).argmax())
+        )
         return ClosedFormResult(None, label, sigma, torch.full((1, arch.width), float("nan")), ratio, lr is not None)
     sig = torch.tensor([sigma], dtype=torch.float64)
     c_skip, c_out, c_in, _ = (float(t) for t in block.schedule.precondition(sig))

@@ -58,8 +58,9 @@ def _interval(expected_std: float, d: int, slack_norm: float, alpha: float) -> t
     return lo, hi
 
 
-def noise_conformance(update: BlockUpdate, param_keys: list[str], directions: int = 256, alpha: float = 1e-3,
-                      seed: int = 0) -> ConformanceResult:
+def noise_conformance(
+    update: BlockUpdate, param_keys: list[str], directions: int = 256, alpha: float = 1e-3, seed: int = 0
+) -> ConformanceResult:
     """Check `update` against its sidecar (clip_norm, clients_aggregated, reduction, noise_multiplier)."""
     meta = update.meta
     if meta.clip_norm is None:
@@ -75,10 +76,14 @@ def noise_conformance(update: BlockUpdate, param_keys: list[str], directions: in
     lo, hi = _interval(expected, d, signal_bound, alpha)
     measured = norm / math.sqrt(d)
     if expected > 0 and not lo <= measured <= hi:
-        failures.append(f"noise std {measured:.4g} outside [{lo:.4g}, {hi:.4g}] expected for z={meta.noise_multiplier}, "
-                        f"C={c}, K={k} ({meta.reduction}): expected {expected:.4g}")
+        failures.append(
+            f"noise std {measured:.4g} outside [{lo:.4g}, {hi:.4g}] expected for z={meta.noise_multiplier}, "
+            f"C={c}, K={k} ({meta.reduction}): expected {expected:.4g}"
+        )
     if expected == 0 and norm > signal_bound * (1 + 1e-5):
-        failures.append(f"aggregate norm {norm:.4g} exceeds the clip bound {signal_bound:.4g} (K C): a client was not clipped")
+        failures.append(
+            f"aggregate norm {norm:.4g} exceeds the clip bound {signal_bound:.4g} (K C): a client was not clipped"
+        )
     per_tensor = {}
     for name in param_keys:
         t = update.delta[name].double().flatten()

@@ -117,7 +117,11 @@ class _Dummies(nn.Module):
         k, n, r, s = target.clients, target.records, len(target.rounds), target.training.steps
         arch = block.arch
         self.block, self.kn = block, k * n
-        shape = (k * n, arch.image_channels, arch.image_size, arch.image_size) if arch.input == "image" else (k * n, arch.num_features)
+        shape = (
+            (k * n, arch.image_channels, arch.image_size, arch.image_size)
+            if arch.input == "image"
+            else (k * n, arch.num_features)
+        )
         self.x = nn.Parameter(0.5 * torch.randn(shape, generator=generator).clamp(-2, 2))
         self.log_sigma_raw = nn.Parameter(torch.zeros(r, s, k * n))
         eps_shape = (r, s, k * n, arch.width) if isinstance(block, DenoisingClassifier) else (r, s, *shape)
@@ -168,7 +172,9 @@ def _informative_segments(block, block_index, target: MatchingTarget, keys, obse
 
     arch = block.arch
     n = target.records
-    shape = (n, arch.image_channels, arch.image_size, arch.image_size) if arch.input == "image" else (n, arch.num_features)
+    shape = (
+        (n, arch.image_channels, arch.image_size, arch.image_size) if arch.input == "image" else (n, arch.num_features)
+    )
     g = torch.Generator().manual_seed(12345)
     x = torch.rand(shape, generator=g) * 2 - 1
     y = torch.randint(0, arch.num_classes, (n,), generator=g)
@@ -177,8 +183,11 @@ def _informative_segments(block, block_index, target: MatchingTarget, keys, obse
     probe = _flat(simulate_update(block, params, steps, LocalTraining(lr=1.0)), keys)
     segs = _segments(keys, target.rounds[0].update)
     scale = float(probe.norm())
-    return [seg for seg in segs
-            if float(probe[seg].norm()) > 1e-6 * scale and any(float(o[seg].abs().max()) > 0 for o in observed)]
+    return [
+        seg
+        for seg in segs
+        if float(probe[seg].norm()) > 1e-6 * scale and any(float(o[seg].abs().max()) > 0 for o in observed)
+    ]
 
 
 def invert(
@@ -224,13 +233,28 @@ def invert(
         with torch.no_grad():
             final = float(_matching_loss(block, target, dummies, observed, keys, segments, cfg, lo, hi))
         if best is None or final < best.matching_loss:
-            best = InversionResult(dummies.x.detach().clone(), dummies.hard_labels().detach().clone(),
-                                   dummies.sigma(lo, hi).detach().clone(), final, history)
+            best = InversionResult(
+                dummies.x.detach().clone(),
+                dummies.hard_labels().detach().clone(),
+                dummies.sigma(lo, hi).detach().clone(),
+                final,
+                history,
+            )
     return best
 
 
-def _matching_loss(block, target: MatchingTarget, dummies: _Dummies, observed, keys, segments, cfg: MatchingConfig, lo, hi,
-                   unscaled_norm: bool = False):
+def _matching_loss(
+    block,
+    target: MatchingTarget,
+    dummies: _Dummies,
+    observed,
+    keys,
+    segments,
+    cfg: MatchingConfig,
+    lo,
+    hi,
+    unscaled_norm: bool = False,
+):
     """The matching loss (or, with unscaled_norm, the norm of the first round's predicted update before scaling)."""
     n = target.records
     total = 0.0

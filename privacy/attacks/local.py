@@ -65,7 +65,9 @@ def simulate_update(
     for t, inputs in enumerate(step_inputs, start=1):
         live = {n: params[n].detach() + delta[n] if t > 1 else params[n].detach() for n in names}
         # differentiate w.r.t. the current weights; keep their graph to the attacker's unknowns when asked
-        live = {n: p if (create_graph and p.requires_grad) else p.detach().requires_grad_(True) for n, p in live.items()}
+        live = {
+            n: p if (create_graph and p.requires_grad) else p.detach().requires_grad_(True) for n, p in live.items()
+        }
 
         def forward(*args, _p=live):
             return functional_call(block, {**_p, **buffers}, args)
@@ -98,8 +100,10 @@ def local_update(
     The delta is the sum of the optimizer's steps (float32), as a client that accumulates its update sends it;
     re-deriving it as float32(trained) - float32(received) would round away whatever lies below the weights'
     precision (a loss of bits an attacker cannot count on being there). Buffers have a zero delta."""
-    draws = [draw_block_inputs(block, block_index, x, y, generator=generator, label_dropout=training.label_dropout)
-             for _ in range(training.steps)]
+    draws = [
+        draw_block_inputs(block, block_index, x, y, generator=generator, label_dropout=training.label_dropout)
+        for _ in range(training.steps)
+    ]
     with torch.enable_grad():
         delta = simulate_update(block, trainable(block), draws, training)
     out = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in block.state_dict().items()}

@@ -46,8 +46,9 @@ class MembershipConfig:
 
 
 @torch.no_grad()
-def record_scores(block: nn.Module, block_index: int, x: torch.Tensor, y: torch.Tensor, draws: int, seed: int,
-                  batch: int = 256) -> np.ndarray:
+def record_scores(
+    block: nn.Module, block_index: int, x: torch.Tensor, y: torch.Tensor, draws: int, seed: int, batch: int = 256
+) -> np.ndarray:
     """[N] membership statistic of every record under `block` (see module docstring)."""
     block.eval()
     total = torch.zeros(len(x), dtype=torch.float64)
@@ -62,7 +63,7 @@ def record_scores(block: nn.Module, block_index: int, x: torch.Tensor, y: torch.
                 logp = F.log_softmax(logits.double(), -1)
                 lp = logp.gather(1, part.y[:, None]).squeeze(1)
                 others = torch.logsumexp(logp.scatter(1, part.y[:, None], float("-inf")), dim=1)
-                total[sl] += (lp - others)
+                total[sl] += lp - others
             else:
                 total[sl] -= block_loss(block, part).double()
     return (total / draws).numpy()
@@ -77,8 +78,9 @@ def membership_masks(models: int, records: int, seed: int) -> np.ndarray:
     return masks
 
 
-def train_models(block: nn.Module, block_index: int, x, y, masks: np.ndarray, cfg: TrainConfig, dp=None,
-                 progress=None) -> list[nn.Module]:
+def train_models(
+    block: nn.Module, block_index: int, x, y, masks: np.ndarray, cfg: TrainConfig, dp=None, progress=None
+) -> list[nn.Module]:
     """One copy of `block` per mask row, trained on its members (plain, or DP-SGD when `dp` is given)."""
     from dblocks.privacy.dpsgd import train_block_dp
 
@@ -107,7 +109,9 @@ def lira_scores(scores: np.ndarray, masks: np.ndarray, target: int) -> np.ndarra
     var_in = np.nanvar(inn - mu_in) + 1e-12  # pooled over records (few shadows per record)
     var_out = np.nanvar(out - mu_out) + 1e-12
     t = scores[target]
-    return (-(t - mu_in) ** 2 / (2 * var_in) - 0.5 * math.log(var_in)) - (-(t - mu_out) ** 2 / (2 * var_out) - 0.5 * math.log(var_out))
+    return (-((t - mu_in) ** 2) / (2 * var_in) - 0.5 * math.log(var_in)) - (
+        -((t - mu_out) ** 2) / (2 * var_out) - 0.5 * math.log(var_out)
+    )
 
 
 @dataclass
@@ -124,8 +128,9 @@ class MembershipResult:
         return asdict(self)
 
 
-def evaluate(scores: np.ndarray, masks: np.ndarray, seed: int, epsilon: float | None = None,
-             delta: float | None = None) -> MembershipResult:
+def evaluate(
+    scores: np.ndarray, masks: np.ndarray, seed: int, epsilon: float | None = None, delta: float | None = None
+) -> MembershipResult:
     """Pool every model-as-target; both attacks; check TPR <= e^eps FPR + delta when a DP claim is given."""
     m = len(scores)
     loss_in = np.concatenate([scores[t][masks[t]] for t in range(m)])
@@ -144,13 +149,16 @@ def evaluate(scores: np.ndarray, masks: np.ndarray, seed: int, epsilon: float | 
                 tpr = r[f"tpr_at_{f:g}_fpr"]
                 allowed = math.exp(epsilon) * f + (delta or 0.0)
                 if tpr["resolved"] and tpr["low"] > allowed:
-                    violations.append(f"{name}: TPR {tpr['value']:.3f} (95% low {tpr['low']:.3f}) at FPR {f:g} exceeds "
-                                      f"e^eps FPR + delta = {allowed:.3f} for eps={epsilon:.3g}")
+                    violations.append(
+                        f"{name}: TPR {tpr['value']:.3f} (95% low {tpr['low']:.3f}) at FPR {f:g} exceeds "
+                        f"e^eps FPR + delta = {allowed:.3f} for eps={epsilon:.3g}"
+                    )
     return MembershipResult(results["loss_attack"], results["lira"], m, scores.shape[1], epsilon, delta, violations)
 
 
-def membership_audit(block: nn.Module, block_index: int, x, y, cfg: TrainConfig, mcfg: MembershipConfig, dp=None,
-                     progress=None) -> MembershipResult:
+def membership_audit(
+    block: nn.Module, block_index: int, x, y, cfg: TrainConfig, mcfg: MembershipConfig, dp=None, progress=None
+) -> MembershipResult:
     """Train mcfg.models blocks on random halves of (x, y) from `block` and attack every one of them."""
     masks = membership_masks(mcfg.models, len(x), mcfg.seed)
     with torch.random.fork_rng():  # DP-SGD noise comes from the global generator: seeded, caller's state untouched
@@ -164,6 +172,8 @@ def membership_audit(block: nn.Module, block_index: int, x, y, cfg: TrainConfig,
 
         n = int(masks[0].sum())
         steps = dp.num_steps(n, cfg.epochs)
-        eps, delta = accountant_epsilon([MechanismStep(dp.noise_multiplier, dp.sample_rate(n), steps)], dp.delta,
-                                        dp.accountant), dp.delta
+        eps, delta = (
+            accountant_epsilon([MechanismStep(dp.noise_multiplier, dp.sample_rate(n), steps)], dp.delta, dp.accountant),
+            dp.delta,
+        )
     return evaluate(scores, masks, mcfg.seed, eps, delta)

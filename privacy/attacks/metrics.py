@@ -110,8 +110,18 @@ class ReconstructionScore:
     per_target_psnr: list[float]
 
     def metrics(self) -> dict:
-        out = {k: getattr(self, k).to_dict() for k in ("psnr", "ssim", "iip", "share_above_20db", "mean_record_psnr",
-                                                       "random_record_psnr", "psnr_over_mean_baseline")}
+        out = {
+            k: getattr(self, k).to_dict()
+            for k in (
+                "psnr",
+                "ssim",
+                "iip",
+                "share_above_20db",
+                "mean_record_psnr",
+                "random_record_psnr",
+                "psnr_over_mean_baseline",
+            )
+        }
         out["iip_chance"] = self.iip_chance
         out["per_target_psnr"] = self.per_target_psnr
         return out
@@ -170,5 +180,8 @@ def auc_interval(scores_in: np.ndarray, scores_out: np.ndarray, seed: int = 0, r
     rng = np.random.default_rng(seed)
     s_in, s_out = np.asarray(scores_in), np.asarray(scores_out)
     base = roc_metrics(s_in, s_out, fprs=())["auc"]
-    boots = [roc_metrics(rng.choice(s_in, len(s_in)), rng.choice(s_out, len(s_out)), fprs=())["auc"] for _ in range(resamples)]
+    boots = [
+        roc_metrics(rng.choice(s_in, len(s_in)), rng.choice(s_out, len(s_out)), fprs=())["auc"]
+        for _ in range(resamples)
+    ]
     return Estimate(base, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975)), len(s_in) + len(s_out))

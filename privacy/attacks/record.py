@@ -80,7 +80,10 @@ class AuditRecord:
         return cls(**d)
 
     def summary(self) -> str:
-        head = f"{self.verdict.upper()}: {self.attack} at {self.observation_point} ({self.adversary}), block {self.block.get('block_index')}"
+        head = (
+            f"{self.verdict.upper()}: {self.attack} at {self.observation_point} ({self.adversary}), "
+            f"block {self.block.get('block_index')}"
+        )
         return head + "".join(f"\n  - {r}" for r in self.reasons)
 
 

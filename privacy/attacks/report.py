@@ -61,8 +61,13 @@ def plot_noise(records) -> str | None:
     for _, r in records:
         if r.attack in INVERSION and r.observation_point in ("release", "sequence"):
             key = (r.attack, r.observation_point, r.adversary, r.block.get("block_index"))
-            lines[key].append((r.secagg.get("noise_multiplier", 0.0), _value(r.metrics, "psnr_over_mean_baseline"),
-                               _value(r.metrics, "iip")))
+            lines[key].append(
+                (
+                    r.secagg.get("noise_multiplier", 0.0),
+                    _value(r.metrics, "psnr_over_mean_baseline"),
+                    _value(r.metrics, "iip"),
+                )
+            )
     lines = {k: sorted(v) for k, v in lines.items() if len({p[0] for p in v}) >= 2}
     if not lines:
         return None
@@ -93,12 +98,19 @@ def plot_blocks(records) -> str | None:
         if blk is None:
             continue
         if r.attack in INVERSION:
-            groups[(f"{r.attack} {r.observation_point} {r.adversary} z={r.secagg.get('noise_multiplier')}",
-                    "PSNR over baseline (dB)")].append(
-                (blk, _value(r.metrics, "psnr_over_mean_baseline"), r.block.get("training_interval")))
+            groups[
+                (
+                    f"{r.attack} {r.observation_point} {r.adversary} z={r.secagg.get('noise_multiplier')}",
+                    "PSNR over baseline (dB)",
+                )
+            ].append((blk, _value(r.metrics, "psnr_over_mean_baseline"), r.block.get("training_interval")))
         elif r.attack == "membership":
-            groups[("membership LiRA AUC", "AUC")].append((blk, r.metrics["lira"]["auc"], r.block.get("training_interval")))
-            groups[("membership loss AUC", "AUC")].append((blk, r.metrics["loss_attack"]["auc"], r.block.get("training_interval")))
+            groups[("membership LiRA AUC", "AUC")].append(
+                (blk, r.metrics["lira"]["auc"], r.block.get("training_interval"))
+            )
+            groups[("membership loss AUC", "AUC")].append(
+                (blk, r.metrics["loss_attack"]["auc"], r.block.get("training_interval"))
+            )
     groups = {k: sorted(v, key=lambda p: p[0]) for k, v in groups.items() if len({p[0] for p in v}) >= 2}
     if not groups:
         return None
@@ -129,9 +141,16 @@ def plot_epsilon(records) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(pts)), 4))
     xs = range(len(pts))
-    ax.bar([x - 0.2 for x in xs], [r.metrics["accountant_epsilon"] for r, _ in pts], width=0.4, label="accountant epsilon")
-    ax.bar([x + 0.2 for x in xs], [r.metrics["epsilon_lower_bound"] for r, _ in pts], width=0.4,
-           label="empirical lower bound (95%)", color=["tab:red" if r.verdict == "fail" else "tab:green" for r, _ in pts])
+    ax.bar(
+        [x - 0.2 for x in xs], [r.metrics["accountant_epsilon"] for r, _ in pts], width=0.4, label="accountant epsilon"
+    )
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [r.metrics["epsilon_lower_bound"] for r, _ in pts],
+        width=0.4,
+        label="empirical lower bound (95%)",
+        color=["tab:red" if r.verdict == "fail" else "tab:green" for r, _ in pts],
+    )
     ax.set_xticks(list(xs), [f"{d.name}\n{r.config.get('canary_level')}" for r, d in pts], fontsize=7, rotation=20)
     ax.set_ylabel("epsilon")
     ax.set_yscale("symlog", linthresh=1)
@@ -143,8 +162,12 @@ def plot_epsilon(records) -> str | None:
 def _headline(r: AuditRecord) -> str:
     m = r.metrics
     if r.attack in INVERSION:
-        return (f"PSNR {_value(m, 'psnr'):.2f} dB (baseline {_value(m, 'mean_record_psnr'):.2f}), IIP {_value(m, 'iip'):.3f}"
-                if _value(m, "psnr") is not None else "-")
+        return (
+            f"PSNR {_value(m, 'psnr'):.2f} dB (baseline {_value(m, 'mean_record_psnr'):.2f}), IIP "
+            f"{_value(m, 'iip'):.3f}"
+            if _value(m, "psnr") is not None
+            else "-"
+        )
     if r.attack == "canary":
         return f"eps lower bound {m['epsilon_lower_bound']:.3f} vs accountant {m['accountant_epsilon']:.3f}"
     if r.attack == "membership":
@@ -159,27 +182,33 @@ def render_report(paths: list[Path], out: Path) -> int:
     colour = {"pass": "#2a7", "fail": "#c33", "inconclusive": "#c90"}
     rows = []
     for d, r in records:
-        imgs = "".join(f'<div><img src="data:image/png;base64,{base64.b64encode((d / a).read_bytes()).decode()}" '
-                       f'title="{html.escape(desc)}"><br><small>{html.escape(desc)}</small></div>'
-                       for a, desc in r.artifacts.items() if a.endswith(".png") and (d / a).exists())
+        imgs = "".join(
+            f'<div><img src="data:image/png;base64,{base64.b64encode((d / a).read_bytes()).decode()}" '
+            f'title="{html.escape(desc)}"><br><small>{html.escape(desc)}</small></div>'
+            for a, desc in r.artifacts.items()
+            if a.endswith(".png") and (d / a).exists()
+        )
         rows.append(
             f"<tr><td style='color:{colour[r.verdict]};font-weight:bold'>{r.verdict}</td><td>{html.escape(d.name)}</td>"
             f"<td>{r.attack}</td><td>{r.observation_point}</td><td>{r.adversary}</td><td>{r.block.get('block_index')}</td>"
             f"<td>{html.escape(_headline(r))}</td><td><small>{'<br>'.join(html.escape(x) for x in r.reasons)}</small>"
             f"<details><summary>scope, config</summary><small>{html.escape(r.scope)}<br>hash {r.config_hash[:16]} - "
-            f"{html.escape(r.code_version)}<br><code>{html.escape(json.dumps(r.config))}</code></small></details>{imgs}</td></tr>")
-    plots = [("Leakage vs central noise multiplier", plot_noise(records)),
-             ("Leakage per block across the noise intervals", plot_blocks(records)),
-             ("Canary epsilon lower bound vs accountant epsilon", plot_epsilon(records))]
+            f"{html.escape(r.code_version)}<br><code>{html.escape(json.dumps(r.config))}</code></small></details>{imgs}</td></tr>"
+        )
+    plots = [
+        ("Leakage vs central noise multiplier", plot_noise(records)),
+        ("Leakage per block across the noise intervals", plot_blocks(records)),
+        ("Canary epsilon lower bound vs accountant epsilon", plot_epsilon(records)),
+    ]
     figs = "".join(f"<h2>{t}</h2><img src='data:image/png;base64,{p}'>" for t, p in plots if p)
     counts = {v: sum(r.verdict == v for _, r in records) for v in colour}
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>dblocks leakage audits</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}img{{image-rendering:pixelated;max-width:100%}}</style>
 </head><body><h1>dblocks leakage audits</h1>
-<p>{len(records)} audits: {counts['pass']} pass, {counts['fail']} fail, {counts['inconclusive']} inconclusive.</p>
+<p>{len(records)} audits: {counts["pass"]} pass, {counts["fail"]} fail, {counts["inconclusive"]} inconclusive.</p>
 {figs}<h2>Audits</h2><table><tr><th>verdict</th><th>audit</th><th>attack</th><th>observed</th><th>adversary</th>
-<th>block</th><th>headline</th><th>reasons</th></tr>{''.join(rows)}</table></body></html>"""
+<th>block</th><th>headline</th><th>reasons</th></tr>{"".join(rows)}</table></body></html>"""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return len(records)

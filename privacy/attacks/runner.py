@@ -84,8 +84,10 @@ class AuditSpec:
         if self.adversary not in ADVERSARIES:
             raise ValueError(f"unknown adversary {self.adversary!r}; choose one of {', '.join(ADVERSARIES)}")
         if self.attack in INVERSION_ATTACKS and self.observe == "weights":
-            raise ValueError("inversion attacks need an update: observe raw|clipped|aggregate|release|sequence "
-                             "(final weights are audited with --attack membership)")
+            raise ValueError(
+                "inversion attacks need an update: observe raw|clipped|aggregate|release|sequence "
+                "(final weights are audited with --attack membership)"
+            )
         if self.attack == "membership" and self.observe != "weights":
             raise ValueError("membership inference attacks the final block weights: use --observe weights")
         if self.canary_level not in ("record", "client"):
@@ -102,15 +104,20 @@ class AuditSpec:
 
     @property
     def scenario(self) -> FederationScenario:
-        return FederationScenario(self.clients, self.records, self.training, self.clip_norm, self.noise_multiplier,
-                                  self.rounds)
+        return FederationScenario(
+            self.clients, self.records, self.training, self.clip_norm, self.noise_multiplier, self.rounds
+        )
 
     def dp_config(self, noise_multiplier: float | None = None):
         from dblocks.privacy.dpsgd import DPConfig
 
-        return DPConfig(noise_multiplier=self.dp_noise_multiplier if noise_multiplier is None else noise_multiplier,
-                        max_grad_norm=self.dp_max_grad_norm, batch_size=self.dp_batch_size, steps=self.dp_steps,
-                        delta=self.delta)
+        return DPConfig(
+            noise_multiplier=self.dp_noise_multiplier if noise_multiplier is None else noise_multiplier,
+            max_grad_norm=self.dp_max_grad_norm,
+            batch_size=self.dp_batch_size,
+            steps=self.dp_steps,
+            delta=self.delta,
+        )
 
 
 @dataclass
@@ -124,8 +131,14 @@ class AuditTarget:
 
 
 # ---------------------------------------------------------------------------------------------------
-def run_audit(target: AuditTarget, spec: AuditSpec, out_dir: str | Path, update: BlockUpdate | None = None,
-              truth: tuple[torch.Tensor, torch.Tensor] | None = None, progress=None) -> AuditRecord:
+def run_audit(
+    target: AuditTarget,
+    spec: AuditSpec,
+    out_dir: str | Path,
+    update: BlockUpdate | None = None,
+    truth: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress=None,
+) -> AuditRecord:
     """Run `spec` against `target`; write audit.json and PNGs into out_dir; return the record."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,12 +159,26 @@ def run_audit(target: AuditTarget, spec: AuditSpec, out_dir: str | Path, update:
 
 
 def _base_record(target: AuditTarget, spec: AuditSpec, **kw) -> dict:
-    secagg = {"clients_aggregated": spec.clients, "clip_norm": spec.clip_norm,
-              "noise_multiplier": spec.noise_multiplier, "secure_aggregation": spec.observe in ("aggregate", "release", "sequence")}
-    return dict(attack=spec.attack, observation_point=spec.observe, adversary=spec.adversary, block=target.info,
-                rounds=list(range(spec.rounds if spec.observe == "sequence" or spec.attack == "canary" else 1)),
-                config=spec.to_dict(), seeds={"audit": spec.seed, "targets": [spec.seed * 100003 + t for t in range(spec.targets)]},
-                dp={}, secagg=secagg) | kw
+    secagg = {
+        "clients_aggregated": spec.clients,
+        "clip_norm": spec.clip_norm,
+        "noise_multiplier": spec.noise_multiplier,
+        "secure_aggregation": spec.observe in ("aggregate", "release", "sequence"),
+    }
+    return (
+        dict(
+            attack=spec.attack,
+            observation_point=spec.observe,
+            adversary=spec.adversary,
+            block=target.info,
+            rounds=list(range(spec.rounds if spec.observe == "sequence" or spec.attack == "canary" else 1)),
+            config=spec.to_dict(),
+            seeds={"audit": spec.seed, "targets": [spec.seed * 100003 + t for t in range(spec.targets)]},
+            dp={},
+            secagg=secagg,
+        )
+        | kw
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -250,25 +277,47 @@ def _inversion(target: AuditTarget, spec: AuditSpec, out: Path, update, truth, l
     controls = {}
     control_ok, control_reason = False, NO_CONTROL
     if spec.control:
-        cspec = replace(spec, observe="raw", adversary="server", clients=1, records=1, noise_multiplier=0.0,
-                        rounds=1, local_steps=1, local_optimizer="sgd")
+        cspec = replace(
+            spec,
+            observe="raw",
+            adversary="server",
+            clients=1,
+            records=1,
+            noise_multiplier=0.0,
+            rounds=1,
+            local_steps=1,
+            local_optimizer="sgd",
+        )
         log("positive control: the raw single-record update")
         crec = simulate_reconstructions(target, cspec, trials=2, seed=spec.seed + 7)
         cm, _ = _score(target, crec, spec.seed)
         control_ok = cm["psnr"]["value"] >= CONTROL_PSNR_DB
-        control_reason = (f"positive control {'reached' if control_ok else 'did NOT reach'} {CONTROL_PSNR_DB:g} dB on the raw "
-                          f"single-record update ({cm['psnr']['value']:.1f} dB): "
-                          + ("the attack works, so its result below is meaningful" if control_ok else "a 'safe' result means nothing"))
-        controls["raw_single_record"] = {"passed": control_ok, "psnr": cm["psnr"], "threshold_db": CONTROL_PSNR_DB,
-                                         "label_accuracy": cm["label_accuracy"]}
+        control_reason = (
+            f"positive control {'reached' if control_ok else 'did NOT reach'} {CONTROL_PSNR_DB:g} dB on the raw "
+            f"single-record update ({cm['psnr']['value']:.1f} dB): "
+            + ("the attack works, so its result below is meaningful" if control_ok else "a 'safe' result means nothing")
+        )
+        controls["raw_single_record"] = {
+            "passed": control_ok,
+            "psnr": cm["psnr"],
+            "threshold_db": CONTROL_PSNR_DB,
+            "label_accuracy": cm["label_accuracy"],
+        }
         if image_data:
-            save_grid(torch.cat([crec.truth, crec.recon]), out / "control.png", nrow=len(crec.truth), scale=_scale(crec.truth))
+            save_grid(
+                torch.cat([crec.truth, crec.recon]), out / "control.png", nrow=len(crec.truth), scale=_scale(crec.truth)
+            )
     if update is not None:
         rec = _reconstruct_given(target, spec, update, truth)
         if rec is None:
-            record = AuditRecord(**_base_record(target, spec), metrics={}, controls=controls, verdict="inconclusive",
-                                 reasons=["no ground truth (--truth) for the update: reconstructions saved, not scored"],
-                                 scope="reconstructions of the given update file only")
+            record = AuditRecord(
+                **_base_record(target, spec),
+                metrics={},
+                controls=controls,
+                verdict="inconclusive",
+                reasons=["no ground truth (--truth) for the update: reconstructions saved, not scored"],
+                scope="reconstructions of the given update file only",
+            )
             return record
     else:
         log(f"attacking {spec.targets} simulated rounds at '{spec.observe}' ({spec.adversary})")
@@ -277,33 +326,56 @@ def _inversion(target: AuditTarget, spec: AuditSpec, out: Path, update, truth, l
     artifacts = {}
     if image_data:
         shown = min(len(rec.truth), 16)
-        save_grid(torch.cat([rec.truth[:shown], rec.recon[:shown]]), out / "reconstructions.png", nrow=shown,
-                  scale=_scale(rec.truth))
+        save_grid(
+            torch.cat([rec.truth[:shown], rec.recon[:shown]]),
+            out / "reconstructions.png",
+            nrow=shown,
+            scale=_scale(rec.truth),
+        )
         artifacts["reconstructions.png"] = "top row: true records; bottom row: reconstructions"
         if controls:
             artifacts["control.png"] = "positive control (raw single-record update): truth / reconstruction"
     over = metrics["psnr_over_mean_baseline"]["value"]
     checks = [
-        (over > RELEASE_MARGIN_DB,
-         f"PSNR {metrics['psnr']['value']:.2f} dB is {over:+.2f} dB over the mean-record baseline "
-         f"({metrics['mean_record_psnr']['value']:.2f} dB); allowed {RELEASE_MARGIN_DB:+.1f} dB"),
-        (not sc.iip_at_chance,
-         f"IIP {sc.iip.value:.3f} (95% CI {sc.iip.low:.3f}-{sc.iip.high:.3f}) vs chance {sc.iip_chance:.4f}"),
+        (
+            over > RELEASE_MARGIN_DB,
+            f"PSNR {metrics['psnr']['value']:.2f} dB is {over:+.2f} dB over the mean-record baseline "
+            f"({metrics['mean_record_psnr']['value']:.2f} dB); allowed {RELEASE_MARGIN_DB:+.1f} dB",
+        ),
+        (
+            not sc.iip_at_chance,
+            f"IIP {sc.iip.value:.3f} (95% CI {sc.iip.low:.3f}-{sc.iip.high:.3f}) vs chance {sc.iip_chance:.4f}",
+        ),
     ]
     verdict, reasons = decide(checks, control_ok, control_reason)
     if spec.control and control_reason not in reasons:
         reasons.append(control_reason)
-    dp = {"record_level": "none: the simulated clients train without DP-SGD (the worst case for inversion)",
-          "local_training": spec.training.to_dict()}
-    secagg = _base_record(target, spec)["secagg"] | {"central_noise_std": spec.noise_multiplier * spec.clip_norm / spec.clients}
-    scope = (f"{spec.attack} by a {spec.adversary} adversary observing '{spec.observe}' of block {target.block_index} "
-             f"(sigma in {tuple(round(v, 4) for v in target.info.get('training_interval', ()))}); K={spec.clients} clients x "
-             f"{spec.records} record(s), local {spec.local_optimizer} x{spec.local_steps} lr={spec.local_lr}, clip C={spec.clip_norm}, "
-             f"central z={spec.noise_multiplier}, {spec.rounds if spec.observe == 'sequence' else 1} round(s); "
-             f"{len(rec.truth)} target records from '{target.data.name}'. A pass bounds what THIS attack recovers; "
-             "it certifies no DP guarantee (use the canary audit and noise conformance for that).")
-    return AuditRecord(**_base_record(target, spec, dp=dp, secagg=secagg), metrics=metrics, controls=controls,
-                       verdict=verdict, reasons=reasons, scope=scope, artifacts=artifacts)
+    dp = {
+        "record_level": "none: the simulated clients train without DP-SGD (the worst case for inversion)",
+        "local_training": spec.training.to_dict(),
+    }
+    secagg = _base_record(target, spec)["secagg"] | {
+        "central_noise_std": spec.noise_multiplier * spec.clip_norm / spec.clients
+    }
+    scope = (
+        f"{spec.attack} by a {spec.adversary} adversary observing '{spec.observe}' of block {target.block_index} "
+        f"(sigma in {tuple(round(v, 4) for v in target.info.get('training_interval', ()))}); K={spec.clients} clients "
+        "x "
+        f"{spec.records} record(s), local {spec.local_optimizer} x{spec.local_steps} lr={spec.local_lr}, clip "
+        f"C={spec.clip_norm}, "
+        f"central z={spec.noise_multiplier}, {spec.rounds if spec.observe == 'sequence' else 1} round(s); "
+        f"{len(rec.truth)} target records from '{target.data.name}'. A pass bounds what THIS attack recovers; "
+        "it certifies no DP guarantee (use the canary audit and noise conformance for that)."
+    )
+    return AuditRecord(
+        **_base_record(target, spec, dp=dp, secagg=secagg),
+        metrics=metrics,
+        controls=controls,
+        verdict=verdict,
+        reasons=reasons,
+        scope=scope,
+        artifacts=artifacts,
+    )
 
 
 def _scale(images: torch.Tensor) -> int:
@@ -313,12 +385,24 @@ def _scale(images: torch.Tensor) -> int:
 
 def _reconstruct_given(target: AuditTarget, spec: AuditSpec, update: BlockUpdate, truth) -> _Reconstructions | None:
     meta = update.meta
-    tr = LocalTraining(**{k: v for k, v in meta.local.items() if k in LocalTraining.__dataclass_fields__}) if meta.local else spec.training
+    tr = (
+        LocalTraining(**{k: v for k, v in meta.local.items() if k in LocalTraining.__dataclass_fields__})
+        if meta.local
+        else spec.training
+    )
     params = {n: p.detach() for n, p in target.block.named_parameters()}
     records = spec.records
-    mtarget = MatchingTarget([RoundObservation(params, {k: update.delta[k] for k in params})], meta.clients_aggregated,
-                             records, tr, meta.reduction, meta.clip_norm)
-    images, labels, sigmas = _attack_observation(target, replace(spec, local_lr=tr.lr), mtarget, meta.observation == "raw")
+    mtarget = MatchingTarget(
+        [RoundObservation(params, {k: update.delta[k] for k in params})],
+        meta.clients_aggregated,
+        records,
+        tr,
+        meta.reduction,
+        meta.clip_norm,
+    )
+    images, labels, sigmas = _attack_observation(
+        target, replace(spec, local_lr=tr.lr), mtarget, meta.observation == "raw"
+    )
     if truth is None:
         return None
     tx, ty = truth
@@ -356,29 +440,59 @@ def _membership(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
         cres = membership_audit(target.block, target.block_index, cx, cy, ccfg, mcfg)
         best = max(cres.loss_attack["auc"], cres.lira["auc"])
         control_ok = best >= 0.6
-        control_reason = f"positive control AUC {best:.3f} ({'>=' if control_ok else '<'} 0.6) on 64 records, 60 epochs, no DP"
-        controls["overfit_non_private"] = {"passed": control_ok, "loss_attack_auc": cres.loss_attack["auc"],
-                                           "lira_auc": cres.lira["auc"], "threshold_auc": 0.6}
+        control_reason = (
+            f"positive control AUC {best:.3f} ({'>=' if control_ok else '<'} 0.6) on 64 records, 60 epochs, no DP"
+        )
+        controls["overfit_non_private"] = {
+            "passed": control_ok,
+            "loss_attack_auc": cres.loss_attack["auc"],
+            "lira_auc": cres.lira["auc"],
+            "threshold_auc": 0.6,
+        }
     log(f"membership: {spec.models} blocks on random halves of {len(x)} records" + (" with DP-SGD" if dp else ""))
     res = membership_audit(target.block, target.block_index, x, y, cfg, mcfg, dp)
     metrics = {"loss_attack": res.loss_attack, "lira": res.lira, "records": res.records, "models": res.models}
     checks = [(True, v) for v in res.dp_violations]
     if dp is None:
         auc = res.lira["auc_interval"] if res.lira["auc"] >= res.loss_attack["auc"] else res.loss_attack["auc_interval"]
-        checks.append((auc["low"] > 0.55, f"best AUC {auc['value']:.3f} (95% CI {auc['low']:.3f}-{auc['high']:.3f}); "
-                                           "a non-private block fails when the whole interval is above 0.55"))
+        checks.append(
+            (
+                auc["low"] > 0.55,
+                f"best AUC {auc['value']:.3f} (95% CI {auc['low']:.3f}-{auc['high']:.3f}); "
+                "a non-private block fails when the whole interval is above 0.55",
+            )
+        )
     else:
-        checks.append((False, f"TPR at 0.1%/1% FPR within e^eps FPR + delta for eps={res.dp_epsilon:.3g}, delta={res.dp_delta:g}"))
+        checks.append(
+            (False, f"TPR at 0.1%/1% FPR within e^eps FPR + delta for eps={res.dp_epsilon:.3g}, delta={res.dp_delta:g}")
+        )
     verdict, reasons = decide(checks, control_ok, control_reason)
     dpd = {}
     if dp is not None:
-        dpd = {"noise_multiplier": dp.noise_multiplier, "max_grad_norm": dp.max_grad_norm, "batch_size": dp.batch_size,
-               "steps": dp.steps, "epsilon": res.dp_epsilon, "delta": res.dp_delta, "accountant": dp.accountant}
-    scope = (f"membership of records in block {target.block_index}'s training set, scored at the block's own noise levels "
-             f"({spec.models} models on random halves of {len(x)} records of '{target.data.name}', {spec.train_epochs} epochs"
-             + (", record-level DP-SGD" if dp else ", no DP") + "); the auditor trains the blocks itself from the audited weights.")
-    return AuditRecord(**_base_record(target, spec, dp=dpd), metrics=metrics, controls=controls, verdict=verdict,
-                       reasons=reasons, scope=scope)
+        dpd = {
+            "noise_multiplier": dp.noise_multiplier,
+            "max_grad_norm": dp.max_grad_norm,
+            "batch_size": dp.batch_size,
+            "steps": dp.steps,
+            "epsilon": res.dp_epsilon,
+            "delta": res.dp_delta,
+            "accountant": dp.accountant,
+        }
+    scope = (
+        f"membership of records in block {target.block_index}'s training set, scored at the block's own noise levels "
+        f"({spec.models} models on random halves of {len(x)} records of '{target.data.name}', {spec.train_epochs} "
+        "epochs"
+        + (", record-level DP-SGD" if dp else ", no DP")
+        + "); the auditor trains the blocks itself from the audited weights."
+    )
+    return AuditRecord(
+        **_base_record(target, spec, dp=dpd),
+        metrics=metrics,
+        controls=controls,
+        verdict=verdict,
+        reasons=reasons,
+        scope=scope,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -392,6 +506,7 @@ def max_bound(canaries: int, delta: float) -> float:
 def _canary(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
     x, y = _population(target, spec)
     cfg = TrainConfig(epochs=1, batch_size=spec.dp_batch_size, lr=1e-3, seed=spec.seed)
+
     def run(z: float, accountant: str = "prv"):
         if spec.canary_level == "record":
             return _record_canary(target, spec, x, y, cfg, z, accountant)
@@ -408,50 +523,92 @@ def _canary(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
         log("positive control: the same canaries with almost no noise (z = 0.05)")
         c = run(0.05, accountant="rdp")  # PRV is very slow at z = 0.05; the control's own epsilon is not used
         control_ok = c.bound.epsilon_lower_bound > claimed
-        control_reason = (f"low-noise control: bound {c.bound.epsilon_lower_bound:.2f} "
-                          f"{'above' if control_ok else 'NOT above'} the claimed epsilon {claimed:.2f} "
-                          + ("(the audit can refute the claim)" if control_ok else
-                             "(the audit cannot refute this claim: more canaries or steps needed)"))
-        controls["low_noise"] = {"passed": control_ok, "epsilon_lower_bound": c.bound.epsilon_lower_bound,
-                                 "claimed_epsilon": claimed, "ceiling": ceiling}
-    checks = [(lb > claimed, f"epsilon lower bound {lb:.3f} (95% confidence, delta={spec.delta:g}) "
-                             f"{'EXCEEDS' if lb > claimed else 'is below'} the claimed epsilon {claimed:.3f}"
-                             + ("" if spec.claimed_epsilon is None else f" (accountant: {res.accountant_epsilon:.3f})"))]
+        control_reason = (
+            f"low-noise control: bound {c.bound.epsilon_lower_bound:.2f} "
+            f"{'above' if control_ok else 'NOT above'} the claimed epsilon {claimed:.2f} "
+            + (
+                "(the audit can refute the claim)"
+                if control_ok
+                else "(the audit cannot refute this claim: more canaries or steps needed)"
+            )
+        )
+        controls["low_noise"] = {
+            "passed": control_ok,
+            "epsilon_lower_bound": c.bound.epsilon_lower_bound,
+            "claimed_epsilon": claimed,
+            "ceiling": ceiling,
+        }
+    checks = [
+        (
+            lb > claimed,
+            f"epsilon lower bound {lb:.3f} (95% confidence, delta={spec.delta:g}) "
+            f"{'EXCEEDS' if lb > claimed else 'is below'} the claimed epsilon {claimed:.3f}"
+            + ("" if spec.claimed_epsilon is None else f" (accountant: {res.accountant_epsilon:.3f})"),
+        )
+    ]
     verdict, reasons = decide(checks, control_ok, control_reason)
     if spec.control and control_reason not in reasons:
         reasons.append(control_reason)
-    metrics = {"epsilon_lower_bound": lb, "accountant_epsilon": res.accountant_epsilon, "claimed_epsilon": claimed,
-               "bound": res.bound.to_dict(), "ceiling": ceiling}
+    metrics = {
+        "epsilon_lower_bound": lb,
+        "accountant_epsilon": res.accountant_epsilon,
+        "claimed_epsilon": claimed,
+        "bound": res.bound.to_dict(),
+        "ceiling": ceiling,
+    }
     if spec.canary_level == "record":
         dp = res.dp_report | {"canaries": spec.canaries}
         secagg = _base_record(target, spec)["secagg"] | {"secure_aggregation": False}
-        scope = (f"record-level DP-SGD of block {target.block_index} as run by train_block_dp (Opacus Poisson sampling, "
-                 f"ghost clipping, noise) with {spec.canaries} white-box Dirac gradient canaries scored by their privatized "
-                 f"gradients; one run, "
-                 f"{len(x)} real records. A pass does not prove the claim, it fails to refute it.")
+        scope = (
+            f"record-level DP-SGD of block {target.block_index} as run by train_block_dp (Opacus Poisson sampling, "
+            f"ghost clipping, noise) with {spec.canaries} white-box Dirac gradient canaries scored by their privatized "
+            f"gradients; one run, "
+            f"{len(x)} real records. A pass does not prove the claim, it fails to refute it."
+        )
     else:
         dp = {}
-        secagg = _base_record(target, spec)["secagg"] | {"rounds": spec.rounds, "epsilon": res.accountant_epsilon,
-                                                         "delta": spec.delta, "canaries": spec.canaries}
-        scope = (f"client-level release as the federation computes it (mechanisms.clip_update "
-                 f"C={spec.clip_norm}, mean, mechanisms.add_central_noise z={spec.noise_multiplier}) of "
-                 f"{spec.clients} real clients plus canary clients, {spec.rounds} round(s). A pass does not prove the claim.")
-    return AuditRecord(**_base_record(target, spec, dp=dp, secagg=secagg), metrics=metrics, controls=controls,
-                       verdict=verdict, reasons=reasons, scope=scope)
+        secagg = _base_record(target, spec)["secagg"] | {
+            "rounds": spec.rounds,
+            "epsilon": res.accountant_epsilon,
+            "delta": spec.delta,
+            "canaries": spec.canaries,
+        }
+        scope = (
+            f"client-level release as the federation computes it (mechanisms.clip_update "
+            f"C={spec.clip_norm}, mean, mechanisms.add_central_noise z={spec.noise_multiplier}) of "
+            f"{spec.clients} real clients plus canary clients, {spec.rounds} round(s). A pass does not prove the claim."
+        )
+    return AuditRecord(
+        **_base_record(target, spec, dp=dp, secagg=secagg),
+        metrics=metrics,
+        controls=controls,
+        verdict=verdict,
+        reasons=reasons,
+        scope=scope,
+    )
 
 
 def _record_canary(target, spec, x, y, cfg, z, accountant):
-    return canary_mod.record_canary_audit(target.block, target.block_index, x, y, cfg,
-                                          replace(spec.dp_config(z), accountant=accountant),
-                                          canaries=spec.canaries, seed=spec.seed)
+    return canary_mod.record_canary_audit(
+        target.block,
+        target.block_index,
+        x,
+        y,
+        cfg,
+        replace(spec.dp_config(z), accountant=accountant),
+        canaries=spec.canaries,
+        seed=spec.seed,
+    )
 
 
 def client_updates(target: AuditTarget, spec: AuditSpec, x, y, seed: int) -> list[dict]:
     """spec.clients real clients' clipped raw updates on disjoint records from (x, y)."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(x), generator=g)[: spec.clients * spec.records].reshape(spec.clients, spec.records)
-    return [clip_delta(local_update(target.block, target.block_index, x[i], y[i], spec.training, g)[0], spec.clip_norm)[0]
-            for i in idx]
+    return [
+        clip_delta(local_update(target.block, target.block_index, x[i], y[i], spec.training, g)[0], spec.clip_norm)[0]
+        for i in idx
+    ]
 
 
 def federation_release(keys: list[str], clip_norm: float, noise_multiplier: float, seed: int):
@@ -475,8 +632,18 @@ def _client_canary(target, spec, x, y, z, accountant):
     keys = sorted(n for n, _ in target.block.named_parameters())
     real = client_updates(target, spec, x, y, spec.seed)
     release_fn = federation_release(keys, spec.clip_norm, z, spec.seed)
-    return canary_mod.client_canary_audit(real, keys, release_fn, spec.clip_norm, z, spec.delta, spec.canaries,
-                                          spec.rounds, spec.seed, accountant=accountant)
+    return canary_mod.client_canary_audit(
+        real,
+        keys,
+        release_fn,
+        spec.clip_norm,
+        z,
+        spec.delta,
+        spec.canaries,
+        spec.rounds,
+        spec.seed,
+        accountant=accountant,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -486,13 +653,25 @@ def simulated_release(target: AuditTarget, spec: AuditSpec) -> BlockUpdate:
     keys = sorted(n for n, _ in target.block.named_parameters())
     real = client_updates(target, spec, target.data.x, target.data.y, spec.seed)
     g = torch.Generator().manual_seed(spec.seed + 1)
-    base = UpdateMeta(block_index=target.block_index, noise_interval=tuple(target.info.get("training_interval", (0, 0))),
-                      observation="release", local=spec.training.to_dict())
+    base = UpdateMeta(
+        block_index=target.block_index,
+        noise_interval=tuple(target.info.get("training_interval", (0, 0))),
+        observation="release",
+        local=spec.training.to_dict(),
+    )
     if spec.observe == "aggregate":
         from .updates import aggregate as agg
 
-        return BlockUpdate(agg(real), replace(base, observation="aggregate", clip_norm=spec.clip_norm,
-                                              clients_aggregated=spec.clients, reduction="sum"))
+        return BlockUpdate(
+            agg(real),
+            replace(
+                base,
+                observation="aggregate",
+                clip_norm=spec.clip_norm,
+                clients_aggregated=spec.clients,
+                reduction="sum",
+            ),
+        )
     released = federation_release(keys, spec.clip_norm, spec.noise_multiplier, spec.seed + 1)(real, g)
     return BlockUpdate(released, release_meta(base, spec.clip_norm, spec.clients, spec.noise_multiplier))
 
@@ -506,11 +685,21 @@ def _conformance(target: AuditTarget, spec: AuditSpec, update: BlockUpdate | Non
     meta = update.meta
     controls, control_ok, control_reason = {}, True, "positive control skipped"
     if spec.control and meta.noise_multiplier == 0:  # a norm check: it must reject twice the bound, accept half of it
-        scaled = lambda f: BlockUpdate({k: v * f * res.norm_bound / max(res.norm, 1e-30) for k, v in update.delta.items()}, meta)  # noqa: E731
-        over, under = noise_conformance(scaled(2.0), keys, seed=spec.seed), noise_conformance(scaled(0.5), keys, seed=spec.seed)
+
+        def scaled(f: float) -> BlockUpdate:
+            return BlockUpdate(
+                {k: v * f * res.norm_bound / max(res.norm, 1e-30) for k, v in update.delta.items()}, meta
+            )
+
+        over, under = (
+            noise_conformance(scaled(2.0), keys, seed=spec.seed),
+            noise_conformance(scaled(0.5), keys, seed=spec.seed),
+        )
         control_ok = under.passed and not over.passed
-        control_reason = (f"controls: half the norm bound {'accepted' if under.passed else 'REJECTED'}, twice the bound "
-                          f"{'rejected' if not over.passed else 'NOT rejected'}")
+        control_reason = (
+            f"controls: half the norm bound {'accepted' if under.passed else 'REJECTED'}, twice the bound "
+            f"{'rejected' if not over.passed else 'NOT rejected'}"
+        )
         controls["norm_bound"] = {"passed": control_ok}
     if spec.control and meta.noise_multiplier > 0:
         g = torch.Generator().manual_seed(spec.seed + 2)
@@ -519,20 +708,41 @@ def _conformance(target: AuditTarget, spec: AuditSpec, update: BlockUpdate | Non
         calib = noise_conformance(synth(std), keys, seed=spec.seed)
         power = noise_conformance(synth(std * 0.8), keys, seed=spec.seed)
         control_ok = calib.passed and not power.passed
-        control_reason = (f"controls: exact noise {'accepted' if calib.passed else 'REJECTED'}, 20% too little noise "
-                          f"{'rejected' if not power.passed else 'NOT rejected'}")
+        control_reason = (
+            f"controls: exact noise {'accepted' if calib.passed else 'REJECTED'}, 20% too little noise "
+            f"{'rejected' if not power.passed else 'NOT rejected'}"
+        )
         controls["calibration"] = {"passed": calib.passed, "measured_std": calib.measured_std}
         controls["power_80pct_noise"] = {"passed": not power.passed, "measured_std": power.measured_std}
-    checks = [(True, f) for f in res.failures] or [(False, f"noise std {res.measured_std:.4g} within "
-                                                           f"[{res.accepted_std[0]:.4g}, {res.accepted_std[1]:.4g}] "
-                                                           f"(expected {res.expected_std:.4g})" if res.expected_std > 0 else
-                                                           f"aggregate norm {res.norm:.4g} <= K C = {res.norm_bound:.4g}")]
+    checks = [(True, f) for f in res.failures] or [
+        (
+            False,
+            f"noise std {res.measured_std:.4g} within "
+            f"[{res.accepted_std[0]:.4g}, {res.accepted_std[1]:.4g}] "
+            f"(expected {res.expected_std:.4g})"
+            if res.expected_std > 0
+            else f"aggregate norm {res.norm:.4g} <= K C = {res.norm_bound:.4g}",
+        )
+    ]
     verdict, reasons = decide(checks, control_ok, control_reason)
     metrics = res.to_dict()
-    secagg = {"clients_aggregated": meta.clients_aggregated, "clip_norm": meta.clip_norm, "reduction": meta.reduction,
-              "noise_multiplier": meta.noise_multiplier, "central_noise_std": meta.central_noise_std,
-              "secure_aggregation": True}
-    scope = (f"the Gaussian noise and clip bound of one {meta.observation} of block {meta.block_index} "
-             f"({res.coordinates} parameter coordinates) against its sidecar; says nothing about the accountant.")
-    return AuditRecord(**_base_record(target, spec, secagg=secagg, rounds=[meta.round or 0]), metrics=metrics,
-                       controls=controls, verdict=verdict, reasons=reasons, scope=scope)
+    secagg = {
+        "clients_aggregated": meta.clients_aggregated,
+        "clip_norm": meta.clip_norm,
+        "reduction": meta.reduction,
+        "noise_multiplier": meta.noise_multiplier,
+        "central_noise_std": meta.central_noise_std,
+        "secure_aggregation": True,
+    }
+    scope = (
+        f"the Gaussian noise and clip bound of one {meta.observation} of block {meta.block_index} "
+        f"({res.coordinates} parameter coordinates) against its sidecar; says nothing about the accountant."
+    )
+    return AuditRecord(
+        **_base_record(target, spec, secagg=secagg, rounds=[meta.round or 0]),
+        metrics=metrics,
+        controls=controls,
+        verdict=verdict,
+        reasons=reasons,
+        scope=scope,
+    )

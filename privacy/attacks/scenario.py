@@ -111,10 +111,17 @@ def observe(
     target = MatchingTarget(observed, clients_seen, n, tr, reduction, clip)
     lo_hi = block.schedule.training_interval(block_index)
     noise_std = central_noise_std(z, c, k if reduction == "mean" else 1) if point in ("release", "sequence") else 0.0
-    meta = UpdateMeta(block_index=block_index, noise_interval=lo_hi, observation=point, clip_norm=clip,
-                      clients_aggregated=clients_seen, reduction=reduction,
-                      noise_multiplier=z if point in ("release", "sequence") else 0.0,
-                      central_noise_std=noise_std, local=tr.to_dict())
+    meta = UpdateMeta(
+        block_index=block_index,
+        noise_interval=lo_hi,
+        observation=point,
+        clip_norm=clip,
+        clients_aggregated=clients_seen,
+        reduction=reduction,
+        noise_multiplier=z if point in ("release", "sequence") else 0.0,
+        central_noise_std=noise_std,
+        local=tr.to_dict(),
+    )
     tx = x[:clients_seen].reshape(clients_seen * n, *x.shape[2:])
     ty = y[:clients_seen].reshape(-1)
     return Observation(target, tx, ty, torch.stack(sigmas), meta, point == "raw")

@@ -111,11 +111,15 @@ def check_update_matches(update: BlockUpdate, block: nn.Module) -> None:
     state = block.state_dict()
     missing, extra = state.keys() - update.delta.keys(), update.delta.keys() - state.keys()
     if missing or extra:
-        raise ValueError(f"update does not fit the block: missing {sorted(missing)[:4]}, unexpected {sorted(extra)[:4]}"
-                         " (was it made for another block or architecture?)")
+        raise ValueError(
+            f"update does not fit the block: missing {sorted(missing)[:4]}, unexpected {sorted(extra)[:4]}"
+            " (was it made for another block or architecture?)"
+        )
     for k, v in state.items():
         if update.delta[k].shape != v.shape:
-            raise ValueError(f"update tensor {k!r} has shape {list(update.delta[k].shape)}, the block has {list(v.shape)}")
+            raise ValueError(
+                f"update tensor {k!r} has shape {list(update.delta[k].shape)}, the block has {list(v.shape)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -173,13 +177,20 @@ def release(
 
 
 def release_meta(base: UpdateMeta, clip_norm: float, clients: int, noise_multiplier: float) -> UpdateMeta:
-    return replace(base, observation="release", clip_norm=clip_norm, clients_aggregated=clients, reduction="mean",
-                   noise_multiplier=noise_multiplier,
-                   central_noise_std=central_noise_std(noise_multiplier, clip_norm, clients))
+    return replace(
+        base,
+        observation="release",
+        clip_norm=clip_norm,
+        clients_aggregated=clients,
+        reduction="mean",
+        noise_multiplier=noise_multiplier,
+        central_noise_std=central_noise_std(noise_multiplier, clip_norm, clients),
+    )
 
 
-def dp_local_update(block: nn.Module, block_index: int, x: torch.Tensor, y: torch.Tensor, cfg, dp,
-                    clip_norm: float | None = None) -> tuple[Delta, dict]:
+def dp_local_update(
+    block: nn.Module, block_index: int, x: torch.Tensor, y: torch.Tensor, cfg, dp, clip_norm: float | None = None
+) -> tuple[Delta, dict]:
     """A client's local update as the federation's client makes it: record-level DP-SGD (`train_block_dp`) from
     the received `block` (left untouched), delta = trained - received, then the client-level clip C when given.
     Returns (delta, DPReport dict)."""

@@ -104,9 +104,16 @@ class SecAggClient:
     """One client. `identity` holds its long-term signing key; `trust` the pinned identities of its peers;
     `directory` (if given) the directory key it verifies the relayed directory with."""
 
-    def __init__(self, client_id: str, identity: Identity | None = None, *, policy: Policy = Policy(),
-                 trust: TrustStore | None = None, directory: DirectoryView | None = None,
-                 require_consistency: bool = False):
+    def __init__(
+        self,
+        client_id: str,
+        identity: Identity | None = None,
+        *,
+        policy: Policy = Policy(),
+        trust: TrustStore | None = None,
+        directory: DirectoryView | None = None,
+        require_consistency: bool = False,
+    ):
         self.identity = identity or Identity(client_id)
         if self.identity.client_id != client_id:
             raise ValueError(f"identity is for {self.identity.client_id}, not {client_id}")
@@ -122,8 +129,9 @@ class SecAggClient:
         self.last_round = -1  # the last round this client uploaded in (replay protection)
 
     # dispatch --------------------------------------------------------------------------------------------
-    def handle(self, msg: Message, contribute: Callable[[Plan], Contribution] | Mapping[str, Contribution]
-               | None = None) -> Message:
+    def handle(
+        self, msg: Message, contribute: Callable[[Plan], Contribution] | Mapping[str, Contribution] | None = None
+    ) -> Message:
         stage = msg.get("stage")
         if stage == "register":
             return self.register(msg)
@@ -213,11 +221,14 @@ class SecAggClient:
             raise ProtocolRefusal(f"plan for {plan.key} sent as {key}")
         plan.check(self.policy, self._session(), self.client_id)
         if self.require_consistency and not plan.consistency:
-            raise ProtocolRefusal(f"plan {key} has no consistency check and this company requires it "
-                                  f"(--require-consistency): nothing was announced")
+            raise ProtocolRefusal(
+                f"plan {key} has no consistency check and this company requires it "
+                f"(--require-consistency): nothing was announced"
+            )
         if plan.round <= self.last_round:
-            raise ProtocolRefusal(f"plan {key} is for round {plan.round} <= last uploaded round {self.last_round} "
-                                  f"(replay)")
+            raise ProtocolRefusal(
+                f"plan {key} is for round {plan.round} <= last uploaded round {self.last_round} (replay)"
+            )
         known = self.instances.get(key)
         if known is not None and known.plan.digest != plan.digest:
             raise ProtocolRefusal(f"a different plan for instance {key} (plans never change)")
@@ -231,31 +242,42 @@ class SecAggClient:
             if field(key, "cert", v) in msg:
                 cert = self.trust.accept_cert(Cert.from_bytes(get(msg, field(key, "cert", v), bytes)))
                 if cert.client_id != v or cert.round != plan.round:
-                    raise ProtocolRefusal(f"prekey of {cert.client_id} for round {cert.round} sent as {v}'s for "
-                                          f"round {plan.round}")
+                    raise ProtocolRefusal(
+                        f"prekey of {cert.client_id} for round {cert.round} sent as {v}'s for round {plan.round}"
+                    )
                 certs[v] = cert
         if len(certs) < plan.threshold:
             raise ProtocolRefusal(f"only {len(certs)} neighbours with keys in {key}; threshold is {plan.threshold}")
         mask_private, self_seed, seal_private = new_x25519(), os.urandom(32), X25519PrivateKey.generate()
-        ann = Announcement(self.client_id, plan.digest, x25519_public(mask_private),
-                           self_seed_commitment(plan.digest, self.client_id, self_seed),
-                           seal_private.public_key().public_bytes_raw())
-        ann = Announcement(ann.client_id, ann.plan_digest, ann.mask_public, ann.seed_commitment, ann.seal_public,
-                           self.identity.sign(ann.signed_bytes()))
+        ann = Announcement(
+            self.client_id,
+            plan.digest,
+            x25519_public(mask_private),
+            self_seed_commitment(plan.digest, self.client_id, self_seed),
+            seal_private.public_key().public_bytes_raw(),
+        )
+        ann = Announcement(
+            ann.client_id,
+            ann.plan_digest,
+            ann.mask_public,
+            ann.seed_commitment,
+            ann.seal_public,
+            self.identity.sign(ann.signed_bytes()),
+        )
         secrets = np.concatenate([shamir.secret_to_elements(mask_private), shamir.secret_to_elements(self_seed)])
         receivers = sorted(certs)
         shares = shamir.split(secrets, [plan.x(v) for v in receivers], plan.threshold)
         for v, share in zip(receivers, shares):
             k = seal_key(seal_private, certs[v].channel_public, plan.digest, self.client_id, v)
-            reply[field(key, "share", v)] = seal(k, share.astype("<u4").tobytes(),
-                                                 share_ad(plan.digest, self.client_id, v))
+            reply[field(key, "share", v)] = seal(
+                k, share.astype("<u4").tobytes(), share_ad(plan.digest, self.client_id, v)
+            )
         del seal_private  # single use: nothing this client keeps can open the shares it sent
         reply[field(key, "ann")] = ann.to_bytes()
         return _Instance(plan, "announced", mask_private, self_seed)
 
     # upload ----------------------------------------------------------------------------------------------
-    def upload(self, msg: Message, contribute: Callable[[Plan], Contribution] | Mapping[str, Contribution]
-               ) -> Message:
+    def upload(self, msg: Message, contribute: Callable[[Plan], Contribution] | Mapping[str, Contribution]) -> Message:
         """Mask this round's contributions; announce keys for the next round's instances in the same reply."""
         round_ = check_header(msg, "upload", self._session())
         reply = header("upload", self._session(), round_)
@@ -265,11 +287,15 @@ class SecAggClient:
         for key in instances:
             inst = self.instances.get(key)
             if inst is None:
-                raise ProtocolRefusal(f"no keys announced for instance {key}: a new client or one declared dropped "
-                                      f"must join (announce fresh keys) before it can upload")
+                raise ProtocolRefusal(
+                    f"no keys announced for instance {key}: a new client or one declared dropped "
+                    f"must join (announce fresh keys) before it can upload"
+                )
             if inst.status != "announced":
-                raise ProtocolRefusal(f"instance {key} was already uploaded or abandoned: a masked input is sent "
-                                      f"once, and keys of a round the server moved past are never used")
+                raise ProtocolRefusal(
+                    f"instance {key} was already uploaded or abandoned: a masked input is sent "
+                    f"once, and keys of a round the server moved past are never used"
+                )
             if Plan.from_bytes(get(msg, field(key, "plan"), bytes)).digest != inst.plan.digest:
                 raise ProtocolRefusal(f"plan of {key} changed since announcement")
             if inst.plan.round != round_:
@@ -277,8 +303,10 @@ class SecAggClient:
             if inst.plan.round <= self.last_round:
                 # two instances over overlapping cohorts with the same inputs would give the server two sums
                 # whose difference is an individual input: one masked input per round, never a re-run
-                raise ProtocolRefusal(f"already uploaded an input in round {self.last_round}: a round is never "
-                                      f"aggregated twice (re-run a failed block in a later round)")
+                raise ProtocolRefusal(
+                    f"already uploaded an input in round {self.last_round}: a round is never "
+                    f"aggregated twice (re-run a failed block in a later round)"
+                )
             work.append((inst, self._collect_peers(msg, inst)))
         next_keys = get(msg, "next", list) if "next" in msg else []
         staged = {}
@@ -311,19 +339,27 @@ class SecAggClient:
             raise ProtocolRefusal(f"announced set of {key} is not a subset of the cohort containing this client")
         peers = [v for v in plan.neighbours(self.client_id) if v in announced]
         if len(peers) < plan.threshold:
-            raise ProtocolRefusal(f"only {len(peers)} neighbours announced in {key}; threshold {plan.threshold}: "
-                                  f"too few to protect this client's input")
+            raise ProtocolRefusal(
+                f"only {len(peers)} neighbours announced in {key}; threshold {plan.threshold}: "
+                f"too few to protect this client's input"
+            )
         prekey = self.prekeys.get(plan.round)
         if prekey is None:
-            raise ProtocolRefusal(f"no prekey of this client for round {plan.round} (erased or never certified): "
-                                  f"the shares of {key} cannot be opened")
+            raise ProtocolRefusal(
+                f"no prekey of this client for round {plan.round} (erased or never certified): "
+                f"the shares of {key} cannot be opened"
+            )
         mask_publics, held = {}, {}
         for v in peers:
             ann = Announcement.from_bytes(get(msg, field(key, "ann", v), bytes))
             ann.verify(self.trust.identity(v), v, plan.digest)
             k = seal_key(prekey, ann.seal_public, plan.digest, v, self.client_id)
-            plain = open_sealed(k, get(msg, field(key, "share", v), bytes), share_ad(plan.digest, v, self.client_id),
-                                f"share from {v} in {key}")
+            plain = open_sealed(
+                k,
+                get(msg, field(key, "share", v), bytes),
+                share_ad(plan.digest, v, self.client_id),
+                f"share from {v} in {key}",
+            )
             words = np.frombuffer(plain, dtype="<u4").astype(np.int64)
             if words.shape != (SHARE_WORDS,) or words.max() >= shamir.PRIME:
                 raise ProtocolRefusal(f"malformed share from {v} in {key}")
@@ -382,8 +418,10 @@ class SecAggClient:
             raise ProtocolRefusal(f"{len(survivors)} survivors in {key} < minimum {plan.min_survivors}")
         local = [v for v in plan.neighbours(self.client_id) if v in survivors]
         if len(local) < plan.threshold:
-            raise ProtocolRefusal(f"only {len(local)} of this client's neighbours survived in {key}; "
-                                  f"{plan.threshold} are needed to rebuild its self-mask")
+            raise ProtocolRefusal(
+                f"only {len(local)} of this client's neighbours survived in {key}; "
+                f"{plan.threshold} are needed to rebuild its self-mask"
+            )
         return announced, survivors
 
     # unmask ----------------------------------------------------------------------------------------------
@@ -398,8 +436,10 @@ class SecAggClient:
             digest = _request_digest(sub)
             if inst.status == "unmasked":
                 if digest != inst.unmask_digest:
-                    raise ProtocolRefusal(f"second, different unmask request for {key}: refusing to reveal more "
-                                          f"shares (a peer would get both of its secrets revealed)")
+                    raise ProtocolRefusal(
+                        f"second, different unmask request for {key}: refusing to reveal more "
+                        f"shares (a peer would get both of its secrets revealed)"
+                    )
                 reply.update(inst.unmask_reply)
                 continue
             announced, survivors = self._check_view(msg, inst)
@@ -431,20 +471,26 @@ class SecAggClient:
             verify_signature(self.trust.identity(signer), bytes(sig), statement, f"confirmation by {signer}")
             valid += 1
         if valid < inst.plan.confirm_threshold:
-            raise ProtocolRefusal(f"{valid} confirmations of the survivor view of {key} < "
-                                  f"{inst.plan.confirm_threshold}: the server may be showing different views")
+            raise ProtocolRefusal(
+                f"{valid} confirmations of the survivor view of {key} < "
+                f"{inst.plan.confirm_threshold}: the server may be showing different views"
+            )
 
     def _reveal(self, inst: _Instance, survivors: list[str], statement: bytes) -> Message:
         key, alive = inst.plan.key, set(survivors)
         peers, kinds, rows = [], [], []
         for v in sorted(inst.held):
             if v in alive:
-                peers.append(v), kinds.append("b"), rows.append(inst.held[v][shamir.WORDS_PER_SECRET:])
+                peers.append(v), kinds.append("b"), rows.append(inst.held[v][shamir.WORDS_PER_SECRET :])
             else:
                 peers.append(v), kinds.append("e"), rows.append(inst.held[v][: shamir.WORDS_PER_SECRET])
         shares = np.asarray(rows, dtype=np.uint32).reshape(len(rows), shamir.WORDS_PER_SECRET)
-        return {field(key, "peers"): peers, field(key, "kinds"): kinds, field(key, "shares"): shares,
-                field(key, "view"): self.identity.sign(statement)}
+        return {
+            field(key, "peers"): peers,
+            field(key, "kinds"): kinds,
+            field(key, "shares"): shares,
+            field(key, "view"): self.identity.sign(statement),
+        }
 
     # state -----------------------------------------------------------------------------------------------
     def _session(self) -> bytes:
@@ -458,23 +504,38 @@ class SecAggClient:
 
     def export_state(self) -> bytes:
         """Everything the client needs between messages (for a ClientApp's Context), as JSON bytes."""
+
         def enc(b: bytes | None):
             return None if b is None else base64.b64encode(b).decode()
 
         insts = {}
         for key, inst in self.instances.items():
             insts[key] = {
-                "plan": enc(inst.plan.to_bytes()), "status": inst.status, "mask_private": enc(inst.mask_private),
-                "self_seed": enc(inst.self_seed), "announced": inst.announced,
-                "held": {v: w.tolist() for v, w in inst.held.items()}, "confirmed_view": enc(inst.confirmed_view),
+                "plan": enc(inst.plan.to_bytes()),
+                "status": inst.status,
+                "mask_private": enc(inst.mask_private),
+                "self_seed": enc(inst.self_seed),
+                "announced": inst.announced,
+                "held": {v: w.tolist() for v, w in inst.held.items()},
+                "confirmed_view": enc(inst.confirmed_view),
                 "unmask_digest": enc(inst.unmask_digest),
-                "unmask_reply": None if inst.unmask_reply is None else _encode_message(inst.unmask_reply)}
-        return json.dumps({"v": 2, "client_id": self.client_id, "identity": self.identity.to_dict(),
-                           "policy": vars(self.policy), "trust": self.trust.to_dict(), "session": enc(self.session),
-                           "instances": insts, "last_round": self.last_round,
-                           "prekeys": {str(r): k.hex() for r, k in self.prekeys.items()},
-                           "directory": None if self.directory is None else self.directory.to_dict(),
-                           "require_consistency": self.require_consistency}).encode()
+                "unmask_reply": None if inst.unmask_reply is None else _encode_message(inst.unmask_reply),
+            }
+        return json.dumps(
+            {
+                "v": 2,
+                "client_id": self.client_id,
+                "identity": self.identity.to_dict(),
+                "policy": vars(self.policy),
+                "trust": self.trust.to_dict(),
+                "session": enc(self.session),
+                "instances": insts,
+                "last_round": self.last_round,
+                "prekeys": {str(r): k.hex() for r, k in self.prekeys.items()},
+                "directory": None if self.directory is None else self.directory.to_dict(),
+                "require_consistency": self.require_consistency,
+            }
+        ).encode()
 
     @staticmethod
     def from_state(data: bytes) -> SecAggClient:
@@ -485,19 +546,29 @@ class SecAggClient:
 
         if d.get("v") != 2:
             raise ProtocolRefusal("client state of an older protocol version: start a new run")
-        client = SecAggClient(d["client_id"], Identity.from_dict(d["identity"]), policy=Policy(**d["policy"]),
-                              trust=TrustStore.from_dict(d["trust"]),
-                              directory=None if d["directory"] is None else DirectoryView.from_dict(d["directory"]),
-                              require_consistency=bool(d["require_consistency"]))
+        client = SecAggClient(
+            d["client_id"],
+            Identity.from_dict(d["identity"]),
+            policy=Policy(**d["policy"]),
+            trust=TrustStore.from_dict(d["trust"]),
+            directory=None if d["directory"] is None else DirectoryView.from_dict(d["directory"]),
+            require_consistency=bool(d["require_consistency"]),
+        )
         client.prekeys = {int(r): bytes.fromhex(k) for r, k in d["prekeys"].items()}
         client.session = dec(d["session"])
         client.last_round = int(d["last_round"])
         for key, s in d["instances"].items():
             client.instances[key] = _Instance(
-                Plan.from_bytes(dec(s["plan"])), s["status"], dec(s["mask_private"]), dec(s["self_seed"]),
-                s["announced"], {v: np.asarray(w, dtype=np.int64) for v, w in s["held"].items()},
-                dec(s["confirmed_view"]), dec(s["unmask_digest"]),
-                None if s["unmask_reply"] is None else _decode_message(s["unmask_reply"]))
+                Plan.from_bytes(dec(s["plan"])),
+                s["status"],
+                dec(s["mask_private"]),
+                dec(s["self_seed"]),
+                s["announced"],
+                {v: np.asarray(w, dtype=np.int64) for v, w in s["held"].items()},
+                dec(s["confirmed_view"]),
+                dec(s["unmask_digest"]),
+                None if s["unmask_reply"] is None else _decode_message(s["unmask_reply"]),
+            )
         return client
 
 

@@ -44,8 +44,14 @@ class Directory:
         return TAG + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"version": self.version, "entries": {k: v.hex() for k, v in sorted(self.entries.items())},
-                           "signature": self.signature.hex()}, sort_keys=True).encode()
+        return json.dumps(
+            {
+                "version": self.version,
+                "entries": {k: v.hex() for k, v in sorted(self.entries.items())},
+                "signature": self.signature.hex(),
+            },
+            sort_keys=True,
+        ).encode()
 
     @staticmethod
     def from_bytes(data: bytes) -> Directory:
@@ -64,8 +70,11 @@ class Directory:
     @staticmethod
     def sign(version: int, entries: dict[str, bytes], signing_key: bytes) -> Directory:
         unsigned = Directory(int(version), dict(entries))
-        return Directory(unsigned.version, unsigned.entries,
-                         Ed25519PrivateKey.from_private_bytes(signing_key).sign(unsigned.signed_bytes()))
+        return Directory(
+            unsigned.version,
+            unsigned.entries,
+            Ed25519PrivateKey.from_private_bytes(signing_key).sign(unsigned.signed_bytes()),
+        )
 
 
 @dataclass
@@ -83,11 +92,15 @@ class DirectoryView:
         directory.verify(self.key)
         seen = dict(self.seen or {})
         if directory.version < self.version:
-            raise ProtocolRefusal(f"SecAgg directory version {directory.version} is older than version "
-                                  f"{self.version} seen before (rolled back)")
+            raise ProtocolRefusal(
+                f"SecAgg directory version {directory.version} is older than version "
+                f"{self.version} seen before (rolled back)"
+            )
         if directory.entries.get(me) != my_identity:
-            raise ProtocolRefusal(f"the SecAgg directory does not list this node ({me}) with its identity key "
-                                  f"{my_identity.hex()[:16]}...: ask the operator to enrol it")
+            raise ProtocolRefusal(
+                f"the SecAgg directory does not list this node ({me}) with its identity key "
+                f"{my_identity.hex()[:16]}...: ask the operator to enrol it"
+            )
         changed = sorted(k for k, v in directory.entries.items() if k in seen and seen[k] != v)
         if changed:
             raise ProtocolRefusal(f"the SecAgg directory changes the pinned identity of {changed}: key substitution")
@@ -96,15 +109,21 @@ class DirectoryView:
         return self.current
 
     def to_dict(self) -> dict:
-        return {"key": self.key.hex(), "version": self.version,
-                "seen": {k: v.hex() for k, v in (self.seen or {}).items()},
-                "current": None if self.current is None else {k: v.hex() for k, v in self.current.items()}}
+        return {
+            "key": self.key.hex(),
+            "version": self.version,
+            "seen": {k: v.hex() for k, v in (self.seen or {}).items()},
+            "current": None if self.current is None else {k: v.hex() for k, v in self.current.items()},
+        }
 
     @staticmethod
     def from_dict(d: dict) -> DirectoryView:
-        return DirectoryView(bytes.fromhex(d["key"]), int(d["version"]),
-                             {k: bytes.fromhex(v) for k, v in d["seen"].items()},
-                             None if d["current"] is None else {k: bytes.fromhex(v) for k, v in d["current"].items()})
+        return DirectoryView(
+            bytes.fromhex(d["key"]),
+            int(d["version"]),
+            {k: bytes.fromhex(v) for k, v in d["seen"].items()},
+            None if d["current"] is None else {k: bytes.fromhex(v) for k, v in d["current"].items()},
+        )
 
 
 def create_signing_key(path: Path) -> bytes:

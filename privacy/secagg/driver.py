@@ -30,8 +30,13 @@ class RoundResult:
     failures: dict[str, str]
 
 
-def plan_round(server: SecAggServer, round_: int, cohorts: Mapping[str, Sequence[str]],
-               layouts: Mapping[str, Layout], exchange: Exchange) -> dict[str, Plan]:
+def plan_round(
+    server: SecAggServer,
+    round_: int,
+    cohorts: Mapping[str, Sequence[str]],
+    layouts: Mapping[str, Layout],
+    exchange: Exchange,
+) -> dict[str, Plan]:
     """Register clients the server has no prekey of for round `round_` (one exchange, only if there are any),
     then fix the plans of round `round_`. Plan round r+1 before running round r so that round r's uploads
     announce its keys."""
@@ -43,8 +48,10 @@ def plan_round(server: SecAggServer, round_: int, cohorts: Mapping[str, Sequence
     for block, cohort in cohorts.items():
         present = [c for c in cohort if server.registered(c, round_)]
         if len(present) < 3:
-            raise ThresholdError(f"round {round_} block {block}: only {len(present)} of {len(cohort)} members are "
-                                 f"registered (at least 3 needed); registration problems: {server.events[-5:]}")
+            raise ThresholdError(
+                f"round {round_} block {block}: only {len(present)} of {len(cohort)} members are "
+                f"registered (at least 3 needed); registration problems: {server.events[-5:]}"
+            )
         plans[block] = server.add_plan(round_, block, present, layouts[block])
     return plans
 

@@ -60,8 +60,13 @@ from .server import Layout, SecAggServer
 CONFIG_RECORD = "secagg"
 ARRAY_RECORD = "secagg.arrays"
 STATE_RECORD = "dblocks.secagg"
-MESSAGE_TYPES = {"register": "query.secagg", "join": "query.secagg", "upload": "train.secagg",
-                 "confirm": "query.secagg", "unmask": "query.secagg"}
+MESSAGE_TYPES = {
+    "register": "query.secagg",
+    "join": "query.secagg",
+    "upload": "train.secagg",
+    "confirm": "query.secagg",
+    "unmask": "query.secagg",
+}
 
 
 # wire ------------------------------------------------------------------------------------------------------------
@@ -128,8 +133,15 @@ class GridExchange:
     payload(stage, node_id, blocks) may add application records (model, task) to a node's request; `blocks`
     are the blocks of the node's instances in that request."""
 
-    def __init__(self, grid, *, timeout: float | None = None, payload: Payload | None = None,
-                 group_id: str | None = None, send: Send | None = None):
+    def __init__(
+        self,
+        grid,
+        *,
+        timeout: float | None = None,
+        payload: Payload | None = None,
+        group_id: str | None = None,
+        send: Send | None = None,
+    ):
         self.grid, self.timeout, self.payload, self.group_id = grid, timeout, payload, group_id
         self.send = send or (lambda messages, timeout: grid.send_and_receive(messages, timeout=timeout))
         self.errors: list[tuple[str, int, str]] = []
@@ -142,8 +154,14 @@ class GridExchange:
             blocks = [key.split(":", 1)[1] for key in request.get("instances", [])]
             content = self.payload(stage, node_id, blocks) if self.payload else None
             content = to_recorddict(request, content if content is not None else RecordDict())
-            messages.append(Message(content=content, dst_node_id=node_id, message_type=MESSAGE_TYPES[stage],
-                                    group_id=self.group_id or str(request.get("round", ""))))
+            messages.append(
+                Message(
+                    content=content,
+                    dst_node_id=node_id,
+                    message_type=MESSAGE_TYPES[stage],
+                    group_id=self.group_id or str(request.get("round", "")),
+                )
+            )
         replies: dict[str, ProtocolMessage] = {}
         for reply in self.send(messages, self.timeout):
             node_id = reply.metadata.src_node_id
@@ -174,15 +192,17 @@ class FlowerSecAgg:
     send: Send | None = None  # how one stage is delivered (GridExchange)
 
     def __post_init__(self):
-        self.server = SecAggServer(policy=self.policy, trust=self.trust, consistency_check=self.consistency_check,
-                                   directory=self.directory)
+        self.server = SecAggServer(
+            policy=self.policy, trust=self.trust, consistency_check=self.consistency_check, directory=self.directory
+        )
         self.exchange = GridExchange(self.grid, timeout=self.timeout, payload=self.payload, send=self.send)
 
     def plan(self, round_: int, cohorts: Mapping[str, Iterable[int]]) -> dict[str, Plan]:
         """Fix round `round_`'s per-block cohorts of node ids (registers nodes the server has not met)."""
         try:
-            return plan_round(self.server, round_, {b: [str(n) for n in c] for b, c in cohorts.items()},
-                              self.layouts, self.exchange)
+            return plan_round(
+                self.server, round_, {b: [str(n) for n in c] for b, c in cohorts.items()}, self.layouts, self.exchange
+            )
         except ThresholdError as err:
             raise ThresholdError(f"{err}; node errors: {self.exchange.errors[-5:]}") from None
 
@@ -222,13 +242,18 @@ def _flag(value) -> bool:
 def new_client(client_id: str, node_config: Mapping, policy: Policy = Policy()) -> SecAggClient:
     """A fresh protocol client for this node, configured from the node configuration (see the module docstring)."""
     nc = node_config
-    identity = Identity(client_id, load_identity_key(str(nc["secagg-identity"]))) if nc.get("secagg-identity") \
-        else None
+    identity = Identity(client_id, load_identity_key(str(nc["secagg-identity"]))) if nc.get("secagg-identity") else None
     directory, trust = None, TrustStore(tofu=True)  # no directory key: simulations and tests only
     if nc.get("secagg-directory-key"):
         directory, trust = DirectoryView(read_public_key(Path(str(nc["secagg-directory-key"])))), TrustStore()
-    return SecAggClient(client_id, identity, policy=policy, trust=trust, directory=directory,
-                        require_consistency=_flag(nc.get("secagg-require-consistency", False)))
+    return SecAggClient(
+        client_id,
+        identity,
+        policy=policy,
+        trust=trust,
+        directory=directory,
+        require_consistency=_flag(nc.get("secagg-require-consistency", False)),
+    )
 
 
 def client_from_context(context: Context, policy: Policy = Policy()) -> SecAggClient:
@@ -271,14 +296,16 @@ def _write(fd: int, data: bytes) -> None:
     os.fsync(fd)
 
 
-def _handle_with_file_state(state_dir: Path, context: Context, request: ProtocolMessage, contribute,
-                            policy: Policy) -> ProtocolMessage:
+def _handle_with_file_state(
+    state_dir: Path, context: Context, request: ProtocolMessage, contribute, policy: Policy
+) -> ProtocolMessage:
     """Read the run's state, answer, write it back, all under the state file's exclusive lock; the directory
     pins are carried over from (and back into) the node-wide pins file."""
     with _locked(state_dir / f"run-{int(context.run_id)}.json") as fd:
         data = _read(fd)
-        client = SecAggClient.from_state(data) if data else new_client(str(context.node_id), context.node_config,
-                                                                        policy)
+        client = (
+            SecAggClient.from_state(data) if data else new_client(str(context.node_id), context.node_config, policy)
+        )
         pins_path = state_dir / "directory-pins.json"
         if client.directory is not None:
             with _locked(pins_path) as pfd:
@@ -300,8 +327,12 @@ def _handle_with_file_state(state_dir: Path, context: Context, request: Protocol
     return reply
 
 
-def handle(msg: Message, context: Context,
-           contribute: Callable[[Plan, Message], Contribution] | None = None, policy: Policy = Policy()) -> Message:
+def handle(
+    msg: Message,
+    context: Context,
+    contribute: Callable[[Plan, Message], Contribution] | None = None,
+    policy: Policy = Policy(),
+) -> Message:
     """Answer one protocol message in a ClientApp. Refusals raise (Flower returns them as error replies, which
     the server treats as a dropout) and leave the persisted state untouched."""
     request = from_recorddict(msg.content)

@@ -109,7 +109,7 @@ def is_safe(n: int, k: int, t: int, policy: Policy) -> bool:
     if not (1 <= t <= min(k, n - 1)) or k < 1:
         return False
     p_reveal, p_disconnect, _ = failure_probabilities(n, k, t, policy)
-    return max(p_reveal, p_disconnect) <= 2.0 ** -policy.sigma
+    return max(p_reveal, p_disconnect) <= 2.0**-policy.sigma
 
 
 @lru_cache(maxsize=1024)
@@ -120,14 +120,15 @@ def choose_params(n: int, policy: Policy = Policy()) -> GraphParams:
     for k in list(range(2, n - 1, 2)) + [n - 1]:
         for t in range(k // 2 + 1, k + 1):
             p = failure_probabilities(n, k, t, policy)
-            if max(p[0], p[1]) <= 2.0 ** -policy.sigma:
-                if p[2] <= 2.0 ** -policy.eta:
+            if max(p[0], p[1]) <= 2.0**-policy.sigma:
+                if p[2] <= 2.0**-policy.eta:
                     return GraphParams(n, min(k, n - 1), t, *p)
                 break  # a larger t only makes recovery harder: try a larger k
     C, D = policy.corrupt(n), policy.dropouts(n)
     raise ValueError(
         f"no (k, t) for a cohort of {n} tolerates {C} colluding and {D} dropped clients (complete graph needs "
-        f"2t > {n - 1} + {C} and t <= {n - 1} - {D}): enlarge the cohort or lower dropout_fraction")
+        f"2t > {n - 1} + {C} and t <= {n - 1} - {D}): enlarge the cohort or lower dropout_fraction"
+    )
 
 
 def ring_order(seed: bytes, members: Sequence[str]) -> list[str]:

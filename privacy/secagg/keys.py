@@ -101,8 +101,9 @@ class Cert:
     signature: bytes
 
     def signed_bytes(self) -> bytes:
-        return encode_fields(b"dblocks-secagg/prekey/v2", self.client_id, self.identity_public,
-                             self.channel_public, self.round)
+        return encode_fields(
+            b"dblocks-secagg/prekey/v2", self.client_id, self.identity_public, self.channel_public, self.round
+        )
 
     def to_bytes(self) -> bytes:
         return encode_fields(self.client_id, self.identity_public, self.channel_public, self.round, self.signature)
@@ -162,8 +163,13 @@ class Identity:
     def cert(self, round_: int, channel_public: bytes) -> Cert:
         """Certify `channel_public` as this client's prekey for protocol round `round_`."""
         unsigned = Cert(self.client_id, self.public, channel_public, int(round_), b"")
-        return Cert(unsigned.client_id, unsigned.identity_public, unsigned.channel_public, unsigned.round,
-                    self.sign(unsigned.signed_bytes()))
+        return Cert(
+            unsigned.client_id,
+            unsigned.identity_public,
+            unsigned.channel_public,
+            unsigned.round,
+            self.sign(unsigned.signed_bytes()),
+        )
 
     def signing_bytes(self) -> bytes:
         return self._signing.private_bytes_raw()
@@ -229,22 +235,29 @@ class TrustStore:
             raise ProtocolRefusal(f"no pinned identity for {client_id}") from None
 
     def to_dict(self) -> dict:
-        return {"pinned": {k: v.hex() for k, v in self.pinned.items()}, "tofu": self.tofu,
-                "certs": [c.to_bytes().hex() for c in self.certs.values()]}
+        return {
+            "pinned": {k: v.hex() for k, v in self.pinned.items()},
+            "tofu": self.tofu,
+            "certs": [c.to_bytes().hex() for c in self.certs.values()],
+        }
 
     @staticmethod
     def from_dict(d: dict) -> TrustStore:
         certs = [Cert.from_bytes(bytes.fromhex(v)) for v in d["certs"]]
-        return TrustStore({k: bytes.fromhex(v) for k, v in d["pinned"].items()}, bool(d["tofu"]),
-                          {(c.client_id, c.round): c for c in certs})
+        return TrustStore(
+            {k: bytes.fromhex(v) for k, v in d["pinned"].items()},
+            bool(d["tofu"]),
+            {(c.client_id, c.round): c for c in certs},
+        )
 
 
 def _ordered(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
-def seal_key(my_private: bytes | X25519PrivateKey, peer_public: bytes, plan_digest: bytes, sender: str,
-             receiver: str) -> bytes:
+def seal_key(
+    my_private: bytes | X25519PrivateKey, peer_public: bytes, plan_digest: bytes, sender: str, receiver: str
+) -> bytes:
     """K_uv for the share `sender` seals to `receiver`: one side holds the sender's per-instance seal key, the other
     the receiver's prekey for the plan's round (directional: K_uv != K_vu)."""
     info = encode_fields(b"dblocks-secagg/seal/v2", sender, receiver)
@@ -267,11 +280,14 @@ def open_sealed(key: bytes, blob: bytes, ad: bytes, what: str) -> bytes:
         raise ProtocolRefusal(f"{what} does not authenticate (forged, replayed or misaddressed)") from err
 
 
-def pair_seed(my_mask_private: bytes | X25519PrivateKey, peer_mask_public: bytes, plan_digest: bytes, me: str, peer: str) -> bytes:
+def pair_seed(
+    my_mask_private: bytes | X25519PrivateKey, peer_mask_public: bytes, plan_digest: bytes, me: str, peer: str
+) -> bytes:
     """s_uv, the 256-bit seed of the pairwise mask between `me` and `peer` in one instance (symmetric)."""
     low, high = _ordered(me, peer)
-    return hkdf(x25519(my_mask_private, peer_mask_public), plan_digest,
-                encode_fields(b"dblocks-secagg/pair-mask/v1", low, high))
+    return hkdf(
+        x25519(my_mask_private, peer_mask_public), plan_digest, encode_fields(b"dblocks-secagg/pair-mask/v1", low, high)
+    )
 
 
 def pair_sign(me: str, peer: str) -> int:
@@ -296,12 +312,19 @@ class Announcement:
     signature: bytes = b""
 
     def signed_bytes(self) -> bytes:
-        return encode_fields(b"dblocks-secagg/announce/v2", self.client_id, self.plan_digest, self.mask_public,
-                             self.seed_commitment, self.seal_public)
+        return encode_fields(
+            b"dblocks-secagg/announce/v2",
+            self.client_id,
+            self.plan_digest,
+            self.mask_public,
+            self.seed_commitment,
+            self.seal_public,
+        )
 
     def to_bytes(self) -> bytes:
-        return encode_fields(self.client_id, self.plan_digest, self.mask_public, self.seed_commitment,
-                             self.seal_public, self.signature)
+        return encode_fields(
+            self.client_id, self.plan_digest, self.mask_public, self.seed_commitment, self.seal_public, self.signature
+        )
 
     @staticmethod
     def from_bytes(data: bytes) -> Announcement:
@@ -316,5 +339,6 @@ class Announcement:
 
 def view_statement(plan_digest: bytes, announced: list[str], survivors: list[str]) -> bytes:
     """What a client signs about an instance's outcome: the announced set A and the survivor set S."""
-    return encode_fields(b"dblocks-secagg/view/v1", plan_digest, ",".join(sorted(announced)),
-                         ",".join(sorted(survivors)))
+    return encode_fields(
+        b"dblocks-secagg/view/v1", plan_digest, ",".join(sorted(announced)), ",".join(sorted(survivors))
+    )

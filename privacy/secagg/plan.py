@@ -76,10 +76,18 @@ class Plan:
         return self.confirm_threshold > 0
 
     def to_json(self) -> dict:
-        return {"v": 1, "session": self.session.hex(), "round": self.round, "block": self.block,
-                "cohort": list(self.cohort), "degree": self.degree, "threshold": self.threshold,
-                "min_survivors": self.min_survivors, "confirm_threshold": self.confirm_threshold,
-                "quant": self.quant.to_json()}
+        return {
+            "v": 1,
+            "session": self.session.hex(),
+            "round": self.round,
+            "block": self.block,
+            "cohort": list(self.cohort),
+            "degree": self.degree,
+            "threshold": self.threshold,
+            "min_survivors": self.min_survivors,
+            "confirm_threshold": self.confirm_threshold,
+            "quant": self.quant.to_json(),
+        }
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_json())
@@ -90,9 +98,17 @@ class Plan:
             d = json.loads(bytes(data))
             if d.get("v") != 1:
                 raise ValueError("unknown plan version")
-            return Plan(bytes.fromhex(d["session"]), int(d["round"]), str(d["block"]), tuple(d["cohort"]),
-                        int(d["degree"]), int(d["threshold"]), int(d["min_survivors"]),
-                        int(d["confirm_threshold"]), QuantSpec.from_json(d["quant"]))
+            return Plan(
+                bytes.fromhex(d["session"]),
+                int(d["round"]),
+                str(d["block"]),
+                tuple(d["cohort"]),
+                int(d["degree"]),
+                int(d["threshold"]),
+                int(d["min_survivors"]),
+                int(d["confirm_threshold"]),
+                QuantSpec.from_json(d["quant"]),
+            )
         except (ValueError, KeyError, TypeError) as err:
             raise ProtocolRefusal(f"malformed plan: {err}") from err
 

@@ -69,8 +69,12 @@ class SumBounds:
     def reach(self) -> MaliciousReach:
         """What one malicious member of the `count` summed can add to the others' encoded sum H."""
         honest = (self.count - 1) * self.client_l2  # ||H||_2 <= (count - 1) client_l2
-        return MaliciousReach(blind_l2=self.l2 - honest, informed_l2=self.l2 + honest,
-                              blind_linf=self.linf / self.count, informed_linf=self.linf * (2 - 1 / self.count))
+        return MaliciousReach(
+            blind_l2=self.l2 - honest,
+            informed_l2=self.l2 + honest,
+            blind_linf=self.linf / self.count,
+            informed_linf=self.linf * (2 - 1 / self.count),
+        )
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,13 @@ class QuantSpec:
     extras: tuple[Extra, ...] = field(default_factory=tuple)
 
     @staticmethod
-    def plan(cohort_size: int, dim: int, clip_norm: float, rel_error: float = 1e-4,
-             extras: tuple[Extra, ...] | list[Extra] = ()) -> QuantSpec:
+    def plan(
+        cohort_size: int,
+        dim: int,
+        clip_norm: float,
+        rel_error: float = 1e-4,
+        extras: tuple[Extra, ...] | list[Extra] = (),
+    ) -> QuantSpec:
         """The smallest modulus for `cohort_size` clients with step = 2 rel_error C / sqrt(dim)."""
         if cohort_size < 1 or dim < 1:
             raise ValueError(f"cohort_size and dim must be >= 1, got {cohort_size}, {dim}")
@@ -118,7 +127,8 @@ class QuantSpec:
         if bits > 64:
             raise AggregateOverflow(
                 f"a cohort of {cohort_size} needs a {bits}-bit modulus for dim={dim}, rel_error={rel_error} and "
-                f"these extras; the limit is 64: raise rel_error, coarsen the extras' steps or split the cohort")
+                f"these extras; the limit is 64: raise rel_error, coarsen the extras' steps or split the cohort"
+            )
         return QuantSpec(dim, float(clip_norm), step, cohort_size, bits, tuple(extras))
 
     def __post_init__(self):
@@ -160,8 +170,13 @@ class QuantSpec:
         """The region `decode_sum` accepts for the sum of `count` contributions (in the update's units)."""
         levels = self._level_values()
         client_l2 = self.clip_norm * (1 + NORM_TOLERANCE) + math.sqrt(self.dim) * self.step / 2
-        return SumBounds(count, client_l2, count * client_l2, count * levels[0] * self.step,
-                         {e.name: count * lvl * e.step for e, lvl in zip(self.extras, levels[1:])})
+        return SumBounds(
+            count,
+            client_l2,
+            count * client_l2,
+            count * levels[0] * self.step,
+            {e.name: count * lvl * e.step for e, lvl in zip(self.extras, levels[1:])},
+        )
 
     def max_abs_error(self, count: int) -> np.ndarray:
         """Worst-case absolute error per coordinate of the decoded sum of `count` contributions."""
@@ -182,12 +197,15 @@ class QuantSpec:
         if norm > self.clip_norm * (1 + NORM_TOLERANCE):
             raise AggregateOverflow(
                 f"update L2 norm {norm:.6g} exceeds the plan's clip_norm {self.clip_norm:.6g}: clip it first "
-                f"(dblocks.privacy.mechanisms.clip_vector)")
+                f"(dblocks.privacy.mechanisms.clip_vector)"
+            )
         extras = dict(extras or {})
         unknown = set(extras) - {e.name for e in self.extras}
         if unknown:
-            raise ValueError(f"extras {sorted(unknown)} are not in the plan (plan has "
-                             f"{[e.name for e in self.extras]}); nothing per-client may travel unmasked")
+            raise ValueError(
+                f"extras {sorted(unknown)} are not in the plan (plan has "
+                f"{[e.name for e in self.extras]}); nothing per-client may travel unmasked"
+            )
         values = np.empty(self.length, dtype=np.float64)
         np.multiply(x, 1.0 / self.step, out=values[: self.dim])
         for j, extra in enumerate(self.extras):
@@ -204,8 +222,9 @@ class QuantSpec:
             q = np.rint(values, out=values).astype(np.int64)
         # the invariant the modulus relies on (implied by the checks above, verified anyway)
         levels = self.levels()
-        if max(-int(q[: self.dim].min(initial=0)), int(q[: self.dim].max(initial=0))) > levels[0] or \
-                np.any(np.abs(q[self.dim :]) > levels[self.dim :]):
+        if max(-int(q[: self.dim].min(initial=0)), int(q[: self.dim].max(initial=0))) > levels[0] or np.any(
+            np.abs(q[self.dim :]) > levels[self.dim :]
+        ):
             raise AggregateOverflow("encoded value above its level bound")
         words = q.astype(self.dtype)  # two's complement: the low 32/64 bits of q
         if self.bits < 8 * self.dtype.itemsize:
@@ -226,25 +245,39 @@ class QuantSpec:
         if bad.size:
             raise AggregateOverflow(
                 f"decoded sum out of range at {bad.size} coordinate(s) (first: {int(bad[0])}): some client sent "
-                f"values outside the agreed bounds; the aggregate is refused")
+                f"values outside the agreed bounds; the aggregate is refused"
+            )
         total = signed[: self.dim].astype(np.float64) * self.step
         norm = math.sqrt(float(np.einsum("i,i", total, total)))
         bounds = self.sum_bounds(count)
         if norm > bounds.l2:
-            raise AggregateOverflow(f"decoded sum has L2 norm {norm:.6g} > {bounds.l2:.6g} = {count} x (clip_norm + "
-                                    f"rounding): refused")
+            raise AggregateOverflow(
+                f"decoded sum has L2 norm {norm:.6g} > {bounds.l2:.6g} = {count} x (clip_norm + rounding): refused"
+            )
         extras = {e.name: float(signed[self.dim + j]) * e.step for j, e in enumerate(self.extras)}
         return total, extras
 
     # wire ------------------------------------------------------------------------------------------------
     def to_json(self) -> dict:
-        return {"dim": self.dim, "clip_norm": self.clip_norm, "step": self.step, "cohort_size": self.cohort_size,
-                "bits": self.bits, "extras": [[e.name, e.bound, e.step] for e in self.extras]}
+        return {
+            "dim": self.dim,
+            "clip_norm": self.clip_norm,
+            "step": self.step,
+            "cohort_size": self.cohort_size,
+            "bits": self.bits,
+            "extras": [[e.name, e.bound, e.step] for e in self.extras],
+        }
 
     @staticmethod
     def from_json(d: dict) -> QuantSpec:
-        return QuantSpec(int(d["dim"]), float(d["clip_norm"]), float(d["step"]), int(d["cohort_size"]),
-                         int(d["bits"]), tuple(Extra(str(n), float(b), float(s)) for n, b, s in d["extras"]))
+        return QuantSpec(
+            int(d["dim"]),
+            float(d["clip_norm"]),
+            float(d["step"]),
+            int(d["cohort_size"]),
+            int(d["bits"]),
+            tuple(Extra(str(n), float(b), float(s)) for n, b, s in d["extras"]),
+        )
 
 
 def canonical_json(d: dict) -> bytes:

@@ -111,8 +111,15 @@ class SecAggServer:
     register, join and upload request and pinned here too; without one the server pins on first use (it is not
     the party the pinning protects)."""
 
-    def __init__(self, session: bytes | None = None, *, policy: Policy = Policy(), trust: TrustStore | None = None,
-                 consistency_check: bool = False, directory: bytes | None = None):
+    def __init__(
+        self,
+        session: bytes | None = None,
+        *,
+        policy: Policy = Policy(),
+        trust: TrustStore | None = None,
+        consistency_check: bool = False,
+        directory: bytes | None = None,
+    ):
         self.session = session or os.urandom(16)
         self.policy = policy
         self.trust = trust or TrustStore(tofu=True)
@@ -181,14 +188,23 @@ class SecAggServer:
         cohort = sorted(set(cohort))
         missing = [c for c in cohort if not self.registered(c, round_)]
         if missing:
-            raise ValueError(f"instance {key}: members {missing} have no prekey for round {round_}; "
-                             f"register them first")
+            raise ValueError(
+                f"instance {key}: members {missing} have no prekey for round {round_}; register them first"
+            )
         n = len(cohort)
         params = choose_params(n, self.policy)
         quant = QuantSpec.plan(n, layout.dim, layout.clip_norm, layout.rel_error, layout.extras)
-        plan = Plan(self.session, int(round_), block, tuple(cohort), params.k, params.t,
-                    min_survivors_for(n, params.t, self.policy),
-                    confirm_threshold_for(n, self.policy) if self.consistency_check else 0, quant)
+        plan = Plan(
+            self.session,
+            int(round_),
+            block,
+            tuple(cohort),
+            params.k,
+            params.t,
+            min_survivors_for(n, params.t, self.policy),
+            confirm_threshold_for(n, self.policy) if self.consistency_check else 0,
+            quant,
+        )
         self.instances[key] = _Instance(plan)
         return plan
 
@@ -209,8 +225,9 @@ class SecAggServer:
         for inst in self._live(round_):
             for cid in inst.plan.cohort:
                 if cid not in inst.announcements:
-                    msg = out.setdefault(cid, self._with_directory({**header("join", self.session, round_),
-                                                                    "instances": []}))
+                    msg = out.setdefault(
+                        cid, self._with_directory({**header("join", self.session, round_), "instances": []})
+                    )
                     self._add_plan_for_announce(msg, inst, cid)
         return out
 
@@ -267,13 +284,17 @@ class SecAggServer:
                 self.events.append(f"{plan.key}: {sorted(thin)} excluded, fewer than t announced neighbours")
             inst.announced = sorted(announced)
             if len(announced) < plan.min_survivors:
-                self._fail(inst, f"{len(inst.announcements)} of {plan.n} members announced keys and "
-                                 f"{len(announced)} of them have >= {plan.threshold} announced neighbours; "
-                                 f"{plan.min_survivors} needed: too many dropped during setup")
+                self._fail(
+                    inst,
+                    f"{len(inst.announcements)} of {plan.n} members announced keys and "
+                    f"{len(announced)} of them have >= {plan.threshold} announced neighbours; "
+                    f"{plan.min_survivors} needed: too many dropped during setup",
+                )
                 continue
             for u in inst.announced:
-                msg = out.setdefault(u, self._with_directory({**header("upload", self.session, round_),
-                                                              "instances": [], "next": []}))
+                msg = out.setdefault(
+                    u, self._with_directory({**header("upload", self.session, round_), "instances": [], "next": []})
+                )
                 key = plan.key
                 msg["instances"].append(key)
                 msg[field(key, "plan")] = plan.to_bytes()
@@ -305,8 +326,9 @@ class SecAggServer:
                     quant = inst.plan.quant
                     y = get(reply, field(key, "masked"), np.ndarray)
                     if y.dtype != quant.dtype or y.shape != (quant.length,):
-                        raise ProtocolRefusal(f"masked input has {y.dtype}{y.shape}, expected "
-                                              f"{quant.dtype}({quant.length},)")
+                        raise ProtocolRefusal(
+                            f"masked input has {y.dtype}{y.shape}, expected {quant.dtype}({quant.length},)"
+                        )
                     if quant.bits < quant.dtype.itemsize * 8 and int(y.max(initial=0)) > quant.modulus_mask:
                         raise ProtocolRefusal("masked input has words above the modulus")
                     inst.masked[cid] = y
@@ -334,9 +356,12 @@ class SecAggServer:
         for v in inst.announced:
             holders = sum(w in alive for w in plan.neighbours(v))
             if holders < plan.threshold:
-                self._fail(inst, f"{v} has {holders} surviving neighbours to rebuild its "
-                                 f"{'self-mask' if v in alive else 'masking key'}, threshold {plan.threshold}: "
-                                 f"too many dropouts in its neighbourhood")
+                self._fail(
+                    inst,
+                    f"{v} has {holders} surviving neighbours to rebuild its "
+                    f"{'self-mask' if v in alive else 'masking key'}, threshold {plan.threshold}: "
+                    f"too many dropouts in its neighbourhood",
+                )
                 return False
         return True
 
@@ -393,8 +418,9 @@ class SecAggServer:
                     msg[field(plan.key, "signatures")] = [inst.confirmations[s] for s in signers]
         return out
 
-    def receive_unmask(self, replies: Mapping[str, Message], round_: int
-                       ) -> tuple[dict[str, Aggregate], dict[str, str]]:
+    def receive_unmask(
+        self, replies: Mapping[str, Message], round_: int
+    ) -> tuple[dict[str, Aggregate], dict[str, str]]:
         """Store revealed shares and finish every instance of the round: ({block: Aggregate}, {block: reason})."""
         for cid, reply in replies.items():
             try:
@@ -441,20 +467,27 @@ class SecAggServer:
                 raise ProtocolRefusal(f"{cid} revealed a {kind!r} share of {peer}, expected {expected!r}")
             got[peer] = (kind, np.asarray(row, dtype=np.int64))
         sig = get(reply, field(key, "view"), bytes)
-        verify_signature(self.trust.identity(cid), sig,
-                         view_statement(inst.plan.digest, inst.announced, inst.survivors), f"view of {cid}")
+        verify_signature(
+            self.trust.identity(cid),
+            sig,
+            view_statement(inst.plan.digest, inst.announced, inst.survivors),
+            f"view of {cid}",
+        )
         inst.reveals[cid], inst.views[cid] = got, sig
 
     def _rebuild(self, inst: _Instance, peer: str, kind: str) -> bytes:
         """Rebuild `peer`'s secret of `kind` from t revealed shares; verify it against the announcement."""
         plan = inst.plan
-        points = sorted((plan.x(h), rows[peer][1]) for h, rows in inst.reveals.items()
-                        if peer in rows and rows[peer][0] == kind)
+        points = sorted(
+            (plan.x(h), rows[peer][1]) for h, rows in inst.reveals.items() if peer in rows and rows[peer][0] == kind
+        )
         if len(points) < plan.threshold:
             raise ThresholdError(
-                f"instance {plan.key}: {len(points)} shares of {peer}'s {'self-mask seed' if kind == 'b' else 'masking key'}"
+                f"instance {plan.key}: {len(points)} shares of {peer}'s "
+                f"{'self-mask seed' if kind == 'b' else 'masking key'}"
                 f" arrived, {plan.threshold} needed (too many of its neighbours dropped); the block's aggregate for "
-                f"this round is lost")
+                f"this round is lost"
+            )
         ann = inst.announcements[peer]
         for subset in itertools.islice(itertools.combinations(points, plan.threshold), MAX_RECONSTRUCTION_TRIES):
             xs = [p[0] for p in subset]
@@ -466,8 +499,10 @@ class SecAggServer:
                 return secret
             if kind == "e" and x25519_public(secret) == ann.mask_public:
                 return secret
-        raise ProtocolRefusal(f"instance {plan.key}: revealed shares of {peer} are inconsistent with its commitment "
-                              f"(a helper sent wrong shares)")
+        raise ProtocolRefusal(
+            f"instance {plan.key}: revealed shares of {peer} are inconsistent with its commitment "
+            f"(a helper sent wrong shares)"
+        )
 
     def _finish(self, inst: _Instance) -> Aggregate:
         plan, quant = inst.plan, inst.plan.quant
@@ -487,7 +522,14 @@ class SecAggServer:
                     expander.add(total, seed, -pair_sign(w, v))
         total &= quant.dtype.type(quant.modulus_mask)
         update_sum, extras_sum = quant.decode_sum(total, len(survivors))
-        return Aggregate(plan.round, plan.block, update_sum, extras_sum, tuple(survivors),
-                         tuple(c for c in plan.cohort if c not in inst.announced), tuple(dropped),
-                         tuple(u for u in survivors if u not in inst.reveals),
-                         float(quant.max_abs_error(len(survivors))[0]))
+        return Aggregate(
+            plan.round,
+            plan.block,
+            update_sum,
+            extras_sum,
+            tuple(survivors),
+            tuple(c for c in plan.cohort if c not in inst.announced),
+            tuple(dropped),
+            tuple(u for u in survivors if u not in inst.reveals),
+            float(quant.max_abs_error(len(survivors))[0]),
+        )

@@ -6,8 +6,8 @@ stage for every block together, the model and task of a company's block riding o
 client sends its L2-clipped delta (norm <= C) in fixed point under uint32 masks; the result is the sum over
 the members that survived, exact up to the quantisation (<= 1e-4 C in L2 per client), and the number of them.
 
-`FlowerSecAggPlus` (`secagg.mode = "flower"`) runs Flower's SecAgg+ (legacy `SecAggPlusWorkflow`) for one cohort with the settings
-that make it exact for clipped deltas (docs/federation.md): every client sends its L2-clipped delta
+`FlowerSecAggPlus` (`secagg.mode = "flower"`) runs Flower's SecAgg+ (legacy `SecAggPlusWorkflow`) for one cohort
+with the settings that make it exact for clipped deltas (docs/federation.md): every client sends its L2-clipped delta
 with num_examples=1, max_weight=1 and clipping_range=C (a per-value clamp that never bites because every
 coordinate of a vector of L2 norm <= C is within [-C, C]); the result is the mean of the survivors' deltas up
 to quantisation (step 2C / 2^22). Its known weaknesses (32-bit mask seeds, a dropout during setup or key
@@ -86,8 +86,16 @@ class FlowerSecAggPlus:
         self.cfg, self.clip = cfg, clip
         self._lock = threading.Lock()
 
-    def aggregate(self, grid: Grid, context: Context, block_index: int, round: int, cohort: list[int],
-                  weights: list[np.ndarray], task_config: dict) -> AggregateOutcome:
+    def aggregate(
+        self,
+        grid: Grid,
+        context: Context,
+        block_index: int,
+        round: int,
+        cohort: list[int],
+        weights: list[np.ndarray],
+        task_config: dict,
+    ) -> AggregateOutcome:
         t0 = time.perf_counter()
         out = AggregateOutcome(block_index, list(cohort))
         strategy = _CohortStrategy(cohort, task_config)
@@ -95,14 +103,26 @@ class FlowerSecAggPlus:
         for n in cohort:
             manager.register(GridClientProxy(n, grid, context.run_id))
         legacy = LegacyContext(
-            context=Context(run_id=context.run_id, node_id=context.node_id, node_config=context.node_config,
-                            state=RecordDict(), run_config=context.run_config),
-            config=ServerConfig(num_rounds=1), strategy=strategy, client_manager=manager)
+            context=Context(
+                run_id=context.run_id,
+                node_id=context.node_id,
+                node_config=context.node_config,
+                state=RecordDict(),
+                run_config=context.run_config,
+            ),
+            config=ServerConfig(num_rounds=1),
+            strategy=strategy,
+            client_manager=manager,
+        )
         legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord(weights)
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: round})
         workflow = SecAggPlusWorkflow(
-            num_shares=1.0, reconstruction_threshold=self.cfg.threshold, max_weight=1.0,
-            clipping_range=self.clip, timeout=self.cfg.timeout)
+            num_shares=1.0,
+            reconstruction_threshold=self.cfg.threshold,
+            max_weight=1.0,
+            clipping_range=self.clip,
+            timeout=self.cfg.timeout,
+        )
         try:
             workflow(grid, legacy)
         except Exception as e:  # the workflow raises on malformed replies; the round must not vanish silently
@@ -112,8 +132,10 @@ class FlowerSecAggPlus:
             out.mean = [m.astype(np.float32) for m in mean]
             out.survivors = survivors
         elif out.failure is None:
-            out.failure = ("secure aggregation halted (a client dropped during setup or key sharing, or fewer "
-                           "than the threshold remained)")
+            out.failure = (
+                "secure aggregation halted (a client dropped during setup or key sharing, or fewer "
+                "than the threshold remained)"
+            )
         out.seconds = time.perf_counter() - t0
         return out
 
@@ -139,14 +161,31 @@ class DBlocksSecAgg:
 
     name = "dblocks-secagg+"
 
-    def __init__(self, grid: Grid, shapes: dict[int, list[tuple[int, ...]]], clip: float, timeout: float,
-                 payload: Payload, first_round: int = 1, *, consistency: bool = True,
-                 directory: str | None = None) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        shapes: dict[int, list[tuple[int, ...]]],
+        clip: float,
+        timeout: float,
+        payload: Payload,
+        first_round: int = 1,
+        *,
+        consistency: bool = True,
+        directory: str | None = None,
+    ) -> None:
         self.shapes = shapes
-        layouts = {str(b): Layout(dim=sum(int(np.prod(s, dtype=np.int64)) for s in ss), clip_norm=clip)
-                   for b, ss in shapes.items()}
-        self.protocol = FlowerSecAgg(grid, layouts, timeout=timeout, payload=payload, consistency_check=consistency,
-                                     send=functools.partial(send_and_receive, grid))
+        layouts = {
+            str(b): Layout(dim=sum(int(np.prod(s, dtype=np.int64)) for s in ss), clip_norm=clip)
+            for b, ss in shapes.items()
+        }
+        self.protocol = FlowerSecAgg(
+            grid,
+            layouts,
+            timeout=timeout,
+            payload=payload,
+            consistency_check=consistency,
+            send=functools.partial(send_and_receive, grid),
+        )
         self.directory = directory
         self._load_directory()
         self.next_round = first_round  # the next unused protocol round
@@ -158,8 +197,9 @@ class DBlocksSecAgg:
             if blob != self.protocol.server.directory:
                 self.protocol.server.set_directory(blob)
 
-    def aggregate(self, cohorts: dict[int, list[int]],
-                  upcoming: dict[int, list[int]] | None = None) -> dict[int, AggregateOutcome]:
+    def aggregate(
+        self, cohorts: dict[int, list[int]], upcoming: dict[int, list[int]] | None = None
+    ) -> dict[int, AggregateOutcome]:
         t0 = time.perf_counter()
         self._load_directory()
         cohorts = {b: sorted(c) for b, c in cohorts.items()}
@@ -195,7 +235,9 @@ class DBlocksSecAgg:
                     out = outcomes[int(key)]
                     out.mean = unflatten_arrays(agg.mean_update, self.shapes[int(key)])
                     out.survivors = sorted(int(s) for s in agg.survivors)
-                node_errors = [f"{stage} {node}: {why[:200]}" for stage, node, why in self.protocol.exchange.errors[-3:]]
+                node_errors = [
+                    f"{stage} {node}: {why[:200]}" for stage, node, why in self.protocol.exchange.errors[-3:]
+                ]
                 for key, why in result.failures.items():
                     outcomes[int(key)].failure = f"secure aggregation failed: {why}; last node errors: {node_errors}"
         for out in outcomes.values():

@@ -26,10 +26,14 @@ from dblocks.server.ops.launcher import (
 from .config import RunConfig, SecAggConfig
 
 console = Console(soft_wrap=True)
-run_app = typer.Typer(help="Create and follow federated training runs.", no_args_is_help=True,
-                      pretty_exceptions_show_locals=False)
-nodes_app = typer.Typer(help="Companies' nodes: approve (register their key) or revoke.", no_args_is_help=True,
-                        pretty_exceptions_show_locals=False)
+run_app = typer.Typer(
+    help="Create and follow federated training runs.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
+nodes_app = typer.Typer(
+    help="Companies' nodes: approve (register their key) or revoke.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -44,8 +48,11 @@ def start(
     node_auth: bool = typer.Option(True, help="only nodes whose key the operator approved may connect"),
     home: Path = typer.Option(default_home(), help="server home (certificates, runs, state)"),
     expose_control_api_unauthenticated: bool = typer.Option(
-        False, EXPOSE_FLAG, help="zero-config mode: allow a non-loopback --host although that port also serves "
-        "Flower's Control API, which has NO authentication (anyone reaching it can submit runs and register nodes)"),
+        False,
+        EXPOSE_FLAG,
+        help="zero-config mode: allow a non-loopback --host although that port also serves "
+        "Flower's Control API, which has NO authentication (anyone reaching it can submit runs and register nodes)",
+    ),
 ) -> None:
     """Start the server side and keep it running.
 
@@ -67,15 +74,20 @@ def start(
     if refusal:
         fail(refusal)
     if insecure:
-        console.print("[bold red]WARNING: --insecure: the SuperLink runs WITHOUT TLS. Traffic is unencrypted and "
-                      "nodes are not authenticated. Never use this across a network.[/bold red]")
-    proc = start_superlink(sh, host, port, insecure, node_auth and not insecure,
-                           expose_control_api=expose_control_api_unauthenticated)
+        console.print(
+            "[bold red]WARNING: --insecure: the SuperLink runs WITHOUT TLS. Traffic is unencrypted and "
+            "nodes are not authenticated. Never use this across a network.[/bold red]"
+        )
+    proc = start_superlink(
+        sh, host, port, insecure, node_auth and not insecure, expose_control_api=expose_control_api_unauthenticated
+    )
     console.print(f"SuperLink listening on {host}:{port} (log: {home / 'superlink.log'})")
     if not is_loopback(host):
-        console.print(f"[bold red]WARNING: {EXPOSE_FLAG}: {host}:{port} also serves the SuperLink's Control API, "
-                      "which has NO authentication; run `dbserver init` to expose only the Fleet API "
-                      "(see the operator guide)[/bold red]")
+        console.print(
+            f"[bold red]WARNING: {EXPOSE_FLAG}: {host}:{port} also serves the SuperLink's Control API, "
+            "which has NO authentication; run `dbserver init` to expose only the Fleet API "
+            "(see the operator guide)[/bold red]"
+        )
     if not insecure:
         console.print(f"companies need the CA certificate: {sh.tls.ca}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -87,14 +99,20 @@ def start(
 
 
 def init(
-    host: list[str] = typer.Option(..., "--host", help="name or IP address companies use to reach this server "
-                                                       "(repeat for several; they go into the certificate)"),
+    host: list[str] = typer.Option(
+        ...,
+        "--host",
+        help="name or IP address companies use to reach this server (repeat for several; they go into the certificate)",
+    ),
     gateway_port: int = typer.Option(9092, help="public port of the Fleet gateway (the only one companies need)"),
     gateway_bind: str = typer.Option("0.0.0.0", help="address the Fleet gateway binds to"),
     superlink_port: int = typer.Option(9091, help="SuperLink port, bound to 127.0.0.1 only"),
     registry_port: int = typer.Option(8700, help="registry + dashboard port"),
-    registry_bind: str = typer.Option("127.0.0.1", help="address the registry binds to; keep it private (in a "
-                                                        "container: 0.0.0.0, published on the host's 127.0.0.1 only)"),
+    registry_bind: str = typer.Option(
+        "127.0.0.1",
+        help="address the registry binds to; keep it private (in a "
+        "container: 0.0.0.0, published on the host's 127.0.0.1 only)",
+    ),
     database_url: str = typer.Option("", help="registry database (SQLAlchemy URL); empty: SQLite in the home"),
     rotate_tokens: bool = typer.Option(False, help="issue new admin and service tokens"),
     home: Path = typer.Option(default_home(), help="server home"),
@@ -103,18 +121,28 @@ def init(
     from dblocks.server.ops.provision import init_server
 
     try:
-        r = init_server(ServerHome(home), host, gateway_port=gateway_port, gateway_host=gateway_bind,
-                        superlink_port=superlink_port, registry_port=registry_port, registry_host=registry_bind,
-                        database_url=database_url,
-                        rotate_tokens=rotate_tokens)
+        r = init_server(
+            ServerHome(home),
+            host,
+            gateway_port=gateway_port,
+            gateway_host=gateway_bind,
+            superlink_port=superlink_port,
+            registry_port=registry_port,
+            registry_host=registry_bind,
+            database_url=database_url,
+            rotate_tokens=rotate_tokens,
+        )
     except ValueError as e:
         fail(str(e))
     console.print(f"config: {r.config_path}")
     console.print(f"server certificate for: {', '.join(r.certificate_hosts)} (CA kept if it existed)")
-    console.print(f"give the companies: {r.ca}, {r.directory_key} and the address "
-                  f"{r.config.hosts[0]}:{r.config.gateway.port}")
+    console.print(
+        f"give the companies: {r.ca}, {r.directory_key} and the address {r.config.hosts[0]}:{r.config.gateway.port}"
+    )
     if r.admin_token:
-        console.print(f"registry admin token (also in {home / 'secrets' / 'admin.token'}, mode 0600):\n\n    {r.admin_token}\n")
+        console.print(
+            f"registry admin token (also in {home / 'secrets' / 'admin.token'}, mode 0600):\n\n    {r.admin_token}\n"
+        )
     console.print("next: `dbserver start`, then approve companies with `dbserver nodes approve KEY.pub`")
 
 
@@ -148,17 +176,25 @@ def run_new(
     update_clip: float = typer.Option(1.0, help="client-level L2 clip of a block update"),
     central_noise: float = typer.Option(0.0, help="central noise multiplier on the aggregate"),
     server_lr: float = 1.0,
-    trainable: str = typer.Option("all", help="block parameters the companies train: all | bias | head | bias+head | "
-                                              "ada | bias+ada (fewer trained values, less DP noise in an update)"),
+    trainable: str = typer.Option(
+        "all",
+        help="block parameters the companies train: all | bias | head | bias+head | "
+        "ada | bias+ada (fewer trained values, less DP noise in an update)",
+    ),
     secagg: str = typer.Option("dblocks", help="secure aggregation: dblocks (ours) | flower (Flower's SecAgg+)"),
     secagg_threshold: float = typer.Option(0.6, help="flower mode: share of a cohort needed to unmask"),
-    consistency: bool = typer.Option(True, help="dblocks mode: members sign the survivor view before unmasking (one "
-                                                "more exchange per round; companies may require it)"),
+    consistency: bool = typer.Option(
+        True,
+        help="dblocks mode: members sign the survivor view before unmasking (one "
+        "more exchange per round; companies may require it)",
+    ),
     init_model_dir: Path | None = typer.Option(None, help="start from these blocks (e.g. pretrained on public data)"),
     registry_url: str | None = typer.Option(None, envvar="DBLOCKS_REGISTRY_URL"),
-    token: str | None = typer.Option(None, envvar="DBLOCKS_REGISTRY_TOKEN",
-                                        help="registry token; prefer the environment variable (a command line is "
-                                             "visible to every user of the host)"),
+    token: str | None = typer.Option(
+        None,
+        envvar="DBLOCKS_REGISTRY_TOKEN",
+        help="registry token; prefer the environment variable (a command line is visible to every user of the host)",
+    ),
     wait: bool = typer.Option(True, help="follow the run until it ends"),
     home: Path = typer.Option(default_home()),
     run_id: str | None = typer.Option(None, help="resume this run (after a crash) instead of creating one"),
@@ -179,15 +215,26 @@ def run_new(
 
         registry = RegistryClient(registry_url, token)
     try:
-        cfg = RunConfig(run_id="pending", task=task, num_blocks=num_blocks, num_rounds=num_rounds,
-                        cohort_size=cohort_size, min_cohort=min_cohort, record_noise=record_noise,
-                        record_clip=record_clip, record_sample_rate=record_sample_rate, record_steps=record_steps, lr=lr,
-                        update_clip=update_clip,
-                        central_noise=central_noise, server_lr=server_lr, trainable=trainable,
-                        secagg=SecAggConfig(mode=secagg, threshold=secagg_threshold, consistency=consistency,
-                                            directory=directory),
-                        init_model_dir=str(init_model_dir.resolve()) if init_model_dir else None,
-                        registry_url=registry_url)
+        cfg = RunConfig(
+            run_id="pending",
+            task=task,
+            num_blocks=num_blocks,
+            num_rounds=num_rounds,
+            cohort_size=cohort_size,
+            min_cohort=min_cohort,
+            record_noise=record_noise,
+            record_clip=record_clip,
+            record_sample_rate=record_sample_rate,
+            record_steps=record_steps,
+            lr=lr,
+            update_clip=update_clip,
+            central_noise=central_noise,
+            server_lr=server_lr,
+            trainable=trainable,
+            secagg=SecAggConfig(mode=secagg, threshold=secagg_threshold, consistency=consistency, directory=directory),
+            init_model_dir=str(init_model_dir.resolve()) if init_model_dir else None,
+            registry_url=registry_url,
+        )
     except ValueError as e:
         fail(f"bad run settings: {e}")
     if run_id is None:
@@ -197,14 +244,19 @@ def run_new(
             from dblocks.shared.presets import get_preset
 
             p = get_preset(task)
-            run = registry.create_run(task=task, dataset={"name": p.dataset, "split": "companies' own data"},
-                                      num_blocks=num_blocks, schedule=p.noise_schedule(num_blocks).to_dict(),
-                                      secagg=asdict(cfg.secagg), dp=cfg.dp.model_dump(), num_rounds=num_rounds)
+            run = registry.create_run(
+                task=task,
+                dataset={"name": p.dataset, "split": "companies' own data"},
+                num_blocks=num_blocks,
+                schedule=p.noise_schedule(num_blocks).to_dict(),
+                secagg=asdict(cfg.secagg),
+                dp=cfg.dp.model_dump(),
+                num_rounds=num_rounds,
+            )
             run_id = str(run["id"])
         else:
             run_id = uuid.uuid4().hex[:12]
-    cfg = RunConfig(**{**cfg.__dict__, "run_id": run_id,
-                       "checkpoint_dir": str(sh.run_dir(run_id) / "checkpoints")})
+    cfg = RunConfig(**{**cfg.__dict__, "run_id": run_id, "checkpoint_dir": str(sh.run_dir(run_id) / "checkpoints")})
     log = sh.run_dir(run_id) / "serverapp.log"
     proc = submit_run(sh, cfg, log=log, registry_token=token if registry_url else None)
     console.print(f"run [bold]{run_id}[/bold] submitted: {num_blocks} blocks, {num_rounds} rounds; log {log}")
@@ -237,8 +289,13 @@ def status(
         rounds_file = sh.run_dir(r) / "checkpoints" / "rounds.json"
         blk = json.loads(rounds_file.read_text()) if rounds_file.exists() else {}
         hist = st.get("rounds") or []
-        t.add_row(r, st.get("status", "?"), str(len(hist)), f"{hist[-1].get('test_accuracy', float('nan')):.4f}" if hist else "-",
-                  " ".join(f"{b}:{v['round']}" for b, v in sorted(blk.items())))
+        t.add_row(
+            r,
+            st.get("status", "?"),
+            str(len(hist)),
+            f"{hist[-1].get('test_accuracy', float('nan')):.4f}" if hist else "-",
+            " ".join(f"{b}:{v['round']}" for b, v in sorted(blk.items())),
+        )
     console.print(t)
 
 
@@ -247,8 +304,10 @@ def nodes_approve(
     public_key: Path = typer.Argument(..., help="the company's node public key (node.key.pub)"),
     name: str | None = typer.Option(None, help="display name"),
     organisation: str | None = typer.Option(None, help="the company (default: the name)"),
-    secagg_identity: str | None = typer.Option(None, help="the company's SecAgg identity (64 hex, printed by "
-                                                             "`dbclient keys init` / `dbclient join`): enrolled once"),
+    secagg_identity: str | None = typer.Option(
+        None,
+        help="the company's SecAgg identity (64 hex, printed by `dbclient keys init` / `dbclient join`): enrolled once",
+    ),
     home: Path = typer.Option(default_home()),
 ) -> None:
     """Approve a company's node key: the SuperLink admits it from now on (no certificate is reissued).
@@ -288,8 +347,11 @@ def nodes_approve(
 
     try:
         node = reg.register_node(name or public_key.stem, organisation or name or public_key.stem, text)
-        node = reg.approve_node(node["id"], "dbserver nodes approve",
-                                secagg_identity=secagg_identity.strip().lower() if secagg_identity else None)
+        node = reg.approve_node(
+            node["id"],
+            "dbserver nodes approve",
+            secagg_identity=secagg_identity.strip().lower() if secagg_identity else None,
+        )
     except (RegistryError, OSError) as e:
         fail(f"the registry refused or is not running (`dbserver start`): {e}")
     console.print(f"approved {node['id']} ({node['display_name']}); the SuperLink admits it within a few seconds")
@@ -337,8 +399,14 @@ def nodes_list(home: Path = typer.Option(default_home())) -> None:
     t = Table("node", "name", "decision", "SuperLink node id", "SuperLink state", "problem")
     for n in reg.list_nodes():
         link = (n.get("info") or {}).get("superlink") or {}
-        t.add_row(n["id"], n["display_name"], n["status"], str(link.get("node_id") or "-"), link.get("status", "-"),
-                  link.get("error") or "")
+        t.add_row(
+            n["id"],
+            n["display_name"],
+            n["status"],
+            str(link.get("node_id") or "-"),
+            link.get("status", "-"),
+            link.get("error") or "",
+        )
     console.print(t)
 
 
@@ -399,7 +467,9 @@ def _sync_now(home: Path, reg) -> None:
 
         report = sync_once(svc, link, directory_publisher(ServerHome(home)))
     except Exception as e:  # noqa: BLE001 - the loop in `dbserver start` retries
-        console.print(f"[yellow]the SuperLink will be updated by `dbserver start`'s node sync ({type(e).__name__})[/yellow]")
+        console.print(
+            f"[yellow]the SuperLink will be updated by `dbserver start`'s node sync ({type(e).__name__})[/yellow]"
+        )
         return
     for node_id, err in report.errors.items():
         console.print(f"[red]{node_id}: {err}[/red]")

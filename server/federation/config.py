@@ -79,8 +79,10 @@ class RunConfig:
         if self.secagg.mode not in ("dblocks", "flower"):
             raise ValueError(f"secagg.mode {self.secagg.mode!r}: use 'dblocks' or 'flower'")
         if self.secagg.mode == "dblocks" and self.min_cohort < 3:
-            raise ValueError("min_cohort must be >= 3 with dblocks secure aggregation (SecAgg+ needs 3 members; "
-                             "with 2, the sum tells each member the other's update)")
+            raise ValueError(
+                "min_cohort must be >= 3 with dblocks secure aggregation (SecAgg+ needs 3 members; "
+                "with 2, the sum tells each member the other's update)"
+            )
         if self.cohort_size < self.min_cohort:
             raise ValueError(f"cohort_size {self.cohort_size} < min_cohort {self.min_cohort}")
         if not 0 < self.record_sample_rate <= 1:

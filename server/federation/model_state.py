@@ -43,7 +43,9 @@ class GlobalModel:
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
-    def initial(cls, preset: Preset, schedule: NoiseSchedule, seed: int, init_model_dir: str | None = None) -> GlobalModel:
+    def initial(
+        cls, preset: Preset, schedule: NoiseSchedule, seed: int, init_model_dir: str | None = None
+    ) -> GlobalModel:
         """Fresh blocks (seeded) or blocks pretrained elsewhere (e.g. on public data)."""
         arch = preset.block_arch(schedule.num_blocks)
         blocks = []
@@ -116,8 +118,13 @@ class GlobalModel:
     def write_manifest(self, preset: Preset, extra: dict | None = None) -> None:
         if self.checkpoint_dir is None:
             return
-        ModelManifest(task=self.task, kind=preset.kind, schedule=self.schedule.to_dict(),
-                      arch=self.blocks[0].spec.arch, metrics=extra or {}).save(self.checkpoint_dir)
+        ModelManifest(
+            task=self.task,
+            kind=preset.kind,
+            schedule=self.schedule.to_dict(),
+            arch=self.blocks[0].spec.arch,
+            metrics=extra or {},
+        ).save(self.checkpoint_dir)
 
 
 def momentum_step(velocity: dict, i: int, release: list[np.ndarray], beta: float) -> list[np.ndarray]:
@@ -125,7 +132,9 @@ def momentum_step(velocity: dict, i: int, release: list[np.ndarray], beta: float
     released (securely aggregated, clipped, noised) means enter: post-processing, no privacy cost. `velocity`
     holds v per block between rounds (in memory; a restarted server starts again from v = 0)."""
     prev = velocity.get(i)
-    v = [np.asarray(d, dtype=np.float64) + (beta * p if prev is not None else 0.0)
-         for d, p in zip(release, prev or [None] * len(release))]
+    v = [
+        np.asarray(d, dtype=np.float64) + (beta * p if prev is not None else 0.0)
+        for d, p in zip(release, prev or [None] * len(release))
+    ]
     velocity[i] = v
     return [a.astype(np.float32) for a in v]

@@ -28,12 +28,17 @@ class ReleaseLog:
         if path is not None and path.exists():
             try:
                 for node, rows in json.loads(path.read_text()).items():
-                    self.by_node[int(node)] = [NodeRelease(r["round"], r["block"], r["attempt"],
-                                                           MechanismStep(**r["record"]), r["central_noise"])
-                                               for r in rows]
+                    self.by_node[int(node)] = [
+                        NodeRelease(
+                            r["round"], r["block"], r["attempt"], MechanismStep(**r["record"]), r["central_noise"]
+                        )
+                        for r in rows
+                    ]
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path} is corrupt ({type(e).__name__}: {e}); without it the epsilons this "
-                                 "server states would leave out earlier releases: restore it from a backup") from None
+                raise ValueError(
+                    f"{path} is corrupt ({type(e).__name__}: {e}); without it the epsilons this "
+                    "server states would leave out earlier releases: restore it from a backup"
+                ) from None
 
     def trained(self, round: int, block: int, attempt: int, nodes: list[int], record: MechanismStep) -> None:
         """The task of (round, block, attempt) with DP-SGD mechanism `record` is about to go to `nodes`."""
@@ -46,8 +51,11 @@ class ReleaseLog:
         (the newest attempt of that block in that round is the one released)."""
         for n in nodes:
             rows = self.by_node.get(int(n), [])
-            i = max((i for i, r in enumerate(rows) if (r.round, r.block) == (round, block)),
-                    key=lambda i: rows[i].attempt, default=None)
+            i = max(
+                (i for i, r in enumerate(rows) if (r.round, r.block) == (round, block)),
+                key=lambda i: rows[i].attempt,
+                default=None,
+            )
             if i is None:
                 raise ValueError(f"node {n} has no task of round {round} block {block} in the release log")
             r = rows[i]
@@ -57,8 +65,21 @@ class ReleaseLog:
     def composed(self, node: int, delta: float, accountant: str) -> NodeEpsilon:
         """The node's epsilons composed over all its releases so far (cached per distinct history)."""
         rows = self.by_node.get(int(node), [])
-        key = (tuple(sorted((r.record.noise_multiplier, r.record.sample_rate, r.record.steps,
-                             -1.0 if r.central_noise is None else r.central_noise) for r in rows)), delta, accountant)
+        key = (
+            tuple(
+                sorted(
+                    (
+                        r.record.noise_multiplier,
+                        r.record.sample_rate,
+                        r.record.steps,
+                        -1.0 if r.central_noise is None else r.central_noise,
+                    )
+                    for r in rows
+                )
+            ),
+            delta,
+            accountant,
+        )
         if key not in self._cache:
             self._cache[key] = compose_node_epsilon(rows, delta, accountant)
         return self._cache[key]
@@ -68,8 +89,13 @@ class ReleaseLog:
         eps(history + step) - eps(history). Composition is sublinear, so this is below the step's own epsilon
         once the node has trained; the company's ledger, which also holds its other runs, decides for real."""
         rows = self.by_node.get(int(node), [])
-        key = ("marginal", tuple(sorted((r.record.noise_multiplier, r.record.sample_rate, r.record.steps)
-                                        for r in rows)), step, delta, accountant)
+        key = (
+            "marginal",
+            tuple(sorted((r.record.noise_multiplier, r.record.sample_rate, r.record.steps) for r in rows)),
+            step,
+            delta,
+            accountant,
+        )
         if key not in self._cache:
             from dblocks.privacy.accounting import epsilon
 

@@ -28,8 +28,9 @@ class Assignment:
     skipped: dict[int, str]  # block -> reason
 
 
-def assign(nodes: list[NodeInfo], num_blocks: int, round: int, cohort_size: int, min_cohort: int,
-           seed: int = 0) -> Assignment:
+def assign(
+    nodes: list[NodeInfo], num_blocks: int, round: int, cohort_size: int, min_cohort: int, seed: int = 0
+) -> Assignment:
     live = sorted(nodes, key=lambda n: n.node_id)
     random.Random(seed * 100_003 + round).shuffle(live)
     cohorts: dict[int, list[int]] = {b: [] for b in range(num_blocks)}
@@ -40,7 +41,9 @@ def assign(nodes: list[NodeInfo], num_blocks: int, round: int, cohort_size: int,
     skipped = {}
     for b, c in cohorts.items():
         if len(c) < min_cohort:
-            skipped[b] = (f"only {len(c)} node(s) available for block {b} ({len(live)} live in total), "
-                          f"fewer than the minimum cohort of {min_cohort}")
+            skipped[b] = (
+                f"only {len(c)} node(s) available for block {b} ({len(live)} live in total), "
+                f"fewer than the minimum cohort of {min_cohort}"
+            )
             cohorts[b] = []
     return Assignment({b: c for b, c in cohorts.items() if c}, skipped)

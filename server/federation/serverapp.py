@@ -85,9 +85,16 @@ class Federation:
         if cfg.secagg.mode == "dblocks":
             shapes = {b: self.model.param_shapes(b) for b in range(cfg.num_blocks)}
             # protocol rounds grow across restarts: each server session gets its own range
-            self.secagg = DBlocksSecAgg(grid, shapes, cfg.update_clip, cfg.secagg.timeout, self._upload_payload,
-                                        first_round=self.session * 1_000_000 + 1,
-                                        consistency=cfg.secagg.consistency, directory=cfg.secagg.directory)
+            self.secagg = DBlocksSecAgg(
+                grid,
+                shapes,
+                cfg.update_clip,
+                cfg.secagg.timeout,
+                self._upload_payload,
+                first_round=self.session * 1_000_000 + 1,
+                consistency=cfg.secagg.consistency,
+                directory=cfg.secagg.directory,
+            )
         else:
             self.secagg = FlowerSecAggPlus(cfg.secagg, cfg.update_clip)
         self._tasks: dict[int, BlockTask] = {}  # block -> task of the protocol round under way (dblocks mode)
@@ -133,11 +140,17 @@ class Federation:
                 self._report_round(r, b, [str(n) for n in out.cohort], "skipped", out.failure)
         self._record_node_privacy(r)
         metrics = self.evaluate()
-        entry = {"round": r, "seconds": time.perf_counter() - t0,
-                 "blocks": sorted(b for b, o in outcomes.items() if o.ok),
-                 "dropped": {str(n): why for n, why in sorted(self.dropped.items())}, **metrics}
+        entry = {
+            "round": r,
+            "seconds": time.perf_counter() - t0,
+            "blocks": sorted(b for b, o in outcomes.items() if o.ok),
+            "dropped": {str(n): why for n, why in sorted(self.dropped.items())},
+            **metrics,
+        }
         self.history.append(entry)
         log.info("round %d done: %s", r, json.dumps(entry))
+        if self.registry and metrics:  # the run page's accuracy curve (round level, the assembled model)
+            self.registry.report_round_metrics(self.rid, r, metrics)
 
     def assign(self, r: int, live: list[NodeInfo], todo: list[int]) -> tuple[dict[int, list[int]], dict | None]:
         """This round's cohorts of the blocks still to do (a block without enough nodes is reported skipped), and
@@ -154,8 +167,9 @@ class Federation:
             upcoming = assign(live, cfg.num_blocks, r + 1, cfg.cohort_size, cfg.min_cohort, seed=cfg.seed).cohorts
         return cohorts, upcoming
 
-    def aggregate_with_retry(self, r: int, cohorts: dict[int, list[int]],
-                             upcoming: dict[int, list[int]] | None) -> dict[int, AggregateOutcome]:
+    def aggregate_with_retry(
+        self, r: int, cohorts: dict[int, list[int]], upcoming: dict[int, list[int]] | None
+    ) -> dict[int, AggregateOutcome]:
         """Every cohort's accepted aggregate; a failed block is re-run once with the members still alive. A shared
         aggregation that raised is re-run block by block: one cohort's bad message fails only its block."""
         outcomes = self.aggregate_blocks(r, cohorts, attempt=0, upcoming=upcoming)
@@ -165,8 +179,13 @@ class Federation:
             if not out.ok:
                 alive = [n.node_id for n in self.ping(out.cohort)]
                 if len(alive) >= self.cfg.min_cohort:
-                    log.info("block %d round %d: %s; re-running with the %d members still alive", b, r, out.failure,
-                             len(alive))
+                    log.info(
+                        "block %d round %d: %s; re-running with the %d members still alive",
+                        b,
+                        r,
+                        out.failure,
+                        len(alive),
+                    )
                     self._report_round(r, b, [str(n) for n in out.cohort], "rerun", out.failure)
                     retry[b] = alive
         for group in [{b: c} for b, c in retry.items()] if isolate else [retry]:
@@ -174,8 +193,9 @@ class Federation:
                 outcomes.update(self.aggregate_blocks(r, group, attempt=1))
         return outcomes
 
-    def aggregate_blocks(self, r: int, cohorts: dict[int, list[int]], attempt: int,
-                         upcoming: dict[int, list[int]] | None = None) -> dict[int, AggregateOutcome]:
+    def aggregate_blocks(
+        self, r: int, cohorts: dict[int, list[int]], attempt: int, upcoming: dict[int, list[int]] | None = None
+    ) -> dict[int, AggregateOutcome]:
         """Every cohort trains its block and returns the securely aggregated mean of its clipped deltas.
 
         Every task is logged as a release of its cohort before it is sent. An exception out of an aggregation
@@ -195,9 +215,19 @@ class Federation:
                 outcomes = {b: _raised(b, c, e) for b, c in cohorts.items()}
         else:
             with ThreadPoolExecutor(max_workers=max(1, len(cohorts))) as pool:
-                futures = {b: pool.submit(self.secagg.aggregate, self.grid, self.context, b, r, c,
-                                          self.model.weights_arrays(b), tasks[b].to_config())
-                           for b, c in cohorts.items()}
+                futures = {
+                    b: pool.submit(
+                        self.secagg.aggregate,
+                        self.grid,
+                        self.context,
+                        b,
+                        r,
+                        c,
+                        self.model.weights_arrays(b),
+                        tasks[b].to_config(),
+                    )
+                    for b, c in cohorts.items()
+                }
                 outcomes = {}
                 for b, f in futures.items():
                     try:
@@ -211,23 +241,39 @@ class Federation:
         if stage != "upload" or not blocks:
             return None
         b = int(blocks[0])
-        return RecordDict({"arrays": ArrayRecord(self.model.weights_arrays(b)),
-                           "task": ConfigRecord(self._tasks[b].to_config())})
+        return RecordDict(
+            {"arrays": ArrayRecord(self.model.weights_arrays(b)), "task": ConfigRecord(self._tasks[b].to_config())}
+        )
 
     def publish(self, rel: BlockRelease) -> None:
         """Register the released version (its id becomes the block's parent for the next), checkpoint it and
         report the round."""
         s, out = rel.stats, rel.outcome
-        log.info("block %d round %d: aggregated %d/%d clients (%.1f s); composed record eps %.2f; client eps %s (%s)",
-                 rel.block, rel.round, len(out.survivors), len(out.cohort), out.seconds, s["record_epsilon"],
-                 s["client_epsilon"], self.cfg.accountant)
+        log.info(
+            "block %d round %d: aggregated %d/%d clients (%.1f s); composed record eps %.2f; client eps %s (%s)",
+            rel.block,
+            rel.round,
+            len(out.survivors),
+            len(out.cohort),
+            out.seconds,
+            s["record_epsilon"],
+            s["client_epsilon"],
+            self.cfg.accountant,
+        )
         if self.registry:
-            v = self.registry.register_block_version(self.rid, rel.block, rel.state.spec.to_json(), rel.state.weights,
-                                                     rel.meta)
+            v = self.registry.register_block_version(
+                self.rid, rel.block, rel.state.spec.to_json(), rel.state.weights, rel.meta
+            )
             rel.state.version_id = v["id"]
         self.model.save_checkpoint(rel.block)
-        self._report_round(rel.round, rel.block, rel.meta.cohort, "completed", None,
-                           {"seconds": out.seconds, "planned": len(out.cohort), **s})
+        self._report_round(
+            rel.round,
+            rel.block,
+            rel.meta.cohort,
+            "completed",
+            None,
+            {"seconds": out.seconds, "planned": len(out.cohort), **s},
+        )
 
     # ---- liveness ---------------------------------------------------------------------------------
     def ping(self, node_ids) -> list[NodeInfo]:
@@ -236,8 +282,14 @@ class Federation:
         node_ids = list(node_ids)
         if not node_ids:
             return []
-        msgs = [Message(RecordDict({"ping": ConfigRecord({"run_id": self.cfg.run_id})}), dst_node_id=n,
-                        message_type="query.ping") for n in node_ids]
+        msgs = [
+            Message(
+                RecordDict({"ping": ConfigRecord({"run_id": self.cfg.run_id})}),
+                dst_node_id=n,
+                message_type="query.ping",
+            )
+            for n in node_ids
+        ]
         # a company that cannot afford one more round of the record-level mechanism is not asked: the cost is what
         # one more release adds to what it already spent in this run (its ledger checks again, exactly)
         c = self.cfg
@@ -257,7 +309,9 @@ class Federation:
                 continue
             need = self.releases.marginal_record_epsilon(src, step, c.delta, c.accountant)
             if info.budget_left < need * 0.999:
-                why[src] = f"record-level budget left {info.budget_left:.3g} is below what one more round adds ({need:.3g})"
+                why[src] = (
+                    f"record-level budget left {info.budget_left:.3g} is below what one more round adds ({need:.3g})"
+                )
                 continue
             live[src] = info
             why.pop(src)
@@ -284,8 +338,17 @@ class Federation:
                 log.warning("node %s is not in the registry: its composed epsilon is in the block versions only", n)
                 continue
             e = self.releases.composed(n, self.cfg.delta, self.cfg.accountant)
-            self.registry.record_node_privacy(ids[n], self.rid, last.block, r, e.record_epsilon, e.delta, e.accountant,
-                                              sample_rate=last.record.sample_rate, steps=e.steps)
+            self.registry.record_node_privacy(
+                ids[n],
+                self.rid,
+                last.block,
+                r,
+                e.record_epsilon,
+                e.delta,
+                e.accountant,
+                sample_rate=last.record.sample_rate,
+                steps=e.steps,
+            )
 
     # ---- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -317,13 +380,24 @@ class Federation:
     def _status(self, status: str, reason: str | None = None, local_only: bool = False) -> None:
         """Record the run's state locally (run dir status.json, read by `dbserver status`) and in the registry."""
         path = Path(self.cfg.checkpoint_dir).parent / "status.json"
-        path.write_text(json.dumps({"run_id": self.cfg.run_id, "status": status, "reason": reason, "time": time.time(),
-                                    "rounds": self.history}, indent=1))
+        path.write_text(
+            json.dumps(
+                {
+                    "run_id": self.cfg.run_id,
+                    "status": status,
+                    "reason": reason,
+                    "time": time.time(),
+                    "rounds": self.history,
+                },
+                indent=1,
+            )
+        )
         if self.registry and not local_only:
             self.registry.set_status(self.rid, status, reason)
 
-    def _report_round(self, r: int, b: int, cohort: list[str], status: str, reason: str | None,
-                      stats: dict | None = None) -> None:
+    def _report_round(
+        self, r: int, b: int, cohort: list[str], status: str, reason: str | None, stats: dict | None = None
+    ) -> None:
         if reason:
             log.info("block %d round %d %s: %s", b, r, status, reason)
         if self.registry:

@@ -45,8 +45,9 @@ class BlockRelease:
 class BlockStrategy:
     """Configures, accepts and releases block rounds of one run (`session`: this server start, see serverapp)."""
 
-    def __init__(self, cfg: RunConfig, model: GlobalModel, releases: ReleaseLog, session: int,
-                 num_rounds: Callable[[], int]) -> None:
+    def __init__(
+        self, cfg: RunConfig, model: GlobalModel, releases: ReleaseLog, session: int, num_rounds: Callable[[], int]
+    ) -> None:
         self.cfg, self.model, self.releases, self.session, self.num_rounds = cfg, model, releases, session, num_rounds
         self.rng = np.random.default_rng()  # central noise: fresh OS entropy, never a fixed seed
 
@@ -54,18 +55,35 @@ class BlockStrategy:
         """Block b's task in round r. Attempts are numbered per server session (two each: first try, re-run), so
         a resumed round is a new, accounted release at the companies, not a replay they would refuse."""
         c = self.cfg
-        return BlockTask(run_id=c.run_id, round=r, block_index=b, attempt=attempt + 2 * self.session,
-                         spec_json=self.model.blocks[b].spec.to_json(), noise_multiplier=c.record_noise,
-                         max_grad_norm=c.record_clip, sample_rate=c.record_sample_rate, steps=c.record_steps,
-                         delta=c.delta, accountant=c.accountant, lr=round_lr(c.lr, r, self.num_rounds()),
-                         weight_decay=c.weight_decay, update_clip=c.update_clip, trainable=c.trainable)
+        return BlockTask(
+            run_id=c.run_id,
+            round=r,
+            block_index=b,
+            attempt=attempt + 2 * self.session,
+            spec_json=self.model.blocks[b].spec.to_json(),
+            noise_multiplier=c.record_noise,
+            max_grad_norm=c.record_clip,
+            sample_rate=c.record_sample_rate,
+            steps=c.record_steps,
+            delta=c.delta,
+            accountant=c.accountant,
+            lr=round_lr(c.lr, r, self.num_rounds()),
+            weight_decay=c.weight_decay,
+            update_clip=c.update_clip,
+            trainable=c.trainable,
+        )
 
     def accept(self, b: int, out: AggregateOutcome) -> AggregateOutcome:
         """Reject (mean None, failure set) an aggregate whose members are not the cohort's or that fails the
         update check."""
         if out.ok and not (out.survivors and set(out.survivors) <= set(out.cohort)):
-            out.mean, out.failure = None, (f"aggregate rejected: its members {sorted(out.survivors)[:20]} are not "
-                                           f"a non-empty part of the cohort {sorted(out.cohort)[:20]}")
+            out.mean, out.failure = (
+                None,
+                (
+                    f"aggregate rejected: its members {sorted(out.survivors)[:20]} are not "
+                    f"a non-empty part of the cohort {sorted(out.cohort)[:20]}"
+                ),
+            )
         if out.ok:
             try:
                 check_update(out.mean, self.model.param_shapes(b), self.cfg.update_clip)
@@ -87,22 +105,43 @@ class BlockStrategy:
         record_eps = max(e.record_epsilon for e in nodes.values())
         client_eps = _finite(max(e.client_epsilon for e in nodes.values()))
         stats = {
-            "record_epsilon": record_eps, "record_delta": cfg.delta, "record_sample_rate": cfg.record_sample_rate,
-            "record_steps": cfg.record_steps, "record_noise_multiplier": cfg.record_noise, "accountant": cfg.accountant,
-            "client_epsilon": client_eps, "client_delta": cfg.delta,
-            "central_noise_multiplier": cfg.central_noise, "central_noise_std": std, "clients_aggregated": k,
+            "record_epsilon": record_eps,
+            "record_delta": cfg.delta,
+            "record_sample_rate": cfg.record_sample_rate,
+            "record_steps": cfg.record_steps,
+            "record_noise_multiplier": cfg.record_noise,
+            "accountant": cfg.accountant,
+            "client_epsilon": client_eps,
+            "client_delta": cfg.delta,
+            "central_noise_multiplier": cfg.central_noise,
+            "central_noise_std": std,
+            "clients_aggregated": k,
             "record_epsilon_one_release": self.one_round_epsilon,
-            "client_epsilon_one_release": _finite(client_level_epsilon(cfg.central_noise, 1, cfg.delta,
-                                                                       cfg.accountant)),
+            "client_epsilon_one_release": _finite(
+                client_level_epsilon(cfg.central_noise, 1, cfg.delta, cfg.accountant)
+            ),
             "composition": f"largest among the cohort of each company's epsilon composed over all its releases in this "
-                           f"run (all rounds and blocks), {cfg.accountant} accountant",
-            "nodes": {str(n): {"record_epsilon": e.record_epsilon, "client_epsilon": _finite(e.client_epsilon),
-                               "releases": e.releases, "published": e.published} for n, e in nodes.items()},
+            f"run (all rounds and blocks), {cfg.accountant} accountant",
+            "nodes": {
+                str(n): {
+                    "record_epsilon": e.record_epsilon,
+                    "client_epsilon": _finite(e.client_epsilon),
+                    "releases": e.releases,
+                    "published": e.published,
+                }
+                for n, e in nodes.items()
+            },
         }
-        meta = VersionMeta.released(r, cfg.dp, record_epsilon=record_eps, client_epsilon=client_eps,
-                                    parent_version_id=parent, cohort=[str(n) for n in out.survivors],
-                                    metrics={"releases": state.releases, "seconds": out.seconds, **stats},
-                                    code_version=_code_version())
+        meta = VersionMeta.released(
+            r,
+            cfg.dp,
+            record_epsilon=record_eps,
+            client_epsilon=client_eps,
+            parent_version_id=parent,
+            cohort=[str(n) for n in out.survivors],
+            metrics={"releases": state.releases, "seconds": out.seconds, **stats},
+            code_version=_code_version(),
+        )
         return BlockRelease(r, b, out, state, meta, stats)
 
     @functools.cached_property

@@ -56,10 +56,13 @@ class ServerConfig:
         return f"http://{self.registry.local_address}"
 
     def save(self, path: Path) -> None:
-        lines = ["# dblocks server deployment (written by `dbserver init`; edit and restart `dbserver start`)",
-                 f"hosts = [{', '.join(_q(h) for h in self.hosts)}]",
-                 f"database_url = {_q(self.database_url)}",
-                 f"node_sync_seconds = {float(self.node_sync_seconds)}", ""]
+        lines = [
+            "# dblocks server deployment (written by `dbserver init`; edit and restart `dbserver start`)",
+            f"hosts = [{', '.join(_q(h) for h in self.hosts)}]",
+            f"database_url = {_q(self.database_url)}",
+            f"node_sync_seconds = {float(self.node_sync_seconds)}",
+            "",
+        ]
         for name in ("superlink", "gateway", "registry"):
             ep: Endpoint = getattr(self, name)
             lines += [f"[{name}]", f"host = {_q(ep.host)}", f"port = {int(ep.port)}", ""]
@@ -88,8 +91,10 @@ class ServerConfig:
         cfg = cls(**kw)
         if cfg.superlink.host not in ("127.0.0.1", "::1", "localhost"):
             # Control API and ServerApp runtime share this port and have no authentication in open-source Flower
-            raise ValueError(f"{path}: [superlink] host is {cfg.superlink.host!r}; it must stay on loopback "
-                             "(127.0.0.1): the companies reach the Fleet API through [gateway]")
+            raise ValueError(
+                f"{path}: [superlink] host is {cfg.superlink.host!r}; it must stay on loopback "
+                "(127.0.0.1): the companies reach the Fleet API through [gateway]"
+            )
         return cfg
 
     def to_dict(self) -> dict:

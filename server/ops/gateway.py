@@ -29,8 +29,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 FLEET_PATH = re.compile(r"^/v1/fleet/[a-z0-9-]{1,64}$")
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade", "host"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+}
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,12 @@ class GatewayConfig:
 
 def create_app(cfg: GatewayConfig) -> Starlette:
     verify = ssl.create_default_context(cafile=str(cfg.ca))
-    client = httpx.AsyncClient(base_url=f"https://{cfg.upstream}", verify=verify, timeout=cfg.timeout_s,
-                               limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+    client = httpx.AsyncClient(
+        base_url=f"https://{cfg.upstream}",
+        verify=verify,
+        timeout=cfg.timeout_s,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    )
 
     async def forward(request: Request) -> Response:
         path = request.url.path
@@ -58,8 +71,12 @@ def create_app(cfg: GatewayConfig) -> Starlette:
         except httpx.TransportError as e:
             return JSONResponse({"detail": f"the SuperLink is not reachable: {type(e).__name__}"}, status_code=503)
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-        return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, headers=out_headers,
-                                 background=BackgroundTask(upstream.aclose))
+        return StreamingResponse(
+            upstream.aiter_raw(),
+            status_code=upstream.status_code,
+            headers=out_headers,
+            background=BackgroundTask(upstream.aclose),
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -74,5 +91,13 @@ def serve(host: str, port: int, cfg: GatewayConfig, certfile: Path, keyfile: Pat
     """Serve the gateway with TLS until stopped (blocks)."""
     import uvicorn
 
-    uvicorn.run(create_app(cfg), host=host, port=port, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile),
-                log_level="warning", access_log=False, timeout_keep_alive=30)
+    uvicorn.run(
+        create_app(cfg),
+        host=host,
+        port=port,
+        ssl_certfile=str(certfile),
+        ssl_keyfile=str(keyfile),
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,
+    )

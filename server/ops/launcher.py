@@ -42,10 +42,12 @@ def control_api_refusal(host: str, expose_control_api: bool) -> str | None:
     node registration; no authentication in open-source Flower) on the same port as the Fleet API."""
     if is_loopback(host) or expose_control_api:
         return None
-    return (f"refusing to bind the SuperLink to {host!r}: its port also serves Flower's Control API, which has no "
-            "authentication (whoever reaches it can submit runs and register nodes); keep the SuperLink on 127.0.0.1 "
-            "and expose only the Fleet gateway (`dbserver init --host NAME`, then `dbserver start`), or pass "
-            f"{EXPOSE_FLAG} if you accept that risk")
+    return (
+        f"refusing to bind the SuperLink to {host!r}: its port also serves Flower's Control API, which has no "
+        "authentication (whoever reaches it can submit runs and register nodes); keep the SuperLink on 127.0.0.1 "
+        "and expose only the Fleet gateway (`dbserver init --host NAME`, then `dbserver start`), or pass "
+        f"{EXPOSE_FLAG} if you accept that risk"
+    )
 
 
 def default_home() -> Path:
@@ -82,7 +84,8 @@ class ServerHome:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         tls_line = "insecure = true" if insecure else f'root-certificates = "{self.tls.ca}"'
         (self.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{address}"\n{tls_line}\n')
+            f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{address}"\n{tls_line}\n'
+        )
 
     def app_dir(self) -> Path:
         """A copy of the packaged Flower App (pyproject only: components point into installed dblocks)."""
@@ -92,19 +95,37 @@ class ServerHome:
         return d
 
 
-def start_superlink(home: ServerHome, host: str, port: int, insecure: bool, node_auth: bool,
-                    tied: bool = True, timeout: float = 60.0, expose_control_api: bool = False) -> subprocess.Popen:
+def start_superlink(
+    home: ServerHome,
+    host: str,
+    port: int,
+    insecure: bool,
+    node_auth: bool,
+    tied: bool = True,
+    timeout: float = 60.0,
+    expose_control_api: bool = False,
+) -> subprocess.Popen:
     """Start `flower-superlink` (Fleet, Control and ServerApp runtime on one port) and wait until it listens.
     A non-loopback `host` is refused (ValueError) unless `expose_control_api`: see `control_api_refusal`."""
     refusal = control_api_refusal(host, expose_control_api)
     if refusal:
         raise ValueError(refusal)
-    cmd = ["flower-superlink", "--host", host, "--port", str(port), "--database", str(home.root / "superlink.db"),
-           "--disable-runtime-dependency-installation"]
+    cmd = [
+        "flower-superlink",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--database",
+        str(home.root / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]
     if insecure:
         cmd.append("--insecure")
     else:
-        tls = home.ensure_tls(["localhost", "127.0.0.1", host] if host not in ("localhost", "127.0.0.1") else ["localhost", "127.0.0.1"])
+        tls = home.ensure_tls(
+            ["localhost", "127.0.0.1", host] if host not in ("localhost", "127.0.0.1") else ["localhost", "127.0.0.1"]
+        )
         cmd += ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
         if node_auth:
             cmd.append("--enable-supernode-auth")
@@ -115,8 +136,9 @@ def start_superlink(home: ServerHome, host: str, port: int, insecure: bool, node
     return proc
 
 
-def submit_run(home: ServerHome, cfg: RunConfig, log: Path | None = None, tied: bool = True,
-               registry_token: str | None = None) -> subprocess.Popen:
+def submit_run(
+    home: ServerHome, cfg: RunConfig, log: Path | None = None, tied: bool = True, registry_token: str | None = None
+) -> subprocess.Popen:
     """`flwr run` the dblocks app with this run's config file; streams the ServerApp's log to `log`.
     `registry_token` goes to `runs/RUN/registry.token` (0600); run.json names only that file."""
     run_dir = home.run_dir(cfg.run_id)
@@ -136,5 +158,7 @@ def register_node(home: ServerHome, public_key: Path, name: str | None = None) -
     cmd = ["flwr", "supernode", "register", str(public_key), "local"] + (["--name", name] if name else [])
     r = subprocess.run(cmd, env=home.env(), capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
-        raise RuntimeError(f"registering {public_key} with the SuperLink failed: {(r.stdout + r.stderr).strip()[-500:]}")
+        raise RuntimeError(
+            f"registering {public_key} with the SuperLink failed: {(r.stdout + r.stderr).strip()[-500:]}"
+        )
     return r.stdout.strip()

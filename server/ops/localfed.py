@@ -54,7 +54,9 @@ class LocalFederation:
         self.env = dict(os.environ, DBLOCKS_HOME=str(self.root / "operator"))
 
     # ---- data -------------------------------------------------------------------------------------
-    def company_data(self, num_companies: int, public: int = 1000, alpha: float = 0.5, seed: int = 0) -> tuple[Dataset, list[Path], Dataset]:
+    def company_data(
+        self, num_companies: int, public: int = 1000, alpha: float = 0.5, seed: int = 0
+    ) -> tuple[Dataset, list[Path], Dataset]:
         pub, private, test = split_public_private(self.task, public, seed)
         parts = partition_dirichlet(private.y.numpy(), num_companies, alpha, seed=seed, min_size=50)
         paths = []
@@ -67,7 +69,9 @@ class LocalFederation:
 
     # ---- operator side ----------------------------------------------------------------------------
     def _cli(self, *args: str, timeout: float = 120) -> str:
-        r = subprocess.run([str(BIN / args[0]), *args[1:]], env=self.env, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [str(BIN / args[0]), *args[1:]], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(args[:3])} failed ({r.returncode}): {(r.stdout + r.stderr)[-2000:]}")
         return r.stdout
@@ -75,10 +79,21 @@ class LocalFederation:
     def start_registry(self) -> str:
         port = free_port()
         home = str(self.root / "operator")
-        self.service_token = self._cli("dbserver", "tokens", "create", "--role", "service", "--name", "federation", "--home", home).strip().splitlines()[-1]
-        self.admin_token = self._cli("dbserver", "tokens", "create", "--role", "admin", "--name", "operator", "--home", home).strip().splitlines()[-1]
-        self.procs["registry"] = spawn([str(BIN / "dbserver"), "registry", "--port", str(port), "--home", home],
-                                       env=self.env, log=self.root / "registry.log")
+        self.service_token = (
+            self._cli("dbserver", "tokens", "create", "--role", "service", "--name", "federation", "--home", home)
+            .strip()
+            .splitlines()[-1]
+        )
+        self.admin_token = (
+            self._cli("dbserver", "tokens", "create", "--role", "admin", "--name", "operator", "--home", home)
+            .strip()
+            .splitlines()[-1]
+        )
+        self.procs["registry"] = spawn(
+            [str(BIN / "dbserver"), "registry", "--port", str(port), "--home", home],
+            env=self.env,
+            log=self.root / "registry.log",
+        )
         wait_for_port("127.0.0.1", port, 60, self.procs["registry"])
         self.registry_url = f"http://127.0.0.1:{port}"
         return self.registry_url
@@ -86,7 +101,9 @@ class LocalFederation:
     def start_superlink(self, port: int | None = None) -> int:
         """Start (or, with the old port, restart) the SuperLink; its state database survives restarts."""
         self.superlink_port = port or free_port()
-        args = [str(BIN / "dbserver"), "start", "--port", str(self.superlink_port)] + (["--insecure"] if self.insecure else [])
+        args = [str(BIN / "dbserver"), "start", "--port", str(self.superlink_port)] + (
+            ["--insecure"] if self.insecure else []
+        )
         self.procs["superlink"] = spawn(args, env=self.env, log=self.root / "dbserver-start.log")
         wait_for_port("127.0.0.1", self.superlink_port, 90, self.procs["superlink"])
         time.sleep(1.0)
@@ -105,22 +122,50 @@ class LocalFederation:
     def company_home(self, name: str) -> Path:
         return self.root / "companies" / name
 
-    def add_company(self, name: str, data: Path, *, budget: float = 8.0, approve: bool = True, extra: list[str] | None = None,
-                    env: dict[str, str] | None = None) -> subprocess.Popen:
+    def add_company(
+        self,
+        name: str,
+        data: Path,
+        *,
+        budget: float = 8.0,
+        approve: bool = True,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
         """Create the company's node key, have the operator approve it, and start `dbclient join`."""
         home = self.company_home(name)
         home.mkdir(parents=True, exist_ok=True)
         key = home / "node.key"
         env = dict(os.environ, DBLOCKS_HOME=str(home), **(env or {}))
         if not self.insecure and not key.exists():
-            subprocess.run([str(BIN / "dbclient"), "keys", "init", "--path", str(key)], env=env, check=True,
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                [str(BIN / "dbclient"), "keys", "init", "--path", str(key)],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             if approve:
                 self.approve(name)
-        args = [str(BIN / "dbclient"), "join", "--server", f"127.0.0.1:{self.superlink_port}", "--data", str(data),
-                "--epsilon-budget", str(budget), "--threads", str(self.threads_per_company), "--home", str(home)]
-        args += ["--insecure"] if self.insecure else ["--ca", str(self.ca), "--key", str(key),
-                                                      "--directory-key", str(self.directory_key)]
+        args = [
+            str(BIN / "dbclient"),
+            "join",
+            "--server",
+            f"127.0.0.1:{self.superlink_port}",
+            "--data",
+            str(data),
+            "--epsilon-budget",
+            str(budget),
+            "--threads",
+            str(self.threads_per_company),
+            "--home",
+            str(home),
+        ]
+        args += (
+            ["--insecure"]
+            if self.insecure
+            else ["--ca", str(self.ca), "--key", str(key), "--directory-key", str(self.directory_key)]
+        )
         self.procs[name] = spawn(args + list(extra or []), env=env, log=home / "join.log")
         return self.procs[name]
 

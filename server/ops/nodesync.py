@@ -41,8 +41,11 @@ def key_der(public_key: str | bytes) -> bytes:
     """DER SubjectPublicKeyInfo of a PEM or OpenSSH public key: the form both sides are compared in."""
     text = public_key.decode() if isinstance(public_key, bytes) else public_key
     text = text.strip()
-    key = (serialization.load_pem_public_key(text.encode()) if text.startswith("-----BEGIN")
-           else serialization.load_ssh_public_key(text.encode()))
+    key = (
+        serialization.load_pem_public_key(text.encode())
+        if text.startswith("-----BEGIN")
+        else serialization.load_ssh_public_key(text.encode())
+    )
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -60,8 +63,9 @@ class SuperLinkNodes:
     def __init__(self, address: str, ca: Path | None, insecure: bool = False, timeout: float = 20.0):
         from flwr.supercore.control import ControlHttpClient
 
-        self._client = ControlHttpClient.from_server_address(address, insecure, None if insecure else str(ca),
-                                                              interceptors=[])
+        self._client = ControlHttpClient.from_server_address(
+            address, insecure, None if insecure else str(ca), interceptors=[]
+        )
         self.address = address
 
     def close(self) -> None:
@@ -77,7 +81,8 @@ class SuperLinkNodes:
         from flwr.proto.control_pb2 import RegisterNodeRequest
 
         pem = serialization.load_der_public_key(key_der(public_key)).public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         res = self._client.RegisterNode(RegisterNodeRequest(public_key=pem, name=name[:100]))
         if not res.node_id:
             raise RuntimeError("the SuperLink did not register the key")
@@ -131,16 +136,21 @@ def sync_once(registry, link: SuperLinkNodes, directory: DirectoryPublisher | No
         known.add(der)
         have = on_link.get(der)
         want = node["status"]
-        state = {"node_id": str(have.node_id) if have else None, "status": have.status if have else "absent",
-                 "error": None}
+        state = {
+            "node_id": str(have.node_id) if have else None,
+            "status": have.status if have else "absent",
+            "error": None,
+        }
         try:
             if want == "approved" and have is None:
                 state["node_id"] = str(link.register(node["public_key"], node["id"]))
                 state["status"] = "registered"
                 report.registered.append(node["id"])
             elif want == "approved" and have.status == "unregistered":
-                state["error"] = ("this key was revoked before; Flower never admits an unregistered key again: "
-                                  "the company must create a new key (`dbclient keys init`) and be approved anew")
+                state["error"] = (
+                    "this key was revoked before; Flower never admits an unregistered key again: "
+                    "the company must create a new key (`dbclient keys init`) and be approved anew"
+                )
             elif want == "revoked" and have is not None and have.status in REGISTERED_STATES:
                 link.unregister(have.node_id)
                 state["status"] = "unregistered"
@@ -153,7 +163,9 @@ def sync_once(registry, link: SuperLinkNodes, directory: DirectoryPublisher | No
             enrolled[state["node_id"]] = bytes.fromhex(node["secagg_identity"])
         if (node.get("info") or {}).get("superlink") != state:
             registry.node_seen(node["id"], {**(node.get("info") or {}), "superlink": state})
-    report.foreign = sorted(n.node_id for der, n in on_link.items() if der not in known and n.status in REGISTERED_STATES)
+    report.foreign = sorted(
+        n.node_id for der, n in on_link.items() if der not in known and n.status in REGISTERED_STATES
+    )
     if directory is not None:
         directory.publish(enrolled)
     return report
@@ -162,8 +174,9 @@ def sync_once(registry, link: SuperLinkNodes, directory: DirectoryPublisher | No
 class NodeSyncLoop(threading.Thread):
     """`sync_once` every `interval` seconds until stopped; errors are logged, never fatal."""
 
-    def __init__(self, registry, link: SuperLinkNodes, interval: float = 5.0,
-                 directory: DirectoryPublisher | None = None):
+    def __init__(
+        self, registry, link: SuperLinkNodes, interval: float = 5.0, directory: DirectoryPublisher | None = None
+    ):
         super().__init__(name="node-sync", daemon=True)
         self.registry, self.link, self.interval, self.directory = registry, link, interval, directory
         self.stopped = threading.Event()
@@ -174,7 +187,9 @@ class NodeSyncLoop(threading.Thread):
             try:
                 r = sync_once(self.registry, self.link, self.directory)
                 if r.changed():
-                    log.info("node sync: registered %s, unregistered %s, errors %s", r.registered, r.unregistered, r.errors)
+                    log.info(
+                        "node sync: registered %s, unregistered %s, errors %s", r.registered, r.unregistered, r.errors
+                    )
             except Exception as e:  # noqa: BLE001 - registry or SuperLink restarting: try again next pass
                 log.warning("node sync pass failed: %s", e)
             self.passes += 1

@@ -19,14 +19,28 @@ def _die_with_parent() -> None:
         pass
 
 
-def spawn(cmd: list[str], *, env: dict[str, str] | None = None, log: Path | None = None, cwd: str | None = None,
-          tied: bool = True, group: bool = True) -> subprocess.Popen:
+def spawn(
+    cmd: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    cwd: str | None = None,
+    tied: bool = True,
+    group: bool = True,
+) -> subprocess.Popen:
     """Start `cmd` (stdout+stderr to `log` if given). group=True: in a process group of its own, so that
     `stop_group` takes it down with every helper it starts; group=False: in ours (our group's fate is its).
     tied=True: it also gets SIGTERM when this process dies."""
     out = open(log, "ab") if log else None
-    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT if out else None,
-                            preexec_fn=_die_with_parent if tied else None, start_new_session=group)
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=cwd,
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+        preexec_fn=_die_with_parent if tied else None,
+        start_new_session=group,
+    )
 
 
 def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:

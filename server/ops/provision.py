@@ -103,14 +103,27 @@ class InitResult:
     certificate_hosts: list[str]
 
 
-def init_server(home: ServerHome, hosts: list[str], *, gateway_port: int = 9092, gateway_host: str = "0.0.0.0",
-                superlink_port: int = 9091, registry_port: int = 8700, registry_host: str = "127.0.0.1",
-                database_url: str = "", rotate_tokens: bool = False) -> InitResult:
+def init_server(
+    home: ServerHome,
+    hosts: list[str],
+    *,
+    gateway_port: int = 9092,
+    gateway_host: str = "0.0.0.0",
+    superlink_port: int = 9091,
+    registry_port: int = 8700,
+    registry_host: str = "127.0.0.1",
+    database_url: str = "",
+    rotate_tokens: bool = False,
+) -> InitResult:
     if not hosts:
         raise ValueError("name at least one --host that the companies use to reach this server")
-    cfg = ServerConfig(hosts=list(dict.fromkeys(hosts)), superlink=Endpoint("127.0.0.1", superlink_port),
-                       gateway=Endpoint(gateway_host, gateway_port), registry=Endpoint(registry_host, registry_port),
-                       database_url=database_url)
+    cfg = ServerConfig(
+        hosts=list(dict.fromkeys(hosts)),
+        superlink=Endpoint("127.0.0.1", superlink_port),
+        gateway=Endpoint(gateway_host, gateway_port),
+        registry=Endpoint(registry_host, registry_port),
+        database_url=database_url,
+    )
     previous = load_config(home) if config_path(home).exists() else None
     if previous is not None:
         cfg = replace(cfg, node_sync_seconds=previous.node_sync_seconds)
@@ -139,8 +152,14 @@ def _ensure_tokens(home: ServerHome, cfg: ServerConfig, rotate: bool) -> str | N
             secrets = {}
             for role, name in (("admin", "operator (dbserver init)"), ("service", "federation server (dbserver init)")):
                 row, secrets[role] = issue_token(s, name=name, role=role, created_by="dbserver init")
-                events.record(s, who, "token.created", "token", row.id, after={"name": row.name, "role": row.role,
-                                                                                "prefix": row.prefix})
+                events.record(
+                    s,
+                    who,
+                    "token.created",
+                    "token",
+                    row.id,
+                    after={"name": row.name, "role": row.role, "prefix": row.prefix},
+                )
         write_secret(admin_token_path(home), secrets["admin"])
         write_secret(service_token_path(home), secrets["service"])
         return secrets["admin"]

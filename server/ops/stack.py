@@ -42,12 +42,26 @@ def run_stack(home: ServerHome, cfg: ServerConfig, console) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        procs["superlink"] = start_superlink(home, cfg.superlink.host, cfg.superlink.port, insecure=False, node_auth=True)
+        procs["superlink"] = start_superlink(
+            home, cfg.superlink.host, cfg.superlink.port, insecure=False, node_auth=True
+        )
         reg_cmd = [str(BIN / "dbserver"), "registry", "--host", cfg.registry.host, "--port", str(cfg.registry.port)]
         procs["registry"] = spawn(reg_cmd, env=registry_environ(home, cfg), log=home.root / "registry.log")
-        procs["gateway"] = spawn([str(BIN / "dbserver"), "gateway", "--upstream", cfg.superlink.local_address,
-                                  "--bind", cfg.gateway.host, "--port", str(cfg.gateway.port), "--home", str(home.root)],
-                                 log=home.root / "gateway.log")
+        procs["gateway"] = spawn(
+            [
+                str(BIN / "dbserver"),
+                "gateway",
+                "--upstream",
+                cfg.superlink.local_address,
+                "--bind",
+                cfg.gateway.host,
+                "--port",
+                str(cfg.gateway.port),
+                "--home",
+                str(home.root),
+            ],
+            log=home.root / "gateway.log",
+        )
         h, p = cfg.registry.local_address.rsplit(":", 1)
         wait_for_port(h, int(p), 90, procs["registry"])
         h, p = cfg.gateway.local_address.rsplit(":", 1)
@@ -56,18 +70,26 @@ def run_stack(home: ServerHome, cfg: ServerConfig, console) -> int:
         from .provision import directory_publisher, ensure_directory_key
 
         ensure_directory_key(home)
-        sync = NodeSyncLoop(registry, SuperLinkNodes(cfg.superlink.local_address, home.tls.ca), cfg.node_sync_seconds,
-                            directory_publisher(home))
+        sync = NodeSyncLoop(
+            registry,
+            SuperLinkNodes(cfg.superlink.local_address, home.tls.ca),
+            cfg.node_sync_seconds,
+            directory_publisher(home),
+        )
         sync.start()
-        console.print(f"Fleet API (companies): {cfg.hosts[0]}:{cfg.gateway.port} via the gateway on {cfg.gateway.address}")
+        console.print(
+            f"Fleet API (companies): {cfg.hosts[0]}:{cfg.gateway.port} via the gateway on {cfg.gateway.address}"
+        )
         console.print(f"SuperLink (loopback only): {cfg.superlink.address}; logs in {home.root}")
         console.print(f"registry + dashboard (loopback only): {cfg.registry_url}/")
         console.print(f"companies need the CA certificate: {home.tls.ca}")
         while not stopping:
             dead = [n for n, pr in procs.items() if pr.poll() is not None]
             if dead:
-                console.print(f"[red]{', '.join(dead)} exited (code {procs[dead[0]].returncode}); stopping the rest; "
-                              f"see {home.root / (dead[0] + '.log')}[/red]")
+                console.print(
+                    f"[red]{', '.join(dead)} exited (code {procs[dead[0]].returncode}); stopping the rest; "
+                    f"see {home.root / (dead[0] + '.log')}[/red]"
+                )
                 return 1
             time.sleep(0.5)
         return 0

@@ -56,8 +56,14 @@ def open_registry(settings: RegistrySettings) -> Registry:
     templates.env.filters.update(template_filters())
     templates.env.globals["session_csrf"] = session_csrf_token  # base.html: the CSRF token of the page's session
     templates.env.auto_reload = False  # templates ship with the package; no stat() per render
-    return Registry(settings=settings, db=db, store=ContentStore(settings.artifact_dir), token_cache=TokenCache(), templates=templates,
-                    fragments=FragmentCache())
+    return Registry(
+        settings=settings,
+        db=db,
+        store=ContentStore(settings.artifact_dir),
+        token_cache=TokenCache(),
+        templates=templates,
+        fragments=FragmentCache(),
+    )
 
 
 def warm_up() -> None:
@@ -71,10 +77,13 @@ def warm_up() -> None:
 # Content-Security-Policy of every response: scripts, styles, images, fetches and forms only from this origin; no
 # inline script or style (templates and static/*.js have none), no plugins, no <base>, no framing. Swagger UI
 # (/docs) styles its widgets inline and draws icons from data: URLs, so /docs alone allows those two.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; font-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-DOCS_CSP = (CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
-            .replace("img-src 'self'", "img-src 'self' data:"))
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; font-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'").replace(
+    "img-src 'self'", "img-src 'self' data:"
+)
 DOCS_HTML = """<!doctype html>
 <html lang="en">
 <head>
@@ -118,6 +127,7 @@ def _wants_html(request: Request) -> bool:
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     settings = settings or RegistrySettings.from_env()
     registry = open_registry(settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         import anyio.to_thread
@@ -128,12 +138,20 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         yield
         registry.db.dispose()
 
-    app = FastAPI(title="dblocks registry", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Runs, block versions, privacy budgets, nodes and leakage audits of dblocks. "
-                              "Authenticate with `Authorization: Bearer <token>` (`dbserver tokens create --role ...`).")
+    app = FastAPI(
+        title="dblocks registry",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Runs, block versions, privacy budgets, nodes and leakage audits of dblocks. "
+        "Authenticate with `Authorization: Bearer <token>` (`dbserver tokens create --role ...`).",
+    )
     app.state.registry = registry
     app.add_middleware(FiniteJsonBodies)  # added first, so it runs inside the size limit: what it buffers is bounded
-    app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes, max_json_bytes=settings.max_json_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_upload_bytes=settings.max_upload_bytes, max_json_bytes=settings.max_json_bytes
+    )
     app.add_middleware(ContentSecurityPolicy)  # outermost: the 413 and 422 answers of the limits get it too
     for router in API_ROUTERS:
         app.include_router(router, prefix="/api")
@@ -171,7 +189,9 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
 
     @app.exception_handler(IntegrityError)
     async def _integrity(_: Request, exc: IntegrityError):
-        return JSONResponse({"detail": f"conflicts with existing data: {str(exc.orig).splitlines()[0][:300]}"}, status_code=409)
+        return JSONResponse(
+            {"detail": f"conflicts with existing data: {str(exc.orig).splitlines()[0][:300]}"}, status_code=409
+        )
 
     @app.exception_handler(ArtifactNotFound)
     async def _missing(_: Request, exc: ArtifactNotFound):

@@ -103,9 +103,12 @@ def csrf_token_for(session_token: str) -> str:
 def require_csrf(session_token: str, presented: str | None) -> None:
     """403 unless `presented` is the CSRF token of `session_token` (compared in constant time)."""
     if not secrets_match(presented, csrf_token_for(session_token)):
-        raise HTTPException(403, "this request uses the dashboard's login cookie but lacks the page's CSRF token "
-                                 f"({CSRF_HEADER} header or {CSRF_FIELD} form field): reload the page and try again, "
-                                 "or call the API with 'Authorization: Bearer <token>'")
+        raise HTTPException(
+            403,
+            "this request uses the dashboard's login cookie but lacks the page's CSRF token "
+            f"({CSRF_HEADER} header or {CSRF_FIELD} form field): reload the page and try again, "
+            "or call the API with 'Authorization: Bearer <token>'",
+        )
 
 
 def secrets_match(presented: str | None, expected: str | None) -> bool:
@@ -138,8 +141,9 @@ def served_over_https(request: Request) -> bool:
 
 def set_cookie(response, request: Request, name: str, value: str, *, max_age: int, path: str = "/") -> None:
     """A session cookie: HttpOnly, SameSite=Strict, Secure when served over https."""
-    response.set_cookie(name, value, max_age=max_age, path=path, httponly=True, samesite="strict",
-                        secure=served_over_https(request))
+    response.set_cookie(
+        name, value, max_age=max_age, path=path, httponly=True, samesite="strict", secure=served_over_https(request)
+    )
 
 
 def delete_cookie(response, request: Request, name: str, path: str = "/") -> None:
@@ -152,7 +156,9 @@ def _presented_token(request: Request) -> tuple[str | None, bool]:
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise HTTPException(401, "Authorization header must be 'Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "Authorization header must be 'Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+            )
         return value.strip(), False
     cookie = request.cookies.get(COOKIE_NAME)
     return (cookie, True) if cookie else (None, False)
@@ -160,7 +166,9 @@ def _presented_token(request: Request) -> tuple[str | None, bool]:
 
 def _lookup(registry, token_hash: str) -> Principal | None:
     with registry.db.reader() as s:
-        row = s.execute(select(ApiToken).where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))).scalar_one_or_none()
+        row = s.execute(
+            select(ApiToken).where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
+        ).scalar_one_or_none()
     return None if row is None else Principal(token_id=row.id, name=row.name, role=row.role)
 
 
@@ -169,8 +177,11 @@ async def authenticate(request: Request) -> Principal:
     Async, so a cached token costs no thread hop; a cache miss reads the database in a worker thread."""
     token, from_cookie = _presented_token(request)
     if not token:
-        raise HTTPException(401, "missing API token: send 'Authorization: Bearer <token>' (create one with `dbserver tokens create`)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            "missing API token: send 'Authorization: Bearer <token>' (create one with `dbserver tokens create`)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if from_cookie and request.method not in SAFE_METHODS:
         require_csrf(token, request.headers.get(CSRF_HEADER))
     registry = request.app.state.registry
@@ -185,7 +196,9 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
-BEARER = HTTPBearer(auto_error=False, description="an API token: `dbserver tokens create --role ...`")  # for OpenAPI's Authorize
+BEARER = HTTPBearer(
+    auto_error=False, description="an API token: `dbserver tokens create --role ...`"
+)  # for OpenAPI's Authorize
 
 
 class Allow:
@@ -200,8 +213,11 @@ class Allow:
     async def __call__(self, request: Request, _: object = Depends(BEARER)) -> Principal:
         principal = await authenticate(request)
         if principal.role not in self.roles:
-            raise HTTPException(403, f"role {principal.role!r} may not {request.method} {request.url.path}; "
-                                     f"allowed roles: {', '.join(sorted(self.roles))}")
+            raise HTTPException(
+                403,
+                f"role {principal.role!r} may not {request.method} {request.url.path}; "
+                f"allowed roles: {', '.join(sorted(self.roles))}",
+            )
         return principal
 
     def __repr__(self) -> str:

@@ -48,9 +48,18 @@ class NodeBudget:
 
 def block_budgets(session: Session, run_id: int, num_blocks: int) -> list[BlockBudget]:
     rows = session.execute(
-        select(BlockVersion.block_index, BlockVersion.round, BlockVersion.version, BlockVersion.record_epsilon,
-               BlockVersion.record_delta, BlockVersion.client_epsilon, BlockVersion.client_delta, BlockVersion.accountant)
-        .where(BlockVersion.run_id == run_id).order_by(BlockVersion.block_index, BlockVersion.version)
+        select(
+            BlockVersion.block_index,
+            BlockVersion.round,
+            BlockVersion.version,
+            BlockVersion.record_epsilon,
+            BlockVersion.record_delta,
+            BlockVersion.client_epsilon,
+            BlockVersion.client_delta,
+            BlockVersion.accountant,
+        )
+        .where(BlockVersion.run_id == run_id)
+        .order_by(BlockVersion.block_index, BlockVersion.version)
     ).all()
     out = {b: BlockBudget(block_index=b) for b in range(num_blocks)}
     for r in rows:
@@ -61,7 +70,9 @@ def block_budgets(session: Session, run_id: int, num_blocks: int) -> list[BlockB
     return [out[k] for k in sorted(out)]
 
 
-def node_budgets(session: Session, *, run_id: int | None = None, node_id: str | None = None) -> dict[tuple[str, int], NodeBudget]:
+def node_budgets(
+    session: Session, *, run_id: int | None = None, node_id: str | None = None
+) -> dict[tuple[str, int], NodeBudget]:
     """(node id, run id) -> NodeBudget, for one run, one node, or both. Records are composed totals of the run
     so far: the newest record of (node, run) is its total; per block, the newest record of that block."""
     newest = select(func.max(NodePrivacy.id)).group_by(NodePrivacy.node_id, NodePrivacy.run_id, NodePrivacy.block_index)
@@ -69,19 +80,43 @@ def node_budgets(session: Session, *, run_id: int | None = None, node_id: str | 
         newest = newest.where(NodePrivacy.run_id == run_id)
     if node_id is not None:
         newest = newest.where(NodePrivacy.node_id == node_id)
-    records = session.execute(select(NodePrivacy).where(NodePrivacy.id.in_(newest))
-                              .order_by(NodePrivacy.node_id, NodePrivacy.run_id, NodePrivacy.block_index)).scalars().all()
-    names = dict(session.execute(select(Node.id, Node.display_name).where(Node.id.in_({r.node_id for r in records}))).all()) if records else {}
+    records = (
+        session.execute(
+            select(NodePrivacy)
+            .where(NodePrivacy.id.in_(newest))
+            .order_by(NodePrivacy.node_id, NodePrivacy.run_id, NodePrivacy.block_index)
+        )
+        .scalars()
+        .all()
+    )
+    names = (
+        dict(session.execute(select(Node.id, Node.display_name).where(Node.id.in_({r.node_id for r in records}))).all())
+        if records
+        else {}
+    )
     out: dict[tuple[str, int], NodeBudget] = {}
     newest_id: dict[tuple[str, int], int] = {}
     for rec in records:
         key = (rec.node_id, rec.run_id)
-        nb = out.setdefault(key, NodeBudget(node_id=rec.node_id, run_id=rec.run_id, display_name=names.get(rec.node_id)))
-        nb.per_block[rec.block_index] = {"epsilon": rec.epsilon, "delta": rec.delta, "round": rec.round, "accountant": rec.accountant,
-                                         "sample_rate": rec.sample_rate, "steps": rec.steps}
+        nb = out.setdefault(
+            key, NodeBudget(node_id=rec.node_id, run_id=rec.run_id, display_name=names.get(rec.node_id))
+        )
+        nb.per_block[rec.block_index] = {
+            "epsilon": rec.epsilon,
+            "delta": rec.delta,
+            "round": rec.round,
+            "accountant": rec.accountant,
+            "sample_rate": rec.sample_rate,
+            "steps": rec.steps,
+        }
         if rec.id > newest_id.get(key, -1):
             newest_id[key] = rec.id
-            nb.epsilon_total, nb.delta_total, nb.accountant, nb.round = rec.epsilon, rec.delta, rec.accountant, rec.round
+            nb.epsilon_total, nb.delta_total, nb.accountant, nb.round = (
+                rec.epsilon,
+                rec.delta,
+                rec.accountant,
+                rec.round,
+            )
     return out
 
 
@@ -89,9 +124,11 @@ def run_privacy(session: Session, run_id: int, num_blocks: int) -> dict:
     """JSON-ready privacy summary of a run."""
     return {
         "run_id": run_id,
-        "composition": ("node totals: each node's record-level epsilon composed with the run's accountant over all its "
-                        "releases in this run (all rounds and blocks); block epsilons: the largest such composed epsilon "
-                        "among the block version's cohort"),
+        "composition": (
+            "node totals: each node's record-level epsilon composed with the run's accountant over all its "
+            "releases in this run (all rounds and blocks); block epsilons: the largest such composed epsilon "
+            "among the block version's cohort"
+        ),
         "blocks": [asdict(b) for b in block_budgets(session, run_id, num_blocks)],
         "nodes": [asdict(n) for n in node_budgets(session, run_id=run_id).values()],
     }

@@ -15,7 +15,9 @@ import typer
 DEFAULT_PORT = 8700
 ROLE_HELP = "admin | operator | researcher | viewer | service"
 
-tokens_app = typer.Typer(help="Create, list and revoke registry API tokens (works on the database directly).", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="Create, list and revoke registry API tokens (works on the database directly).", no_args_is_help=True
+)
 
 
 def _settings(data_dir: Path | None, database_url: str | None):
@@ -29,8 +31,13 @@ def _settings(data_dir: Path | None, database_url: str | None):
     return RegistrySettings.from_env()
 
 
-DataDir = Annotated[Path | None, typer.Option("--home", help="base data directory (env DBLOCKS_HOME; default ~/.dblocks)")]
-DbUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (env DBLOCKS_DATABASE_URL; default SQLite in the data dir)")]
+DataDir = Annotated[
+    Path | None, typer.Option("--home", help="base data directory (env DBLOCKS_HOME; default ~/.dblocks)")
+]
+DbUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL (env DBLOCKS_DATABASE_URL; default SQLite in the data dir)"),
+]
 
 
 def ensure_admin_token(reg) -> str | None:
@@ -42,11 +49,19 @@ def ensure_admin_token(reg) -> str | None:
     from .models import ApiToken
 
     with reg.db.writer() as s:
-        if s.execute(select(ApiToken.id).where(ApiToken.role == "admin", ApiToken.revoked_at.is_(None)).limit(1)).first():
+        if s.execute(
+            select(ApiToken.id).where(ApiToken.role == "admin", ApiToken.revoked_at.is_(None)).limit(1)
+        ).first():
             return None
         row, secret = issue_token(s, name="bootstrap-admin", role="admin", created_by="dbserver registry")
-        events.record(s, Principal(0, "dbserver registry", "admin"), "token.created", "token", row.id,
-                      after={"name": row.name, "role": row.role, "prefix": row.prefix})
+        events.record(
+            s,
+            Principal(0, "dbserver registry", "admin"),
+            "token.created",
+            "token",
+            row.id,
+            after={"name": row.name, "role": row.role, "prefix": row.prefix},
+        )
         return secret
 
 
@@ -66,12 +81,24 @@ def registry_command(
     reg = open_registry(settings)
     secret = ensure_admin_token(reg)
     reg.db.dispose()
-    typer.echo(f"registry data: {settings.data_dir}  database: {settings.redacted_url()}  artifacts: {settings.artifact_dir}")
+    typer.echo(
+        f"registry data: {settings.data_dir}  database: {settings.redacted_url()}  artifacts: {settings.artifact_dir}"
+    )
     if secret:
-        typer.echo(f"\nNo admin token existed, so one was created. It is shown only now; keep it safe:\n\n    {secret}\n")
+        typer.echo(
+            f"\nNo admin token existed, so one was created. It is shown only now; keep it safe:\n\n    {secret}\n"
+        )
     typer.echo(f"dashboard: http://{host}:{port}/   API docs: http://{host}:{port}/docs")
-    uvicorn.run("dblocks.server.registry.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False, proxy_headers=False)
+    uvicorn.run(
+        "dblocks.server.registry.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 @tokens_app.command("create")
@@ -91,8 +118,14 @@ def tokens_create(
     reg = open_registry(_settings(home, database_url))
     with reg.db.writer() as s:
         row, secret = issue_token(s, name=name or role, role=role, created_by="dbserver tokens create")
-        events.record(s, Principal(0, "dbserver tokens create", "admin"), "token.created", "token", row.id,
-                      after={"name": row.name, "role": row.role, "prefix": row.prefix})
+        events.record(
+            s,
+            Principal(0, "dbserver tokens create", "admin"),
+            "token.created",
+            "token",
+            row.id,
+            after={"name": row.name, "role": row.role, "prefix": row.prefix},
+        )
     reg.db.dispose()
     typer.echo(secret)
     typer.echo(f"# token {row.id} ({row.name}, role {row.role}); shown only now", err=True)
@@ -129,7 +162,13 @@ def tokens_revoke(token_id: int, home: DataDir = None, database_url: DbUrl = Non
             raise typer.BadParameter(f"no token with id {token_id} (see `dbserver tokens list`)")
         if row.revoked_at is None:
             row.revoked_at = utcnow()
-            events.record(s, Principal(0, "dbserver tokens revoke", "admin"), "token.revoked", "token", row.id,
-                          after={"name": row.name, "role": row.role})
+            events.record(
+                s,
+                Principal(0, "dbserver tokens revoke", "admin"),
+                "token.revoked",
+                "token",
+                row.id,
+                after={"name": row.name, "role": row.role},
+            )
     reg.db.dispose()
     typer.echo(f"token {token_id} revoked")

@@ -43,8 +43,9 @@ class RegistrySettings:
         trust = env.get("DBLOCKS_TRUST_PROXY", "0").strip().lower()
         if trust not in ("0", "1", "true", "false", ""):
             raise ValueError(f"DBLOCKS_TRUST_PROXY must be 1 or 0, got {trust!r}")
-        settings = cls(data_dir=data_dir, database_url=url, artifact_dir=artifact_dir,
-                       trust_proxy=trust in ("1", "true"))
+        settings = cls(
+            data_dir=data_dir, database_url=url, artifact_dir=artifact_dir, trust_proxy=trust in ("1", "true")
+        )
         if max_mb:
             try:
                 settings = replace(settings, max_upload_bytes=int(float(max_mb) * MiB))
@@ -56,7 +57,9 @@ class RegistrySettings:
     def in_directory(cls, directory: str | os.PathLike, database_url: str | None = None) -> RegistrySettings:
         """Everything under one directory (tests, benchmarks); `database_url` overrides the SQLite file."""
         d = Path(directory)
-        return cls(data_dir=d, database_url=database_url or f"sqlite:///{d / 'registry.db'}", artifact_dir=d / "artifacts")
+        return cls(
+            data_dir=d, database_url=database_url or f"sqlite:///{d / 'registry.db'}", artifact_dir=d / "artifacts"
+        )
 
     @property
     def is_sqlite(self) -> bool:

@@ -98,51 +98,110 @@ def partition_rows(run: Run, width: float = 1000.0, left: float = 70.0, right: f
     for b in run.blocks:
         if b.owned_lo is None:
             continue
-        rows.append({"block": b.block_index, "owned": (x(b.owned_lo), x(b.owned_hi)), "train": (x(b.train_lo), x(b.train_hi)),
-                     "owned_sigma": (b.owned_lo, b.owned_hi), "train_sigma": (b.train_lo, b.train_hi)})
+        rows.append(
+            {
+                "block": b.block_index,
+                "owned": (x(b.owned_lo), x(b.owned_hi)),
+                "train": (x(b.train_lo), x(b.train_hi)),
+                "owned_sigma": (b.owned_lo, b.owned_hi),
+                "train_sigma": (b.train_lo, b.train_hi),
+            }
+        )
     ticks = [(x(10.0**k), f"1e{k}") for k in range(math.ceil(math.log10(lo)), math.floor(math.log10(hi)) + 1)]
     return {"rows": rows, "ticks": ticks, "width": width, "height": 34 + 26 * len(rows), "left": left}
 
 
-REPORT_COLUMNS = (RoundReport.id, RoundReport.round, RoundReport.block_index, RoundReport.cohort, RoundReport.status, RoundReport.reason)
+REPORT_COLUMNS = (
+    RoundReport.id,
+    RoundReport.round,
+    RoundReport.block_index,
+    RoundReport.cohort,
+    RoundReport.status,
+    RoundReport.reason,
+)
 
 
 def block_rows(s, run: Run) -> list[dict]:
     """Per block: latest version, rounds completed, last round report."""
-    latest = {v.block_index: v for v in s.execute(
-        select(BlockVersion).where(BlockVersion.run_id == run.id,
-                                   BlockVersion.id.in_(select(func.max(BlockVersion.id)).where(BlockVersion.run_id == run.id)
-                                                       .group_by(BlockVersion.block_index)))).scalars()}
-    completed = dict(s.execute(select(RoundReport.block_index, func.count(func.distinct(RoundReport.round)))
-                               .where(RoundReport.run_id == run.id, RoundReport.status == "completed")
-                               .group_by(RoundReport.block_index)).all())
-    last_report = {r.block_index: r for r in s.execute(
-        select(*REPORT_COLUMNS).where(RoundReport.id.in_(select(func.max(RoundReport.id)).where(RoundReport.run_id == run.id)
-                                                         .group_by(RoundReport.block_index))))}
+    latest = {
+        v.block_index: v
+        for v in s.execute(
+            select(BlockVersion).where(
+                BlockVersion.run_id == run.id,
+                BlockVersion.id.in_(
+                    select(func.max(BlockVersion.id))
+                    .where(BlockVersion.run_id == run.id)
+                    .group_by(BlockVersion.block_index)
+                ),
+            )
+        ).scalars()
+    }
+    completed = dict(
+        s.execute(
+            select(RoundReport.block_index, func.count(func.distinct(RoundReport.round)))
+            .where(RoundReport.run_id == run.id, RoundReport.status == "completed")
+            .group_by(RoundReport.block_index)
+        ).all()
+    )
+    last_report = {
+        r.block_index: r
+        for r in s.execute(
+            select(*REPORT_COLUMNS).where(
+                RoundReport.id.in_(
+                    select(func.max(RoundReport.id))
+                    .where(RoundReport.run_id == run.id, RoundReport.status != "evaluated")
+                    .group_by(RoundReport.block_index)
+                )
+            )
+        )
+    }
     out = []
     for b in run.blocks:
         done = completed.get(b.block_index, 0)
-        out.append({"block": b, "latest": latest.get(b.block_index), "completed": done, "last_report": last_report.get(b.block_index),
-                    "progress": min(100.0, 100.0 * done / max(run.num_rounds, 1))})
+        out.append(
+            {
+                "block": b,
+                "latest": latest.get(b.block_index),
+                "completed": done,
+                "last_report": last_report.get(b.block_index),
+                "progress": min(100.0, 100.0 * done / max(run.num_rounds, 1)),
+            }
+        )
     return out
 
 
 def node_chips(cohort: list[str], names: dict[str, str]) -> Markup:
     """The cohort as name chips (HTML built once here: this is the dashboard's busiest loop)."""
-    return Markup("".join(f'<span class="node-chip" title="{escape(n)}">{escape(names.get(n, n))}</span>' for n in cohort))
+    return Markup(
+        "".join(f'<span class="node-chip" title="{escape(n)}">{escape(names.get(n, n))}</span>' for n in cohort)
+    )
 
 
 def cohort_table(s, run: Run, max_rounds: int = 12) -> list[dict]:
     """Newest rounds first: {round, cells: [per block: [{status, reason, chips}]]}."""
-    rounds = [r for (r,) in s.execute(select(RoundReport.round).where(RoundReport.run_id == run.id).distinct()
-                                      .order_by(RoundReport.round.desc()).limit(max_rounds)).all()]
+    rounds = [
+        r
+        for (r,) in s.execute(
+            select(RoundReport.round)
+            .where(RoundReport.run_id == run.id, RoundReport.status != "evaluated")
+            .distinct()
+            .order_by(RoundReport.round.desc())
+            .limit(max_rounds)
+        ).all()
+    ]
     if not rounds:
         return []
     names = node_names(s)
     cells = {r: [[] for _ in range(run.num_blocks)] for r in rounds}
-    for r in s.execute(select(*REPORT_COLUMNS).where(RoundReport.run_id == run.id, RoundReport.round.in_(rounds)).order_by(RoundReport.id)):
+    for r in s.execute(
+        select(*REPORT_COLUMNS)
+        .where(RoundReport.run_id == run.id, RoundReport.round.in_(rounds), RoundReport.status != "evaluated")
+        .order_by(RoundReport.id)
+    ):
         if 0 <= r.block_index < run.num_blocks:
-            cells[r.round][r.block_index].append({"status": r.status, "reason": r.reason, "chips": node_chips(r.cohort, names)})
+            cells[r.round][r.block_index].append(
+                {"status": r.status, "reason": r.reason, "chips": node_chips(r.cohort, names)}
+            )
     return [{"round": r, "cells": cells[r]} for r in rounds]
 
 
@@ -152,14 +211,24 @@ def node_names(s) -> dict[str, str]:
 
 def run_charts(s, run: Run) -> dict:
     """Data of the run page's charts: metrics and epsilon over rounds per block, epsilon per node. Every epsilon is
-    composed per company over all its releases in the run, by the accountant named in `accountant`."""
+    composed per company over all its releases in the run, by the accountant named in `accountant`. The assembled
+    model's metrics after each round ("evaluated" round reports, e.g. test_accuracy) are the series "model"."""
     metrics: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     record_eps: dict[str, list] = {str(b): [] for b in range(run.num_blocks)}
     client_eps: dict[str, list] = {str(b): [] for b in range(run.num_blocks)}
     accountants: set[str] = set()
-    for v in s.execute(select(BlockVersion.block_index, BlockVersion.round, BlockVersion.metrics, BlockVersion.record_epsilon,
-                              BlockVersion.client_epsilon, BlockVersion.accountant).where(BlockVersion.run_id == run.id)
-                       .order_by(BlockVersion.block_index, BlockVersion.version)):
+    for v in s.execute(
+        select(
+            BlockVersion.block_index,
+            BlockVersion.round,
+            BlockVersion.metrics,
+            BlockVersion.record_epsilon,
+            BlockVersion.client_epsilon,
+            BlockVersion.accountant,
+        )
+        .where(BlockVersion.run_id == run.id)
+        .order_by(BlockVersion.block_index, BlockVersion.version)
+    ):
         b = str(v.block_index)
         for k, val in (v.metrics or {}).items():
             if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val):
@@ -170,13 +239,34 @@ def run_charts(s, run: Run) -> dict:
             record_eps[b].append([v.round, v.record_epsilon])
         if v.client_epsilon is not None:
             client_eps[b].append([v.round, v.client_epsilon])
+    for r in s.execute(
+        select(RoundReport.round, RoundReport.stats)
+        .where(RoundReport.run_id == run.id, RoundReport.status == "evaluated")
+        .order_by(RoundReport.round, RoundReport.id)
+    ):
+        for k, val in (r.stats or {}).items():
+            if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val):
+                metrics[k]["model"].append([r.round, val])
     names = node_names(s)
-    nodes = [{"node": names.get(n.node_id) or n.node_id, "total": n.epsilon_total, "accountant": n.accountant, "round": n.round}
-             for n in node_budgets(s, run_id=run.id).values()]
+    nodes = [
+        {
+            "node": names.get(n.node_id) or n.node_id,
+            "total": n.epsilon_total,
+            "accountant": n.accountant,
+            "round": n.round,
+        }
+        for n in node_budgets(s, run_id=run.id).values()
+    ]
     accountants |= {n["accountant"] for n in nodes if n["accountant"]}
-    return {"num_blocks": run.num_blocks, "metrics": {k: dict(per) for k, per in sorted(metrics.items())},
-            "record_epsilon": record_eps, "client_epsilon": client_eps, "target_epsilon": run.dp.get("target_epsilon"), "nodes": nodes,
-            "accountant": ", ".join(sorted(accountants)) or run.dp.get("accountant")}
+    return {
+        "num_blocks": run.num_blocks,
+        "metrics": {k: dict(per) for k, per in sorted(metrics.items())},
+        "record_epsilon": record_eps,
+        "client_epsilon": client_eps,
+        "target_epsilon": run.dp.get("target_epsilon"),
+        "nodes": nodes,
+        "accountant": ", ".join(sorted(accountants)) or run.dp.get("accountant"),
+    }
 
 
 def load_run(s, run_id: int, with_blocks: bool = True) -> Run:
@@ -251,13 +341,19 @@ def login_page(request: Request, next: str = "/"):
 
 
 @router.post("/login")
-def login(request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/",
-          csrf_token: Annotated[str, Form(alias=CSRF_FIELD)] = "", reg=Depends(registry)):
+def login(
+    request: Request,
+    token: Annotated[str, Form()],
+    next: Annotated[str, Form()] = "/",
+    csrf_token: Annotated[str, Form(alias=CSRF_FIELD)] = "",
+    reg=Depends(registry),
+):
     if not secrets_match(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
         return login_form(request, next, "This login form has expired or was not sent by this site: log in again.", 403)
     with reg.db.reader() as s:
-        row = s.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip()),
-                                               ApiToken.revoked_at.is_(None))).scalar_one_or_none()
+        row = s.execute(
+            select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip()), ApiToken.revoked_at.is_(None))
+        ).scalar_one_or_none()
     if row is None:
         return login_form(request, next, "Unknown or revoked token.", 401)
     response = RedirectResponse(_safe_next(next), status_code=303)
@@ -282,7 +378,11 @@ def logout(request: Request, csrf_token: Annotated[str, Form(alias=CSRF_FIELD)] 
 def runs_context(s) -> dict:
     runs = s.execute(select(Run).order_by(Run.id.desc()).limit(200)).scalars().all()
     versions = dict(s.execute(select(BlockVersion.run_id, func.count()).group_by(BlockVersion.run_id)).all())
-    max_eps = dict(s.execute(select(BlockVersion.run_id, func.max(BlockVersion.record_epsilon)).group_by(BlockVersion.run_id)).all())
+    max_eps = dict(
+        s.execute(
+            select(BlockVersion.run_id, func.max(BlockVersion.record_epsilon)).group_by(BlockVersion.run_id)
+        ).all()
+    )
     return {"runs": runs, "versions": versions, "max_eps": max_eps}
 
 
@@ -309,10 +409,28 @@ def run_panel_context(s, run: Run, panel: str) -> dict:
     if panel == "rounds":
         return {"rounds": cohort_table(s, run)}
     if panel == "audits":
-        return {"audits": s.execute(select(Audit).where(Audit.run_id == run.id).order_by(Audit.id.desc()).limit(8)).scalars().all()}
+        return {
+            "audits": s.execute(select(Audit).where(Audit.run_id == run.id).order_by(Audit.id.desc()).limit(8))
+            .scalars()
+            .all()
+        }
     if panel == "events":
-        return {"events": s.execute(select(Event.at, Event.kind, Event.subject_type, Event.subject_id, Event.actor, Event.actor_role, Event.after)
-                                    .where(Event.run_id == run.id).order_by(Event.id.desc()).limit(15)).all()}
+        return {
+            "events": s.execute(
+                select(
+                    Event.at,
+                    Event.kind,
+                    Event.subject_type,
+                    Event.subject_id,
+                    Event.actor,
+                    Event.actor_role,
+                    Event.after,
+                )
+                .where(Event.run_id == run.id)
+                .order_by(Event.id.desc())
+                .limit(15)
+            ).all()
+        }
     raise HTTPException(404, f"no panel {panel!r}")
 
 
@@ -331,7 +449,9 @@ async def run_charts_json(request: Request, run_id: int, who: Principal = Viewer
     def render_charts():
         with reg.db.reader() as s:
             data = run_charts(s, load_run(s, run_id, with_blocks=False))
-        return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")  # plain data: no encoder pass
+        return Response(
+            json.dumps(data, separators=(",", ":")), media_type="application/json"
+        )  # plain data: no encoder pass
 
     return await fragment(request, who, reg, render_charts)
 
@@ -347,8 +467,14 @@ async def run_panel(request: Request, run_id: int, panel: RunPanel, who: Princip
 
 
 @router.post("/ui/runs/{run_id}/control", response_class=HTMLResponse)
-def run_control(request: Request, run_id: int, action: Annotated[str | None, Form()] = None,
-                num_rounds: Annotated[str | None, Form()] = None, who: Principal = Operator, reg=Depends(registry)):
+def run_control(
+    request: Request,
+    run_id: int,
+    action: Annotated[str | None, Form()] = None,
+    num_rounds: Annotated[str | None, Form()] = None,
+    who: Principal = Operator,
+    reg=Depends(registry),
+):
     error = None
     try:
         body = RunControl(action=action or None, num_rounds=int(num_rounds) if num_rounds else None)
@@ -386,8 +512,16 @@ async def nodes_table(request: Request, who: Principal = Viewer, reg=Depends(reg
 
 
 @router.post("/ui/nodes/{node_id}/{decision}", response_class=HTMLResponse)
-def node_decision(request: Request, node_id: str, decision: Literal["approve", "revoke"], who: Principal = Operator, reg=Depends(registry)):
-    nodes_api.decide(reg, who, node_id, "approved" if decision == "approve" else "revoked", f"{decision}d in the dashboard")
+def node_decision(
+    request: Request,
+    node_id: str,
+    decision: Literal["approve", "revoke"],
+    who: Principal = Operator,
+    reg=Depends(registry),
+):
+    nodes_api.decide(
+        reg, who, node_id, "approved" if decision == "approve" else "revoked", f"{decision}d in the dashboard"
+    )
     reg.fragments.clear()
     with reg.db.reader() as s:
         return render(request, "_nodes_table.html", who, **nodes_context(s))

@@ -28,7 +28,9 @@ SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
 def _sqlite_engine(url: str, begin: str) -> Engine:
-    engine = create_engine(url, pool_size=8, max_overflow=24, pool_timeout=30, connect_args={"check_same_thread": False})
+    engine = create_engine(
+        url, pool_size=8, max_overflow=24, pool_timeout=30, connect_args={"check_same_thread": False}
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:

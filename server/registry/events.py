@@ -11,10 +11,28 @@ from .auth import Principal
 from .models import Event, utcnow
 
 
-def record(session: Session, who: Principal, kind: str, subject_type: str, subject_id: Any, *, run_id: int | None = None,
-           before: dict | None = None, after: dict | None = None) -> Event:
+def record(
+    session: Session,
+    who: Principal,
+    kind: str,
+    subject_type: str,
+    subject_id: Any,
+    *,
+    run_id: int | None = None,
+    before: dict | None = None,
+    after: dict | None = None,
+) -> Event:
     """Add an event to `session` (flushed with the caller's transaction)."""
-    event = Event(at=utcnow(), actor=who.name, actor_role=who.role, kind=kind, subject_type=subject_type,
-                  subject_id=str(subject_id), run_id=run_id, before=before, after=after)
+    event = Event(
+        at=utcnow(),
+        actor=who.name,
+        actor_role=who.role,
+        kind=kind,
+        subject_type=subject_type,
+        subject_id=str(subject_id),
+        run_id=run_id,
+        before=before,
+        after=after,
+    )
     session.add(event)
     return event

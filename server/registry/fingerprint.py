@@ -33,7 +33,9 @@ def fingerprints(public_key: str) -> tuple[str, set[str]]:
     """(canonical fingerprint, every accepted spelling of it)."""
     key = _load(public_key)
     try:
-        ssh_blob = base64.b64decode(key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[1])
+        ssh_blob = base64.b64decode(
+            key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[1]
+        )
     except ValueError as e:
         raise PublicKeyError(f"public_key type cannot be used by nodes ({e})") from None
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

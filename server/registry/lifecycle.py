@@ -56,7 +56,9 @@ def operator_action(current: str, action: str) -> Transition:
         return Transition(current, current)
     if current not in allowed_from:
         ok = sorted(a for a, (frm, _) in OPERATOR_ACTIONS.items() if current in frm)
-        raise TransitionError(f"cannot {action} a run that is {current}; from {current} you may: {', '.join(ok) or 'nothing'}")
+        raise TransitionError(
+            f"cannot {action} a run that is {current}; from {current} you may: {', '.join(ok) or 'nothing'}"
+        )
     return Transition(current, target)
 
 
@@ -64,5 +66,7 @@ def service_status(current: str, status: str) -> Transition:
     if current == status or current in OPERATOR_STANDS[status]:
         return Transition(current, current)
     if current not in SERVICE_STATUSES[status]:
-        raise TransitionError(f"cannot mark a {current} run as {status}; allowed from: {', '.join(sorted(SERVICE_STATUSES[status]))}")
+        raise TransitionError(
+            f"cannot mark a {current} run as {status}; allowed from: {', '.join(sorted(SERVICE_STATUSES[status]))}"
+        )
     return Transition(current, status)

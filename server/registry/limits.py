@@ -30,7 +30,11 @@ class BodySizeLimit:
 
     def limit_for(self, headers: dict[bytes, bytes]) -> int:
         ctype = headers.get(b"content-type", b"").lower()
-        return self.max_upload if ctype.startswith((b"multipart/form-data", b"application/octet-stream")) else self.max_json
+        return (
+            self.max_upload
+            if ctype.startswith((b"multipart/form-data", b"application/octet-stream"))
+            else self.max_json
+        )
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -72,10 +76,23 @@ class BodySizeLimit:
 
 
 async def _send_413(send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body is larger than the limit of {limit} bytes "
-                                 f"({limit / 1024 / 1024:.1f} MiB); set DBLOCKS_MAX_UPLOAD_MB to raise the upload limit"}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    body = json.dumps(
+        {
+            "detail": f"request body is larger than the limit of {limit} bytes "
+            f"({limit / 1024 / 1024:.1f} MiB); set DBLOCKS_MAX_UPLOAD_MB to raise the upload limit"
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -116,9 +133,13 @@ def _first_non_finite(doc: Any) -> Loc | None:
 def non_finite_error(loc: Loc) -> dict:
     """One entry of a 422 `detail` list, shaped like FastAPI's validation errors (type, loc, msg, input)."""
     where = ".".join(str(p) for p in loc)
-    return {"type": "finite_number", "loc": list(loc), "input": None,
-            "msg": f"{where} is NaN or infinite; JSON numbers must be finite: send a finite number, or null where the "
-                   "field allows it"}
+    return {
+        "type": "finite_number",
+        "loc": list(loc),
+        "input": None,
+        "msg": f"{where} is NaN or infinite; JSON numbers must be finite: send a finite number, or null where the "
+        "field allows it",
+    }
 
 
 def _is_json(headers: dict[bytes, bytes]) -> bool:
@@ -164,6 +185,11 @@ def _replay(messages: list[dict], receive):
 
 async def _send_json(send, status: int, content: dict) -> None:
     body = json.dumps(content).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

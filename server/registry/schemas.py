@@ -11,16 +11,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 RunStatus = Literal["created", "running", "paused", "stopped", "finished", "failed"]
 RunAction = Literal["start", "pause", "resume", "stop"]
 ServiceStatus = Literal["running", "finished", "failed"]
-RoundStatus = Literal["completed", "skipped", "rerun", "failed"]
+# "evaluated": a round-level report, the assembled model's metrics after the round in `stats` (block_index 0,
+# no cohort); the others say what happened to one block in the round
+RoundStatus = Literal["completed", "skipped", "rerun", "failed", "evaluated"]
 NodeStatus = Literal["pending", "approved", "revoked"]
 Verdict = Literal["pass", "fail", "inconclusive"]
 Role = Literal["admin", "operator", "researcher", "viewer", "service"]
 
 Name = Field(min_length=1, max_length=200)
 NodeId = Field(min_length=1, max_length=64)
-SecAggIdentity = Field(default=None, pattern=r"^[0-9a-f]{64}$",
-                       description="the node's SecAgg identity key (Ed25519 public, 64 lowercase hex); enrolled "
-                                   "once, never changed")
+SecAggIdentity = Field(
+    default=None,
+    pattern=r"^[0-9a-f]{64}$",
+    description="the node's SecAgg identity key (Ed25519 public, 64 lowercase hex); enrolled once, never changed",
+)
 
 
 class In(BaseModel):
@@ -47,13 +51,23 @@ class Page(BaseModel, Generic[T]):
 class RunCreate(In):
     task: str = Name
     num_blocks: int = Field(ge=1, le=1024)
-    schedule: dict[str, Any] = Field(description="NoiseSchedule.to_dict(): num_blocks, p_mean, p_std, sigma_min, sigma_max, sigma_data, partition_kind, gamma")
+    schedule: dict[str, Any] = Field(
+        description="NoiseSchedule.to_dict(): num_blocks, p_mean, p_std, sigma_min, sigma_max, sigma_data, "
+        "partition_kind, gamma"
+    )
     num_rounds: int = Field(ge=1, le=1_000_000)
-    dataset: dict[str, Any] = Field(default_factory=dict, description="what the data is (name, size, split); never the data")
+    dataset: dict[str, Any] = Field(
+        default_factory=dict, description="what the data is (name, size, split); never the data"
+    )
     secagg: dict[str, Any] = Field(default_factory=dict)
-    dp: dict[str, Any] = Field(default_factory=dict, description="DP settings, e.g. target_epsilon, delta, clip_norm, noise_multiplier, accountant")
+    dp: dict[str, Any] = Field(
+        default_factory=dict,
+        description="DP settings, e.g. target_epsilon, delta, clip_norm, noise_multiplier, accountant",
+    )
     name: str | None = Field(default=None, max_length=200)
-    created_by: str | None = Field(default=None, max_length=200, description="the person behind the request; default: the token's name")
+    created_by: str | None = Field(
+        default=None, max_length=200, description="the person behind the request; default: the token's name"
+    )
 
 
 class BlockOut(Out):
@@ -186,15 +200,21 @@ class VersionOut(Out):
 
 
 class VersionRegistered(VersionOut):
-    created: bool = Field(description="false when this exact version (same run, block, round and sha256) was already registered")
+    created: bool = Field(
+        description="false when this exact version (same run, block, round and sha256) was already registered"
+    )
 
 
 # ---- nodes ------------------------------------------------------------------------------------------------
 class NodeCreate(In):
     display_name: str = Name
     organisation: str = Name
-    public_key: str = Field(min_length=1, max_length=20_000, description="PEM SubjectPublicKeyInfo or an OpenSSH public key line")
-    fingerprint: str | None = Field(default=None, max_length=128, description="optional; if given it must match the key")
+    public_key: str = Field(
+        min_length=1, max_length=20_000, description="PEM SubjectPublicKeyInfo or an OpenSSH public key line"
+    )
+    fingerprint: str | None = Field(
+        default=None, max_length=128, description="optional; if given it must match the key"
+    )
     secagg_identity: str | None = SecAggIdentity
 
 
@@ -225,15 +245,20 @@ class NodeDecision(In):
 
 
 class NodeSeen(In):
-    info: dict[str, Any] = Field(default_factory=dict, description="self-reported facts: address, software version, ...")
+    info: dict[str, Any] = Field(
+        default_factory=dict, description="self-reported facts: address, software version, ..."
+    )
 
 
 class NodePrivacyIn(In):
     run_id: int
     block_index: int = Field(ge=0)
     round: int = Field(ge=0)
-    epsilon: float = Field(ge=0, description="epsilon of this node's data composed over all its releases in the run "
-                                                 "(all rounds and blocks) up to `round`")
+    epsilon: float = Field(
+        ge=0,
+        description="epsilon of this node's data composed over all its releases in the run "
+        "(all rounds and blocks) up to `round`",
+    )
     delta: float = Field(gt=0, lt=1)
     accountant: str = Field(min_length=1, max_length=64)
     sample_rate: float | None = Field(default=None, gt=0, le=1)

@@ -49,7 +49,9 @@ def test_perfect_guesses_bound_matches_the_binomial_tail():
     # all r guesses right: P[Bin(r, q) >= r] = q^r = 0.05 -> eps = logit(0.05^(1/r)) when delta = 0
     r = 500
     q = 0.05 ** (1 / r)
-    assert epsilon_lower_bound(r, r, r, 0.0) == pytest.approx(torch.logit(torch.tensor(q, dtype=torch.float64)).item(), rel=1e-6)
+    assert epsilon_lower_bound(r, r, r, 0.0) == pytest.approx(
+        torch.logit(torch.tensor(q, dtype=torch.float64)).item(), rel=1e-6
+    )
 
 
 def test_random_scores_give_no_bound():
@@ -95,8 +97,9 @@ def test_client_level_canaries_catch_a_release_without_central_noise(trained_blo
     real = [local_update(block, 1, digits.x[i : i + 1], digits.y[i : i + 1], LocalTraining(), g)[0] for i in range(4)]
 
     def audit():
-        return client_canary_audit(real, keys, federation_release(keys, 1.0, 2.0, seed=0), 1.0, 2.0, 1e-5,
-                                   canaries=CANARIES, rounds=1, seed=0)
+        return client_canary_audit(
+            real, keys, federation_release(keys, 1.0, 2.0, seed=0), 1.0, 2.0, 1e-5, canaries=CANARIES, rounds=1, seed=0
+        )
 
     correct = audit()
     assert correct.bound.epsilon_lower_bound < correct.accountant_epsilon < 3

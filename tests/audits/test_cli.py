@@ -27,8 +27,23 @@ def _run(*args):
 
 def test_raw_update_fails_the_audit_with_a_record_and_png(model_dir, tmp_path):
     out = tmp_path / "raw"
-    r = _run("run", "--attack", "closed-form", "--observe", "raw", "--block-dir", model_dir, "--block-index", 1,
-             "--data", "digits", "--targets", 3, "--out", out)
+    r = _run(
+        "run",
+        "--attack",
+        "closed-form",
+        "--observe",
+        "raw",
+        "--block-dir",
+        model_dir,
+        "--block-index",
+        1,
+        "--data",
+        "digits",
+        "--targets",
+        3,
+        "--out",
+        out,
+    )
     assert r.exit_code == 1, r.output
     assert "FAIL" in r.output
     rec = json.loads((out / "audit.json").read_text())
@@ -40,23 +55,90 @@ def test_raw_update_fails_the_audit_with_a_record_and_png(model_dir, tmp_path):
 
 def test_release_file_conforms_and_resists_the_closed_form(model_dir, tmp_path):
     upd = tmp_path / "rel.safetensors"
-    r = _run("make-update", "--block-dir", model_dir, "--block-index", 1, "--data", "digits", "--observe", "release",
-             "--clients", 4, "--noise-multiplier", 1.0, "--out", upd)
+    r = _run(
+        "make-update",
+        "--block-dir",
+        model_dir,
+        "--block-index",
+        1,
+        "--data",
+        "digits",
+        "--observe",
+        "release",
+        "--clients",
+        4,
+        "--noise-multiplier",
+        1.0,
+        "--out",
+        upd,
+    )
     assert r.exit_code == 0, r.output
-    r = _run("run", "--attack", "noise-conformance", "--observe", "release", "--block-dir", model_dir, "--block-index", 1,
-             "--data", "digits", "--update", upd, "--out", tmp_path / "conf")
+    r = _run(
+        "run",
+        "--attack",
+        "noise-conformance",
+        "--observe",
+        "release",
+        "--block-dir",
+        model_dir,
+        "--block-index",
+        1,
+        "--data",
+        "digits",
+        "--update",
+        upd,
+        "--out",
+        tmp_path / "conf",
+    )
     assert r.exit_code == 0, r.output
-    r = _run("run", "--attack", "closed-form", "--observe", "release", "--block-dir", model_dir, "--block-index", 1,
-             "--data", "digits", "--update", upd, "--truth", str(upd) + ".truth.npz", "--out", tmp_path / "cf")
+    r = _run(
+        "run",
+        "--attack",
+        "closed-form",
+        "--observe",
+        "release",
+        "--block-dir",
+        model_dir,
+        "--block-index",
+        1,
+        "--data",
+        "digits",
+        "--update",
+        upd,
+        "--truth",
+        str(upd) + ".truth.npz",
+        "--out",
+        tmp_path / "cf",
+    )
     assert r.exit_code == 0, r.output
     rec = json.loads((tmp_path / "cf" / "audit.json").read_text())
     assert rec["metrics"]["psnr_over_mean_baseline"]["value"] < 1.0
 
 
 def test_planted_noise_bug_exits_non_zero(model_dir, tmp_path):
-    args = ["run", "--attack", "canary", "--observe", "clipped", "--block-dir", model_dir, "--block-index", 1,
-            "--data", "digits", "--population", 256, "--canaries", 400, "--dp-noise-multiplier", 2.0,
-            "--dp-batch-size", 32, "--dp-steps", 40]
+    args = [
+        "run",
+        "--attack",
+        "canary",
+        "--observe",
+        "clipped",
+        "--block-dir",
+        model_dir,
+        "--block-index",
+        1,
+        "--data",
+        "digits",
+        "--population",
+        256,
+        "--canaries",
+        400,
+        "--dp-noise-multiplier",
+        2.0,
+        "--dp-batch-size",
+        32,
+        "--dp-steps",
+        40,
+    ]
     ok = _run(*args, "--out", tmp_path / "ok")
     assert ok.exit_code == 0, ok.output
     with noise_disabled():

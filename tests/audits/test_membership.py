@@ -24,7 +24,9 @@ def test_masks_put_every_record_in_half_the_models():
 def test_lira_separates_a_planted_membership_signal():
     rng = np.random.default_rng(1)
     masks = membership_masks(8, 400, seed=1)
-    per_record = rng.normal(0, 3, 400)  # records differ a lot: a global threshold is weak, per-record calibration is not
+    per_record = rng.normal(
+        0, 3, 400
+    )  # records differ a lot: a global threshold is weak, per-record calibration is not
     scores = per_record + 1.0 * masks + rng.normal(0, 0.3, masks.shape)
     lira = lira_scores(scores, masks, 0)
     assert roc_metrics(lira[masks[0]], lira[~masks[0]])["auc"] > 0.85
@@ -32,7 +34,13 @@ def test_lira_separates_a_planted_membership_signal():
 
 
 def test_overfitted_block_leaks_membership(fresh_block, digits):
-    res = membership_audit(fresh_block("classifier"), 1, digits.x[:64], digits.y[:64],
-                           TrainConfig(epochs=40, batch_size=16, lr=3e-3), MembershipConfig(models=4, draws=4))
+    res = membership_audit(
+        fresh_block("classifier"),
+        1,
+        digits.x[:64],
+        digits.y[:64],
+        TrainConfig(epochs=40, batch_size=16, lr=3e-3),
+        MembershipConfig(models=4, draws=4),
+    )
     assert max(res.loss_attack["auc"], res.lira["auc"]) > 0.6
     assert res.records == 64 and res.models == 4

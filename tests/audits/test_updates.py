@@ -52,7 +52,9 @@ def test_release_noise_is_sized_on_the_clients_aggregated(trained_blocks):
     block = trained_blocks["classifier"]
     keys = parameter_keys(block)
     deltas = [_delta(block, i, scale=0.0) for i in range(4)]  # no signal: the release is pure noise
-    rel = release(deltas, clip_norm=2.0, noise_multiplier=1.5, generator=torch.Generator().manual_seed(0), noise_keys=keys)
+    rel = release(
+        deltas, clip_norm=2.0, noise_multiplier=1.5, generator=torch.Generator().manual_seed(0), noise_keys=keys
+    )
     std = float(flatten(rel, keys).std())
     assert abs(std - 1.5 * 2.0 / 4) / (1.5 * 2.0 / 4) < 0.02
     assert float(rel["class_emb"].abs().max()) == 0  # buffers get no noise
@@ -67,8 +69,15 @@ def test_dp_local_update_is_clipped_and_carries_its_accounting(trained_blocks, d
 
     block = trained_blocks["classifier"]
     before = {k: v.clone() for k, v in block.state_dict().items()}
-    delta, report = dp_local_update(block, 1, digits.x[:128], digits.y[:128], TrainConfig(epochs=1, lr=1e-2),
-                                    DPConfig(noise_multiplier=1.0, batch_size=32, steps=5), clip_norm=0.01)
+    delta, report = dp_local_update(
+        block,
+        1,
+        digits.x[:128],
+        digits.y[:128],
+        TrainConfig(epochs=1, lr=1e-2),
+        DPConfig(noise_multiplier=1.0, batch_size=32, steps=5),
+        clip_norm=0.01,
+    )
     assert math.isclose(float(flatten(delta).norm()), 0.01, rel_tol=1e-4)  # the DP noise alone exceeds the clip
     assert report["steps"] == 5 and report["sample_rate"] == 0.25 and math.isfinite(report["epsilon"])
     assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())

@@ -53,8 +53,9 @@ def unavailable_reason() -> str | None:
     if r.returncode != 0:
         return f"`ip netns add` is not permitted here: {r.stderr.strip()[:200]}"
     try:
-        r = subprocess.run(["ip", "netns", "exec", probe, "nft", "-f", "-"], input=FIREWALL, capture_output=True,
-                           text=True, timeout=20)
+        r = subprocess.run(
+            ["ip", "netns", "exec", probe, "nft", "-f", "-"], input=FIREWALL, capture_output=True, text=True, timeout=20
+        )
         if r.returncode != 0:
             return f"nftables does not work in a namespace here: {r.stderr.strip()[:200]}"
     finally:
@@ -102,8 +103,9 @@ class Topology:
             run("ip", "-n", s, "link", "set", f"v{i}", "master", "br0", "up")
             run("ip", "-n", c, "addr", "add", f"{self.company_ip(i)}/24", "dev", "eth0")
             run("ip", "-n", c, "link", "set", "eth0", "up")
-            r = subprocess.run(["ip", "netns", "exec", c, "nft", "-f", "-"], input=FIREWALL, capture_output=True,
-                               text=True, timeout=20)
+            r = subprocess.run(
+                ["ip", "netns", "exec", c, "nft", "-f", "-"], input=FIREWALL, capture_output=True, text=True, timeout=20
+            )
             if r.returncode != 0:
                 raise RuntimeError(f"firewall of {c}: {r.stderr}")
         return self

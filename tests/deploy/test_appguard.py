@@ -98,7 +98,7 @@ clientapp = "evil:client"
 out = ""
 """
 
-EVIL_CODE = '''
+EVIL_CODE = """
 import json, time
 from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -127,7 +127,7 @@ def main(grid, context):
         src = str(reply.metadata.src_node_id)
         out[src] = {"error": reply.error.code, "reason": reply.error.reason} if reply.has_error() else "ok"
     Path(context.run_config["out"], "replies.json").write_text(json.dumps(out))
-'''
+"""
 
 
 @pytest.mark.slow
@@ -149,13 +149,33 @@ def test_a_server_cannot_run_its_own_code_at_a_company(tmp_path):
 
         save_npz(split_public_private("digits", 100)[1].subset(list(range(60))), data)
         guarded_log = tmp_path / "guarded.log"
-        procs["guarded"] = spawn([str(BIN / "dbclient"), "join", "--insecure", "--server", f"127.0.0.1:{port}",
-                                  "--data", str(data), "--home", str(tmp_path / "company")], log=guarded_log)
-        procs["unguarded"] = spawn(["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                                    "--port", str(free_port())], env=flwr_env(tmp_path / "plain"), log=tmp_path / "plain.log")
+        procs["guarded"] = spawn(
+            [
+                str(BIN / "dbclient"),
+                "join",
+                "--insecure",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--data",
+                str(data),
+                "--home",
+                str(tmp_path / "company"),
+            ],
+            log=guarded_log,
+        )
+        procs["unguarded"] = spawn(
+            ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(free_port())],
+            env=flwr_env(tmp_path / "plain"),
+            log=tmp_path / "plain.log",
+        )
         guarded_id = _node_id(guarded_log, 60)
-        run = subprocess.run(["flwr", "run", str(app), "local", "--stream", "--run-config", f'out="{out}"'],
-                             env=home.env(), capture_output=True, text=True, timeout=240)
+        run = subprocess.run(
+            ["flwr", "run", str(app), "local", "--stream", "--run-config", f'out="{out}"'],
+            env=home.env(),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         replies = json.loads((out / "replies.json").read_text()) if (out / "replies.json").exists() else None
         assert replies is not None, f"the malicious ServerApp did not finish: {run.stdout[-2000:]} {run.stderr[-2000:]}"
         assert len(replies) == 2, replies

@@ -47,8 +47,12 @@ class Pod:
         self.net = Topology(0).create()
         self.ns = self.net.server
         self.data = root / "data"
-        self.env = dict(os.environ, DBLOCKS_HOME=str(self.data), FLWR_HOME=str(self.data / "server" / "flwr"),
-                        PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+        self.env = dict(
+            os.environ,
+            DBLOCKS_HOME=str(self.data),
+            FLWR_HOME=str(self.data / "server" / "flwr"),
+            PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+        )
         self.env.pop("DBLOCKS_DATABASE_URL", None)
         self.procs: dict[str, subprocess.Popen] = {}
         self.root = root
@@ -58,8 +62,13 @@ class Pod:
         return self.procs[name]
 
     def python(self, code: str, timeout: float = 60) -> dict:
-        r = subprocess.run(self.net.exec(self.ns, sys.executable, "-c", code), env=self.env, capture_output=True,
-                           text=True, timeout=timeout)
+        r = subprocess.run(
+            self.net.exec(self.ns, sys.executable, "-c", code),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -128,18 +137,30 @@ print(json.dumps(out))""")
 
     # approve a company in the registry (REST, as the dashboard's button) -> the sync registers its key
     company = tmp / "company"
-    subprocess.run([str(BIN / "dbclient"), "keys", "init", "--path", str(company / "node.key")], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [str(BIN / "dbclient"), "keys", "init", "--path", str(company / "node.key")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     pub = (company / "node.key.pub").read_text().strip()
-    node = pod.python(REGISTRY.format(token=token) + f"""
+    node = pod.python(
+        REGISTRY.format(token=token)
+        + f"""
 n = reg.register_node("acme", "Acme", {pub!r})
-print(json.dumps(reg.approve_node(n["id"])))""")
+print(json.dumps(reg.approve_node(n["id"])))"""
+    )
 
     def link_state():
-        return pod.python(REGISTRY.format(token=token) + f"""
-print(json.dumps(reg.get_node("{node['id']}")["info"].get("superlink") or {{}}))""")
+        return pod.python(
+            REGISTRY.format(token=token)
+            + f"""
+print(json.dumps(reg.get_node("{node["id"]}")["info"].get("superlink") or {{}}))"""
+        )
 
-    state = wait_for(lambda: (s := link_state()).get("status") == "registered" and s, 30, "the sync to register the key")
+    state = wait_for(
+        lambda: (s := link_state()).get("status") == "registered" and s, 30, "the sync to register the key"
+    )
     assert state["node_id"] and not state["error"]
 
     # the company joins through the gateway, then is revoked: its next request is refused and it stops
@@ -147,23 +168,45 @@ print(json.dumps(reg.get_node("{node['id']}")["info"].get("superlink") or {{}}))
     from dblocks.shared.data import save_npz
 
     save_npz(split_public_private("digits", 100)[1].subset(list(range(60))), company / "data.npz")
-    join = pod.spawn("join", [str(BIN / "dbclient"), "join", "--server", "127.0.0.1:9092", "--ca", str(ca),
-                              "--key", str(company / "node.key"), "--data", str(company / "data.npz"),
-                              "--directory-key", str(ca.parent / "directory.pub"),
-                              "--home", str(company)], env=dict(pod.env, DBLOCKS_HOME=str(company)))
+    join = pod.spawn(
+        "join",
+        [
+            str(BIN / "dbclient"),
+            "join",
+            "--server",
+            "127.0.0.1:9092",
+            "--ca",
+            str(ca),
+            "--key",
+            str(company / "node.key"),
+            "--data",
+            str(company / "data.npz"),
+            "--directory-key",
+            str(ca.parent / "directory.pub"),
+            "--home",
+            str(company),
+        ],
+        env=dict(pod.env, DBLOCKS_HOME=str(company)),
+    )
     log = tmp / "join.log"
     flower_id = wait_for(lambda: re.search(r"SuperNode ID: (\d+)", log.read_text()), 60, "the node to connect").group(1)
     assert flower_id == state["node_id"]
     wait_for(lambda: link_state().get("status") == "online", 30, "the node to show online")
-    pod.python(REGISTRY.format(token=token) + f"""
-print(json.dumps(reg.revoke_node("{node['id']}", "contract ended")))""")
+    pod.python(
+        REGISTRY.format(token=token)
+        + f"""
+print(json.dumps(reg.revoke_node("{node["id"]}", "contract ended")))"""
+    )
     t0 = time.time()
     wait_for(lambda: join.poll() is not None, 60, "the revoked node to stop")
     assert link_state()["status"] == "unregistered"
     assert time.time() - t0 < 45  # the sync pass (<= 5 s) + the node's next heartbeat or poll
 
     # Flower never admits an unregistered key again: re-approving it is reported, not silently accepted
-    pod.python(REGISTRY.format(token=token) + f"""
-print(json.dumps(reg.approve_node("{node['id']}")))""")
+    pod.python(
+        REGISTRY.format(token=token)
+        + f"""
+print(json.dumps(reg.approve_node("{node["id"]}")))"""
+    )
     err = wait_for(lambda: link_state().get("error"), 30, "the sync to report the revoked key")
     assert "new key" in err

@@ -47,8 +47,10 @@ def test_dockerfiles_build_on_flowers_images_of_the_installed_version():
 
     flwr = version("flwr")
     pkg_dirs = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
-    for path, base, entry in ((DEPLOY / "docker" / "server.Dockerfile", "flwr/superlink", "dbserver"),
-                              (DEPLOY / "docker" / "client.Dockerfile", "flwr/supernode", "dbclient")):
+    for path, base, entry in (
+        (DEPLOY / "docker" / "server.Dockerfile", "flwr/superlink", "dbserver"),
+        (DEPLOY / "docker" / "client.Dockerfile", "flwr/supernode", "dbclient"),
+    ):
         text = path.read_text()
         assert f"ARG FLWR_VERSION={flwr}" in text, f"{path.name}: base image must match the installed flwr {flwr}"
         assert re.search(rf"^FROM {re.escape(base)}:\$\{{FLWR_VERSION\}}$", text, re.M), path.name
@@ -64,8 +66,13 @@ def compose() -> dict:
 
 def test_compose_file_matches_the_compose_spec_and_lints():
     env = dict(shutil.os.environ, DBLOCKS_PUBLIC_HOST="fl.example.org", POSTGRES_PASSWORD="x")
-    r = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     check(tool("yamllint"), "-c", str(DEPLOY / ".yamllint.yaml"), str(COMPOSE), *map(str, K8S))
 
@@ -97,7 +104,9 @@ def commands() -> list[tuple[str, list[str]]]:
 
 
 def interpolate(text: str) -> str:
-    return re.sub(r"\$\{(\w+)(:\?[^}]*)?\}", lambda m: {"DBLOCKS_PUBLIC_HOST": "fl.example.org"}.get(m.group(1), "x"), text)
+    return re.sub(
+        r"\$\{(\w+)(:\?[^}]*)?\}", lambda m: {"DBLOCKS_PUBLIC_HOST": "fl.example.org"}.get(m.group(1), "x"), text
+    )
 
 
 def test_every_container_command_parses_with_the_program_that_runs_it():
@@ -132,7 +141,9 @@ def test_kubernetes_exposes_only_the_fleet_gateway():
     docs = [d for p in K8S for d in yaml.safe_load_all(p.read_text()) if d]
     services = [d for d in docs if d["kind"] == "Service"]
     public = [s for s in services if s["spec"].get("type") in ("LoadBalancer", "NodePort")]
-    assert [(s["metadata"]["name"], [p["port"] for p in s["spec"]["ports"]]) for s in public] == [("dblocks-fleet", [9092])]
+    assert [(s["metadata"]["name"], [p["port"] for p in s["spec"]["ports"]]) for s in public] == [
+        ("dblocks-fleet", [9092])
+    ]
     server = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "dblocks-server")
     containers = {c["name"]: c for c in server["spec"]["template"]["spec"]["containers"]}
     superlink = containers["superlink"]["args"]

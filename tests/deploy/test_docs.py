@@ -25,8 +25,13 @@ def nav_pages(nav) -> list[str]:
 def test_docs_build_strict(tmp_path):
     mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent))
     assert mkdocs, "mkdocs is missing from this environment: pip install -e '.[dev]' (the docs are built in CI)"
-    r = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     for page in GUIDES:
         html = tmp_path / "site" / (page if page != "index" else "") / "index.html"
@@ -50,8 +55,14 @@ def test_benchmark_tables_match_bench_results(tmp_path):
     doc = tmp_path / "benchmarks.md"
     shutil.copyfile(ROOT / "docs" / "benchmarks.md", doc)
     for script in ("report_core.py", "report_benchmarks.py"):
-        subprocess.run([sys.executable, str(ROOT / "bench" / script), "--doc", str(doc)], check=True,
-                       capture_output=True, text=True, timeout=60)
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / script), "--doc", str(doc)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert doc.read_text() == (ROOT / "docs" / "benchmarks.md").read_text(), (
         "docs/benchmarks.md is out of date with bench/results: run .venv/bin/python bench/report_core.py && "
-        ".venv/bin/python bench/report_benchmarks.py")
+        ".venv/bin/python bench/report_benchmarks.py"
+    )

@@ -36,9 +36,30 @@ from .summary import record
 BIN = Path(sys.executable).parent
 NODES = [(0, "acme-a"), (0, "acme-b"), (1, "globex"), (2, "initech")]  # (company host, node name)
 PULLED_HOST = 2
-RUN = ["--task", "digits", "--num-blocks", "2", "--num-rounds", "1", "--cohort-size", "2", "--min-cohort", "2", "--secagg", "flower",
-       "--record-steps", "4",
-       "--record-sample-rate", "0.1", "--record-noise", "1.0", "--update-clip", "0.5", "--lr", "1e-3"]
+RUN = [
+    "--task",
+    "digits",
+    "--num-blocks",
+    "2",
+    "--num-rounds",
+    "1",
+    "--cohort-size",
+    "2",
+    "--min-cohort",
+    "2",
+    "--secagg",
+    "flower",
+    "--record-steps",
+    "4",
+    "--record-sample-rate",
+    "0.1",
+    "--record-noise",
+    "1.0",
+    "--update-clip",
+    "0.5",
+    "--lr",
+    "1e-3",
+]
 
 REASON = unavailable_reason()
 if REASON:
@@ -72,15 +93,25 @@ class Hosts:
         self.home = root / "server-host" / "server"
 
     def on_server(self, *args: str, timeout: float = 120) -> str:
-        r = subprocess.run(self.net.exec(self.net.server, str(BIN / args[0]), *args[1:]), env=self.server_env,
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            self.net.exec(self.net.server, str(BIN / args[0]), *args[1:]),
+            env=self.server_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if r.returncode != 0:
             raise AssertionError(f"{' '.join(args[:3])} on the server host failed: {(r.stdout + r.stderr)[-2000:]}")
         return r.stdout
 
     def python_in(self, ns: str, code: str, timeout: float = 60) -> dict:
-        r = subprocess.run(self.net.exec(ns, sys.executable, "-c", code), env=self.server_env, capture_output=True,
-                           text=True, timeout=timeout)
+        r = subprocess.run(
+            self.net.exec(ns, sys.executable, "-c", code),
+            env=self.server_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if r.returncode != 0:
             raise AssertionError(f"python in {ns} failed: {r.stderr[-2000:]}")
         return json.loads(r.stdout.strip().splitlines()[-1])
@@ -119,13 +150,22 @@ def test_federated_round_across_firewalls(hosts):
     ok, reason = False, "the test did not get to the end"
     try:
         _scenario(hosts)
-        ok, reason = True, "a round with TLS and node keys across 3 firewalled company hosts finished; one host's network pulled mid-round was survived"
+        ok, reason = (
+            True,
+            "a round with TLS and node keys across 3 firewalled company hosts finished; one host's network pulled "
+            "mid-round was survived",
+        )
     except BaseException as e:
         reason = f"{type(e).__name__}: {str(e)[:300]}"
         raise
     finally:
-        record({"deploy.netns_run_ok": ok, "deploy.netns_run_reason": reason,
-                "deploy.netns_run_seconds": round(time.time() - t0, 1)})
+        record(
+            {
+                "deploy.netns_run_ok": ok,
+                "deploy.netns_run_reason": reason,
+                "deploy.netns_run_seconds": round(time.time() - t0, 1),
+            }
+        )
 
 
 def _scenario(h: Hosts) -> None:
@@ -134,32 +174,72 @@ def _scenario(h: Hosts) -> None:
     h.on_server("dbserver", "init", "--host", SERVER_IP)
     ca = h.home / "tls" / "ca.pem"
     h.start("server", net.server, [str(BIN / "dbserver"), "start"], h.server_env, h.root / "dbserver-start.log")
-    wait_for(lambda: "companies need the CA" in _read(h.root / "dbserver-start.log") or h.procs["server"].poll() is not None,
-             120, "dbserver start")
+    wait_for(
+        lambda: "companies need the CA" in _read(h.root / "dbserver-start.log") or h.procs["server"].poll() is not None,
+        120,
+        "dbserver start",
+    )
     assert h.procs["server"].poll() is None, _read(h.root / "dbserver-start.log")
 
     # ---- company hosts: keys, approval, join ---------------------------------------------------------
     data = company_data(h.root / "companies")
     for (_host, name), _path in zip(NODES, data):
         home = h.root / "companies" / name
-        subprocess.run([str(BIN / "dbclient"), "keys", "init", "--path", str(home / "node.key")], check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [str(BIN / "dbclient"), "keys", "init", "--path", str(home / "node.key")],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         from dblocks.privacy.secagg.flower import identity_public
 
-        h.on_server("dbserver", "nodes", "approve", str(home / "node.key.pub"), "--name", name,
-                    "--secagg-identity", identity_public(home / "secagg.key").hex())
+        h.on_server(
+            "dbserver",
+            "nodes",
+            "approve",
+            str(home / "node.key.pub"),
+            "--name",
+            name,
+            "--secagg-identity",
+            identity_public(home / "secagg.key").hex(),
+        )
     for (host, name), path in zip(NODES, data):
         home = h.root / "companies" / name
-        h.start(name, net.company(host), [str(BIN / "dbclient"), "join", "--server", f"{SERVER_IP}:9092", "--ca", str(ca),
-                                          "--directory-key", str(h.home / "tls" / "directory.pub"),
-                                          "--key", str(home / "node.key"), "--data", str(path), "--epsilon-budget", "50",
-                                          "--threads", "1", "--home", str(home)],
-                dict(os.environ, DBLOCKS_HOME=str(home)), home / "join.log")
-    node_ids = {name: wait_for(lambda n=name: _node_id(h.root / "companies" / n / "join.log"), 90, f"{name} to connect")
-                for _, name in NODES}
+        h.start(
+            name,
+            net.company(host),
+            [
+                str(BIN / "dbclient"),
+                "join",
+                "--server",
+                f"{SERVER_IP}:9092",
+                "--ca",
+                str(ca),
+                "--directory-key",
+                str(h.home / "tls" / "directory.pub"),
+                "--key",
+                str(home / "node.key"),
+                "--data",
+                str(path),
+                "--epsilon-budget",
+                "50",
+                "--threads",
+                "1",
+                "--home",
+                str(home),
+            ],
+            dict(os.environ, DBLOCKS_HOME=str(home)),
+            home / "join.log",
+        )
+    node_ids = {
+        name: wait_for(lambda n=name: _node_id(h.root / "companies" / n / "join.log"), 90, f"{name} to connect")
+        for _, name in NODES
+    }
 
     # ---- what a company host can and cannot reach ----------------------------------------------------
-    probe = h.python_in(net.company(1), f"""
+    probe = h.python_in(
+        net.company(1),
+        f"""
 import json, socket, httpx
 def refused(port):
     try:
@@ -169,34 +249,71 @@ r = httpx.post("https://{SERVER_IP}:9092/v1/control/list-nodes", verify="{ca}", 
 f = httpx.post("https://{SERVER_IP}:9092/v1/fleet/get-run", verify="{ca}", content=b"")
 print(json.dumps({{"superlink_port_refused": refused(9091), "registry_refused": refused(8700),
                   "control_via_gateway": r.status_code, "fleet_via_gateway": f.status_code}}))
-""")
+""",
+    )
     assert probe["superlink_port_refused"] and probe["registry_refused"], probe
     assert probe["control_via_gateway"] == 404, probe
     assert probe["fleet_via_gateway"] not in (404, 503), probe  # reached the SuperLink (which rejects the empty body)
 
     # the company firewall drops inbound connections: a listener on company host 0 is unreachable from the server
-    h.start("listener", net.company(0), [sys.executable, "-c", "import socket,time; s=socket.socket(); "
-                       "s.bind(('0.0.0.0', 7777)); s.listen(); time.sleep(600)"], dict(os.environ), h.root / "listener.log")
+    h.start(
+        "listener",
+        net.company(0),
+        [
+            sys.executable,
+            "-c",
+            "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 7777)); s.listen(); time.sleep(600)",
+        ],
+        dict(os.environ),
+        h.root / "listener.log",
+    )
     time.sleep(1.0)
-    inbound = h.python_in(net.server, f"""
+    inbound = h.python_in(
+        net.server,
+        f"""
 import json, socket
 try:
     socket.create_connection(("{net.company_ip(0)}", 7777), timeout=3).close(); ok = True
 except OSError as e: ok = False
-print(json.dumps({{"connected": ok}}))""")
-    local = h.python_in(net.company(0), """
+print(json.dumps({{"connected": ok}}))""",
+    )
+    local = h.python_in(
+        net.company(0),
+        """
 import json, socket
-socket.create_connection(("127.0.0.1", 7777), timeout=3).close(); print(json.dumps({"connected": True}))""")
+socket.create_connection(("127.0.0.1", 7777), timeout=3).close(); print(json.dumps({"connected": True}))""",
+    )
     assert inbound == {"connected": False} and local == {"connected": True}
     stop_group(h.procs.pop("listener"))
 
     # a node whose key nobody approved is refused
     stranger = h.root / "companies" / "stranger"
-    subprocess.run([str(BIN / "dbclient"), "keys", "init", "--path", str(stranger / "node.key")], check=True,
-                   capture_output=True, timeout=60)
-    p = h.start("stranger", net.company(1), [str(BIN / "dbclient"), "join", "--server", f"{SERVER_IP}:9092", "--ca", str(ca),
-                                             "--key", str(stranger / "node.key"), "--data", str(data[2]), "--home", str(stranger)],
-                dict(os.environ, DBLOCKS_HOME=str(stranger)), stranger / "join.log")
+    subprocess.run(
+        [str(BIN / "dbclient"), "keys", "init", "--path", str(stranger / "node.key")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    p = h.start(
+        "stranger",
+        net.company(1),
+        [
+            str(BIN / "dbclient"),
+            "join",
+            "--server",
+            f"{SERVER_IP}:9092",
+            "--ca",
+            str(ca),
+            "--key",
+            str(stranger / "node.key"),
+            "--data",
+            str(data[2]),
+            "--home",
+            str(stranger),
+        ],
+        dict(os.environ, DBLOCKS_HOME=str(stranger)),
+        stranger / "join.log",
+    )
     code = p.wait(timeout=90)
     h.procs.pop("stranger")
     assert code != 0 and "SuperNode ID" not in _read(stranger / "join.log"), _read(stranger / "join.log")[-1500:]
@@ -213,14 +330,17 @@ socket.create_connection(("127.0.0.1", 7777), timeout=3).close(); print(json.dum
     plan = {int(b): [int(n) for n in members] for b, members in ast.literal_eval(cohorts.group(1)).items()}
     pulled_block = next(b for b, members in plan.items() if pulled_id in members)
     other_block = 1 - pulled_block
-    rounds = h.python_in(net.server, f"""
+    rounds = h.python_in(
+        net.server,
+        f"""
 import json
 from pathlib import Path
 from dblocks.shared.registry_client import RegistryClient
-reg = RegistryClient("http://127.0.0.1:8700", Path("{h.home / 'secrets' / 'admin.token'}").read_text().strip())
+reg = RegistryClient("http://127.0.0.1:8700", Path("{h.home / "secrets" / "admin.token"}").read_text().strip())
 run = reg.list_runs()[0]
 print(json.dumps({{"status": run["status"], "rounds": reg.list_rounds(run["id"]),
-                  "versions": reg.list_block_versions(run["id"])}}))""")
+                  "versions": reg.list_block_versions(run["id"])}}))""",
+    )
     assert rounds["status"] == "finished", rounds["status"]
     by_block = {}
     for r in rounds["rounds"]:

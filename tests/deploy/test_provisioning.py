@@ -20,8 +20,9 @@ BIN = Path(sys.executable).parent
 def sans(cert_path: Path) -> set[str]:
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return {str(v) for v in ext.get_values_for_type(x509.DNSName)} | \
-           {str(v) for v in ext.get_values_for_type(x509.IPAddress)}
+    return {str(v) for v in ext.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in ext.get_values_for_type(x509.IPAddress)
+    }
 
 
 def test_init_then_reinit_keeps_the_ca_and_the_tokens(tmp_path):
@@ -71,15 +72,20 @@ def test_server_toml_refuses_a_public_superlink_and_unknown_settings(tmp_path):
     p.write_text('hosts = ["a"]\nregistry_port = 1\n')
     with pytest.raises(ValueError, match="unknown settings"):
         ServerConfig.load(p)
-    p.write_text('hosts = []\n')
+    p.write_text("hosts = []\n")
     with pytest.raises(ValueError, match="at least one host"):
         ServerConfig.load(p)
 
 
 def test_dbserver_init_cli_and_its_error_for_a_missing_host(tmp_path):
     env = {"DBLOCKS_HOME": str(tmp_path), "PATH": str(BIN)}
-    ok = subprocess.run([str(BIN / "dbserver"), "init", "--host", "fl.example.org"], env=env, capture_output=True,
-                        text=True, timeout=120)
+    ok = subprocess.run(
+        [str(BIN / "dbserver"), "init", "--host", "fl.example.org"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0 and "dbk_" in ok.stdout and (tmp_path / "server" / "server.toml").exists(), ok.stderr
     bad = subprocess.run([str(BIN / "dbserver"), "init"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--host" in bad.stdout + bad.stderr

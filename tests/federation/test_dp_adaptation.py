@@ -15,9 +15,22 @@ from dblocks.shared.presets import get_preset
 
 
 def _task(model, **kw):
-    base = dict(run_id="r", round=1, block_index=0, attempt=0, spec_json=model.blocks[0].spec.to_json(),
-                noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.2, steps=3, delta=1e-5, accountant="rdp",
-                lr=1e-2, weight_decay=0.0, update_clip=100.0)
+    base = dict(
+        run_id="r",
+        round=1,
+        block_index=0,
+        attempt=0,
+        spec_json=model.blocks[0].spec.to_json(),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        sample_rate=0.2,
+        steps=3,
+        delta=1e-5,
+        accountant="rdp",
+        lr=1e-2,
+        weight_decay=0.0,
+        update_clip=100.0,
+    )
     return BlockTask(**{**base, **kw})
 
 
@@ -26,8 +39,9 @@ def test_client_trains_only_the_tasks_trainable_subset(tmp_path, which):
     p = get_preset("digits")
     model = GlobalModel.initial(p, p.noise_schedule(2), seed=0)
     data = load_builtin("digits").subset(np.arange(100))
-    upd = train_task(_task(model, trainable=which), model.weights_arrays(0), data,
-                     PrivacyLedger(tmp_path / "l.json", budget=50.0))
+    upd = train_task(
+        _task(model, trainable=which), model.weights_arrays(0), data, PrivacyLedger(tmp_path / "l.json", budget=50.0)
+    )
     keep = set(trainable_names(model.blocks[0].module, which))
     names = param_names(model.blocks[0].module)
     assert keep and len(keep) < len(names)

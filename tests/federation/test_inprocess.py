@@ -29,8 +29,10 @@ class InProcessGrid:
     """Delivers Messages to the ClientApp; nodes in `dead` never answer (as after a crash)."""
 
     def __init__(self, node_config: dict[int, dict]):
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config=nc, state=RecordDict(), run_config={})
-                         for n, nc in node_config.items()}
+        self.contexts = {
+            n: Context(run_id=1, node_id=n, node_config=nc, state=RecordDict(), run_config={})
+            for n, nc in node_config.items()
+        }
         self.dead: set[int] = set()
         self.kill_when_training: int | None = None  # this node dies in the middle of its next upload
         self.received: Counter = Counter()  # (node, message type) -> count
@@ -73,11 +75,29 @@ def setup(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "train_task", recording(trainer.train_task, tmp_path / "debug"))
     _, paths, _ = LocalFederation(tmp_path, task=TASK).company_data(6, public=100, alpha=0.5)
-    nodes = {1000 + i: {"data-path": str(p), "ledger-path": str(tmp_path / f"ledger{i}.json"),
-                        "epsilon-budget": 50.0, "threads": 1} for i, p in enumerate(paths)}
-    cfg = RunConfig(run_id="inproc", task=TASK, num_blocks=B, num_rounds=1, cohort_size=3, min_cohort=3,
-                    record_noise=1.0, record_clip=1.0, record_sample_rate=0.1, record_steps=3, update_clip=0.5,
-                    checkpoint_dir=str(tmp_path / "run" / "checkpoints"))
+    nodes = {
+        1000 + i: {
+            "data-path": str(p),
+            "ledger-path": str(tmp_path / f"ledger{i}.json"),
+            "epsilon-budget": 50.0,
+            "threads": 1,
+        }
+        for i, p in enumerate(paths)
+    }
+    cfg = RunConfig(
+        run_id="inproc",
+        task=TASK,
+        num_blocks=B,
+        num_rounds=1,
+        cohort_size=3,
+        min_cohort=3,
+        record_noise=1.0,
+        record_clip=1.0,
+        record_sample_rate=0.1,
+        record_steps=3,
+        update_clip=0.5,
+        checkpoint_dir=str(tmp_path / "run" / "checkpoints"),
+    )
     return tmp_path, nodes, cfg
 
 
@@ -135,8 +155,11 @@ def test_steady_state_rounds_take_two_exchanges(setup):
     from dataclasses import replace
 
     grid = InProcessGrid(nodes)
-    fed = Federation(replace(cfg, num_rounds=3, record_steps=1),
-                     grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    fed = Federation(
+        replace(cfg, num_rounds=3, record_steps=1),
+        grid,
+        Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+    )
     fed.run()
     status = json.loads((tmp / "run" / "status.json").read_text())
     assert [e["blocks"] for e in status["rounds"]] == [[0, 1]] * 3
@@ -153,16 +176,24 @@ def test_membership_changes_between_rounds_never_fail_the_run(setup):
     from dataclasses import replace
 
     grid = InProcessGrid(nodes)
-    fed = Federation(replace(cfg, num_rounds=4, record_steps=1),
-                     grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    fed = Federation(
+        replace(cfg, num_rounds=4, record_steps=1),
+        grid,
+        Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+    )
     fed.round(1)
     grid.dead.add(1001)  # leaves between rounds: 5 left, one block gets a cohort of 3, the other is skipped
     fed.round(2)
     grid.dead.discard(1001)  # rejoins with the same key
     fed.round(3)
     newcomer = 2000  # joins mid-run (its own ledger; data like company 0's)
-    grid.contexts[newcomer] = Context(run_id=1, node_id=newcomer, state=RecordDict(), run_config={},
-                                      node_config={**nodes[1000], "ledger-path": str(tmp / "ledger-new.json")})
+    grid.contexts[newcomer] = Context(
+        run_id=1,
+        node_id=newcomer,
+        state=RecordDict(),
+        run_config={},
+        node_config={**nodes[1000], "ledger-path": str(tmp / "ledger-new.json")},
+    )
     fed.round(4)
     trained = [e["blocks"] for e in fed.history]
     assert trained[0] == [0, 1] and len(trained[1]) == 1 and trained[2] == [0, 1] and trained[3] == [0, 1], trained

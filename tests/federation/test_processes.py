@@ -2,8 +2,8 @@
 
 One module-scoped federation serves the tests in order (each test builds on the state the previous left):
   1. an end-to-end round: every company trains only its block, the secure aggregate equals the mean of the
-     clipped deltas (saved by the test's update_recorder, not by the product), versions and privacy numbers are in the registry, a company whose
-     budget is spent is not asked to train;
+     clipped deltas (saved by the test's update_recorder, not by the product), versions and privacy numbers are
+     in the registry, a company whose budget is spent is not asked to train;
   2. a company killed mid-round: the block completes with the survivors and the central noise is sized on them;
   3. the server killed mid-round and restarted: the run resumes, nothing is lost or registered twice;
   4. a company with a malformed data file is refused before it connects.
@@ -30,9 +30,18 @@ from dblocks.shared.registry_client import RegistryClient
 
 pytestmark = pytest.mark.slow
 TASK, B = "digits", 2
-RUN = dict(task=TASK, num_blocks=B, cohort_size=3, min_cohort=3, record_noise=1.0, record_clip=1.0,
-           record_sample_rate=0.1, record_steps=4,
-           lr=1e-3, update_clip=0.5)  # secure aggregation: dblocks' SecAgg+ (the default)
+RUN = dict(
+    task=TASK,
+    num_blocks=B,
+    cohort_size=3,
+    min_cohort=3,
+    record_noise=1.0,
+    record_clip=1.0,
+    record_sample_rate=0.1,
+    record_steps=4,
+    lr=1e-3,
+    update_clip=0.5,
+)  # secure aggregation: dblocks' SecAgg+ (the default)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +99,10 @@ def test_end_to_end_round(fed):
         from dblocks.shared.wire import BlockSpec, unpack_block
 
         after = unpack_block(BlockSpec.from_json(v["spec_json"]), fed.reg.download_weights(v["id"]))
-        got = [(a.detach().numpy() - i.detach().numpy()) for a, i in zip(after.parameters(), init.blocks[b].module.parameters())]
+        got = [
+            (a.detach().numpy() - i.detach().numpy())
+            for a, i in zip(after.parameters(), init.blocks[b].module.parameters())
+        ]
         deltas = []
         for company, rounds in trained.items():
             if rounds[0][1] == b:
@@ -143,9 +155,15 @@ def test_server_killed_mid_round_resumes_without_loss_or_duplicates(fed):
     (run_id,) = set(fed.runs()) - old_runs
     wait_for(lambda: (fed.run_dir(run_id) / "checkpoints" / "rounds.json").exists(), 900, "round 1 did not complete")
     # round 2 underway: some company is training
-    wait_for(lambda: any(len(ledger(fed, c)) >= n_before[c] + 2 or
-                         (fed.company_home(c) / "progress.log").read_text().count("training block") >= n_before[c] + 2
-                         for c in survivors), 600, "round 2 did not start")
+    wait_for(
+        lambda: any(
+            len(ledger(fed, c)) >= n_before[c] + 2
+            or (fed.company_home(c) / "progress.log").read_text().count("training block") >= n_before[c] + 2
+            for c in survivors
+        ),
+        600,
+        "round 2 did not start",
+    )
     port = fed.superlink_port
     stop_group(proc, 9)
     fed.stop("superlink", sig=9)
@@ -167,8 +185,21 @@ def test_server_killed_mid_round_resumes_without_loss_or_duplicates(fed):
 def test_malformed_data_is_refused_before_connecting(fed, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,label\n1,2,0\nx,3,1\n")
-    r = subprocess.run([str(Path(sys.executable).parent / "dbclient"), "join", "--server", f"127.0.0.1:{fed.superlink_port}",
-                        "--data", str(bad), "--ca", str(fed.ca)], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, DBLOCKS_HOME=str(tmp_path / "home")))
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dbclient"),
+            "join",
+            "--server",
+            f"127.0.0.1:{fed.superlink_port}",
+            "--data",
+            str(bad),
+            "--ca",
+            str(fed.ca),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, DBLOCKS_HOME=str(tmp_path / "home")),
+    )
     assert r.returncode == 2 and "column 'a' is not numeric" in r.stdout and "nothing was sent" in r.stdout
     assert not (tmp_path / "home" / "flwr").exists()  # no SuperNode ever started

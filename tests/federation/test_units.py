@@ -69,7 +69,9 @@ def test_ledger_composes_persists_and_refuses(tmp_path):
 def test_clip_and_check_update():
     d = [np.full((3, 4), 2.0, np.float32), np.full(5, -1.0, np.float32)]
     c, norm = clip_update(d, 1.0)
-    assert norm == pytest.approx(np.sqrt(12 * 4 + 5)) and np.sqrt(sum((x**2).sum() for x in c)) == pytest.approx(1.0, rel=1e-5)
+    assert norm == pytest.approx(np.sqrt(12 * 4 + 5)) and np.sqrt(sum((x**2).sum() for x in c)) == pytest.approx(
+        1.0, rel=1e-5
+    )
     check_update(c, [(3, 4), (5,)], 1.0)
     with pytest.raises(ValueError, match="shape"):
         check_update(c, [(4, 3), (5,)], 1.0)
@@ -90,13 +92,30 @@ def test_central_noise_is_sized_on_the_clients_actually_aggregated():
         noised, std = add_central_noise(mean, clip=1.0, noise_multiplier=2.0, num_aggregated=k, rng=rng)
         assert std == pytest.approx(2.0 / k) and noised[0].std() == pytest.approx(2.0 / k, rel=0.01)
     assert client_level_epsilon(0.0, 3, 1e-5, "rdp") == float("inf")
-    assert client_level_epsilon(5.0, 1, 1e-5, "rdp") < client_level_epsilon(5.0, 4, 1e-5, "rdp") < client_level_epsilon(1.0, 4, 1e-5, "rdp")
+    assert (
+        client_level_epsilon(5.0, 1, 1e-5, "rdp")
+        < client_level_epsilon(5.0, 4, 1e-5, "rdp")
+        < client_level_epsilon(1.0, 4, 1e-5, "rdp")
+    )
 
 
 def _task(model, b=0, **kw):
-    base = dict(run_id="r", round=1, block_index=b, attempt=0, spec_json=model.blocks[b].spec.to_json(), noise_multiplier=1.0,
-                max_grad_norm=1.0, sample_rate=0.1, steps=3, delta=1e-5, accountant="prv", lr=1e-3, weight_decay=0.0,
-                update_clip=0.5)
+    base = dict(
+        run_id="r",
+        round=1,
+        block_index=b,
+        attempt=0,
+        spec_json=model.blocks[b].spec.to_json(),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        sample_rate=0.1,
+        steps=3,
+        delta=1e-5,
+        accountant="prv",
+        lr=1e-3,
+        weight_decay=0.0,
+        update_clip=0.5,
+    )
     return BlockTask(**{**base, **kw})
 
 
@@ -164,15 +183,28 @@ def test_a_company_that_trained_is_asked_while_one_more_round_fits_its_budget(tm
     from server_fakes import PingGrid, good_ping, set_task_identity
 
     set_task_identity(monkeypatch)
-    cfg = RunConfig(run_id="afford", task="digits", num_blocks=2, num_rounds=2, cohort_size=3, min_cohort=3,
-                    record_noise=1.92, record_clip=1.0, record_sample_rate=0.5, record_steps=15,
-                    checkpoint_dir=str(tmp_path / "ck"))
+    cfg = RunConfig(
+        run_id="afford",
+        task="digits",
+        num_blocks=2,
+        num_rounds=2,
+        cohort_size=3,
+        min_cohort=3,
+        record_noise=1.92,
+        record_clip=1.0,
+        record_sample_rate=0.5,
+        record_steps=15,
+        checkpoint_dir=str(tmp_path / "ck"),
+    )
     step = MechanismStep(1.92, 0.5, 15)
     one, two = epsilon([step], 1e-5, "prv"), epsilon([step, step], 1e-5, "prv")
     left = 8.0 - one
     assert two - one < left < one  # the case: affordable at the margin, not by the standalone figure
-    fed = Federation(cfg, PingGrid([1, 2], {1: good_ping(budget_left=left), 2: good_ping(budget_left=left)}),
-                     Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    fed = Federation(
+        cfg,
+        PingGrid([1, 2], {1: good_ping(budget_left=left), 2: good_ping(budget_left=left)}),
+        Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+    )
     fed.releases.trained(1, 0, 0, [1], step)  # node 1 trained in round 1; node 2 never did (full cost applies)
     live = [n.node_id for n in fed.ping([1, 2])]
     assert live == [1]

@@ -32,7 +32,9 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 60.0) -> ServerProcess:
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -61,6 +63,18 @@ def uvicorn_server(env_extra: dict[str, str], log: Path, port: int | None = None
     """The registry app under uvicorn, configured through the environment like `dbserver registry`."""
     port = port or free_port()
     env = {**os.environ, **env_extra}
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "dblocks.server.registry.app:create_app_from_env",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "dblocks.server.registry.app:create_app_from_env",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     return ServerProcess(argv, env, port, log)

@@ -33,15 +33,29 @@ def make_block(index: int, seed: int = 0, num_blocks: int = 4, task: str = TASK)
 
 
 def new_run(client: RegistryClient, num_blocks: int = 4, num_rounds: int = 5, **kw) -> dict:
-    args = dict(task=TASK, dataset={"name": "mnist", "n": 5000}, num_blocks=num_blocks, schedule=schedule(num_blocks).to_dict(),
-                secagg={"protocol": "secagg+", "threshold": 3}, dp={"target_epsilon": 8.0, "delta": 1e-5, "clip_norm": 1.0},
-                num_rounds=num_rounds, created_by="alice")
+    args = dict(
+        task=TASK,
+        dataset={"name": "mnist", "n": 5000},
+        num_blocks=num_blocks,
+        schedule=schedule(num_blocks).to_dict(),
+        secagg={"protocol": "secagg+", "threshold": 3},
+        dp={"target_epsilon": 8.0, "delta": 1e-5, "clip_norm": 1.0},
+        num_rounds=num_rounds,
+        created_by="alice",
+    )
     args.update(kw)
     return client.create_run(**args)
 
 
-DP = dict(clip_norm=1.0, noise_multiplier=1.1, record_epsilon=1.5, record_delta=1e-5, record_sample_rate=0.01,
-          record_steps=300, accountant="prv")
+DP = dict(
+    clip_norm=1.0,
+    noise_multiplier=1.1,
+    record_epsilon=1.5,
+    record_delta=1e-5,
+    record_sample_rate=0.01,
+    record_steps=300,
+    accountant="prv",
+)
 
 
 def settings_for(backend: str, request, directory) -> RegistrySettings:

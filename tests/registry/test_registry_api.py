@@ -32,8 +32,11 @@ def test_run_validation_names_the_field(service, http, tokens):
         new_run(service, num_blocks=3, schedule=schedule(4).to_dict())
     with pytest.raises(InvalidRequest, match="not a valid NoiseSchedule"):
         new_run(service, schedule={"num_blocks": 4, "sigma_min": 5.0, "sigma_max": 1.0})
-    r = http.post("/api/runs", headers={"Authorization": f"Bearer {tokens['service']}"},
-                  json={"task": "t", "num_blocks": 2, "schedule": {}, "num_rounds": 0, "typo_field": 1})
+    r = http.post(
+        "/api/runs",
+        headers={"Authorization": f"Bearer {tokens['service']}"},
+        json={"task": "t", "num_blocks": 2, "schedule": {}, "num_rounds": 0, "typo_field": 1},
+    )
     assert r.status_code == 422
     locs = {tuple(e["loc"]) for e in r.json()["detail"]}
     assert ("body", "num_rounds") in locs and ("body", "typo_field") in locs
@@ -74,9 +77,22 @@ def test_run_control_and_status_lifecycle(service, clients):
         service.set_status(rid, "running")
     assert op.control(rid, "start")["status"] == "running"  # restart: the federation resumes from the latest versions
     assert service.set_status(rid, "finished")["status"] == "finished"
-    kinds = [(e["kind"], e["before"], e["after"]["status"]) for e in service.events(run_id=rid) if e["kind"].startswith("run.")]
+    kinds = [
+        (e["kind"], e["before"], e["after"]["status"])
+        for e in service.events(run_id=rid)
+        if e["kind"].startswith("run.")
+    ]
     assert kinds[0][0] == "run.created"
-    assert [k[2] for k in kinds] == ["created", "running", "paused", "running", "running", "stopped", "running", "finished"]
+    assert [k[2] for k in kinds] == [
+        "created",
+        "running",
+        "paused",
+        "running",
+        "running",
+        "stopped",
+        "running",
+        "finished",
+    ]
     # (start, pause, resume, num_rounds 5 -> 8, stop, restart, finished; the repeated pause left no event)
     assert kinds[2][1] == {"status": "running", "num_rounds": 5}
 
@@ -103,7 +119,11 @@ def test_round_reports(service, clients):
     service.report_round(rid, 2, 2, ["a", "c"], "rerun")
     assert service.control_state(rid)["current_round"] == 2
     rounds = clients["viewer"].list_rounds(rid)
-    assert [(r["round"], r["block_index"], r["status"]) for r in rounds] == [(1, 0, "completed"), (1, 2, "skipped"), (2, 2, "rerun")]
+    assert [(r["round"], r["block_index"], r["status"]) for r in rounds] == [
+        (1, 0, "completed"),
+        (1, 2, "skipped"),
+        (2, 2, "rerun"),
+    ]
     assert rounds[0]["stats"] == {"seconds": 12.5} and rounds[1]["reason"] == "cohort below threshold"
     assert [r["round"] for r in service.list_rounds(rid, block_index=2)] == [1, 2]
     with pytest.raises(InvalidRequest, match="block_index 4 is out of range"):
@@ -119,9 +139,19 @@ def test_versions_filters_pagination_and_lineage(service, clients, http, tokens)
         for b in (0, 1):
             spec, w = make_block(b, seed=rnd)
             parent = versions.get((b, rnd - 1))
-            v = service.register_block_version(rid, b, spec, w, VersionMeta(round=rnd, parent_version_id=parent["id"] if parent else None,
-                                               cohort=[f"n{rnd}", f"n{rnd + 1}"], **{**DP, "record_epsilon": float(rnd + b)},
-                                               metrics={"loss": 1.0 / rnd}))
+            v = service.register_block_version(
+                rid,
+                b,
+                spec,
+                w,
+                VersionMeta(
+                    round=rnd,
+                    parent_version_id=parent["id"] if parent else None,
+                    cohort=[f"n{rnd}", f"n{rnd + 1}"],
+                    **{**DP, "record_epsilon": float(rnd + b)},
+                    metrics={"loss": 1.0 / rnd},
+                ),
+            )
             assert v["created"] and v["version"] == rnd
             versions[(b, rnd)] = v
     # filters: block 1 with epsilon <= 3 -> rounds 1, 2 (epsilon 2, 3)
@@ -129,7 +159,11 @@ def test_versions_filters_pagination_and_lineage(service, clients, http, tokens)
     assert [(v["block_index"], v["round"]) for v in got] == [(1, 1), (1, 2)]
     assert [v["round"] for v in service.list_block_versions(run_id=rid, round=2)] == [2, 2]
     assert service.list_block_versions(sha256=versions[(0, 2)]["sha256"])[0]["id"] == versions[(0, 2)]["id"]
-    page = http.get("/api/versions", params={"run_id": rid, "limit": 4, "offset": 4}, headers={"Authorization": f"Bearer {tokens['viewer']}"}).json()
+    page = http.get(
+        "/api/versions",
+        params={"run_id": rid, "limit": 4, "offset": 4},
+        headers={"Authorization": f"Bearer {tokens['viewer']}"},
+    ).json()
     assert page["total"] == 6 and [v["id"] for v in page["items"]] == [versions[(0, 3)]["id"], versions[(1, 3)]["id"]]
     # latest and spec fields
     latest = service.latest_block_version(rid, 1)
@@ -137,7 +171,9 @@ def test_versions_filters_pagination_and_lineage(service, clients, http, tokens)
     assert latest["owned_lo"] == pytest.approx(schedule(4).owned_interval(1)[0])
     assert service.latest_block_version(rid, 3) is None
     # lineage with an audit on the middle version
-    audit = clients["researcher"].post_audit(versions[(0, 2)]["id"], "dlg", "update", "server", {}, "h", [1], {}, {}, "pass")
+    audit = clients["researcher"].post_audit(
+        versions[(0, 2)]["id"], "dlg", "update", "server", {}, "h", [1], {}, {}, "pass"
+    )
     lin = clients["viewer"].lineage(versions[(0, 3)]["id"])
     assert lin["version"]["id"] == versions[(0, 3)]["id"] and lin["audits"] == []
     assert [s["version"]["id"] for s in lin["ancestors"]] == [versions[(0, 2)]["id"], versions[(0, 1)]["id"]]
@@ -151,7 +187,12 @@ def test_nodes_registration_approval_and_heartbeat(service, clients):
     op = clients["operator"]
     key = ssh_key()
     n = service.register_node("acme-1", "Acme", key)
-    assert n["created"] and n["status"] == "pending" and n["fingerprint"].startswith("SHA256:") and n["id"].startswith("node-")
+    assert (
+        n["created"]
+        and n["status"] == "pending"
+        and n["fingerprint"].startswith("SHA256:")
+        and n["id"].startswith("node-")
+    )
     again = service.register_node("renamed", "Acme", key, fingerprint=n["fingerprint"])
     assert not again["created"] and again["id"] == n["id"] and again["display_name"] == "acme-1"
     with pytest.raises(InvalidRequest, match="does not match public_key"):
@@ -161,7 +202,12 @@ def test_nodes_registration_approval_and_heartbeat(service, clients):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     m = service.register_node("globex", "Globex", pem)
     assert op.approve_node(n["id"])["status"] == "approved"
     assert op.revoke_node(m["id"], "left the consortium")["status"] == "revoked"
@@ -181,18 +227,37 @@ def test_privacy_per_block_and_per_node(service):
     b = service.register_node("b", "B", ssh_key())["id"]
     for rnd in (1, 2):
         spec, w = make_block(0, seed=rnd)
-        service.register_block_version(rid, 0, spec, w, VersionMeta(round=rnd, cohort=[a, b], **{**DP, "record_epsilon": 0.5 * rnd},
-                                       client_epsilon=0.2 * rnd, client_delta=1e-3))
+        service.register_block_version(
+            rid,
+            0,
+            spec,
+            w,
+            VersionMeta(
+                round=rnd,
+                cohort=[a, b],
+                **{**DP, "record_epsilon": 0.5 * rnd},
+                client_epsilon=0.2 * rnd,
+                client_delta=1e-3,
+            ),
+        )
         service.record_node_privacy(a, rid, 0, rnd, 0.5 * rnd, 1e-5, "prv", sample_rate=0.01, steps=100 * rnd)
-    service.record_node_privacy(a, rid, 1, 3, 1.4, 1e-5, "prv")  # a's third release, on block 1: composed over all three
+    service.record_node_privacy(
+        a, rid, 1, 3, 1.4, 1e-5, "prv"
+    )  # a's third release, on block 1: composed over all three
     service.record_node_privacy(b, rid, 0, 2, 1.0, 1e-5, "prv")
     p = service.run_privacy(rid)
     blk0 = p["blocks"][0]
-    assert blk0["record_epsilon"] == 1.0 and blk0["client_epsilon"] == pytest.approx(0.4) and [h["round"] for h in blk0["history"]] == [1, 2]
+    assert (
+        blk0["record_epsilon"] == 1.0
+        and blk0["client_epsilon"] == pytest.approx(0.4)
+        and [h["round"] for h in blk0["history"]] == [1, 2]
+    )
     assert p["blocks"][1]["record_epsilon"] is None
     by_node = {n["node_id"]: n for n in p["nodes"]}
     # records are the node's composed totals of the run: the newest one is the total, never a sum over blocks
-    assert by_node[a]["epsilon_total"] == 1.4 and by_node[a]["delta_total"] == 1e-5 and by_node[a]["accountant"] == "prv"
+    assert (
+        by_node[a]["epsilon_total"] == 1.4 and by_node[a]["delta_total"] == 1e-5 and by_node[a]["accountant"] == "prv"
+    )
     assert by_node[a]["round"] == 3 and by_node[a]["per_block"]["1"]["epsilon"] == 1.4
     assert by_node[a]["per_block"]["0"]["epsilon"] == 1.0 and by_node[a]["per_block"]["0"]["steps"] == 200
     assert service.get_node(a)["blocks_trained"] == 2
@@ -207,10 +272,24 @@ def test_audits(service, clients):
     v = service.register_block_version(rid, 0, spec, w, VersionMeta(round=1, **DP))
     res = clients["researcher"]
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
-    a = res.post_audit(v["id"], "gradient inversion", "update", "honest-but-curious", {"iters": 10}, "abc123", [0, 1],
-                       {"psnr": {"value": 12.0, "ci": [11.0, 13.0]}}, {"no_dp": "leaks"}, "fail", {"recon.png": png, "report.json": b"{}"})
+    a = res.post_audit(
+        v["id"],
+        "gradient inversion",
+        "update",
+        "honest-but-curious",
+        {"iters": 10},
+        "abc123",
+        [0, 1],
+        {"psnr": {"value": 12.0, "ci": [11.0, 13.0]}},
+        {"no_dp": "leaks"},
+        "fail",
+        {"recon.png": png, "report.json": b"{}"},
+    )
     assert a["verdict"] == "fail" and a["run_id"] == rid and a["block_index"] == 0
-    assert {f["filename"]: f["media_type"] for f in a["artifacts"]} == {"recon.png": "image/png", "report.json": "application/json"}
+    assert {f["filename"]: f["media_type"] for f in a["artifacts"]} == {
+        "recon.png": "image/png",
+        "report.json": "application/json",
+    }
     assert clients["viewer"].download_artifact(a["id"], "recon.png") == png
     assert [x["id"] for x in clients["viewer"].list_audits(v["id"])] == [a["id"]]
     assert clients["viewer"].list_audits(run_id=rid, verdict="pass") == []
@@ -233,7 +312,11 @@ def test_events_are_filterable_and_ordered(service, clients):
     assert ev[2]["before"]["status"] == "running" and ev[2]["after"]["status"] == "paused"
     assert [e["id"] for e in clients["viewer"].events(after_id=ev[0]["id"], run_id=rid)] == [ev[1]["id"], ev[2]["id"]]
     assert clients["viewer"].events(kind="run.control", run_id=rid)[0]["id"] == ev[2]["id"]
-    assert clients["admin"].whoami() == {"token_id": clients["admin"].whoami()["token_id"], "name": "admin", "role": "admin"}
+    assert clients["admin"].whoami() == {
+        "token_id": clients["admin"].whoami()["token_id"],
+        "name": "admin",
+        "role": "admin",
+    }
 
 
 def test_health_needs_no_token(http):
@@ -246,10 +329,19 @@ def test_dashboard_pages_render(service, clients, http, tokens):
     spec, w = make_block(0)
     v = service.register_block_version(rid, 0, spec, w, VersionMeta(round=1, cohort=["x"], **DP, metrics={"loss": 0.3}))
     service.report_round(rid, 1, 0, ["x"], "completed")
-    a = clients["researcher"].post_audit(v["id"], "dlg", "update", "server", {}, "h", [0], {"m": 1.0}, {}, "pass", {"r.png": b"p"})
+    a = clients["researcher"].post_audit(
+        v["id"], "dlg", "update", "server", {}, "h", [0], {"m": 1.0}, {}, "pass", {"r.png": b"p"}
+    )
     h = {"Authorization": f"Bearer {tokens['viewer']}"}
-    for url, needle in [("/", "page-test"), (f"/runs/{rid}", "Cohorts per round"), ("/nodes", "Nodes"), ("/audits", "dlg"),
-                        (f"/audits/{a['id']}", "r.png"), (f"/versions/{v['id']}", "Lineage"), ("/events", "version.registered")]:
+    for url, needle in [
+        ("/", "page-test"),
+        (f"/runs/{rid}", "Cohorts per round"),
+        ("/nodes", "Nodes"),
+        ("/audits", "dlg"),
+        (f"/audits/{a['id']}", "r.png"),
+        (f"/versions/{v['id']}", "Lineage"),
+        ("/events", "version.registered"),
+    ]:
         r = http.get(url, headers=h)
         assert r.status_code == 200 and needle in r.text, url
     charts = http.get(f"/ui/runs/{rid}/charts", headers=h).json()
@@ -257,6 +349,21 @@ def test_dashboard_pages_render(service, clients, http, tokens):
     assert "Pause" not in http.get(f"/runs/{rid}", headers=h).text  # viewers get no control buttons
     assert "Pause" in http.get(f"/runs/{rid}", headers={"Authorization": f"Bearer {tokens['operator']}"}).text
     assert TASK in http.get(f"/ui/runs/{rid}/header", headers=h).text
+
+
+def test_run_page_charts_the_assembled_models_accuracy_per_round(service, http, tokens):
+    """The ServerApp's round-level report (status "evaluated": the assembled model's test accuracy after each
+    round) is the run page's "model" series; the cohort table and the block panel do not show it."""
+    rid = new_run(service, name="curve")["id"]
+    h = {"Authorization": f"Bearer {tokens['viewer']}"}
+    for r, acc in ((1, 0.55), (2, 0.61)):
+        service.report_round(rid, r, 1, ["x"], "completed")
+        service.report_round_metrics(rid, r, {"test_accuracy": acc, "note": "not a number"})
+    charts = http.get(f"/ui/runs/{rid}/charts", headers=h).json()
+    assert charts["metrics"] == {"test_accuracy": {"model": [[1, 0.55], [2, 0.61]]}}
+    assert "evaluated" not in http.get(f"/ui/runs/{rid}/rounds", headers=h).text
+    assert "evaluated" not in http.get(f"/ui/runs/{rid}/blocks", headers=h).text
+    assert sorted(x["status"] for x in service.list_rounds(rid, round=2)) == ["completed", "evaluated"]
 
 
 def test_dashboard_fragments_are_at_most_a_quarter_second_old(app, service, clients, http, tokens):

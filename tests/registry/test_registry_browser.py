@@ -21,12 +21,22 @@ from dblocks.shared.registry_client import RegistryClient
 
 CHROMIUM = os.environ.get("DBLOCKS_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "registry"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run", "--disable-quic"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 pytestmark = [
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Chromium not found at {CHROMIUM}: `apt-get install chromium` "
-                                                            "(CI: add `chromium` to deploy/sysdeps.sh)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason=f"Chromium not found at {CHROMIUM}: `apt-get install chromium` "
+        "(CI: add `chromium` to deploy/sysdeps.sh)",
+    ),
     pytest.mark.slow,
 ]
 
@@ -38,7 +48,10 @@ def live(tmp_path_factory):
     env = {"DBLOCKS_HOME": str(home)}
     reg = open_registry(RegistrySettings.from_env(env))
     with reg.db.writer() as s:
-        tokens = {role: issue_token(s, name="alice" if role == "operator" else f"{role}-bot", role=role, created_by="t")[1] for role in ROLES}
+        tokens = {
+            role: issue_token(s, name="alice" if role == "operator" else f"{role}-bot", role=role, created_by="t")[1]
+            for role in ROLES
+        }
     reg.db.dispose()
     server = uvicorn_server(env, home / "server.log").start()
     clients = {role: RegistryClient(server.url, tok) for role, tok in tokens.items()}
@@ -49,7 +62,9 @@ def live(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is missing: pip install playwright")
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright's Python package is missing: pip install playwright"
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
@@ -65,7 +80,10 @@ def page(browser, live):
     pg.requests, pg.errors = [], []
     pg.on("request", lambda r: pg.requests.append(r.url))
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text else None)
+    pg.on(
+        "console",
+        lambda m: pg.errors.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text else None,
+    )
     pg.on("response", lambda r: pg.errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     yield pg
     offsite = [u for u in pg.requests if not u.startswith(base)]
@@ -100,7 +118,11 @@ def test_login_open_run_pause_and_watch_it_live(page, live):
 
     page.click(f"a[href='/runs/{run_id}']")
     page.wait_for_selector("#run-status .badge.st-running")
-    wait_for(page, "document.querySelectorAll('#chart-metrics').length && Chart.getChart('chart-metrics').data.datasets.length === 4")
+    wait_for(
+        page,
+        "document.querySelectorAll('#chart-metrics').length && Chart.getChart('chart-metrics').data.datasets.length "
+        "=== 4",
+    )
     page.screenshot(path=ARTIFACTS / "run.png", full_page=True)
 
     page.click("#btn-pause")
@@ -142,7 +164,9 @@ def test_viewer_sees_pages_but_no_controls(page, live):
     assert page.locator("#btn-pause").count() == 0
     page.goto(base + "/audits")
     page.wait_for_selector("img[alt='reconstructions.png']")
-    assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"), "an audit image did not load"
+    assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"), (
+        "an audit image did not load"
+    )
     page.screenshot(path=ARTIFACTS / "audits.png", full_page=True)
     page.click("table.grid a[href^='/audits/']")
     page.wait_for_selector("text=Configuration")
@@ -160,4 +184,3 @@ def test_viewer_sees_pages_but_no_controls(page, live):
     page.goto(base + "/events")
     page.click("text=Log out")
     page.wait_for_url(re.compile(r".*/login$"))
-

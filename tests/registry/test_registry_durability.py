@@ -54,7 +54,9 @@ def test_kill_9_under_load_loses_no_acknowledged_write(backend, tmp_path, reques
     rid = run["id"]
     node = svc.register_node("n", "org", ssh_key())["id"]
     svc.set_status(rid, "running")
-    svc.register_block_version(rid, 0, *make_block(0), VersionMeta(round=10_000, **DP))  # the first registration imports torch
+    svc.register_block_version(
+        rid, 0, *make_block(0), VersionMeta(round=10_000, **DP)
+    )  # the first registration imports torch
 
     def client(token):
         return RegistryClient(server.url, token, connect_retries=0, timeout=10)
@@ -64,8 +66,14 @@ def test_kill_9_under_load_loses_no_acknowledged_write(backend, tmp_path, reques
     stop = threading.Event()
     steps = [
         (rounds, lambda i: c_rounds.report_round(rid, i, i % 4, [node], "completed", stats={"i": i})),
-        (versions, lambda i: c_versions.register_block_version(rid, i % 4, *blocks[i % 4], VersionMeta(round=i, cohort=[node], **DP))
-         if i < VERSION_ROUNDS else stop.wait(0.05)),
+        (
+            versions,
+            lambda i: (
+                c_versions.register_block_version(rid, i % 4, *blocks[i % 4], VersionMeta(round=i, cohort=[node], **DP))
+                if i < VERSION_ROUNDS
+                else stop.wait(0.05)
+            ),
+        ),
         (privacy, lambda i: c_privacy.record_node_privacy(node, rid, i % 4, i, 0.01 * i, 1e-5, "prv")),
         (controls, lambda i: c_op.control(rid, "pause" if i % 2 == 0 else "resume")),
     ]
@@ -78,8 +86,13 @@ def test_kill_9_under_load_loses_no_acknowledged_write(backend, tmp_path, reques
     for t in threads:
         t.join(timeout=30)
     versions = [v for v in versions if isinstance(v, dict)]
-    print(f"acknowledged before kill -9: {len(rounds)} rounds, {len(versions)} versions, {len(privacy)} privacy, {len(controls)} controls")
-    assert len(rounds) > 10 and len(privacy) > 10 and len(controls) > 4 and len(versions) > 2, "too little load to mean anything"
+    print(
+        f"acknowledged before kill -9: {len(rounds)} rounds, {len(versions)} versions, {len(privacy)} privacy, "
+        f"{len(controls)} controls"
+    )
+    assert len(rounds) > 10 and len(privacy) > 10 and len(controls) > 4 and len(versions) > 2, (
+        "too little load to mean anything"
+    )
 
     server = uvicorn_server(env, tmp_path / "server2.log").start()
     try:
@@ -98,11 +111,16 @@ def test_kill_9_under_load_loses_no_acknowledged_write(backend, tmp_path, reques
                 row_ids = sorted(str(i) for i in s.scalars(select(model.id)))
                 event_ids = sorted(s.scalars(select(Event.subject_id).where(Event.kind == kind)))
                 assert row_ids == event_ids, f"{model.__tablename__} and their {kind} events disagree"
-            assert s.scalar(select(func.count()).select_from(Event).where(Event.kind == "node.privacy")) == len(privacy_ids)
+            assert s.scalar(select(func.count()).select_from(Event).where(Event.kind == "node.privacy")) == len(
+                privacy_ids
+            )
             controls_logged = list(s.scalars(select(Event.after).where(Event.kind == "run.control").order_by(Event.id)))
             assert len(controls_logged) >= len(controls)
             last_status = controls[-1]["status"]
-            assert after.control_state(rid)["status"] in (last_status, "running" if last_status == "paused" else "paused")
+            assert after.control_state(rid)["status"] in (
+                last_status,
+                "running" if last_status == "paused" else "paused",
+            )
             assert controls_logged[-1]["status"] == after.control_state(rid)["status"]
             if backend == "sqlite":
                 assert s.execute(text("PRAGMA integrity_check")).scalar() == "ok"

@@ -32,6 +32,8 @@ def test_downgrade_to_base_and_up_again(settings):
         command.downgrade(cfg, "base")
     assert set(inspect(db.write_engine).get_table_names()) <= {"alembic_version"}
     db.migrate()
-    assert {"runs", "blocks", "block_versions", "events", "api_tokens"} <= set(inspect(db.write_engine).get_table_names())
+    assert {"runs", "blocks", "block_versions", "events", "api_tokens"} <= set(
+        inspect(db.write_engine).get_table_names()
+    )
     db.migrate()  # at head: a no-op
     db.dispose()

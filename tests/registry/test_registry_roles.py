@@ -126,8 +126,17 @@ def world(tmp_path_factory, request):
     node = svc.register_node("n1", "org", ssh_key())
     res = RegistryClient("http://testserver", tokens["researcher"], http=TestClient(app))
     audit = res.post_audit(version["id"], "dlg", "update", "server", {}, "h", [0], {}, {}, "pass", {"a.png": b"png"})
-    ids = {"run_id": run["id"], "block_index": 0, "version_id": version["id"], "node_id": node["id"], "audit_id": audit["id"],
-           "filename": "a.png", "token_id": spare_token_id, "panel": "header", "decision": "approve"}
+    ids = {
+        "run_id": run["id"],
+        "block_index": 0,
+        "version_id": version["id"],
+        "node_id": node["id"],
+        "audit_id": audit["id"],
+        "filename": "a.png",
+        "token_id": spare_token_id,
+        "panel": "header",
+        "decision": "approve",
+    }
     yield app, tokens, ids
     app.state.registry.db.dispose()
 
@@ -144,7 +153,11 @@ def test_every_route_has_a_documented_rule(world):
     stale = sorted(set(EXPECTED) - set(actual))
     assert not missing, f"routes without a rule in EXPECTED (add one, and to docs/registry.md): {missing}"
     assert not stale, f"EXPECTED lists routes the app does not have: {stale}"
-    wrong = {k: (sorted(allowed_roles(r)) if allowed_roles(r) != PUBLIC else PUBLIC) for k, r in actual.items() if allowed_roles(r) != EXPECTED[k]}
+    wrong = {
+        k: (sorted(allowed_roles(r)) if allowed_roles(r) != PUBLIC else PUBLIC)
+        for k, r in actual.items()
+        if allowed_roles(r) != EXPECTED[k]
+    }
     assert not wrong, f"routes whose Allow(...) differs from EXPECTED: {wrong}"
 
 
@@ -174,7 +187,9 @@ def test_role_matrix(world, route, role):
     r = request_for(client, method, path, ids, headers, tokens)
     rule = EXPECTED[route]
     if rule == PUBLIC:
-        assert r.status_code not in (401, 403) and r.status_code < 500, f"public {method} {path} answered {r.status_code}"
+        assert r.status_code not in (401, 403) and r.status_code < 500, (
+            f"public {method} {path} answered {r.status_code}"
+        )
     elif role is None:
         redirect_to_login = r.status_code == 303 and r.headers["location"].startswith("/login")
         assert r.status_code == 401 or redirect_to_login, f"{method} {path} without a token answered {r.status_code}"

@@ -23,8 +23,23 @@ from dblocks.server.registry.store import ContentStore
 from dblocks.shared.registry_client import InvalidRequest, RegistryClient, RegistryError
 from dblocks.shared.versions import VersionMeta
 
-EVIL_NAMES = ["../../evil.png", "../evil.png", "/etc/evil.png", "..", ".", ".hidden.png", "a/b.png", "a\\b.png",
-              "..%2F..%2Fevil.png", "%2e%2e/evil.png", "evil.png\x00.txt", "", "x" * 200, "CON:evil", "~/evil.png"]
+EVIL_NAMES = [
+    "../../evil.png",
+    "../evil.png",
+    "/etc/evil.png",
+    "..",
+    ".",
+    ".hidden.png",
+    "a/b.png",
+    "a\\b.png",
+    "..%2F..%2Fevil.png",
+    "%2e%2e/evil.png",
+    "evil.png\x00.txt",
+    "",
+    "x" * 200,
+    "CON:evil",
+    "~/evil.png",
+]
 
 
 def tree(root: Path) -> set[str]:
@@ -46,20 +61,38 @@ def version(service):
 def test_artifact_names_cannot_escape(app, http, tokens, version, tmp_path):
     """Each hostile name is refused with 422 and no file appears anywhere but the store."""
     before = tree(tmp_path)
-    meta = {"block_version_id": version["id"], "attack": "a", "observation_point": "o", "adversary": "x", "config_hash": "h", "verdict": "pass"}
+    meta = {
+        "block_version_id": version["id"],
+        "attack": "a",
+        "observation_point": "o",
+        "adversary": "x",
+        "config_hash": "h",
+        "verdict": "pass",
+    }
     for name in EVIL_NAMES:
-        r = http.post("/api/audits", headers={"Authorization": f"Bearer {tokens['researcher']}"}, data={"meta": json.dumps(meta)},
-                      files=[("artifacts", (name, b"payload-" + name.encode(errors="ignore"), "image/png"))])
+        r = http.post(
+            "/api/audits",
+            headers={"Authorization": f"Bearer {tokens['researcher']}"},
+            data={"meta": json.dumps(meta)},
+            files=[("artifacts", (name, b"payload-" + name.encode(errors="ignore"), "image/png"))],
+        )
         assert r.status_code == 422, (name, r.status_code, r.text)
         assert "filename" in r.text or "artifacts" in r.text  # (an empty name makes the part a plain field)
         assert tree(tmp_path) == before, name
     assert count(app, Audit) == 0
-    for outside in (Path("/etc/evil.png"), tmp_path.parent / "evil.png", tmp_path.parent.parent / "evil.png", Path.cwd() / "evil.png"):
+    for outside in (
+        Path("/etc/evil.png"),
+        tmp_path.parent / "evil.png",
+        tmp_path.parent.parent / "evil.png",
+        Path.cwd() / "evil.png",
+    ):
         assert not outside.exists(), outside
 
 
 def test_stored_artifacts_live_only_under_their_hash(app, clients, version, tmp_path):
-    a = clients["researcher"].post_audit(version["id"], "a", "o", "x", {}, "h", [], {}, {}, "pass", {"recon.png": b"data"})
+    a = clients["researcher"].post_audit(
+        version["id"], "a", "o", "x", {}, "h", [], {}, {}, "pass", {"recon.png": b"data"}
+    )
     store_root = app.state.registry.store.root
     stored = [p for p in store_root.rglob("*") if p.is_file()]
     assert all(p.resolve().is_relative_to(store_root) for p in stored)
@@ -67,8 +100,15 @@ def test_stored_artifacts_live_only_under_their_hash(app, clients, version, tmp_
     assert clients["viewer"].download_artifact(a["id"], "recon.png") == b"data"
 
 
-@pytest.mark.parametrize("url", ["/api/audits/1/artifacts/..%2F..%2Fregistry.db", "/api/audits/1/artifacts/%2e%2e%2fregistry.db",
-                                 "/api/audits/1/artifacts/../../registry.db", "/api/versions/..%2F1/weights"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/audits/1/artifacts/..%2F..%2Fregistry.db",
+        "/api/audits/1/artifacts/%2e%2e%2fregistry.db",
+        "/api/audits/1/artifacts/../../registry.db",
+        "/api/versions/..%2F1/weights",
+    ],
+)
 def test_download_urls_cannot_escape(http, tokens, version, url):
     r = http.get(url, headers={"Authorization": f"Bearer {tokens['viewer']}"})
     assert r.status_code in (404, 422) and b"SQLite format" not in r.content
@@ -103,16 +143,31 @@ def test_oversized_requests_get_413(small_app, tmp_path):
     rid = new_run(svc)["id"]
     spec, _ = make_block(0)
     big = os.urandom(1 * MiB + 10)
-    r = http.post(f"/api/runs/{rid}/blocks/0/versions", headers=h, files={"weights": ("w", big)},
-                  data={"meta": json.dumps({"round": 1}), "spec": spec})
+    r = http.post(
+        f"/api/runs/{rid}/blocks/0/versions",
+        headers=h,
+        files={"weights": ("w", big)},
+        data={"meta": json.dumps({"round": 1}), "spec": spec},
+    )
     assert r.status_code == 413 and "larger than the limit" in r.json()["detail"]
     # the same without Content-Length (chunked): cut off while streaming
     boundary = "b0undary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"weights\"; filename=\"w\"\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
-    r = http.post(f"/api/runs/{rid}/blocks/0/versions", headers={**h, "Content-Type": f"multipart/form-data; boundary={boundary}"},
-                  content=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]))
+    body = (
+        (f'--{boundary}\r\nContent-Disposition: form-data; name="weights"; filename="w"\r\n\r\n').encode()
+        + big
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    r = http.post(
+        f"/api/runs/{rid}/blocks/0/versions",
+        headers={**h, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]),
+    )
     assert r.status_code == 413
-    r = http.post("/api/runs", headers=h, content=b'{"task": "' + b"x" * (3 * MiB) + b'"}', )
+    r = http.post(
+        "/api/runs",
+        headers=h,
+        content=b'{"task": "' + b"x" * (3 * MiB) + b'"}',
+    )
     assert r.status_code == 413
     assert count(small_app, BlockVersion) == 0
 
@@ -126,20 +181,32 @@ def test_failed_version_registration_leaves_nothing(app, service, monkeypatch):
         raise RuntimeError("disk full while logging")
 
     monkeypatch.setattr(events, "record", boom)
-    client = RegistryClient("http://testserver", service._http.headers["Authorization"].split()[1], http=TestClient(app, raise_server_exceptions=False))
+    client = RegistryClient(
+        "http://testserver",
+        service._http.headers["Authorization"].split()[1],
+        http=TestClient(app, raise_server_exceptions=False),
+    )
     with pytest.raises(RegistryError):  # the registry answers 500
         client.register_block_version(rid, 0, spec, w, VersionMeta(round=1, cohort=[], **DP))
     monkeypatch.undo()
     assert count(app, BlockVersion) == 0 and count(app, Event) == events_before
     with app.state.registry.db.reader() as s:
-        assert s.execute(select(Block.param_count).where(Block.run_id == rid, Block.block_index == 0)).scalar_one() is None
-    assert service.register_block_version(rid, 0, spec, w, VersionMeta(round=1, **DP))["version"] == 1  # and the retry works
+        assert (
+            s.execute(select(Block.param_count).where(Block.run_id == rid, Block.block_index == 0)).scalar_one() is None
+        )
+    assert (
+        service.register_block_version(rid, 0, spec, w, VersionMeta(round=1, **DP))["version"] == 1
+    )  # and the retry works
 
 
 def test_failed_run_creation_leaves_nothing(app, service, monkeypatch):
     runs_before = count(app, Run)
     monkeypatch.setattr(events, "record", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
-    client = RegistryClient("http://testserver", service._http.headers["Authorization"].split()[1], http=TestClient(app, raise_server_exceptions=False))
+    client = RegistryClient(
+        "http://testserver",
+        service._http.headers["Authorization"].split()[1],
+        http=TestClient(app, raise_server_exceptions=False),
+    )
     with pytest.raises(RegistryError):  # the registry answers 500
         new_run(client)
     assert count(app, Run) == runs_before and count(app, Block) == 0
@@ -147,8 +214,19 @@ def test_failed_run_creation_leaves_nothing(app, service, monkeypatch):
 
 def test_audit_with_one_bad_file_is_refused_whole(app, clients, version):
     with pytest.raises(InvalidRequest, match="filename"):
-        clients["researcher"].post_audit(version["id"], "a", "o", "x", {}, "h", [], {}, {}, "pass",
-                                         {"good.png": b"1", "also-good.json": b"{}", "../bad.png": b"2"})
+        clients["researcher"].post_audit(
+            version["id"],
+            "a",
+            "o",
+            "x",
+            {},
+            "h",
+            [],
+            {},
+            {},
+            "pass",
+            {"good.png": b"1", "also-good.json": b"{}", "../bad.png": b"2"},
+        )
     assert count(app, Audit) == 0 and count(app, AuditArtifact) == 0
 
 

@@ -54,7 +54,9 @@ def test_weights_must_match_the_spec_hash(app, service):
     rid = new_run(service)["id"]
     spec, w = make_block(0)
     tampered = w[:-1] + bytes([w[-1] ^ 1])
-    with pytest.raises(InvalidRequest, match="weights do not match the spec: their sha256 is [0-9a-f]{64}, spec.sha256 is"):
+    with pytest.raises(
+        InvalidRequest, match="weights do not match the spec: their sha256 is [0-9a-f]{64}, spec.sha256 is"
+    ):
         service.register_block_version(rid, 0, spec, tampered, VersionMeta(round=1, **DP))
     assert count(app, BlockVersion) == 0
     assert not app.state.registry.store.exists(hashlib.sha256(tampered).hexdigest()), "rejected weights were stored"
@@ -84,12 +86,16 @@ def test_privacy_fields_come_with_their_accounting(service):
     # model_construct skips the record's own checks: the route refuses such a record as well
     rid = new_run(service)["id"]
     spec, w = make_block(0)
-    with pytest.raises(InvalidRequest, match="record_epsilon needs record_delta, record_sample_rate, record_steps, accountant"):
+    with pytest.raises(
+        InvalidRequest, match="record_epsilon needs record_delta, record_sample_rate, record_steps, accountant"
+    ):
         service.register_block_version(rid, 0, spec, w, VersionMeta.model_construct(round=1, record_epsilon=2.0))
     with pytest.raises(InvalidRequest, match="client_epsilon needs client_delta"):
         service.register_block_version(rid, 0, spec, w, VersionMeta.model_construct(round=1, **DP, client_epsilon=1.0))
     with pytest.raises(InvalidRequest, match="meta.record_delta"):
-        service.register_block_version(rid, 0, spec, w, VersionMeta.model_construct(round=1, **{**DP, "record_delta": 1.5}))
+        service.register_block_version(
+            rid, 0, spec, w, VersionMeta.model_construct(round=1, **{**DP, "record_delta": 1.5})
+        )
 
 
 def test_parent_must_be_a_version_of_the_same_block(service):
@@ -136,7 +142,9 @@ def test_concurrent_rounds_get_consecutive_version_numbers(app, tokens):
     def register(rnd):
         try:
             spec, w = make_block(3, seed=rnd)
-            RegistryClient("http://testserver", tokens["service"], http=TestClient(app)).register_block_version(rid, 3, spec, w, VersionMeta(round=rnd, **DP))
+            RegistryClient("http://testserver", tokens["service"], http=TestClient(app)).register_block_version(
+                rid, 3, spec, w, VersionMeta(round=rnd, **DP)
+            )
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 

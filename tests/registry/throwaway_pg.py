@@ -1,4 +1,5 @@
-"""Test infrastructure: a throwaway PostgreSQL cluster for the registry tests and benchmarks (Debian's `postgresql` package).
+"""Test infrastructure: a throwaway PostgreSQL cluster for the registry tests and benchmarks (Debian's
+`postgresql` package).
 
 `ThrowawayPostgres().start()` runs initdb into a fresh temporary directory and starts `postgres` as a direct
 child on a free loopback port (fsync off: nothing in it is meant to survive). As root it drops to the
@@ -29,12 +30,14 @@ PR_SET_PDEATHSIG = 1
 
 def postgres_bin_dir() -> Path | None:
     """Folder holding initdb and postgres (newest Debian version), or None if PostgreSQL is not installed."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
 
 
 def _demote(uid: int | None, gid: int | None, die_with_parent: bool):
@@ -47,6 +50,7 @@ def _demote(uid: int | None, gid: int | None, die_with_parent: bool):
             os.setuid(uid)
         if die_with_parent:  # after the uid change, which would clear it
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
     return preexec
 
 
@@ -72,13 +76,33 @@ class ThrowawayPostgres:
 
     def start(self, timeout_s: float = 30.0) -> ThrowawayPostgres:
         data = self.dir / "data"
-        self._run(str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", self.superuser, "-E", "UTF8", "--no-sync")
+        self._run(
+            str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", self.superuser, "-E", "UTF8", "--no-sync"
+        )
         log = open(self.dir / "server.log", "wb")
         self.proc = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.dir),
-             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
-             *([] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_demote(self.uid, self.gid, True))
+            [
+                str(self.bin / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.dir),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=200",
+                *(
+                    []
+                    if self.durable
+                    else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+                ),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_demote(self.uid, self.gid, True),
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -88,37 +112,61 @@ class ThrowawayPostgres:
                 return self
             except subprocess.CalledProcessError:
                 time.sleep(0.1)
-        raise RuntimeError(f"postgres did not start within {timeout_s} s: {(self.dir / 'server.log').read_text()[-2000:]}")
+        raise RuntimeError(
+            f"postgres did not start within {timeout_s} s: {(self.dir / 'server.log').read_text()[-2000:]}"
+        )
 
     def psql(self, *sql: str, database: str = "postgres") -> None:
-        args = [str(self.bin / "psql") if (self.bin / "psql").exists() else "psql", "-h", "127.0.0.1", "-p", str(self.port),
-                "-U", self.superuser, "-d", database, "-v", "ON_ERROR_STOP=1", "-q"]
+        args = [
+            str(self.bin / "psql") if (self.bin / "psql").exists() else "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            self.superuser,
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+        ]
         for s in sql:
             args += ["-c", s]
         self._run(*args)
 
     def create_database(self, name: str, role: str = "app", password: str = "app") -> str:
         """A new empty database `name` owned by `role`; returns its SQLAlchemy URL (psycopg 3)."""
-        self.psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
-                  f"CREATE ROLE {role} LOGIN PASSWORD '{password}'; END IF; END $$",
-                  f"CREATE DATABASE {name} OWNER {role}")
+        self.psql(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+            f"CREATE ROLE {role} LOGIN PASSWORD '{password}'; END IF; END $$",
+            f"CREATE DATABASE {name} OWNER {role}",
+        )
         return f"postgresql+psycopg://{role}:{password}@127.0.0.1:{self.port}/{name}"
 
-    def create_schema(self, schema: str, database: str = "dblocks_tests", role: str = "app", password: str = "app") -> str:
+    def create_schema(
+        self, schema: str, database: str = "dblocks_tests", role: str = "app", password: str = "app"
+    ) -> str:
         """A new empty schema owned by `role` in the shared `database`; its URL puts it first on the search_path."""
         import psycopg
 
         if not getattr(self, "_shared_db", None):
             self.create_database(database, role, password)
             self._shared_db = database
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.superuser, dbname=database, autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.superuser, dbname=database, autocommit=True
+        ) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}" AUTHORIZATION {role}')
-        return f"postgresql+psycopg://{role}:{password}@127.0.0.1:{self.port}/{database}?options=-csearch_path%3D{schema}"
+        return (
+            f"postgresql+psycopg://{role}:{password}@127.0.0.1:{self.port}/{database}?options=-csearch_path%3D{schema}"
+        )
 
     def drop_schema(self, schema: str, database: str = "dblocks_tests") -> None:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.superuser, dbname=database, autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.superuser, dbname=database, autocommit=True
+        ) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
     def stop(self) -> None:

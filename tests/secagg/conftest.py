@@ -57,9 +57,17 @@ class Federation:
         return sum(self.inputs[(round_, c)] for c in members)
 
 
-def build_federation(n: int | dict[str, int] = 5, dim: int = 64, *, consistency: bool = False,
-                     policy: Policy = Policy(), seed: int = 0, extras=(), clip_norm: float = 1.0,
-                     directory: bool = True) -> Federation:
+def build_federation(
+    n: int | dict[str, int] = 5,
+    dim: int = 64,
+    *,
+    consistency: bool = False,
+    policy: Policy = Policy(),
+    seed: int = 0,
+    extras=(),
+    clip_norm: float = 1.0,
+    directory: bool = True,
+) -> Federation:
     """directory: identities pinned in advance for everyone (the enrolled directory), as in a deployment; False:
     trust on first use (only to show what pinning prevents)."""
     sizes = {"0": n} if isinstance(n, int) else n
@@ -75,12 +83,19 @@ def build_federation(n: int | dict[str, int] = 5, dim: int = 64, *, consistency:
         def trust():
             return TrustStore(dict(pinned), tofu=False)
     else:
+
         def trust():
             return TrustStore(tofu=True)
+
     server = SecAggServer(policy=policy, consistency_check=consistency, trust=trust())
     clients = {cid: SecAggClient(cid, identities[cid], policy=policy, trust=trust()) for cid in ids}
-    fed = Federation(server, LocalNetwork(clients, {}), cohorts,
-                     {b: Layout(dim, clip_norm, tuple(extras)) for b in cohorts}, rng=np.random.default_rng(seed))
+    fed = Federation(
+        server,
+        LocalNetwork(clients, {}),
+        cohorts,
+        {b: Layout(dim, clip_norm, tuple(extras)) for b in cohorts},
+        rng=np.random.default_rng(seed),
+    )
     fed.net.contribute = {cid: (lambda plan, cid=cid: fed.contribution(cid, plan)) for cid in ids}
     return fed
 

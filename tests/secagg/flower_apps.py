@@ -84,12 +84,14 @@ def main(grid: Grid, context: Context) -> None:
         if stage != "upload":
             return None
         block = blocks[0]
-        return RecordDict({"model": ArrayRecord(model_of(block, current["round"])),
-                           "task": ConfigRecord({"block": block})})
+        return RecordDict(
+            {"model": ArrayRecord(model_of(block, current["round"])), "task": ConfigRecord({"block": block})}
+        )
 
     current = {"round": 1}
-    secagg = FlowerSecAgg(grid, LAYOUTS, timeout=float(context.run_config.get("timeout", 60)), payload=payload,
-                          policy=POLICY)
+    secagg = FlowerSecAgg(
+        grid, LAYOUTS, timeout=float(context.run_config.get("timeout", 60)), payload=payload, policy=POLICY
+    )
     cohorts = {1: deal(nodes, 1)}
     secagg.plan(1, cohorts[1])
     out = {"nodes": nodes, "rounds": []}
@@ -101,9 +103,12 @@ def main(grid: Grid, context: Context) -> None:
         result = secagg.run(r)
         entry = {"round": r, "failures": result.failures, "blocks": {}}
         for block, agg in result.aggregates.items():
-            entry["blocks"][block] = {"survivors": [int(s) for s in agg.survivors],
-                                      "update_sum": agg.update_sum.tolist(), "extras": agg.extras_sum,
-                                      "error_bound": agg.error_bound}
+            entry["blocks"][block] = {
+                "survivors": [int(s) for s in agg.survivors],
+                "update_sum": agg.update_sum.tolist(),
+                "extras": agg.extras_sum,
+                "error_bound": agg.error_bound,
+            }
         out["rounds"].append(entry)
     out["errors"] = [list(e) for e in secagg.exchange.errors]
     path = os.environ.get("DBLOCKS_SECAGG_TEST_OUT")

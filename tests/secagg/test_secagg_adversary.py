@@ -152,10 +152,16 @@ def test_consistency_mode_refuses_a_server_showing_different_survivor_views(fede
     # a server that forwards the half_a signatures to clients of the true view is refused (bad signatures)
     forged = {}
     for c in half_b:
-        msg = {"stage": "unmask", "session": server.session, "round": 1, "instances": [key],
-               field(key, "announced"): list(inst.announced), field(key, "survivors"): list(inst.survivors),
-               field(key, "signers"): half_a + half_b[:1],
-               field(key, "signatures"): [replies[s][field(key, "confirm")] for s in half_a + half_b[:1]]}
+        msg = {
+            "stage": "unmask",
+            "session": server.session,
+            "round": 1,
+            "instances": [key],
+            field(key, "announced"): list(inst.announced),
+            field(key, "survivors"): list(inst.survivors),
+            field(key, "signers"): half_a + half_b[:1],
+            field(key, "signatures"): [replies[s][field(key, "confirm")] for s in half_a + half_b[:1]],
+        }
         forged[c] = msg
     with pytest.raises(ProtocolRefusal, match="bad signature|differs from the one this client confirmed"):
         fed.net.clients[half_b[1]].unmask(forged[half_b[1]])
@@ -176,9 +182,14 @@ def test_consistency_mode_local_check_blocks_isolating_a_client(federation):
     inst = server.instances[key]
     victim = "c000"
     cut = set(inst.plan.neighbours(victim))
-    req = {"stage": "confirm", "session": server.session, "round": 1, "instances": [key],
-           field(key, "announced"): list(inst.announced),
-           field(key, "survivors"): [s for s in inst.announced if s not in cut]}
+    req = {
+        "stage": "confirm",
+        "session": server.session,
+        "round": 1,
+        "instances": [key],
+        field(key, "announced"): list(inst.announced),
+        field(key, "survivors"): [s for s in inst.announced if s not in cut],
+    }
     with pytest.raises(ProtocolRefusal, match="neighbours survived"):
         fed.net.clients[victim].confirm(req)
 
@@ -196,15 +207,22 @@ def test_forged_or_substituted_announcements_are_refused(federation):
     ann = Announcement.from_bytes(requests[target][field(key, "ann", peer)])
     # the server substitutes its own masking key (to compute the pairwise mask itself)
     evil = Identity(peer)
-    swapped = Announcement(peer, ann.plan_digest, x25519_public(new_x25519()), ann.seed_commitment,
-                           ann.seal_public, ann.signature)
+    swapped = Announcement(
+        peer, ann.plan_digest, x25519_public(new_x25519()), ann.seed_commitment, ann.seal_public, ann.signature
+    )
     req = copy.deepcopy(requests[target])
     req[field(key, "ann", peer)] = swapped.to_bytes()
     with pytest.raises(ProtocolRefusal, match="bad signature"):
         fed.net.clients[target].upload(req, fed.net.contribute[target])
     # ... or signs it with a key that is not the pinned identity of that peer
-    resigned = Announcement(peer, ann.plan_digest, swapped.mask_public, ann.seed_commitment, ann.seal_public,
-                            evil.sign(swapped.signed_bytes()))
+    resigned = Announcement(
+        peer,
+        ann.plan_digest,
+        swapped.mask_public,
+        ann.seed_commitment,
+        ann.seal_public,
+        evil.sign(swapped.signed_bytes()),
+    )
     req[field(key, "ann", peer)] = resigned.to_bytes()
     with pytest.raises(ProtocolRefusal, match="bad signature"):
         fed.net.clients[target].upload(req, fed.net.contribute[target])
@@ -247,8 +265,13 @@ def test_replayed_messages_are_refused(federation):
     with pytest.raises(ProtocolRefusal, match="already uploaded"):
         client.upload(copy.deepcopy(requests[target]), fed.net.contribute[target])
     # a join for an old round is refused
-    old_join = {"stage": "join", "session": server.session, "round": 1, "instances": [key1],
-                field(key1, "plan"): server.instances[key1].plan.to_bytes()}
+    old_join = {
+        "stage": "join",
+        "session": server.session,
+        "round": 1,
+        "instances": [key1],
+        field(key1, "plan"): server.instances[key1].plan.to_bytes(),
+    }
     with pytest.raises(ProtocolRefusal, match="replay|already used"):
         client.join(old_join)
     # a message for another session is refused
@@ -264,8 +287,11 @@ def test_plans_weaker_than_the_client_policy_are_refused(federation):
     key = key_of(fed)
     plan = server.instances[key].plan
     client = fed.net.clients["c000"]
-    for change, match in [({"threshold": 3}, "unsafe"), ({"min_survivors": 2}, "min_survivors"),
-                          ({"quant": dataclasses.replace(plan.quant, bits=8)}, "overflow")]:
+    for change, match in [
+        ({"threshold": 3}, "unsafe"),
+        ({"min_survivors": 2}, "min_survivors"),
+        ({"quant": dataclasses.replace(plan.quant, bits=8)}, "overflow"),
+    ]:
         weak = dataclasses.replace(plan, **change)
         req = copy.deepcopy(joins["c000"])
         req[field(key, "plan")] = weak.to_bytes()

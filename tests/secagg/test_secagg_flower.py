@@ -28,8 +28,9 @@ class InProcessGrid:
 
     def __init__(self, client_app, node_ids):
         self.app = client_app
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
-                         for n in node_ids}
+        self.contexts = {
+            n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={}) for n in node_ids
+        }
         self.sent = Counter()
         self.silent: dict[tuple[int, str], set[int]] = {}
 
@@ -70,9 +71,17 @@ def check_rounds(out):
 
 
 def test_wire_round_trip():
-    msg = {"stage": "upload", "session": b"s" * 16, "round": 3, "instances": ["3:0"], "next": [],
-           "3:0/masked": np.arange(7, dtype=np.uint32), "3:0/shares": np.zeros((2, 16), np.uint32),
-           "3:0/peers": ["1", "2"], "3:0/signatures": [b"a", b"b"]}
+    msg = {
+        "stage": "upload",
+        "session": b"s" * 16,
+        "round": 3,
+        "instances": ["3:0"],
+        "next": [],
+        "3:0/masked": np.arange(7, dtype=np.uint32),
+        "3:0/shares": np.zeros((2, 16), np.uint32),
+        "3:0/peers": ["1", "2"],
+        "3:0/signatures": [b"a", b"b"],
+    }
     back = from_recorddict(to_recorddict(msg))
     assert back.keys() == msg.keys()
     for k, v in msg.items():
@@ -105,16 +114,24 @@ def test_protocol_over_flower_messages_in_process(tmp_path, monkeypatch, servera
     original = flower_apps.client_app._registered_funcs["query.secagg"]
 
     def crash_at_round3_unmask(msg, context):
-        if context.node_id == crashing and msg.content["secagg"]["stage"] == "unmask" and \
-                msg.content["secagg"]["round"] == 3:
+        if (
+            context.node_id == crashing
+            and msg.content["secagg"]["stage"] == "unmask"
+            and msg.content["secagg"]["round"] == 3
+        ):
             raise RuntimeError("node crashed")
         return original(msg, context)
 
     monkeypatch.setitem(flower_apps.client_app._registered_funcs, "query.secagg", crash_at_round3_unmask)
     out_path = tmp_path / "out.json"
     monkeypatch.setenv("DBLOCKS_SECAGG_TEST_OUT", str(out_path))
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                      run_config={"rounds": 4, "nodes": len(nodes), "timeout": 5})
+    context = Context(
+        run_id=1,
+        node_id=0,
+        node_config={},
+        state=RecordDict(),
+        run_config={"rounds": 4, "nodes": len(nodes), "timeout": 5},
+    )
     flower_apps.main(grid, context)
     out = json.loads(out_path.read_text())
     check_rounds(out)
@@ -145,9 +162,15 @@ def test_protocol_under_flower_simulation_engine(tmp_path, monkeypatch):
     # Ray workers import the ClientApp's module by name: put this folder on their path
     here = str(Path(__file__).parent)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
-    run_simulation(flower_apps.server_app, flower_apps.client_app, num_supernodes=6,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2, "include_dashboard": False}})
+    run_simulation(
+        flower_apps.server_app,
+        flower_apps.client_app,
+        num_supernodes=6,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2, "include_dashboard": False},
+        },
+    )
     assert out_path.exists(), "the ServerApp did not finish (see the simulation log above)"
     out = json.loads(out_path.read_text())
     assert len(out["rounds"]) == 3

@@ -13,8 +13,7 @@ from dblocks.privacy.secagg.messages import field
 TEN = Policy(dropout_fraction=0.3)
 
 
-@pytest.mark.parametrize("consistency,steady", [(False, ["upload", "unmask"]),
-                                                (True, ["upload", "confirm", "unmask"])])
+@pytest.mark.parametrize("consistency,steady", [(False, ["upload", "unmask"]), (True, ["upload", "confirm", "unmask"])])
 def test_steady_state_rounds_use_exactly_two_client_exchanges(federation, consistency, steady):
     fed = federation({"0": 6, "1": 7}, 256, consistency=consistency, seed=40)
     fed.start()
@@ -68,8 +67,13 @@ def test_client_declared_dropped_must_rekey_before_it_takes_part_again(federatio
     # joining round 3 erased the never-used round-2 keys; a late or replayed round-2 upload request is refused
     stale = fed.net.clients[victim].instances["2:0"]
     assert stale.status == "abandoned" and stale.mask_private is None and stale.self_seed is None
-    late = {"stage": "upload", "session": server.session, "round": 2, "instances": ["2:0"],
-            field("2:0", "plan"): inst2.plan.to_bytes()}
+    late = {
+        "stage": "upload",
+        "session": server.session,
+        "round": 2,
+        "instances": ["2:0"],
+        field("2:0", "plan"): inst2.plan.to_bytes(),
+    }
     with pytest.raises(ProtocolRefusal, match="abandoned"):
         fed.net.clients[victim].upload(late, fed.net.contribute[victim])
     fresh = fed.server.instances["3:0"].announcements[victim]
@@ -80,8 +84,11 @@ def test_client_declared_dropped_must_rekey_before_it_takes_part_again(federatio
     stale = pair_seed(rebuilt, peer_pub, fed.server.plans(3)[0].digest, victim, peer)
     genuine_pub = fresh.mask_public
     assert x25519_public(rebuilt) != genuine_pub and len(stale) == 32
-    np.testing.assert_allclose(r3.aggregates["0"].update_sum, fed.expected_sum(3, r3.aggregates["0"].survivors),
-                               atol=r3.aggregates["0"].error_bound)
+    np.testing.assert_allclose(
+        r3.aggregates["0"].update_sum,
+        fed.expected_sum(3, r3.aggregates["0"].survivors),
+        atol=r3.aggregates["0"].error_bound,
+    )
 
 
 def test_prekeys_rotate_every_round_and_are_erased_after_use(federation):
@@ -134,9 +141,15 @@ def test_client_state_survives_serialisation_between_every_message(federation):
     # a retried identical unmask after a restore is answered from the persisted cache
     key = "3:0"
     helper = ids[1]
-    req = {"stage": "unmask", "session": fed.server.session, "round": 3, "instances": [key],
-           field(key, "announced"): list(fed.server.instances[key].announced),
-           field(key, "survivors"): list(fed.server.instances[key].survivors)}
+    req = {
+        "stage": "unmask",
+        "session": fed.server.session,
+        "round": 3,
+        "instances": [key],
+        field(key, "announced"): list(fed.server.instances[key].announced),
+        field(key, "survivors"): list(fed.server.instances[key].survivors),
+    }
     first = fed.net.clients[helper].handle(copy.deepcopy(req))
-    assert np.array_equal(first[field(key, "shares")], fed.net.clients[helper].handle(copy.deepcopy(req))[
-        field(key, "shares")])
+    assert np.array_equal(
+        first[field(key, "shares")], fed.net.clients[helper].handle(copy.deepcopy(req))[field(key, "shares")]
+    )

@@ -69,8 +69,9 @@ def test_extras_travel_under_the_same_masks_and_sum_exactly(federation):
     result = fed.run(1, plan_next=False)
     agg = result.aggregates["0"]
     assert agg.extras_sum["num_examples"] == sum(fed.extras[(1, c)]["num_examples"] for c in agg.survivors)
-    assert agg.extras_sum["loss"] == pytest.approx(sum(fed.extras[(1, c)]["loss"] for c in agg.survivors),
-                                                   abs=6 * 0.5e-4)
+    assert agg.extras_sum["loss"] == pytest.approx(
+        sum(fed.extras[(1, c)]["loss"] for c in agg.survivors), abs=6 * 0.5e-4
+    )
     # what travelled from a client: one masked word array, no per-client count or metric in the clear
     upload = [s for s in fed.net.stages.items()]
     assert upload

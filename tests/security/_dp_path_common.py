@@ -39,9 +39,23 @@ def save_company_data(path: Path, n: int = 120) -> Path:
 def task_config(block: int = 1, **overrides) -> dict:
     """What the server sends for `block` (noise 1.0, q 0.1, 3 steps unless overridden), seed included."""
     spec_json = digits_model().blocks[block].spec.to_json()
-    cfg = dict(run_id="sec", round=1, block_index=block, attempt=0, spec_json=spec_json,
-               noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.1, steps=3, delta=1e-5, accountant="rdp",
-               lr=1e-3, weight_decay=0.0, update_clip=0.5, seed=1234)
+    cfg = dict(
+        run_id="sec",
+        round=1,
+        block_index=block,
+        attempt=0,
+        spec_json=spec_json,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        sample_rate=0.1,
+        steps=3,
+        delta=1e-5,
+        accountant="rdp",
+        lr=1e-3,
+        weight_decay=0.0,
+        update_clip=0.5,
+        seed=1234,
+    )
     cfg.update(overrides)
     return cfg
 

@@ -76,7 +76,9 @@ class JointSecAgg(DBlocksSecAgg):
         self.calls.append(sorted(cohorts))
         if any(self.poison & set(c) for c in cohorts.values()):
             raise ValueError("share from a node does not decode")
-        return {b: AggregateOutcome(b, list(c), mean=zero_mean(self.fed, b), survivors=list(c)) for b, c in cohorts.items()}
+        return {
+            b: AggregateOutcome(b, list(c), mean=zero_mean(self.fed, b), survivors=list(c)) for b, c in cohorts.items()
+        }
 
     def drop_plan_ahead(self) -> None:
         self.ahead = None

@@ -48,8 +48,9 @@ CASES = [  # (writer, labels, 1-based row of the bad label, what is wrong, how t
 ]
 
 
-@pytest.mark.parametrize("write,labels,row,why,shown", CASES,
-                         ids=["csv-1e10", "npz-nan", "npz-inf", "csv-0.5", "csv-negative", "npz-2^40"])
+@pytest.mark.parametrize(
+    "write,labels,row,why,shown", CASES, ids=["csv-1e10", "npz-nan", "npz-inf", "csv-0.5", "csv-negative", "npz-2^40"]
+)
 def test_bad_labels_give_a_clear_data_error(tmp_path, write, labels, row, why, shown):
     """#14 low: huge, non-finite, negative and fractional numeric labels give one DataError naming the file, the
     label column (or NPZ array) and the first bad value. On main (checked): 1e10 and 2^40 tried to build one class

@@ -20,8 +20,11 @@ def test_no_test_hook_in_production_trainer(tmp_path, monkeypatch):
     monkeypatch.setenv("DBLOCKS_TEST_DEBUG_DIR", str(debug))
     train_task(task(1), arrays(1), company_data(), PrivacyLedger(tmp_path / "ledger.json", budget=50.0))
     assert not debug.exists() or not any(debug.iterdir()), sorted(debug.iterdir())
-    product = [p for sub in ("client", "privacy", "server", "shared")
-                for p in Path(importlib.import_module(f"dblocks.{sub}").__path__[0]).rglob("*.py")]
+    product = [
+        p
+        for sub in ("client", "privacy", "server", "shared")
+        for p in Path(importlib.import_module(f"dblocks.{sub}").__path__[0]).rglob("*.py")
+    ]
     assert len(product) > 20
     # no environment variable of the tests switches anything in the product
     assert not [str(p) for p in product if "DBLOCKS_TEST_" in p.read_text()]

@@ -14,9 +14,14 @@ from ._dp_path_common import arrays, company_data, save_company_data, task
 
 def _node_config(tmp_path, memory_mb: float) -> dict:
     data = save_company_data(tmp_path / "data.npz")
-    return {"data-path": str(data), "ledger-path": str(tmp_path / "ledger.json"),
-            "progress-path": str(tmp_path / "progress.log"), "epsilon-budget": 50.0, "memory-mb": memory_mb,
-            "threads": 1}
+    return {
+        "data-path": str(data),
+        "ledger-path": str(tmp_path / "ledger.json"),
+        "progress-path": str(tmp_path / "progress.log"),
+        "epsilon-budget": 50.0,
+        "memory-mb": memory_mb,
+        "threads": 1,
+    }
 
 
 def test_memory_limit_is_enforced_at_the_company(tmp_path):
@@ -40,4 +45,3 @@ def test_memory_limit_is_enforced_at_the_company(tmp_path):
     nc["memory-mb"] = 64.0
     update = train_block(nc, task(1, sample_rate=0.1), arrays(1))
     assert update.epsilon_after > 0 and len(json.loads((tmp_path / "ledger.json").read_text())["entries"]) == 1
-

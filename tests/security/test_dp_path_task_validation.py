@@ -12,9 +12,18 @@ from dblocks.shared.fedmsg import BlockTask
 
 from ._dp_path_common import task_config
 
-NON_FINITE = [("noise_multiplier", math.nan), ("noise_multiplier", math.inf), ("sample_rate", math.nan),
-              ("steps", math.inf), ("lr", math.nan), ("lr", -math.inf), ("max_grad_norm", math.inf),
-              ("update_clip", math.nan), ("delta", math.nan), ("weight_decay", math.inf)]
+NON_FINITE = [
+    ("noise_multiplier", math.nan),
+    ("noise_multiplier", math.inf),
+    ("sample_rate", math.nan),
+    ("steps", math.inf),
+    ("lr", math.nan),
+    ("lr", -math.inf),
+    ("max_grad_norm", math.inf),
+    ("update_clip", math.nan),
+    ("delta", math.nan),
+    ("weight_decay", math.inf),
+]
 
 
 @pytest.mark.timeout(20)
@@ -27,10 +36,25 @@ def test_non_finite_task_values_are_refused_before_accounting(field, value):
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("field,value", [("sample_rate", 1.5), ("sample_rate", 0.0), ("steps", 0), ("steps", 2.5),
-                                         ("steps", "3"), ("round", -1), ("attempt", True), ("delta", 1.0),
-                                         ("noise_multiplier", -1.0), ("max_grad_norm", 0.0), ("update_clip", -0.5),
-                                         ("accountant", "gdp"), ("run_id", ""), ("lr", "0.001")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("sample_rate", 1.5),
+        ("sample_rate", 0.0),
+        ("steps", 0),
+        ("steps", 2.5),
+        ("steps", "3"),
+        ("round", -1),
+        ("attempt", True),
+        ("delta", 1.0),
+        ("noise_multiplier", -1.0),
+        ("max_grad_norm", 0.0),
+        ("update_clip", -0.5),
+        ("accountant", "gdp"),
+        ("run_id", ""),
+        ("lr", "0.001"),
+    ],
+)
 def test_task_types_and_ranges_are_validated(field, value):
     """#14 low: on main from_config took any value of any type (a string step count, a sample rate of 1.5, a
     negative clip); now every field's type and range is checked and the message names the field."""

@@ -28,15 +28,15 @@ def fab_of(pyproject: str) -> bytes:
 
 # settings a server could add to the genuine manifest to make a SuperNode run something else
 ADDITIONS = {
-    "tool.flwr.app.components.agentapp": ('[tool.flwr.app.components]', 'agentapp = "subprocess:run"'),
-    "tool.flwr.app.components.mods": ('[tool.flwr.app.components]', 'mods = ["evil:mod"]'),
-    "tool.flwr.app.fab-include": ('[tool.flwr.app]', 'fab-include = ["**/*.py"]'),
-    "tool.flwr.app.config.extra": ('[tool.flwr.app.config]', 'extra = "x"'),
-    "project.entry-points": ('[project]', 'entry-points = { "flwr.app" = { a = "evil:a" } }'),
-    "project.scripts": ('[project]', 'scripts = { flwr-clientapp = "evil:main" }'),
-    "project.optional-dependencies": ('[project]', 'optional-dependencies = { x = ["evil"] }'),
-    "tool.flwr.federations": ('[tool.flwr.app]', '[tool.flwr.federations]\ndefault = "x"'),
-    "tool.setuptools": ('[tool.flwr.app]', '[tool.setuptools]\npy-modules = ["evil"]'),
+    "tool.flwr.app.components.agentapp": ("[tool.flwr.app.components]", 'agentapp = "subprocess:run"'),
+    "tool.flwr.app.components.mods": ("[tool.flwr.app.components]", 'mods = ["evil:mod"]'),
+    "tool.flwr.app.fab-include": ("[tool.flwr.app]", 'fab-include = ["**/*.py"]'),
+    "tool.flwr.app.config.extra": ("[tool.flwr.app.config]", 'extra = "x"'),
+    "project.entry-points": ("[project]", 'entry-points = { "flwr.app" = { a = "evil:a" } }'),
+    "project.scripts": ("[project]", 'scripts = { flwr-clientapp = "evil:main" }'),
+    "project.optional-dependencies": ("[project]", 'optional-dependencies = { x = ["evil"] }'),
+    "tool.flwr.federations": ("[tool.flwr.app]", '[tool.flwr.federations]\ndefault = "x"'),
+    "tool.setuptools": ("[tool.flwr.app]", '[tool.setuptools]\npy-modules = ["evil"]'),
 }
 
 
@@ -79,8 +79,9 @@ def test_app_guard_refuses_components_and_settings_beyond_the_dblocks_app():
         assert name in refusals[-1] and f"run {i}" in refusals[-1]  # the reason reaches the company's log
     deps = check_fab(fab_of(GENUINE.replace("dependencies = []", 'dependencies = ["requests"]')))
     assert any("project.dependencies" in p for p in deps)
-    wrong_type = check_fab(fab_of(GENUINE.replace('serverapp = "', 'serverapp = ["').replace(':app"\nclientapp',
-                                                                                           ':app"]\nclientapp', 1)))
+    wrong_type = check_fab(
+        fab_of(GENUINE.replace('serverapp = "', 'serverapp = ["').replace(':app"\nclientapp', ':app"]\nclientapp', 1))
+    )
     assert any("serverapp" in p for p in wrong_type), wrong_type
 
 
@@ -92,8 +93,17 @@ def test_app_guard_installs_only_on_the_verified_flower(monkeypatch):
 
     real = sci._pull_and_store_message
 
-    def lookalike(state, object_store, node_config, receive, get_run, get_fab, pull_object,
-                  confirm_message_received, trusted_entities):
+    def lookalike(
+        state,
+        object_store,
+        node_config,
+        receive,
+        get_run,
+        get_fab,
+        pull_object,
+        confirm_message_received,
+        trusted_entities,
+    ):
         return None  # fetches nothing, verifies nothing
 
     assert list(inspect.signature(lookalike).parameters) == list(inspect.signature(real).parameters)
@@ -115,16 +125,28 @@ def test_app_guard_patched_flower_method_is_the_verified_one():
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
 
-    pinned = [Requirement(d) for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-              if Requirement(d).name == "flwr"]
-    assert len(pinned) == 1 and pinned[0].specifier == SpecifierSet(appguard.VERIFIED_FLWR), \
+    pinned = [
+        Requirement(d)
+        for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+        if Requirement(d).name == "flwr"
+    ]
+    assert len(pinned) == 1 and pinned[0].specifier == SpecifierSet(appguard.VERIFIED_FLWR), (
         f"pyproject pins {pinned}, the app guard was verified on flwr{appguard.VERIFIED_FLWR}"
+    )
     assert Version(flwr.__version__) in SpecifierSet(appguard.VERIFIED_FLWR), flwr.__version__
     patched = getattr(sci, appguard.PATCHED)
     patched = getattr(patched, "__wrapped__", patched) if hasattr(patched, "__dblocks_guard__") else patched
     assert list(inspect.signature(patched).parameters) == [
-        "state", "object_store", "node_config", "receive", "get_run", "get_fab", "pull_object",
-        "confirm_message_received", "trusted_entities"], inspect.signature(patched)
+        "state",
+        "object_store",
+        "node_config",
+        "receive",
+        "get_run",
+        "get_fab",
+        "pull_object",
+        "confirm_message_received",
+        "trusted_entities",
+    ], inspect.signature(patched)
     for name, digest in appguard.VERIFIED_SOURCES.items():
         seen = hashlib.sha256(inspect.getsource(getattr(sci, name)).encode()).hexdigest()
         assert seen == digest or name == appguard.PATCHED, f"Flower's {name} changed: re-verify the app guard"

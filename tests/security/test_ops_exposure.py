@@ -43,8 +43,11 @@ def test_run_json_holds_no_registry_token(tmp_path, ops_spawned):
     home = tmp_path / "server"
     (home / "flwr").mkdir(parents=True)
     (home / "flwr" / "config.toml").write_text('[superlink]\ndefault = "local"\n')
-    r = CliRunner().invoke(app, ["run", "new", "--home", str(home), "--registry-url", "http://127.0.0.1:1",
-                                 "--run-id", "7", "--no-wait"], env={"DBLOCKS_REGISTRY_TOKEN": TOKEN})
+    r = CliRunner().invoke(
+        app,
+        ["run", "new", "--home", str(home), "--registry-url", "http://127.0.0.1:1", "--run-id", "7", "--no-wait"],
+        env={"DBLOCKS_REGISTRY_TOKEN": TOKEN},
+    )
     assert isinstance(r.exception, Spawned) and ops_spawned[0][:2] == ["flwr", "run"], r.output
     run_json = home / "runs" / "7" / "run.json"
     assert TOKEN not in run_json.read_text(), "run.json holds the registry token"
@@ -63,8 +66,13 @@ def test_control_api_is_refused_on_a_public_host(tmp_path, ops_spawned):
     unauthenticated, on every interface) and only printed a note. Now it exits 2 with one line saying why and what
     to do, before anything starts; the loudly named flag lets an operator who means it through."""
     runner = CliRunner()
-    for host, tls in (("0.0.0.0", True), ("0.0.0.0", False), ("::", False), ("10.1.2.3", False),
-                      ("fl.example.org", True)):
+    for host, tls in (
+        ("0.0.0.0", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.1.2.3", False),
+        ("fl.example.org", True),
+    ):
         args = ["start", "--host", host, "--home", str(tmp_path / "h")] + ([] if tls else ["--insecure"])
         r = runner.invoke(app, args)
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
@@ -78,7 +86,8 @@ def test_control_api_is_refused_on_a_public_host(tmp_path, ops_spawned):
     for host in ("127.0.0.1", "localhost", "::1"):
         r = runner.invoke(app, ["start", "--host", host, "--home", str(tmp_path / "h"), "--insecure"])
         assert isinstance(r.exception, Spawned), (host, r.output)
-    r = runner.invoke(app, ["start", "--host", "0.0.0.0", "--home", str(tmp_path / "h"), "--insecure",
-                            launcher.EXPOSE_FLAG])
+    r = runner.invoke(
+        app, ["start", "--host", "0.0.0.0", "--home", str(tmp_path / "h"), "--insecure", launcher.EXPOSE_FLAG]
+    )
     assert isinstance(r.exception, Spawned), r.output
     assert ops_spawned[-1][ops_spawned[-1].index("--host") + 1] == "0.0.0.0"

@@ -42,29 +42,58 @@ def csp_world(tmp_path_factory):
     def as_(role):
         return {"Authorization": f"Bearer {tokens[role]}"}
 
-    run = api.post("/api/runs", headers={**as_("service"), "Content-Type": "application/json"},
-                   content='{"task": "mnist", "num_blocks": 2, "num_rounds": 3, "schedule": ' + schedule_json() + "}")
+    run = api.post(
+        "/api/runs",
+        headers={**as_("service"), "Content-Type": "application/json"},
+        content='{"task": "mnist", "num_blocks": 2, "num_rounds": 3, "schedule": ' + schedule_json() + "}",
+    )
     assert run.status_code == 201, run.text
     run_id = run.json()["id"]
     spec, weights = block()
-    version = api.post(f"/api/runs/{run_id}/blocks/0/versions", headers=as_("service"),
-                       data={"meta": '{"round": 1, "metrics": {"loss": 0.5}}', "spec": spec},
-                       files={"weights": ("w.safetensors", weights)})
+    version = api.post(
+        f"/api/runs/{run_id}/blocks/0/versions",
+        headers=as_("service"),
+        data={"meta": '{"round": 1, "metrics": {"loss": 0.5}}', "spec": spec},
+        files={"weights": ("w.safetensors", weights)},
+    )
     assert version.status_code == 201, version.text
-    meta = json.dumps({"block_version_id": version.json()["id"], "attack": "mia", "observation_point": "release",
-                       "adversary": "server", "config_hash": "abc", "verdict": "pass"})
-    audit = api.post("/api/audits", headers=as_("researcher"), data={"meta": meta},
-                     files={"artifacts": ("report.txt", b"fine")})
+    meta = json.dumps(
+        {
+            "block_version_id": version.json()["id"],
+            "attack": "mia",
+            "observation_point": "release",
+            "adversary": "server",
+            "config_hash": "abc",
+            "verdict": "pass",
+        }
+    )
+    audit = api.post(
+        "/api/audits", headers=as_("researcher"), data={"meta": meta}, files={"artifacts": ("report.txt", b"fine")}
+    )
     assert audit.status_code == 201, audit.text
-    assert api.post(f"/api/runs/{run_id}/rounds", headers=as_("service"),
-                    json={"round": 1, "block_index": 0, "status": "completed", "cohort": []}).status_code == 201
-    ids = {"run_id": run_id, "version_id": version.json()["id"], "audit_id": audit.json()["id"], "panel": "header",
-           "node_id": "none", "block_index": 0, "filename": "report.txt"}
+    assert (
+        api.post(
+            f"/api/runs/{run_id}/rounds",
+            headers=as_("service"),
+            json={"round": 1, "block_index": 0, "status": "completed", "cohort": []},
+        ).status_code
+        == 201
+    )
+    ids = {
+        "run_id": run_id,
+        "version_id": version.json()["id"],
+        "audit_id": audit.json()["id"],
+        "panel": "header",
+        "node_id": "none",
+        "block_index": 0,
+        "filename": "report.txt",
+    }
     browser = TestClient(app, follow_redirects=False)
     page = browser.get("/login")
     nonce = re.search(r'name="csrf_token" value="([^"]*)"', page.text)
-    login = browser.post("/login", data={"token": tokens["operator"], "next": "/",
-                                         **({"csrf_token": nonce.group(1)} if nonce else {})})
+    login = browser.post(
+        "/login", data={"token": tokens["operator"], "next": "/", **({"csrf_token": nonce.group(1)} if nonce else {})}
+    )
     assert login.status_code == 303, login.text[:300]
     yield app, browser, ids
     app.state.registry.db.dispose()
@@ -103,8 +132,17 @@ def test_content_security_policy_on_every_page(csp_world):
     On main no response carried a Content-Security-Policy, and the run page started its charts inline."""
     app, browser, ids = csp_world
     pages = html_pages(app, ids)
-    assert {"/", "/login", "/nodes", "/audits", "/events", "/docs", f"/runs/{ids['run_id']}",
-            f"/versions/{ids['version_id']}", f"/audits/{ids['audit_id']}"} <= set(pages), pages
+    assert {
+        "/",
+        "/login",
+        "/nodes",
+        "/audits",
+        "/events",
+        "/docs",
+        f"/runs/{ids['run_id']}",
+        f"/versions/{ids['version_id']}",
+        f"/audits/{ids['audit_id']}",
+    } <= set(pages), pages
     for url in pages:
         r = browser.get(url, headers={"Accept": "text/html"})
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), f"{url}: {r.status_code}"
@@ -119,7 +157,9 @@ def test_content_security_policy_on_every_page(csp_world):
             assert d.get("style-src") == ["'self'"] and d.get("img-src") == ["'self'"], f"{url}: {policy}"
             for what, pattern in INLINE.items():
                 m = pattern.search(r.text)
-                assert not m, f"{url} has an {what} the policy blocks: {r.text[max(m.start() - 60, 0):m.end() + 60]!r}"
+                assert not m, (
+                    f"{url} has an {what} the policy blocks: {r.text[max(m.start() - 60, 0) : m.end() + 60]!r}"
+                )
         else:
             assert not INLINE["inline <script>"].search(r.text), "/docs starts Swagger UI with an inline script"
 

@@ -58,33 +58,69 @@ def spec_with_placeholder() -> str:
 # multipart routes send {field: text} (None: the block's spec with X in it) plus the weights where needed.
 RUN = '{"task": "mnist", "num_blocks": 2, "num_rounds": 3, "schedule": {SCHEDULE}'
 VERSIONS = "/api/runs/{run}/blocks/0/versions"
-AUDIT = ('{"block_version_id": {version}, "attack": "mia", "observation_point": "release", "adversary": "server", '
-         '"config_hash": "abc", "verdict": "pass", ')
+AUDIT = (
+    '{"block_version_id": {version}, "attack": "mia", "observation_point": "release", "adversary": "server", '
+    '"config_hash": "abc", "verdict": "pass", '
+)
 ROUTES = {
-    "run dp (free-form)": ("service", "/api/runs", "json", RUN + f', "dp": {{"target_epsilon": {X}}}}}',
-                           ["dp", "target_epsilon"]),
+    "run dp (free-form)": (
+        "service",
+        "/api/runs",
+        "json",
+        RUN + f', "dp": {{"target_epsilon": {X}}}}}',
+        ["dp", "target_epsilon"],
+    ),
     "run num_rounds": ("service", "/api/runs", "json", RUN.replace("3", X) + "}", ["num_rounds"]),
     "control num_rounds": ("operator", "/api/runs/{run}/control", "json", f'{{"num_rounds": {X}}}', ["num_rounds"]),
-    "round stats (free-form)": ("service", "/api/runs/{run}/rounds", "json",
-                                '{"round": {ROUND}, "block_index": 0, "status": "completed", '
-                                '"stats": {"loss": ' + X + "}}",
-                                ["stats", "loss"]),
-    "node info (free-form)": ("service", "/api/nodes/{node}/seen", "json", f'{{"info": {{"load": [1, {X}]}}}}',
-                              ["info", "load", 1]),
-    "node privacy epsilon": ("service", "/api/nodes/{node}/privacy", "json",
-                             f'{{"run_id": {{run}}, "block_index": 0, "round": 1, "epsilon": {X}, "delta": 1e-05, '
-                             '"accountant": "prv"}', ["epsilon"]),
-    "version metrics (free-form)": ("service", VERSIONS, "multipart",
-                                    {"meta": '{"round": {ROUND}, "metrics": {"loss": ' + X + "}}"},
-                                    ["meta", "metrics", "loss"]),
-    "version record_epsilon": ("service", VERSIONS, "multipart",
-                               {"meta": f'{{"round": {{ROUND}}, {DP}, "accountant": "prv", "record_epsilon": {X}}}'},
-                               ["meta", "record_epsilon"]),
-    "version spec": ("service", VERSIONS, "multipart", {"meta": '{"round": {ROUND}}', "spec": None},
-                     ["spec", "owned_interval", 0]),
-    "audit metrics (free-form)": ("researcher", "/api/audits", "multipart",
-                                  {"meta": AUDIT + f'"metrics": {{"auc": {X}}}}}'},
-                                  ["meta", "metrics", "auc"]),
+    "round stats (free-form)": (
+        "service",
+        "/api/runs/{run}/rounds",
+        "json",
+        '{"round": {ROUND}, "block_index": 0, "status": "completed", "stats": {"loss": ' + X + "}}",
+        ["stats", "loss"],
+    ),
+    "node info (free-form)": (
+        "service",
+        "/api/nodes/{node}/seen",
+        "json",
+        f'{{"info": {{"load": [1, {X}]}}}}',
+        ["info", "load", 1],
+    ),
+    "node privacy epsilon": (
+        "service",
+        "/api/nodes/{node}/privacy",
+        "json",
+        f'{{"run_id": {{run}}, "block_index": 0, "round": 1, "epsilon": {X}, "delta": 1e-05, "accountant": "prv"}}',
+        ["epsilon"],
+    ),
+    "version metrics (free-form)": (
+        "service",
+        VERSIONS,
+        "multipart",
+        {"meta": '{"round": {ROUND}, "metrics": {"loss": ' + X + "}}"},
+        ["meta", "metrics", "loss"],
+    ),
+    "version record_epsilon": (
+        "service",
+        VERSIONS,
+        "multipart",
+        {"meta": f'{{"round": {{ROUND}}, {DP}, "accountant": "prv", "record_epsilon": {X}}}'},
+        ["meta", "record_epsilon"],
+    ),
+    "version spec": (
+        "service",
+        VERSIONS,
+        "multipart",
+        {"meta": '{"round": {ROUND}}', "spec": None},
+        ["spec", "owned_interval", 0],
+    ),
+    "audit metrics (free-form)": (
+        "researcher",
+        "/api/audits",
+        "multipart",
+        {"meta": AUDIT + f'"metrics": {{"auc": {X}}}}}'},
+        ["meta", "metrics", "auc"],
+    ),
 }
 
 
@@ -102,10 +138,15 @@ def nonfinite_world(tmp_path_factory):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    key = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    node = client.post("/api/nodes", json={"display_name": "n", "organisation": "o", "public_key": key},
-                       headers=auth(world, "service"))
+    key = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    node = client.post(
+        "/api/nodes", json={"display_name": "n", "organisation": "o", "public_key": key}, headers=auth(world, "service")
+    )
     assert node.status_code == 201, node.text
     world["node"] = node.json()["id"]
     version = send(world, "service", VERSIONS, "multipart", {"meta": '{"round": {ROUND}}'}, "0")
@@ -130,11 +171,15 @@ def fill(template: str, world, number: str) -> str:
 def send(world, role: str, path: str, kind: str, body, number: str):
     url = fill(path, world, "")
     if kind == "json":
-        return world["client"].post(url, content=fill(body, world, number).encode(),
-                                    headers={**auth(world, role), "Content-Type": "application/json"})
+        return world["client"].post(
+            url,
+            content=fill(body, world, number).encode(),
+            headers={**auth(world, role), "Content-Type": "application/json"},
+        )
     spec, weights = block()
-    data = {field: fill(spec_with_placeholder() if text is None else text, world, number)
-            for field, text in body.items()}
+    data = {
+        field: fill(spec_with_placeholder() if text is None else text, world, number) for field, text in body.items()
+    }
     files = None
     if "/versions" in path:
         data.setdefault("spec", spec)
@@ -145,12 +190,14 @@ def send(world, role: str, path: str, kind: str, body, number: str):
 def counts(world) -> dict:
     """Rows of the tables these routes write, read back through the API."""
     c, h = world["client"], auth(world, "admin")
-    return {"runs": c.get("/api/runs", headers=h).json()["total"],
-            "rounds": c.get(f"/api/runs/{world['run']}/rounds", headers=h).json()["total"],
-            "versions": c.get("/api/versions", headers=h).json()["total"],
-            "audits": c.get("/api/audits", headers=h).json()["total"],
-            "node_info": c.get(f"/api/nodes/{world['node']}", headers=h).json()["info"],
-            "privacy": c.get(f"/api/nodes/{world['node']}/privacy", headers=h).json()["runs"]}
+    return {
+        "runs": c.get("/api/runs", headers=h).json()["total"],
+        "rounds": c.get(f"/api/runs/{world['run']}/rounds", headers=h).json()["total"],
+        "versions": c.get("/api/versions", headers=h).json()["total"],
+        "audits": c.get("/api/audits", headers=h).json()["total"],
+        "node_info": c.get(f"/api/nodes/{world['node']}", headers=h).json()["info"],
+        "privacy": c.get(f"/api/nodes/{world['node']}/privacy", headers=h).json()["runs"],
+    }
 
 
 def finite_for(route: str) -> str:
@@ -187,8 +234,10 @@ def test_nan_in_free_form_metrics_is_refused_not_stored_as_null(nonfinite_world)
     On main the NaN version was registered (201) and its metrics read back as {"curve": [0.1, {"loss": null}]}."""
     w = nonfinite_world
     sha = "3e123" * 13
-    meta = ('{"round": {ROUND}, "metrics": {"note": "NaN Infinity 1e999", "sha": "' + sha + '", '
-            '"curve": [0.1, {"loss": ' + X + "}]}}")
+    meta = (
+        '{"round": {ROUND}, "metrics": {"note": "NaN Infinity 1e999", "sha": "' + sha + '", '
+        '"curve": [0.1, {"loss": ' + X + "}]}}"
+    )
     bad = send(w, "service", VERSIONS, "multipart", {"meta": meta}, "NaN")
     assert bad.status_code == 422, bad.text[:300]
     assert bad.json()["detail"][0]["loc"] == ["body", "meta", "metrics", "curve", 1, "loss"]

@@ -30,9 +30,11 @@ def session_world(tmp_path_factory):
         tokens = {role: issue_token(s, name=role, role=role, created_by="tests")[1] for role in ROLES}
     from dblocks.shared.schedule import NoiseSchedule
 
-    run = TestClient(app).post("/api/runs", headers={"Authorization": f"Bearer {tokens['service']}"},
-                               json={"task": "mnist", "num_blocks": 2, "num_rounds": 3,
-                                     "schedule": NoiseSchedule(num_blocks=2).to_dict()})
+    run = TestClient(app).post(
+        "/api/runs",
+        headers={"Authorization": f"Bearer {tokens['service']}"},
+        json={"task": "mnist", "num_blocks": 2, "num_rounds": 3, "schedule": NoiseSchedule(num_blocks=2).to_dict()},
+    )
     assert run.status_code == 201, run.text
     yield settings, app, tokens, run.json()["id"]
     app.state.registry.db.dispose()
@@ -163,8 +165,11 @@ def test_session_cookie_secure_behind_a_trusted_proxy_only(session_world):
         client = browser(application)
         page = client.get("/login", headers=forwarded)
         nonce = hidden(page.text, "csrf_token") if 'name="csrf_token"' in page.text else ""
-        r = client.post("/login", headers={**forwarded, "Cookie": f"dblocks_login_csrf={nonce}"},
-                        data={"token": tokens["viewer"], "next": "/", "csrf_token": nonce})
+        r = client.post(
+            "/login",
+            headers={**forwarded, "Cookie": f"dblocks_login_csrf={nonce}"},
+            data={"token": tokens["viewer"], "next": "/", "csrf_token": nonce},
+        )
         assert r.status_code == 303
         return set_cookies(r)[COOKIE_NAME].lower()
 

@@ -45,8 +45,13 @@ def join_options(tmp_path, **kw) -> JoinOptions:
     data = tmp_path / "data.npz"
     np.savez(data, x=np.zeros((4, 2)), y=np.zeros(4))
     (tmp_path / "ca.pem").write_text("")
-    base = dict(server="127.0.0.1:9092", data=data, home=tmp_path / "home", ca=tmp_path / "ca.pem",
-                key=tmp_path / "keys" / "node.key")
+    base = dict(
+        server="127.0.0.1:9092",
+        data=data,
+        home=tmp_path / "home",
+        ca=tmp_path / "ca.pem",
+        key=tmp_path / "keys" / "node.key",
+    )
     known = {f.name for f in dataclasses.fields(JoinOptions)}
     return JoinOptions(**{k: v for k, v in {**base, **kw}.items() if k in known})
 
@@ -158,8 +163,13 @@ def test_company_requiring_consistency_refuses_a_plan_without_it(tmp_path):
     assert VICTIM not in result.aggregates["0"].survivors
     assert any(cid == VICTIM and "consistency" in why for cid, _, why in net.refusals), net.refusals
     others = {str(n): SecAggClient(str(n), trust=TrustStore(tofu=True)) for n in (11, 12, 13, 14)}
-    _, _, result = _round_one({VICTIM: company(join_options(tmp_path / "b", insecure=True, ca=None,
-                                                            require_consistency=True), run_id=2), **others}, True)
+    _, _, result = _round_one(
+        {
+            VICTIM: company(join_options(tmp_path / "b", insecure=True, ca=None, require_consistency=True), run_id=2),
+            **others,
+        },
+        True,
+    )
     assert VICTIM in result.aggregates["0"].survivors  # with the check, it takes part
 
 
@@ -203,6 +213,7 @@ def _secrets_in(state: bytes) -> set[bytes]:
                     return
                 if len(raw) == 32:
                     found.add(raw)
+
     walk(json.loads(state))
     return found
 
@@ -225,8 +236,10 @@ def _try_open(sealed: bytes, digest: bytes, sender: str, receiver: str, privates
     """The attacker: every (private it holds, public on the wire) pair, under every key derivation the protocol
     has used (main: the long-term channel key; now: the per-instance seal key)."""
     low, high = sorted((sender, receiver))
-    infos = [(b"", encode_fields(b"dblocks-secagg/channel/v1", low, high)),
-             (digest, encode_fields(b"dblocks-secagg/seal/v2", sender, receiver))]
+    infos = [
+        (b"", encode_fields(b"dblocks-secagg/channel/v1", low, high)),
+        (digest, encode_fields(b"dblocks-secagg/seal/v2", sender, receiver)),
+    ]
     for private in privates:
         for public in publics:
             try:
@@ -293,6 +306,7 @@ def test_concurrent_upload_messages_for_one_instance_upload_at_most_once(tmp_pat
     saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     try:
+
         class ViaFlower:  # the victim's ClientApp: every message through `handle`, with the node's Context
             def handle(self, request, contrib=None):
                 msg = Message(content=to_recorddict(request), dst_node_id=int(VICTIM), message_type="query.secagg")
@@ -308,15 +322,18 @@ def test_concurrent_upload_messages_for_one_instance_upload_at_most_once(tmp_pat
         start, results = threading.Barrier(2), []
 
         def one_copy():
-            copy_ctx = Context(run_id=1, node_id=int(VICTIM), node_config=nc, state=copy.deepcopy(ctx.state),
-                               run_config={})
-            msg = Message(content=to_recorddict(copy.deepcopy(request)), dst_node_id=int(VICTIM),
-                          message_type="train.secagg")
+            copy_ctx = Context(
+                run_id=1, node_id=int(VICTIM), node_config=nc, state=copy.deepcopy(ctx.state), run_config={}
+            )
+            msg = Message(
+                content=to_recorddict(copy.deepcopy(request)), dst_node_id=int(VICTIM), message_type="train.secagg"
+            )
             start.wait()
             try:
                 reply = handle(msg, copy_ctx, lambda plan, m: Contribution(update_of(VICTIM)))
-                results.append("masked" if any(k.endswith("/masked") for k in from_recorddict(reply.content))
-                               else "other")
+                results.append(
+                    "masked" if any(k.endswith("/masked") for k in from_recorddict(reply.content)) else "other"
+                )
             except Exception as err:  # noqa: BLE001 - a refusal: Flower returns it as an error reply
                 results.append(f"refused: {err}")
 

@@ -73,18 +73,21 @@ def test_secagg_range_out_of_range_sum_is_refused():
     +-count x its bound."""
     dim, honest = 16, [np.full(16, 0.1), np.full(16, -0.1), np.zeros(16)]
     for offset, ok in ((0, True), (1, False)):
+
         def edge(quant, offset=offset):
             q = np.zeros(quant.dim, np.int64)
             q[3] = -(4 * quant.levels()[0] + offset)  # 4 members summed
             return q
+
         result, quant = run_with_rogue(honest, edge, dim)
         if ok:
             assert result.aggregates["0"].update_sum[3] == pytest.approx(-4 * quant.levels()[0] * quant.step)
         else:
             assert result.aggregates == {} and "out of range" in result.failures["0"]
     big = [Extra("records", 2.0**61, 1.0)]
-    result, quant = run_with_rogue([np.zeros(4), np.zeros(4)], lambda quant: np.r_[np.zeros(4, np.int64), -(2**63)],
-                                   4, extras=big)
+    result, quant = run_with_rogue(
+        [np.zeros(4), np.zeros(4)], lambda quant: np.r_[np.zeros(4, np.int64), -(2**63)], 4, extras=big
+    )
     assert quant.bits == 64
     assert result.aggregates == {} and "out of range" in result.failures["0"], result
 

@@ -41,14 +41,34 @@ def run3(tmp_path_factory):
         reg["operator"].approve_node(node["id"])
         svc.node_seen(node["id"], {"superlink": {"node_id": str(n), "status": "online", "error": None}})
         ids[n] = node["id"]
-    cfg = RunConfig(run_id="composed", task=TASK, num_blocks=B, num_rounds=ROUNDS, cohort_size=3, min_cohort=3,
-                    record_noise=Z, record_sample_rate=Q, record_steps=STEPS, delta=DELTA, accountant="prv",
-                    central_noise=ZC, secagg=SecAggConfig(mode="flower"), checkpoint_dir=str(tmp / "run" / "ck"))
+    cfg = RunConfig(
+        run_id="composed",
+        task=TASK,
+        num_blocks=B,
+        num_rounds=ROUNDS,
+        cohort_size=3,
+        min_cohort=3,
+        record_noise=Z,
+        record_sample_rate=Q,
+        record_steps=STEPS,
+        delta=DELTA,
+        accountant="prv",
+        central_noise=ZC,
+        secagg=SecAggConfig(mode="flower"),
+        checkpoint_dir=str(tmp / "run" / "ck"),
+    )
     with pytest.MonkeyPatch.context() as mp:
         set_task_identity(mp)
         fed = Federation(cfg, PingGrid(NODES), context())
-        run = svc.create_run(task=fed.model.task, dataset={"name": TASK}, num_blocks=B, schedule=fed.schedule.to_dict(),
-                             secagg={"mode": "flower"}, dp={"accountant": "prv", "delta": DELTA}, num_rounds=ROUNDS)
+        run = svc.create_run(
+            task=fed.model.task,
+            dataset={"name": TASK},
+            num_blocks=B,
+            schedule=fed.schedule.to_dict(),
+            secagg={"mode": "flower"},
+            dp={"accountant": "prv", "delta": DELTA},
+            num_rounds=ROUNDS,
+        )
         svc.set_status(run["id"], "running")
         fed.registry, fed.rid = svc, run["id"]
         fed.secagg = CohortSecAgg(fed)
@@ -89,7 +109,8 @@ def test_client_level_epsilon_uses_the_runs_prv_accountant_over_all_blocks(run3)
     for v in (v for v in svc.list_block_versions(rid) if v["round"] == ROUNDS):
         assert v["client_epsilon"] == pytest.approx(prv, rel=1e-6)
         assert v["metrics"]["client_epsilon_one_release"] == pytest.approx(
-            epsilon([MechanismStep(ZC, 1.0, 1)], DELTA, "prv"), rel=1e-6)
+            epsilon([MechanismStep(ZC, 1.0, 1)], DELTA, "prv"), rel=1e-6
+        )
         for e in v["metrics"]["nodes"].values():
             assert e["client_epsilon"] == pytest.approx(prv, rel=1e-6) and e["published"] == ROUNDS
 
@@ -135,15 +156,34 @@ def test_composed_epsilon_counts_releases_of_earlier_server_sessions(tmp_path, m
     set_task_identity(monkeypatch)
     app, reg = registry_app(tmp_path / "registry")
     svc = reg["service"]
-    cfg = RunConfig(run_id="restart", task=TASK, num_blocks=B, num_rounds=2, cohort_size=3, min_cohort=3,
-                    record_noise=Z, record_sample_rate=Q, record_steps=STEPS, delta=DELTA, accountant="rdp",
-                    secagg=SecAggConfig(mode="flower"), checkpoint_dir=str(tmp_path / "run" / "ck"))
+    cfg = RunConfig(
+        run_id="restart",
+        task=TASK,
+        num_blocks=B,
+        num_rounds=2,
+        cohort_size=3,
+        min_cohort=3,
+        record_noise=Z,
+        record_sample_rate=Q,
+        record_steps=STEPS,
+        delta=DELTA,
+        accountant="rdp",
+        secagg=SecAggConfig(mode="flower"),
+        checkpoint_dir=str(tmp_path / "run" / "ck"),
+    )
     run = None
     for session in (1, 2):
         fed = Federation(cfg, PingGrid(NODES), context())
         if run is None:
-            run = svc.create_run(task=fed.model.task, dataset={"name": TASK}, num_blocks=B, schedule=fed.schedule.to_dict(),
-                                 secagg={"mode": "flower"}, dp={"accountant": "rdp", "delta": DELTA}, num_rounds=2)
+            run = svc.create_run(
+                task=fed.model.task,
+                dataset={"name": TASK},
+                num_blocks=B,
+                schedule=fed.schedule.to_dict(),
+                secagg={"mode": "flower"},
+                dp={"accountant": "rdp", "delta": DELTA},
+                num_rounds=2,
+            )
             svc.set_status(run["id"], "running")
         fed.registry, fed.rid = svc, run["id"]
         fed.secagg = CohortSecAgg(fed)

@@ -49,9 +49,18 @@ MALFORMED = {
 
 
 def _cfg(tmp_path, **kw) -> RunConfig:
-    base = RunConfig(run_id="robust", task=TASK, num_blocks=B, num_rounds=1, cohort_size=3, min_cohort=3,
-                     record_steps=2, accountant="rdp", secagg=SecAggConfig(mode="flower"),
-                     checkpoint_dir=str(tmp_path / "run" / "checkpoints"))
+    base = RunConfig(
+        run_id="robust",
+        task=TASK,
+        num_blocks=B,
+        num_rounds=1,
+        cohort_size=3,
+        min_cohort=3,
+        record_steps=2,
+        accountant="rdp",
+        secagg=SecAggConfig(mode="flower"),
+        checkpoint_dir=str(tmp_path / "run" / "checkpoints"),
+    )
     return replace(base, **kw)
 
 
@@ -81,6 +90,7 @@ def test_error_and_foreign_ping_replies_only_drop_their_node(ping_fed):
     """#14.4: an error reply is a dropout with its reason; a reply claiming to come from a node that was not
     asked is ignored, as is a second reply of the same node. On main the dropout left no reason (error) and a
     foreign reply with a budget counted as a live node that was never pinged."""
+
     def error(m):
         return Message(Error(code=0, reason="ClientApp crashed"), reply_to=m)
 
@@ -152,8 +162,14 @@ def test_shared_aggregation_that_raises_fails_no_other_block_for_good(tmp_path, 
 
 def _attach_registry(fed, service) -> None:
     """The run in the registry, as `dbserver run new` creates it, and the Federation talking to it."""
-    run = service.create_run(task=fed.model.task, dataset={"name": TASK}, num_blocks=B,
-                             schedule=fed.schedule.to_dict(), secagg={"mode": fed.cfg.secagg.mode},
-                             dp={"accountant": fed.cfg.accountant, "delta": fed.cfg.delta}, num_rounds=fed.cfg.num_rounds)
+    run = service.create_run(
+        task=fed.model.task,
+        dataset={"name": TASK},
+        num_blocks=B,
+        schedule=fed.schedule.to_dict(),
+        secagg={"mode": fed.cfg.secagg.mode},
+        dp={"accountant": fed.cfg.accountant, "delta": fed.cfg.delta},
+        num_rounds=fed.cfg.num_rounds,
+    )
     service.set_status(run["id"], "running")
     fed.registry, fed.rid = service, run["id"]

@@ -22,11 +22,25 @@ def whoami(who: Principal = Depends(Allow(ALL_ROLES))):
 
 
 @router.get("/events", response_model=Page[EventOut], summary="The append-only event log")
-def list_events(run_id: int | None = None, kind: str | None = None, subject_type: str | None = None, subject_id: str | None = None,
-                after_id: int | None = None, order: Literal["asc", "desc"] = "desc", limit: int = Limit, offset: int = Offset,
-                _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def list_events(
+    run_id: int | None = None,
+    kind: str | None = None,
+    subject_type: str | None = None,
+    subject_id: str | None = None,
+    after_id: int | None = None,
+    order: Literal["asc", "desc"] = "desc",
+    limit: int = Limit,
+    offset: int = Offset,
+    _: Principal = Depends(Allow(ALL_ROLES)),
+    reg=Depends(registry),
+):
     stmt = select(Event).order_by(Event.id.asc() if order == "asc" else Event.id.desc())
-    for column, value in ((Event.run_id, run_id), (Event.kind, kind), (Event.subject_type, subject_type), (Event.subject_id, subject_id)):
+    for column, value in (
+        (Event.run_id, run_id),
+        (Event.kind, kind),
+        (Event.subject_type, subject_type),
+        (Event.subject_id, subject_id),
+    ):
         if value is not None:
             stmt = stmt.where(column == value)
     if after_id is not None:
@@ -35,11 +49,15 @@ def list_events(run_id: int | None = None, kind: str | None = None, subject_type
         return paginate(s, stmt, limit, offset, EventOut)
 
 
-@router.post("/tokens", status_code=201, response_model=TokenCreated, summary="Create an API token (the secret is shown once)")
+@router.post(
+    "/tokens", status_code=201, response_model=TokenCreated, summary="Create an API token (the secret is shown once)"
+)
 def create_token(body: TokenCreate, who: Principal = Depends(Allow(ADMINS)), reg=Depends(registry)):
     with reg.db.writer() as s:
         row, secret = issue_token(s, name=body.name, role=body.role, created_by=who.name)
-        events.record(s, who, "token.created", "token", row.id, after={"name": row.name, "role": row.role, "prefix": row.prefix})
+        events.record(
+            s, who, "token.created", "token", row.id, after={"name": row.name, "role": row.role, "prefix": row.prefix}
+        )
         return TokenCreated(**TokenOut.model_validate(row).model_dump(), token=secret)
 
 

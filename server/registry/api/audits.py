@@ -26,8 +26,11 @@ def check_filename(name: str | None) -> str:
     Names never become paths (files are stored by hash), but a name like '../x' is refused anyway so that
     what a researcher sees is what was stored."""
     if not name or not SAFE_FILENAME.fullmatch(name):
-        raise HTTPException(422, f"artifact filename {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
-                                 "starting with a letter or digit (no folders)")
+        raise HTTPException(
+            422,
+            f"artifact filename {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no folders)",
+        )
     return name
 
 
@@ -35,10 +38,18 @@ def media_type_for(filename: str) -> str:
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
-@router.post("/audits", status_code=201, response_model=AuditOut, summary="Researcher: post an audit (multipart: meta JSON + artifact files)")
-def post_audit(meta: Annotated[str, Form(description="AuditMeta as JSON")],
-               artifacts: Annotated[list[UploadFile], File(description="PNGs, reports, ...")] = [],  # noqa: B006 (FastAPI copies defaults)
-               who: Principal = Depends(Allow(AUDITORS)), reg=Depends(registry)):
+@router.post(
+    "/audits",
+    status_code=201,
+    response_model=AuditOut,
+    summary="Researcher: post an audit (multipart: meta JSON + artifact files)",
+)
+def post_audit(
+    meta: Annotated[str, Form(description="AuditMeta as JSON")],
+    artifacts: Annotated[list[UploadFile], File(description="PNGs, reports, ...")] = [],  # noqa: B006 (FastAPI copies defaults)
+    who: Principal = Depends(Allow(AUDITORS)),
+    reg=Depends(registry),
+):
     m = parse_json_field(AuditMeta, meta, "meta")
     files: dict[str, bytes] = {}
     for upload in artifacts:
@@ -56,20 +67,52 @@ def post_audit(meta: Annotated[str, Form(description="AuditMeta as JSON")],
         s.add(audit)
         s.flush()
         for name, data in files.items():
-            s.add(AuditArtifact(audit_id=audit.id, filename=name, media_type=media_type_for(name), sha256=digests[name], size_bytes=len(data)))
-        events.record(s, who, "audit.posted", "audit", audit.id, run_id=version.run_id,
-                      after={"block_version_id": version.id, "attack": m.attack, "verdict": m.verdict, "artifacts": sorted(files)})
+            s.add(
+                AuditArtifact(
+                    audit_id=audit.id,
+                    filename=name,
+                    media_type=media_type_for(name),
+                    sha256=digests[name],
+                    size_bytes=len(data),
+                )
+            )
+        events.record(
+            s,
+            who,
+            "audit.posted",
+            "audit",
+            audit.id,
+            run_id=version.run_id,
+            after={
+                "block_version_id": version.id,
+                "attack": m.attack,
+                "verdict": m.verdict,
+                "artifacts": sorted(files),
+            },
+        )
         s.flush()
         s.refresh(audit, ["artifacts"])
         return AuditOut.model_validate(audit)
 
 
 @router.get("/audits", response_model=Page[AuditOut], summary="Audits, newest first")
-def list_audits(block_version_id: int | None = None, run_id: int | None = None, verdict: Verdict | None = None,
-                attack: str | None = None, limit: int = Limit, offset: int = Offset,
-                _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def list_audits(
+    block_version_id: int | None = None,
+    run_id: int | None = None,
+    verdict: Verdict | None = None,
+    attack: str | None = None,
+    limit: int = Limit,
+    offset: int = Offset,
+    _: Principal = Depends(Allow(ALL_ROLES)),
+    reg=Depends(registry),
+):
     stmt = select(Audit).order_by(Audit.id.desc())
-    for column, value in ((Audit.block_version_id, block_version_id), (Audit.run_id, run_id), (Audit.verdict, verdict), (Audit.attack, attack)):
+    for column, value in (
+        (Audit.block_version_id, block_version_id),
+        (Audit.run_id, run_id),
+        (Audit.verdict, verdict),
+        (Audit.attack, attack),
+    ):
         if value is not None:
             stmt = stmt.where(column == value)
     with reg.db.reader() as s:
@@ -82,14 +125,26 @@ def read_audit(audit_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depe
         return AuditOut.model_validate(get_or_404(s, Audit, audit_id, "audit"))
 
 
-@router.get("/audits/{audit_id}/artifacts/{filename}", response_class=Response, summary="An audit's artifact file (hash-verified)")
+@router.get(
+    "/audits/{audit_id}/artifacts/{filename}",
+    response_class=Response,
+    summary="An audit's artifact file (hash-verified)",
+)
 def download_artifact(audit_id: int, filename: str, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
     with reg.db.reader() as s:
-        art = s.execute(select(AuditArtifact).where(AuditArtifact.audit_id == audit_id, AuditArtifact.filename == filename)).scalar_one_or_none()
+        art = s.execute(
+            select(AuditArtifact).where(AuditArtifact.audit_id == audit_id, AuditArtifact.filename == filename)
+        ).scalar_one_or_none()
         if art is None:
             raise HTTPException(404, f"audit {audit_id} has no artifact named {filename!r}")
         digest, media_type = art.sha256, art.media_type
     inline = media_type in INLINE_TYPES
-    return Response(reg.store.get(digest), media_type=media_type if inline else "application/octet-stream",
-                    headers={"X-Content-SHA256": digest, "X-Content-Type-Options": "nosniff",
-                             "Content-Disposition": f'{"inline" if inline else "attachment"}; filename="{filename}"'})
+    return Response(
+        reg.store.get(digest),
+        media_type=media_type if inline else "application/octet-stream",
+        headers={
+            "X-Content-SHA256": digest,
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": f'{"inline" if inline else "attachment"}; filename="{filename}"',
+        },
+    )

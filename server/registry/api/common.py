@@ -47,7 +47,9 @@ def parse_json_field(model: type[M], text: str, field: str) -> M:
     try:
         return model.model_validate_json(text)
     except ValidationError as e:
-        raise RequestValidationError([{**err, "loc": ("body", field, *err["loc"])} for err in e.errors(include_url=False)]) from None
+        raise RequestValidationError(
+            [{**err, "loc": ("body", field, *err["loc"])} for err in e.errors(include_url=False)]
+        ) from None
 
 
 def get_or_404(session: Session, model: type[Base], key, what: str, *, lock: bool = False):
@@ -66,4 +68,6 @@ def get_run(session: Session, run_id: int, *, lock: bool = False) -> Run:
 
 def check_block_index(run: Run, block_index: int) -> None:
     if not 0 <= block_index < run.num_blocks:
-        raise HTTPException(422, f"block_index {block_index} is out of range: run {run.id} has blocks 0..{run.num_blocks - 1}")
+        raise HTTPException(
+            422, f"block_index {block_index} is out of range: run {run.id} has blocks 0..{run.num_blocks - 1}"
+        )

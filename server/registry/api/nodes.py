@@ -34,28 +34,54 @@ def node_id_for(fingerprint: str) -> str:
     return "node-" + hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
 
 
-@router.post("/nodes", status_code=201, response_model=NodeRegistered, summary="Register a node (pending until approved)",
-             responses={200: {"description": "a node with this key already exists: it is returned unchanged"}})
-def register_node(body: NodeCreate, response: Response, who: Principal = Depends(Allow(RUN_CREATORS)), reg=Depends(registry)):
+@router.post(
+    "/nodes",
+    status_code=201,
+    response_model=NodeRegistered,
+    summary="Register a node (pending until approved)",
+    responses={200: {"description": "a node with this key already exists: it is returned unchanged"}},
+)
+def register_node(
+    body: NodeCreate, response: Response, who: Principal = Depends(Allow(RUN_CREATORS)), reg=Depends(registry)
+):
     fingerprint = canonical_fingerprint(body.public_key, body.fingerprint)
     with reg.db.writer() as s:
         existing = s.execute(select(Node).where(Node.fingerprint == fingerprint)).scalar_one_or_none()
         if existing is not None:
             response.status_code = 200
             return NodeRegistered(**NodeOut.model_validate(existing).model_dump(), created=False)
-        node = Node(id=node_id_for(fingerprint), display_name=body.display_name, organisation=body.organisation,
-                    public_key=body.public_key.strip(), fingerprint=fingerprint, status="pending", info={},
-                    secagg_identity=body.secagg_identity)
+        node = Node(
+            id=node_id_for(fingerprint),
+            display_name=body.display_name,
+            organisation=body.organisation,
+            public_key=body.public_key.strip(),
+            fingerprint=fingerprint,
+            status="pending",
+            info={},
+            secagg_identity=body.secagg_identity,
+        )
         s.add(node)
         s.flush()
-        events.record(s, who, "node.registered", "node", node.id,
-                      after={"display_name": node.display_name, "organisation": node.organisation, "fingerprint": fingerprint})
+        events.record(
+            s,
+            who,
+            "node.registered",
+            "node",
+            node.id,
+            after={"display_name": node.display_name, "organisation": node.organisation, "fingerprint": fingerprint},
+        )
         return NodeRegistered(**NodeOut.model_validate(node).model_dump(), created=True)
 
 
 @router.get("/nodes", response_model=Page[NodeOut])
-def list_nodes(status: NodeStatus | None = None, organisation: str | None = None, limit: int = Limit, offset: int = Offset,
-               _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def list_nodes(
+    status: NodeStatus | None = None,
+    organisation: str | None = None,
+    limit: int = Limit,
+    offset: int = Offset,
+    _: Principal = Depends(Allow(ALL_ROLES)),
+    reg=Depends(registry),
+):
     stmt = select(Node).order_by(Node.created_at, Node.id)
     if status:
         stmt = stmt.where(Node.status == status)
@@ -77,14 +103,18 @@ def enrol_secagg_identity(s, who: Principal, node: Node, identity: str | None) -
     if identity is None or identity == node.secagg_identity:
         return
     if node.secagg_identity is not None:
-        raise HTTPException(409, f"node {node.id} already has SecAgg identity {node.secagg_identity[:16]}...; it never "
-                                 f"changes (a company with a new key registers a new node key)")
+        raise HTTPException(
+            409,
+            f"node {node.id} already has SecAgg identity {node.secagg_identity[:16]}...; it never "
+            f"changes (a company with a new key registers a new node key)",
+        )
     node.secagg_identity = identity
     events.record(s, who, "node.secagg_enrolled", "node", node.id, after={"secagg_identity": identity})
 
 
-def decide(reg, who: Principal, node_id: str, status: str, reason: str | None,
-           secagg_identity: str | None = None) -> NodeOut:
+def decide(
+    reg, who: Principal, node_id: str, status: str, reason: str | None, secagg_identity: str | None = None
+) -> NodeOut:
     """Approve or revoke a node (no-op if it already has that status), with an event; an approval may enrol the
     node's SecAgg identity."""
     with reg.db.writer() as s:
@@ -99,24 +129,38 @@ def decide(reg, who: Principal, node_id: str, status: str, reason: str | None,
                 node.approved_at, node.revoked_at = now, None
             else:
                 node.revoked_at = now
-            events.record(s, who, f"node.{'approved' if status == 'approved' else 'revoked'}", "node", node.id,
-                          before={"status": before}, after={"status": status, "reason": reason})
+            events.record(
+                s,
+                who,
+                f"node.{'approved' if status == 'approved' else 'revoked'}",
+                "node",
+                node.id,
+                before={"status": before},
+                after={"status": status, "reason": reason},
+            )
         return NodeOut.model_validate(node)
 
 
 @router.post("/nodes/{node_id}/approve", response_model=NodeOut)
-def approve_node(node_id: str, body: NodeDecision | None = None, who: Principal = Depends(Allow(OPERATORS)), reg=Depends(registry)):
-    return decide(reg, who, node_id, "approved", body.reason if body else None,
-                  body.secagg_identity if body else None)
+def approve_node(
+    node_id: str, body: NodeDecision | None = None, who: Principal = Depends(Allow(OPERATORS)), reg=Depends(registry)
+):
+    return decide(reg, who, node_id, "approved", body.reason if body else None, body.secagg_identity if body else None)
 
 
 @router.post("/nodes/{node_id}/revoke", response_model=NodeOut)
-def revoke_node(node_id: str, body: NodeDecision | None = None, who: Principal = Depends(Allow(OPERATORS)), reg=Depends(registry)):
+def revoke_node(
+    node_id: str, body: NodeDecision | None = None, who: Principal = Depends(Allow(OPERATORS)), reg=Depends(registry)
+):
     return decide(reg, who, node_id, "revoked", body.reason if body else None)
 
 
-@router.post("/nodes/{node_id}/seen", response_model=NodeOut, summary="Service: the node was seen now (heartbeat; not an event)")
-def node_seen(node_id: str, body: NodeSeen | None = None, _: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)):
+@router.post(
+    "/nodes/{node_id}/seen", response_model=NodeOut, summary="Service: the node was seen now (heartbeat; not an event)"
+)
+def node_seen(
+    node_id: str, body: NodeSeen | None = None, _: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)
+):
     with reg.db.writer() as s:
         node = get_or_404(s, Node, node_id, "node")
         node.last_seen_at = utcnow()
@@ -125,9 +169,15 @@ def node_seen(node_id: str, body: NodeSeen | None = None, _: Principal = Depends
         return NodeOut.model_validate(node)
 
 
-@router.post("/nodes/{node_id}/privacy", status_code=201, response_model=NodePrivacyOut,
-             summary="Service: cumulative epsilon this node's data has spent on a block")
-def record_node_privacy(node_id: str, body: NodePrivacyIn, who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)):
+@router.post(
+    "/nodes/{node_id}/privacy",
+    status_code=201,
+    response_model=NodePrivacyOut,
+    summary="Service: cumulative epsilon this node's data has spent on a block",
+)
+def record_node_privacy(
+    node_id: str, body: NodePrivacyIn, who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)
+):
     with reg.db.writer() as s:
         get_or_404(s, Node, node_id, "node")
         run = get_run(s, body.run_id)
@@ -136,12 +186,21 @@ def record_node_privacy(node_id: str, body: NodePrivacyIn, who: Principal = Depe
         rec = NodePrivacy(node_id=node_id, **body.model_dump())
         s.add(rec)
         s.flush()
-        events.record(s, who, "node.privacy", "node", node_id, run_id=body.run_id,
-                      after={"block_index": body.block_index, "round": body.round, "epsilon": body.epsilon, "delta": body.delta})
+        events.record(
+            s,
+            who,
+            "node.privacy",
+            "node",
+            node_id,
+            run_id=body.run_id,
+            after={"block_index": body.block_index, "round": body.round, "epsilon": body.epsilon, "delta": body.delta},
+        )
         return NodePrivacyOut.model_validate(rec)
 
 
-@router.get("/nodes/{node_id}/privacy", summary="Privacy a node has spent, per run and block (totals: basic composition)")
+@router.get(
+    "/nodes/{node_id}/privacy", summary="Privacy a node has spent, per run and block (totals: basic composition)"
+)
 def read_node_privacy(node_id: str, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)) -> dict:
     with reg.db.reader() as s:
         get_or_404(s, Node, node_id, "node")

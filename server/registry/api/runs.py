@@ -42,8 +42,14 @@ def schedule_intervals(schedule: dict, num_blocks: int) -> list[tuple[tuple[floa
 
 
 def control_state(run: Run) -> ControlState:
-    return ControlState(run_id=run.id, status=run.status, num_rounds=run.num_rounds, current_round=run.current_round,
-                        status_reason=run.status_reason, updated_at=run.updated_at)
+    return ControlState(
+        run_id=run.id,
+        status=run.status,
+        num_rounds=run.num_rounds,
+        current_round=run.current_round,
+        status_reason=run.status_reason,
+        updated_at=run.updated_at,
+    )
 
 
 def apply_transition(run: Run, t: Transition, reason: str | None) -> None:
@@ -59,23 +65,50 @@ def apply_transition(run: Run, t: Transition, reason: str | None) -> None:
 def create_run(body: RunCreate, who: Principal = Depends(Allow(RUN_CREATORS)), reg=Depends(registry)):
     intervals = schedule_intervals(body.schedule, body.num_blocks)
     with reg.db.writer() as s:
-        run = Run(name=body.name or body.task, task=body.task, dataset=body.dataset, num_blocks=body.num_blocks,
-                  schedule=body.schedule, secagg=body.secagg, dp=body.dp, num_rounds=body.num_rounds,
-                  created_by=body.created_by or who.name, status="created")
+        run = Run(
+            name=body.name or body.task,
+            task=body.task,
+            dataset=body.dataset,
+            num_blocks=body.num_blocks,
+            schedule=body.schedule,
+            secagg=body.secagg,
+            dp=body.dp,
+            num_rounds=body.num_rounds,
+            created_by=body.created_by or who.name,
+            status="created",
+        )
         s.add(run)
         s.flush()
         for i, ((olo, ohi), (tlo, thi)) in enumerate(intervals):
             s.add(Block(run_id=run.id, block_index=i, owned_lo=olo, owned_hi=ohi, train_lo=tlo, train_hi=thi))
-        events.record(s, who, "run.created", "run", run.id, run_id=run.id,
-                      after={"status": run.status, "task": run.task, "num_blocks": run.num_blocks, "num_rounds": run.num_rounds,
-                             "created_by": run.created_by})
+        events.record(
+            s,
+            who,
+            "run.created",
+            "run",
+            run.id,
+            run_id=run.id,
+            after={
+                "status": run.status,
+                "task": run.task,
+                "num_blocks": run.num_blocks,
+                "num_rounds": run.num_rounds,
+                "created_by": run.created_by,
+            },
+        )
         s.flush()
         return RunOut.model_validate(run)
 
 
 @router.get("/runs", response_model=Page[RunSummary], summary="List runs, newest first")
-def list_runs(status: RunStatus | None = None, task: str | None = None, limit: int = Limit, offset: int = Offset,
-              _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def list_runs(
+    status: RunStatus | None = None,
+    task: str | None = None,
+    limit: int = Limit,
+    offset: int = Offset,
+    _: Principal = Depends(Allow(ALL_ROLES)),
+    reg=Depends(registry),
+):
     stmt = select(Run).order_by(Run.id.desc())
     if status:
         stmt = stmt.where(Run.status == status)
@@ -94,25 +127,42 @@ def read_run(run_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(
         return RunOut.model_validate(run)
 
 
-@router.get("/runs/{run_id}/control", response_model=ControlState, summary="What the federation server polls each round")
+@router.get(
+    "/runs/{run_id}/control", response_model=ControlState, summary="What the federation server polls each round"
+)
 def read_control(run_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
     with reg.db.reader() as s:  # only the columns it needs: this is the most frequent request of all
-        row = s.execute(select(Run.id, Run.status, Run.num_rounds, Run.current_round, Run.status_reason, Run.updated_at)
-                        .where(Run.id == run_id)).one_or_none()
+        row = s.execute(
+            select(Run.id, Run.status, Run.num_rounds, Run.current_round, Run.status_reason, Run.updated_at).where(
+                Run.id == run_id
+            )
+        ).one_or_none()
     if row is None:
         raise HTTPException(404, f"run {run_id} does not exist")
-    return ControlState(run_id=row.id, status=row.status, num_rounds=row.num_rounds, current_round=row.current_round,
-                        status_reason=row.status_reason, updated_at=row.updated_at)
+    return ControlState(
+        run_id=row.id,
+        status=row.status,
+        num_rounds=row.num_rounds,
+        current_round=row.current_round,
+        status_reason=row.status_reason,
+        updated_at=row.updated_at,
+    )
 
 
-@router.post("/runs/{run_id}/control", response_model=ControlState, summary="Operator: start, pause, resume, stop, change num_rounds")
+@router.post(
+    "/runs/{run_id}/control",
+    response_model=ControlState,
+    summary="Operator: start, pause, resume, stop, change num_rounds",
+)
 def control_run(run_id: int, body: RunControl, who: Principal = Depends(Allow(OPERATORS)), reg=Depends(registry)):
     with reg.db.writer() as s:
         run = get_run(s, run_id, lock=True)
         before = {"status": run.status, "num_rounds": run.num_rounds}
         if body.num_rounds is not None and body.num_rounds != run.num_rounds:
             if body.num_rounds < run.current_round:
-                raise HTTPException(422, f"num_rounds {body.num_rounds} is below the {run.current_round} rounds already reported")
+                raise HTTPException(
+                    422, f"num_rounds {body.num_rounds} is below the {run.current_round} rounds already reported"
+                )
             run.num_rounds, run.updated_at = body.num_rounds, utcnow()
         if body.action is not None:
             t = operator_action(run.status, body.action)
@@ -120,24 +170,47 @@ def control_run(run_id: int, body: RunControl, who: Principal = Depends(Allow(OP
                 apply_transition(run, t, body.reason)
         after = {"status": run.status, "num_rounds": run.num_rounds}
         if after != before:
-            events.record(s, who, "run.control", "run", run.id, run_id=run.id, before=before,
-                          after={**after, "action": body.action, "reason": body.reason})
+            events.record(
+                s,
+                who,
+                "run.control",
+                "run",
+                run.id,
+                run_id=run.id,
+                before=before,
+                after={**after, "action": body.action, "reason": body.reason},
+            )
         return control_state(run)
 
 
-@router.post("/runs/{run_id}/status", response_model=ControlState, summary="Service: report running, finished or failed")
+@router.post(
+    "/runs/{run_id}/status", response_model=ControlState, summary="Service: report running, finished or failed"
+)
 def set_run_status(run_id: int, body: RunStatusSet, who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)):
     with reg.db.writer() as s:
         run = get_run(s, run_id, lock=True)
         t = service_status(run.status, body.status)
         if t.changes:
             apply_transition(run, t, body.reason)
-            events.record(s, who, "run.status", "run", run.id, run_id=run.id, before={"status": t.before},
-                          after={"status": t.after, "reason": body.reason})
+            events.record(
+                s,
+                who,
+                "run.status",
+                "run",
+                run.id,
+                run_id=run.id,
+                before={"status": t.before},
+                after={"status": t.after, "reason": body.reason},
+            )
         return control_state(run)
 
 
-@router.post("/runs/{run_id}/rounds", status_code=201, response_model=RoundReportOut, summary="Service: what happened to a block in a round")
+@router.post(
+    "/runs/{run_id}/rounds",
+    status_code=201,
+    response_model=RoundReportOut,
+    summary="Service: what happened to a block in a round",
+)
 def report_round(run_id: int, body: RoundReportIn, who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)):
     with reg.db.writer() as s:
         run = get_run(s, run_id, lock=True)
@@ -148,16 +221,39 @@ def report_round(run_id: int, body: RoundReportIn, who: Principal = Depends(Allo
             run.current_round = body.round
         run.updated_at = utcnow()
         s.flush()
-        events.record(s, who, "round.reported", "round_report", report.id, run_id=run.id,
-                      after={"round": body.round, "block_index": body.block_index, "status": body.status,
-                             "cohort_size": len(body.cohort), "reason": body.reason})
+        events.record(
+            s,
+            who,
+            "round.reported",
+            "round_report",
+            report.id,
+            run_id=run.id,
+            after={
+                "round": body.round,
+                "block_index": body.block_index,
+                "status": body.status,
+                "cohort_size": len(body.cohort),
+                "reason": body.reason,
+            },
+        )
         return RoundReportOut.model_validate(report)
 
 
 @router.get("/runs/{run_id}/rounds", response_model=Page[RoundReportOut], summary="Round reports, oldest first")
-def list_rounds(run_id: int, block_index: int | None = None, round: int | None = None, limit: int = Limit, offset: int = Offset,
-                _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
-    stmt = select(RoundReport).where(RoundReport.run_id == run_id).order_by(RoundReport.round, RoundReport.block_index, RoundReport.id)
+def list_rounds(
+    run_id: int,
+    block_index: int | None = None,
+    round: int | None = None,
+    limit: int = Limit,
+    offset: int = Offset,
+    _: Principal = Depends(Allow(ALL_ROLES)),
+    reg=Depends(registry),
+):
+    stmt = (
+        select(RoundReport)
+        .where(RoundReport.run_id == run_id)
+        .order_by(RoundReport.round, RoundReport.block_index, RoundReport.id)
+    )
     if block_index is not None:
         stmt = stmt.where(RoundReport.block_index == block_index)
     if round is not None:

@@ -25,6 +25,11 @@ function series(perBlock, numBlocks) {
     out.push({ label: `block ${b}`, data: pts.map(([x, y]) => ({ x, y })), borderColor: color(b), backgroundColor: color(b),
                pointRadius: 2, borderWidth: 2, tension: 0.15 });
   }
+  const model = perBlock.model || [];  // the assembled model after each round (e.g. test accuracy)
+  if (model.length) {
+    out.push({ label: "assembled model", data: model.map(([x, y]) => ({ x, y })), borderColor: "#222", backgroundColor: "#222",
+               pointRadius: 3, borderWidth: 2.5, tension: 0 });
+  }
   return out;
 }
 
@@ -39,10 +44,12 @@ function dblocksRunCharts(runId) {
                plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } } },
   });
   let last = null;
+  let picked = null;  // the metric the viewer chose, if any
 
   function draw(d) {
     const names = Object.keys(d.metrics);
-    const chosen = select.value && names.includes(select.value) ? select.value : (names.find((n) => /loss/.test(n)) || names[0]);
+    const preferred = names.find((n) => n === "test_accuracy") || names.find((n) => /loss/.test(n)) || names[0];
+    const chosen = picked && names.includes(picked) ? picked : preferred;  // test accuracy once it exists
     if (select.options.length !== names.length || [...select.options].some((o, i) => o.value !== names[i])) {
       select.replaceChildren(...names.map((n) => new Option(n, n)));
     }
@@ -80,7 +87,7 @@ function dblocksRunCharts(runId) {
       if (text !== last) { last = text; draw(JSON.parse(text)); }
     } catch (e) { /* the next poll retries */ }
   }
-  select.addEventListener("change", () => { if (last) draw(JSON.parse(last)); });
+  select.addEventListener("change", () => { picked = select.value; if (last) draw(JSON.parse(last)); });
   refresh();
   setInterval(refresh, 3000);
 }
