@@ -247,9 +247,9 @@ def evaluate(
     """Accuracy, per-class accuracy and confusion matrix of a classification model, with its class names."""
     if data is not None:
         preflight(data)
+    m, schema = _model_and_schema(model)
     from .workflow import evaluation_report, predict
 
-    m, schema = _model_and_schema(model)
     if m.kind == "generator":
         fail(f"{model} is a generator; use `dblocks sample`")
     test = _labelled_data(model, m, schema, data, label_column)
@@ -278,11 +278,11 @@ def predict_cmd(
 ) -> None:
     """Classify new rows with a model; the output names the classes as the training data did."""
     preflight(data)
+    m, schema = _model_and_schema(model)
     import pandas as pd
 
     from .workflow import predict_proba
 
-    m, schema = _model_and_schema(model)
     if m.kind == "generator":
         fail(f"{model} is a generator; use `dblocks sample`")
     if schema is None:
