@@ -65,6 +65,22 @@ def _too_big(path: Path, size: int, what: str) -> DataError:
     )
 
 
+DELIMITERS = ",;\t|"  # in order of preference
+
+
+def _delimiter(lines: list[str]) -> str:
+    """The first of `DELIMITERS` that splits the header into >= 2 columns and every sniffed line into as many
+    (`,` wins ties, so "1.5,2" is never split on a decimal separator); else csv.Sniffer's guess, else ","."""
+    for d in DELIMITERS:
+        widths = {len(row) for row in csv.reader(lines, delimiter=d)}
+        if len(widths) == 1 and widths.pop() >= 2:
+            return d
+    try:
+        return csv.Sniffer().sniff("\n".join(lines), delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
 def sniff_csv(path: Path) -> TableSniff:
     """Check a .csv / .csv.gz file without reading more than `SNIFF_BYTES` of its text."""
     size = path.stat().st_size
@@ -105,11 +121,7 @@ def sniff_csv(path: Path) -> TableSniff:
             f"{path}: the first line is longer than {SNIFF_BYTES // 1024} KiB, so it is not a table's "
             f"header row (starts {excerpt(lines[0][:40])})"
         )
-    try:
-        dialect = csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t|")
-        delimiter = dialect.delimiter
-    except csv.Error:
-        delimiter = ","
+    delimiter = _delimiter(lines[:20])
     header = next(csv.reader([lines[0]], delimiter=delimiter))
     if len(header) > MAX_COLUMNS:
         raise DataError(f"{path}: the header has {len(header)} columns (at most {MAX_COLUMNS}); is it a table?")
