@@ -20,11 +20,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-app = typer.Typer(
-    help="Leakage audits against DiffusionBlocks block updates.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-)  # locals would print private data
+from dblocks.shared.clierrors import SafeTyper
+
+app = SafeTyper(help="Leakage audits against DiffusionBlocks block updates.", no_args_is_help=True)
+# one line per uncaught error, no traceback (locals would print private data; --debug prints it)
 console = Console(soft_wrap=True)
 
 ATTACK_HELP = "closed-form | inversion | dlg | idlg | dlg-scales | membership | canary | noise-conformance"
@@ -112,7 +111,7 @@ def _registry(registry: str, token: str | None):
 
     if not token:
         _fail("the registry needs a token: --token T (or DBLOCKS_TOKEN); a researcher token can post audits")
-    return RegistryClient(registry, token)
+    return RegistryClient(registry, token, connect_retries=2)  # a researcher waits seconds, not a minute
 
 
 def _version_id(block_version: str):

@@ -1,16 +1,14 @@
 """`dbserver`: the operator side — SuperLink, federated runs, nodes and the registry."""
 
-import typer
+from dblocks.shared.clierrors import SafeTyper
 
 from .federation.cli import gateway, init, nodes_app, run_app, start, status
 from .ops.demo import demo
 from .registry.cli import registry_command, tokens_app
 
-app = typer.Typer(
-    help="Operator side: registry, SuperLink and the federation server.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-)  # locals would print private data
+# every uncaught error ends as one line, exit 2 for the operator's to act (a registry that is down), never a
+# traceback (its locals or a request's headers could print a token); --debug prints it
+app = SafeTyper(help="Operator side: registry, SuperLink and the federation server.", no_args_is_help=True)
 app.command()(init)
 app.command()(start)
 app.command()(gateway)

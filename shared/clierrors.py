@@ -62,6 +62,8 @@ class SafeTyper(typer.Typer):
                 traceback.print_exc()
             wire = sys.modules.get("dblocks.shared.wire")  # a damaged block is the user's file too
             user = isinstance(e, USER_ERRORS) or (wire is not None and isinstance(e, wire.BlockIntegrityError))
+            reg = sys.modules.get("dblocks.shared.registry_client")  # a registry that is down: the operator's to act
+            user = user or (reg is not None and isinstance(e, reg.RegistryUnreachable))
             what = str(e) if user else f"internal error ({type(e).__name__}: {e})"
             hint = "" if debug else " (add --debug for the traceback)" if not user else ""
             print(f"error: {bounded(what)}{hint}", flush=True)

@@ -65,6 +65,17 @@ class InvalidRequest(RegistryError):
     pass  # noqa: E701
 
 
+class RegistryUnreachable(RegistryError):
+    """No answer from the registry at all (refused, timed out, cut): its message names the URL, never the token."""
+
+    def __init__(self, base_url: str, cause: BaseException):
+        self.status_code, self.detail, self.base_url = 0, type(cause).__name__, base_url
+        RuntimeError.__init__(
+            self,
+            f"no answer from the registry at {base_url} ({type(cause).__name__}); is it running (`dbserver start`)?",
+        )
+
+
 class IntegrityError(RuntimeError):
     """Downloaded bytes whose sha256 is not the one the registry recorded."""
 
@@ -121,12 +132,14 @@ class RegistryClient:
             try:
                 r = self._http.request(method, path, **kw)
                 break
-            except (httpx.ConnectError, httpx.ConnectTimeout):
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 if attempt == self.connect_retries:
-                    raise
-            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.WriteError):
+                    raise RegistryUnreachable(self.base_url, e) from None  # from None: no header in a traceback
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.WriteError) as e:
                 if not idempotent or attempt == self.connect_retries:
-                    raise
+                    raise RegistryUnreachable(self.base_url, e) from None
+            except httpx.TransportError as e:  # anything else below HTTP (a bad URL scheme, a proxy, TLS)
+                raise RegistryUnreachable(self.base_url, e) from None
             time.sleep(delay)
             delay = min(delay * 2, 3.0)
         if r.status_code >= 400:

@@ -431,7 +431,13 @@ def nodes_sync(
         from dblocks.server.ops.provision import directory_publisher, ensure_directory_key
 
         ensure_directory_key(sh)
-        r = sync_once(registry, link, directory_publisher(sh))
+        import httpx
+
+        try:
+            r = sync_once(registry, link, directory_publisher(sh))
+        except httpx.TransportError as e:  # the registry's own errors end in one line in SafeTyper
+            where = cfg.superlink.local_address
+            fail(f"no answer from the SuperLink at {where} ({type(e).__name__}); is it running (`dbserver start`)?")
         console.print(f"registered {r.registered or 'none'}, unregistered {r.unregistered or 'none'}")
         for node_id, err in r.errors.items():
             console.print(f"[red]{node_id}: {err}[/red]")
