@@ -232,6 +232,8 @@ class PlainLayer(nn.Module):
 class NoiseEmbedding(nn.Module):
     """c_noise = ln(sigma)/4 -> fixed sinusoidal features -> Linear-SiLU-Linear -> [B, width]."""
 
+    freqs: torch.Tensor  # buffer
+
     def __init__(self, width: int, num_freqs: int = 32) -> None:
         super().__init__()
         self.register_buffer("freqs", torch.exp(-math.log(1e3) * torch.arange(num_freqs) / num_freqs) * 4)
@@ -244,6 +246,8 @@ class NoiseEmbedding(nn.Module):
 
 class PatchTokenizer(nn.Module):
     """[B, C, H, W] -> [B, T, width]: non-overlapping p x p patches, Linear, plus learned positions."""
+
+    pos_ids: torch.Tensor  # buffer (not persistent)
 
     def __init__(self, channels: int, size: int, patch: int, width: int) -> None:
         super().__init__()
@@ -259,6 +263,8 @@ class PatchTokenizer(nn.Module):
 class FeatureTokenizer(nn.Module):
     """[B, F] -> [B, F, width]: token_j = x_j * W_j + b_j (FT-Transformer), W and b as embeddings of the
     feature ids so that Opacus computes their per-sample gradients (ghost clipping included)."""
+
+    ids: torch.Tensor  # buffer (not persistent)
 
     def __init__(self, num_features: int, width: int) -> None:
         super().__init__()
@@ -310,6 +316,10 @@ class DenoisingClassifier(nn.Module):
     every layer. Head: u = c_out LN(h_label) + c_skip z_sigma, modulated, Linear -> logits. The denoiser
     used by the sampler is D = softmax(logits) @ E."""
 
+    arch: ArchConfig
+    schedule: NoiseSchedule
+    class_emb: torch.Tensor  # buffer [num_classes, width]
+
     def __init__(self, arch: ArchConfig, schedule: NoiseSchedule) -> None:
         super().__init__()
         assert arch.kind == "classifier"
@@ -348,6 +358,9 @@ class DenoisingClassifier(nn.Module):
 class DenoisingGenerator(nn.Module):
     """Class-conditional image denoiser (DiT, AdaLN-Zero): D = c_skip z + c_out F(c_in z, c_noise, y).
     Label index num_classes is the null label used for classifier-free guidance."""
+
+    arch: ArchConfig
+    schedule: NoiseSchedule
 
     def __init__(self, arch: ArchConfig, schedule: NoiseSchedule) -> None:
         super().__init__()
@@ -403,11 +416,36 @@ class TransformerClassifier(nn.Module):
         return self.head(self.norm(h[:, 0]))
 
 
-def build_block(arch: ArchConfig, schedule: NoiseSchedule) -> nn.Module:
+# A DiffusionBlocks block: what `build_block` makes (the end-to-end `TransformerClassifier` is not one).
+Block = DenoisingClassifier | DenoisingGenerator
+
+
+def build_block(arch: ArchConfig, schedule: NoiseSchedule) -> Block:
     """A fresh block for `arch` (classifier or generator), conditioned through `schedule`."""
     if arch.kind == "classifier":
         return DenoisingClassifier(arch, schedule)
     return DenoisingGenerator(arch, schedule)
+
+
+def as_block(module: nn.Module) -> Block:
+    """`module` as a DiffusionBlocks block; TypeError for anything else (e.g. the end-to-end baseline)."""
+    if isinstance(module, DenoisingClassifier | DenoisingGenerator):
+        return module
+    raise TypeError(f"not a DiffusionBlocks block: {type(module).__name__}")
+
+
+def as_classifier_block(module: nn.Module) -> DenoisingClassifier:
+    """`module` as a classification block; TypeError for anything else (e.g. a generator block)."""
+    if isinstance(module, DenoisingClassifier):
+        return module
+    raise TypeError(f"not a DiffusionBlocks classification block: {type(module).__name__}")
+
+
+def as_generator_block(module: nn.Module) -> DenoisingGenerator:
+    """`module` as a generator block; TypeError for anything else (e.g. a classification block)."""
+    if isinstance(module, DenoisingGenerator):
+        return module
+    raise TypeError(f"not a DiffusionBlocks generator block: {type(module).__name__}")
 
 
 def param_count(module: nn.Module) -> int:

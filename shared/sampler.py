@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models import as_classifier_block, as_generator_block
 from .schedule import NoiseSchedule
 
 Solver = Literal["euler", "heun"]
@@ -63,7 +64,8 @@ def classify(
     The noisy label starts at z = 0 ("zero": the mean of the initial noise, which removes the dependence
     on the draw) or z = grid[0] eps ("random"). readout "last" takes the logits of the final step; "mean"
     averages the log-softmax of every step (a product of the blocks' experts)."""
-    width = blocks[0].arch.width
+    chain = [as_classifier_block(b) for b in blocks]
+    width = chain[0].arch.width
     z = (
         torch.zeros(x.shape[0], width)
         if init == "zero"
@@ -72,7 +74,7 @@ def classify(
     logps: list[torch.Tensor] = []
 
     def denoise(i: int, zt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        d, logits = blocks[i].denoise(x, zt, sigma)
+        d, logits = chain[i].denoise(x, zt, sigma)
         logps.append(logits.log_softmax(-1))
         return d
 
@@ -92,15 +94,16 @@ def generate(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Class-conditional samples [B, C, H, W] with classifier-free guidance D = D_u + s (D_c - D_u)."""
-    arch = blocks[0].arch
+    chain = [as_generator_block(b) for b in blocks]
+    arch = chain[0].arch
     n = labels.shape[0]
     z = float(grid[0]) * torch.randn(n, arch.image_channels, arch.image_size, arch.image_size, generator=generator)
     null = torch.full_like(labels, arch.num_classes)
 
     def denoise(i: int, zt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if cfg_scale == 1.0:
-            return blocks[i](zt, sigma, labels)
-        both = blocks[i](torch.cat([zt, zt]), torch.cat([sigma, sigma]), torch.cat([labels, null]))
+            return chain[i](zt, sigma, labels)
+        both = chain[i](torch.cat([zt, zt]), torch.cat([sigma, sigma]), torch.cat([labels, null]))
         d_c, d_u = both.chunk(2)
         return d_u + cfg_scale * (d_c - d_u)
 

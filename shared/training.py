@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import DenoisingClassifier, DenoisingGenerator
+from .models import DenoisingClassifier, as_block
 from .schedule import NoiseSchedule
 
 ClassifierWeighting = Literal["none", "edm", "snr"]
@@ -89,18 +89,16 @@ def draw_block_inputs(
     label_dropout: float = 0.1,
 ) -> BlockInputs:
     """Draw sigma ~ p_sigma^(i), eps ~ N(0, I) (and the generator's label dropout), in that order from `generator`."""
-    schedule: NoiseSchedule = block.schedule
+    b = as_block(block)
     n = x.shape[0]
-    sigma = schedule.sample_sigma(block_index, n, generator).to(x.device)
-    if isinstance(block, DenoisingClassifier):
-        eps = torch.randn(n, block.arch.width, generator=generator).to(x.device)
-        return BlockInputs(x, y, sigma, block.class_emb[y] + sigma[:, None] * eps, y)
-    if isinstance(block, DenoisingGenerator):
-        eps = torch.randn(x.shape, generator=generator).to(x.device)
-        drop = torch.rand(n, generator=generator).to(x.device) < label_dropout
-        label = torch.where(drop, torch.full_like(y, block.null_label), y)
-        return BlockInputs(x, y, sigma, x + sigma.view(-1, 1, 1, 1) * eps, label)
-    raise TypeError(f"not a DiffusionBlocks block: {type(block).__name__}")
+    sigma = b.schedule.sample_sigma(block_index, n, generator).to(x.device)
+    if isinstance(b, DenoisingClassifier):
+        eps = torch.randn(n, b.arch.width, generator=generator).to(x.device)
+        return BlockInputs(x, y, sigma, b.class_emb[y] + sigma[:, None] * eps, y)
+    eps = torch.randn(x.shape, generator=generator).to(x.device)
+    drop = torch.rand(n, generator=generator).to(x.device) < label_dropout
+    label = torch.where(drop, torch.full_like(y, b.null_label), y)
+    return BlockInputs(x, y, sigma, x + sigma.view(-1, 1, 1, 1) * eps, label)
 
 
 def block_loss(
@@ -112,15 +110,13 @@ def block_loss(
 ) -> torch.Tensor:
     """Loss of each example [B] at the given inputs: w(sigma) CE(f(x, z, sigma), y) for a classifier,
     lambda(sigma) mean_pixels (D(z, sigma, label) - x)^2 for a generator."""
-    forward = forward or block
-    schedule: NoiseSchedule = block.schedule
-    if isinstance(block, DenoisingClassifier):
+    b = as_block(block)
+    forward = forward or b
+    if isinstance(b, DenoisingClassifier):
         ce = F.cross_entropy(forward(inputs.x, inputs.z, inputs.sigma), inputs.y, reduction="none")
-        return classifier_weight(schedule, inputs.sigma, weighting) * ce
-    if isinstance(block, DenoisingGenerator):
-        d = forward(inputs.z, inputs.sigma, inputs.label)
-        return schedule.loss_weight(inputs.sigma) * (d - inputs.x).pow(2).flatten(1).mean(1)
-    raise TypeError(f"not a DiffusionBlocks block: {type(block).__name__}")
+        return classifier_weight(b.schedule, inputs.sigma, weighting) * ce
+    d = forward(inputs.z, inputs.sigma, inputs.label)
+    return b.schedule.loss_weight(inputs.sigma) * (d - inputs.x).pow(2).flatten(1).mean(1)
 
 
 def per_sample_loss(
@@ -143,7 +139,8 @@ def per_sample_loss(
 
 def make_optimizer(module: nn.Module, cfg: TrainConfig, total_steps: int):
     """AdamW (no decay on biases and 1-d weights) with linear warm-up and cosine decay."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in module.named_parameters():
         (no_decay if p.ndim < 2 or name.endswith("bias") else decay).append(p)
     opt = torch.optim.AdamW(

@@ -22,7 +22,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .models import ArchConfig, build_block, param_count
+from .models import ArchConfig, Block, as_block, build_block, param_count
 from .schedule import NoiseSchedule
 
 FORMAT_VERSION = 1
@@ -94,7 +94,7 @@ def pack_weights(module: nn.Module) -> bytes:
 
 def pack_block(task: str, schedule: NoiseSchedule, block_index: int, module: nn.Module) -> tuple[BlockSpec, bytes]:
     data = pack_weights(module)
-    return BlockSpec.describe(task, schedule, module.arch, block_index, data), data
+    return BlockSpec.describe(task, schedule, as_block(module).arch, block_index, data), data
 
 
 def check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str) -> None:
@@ -113,7 +113,7 @@ def check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
             raise BlockIntegrityError(f"{what}: tensor {k!r} contains NaN or Inf")
 
 
-def unpack_block(spec: BlockSpec, data: bytes) -> nn.Module:
+def unpack_block(spec: BlockSpec, data: bytes) -> Block:
     """Rebuild a block from its spec and weight bytes, verifying hash, names, shapes and dtypes."""
     what = f"block {spec.block_index} of {spec.task!r}"
     if sha256_hex(data) != spec.sha256:
@@ -137,7 +137,7 @@ def save_block(directory: str | os.PathLike, spec: BlockSpec, data: bytes) -> No
     _atomic_write(d / f"block-{spec.block_index}.json", spec.to_json().encode())
 
 
-def load_block(directory: str | os.PathLike, block_index: int) -> tuple[BlockSpec, nn.Module]:
+def load_block(directory: str | os.PathLike, block_index: int) -> tuple[BlockSpec, Block]:
     d = Path(directory)
     spec_path, weights_path = d / f"block-{block_index}.json", d / f"block-{block_index}.safetensors"
     for p in (spec_path, weights_path):
@@ -180,7 +180,7 @@ class ModelManifest:
         return ArchConfig.from_dict(self.arch)
 
 
-def load_blocks(directory: str | os.PathLike) -> tuple[ModelManifest, list[nn.Module]]:
+def load_blocks(directory: str | os.PathLike) -> tuple[ModelManifest, list[Block]]:
     """The manifest and all B blocks of a DiffusionBlocks model directory, each verified."""
     m = ModelManifest.load(directory)
     return m, [load_block(directory, i)[1] for i in range(m.noise_schedule.num_blocks)]

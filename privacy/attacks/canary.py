@@ -176,7 +176,7 @@ def canary_loss_fn(block: nn.Module, block_index: int, cfg: TrainConfig, canarie
     """Per-example loss for `train_block_dp`: real examples (label >= 0) get the block loss, canary i
     (label -1-i) gets grad_norm * table[i], whose gradient is grad_norm on its own table row."""
 
-    def loss(module, xb, yb, generator):
+    def loss(module: nn.Module, xb: torch.Tensor, yb: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         is_canary = yb < 0
         ids = torch.where(is_canary, -yb - 1, torch.full_like(yb, canaries))
         inputs = draw_block_inputs(

@@ -32,7 +32,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from dblocks.shared.models import DenoisingClassifier, DenoisingGenerator, FeatureTokenizer, unpatchify
+from dblocks.shared.models import Block, DenoisingClassifier, DenoisingGenerator, FeatureTokenizer, unpatchify
 from dblocks.shared.schedule import NoiseSchedule
 
 from .updates import Delta
@@ -70,7 +70,7 @@ def _fit_log_sigma(residual, schedule: NoiseSchedule) -> float:
     return float(minimize_scalar(residual, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12}).x)
 
 
-def recover_sigma(block: nn.Module, grads: dict[str, torch.Tensor]) -> tuple[float, float]:
+def recover_sigma(block: Block, grads: dict[str, torch.Tensor]) -> tuple[float, float]:
     """(sigma, rank-1 ratio) from the noise embedding's first layer; (nan, nan) if it has no gradient (a fresh
     block: zero AdaLN weights keep the noise embedding out of the loss)."""
     if float(grads["noise_emb.fc1.bias"].abs().max()) == 0:
@@ -109,6 +109,8 @@ def closed_form_attack(block: nn.Module, delta: Delta, lr: float | None = None) 
 
     lr: the client's learning rate when the update is raw (delta = -lr grad); None when it is clipped or
     otherwise rescaled (only ratios are then used; the generator's clean target becomes an estimate)."""
+    if not isinstance(block, DenoisingClassifier | DenoisingGenerator):
+        raise TypeError(f"closed form needs a DiffusionBlocks block, got {type(block).__name__}")
     grads = _as_grads(delta, lr)
     sigma, ratio = recover_sigma(block, grads)
     if math.isnan(sigma):  # without sigma nothing else can be un-preconditioned
@@ -123,9 +125,7 @@ def closed_form_attack(block: nn.Module, delta: Delta, lr: float | None = None) 
     c_skip, c_out, c_in, _ = (float(t) for t in block.schedule.precondition(sig))
     if isinstance(block, DenoisingClassifier):
         return _classifier(block, grads, sigma, c_in, ratio, lr is not None)
-    if isinstance(block, DenoisingGenerator):
-        return _generator(block, grads, sigma, c_in, c_out, ratio, lr is not None)
-    raise TypeError(f"closed form needs a DiffusionBlocks block, got {type(block).__name__}")
+    return _generator(block, grads, sigma, c_in, c_out, ratio, lr is not None)
 
 
 def _classifier(block: DenoisingClassifier, grads, sigma, c_in, ratio, scale_known) -> ClosedFormResult:
@@ -186,8 +186,8 @@ def closed_form_sequence(blocks: list[nn.Module], deltas: list[Delta], lr: float
     if len(blocks) == 1:
         return first
     if not isinstance(blocks[0], DenoisingClassifier) or blocks[0].arch.input != "image":
-        images = [closed_form_attack(b, d, lr).image for b, d in zip(blocks, deltas)]
-        images = [i for i in images if i is not None]
+        estimates = [closed_form_attack(b, d, lr).image for b, d in zip(blocks, deltas)]
+        images = [i for i in estimates if i is not None]
         return replace(first, image=torch.stack(images).mean(0) if images else None)
     lhs, rhs = [], []
     for d in deltas:

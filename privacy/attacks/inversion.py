@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dblocks.shared.models import DenoisingClassifier, DenoisingGenerator
+from dblocks.shared.models import Block, DenoisingClassifier, DenoisingGenerator
 from dblocks.shared.training import BlockInputs
 
 from .local import LocalTraining, simulate_update
@@ -112,7 +112,9 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 class _Dummies(nn.Module):
     """The attacker's unknowns for K clients x n records, R rounds, S steps."""
 
-    def __init__(self, block, target: MatchingTarget, labels: torch.Tensor | None, generator: torch.Generator):
+    labels: torch.Tensor  # buffer [K * n]: the known (inferred) labels, or zeros when they are learned
+
+    def __init__(self, block: Block, target: MatchingTarget, labels: torch.Tensor | None, generator: torch.Generator):
         super().__init__()
         k, n, r, s = target.clients, target.records, len(target.rounds), target.training.steps
         arch = block.arch
@@ -200,6 +202,8 @@ def invert(
     """Run the gradient-matching attack `cfg` against `target` (see module docstring)."""
     if cfg.labels == "learn" and not isinstance(block, DenoisingClassifier):
         raise ValueError("learned (soft) labels need a classifier block; use labels='infer' for a generator")
+    if not isinstance(block, DenoisingClassifier | DenoisingGenerator):
+        raise TypeError(f"not a DiffusionBlocks block: {type(block).__name__}")
     keys = sorted(n for n, _ in block.named_parameters())
     lo, hi = block.schedule.training_interval(block_index)
     observed = [_flat(r.update, keys).float() for r in target.rounds]
@@ -240,11 +244,13 @@ def invert(
                 final,
                 history,
             )
+    if best is None:
+        raise ValueError(f"MatchingConfig.restarts must be at least 1, got {cfg.restarts}")
     return best
 
 
 def _matching_loss(
-    block,
+    block: Block,
     target: MatchingTarget,
     dummies: _Dummies,
     observed,
@@ -257,11 +263,11 @@ def _matching_loss(
 ):
     """The matching loss (or, with unscaled_norm, the norm of the first round's predicted update before scaling)."""
     n = target.records
-    total = 0.0
+    total: torch.Tensor | float = 0.0
     with torch.enable_grad():
         for r, obs_round in enumerate(target.rounds):
             params = {k: obs_round.params[k].detach() for k in keys}
-            pred = None
+            pred: torch.Tensor | None = None
             for k in range(target.clients):
                 rows = slice(k * n, (k + 1) * n)
                 steps = [dummies.inputs(r, s, rows, lo, hi) for s in range(target.training.steps)]
@@ -271,6 +277,8 @@ def _matching_loss(
                 if cfg.learn_scales and not unscaled_norm:
                     u = u * torch.exp(dummies.log_scale[k])
                 pred = u if pred is None else pred + u
+            if pred is None:
+                raise ValueError(f"a matching target needs at least one client, got {target.clients}")
             if target.reduction == "mean":
                 pred = pred / target.clients
             if unscaled_norm:

@@ -166,12 +166,13 @@ def roc_metrics(scores_in: np.ndarray, scores_out: np.ndarray, fprs=(0.001, 0.01
     s_in, s_out = np.asarray(scores_in, np.float64), np.asarray(scores_out, np.float64)
     ranks = rankdata(np.r_[s_in, s_out])  # average ranks for ties (Mann-Whitney AUC)
     auc = (ranks[: len(s_in)].sum() - len(s_in) * (len(s_in) + 1) / 2) / (len(s_in) * len(s_out))
-    out = {"auc": float(auc), "members": len(s_in), "non_members": len(s_out)}
+    out: dict[str, float | int | dict] = {"auc": float(auc), "members": len(s_in), "non_members": len(s_out)}
     for f in fprs:
         thr = np.quantile(s_out, 1 - f, method="higher")
         tp = int((s_in > thr).sum())
-        out[f"tpr_at_{f:g}_fpr"] = clopper_pearson(tp, len(s_in)).to_dict()
-        out[f"tpr_at_{f:g}_fpr"]["resolved"] = bool(f * len(s_out) >= 1)
+        tpr = clopper_pearson(tp, len(s_in)).to_dict()
+        tpr["resolved"] = bool(f * len(s_out) >= 1)
+        out[f"tpr_at_{f:g}_fpr"] = tpr
     return out
 
 

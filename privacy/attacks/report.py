@@ -57,18 +57,18 @@ def plot_noise(records) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = defaultdict(list)
+    found = defaultdict(list)
     for _, r in records:
         if r.attack in INVERSION and r.observation_point in ("release", "sequence"):
             key = (r.attack, r.observation_point, r.adversary, r.block.get("block_index"))
-            lines[key].append(
+            found[key].append(
                 (
                     r.secagg.get("noise_multiplier", 0.0),
                     _value(r.metrics, "psnr_over_mean_baseline"),
                     _value(r.metrics, "iip"),
                 )
             )
-    lines = {k: sorted(v) for k, v in lines.items() if len({p[0] for p in v}) >= 2}
+    lines = {k: sorted(v) for k, v in found.items() if len({p[0] for p in v}) >= 2}
     if not lines:
         return None
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
@@ -92,26 +92,26 @@ def plot_blocks(records) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = defaultdict(list)
+    found = defaultdict(list)
     for _, r in records:
         blk = r.block.get("block_index")
         if blk is None:
             continue
         if r.attack in INVERSION:
-            groups[
+            found[
                 (
                     f"{r.attack} {r.observation_point} {r.adversary} z={r.secagg.get('noise_multiplier')}",
                     "PSNR over baseline (dB)",
                 )
             ].append((blk, _value(r.metrics, "psnr_over_mean_baseline"), r.block.get("training_interval")))
         elif r.attack == "membership":
-            groups[("membership LiRA AUC", "AUC")].append(
+            found[("membership LiRA AUC", "AUC")].append(
                 (blk, r.metrics["lira"]["auc"], r.block.get("training_interval"))
             )
-            groups[("membership loss AUC", "AUC")].append(
+            found[("membership loss AUC", "AUC")].append(
                 (blk, r.metrics["loss_attack"]["auc"], r.block.get("training_interval"))
             )
-    groups = {k: sorted(v, key=lambda p: p[0]) for k, v in groups.items() if len({p[0] for p in v}) >= 2}
+    groups = {k: sorted(v, key=lambda p: p[0]) for k, v in found.items() if len({p[0] for p in v}) >= 2}
     if not groups:
         return None
     units = sorted({u for _, u in groups})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from .inversion import ATTACKS as MATCHING_ATTACKS
 from .inversion import MatchingTarget, RoundObservation, invert
 from .local import LocalTraining, local_update
 from .membership import MembershipConfig, membership_audit
-from .metrics import bootstrap_mean, clopper_pearson, match_order, score_reconstructions
+from .metrics import ReconstructionScore, bootstrap_mean, clopper_pearson, match_order, score_reconstructions
 from .record import AuditRecord, decide
 from .scenario import ADVERSARIES, FederationScenario, observe
 from .updates import OBSERVATIONS, BlockUpdate, UpdateMeta, clip_delta, release_meta
@@ -100,7 +101,9 @@ class AuditSpec:
 
     @property
     def training(self) -> LocalTraining:
-        return LocalTraining(steps=self.local_steps, lr=self.local_lr, optimizer=self.local_optimizer)
+        # LocalTraining.__post_init__ rejects any other name than "sgd" or "adam"
+        optimizer = cast(Literal["sgd", "adam"], self.local_optimizer)
+        return LocalTraining(steps=self.local_steps, lr=self.local_lr, optimizer=optimizer)
 
     @property
     def scenario(self) -> FederationScenario:
@@ -263,7 +266,7 @@ def _multiset_hits(pred: torch.Tensor, true: torch.Tensor) -> int:
     return int(np.minimum(np.pad(p, (0, size - len(p))), np.pad(t, (0, size - len(t)))).sum())
 
 
-def _score(target: AuditTarget, rec: _Reconstructions, seed: int) -> dict:
+def _score(target: AuditTarget, rec: _Reconstructions, seed: int) -> tuple[dict, ReconstructionScore]:
     sc = score_reconstructions(rec.recon, rec.truth, rec.pool_index, target.data.x, seed)
     metrics = sc.metrics()
     metrics["label_accuracy"] = clopper_pearson(rec.label_hits, rec.labels).to_dict()
@@ -432,7 +435,8 @@ def _membership(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
     cfg = TrainConfig(epochs=spec.train_epochs, batch_size=min(64, max(8, len(x) // 8)), lr=1e-3, seed=spec.seed)
     mcfg = MembershipConfig(models=spec.models, seed=spec.seed)
     dp = spec.dp_config() if spec.dp_noise_multiplier > 0 else None
-    controls, control_ok, control_reason = {}, True, "positive control skipped"
+    controls: dict[str, dict] = {}
+    control_ok, control_reason = True, "positive control skipped"
     if spec.control:
         log("positive control: membership on small, overfitted, non-private blocks")
         cx, cy = x[:64], y[:64]
@@ -517,7 +521,8 @@ def _canary(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
     claimed = spec.claimed_epsilon if spec.claimed_epsilon is not None else res.accountant_epsilon
     lb = res.bound.epsilon_lower_bound
     ceiling = max_bound(spec.canaries, spec.delta)
-    controls, control_ok, control_reason = {}, True, "positive control skipped"
+    controls: dict[str, dict] = {}
+    control_ok, control_reason = True, "positive control skipped"
     if spec.control:
         # could this audit refute the claim at all? The same canaries with almost no noise must bound epsilon above it
         log("positive control: the same canaries with almost no noise (z = 0.05)")
@@ -683,7 +688,8 @@ def _conformance(target: AuditTarget, spec: AuditSpec, update: BlockUpdate | Non
         update = simulated_release(target, spec)
     res = noise_conformance(update, keys, seed=spec.seed)
     meta = update.meta
-    controls, control_ok, control_reason = {}, True, "positive control skipped"
+    controls: dict[str, dict] = {}
+    control_ok, control_reason = True, "positive control skipped"
     if spec.control and meta.noise_multiplier == 0:  # a norm check: it must reject twice the bound, accept half of it
 
         def scaled(f: float) -> BlockUpdate:

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from torch import nn
+
+from dblocks.shared.models import as_block
 
 from ..mechanisms import central_noise_std, sum_noise_std
 from .inversion import MatchingTarget, RoundObservation
@@ -106,10 +109,10 @@ def observe(
         attacked = draws[:1] if single else draws
         sigmas.append(torch.stack([torch.cat([d[s].sigma for d in attacked]) for s in range(tr.steps)]))
     clients_seen = 1 if single else k
-    reduction = "mean" if (point in ("release", "sequence") and not single) else "sum"
+    reduction: Literal["sum", "mean"] = "mean" if (point in ("release", "sequence") and not single) else "sum"
     clip = None if point == "raw" else c
     target = MatchingTarget(observed, clients_seen, n, tr, reduction, clip)
-    lo_hi = block.schedule.training_interval(block_index)
+    lo_hi = as_block(block).schedule.training_interval(block_index)
     noise_std = central_noise_std(z, c, k if reduction == "mean" else 1) if point in ("release", "sequence") else 0.0
     meta = UpdateMeta(
         block_index=block_index,
