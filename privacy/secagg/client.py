@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import shamir
 from .directory import DirectoryView
-from .errors import ProtocolRefusal
+from .errors import ProtocolRefusal, SecAggError
 from .graph import Policy
 from .keys import (
     Announcement,
@@ -368,6 +368,8 @@ class SecAggClient:
 
     def _mask(self, inst: _Instance, acc: np.ndarray, peer_keys: dict[str, bytes]) -> np.ndarray:
         """y = acc + PRG(b_u) + sum_v sign(u, v) PRG(s_uv) mod 2^bits (acc: the encoded contribution)."""
+        if inst.self_seed is None or inst.mask_private is None:
+            raise ProtocolRefusal(f"{inst.plan.key}: its masking secrets are erased (one masked input per instance)")
         quant = inst.plan.quant
         expander = MaskExpander(quant.length, quant.dtype)
         expander.add(acc, inst.self_seed, +1)
@@ -440,6 +442,8 @@ class SecAggClient:
                         f"second, different unmask request for {key}: refusing to reveal more "
                         f"shares (a peer would get both of its secrets revealed)"
                     )
+                if inst.unmask_reply is None:  # kept together with status "unmasked"
+                    raise SecAggError(f"{key} is unmasked but its unmask reply was not kept")
                 reply.update(inst.unmask_reply)
                 continue
             announced, survivors = self._check_view(msg, inst)
@@ -480,10 +484,13 @@ class SecAggClient:
         key, alive = inst.plan.key, set(survivors)
         peers, kinds, rows = [], [], []
         for v in sorted(inst.held):
+            peers.append(v)
             if v in alive:
-                peers.append(v), kinds.append("b"), rows.append(inst.held[v][shamir.WORDS_PER_SECRET :])
+                kinds.append("b")
+                rows.append(inst.held[v][shamir.WORDS_PER_SECRET :])
             else:
-                peers.append(v), kinds.append("e"), rows.append(inst.held[v][: shamir.WORDS_PER_SECRET])
+                kinds.append("e")
+                rows.append(inst.held[v][: shamir.WORDS_PER_SECRET])
         shares = np.asarray(rows, dtype=np.uint32).reshape(len(rows), shamir.WORDS_PER_SECRET)
         return {
             field(key, "peers"): peers,
@@ -585,7 +592,7 @@ def _encode_message(msg: Message) -> dict:
 
 
 def _decode_message(d: dict) -> Message:
-    out = {}
+    out: Message = {}
     for k, v in d.items():
         if "a" in v:
             out[k] = np.asarray(v["a"], dtype=v["dtype"])

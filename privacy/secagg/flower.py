@@ -43,6 +43,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -72,7 +73,8 @@ MESSAGE_TYPES = {
 # wire ------------------------------------------------------------------------------------------------------------
 def to_recorddict(msg: ProtocolMessage, into: RecordDict | None = None) -> RecordDict:
     """Protocol message -> RecordDict (arrays in an ArrayRecord, everything else in a ConfigRecord)."""
-    config, arrays = {}, {}
+    config: dict[str, Any] = {}  # protocol values: ConfigRecord checks that each is a config value
+    arrays: dict[str, Array] = {}
     for key, value in msg.items():
         if isinstance(value, np.ndarray):
             arrays[key] = Array(np.ascontiguousarray(value))
@@ -95,7 +97,10 @@ def from_recorddict(content: RecordDict) -> ProtocolMessage:
     for key, value in content[CONFIG_RECORD].items():
         msg[key] = list(value) if isinstance(value, (list, tuple)) else value
     if ARRAY_RECORD in content:
-        for key, array in content[ARRAY_RECORD].items():
+        arrays = content[ARRAY_RECORD]
+        if not isinstance(arrays, ArrayRecord):
+            raise ProtocolRefusal(f"message record {ARRAY_RECORD!r} is a {type(arrays).__name__}, not an ArrayRecord")
+        for key, array in arrays.items():
             msg[key] = array.numpy()
     return msg
 
@@ -260,7 +265,10 @@ def client_from_context(context: Context, policy: Policy = Policy()) -> SecAggCl
     """The node's protocol client: restored from the Context state, or created (`new_client`)."""
     record = context.state.config_records.get(STATE_RECORD)
     if record is not None and "state" in record:
-        return SecAggClient.from_state(bytes(record["state"]))
+        state = record["state"]
+        if not isinstance(state, bytes):  # `save_client` stores the bytes of `export_state`
+            raise TypeError(f"node state {STATE_RECORD!r} holds a {type(state).__name__}, not the client state bytes")
+        return SecAggClient.from_state(state)
     return new_client(str(context.node_id), context.node_config, policy)
 
 

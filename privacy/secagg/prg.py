@@ -40,7 +40,8 @@ class MaskExpander:
         if len(seed) != SEED_BYTES:
             raise ValueError(f"mask seeds are {SEED_BYTES} bytes, got {len(seed)}")
         encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
-        encryptor.update_into(self._zeros, self._out)
+        # the stubs name bytes/bytearray/memoryview; any contiguous buffer works (numpy's stubs declare no __buffer__)
+        encryptor.update_into(self._zeros, self._out)  # type: ignore[arg-type]
         return self._words
 
     def add(self, acc: np.ndarray, seed: bytes, sign: int = 1) -> None:

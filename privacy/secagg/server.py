@@ -103,6 +103,18 @@ class _Instance:
     failure: str | None = None
     result: Aggregate | None = None
 
+    def fixed_announced(self) -> list[str]:
+        """A; `upload_requests` fixes it before any later phase reads it."""
+        if self.announced is None:
+            raise SecAggError(f"instance {self.plan.key}: its announced set is not fixed yet")
+        return self.announced
+
+    def fixed_survivors(self) -> list[str]:
+        """S; `_freeze_survivors` fixes it before the confirm and unmask phases read it."""
+        if self.survivors is None:
+            raise SecAggError(f"instance {self.plan.key}: its survivor set is not fixed yet")
+        return self.survivors
+
 
 class SecAggServer:
     """Coordinates any number of instances (one per (round, block)) in one session.
@@ -353,7 +365,7 @@ class SecAggServer:
         if len(alive) < plan.min_survivors:
             self._fail(inst, f"only {len(alive)} masked inputs arrived, {plan.min_survivors} needed")
             return False
-        for v in inst.announced:
+        for v in inst.fixed_announced():
             holders = sum(w in alive for w in plan.neighbours(v))
             if holders < plan.threshold:
                 self._fail(
@@ -368,14 +380,14 @@ class SecAggServer:
     def _view_fields(self, msg: Message, inst: _Instance) -> None:
         key = inst.plan.key
         msg["instances"].append(key)
-        msg[field(key, "announced")] = list(inst.announced)
-        msg[field(key, "survivors")] = list(inst.survivors)
+        msg[field(key, "announced")] = list(inst.fixed_announced())
+        msg[field(key, "survivors")] = list(inst.fixed_survivors())
 
     def confirm_requests(self, round_: int) -> dict[str, Message]:
         out: dict[str, Message] = {}
         for inst in self._live(round_):
             if inst.plan.consistency and self._freeze_survivors(inst):
-                for u in inst.survivors:
+                for u in inst.fixed_survivors():
                     msg = out.setdefault(u, {**header("confirm", self.session, round_), "instances": []})
                     self._view_fields(msg, inst)
         return out
@@ -393,7 +405,7 @@ class SecAggServer:
                     if inst is None or inst.survivors is None or cid not in inst.survivors:
                         raise ProtocolRefusal(f"unexpected confirmation for {key}")
                     sig = get(reply, field(key, "confirm"), bytes)
-                    statement = view_statement(inst.plan.digest, inst.announced, inst.survivors)
+                    statement = view_statement(inst.plan.digest, inst.fixed_announced(), inst.survivors)
                     verify_signature(self.trust.identity(cid), sig, statement, f"confirmation by {cid}")
                     inst.confirmations[cid] = sig
                 except MALFORMED as err:
@@ -409,7 +421,7 @@ class SecAggServer:
             if plan.consistency and len(inst.confirmations) < plan.confirm_threshold:
                 self._fail(inst, f"{len(inst.confirmations)} confirmations < {plan.confirm_threshold}")
                 continue
-            for u in inst.survivors:
+            for u in inst.fixed_survivors():
                 msg = out.setdefault(u, {**header("unmask", self.session, round_), "instances": []})
                 self._view_fields(msg, inst)
                 if plan.consistency:
@@ -456,7 +468,7 @@ class SecAggServer:
         shares = get(reply, field(key, "shares"), np.ndarray)
         if len(peers) != len(kinds) or shares.shape != (len(peers), shamir.WORDS_PER_SECRET):
             raise ProtocolRefusal("malformed reveal")
-        alive, announced = set(inst.survivors), set(inst.announced)
+        alive, announced = set(inst.survivors), set(inst.fixed_announced())
         mine = set(inst.plan.neighbours(cid))
         got = {}
         if shares.dtype.kind not in "ui" or (shares.size and int(shares.max()) >= shamir.PRIME):
@@ -470,7 +482,7 @@ class SecAggServer:
         verify_signature(
             self.trust.identity(cid),
             sig,
-            view_statement(inst.plan.digest, inst.announced, inst.survivors),
+            view_statement(inst.plan.digest, inst.fixed_announced(), inst.survivors),
             f"view of {cid}",
         )
         inst.reveals[cid], inst.views[cid] = got, sig
@@ -506,8 +518,9 @@ class SecAggServer:
 
     def _finish(self, inst: _Instance) -> Aggregate:
         plan, quant = inst.plan, inst.plan.quant
-        survivors, alive = inst.survivors, set(inst.survivors)
-        dropped = [v for v in inst.announced if v not in alive]
+        survivors, announced = inst.fixed_survivors(), inst.fixed_announced()
+        alive = set(survivors)
+        dropped = [v for v in announced if v not in alive]
         total = np.zeros(quant.length, dtype=quant.dtype)
         for u in survivors:
             np.add(total, inst.masked[u], out=total)
@@ -528,7 +541,7 @@ class SecAggServer:
             update_sum,
             extras_sum,
             tuple(survivors),
-            tuple(c for c in plan.cohort if c not in inst.announced),
+            tuple(c for c in plan.cohort if c not in announced),
             tuple(dropped),
             tuple(u for u in survivors if u not in inst.reveals),
             float(quant.max_abs_error(len(survivors))[0]),
