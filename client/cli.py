@@ -14,7 +14,7 @@ from rich.table import Table
 from dblocks.shared.clierrors import TRACEBACK_SETTINGS, SafeTyper
 from dblocks.shared.data import DataError, load_dataset
 
-from .join import JoinOptions, default_home, ledger_path, run_supernode, secagg_key_path, validate
+from .join import JoinOptions, budget_refusal, default_home, ledger_path, run_supernode, secagg_key_path, validate
 
 app = SafeTyper(help="Company side: join a federation, check data, keys and the privacy ledger. Add --debug anywhere "
                      "to see a traceback.", no_args_is_help=True)
@@ -82,6 +82,9 @@ def join(
         fail(f"{trusted_entities}: trusted entities file not found")
     if directory_key is not None and not directory_key.is_file():
         fail(f"{directory_key}: directory key not found (ask the operator for directory.pub)")
+    refusal = budget_refusal(opts)
+    if refusal:
+        fail(refusal)
     if insecure:
         console.print("[bold yellow]warning:[/bold yellow] --insecure: no TLS, the connection is neither encrypted nor "
                       "authenticated. Use only for local tests.")

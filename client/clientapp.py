@@ -82,7 +82,31 @@ def ping(msg: Message, context: Context) -> Message:
         # rounded down to 0.1 (never up: the server must not think a company can afford more than it can)
         "budget_left": math.floor(max(0.0, ledger.budget - ledger.recorded_spent()) * 10) / 10,
     }
+    try:
+        say_if_unaffordable(nc, ledger, msg.content.config_records["ping"])
+    except Exception:  # noqa: BLE001 - a word to the company must never stop its liveness reply
+        pass
     return Message(RecordDict({"ping": ConfigRecord(info)}), reply_to=msg)
+
+
+def say_if_unaffordable(nc: dict, ledger, ping) -> str | None:
+    """The ping names the record-level mechanism of one more round (noise, sample_rate, steps, delta): where this
+    ledger cannot afford it, one progress line says so (spent, budget, what the next task would bring it to); the
+    server skips this company for budget. Returns the line (None where it can afford it or the ping names none)."""
+    if "steps" not in ping:
+        return None
+    from dblocks.privacy.accounting import MechanismStep
+
+    from .ledger import BudgetExceeded
+
+    step = MechanismStep(float(ping["noise"]), float(ping["sample_rate"]), int(ping["steps"]))
+    try:
+        ledger.check(step, float(ping.get("delta", ledger.delta)))
+        return None
+    except BudgetExceeded as e:
+        line = f"skipped for budget: {e}"
+    progress_line(nc, line)
+    return line
 
 
 def train_block(nc: dict, task, arrays: list):

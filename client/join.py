@@ -12,6 +12,7 @@ state lives under `home/secagg` behind a file lock (see dblocks.privacy.secagg.f
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import threading
@@ -57,6 +58,27 @@ class JoinOptions:
     trusted_entities: Path | None = None  # YAML {id: "ssh-ed25519 ..."}: signers whose apps may also run
     directory_key: Path | None = None  # the operator's SecAgg directory public key (directory.pub)
     require_consistency: bool = False  # refuse secure aggregation without the consistency check
+
+
+def budget_refusal(opts: JoinOptions) -> str | None:
+    """Why joining with this budget is refused, or None: the data set's ledger has already spent more than
+    --epsilon-budget (a budget cannot go below what is spent; every task would be refused)."""
+    from .ledger import PrivacyLedger
+
+    path = ledger_path(opts.home, opts.data.resolve())
+    if not path.exists():
+        return None
+    ledger = PrivacyLedger(path, opts.epsilon_budget, opts.delta)
+    if not ledger.entries:
+        return None
+    spent = ledger.spent()
+    if spent <= opts.epsilon_budget:
+        return None
+    return (
+        f"this data set's ledger ({path}) has already spent record-level epsilon {spent:.2f} at delta="
+        f"{opts.delta:g}, more than --epsilon-budget {opts.epsilon_budget:g}; a budget cannot go below what is "
+        f"spent: pass --epsilon-budget {math.ceil(spent * 100) / 100:g} or more, or keep this data set out"
+    )
 
 
 def secagg_key_path(opts: JoinOptions) -> Path:

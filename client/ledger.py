@@ -128,10 +128,11 @@ class PrivacyLedger:
             raise BudgetExceeded(f"the run asks for delta={delta:g} but this company accounts at delta={self.delta:g}")
         after = self.spent([step])
         if after > self.budget:
+            spent = self.spent()
             raise BudgetExceeded(
-                f"this update would bring record-level epsilon to {after:.2f} (delta={self.delta:g}), over the budget "
-                f"{self.budget:g}; {self.spent():.2f} is already spent or reserved. Raise --epsilon-budget or leave "
-                "the run."
+                f"record-level epsilon spent {spent:.2f}; the next task would cost {after - spent:.2f} more, bringing "
+                f"it to {after:.2f} (delta={self.delta:g}), over the budget {self.budget:g}. Raise --epsilon-budget "
+                "or leave the run."
             )
         return after
 

@@ -36,3 +36,55 @@ def test_unreachable_registry_error_names_the_url_never_the_token():
     assert isinstance(e.value, RegistryError)  # callers that catch RegistryError catch it too
     assert "http://127.0.0.1:9" in str(e.value) and "dbk_" not in str(e.value)
     assert e.value.__cause__ is None and e.value.__suppress_context__  # no chained httpx request in a traceback
+
+
+def _company(tmp_path, budget: float = 100.0):
+    """A small CSV data set and its ledger with one settled task (rdp-free: the ledger's default accountant)."""
+    import numpy as np
+
+    from dblocks.client.join import ledger_path
+    from dblocks.client.ledger import PrivacyLedger
+    from dblocks.privacy.accounting import MechanismStep
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.csv"
+    rows = ["a,b,c,label"] + [
+        f"{x[0]:.3f},{x[1]:.3f},{x[2]:.3f},{i % 2}" for i, x in enumerate(rng.normal(size=(40, 3)))
+    ]
+    data.write_text("\n".join(rows) + "\n")
+    home = tmp_path / "home"
+    path = ledger_path(home, data.resolve())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    led = PrivacyLedger(path, budget)
+    step = MechanismStep(1.0, 0.1, 20)
+    led.settle(led.reserve("run", 1, 0, 0, step, 1e-5, 40))
+    return data, home, led, step
+
+
+def test_budget_refusals_say_spent_budget_and_cost(tmp_path):
+    from typer.testing import CliRunner
+
+    from dblocks.client.cli import app
+    from dblocks.client.clientapp import say_if_unaffordable
+    from dblocks.client.join import JoinOptions, budget_refusal
+
+    data, home, led, step = _company(tmp_path)
+    spent = led.spent()
+    # the next task does not fit: one progress line with what is spent, what it would cost and the budget
+    led.budget = spent + 0.01
+    progress = tmp_path / "progress.log"
+    ping = {"noise": step.noise_multiplier, "sample_rate": step.sample_rate, "steps": step.steps, "delta": 1e-5}
+    line = say_if_unaffordable({"progress-path": str(progress)}, led, ping)
+    assert line and line.startswith("skipped for budget") and f"spent {spent:.2f}" in line
+    assert "would cost" in line and f"over the budget {led.budget:g}" in line
+    assert progress.read_text().strip().endswith(line)  # after the time of day
+    led.budget = 1000.0
+    assert say_if_unaffordable({"progress-path": str(progress)}, led, ping) is None
+    assert say_if_unaffordable({}, led, {"run_id": "1"}) is None  # an older server's ping names no mechanism
+    # re-joining with a budget below what is already spent is refused at start, one line, exit 2
+    opts = JoinOptions(server="x:1", data=data, home=home, insecure=True, epsilon_budget=spent / 2)
+    assert "already spent" in budget_refusal(opts)
+    assert budget_refusal(JoinOptions(server="x:1", data=data, home=home, insecure=True, epsilon_budget=50)) is None
+    argv = ["join", "--server", "127.0.0.1:9", "--data", str(data), "--insecure", "--home", str(home)]
+    r = CliRunner().invoke(app, [*argv, "--epsilon-budget", f"{spent / 2:g}"])
+    assert r.exit_code == 2 and "already spent record-level epsilon" in r.output, r.output

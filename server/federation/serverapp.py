@@ -149,8 +149,11 @@ class Federation:
         }
         self.history.append(entry)
         log.info("round %d done: %s", r, json.dumps(entry))
-        if self.registry and metrics:  # the run page's accuracy curve (round level, the assembled model)
-            self.registry.report_round_metrics(self.rid, r, metrics)
+        if self.registry and (metrics or self.dropped):  # the run page's accuracy curve (round level, the assembled
+            # model) and who was not in the round and why (skipped for budget, no reply, a bad reply): the operator's
+            self.registry.report_round_metrics(
+                self.rid, r, {**metrics, **({"dropped": entry["dropped"]} if self.dropped else {})}
+            )
 
     def assign(self, r: int, live: list[NodeInfo], todo: list[int]) -> tuple[dict[int, list[int]], dict | None]:
         """This round's cohorts of the blocks still to do (a block without enough nodes is reported skipped), and
@@ -284,7 +287,7 @@ class Federation:
             return []
         msgs = [
             Message(
-                RecordDict({"ping": ConfigRecord({"run_id": self.cfg.run_id})}),
+                RecordDict({"ping": ConfigRecord({"run_id": self.cfg.run_id, **self._next_task_mechanism()})}),
                 dst_node_id=n,
                 message_type="query.ping",
             )
@@ -310,7 +313,8 @@ class Federation:
             need = self.releases.marginal_record_epsilon(src, step, c.delta, c.accountant)
             if info.budget_left < need * 0.999:
                 why[src] = (
-                    f"record-level budget left {info.budget_left:.3g} is below what one more round adds ({need:.3g})"
+                    f"skipped for budget: record-level budget left {info.budget_left:.3g} is below what one more "
+                    f"round adds ({need:.3g})"
                 )
                 continue
             live[src] = info
@@ -319,6 +323,11 @@ class Federation:
             log.warning("node %s is a dropout of this round: %s", n, reason)
         self.dropped.update(why)
         return [live[n] for n in node_ids if n in live]
+
+    def _next_task_mechanism(self) -> dict:
+        """The record-level mechanism of one more round, in the ping: a company that cannot afford it says so."""
+        c = self.cfg
+        return {"noise": c.record_noise, "sample_rate": c.record_sample_rate, "steps": c.record_steps, "delta": c.delta}
 
     def _record_node_privacy(self, r: int) -> None:
         """Each company that took part in round r: its record-level epsilon composed over all its releases in
