@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -30,7 +31,7 @@ ATTACK_HELP = "closed-form | inversion | dlg | idlg | dlg-scales | membership | 
 OBSERVE_HELP = "raw | clipped | aggregate | release | weights | sequence"
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     console.print(f"[red]error:[/red] {msg}")
     raise typer.Exit(2)
 

@@ -103,17 +103,19 @@ class RegistryClient:
     def __init__(
         self,
         base_url: str,
-        token: str,
+        token: str | None,
         *,
         timeout: float = 60.0,
         connect_retries: int = 5,
         http: httpx.Client | None = None,
     ):
-        """`http`: an httpx.Client to send through (e.g. Starlette's TestClient in tests); its base URL is kept."""
+        """`token` None sends no Authorization header (the registry answers 401 "missing API token").
+        `http`: an httpx.Client to send through (e.g. Starlette's TestClient in tests); its base URL is kept."""
         self.base_url = base_url.rstrip("/")
         self.connect_retries = connect_retries
         self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
-        self._http.headers["Authorization"] = f"Bearer {token}"
+        if token is not None:
+            self._http.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         self._http.close()

@@ -7,6 +7,7 @@ import signal
 import sys
 import uuid
 from pathlib import Path
+from typing import Literal, NoReturn, cast
 
 import typer
 from rich.console import Console
@@ -36,7 +37,7 @@ nodes_app = typer.Typer(
 )
 
 
-def fail(msg: str, code: int = 2) -> None:
+def fail(msg: str, code: int = 2) -> NoReturn:
     console.print(f"[red]error:[/red] {msg}")
     raise typer.Exit(code)
 
@@ -231,7 +232,13 @@ def run_new(
             central_noise=central_noise,
             server_lr=server_lr,
             trainable=trainable,
-            secagg=SecAggConfig(mode=secagg, threshold=secagg_threshold, consistency=consistency, directory=directory),
+            # RunConfig.__post_init__ rejects any other mode than "dblocks" or "flower" (ValueError below)
+            secagg=SecAggConfig(
+                mode=cast(Literal["dblocks", "flower"], secagg),
+                threshold=secagg_threshold,
+                consistency=consistency,
+                directory=directory,
+            ),
             init_model_dir=str(init_model_dir.resolve()) if init_model_dir else None,
             registry_url=registry_url,
         )
@@ -467,6 +474,8 @@ def _sync_now(home: Path, reg) -> None:
     try:
         from dblocks.shared.registry_client import RegistryClient
 
+        if cfg is None:
+            raise FileNotFoundError(f"no server.toml under {home}")
         svc = RegistryClient(cfg.registry_url, read_secret(service_token_path(ServerHome(home))), connect_retries=1)
         link = SuperLinkNodes(cfg.superlink.local_address, ServerHome(home).tls.ca)
         from dblocks.server.ops.provision import directory_publisher

@@ -113,7 +113,9 @@ def require_csrf(session_token: str, presented: str | None) -> None:
 
 def secrets_match(presented: str | None, expected: str | None) -> bool:
     """Both present and equal, compared in constant time."""
-    return bool(presented and expected) and hmac.compare_digest(presented.encode(), expected.encode())
+    if not presented or not expected:
+        return False
+    return hmac.compare_digest(presented.encode(), expected.encode())
 
 
 def login_nonce(request: Request) -> str:

@@ -47,7 +47,7 @@ class GroupCommitter:
         group: _Group | None = None
         failure: BaseException | None = None
         try:
-            if self._session is None:
+            if self._session is None or self._group is None:  # both are set (and cleared) together
                 self._session, self._group = self._make_session(), _Group()
                 self._session.begin()
             group, session = self._group, self._session

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 from fastapi import APIRouter, Depends
 from sqlalchemy import select
@@ -10,7 +10,7 @@ from sqlalchemy import select
 from .. import events
 from ..auth import ADMINS, ALL_ROLES, Allow, Principal, issue_token
 from ..models import ApiToken, Event, utcnow
-from ..schemas import EventOut, Page, TokenCreate, TokenCreated, TokenOut, WhoAmI
+from ..schemas import EventOut, Page, Role, TokenCreate, TokenCreated, TokenOut, WhoAmI
 from .common import Limit, Offset, get_or_404, paginate, registry
 
 router = APIRouter(tags=["admin"])
@@ -18,7 +18,8 @@ router = APIRouter(tags=["admin"])
 
 @router.get("/whoami", response_model=WhoAmI)
 def whoami(who: Principal = Depends(Allow(ALL_ROLES))):
-    return WhoAmI(token_id=who.token_id, name=who.name, role=who.role)
+    # the token's role column is a str; WhoAmI (pydantic) validates it
+    return WhoAmI(token_id=who.token_id, name=who.name, role=cast(Role, who.role))
 
 
 @router.get("/events", response_model=Page[EventOut], summary="The append-only event log")

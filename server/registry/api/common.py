@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 from fastapi import HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -11,10 +12,19 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from ..limits import non_finite_error, non_finite_path
-from ..models import Base, Run
+from ..models import Run
 from ..schemas import Page
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class _Keyed(Protocol):
+    """An ORM model with an `id` primary key (every table of `..models`)."""
+
+    id: Any
+
+
+K = TypeVar("K", bound=_Keyed)
 Limit = Query(50, ge=1, le=500, description="page size")
 Offset = Query(0, ge=0, description="rows to skip")
 
@@ -27,8 +37,13 @@ async def registry(request: Request):
 def paginate(session: Session, stmt: Select, limit: int, offset: int, out: type[M]) -> Response:
     """One page of `stmt` as JSON. Serialized here, once: FastAPI would validate the page a second time."""
     total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
-    rows = session.execute(stmt.limit(limit).offset(offset)).scalars().all()
-    page = Page[out](items=[out.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+    if total is None:  # a COUNT query always returns its one row
+        raise RuntimeError("the page's COUNT query returned no row")
+    rows: Sequence[Any] = session.execute(stmt.limit(limit).offset(offset)).scalars().all()
+    # the item model is a runtime class: pydantic parametrizes Page with it (mypy only takes static types in [])
+    page = Page[out](  # type: ignore[valid-type]
+        items=[out.model_validate(r) for r in rows], total=total, limit=limit, offset=offset
+    )
     return Response(page.model_dump_json(), media_type="application/json")
 
 
@@ -52,7 +67,7 @@ def parse_json_field(model: type[M], text: str, field: str) -> M:
         ) from None
 
 
-def get_or_404(session: Session, model: type[Base], key, what: str, *, lock: bool = False):
+def get_or_404(session: Session, model: type[K], key, what: str, *, lock: bool = False) -> K:
     stmt = select(model).where(model.id == key)
     if lock:
         stmt = stmt.with_for_update()

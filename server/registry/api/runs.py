@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -44,7 +46,7 @@ def schedule_intervals(schedule: dict, num_blocks: int) -> list[tuple[tuple[floa
 def control_state(run: Run) -> ControlState:
     return ControlState(
         run_id=run.id,
-        status=run.status,
+        status=cast(RunStatus, run.status),  # a str column; ControlState (pydantic) validates it
         num_rounds=run.num_rounds,
         current_round=run.current_round,
         status_reason=run.status_reason,

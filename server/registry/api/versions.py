@@ -54,8 +54,10 @@ def check_spec_fits(spec, run: Run, block: Block) -> None:
         problems.append(f"spec.num_blocks is {spec.num_blocks}, the run has {run.num_blocks}")
     if spec.block_index != block.block_index:
         problems.append(f"spec.block_index is {spec.block_index} but the URL names block {block.block_index}")
-    if block.owned_lo is not None and not (
-        _close(spec.owned_interval[0], block.owned_lo) and _close(spec.owned_interval[1], block.owned_hi)
+    if (
+        block.owned_lo is not None
+        and block.owned_hi is not None
+        and not (_close(spec.owned_interval[0], block.owned_lo) and _close(spec.owned_interval[1], block.owned_hi))
     ):
         problems.append(
             f"spec.owned_interval {list(spec.owned_interval)} differs from the run's block interval "

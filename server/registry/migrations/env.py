@@ -26,5 +26,7 @@ if connection is not None:
     run_with(connection)
 else:
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database to migrate: pass -x url=URL or set sqlalchemy.url")
     with create_engine(url).connect() as conn:
         run_with(conn)
