@@ -28,6 +28,7 @@ from .db import Database
 from .fingerprint import PublicKeyError
 from .lifecycle import TransitionError
 from .limits import BodySizeLimit, FiniteJsonBodies
+from .revocation import RevocationAwareTokenCache
 from .store import ArtifactCorrupt, ArtifactNotFound, ContentStore
 
 HERE = Path(__file__).parent
@@ -60,7 +61,7 @@ def open_registry(settings: RegistrySettings) -> Registry:
         settings=settings,
         db=db,
         store=ContentStore(settings.artifact_dir),
-        token_cache=TokenCache(),
+        token_cache=RevocationAwareTokenCache(settings.data_dir),  # a revocation anywhere on this host: at once
         templates=templates,
         fragments=FragmentCache(),
     )

@@ -20,19 +20,56 @@ tokens_app = typer.Typer(
 )
 
 
-def _settings(data_dir: Path | None, database_url: str | None):
-    """Settings from the environment, with command-line overrides written back to it (for uvicorn workers)."""
+def _settings(home: Path | None, database_url: str | None, *, existing: bool = False):
+    """Settings from the environment, with command-line overrides written back to it (for uvicorn workers).
+
+    `--home` is the server home, as on every `dbserver` command (default $DBLOCKS_HOME/server): the registry
+    keeps its data beside it, in `<home>/../registry`, and uses the database that `dbserver init` wrote into
+    `<home>/server.toml`. `existing`: refuse a SQLite database that does not exist yet (a `tokens` command on
+    the wrong home would otherwise make a second, empty registry)."""
     from .config import RegistrySettings
 
-    if data_dir is not None:
-        os.environ["DBLOCKS_HOME"] = str(data_dir.expanduser().resolve())
-    if database_url is not None:
+    if home is not None:
+        home = home.expanduser().resolve()
+        os.environ["DBLOCKS_HOME"] = str(home.parent)
+    server_home = home or Path(os.environ.get("DBLOCKS_HOME") or Path.home() / ".dblocks").expanduser() / "server"
+    if database_url is None and "DBLOCKS_DATABASE_URL" not in os.environ:
+        database_url = _configured_database(server_home)
+    if database_url:
         os.environ["DBLOCKS_DATABASE_URL"] = database_url
-    return RegistrySettings.from_env()
+    settings = RegistrySettings.from_env()
+    db_file = settings.data_dir / "registry.db"
+    if existing and settings.database_url == f"sqlite:///{db_file}" and not db_file.exists():
+        typer.echo(
+            f"error: no registry database at {db_file}. --home is the server home, as on every dbserver command "
+            f"(default ~/.dblocks/server; the registry's data is beside it in ../registry): start the registry "
+            "first (`dbserver init` or `dbserver registry`) or pass the --home it runs with",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return settings
+
+
+def _configured_database(server_home: Path) -> str | None:
+    """database_url from the server home's server.toml (`dbserver init --database-url`), if any."""
+    import tomllib
+
+    p = server_home / "server.toml"
+    if not p.exists():
+        return None
+    try:
+        return tomllib.loads(p.read_text()).get("database_url") or None
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
 
 
 DataDir = Annotated[
-    Path | None, typer.Option("--home", help="base data directory (env DBLOCKS_HOME; default ~/.dblocks)")
+    Path | None,
+    typer.Option(
+        "--home",
+        help="server home, as on every dbserver command (env DBLOCKS_HOME/server; default ~/.dblocks/server); "
+        "the registry's data is beside it, in ../registry",
+    ),
 ]
 DbUrl = Annotated[
     str | None,
@@ -115,7 +152,7 @@ def tokens_create(
 
     if role not in ALL_ROLES:
         raise typer.BadParameter(f"unknown role {role!r}; choose one of: {ROLE_HELP}", param_hint="--role")
-    reg = open_registry(_settings(home, database_url))
+    reg = open_registry(_settings(home, database_url, existing=True))
     with reg.db.writer() as s:
         row, secret = issue_token(s, name=name or role, role=role, created_by="dbserver tokens create")
         events.record(
@@ -139,7 +176,7 @@ def tokens_list(home: DataDir = None, database_url: DbUrl = None) -> None:
     from .app import open_registry
     from .models import ApiToken
 
-    reg = open_registry(_settings(home, database_url))
+    reg = open_registry(_settings(home, database_url, existing=True))
     with reg.db.reader() as s:
         for t in s.execute(select(ApiToken).order_by(ApiToken.id)).scalars():
             state = f"revoked {t.revoked_at:%Y-%m-%d}" if t.revoked_at else "active"
@@ -155,7 +192,7 @@ def tokens_revoke(token_id: int, home: DataDir = None, database_url: DbUrl = Non
     from .auth import Principal
     from .models import ApiToken, utcnow
 
-    reg = open_registry(_settings(home, database_url))
+    reg = open_registry(_settings(home, database_url, existing=True))
     with reg.db.writer() as s:
         row = s.get(ApiToken, token_id)
         if row is None:
@@ -171,4 +208,7 @@ def tokens_revoke(token_id: int, home: DataDir = None, database_url: DbUrl = Non
                 after={"name": row.name, "role": row.role},
             )
     reg.db.dispose()
+    from .revocation import announce_revocation
+
+    announce_revocation(reg.settings.data_dir)  # running registries on this host drop their token caches now
     typer.echo(f"token {token_id} revoked")

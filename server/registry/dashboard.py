@@ -14,7 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast, get_args
 from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -44,7 +44,7 @@ from .auth import (
 from .budgets import node_budgets
 from .lifecycle import OPERATOR_ACTIONS, TransitionError
 from .models import ApiToken, Audit, BlockVersion, Event, Node, RoundReport, Run
-from .schemas import RunControl
+from .schemas import RunAction, RunControl
 
 router = APIRouter(include_in_schema=False)
 Viewer = Depends(Allow(ALL_ROLES))
@@ -96,8 +96,8 @@ def partition_rows(run: Run, width: float = 1000.0, left: float = 70.0, right: f
 
     rows = []
     for b in run.blocks:
-        if b.owned_lo is None:
-            continue
+        if b.owned_lo is None or b.owned_hi is None or b.train_lo is None or b.train_hi is None:
+            continue  # the intervals are set together, when the run is created
         rows.append(
             {
                 "block": b.block_index,
@@ -192,7 +192,7 @@ def cohort_table(s, run: Run, max_rounds: int = 12) -> list[dict]:
     if not rounds:
         return []
     names = node_names(s)
-    cells = {r: [[] for _ in range(run.num_blocks)] for r in rounds}
+    cells: dict[int, list[list[dict]]] = {r: [[] for _ in range(run.num_blocks)] for r in rounds}
     for r in s.execute(
         select(*REPORT_COLUMNS)
         .where(RoundReport.run_id == run.id, RoundReport.round.in_(rounds), RoundReport.status != "evaluated")
@@ -248,7 +248,7 @@ def run_charts(s, run: Run) -> dict:
             if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val):
                 metrics[k]["model"].append([r.round, val])
     names = node_names(s)
-    nodes = [
+    nodes: list[dict[str, Any]] = [
         {
             "node": names.get(n.node_id) or n.node_id,
             "total": n.epsilon_total,
@@ -401,9 +401,25 @@ async def runs_table(request: Request, who: Principal = Viewer, reg=Depends(regi
     return await fragment(request, who, reg, render_table)
 
 
+def failure_history(s, run: Run) -> dict:
+    """The run's failures (newest first: {at, reason}) and whether it was resumed after one, from its status events:
+    a failed run says so on its page, and a resumed run shows it was one (not only in the event log)."""
+    failures, resumes = [], 0
+    rows = s.execute(
+        select(Event.at, Event.after).where(Event.run_id == run.id, Event.kind == "run.status").order_by(Event.id)
+    ).all()
+    for at, after in rows:
+        st = (after or {}).get("status")
+        if st == "failed":
+            failures.append({"at": at, "reason": (after or {}).get("reason")})
+        elif st == "running" and failures:
+            resumes += 1
+    return {"failures": failures[::-1], "resumes": resumes}
+
+
 def run_panel_context(s, run: Run, panel: str) -> dict:
     if panel == "header":
-        return {"actions": list(OPERATOR_ACTIONS)}
+        return {"actions": list(OPERATOR_ACTIONS), **failure_history(s, run)}
     if panel == "blocks":
         return {"blocks": block_rows(s, run), "partition": partition_rows(run)}
     if panel == "rounds":
@@ -439,7 +455,7 @@ def run_page(request: Request, run_id: int, who: Principal = Viewer, reg=Depends
     with reg.db.reader() as s:
         run = load_run(s, run_id)
         ctx: dict = {}
-        for panel in RunPanel.__args__:
+        for panel in get_args(RunPanel):
             ctx.update(run_panel_context(s, run, panel))
         return render(request, "run.html", who, page="runs", run=run, **ctx)
 
@@ -477,7 +493,10 @@ def run_control(
 ):
     error = None
     try:
-        body = RunControl(action=action or None, num_rounds=int(num_rounds) if num_rounds else None)
+        # a form str; RunControl (pydantic) validates it (its ValidationError is a ValueError)
+        body = RunControl(
+            action=cast(RunAction | None, action or None), num_rounds=int(num_rounds) if num_rounds else None
+        )
         runs_api.control_run(run_id, body, who, reg)
     except (TransitionError, HTTPException, ValueError) as e:
         error = getattr(e, "detail", None) or str(e)
