@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
@@ -162,7 +162,10 @@ def secagg_upload(msg: Message, context: Context) -> Message:
         task = BlockTask.from_config(dict(msg.content["task"]))
         if str(task.block_index) != plan.block:
             raise ValueError(f"the task is for block {task.block_index}, the protocol plan for block {plan.block}")
-        update = train_block(nc, task, msg.content["arrays"].to_numpy_ndarrays())
+        arrays = msg.content["arrays"]
+        if not isinstance(arrays, ArrayRecord):
+            raise ValueError(f"the message's 'arrays' record is a {type(arrays).__name__}, not an ArrayRecord")
+        update = train_block(nc, task, arrays.to_numpy_ndarrays())
         # the delta is clipped in float32; clip_vector in float64 keeps it within the plan's bound after rounding
         return Contribution(clip_vector(flatten_arrays(update.delta), task.update_clip))
 

@@ -150,7 +150,7 @@ class NoiseSchedule:
         never saw."""
         lo, hi = self.training_interval(0)
         c_lo, c_hi = self.cdf(lo), self.cdf(hi)
-        return float(min(hi, self.quantile(c_lo + 0.999 * (c_hi - c_lo))))
+        return min(hi, float(self.quantile(c_lo + 0.999 * (c_hi - c_lo))))
 
     # ---- EDM preconditioning ---------------------------------------------------------------------
     def precondition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

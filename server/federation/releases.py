@@ -25,6 +25,7 @@ class ReleaseLog:
         self.path = path
         self.by_node: dict[int, list[NodeRelease]] = {}
         self._cache: dict[tuple, NodeEpsilon] = {}
+        self._marginal_cache: dict[tuple, float] = {}
         if path is not None and path.exists():
             try:
                 for node, rows in json.loads(path.read_text()).items():
@@ -96,13 +97,13 @@ class ReleaseLog:
             delta,
             accountant,
         )
-        if key not in self._cache:
+        if key not in self._marginal_cache:
             from dblocks.privacy.accounting import epsilon
 
             history = [r.record for r in rows]
             before = epsilon(history, delta, accountant) if history else 0.0
-            self._cache[key] = epsilon(history + [step], delta, accountant) - before
-        return self._cache[key]  # type: ignore[return-value]
+            self._marginal_cache[key] = epsilon(history + [step], delta, accountant) - before
+        return self._marginal_cache[key]
 
     def _save(self) -> None:
         if self.path is None:

@@ -84,7 +84,7 @@ class BlockStrategy:
                     f"a non-empty part of the cohort {sorted(out.cohort)[:20]}"
                 ),
             )
-        if out.ok:
+        if out.mean is not None:  # out.ok
             try:
                 check_update(out.mean, self.model.param_shapes(b), self.cfg.update_clip)
             except Exception as e:  # noqa: BLE001 - ValueError for a bad update; anything else is a bad message
@@ -95,6 +95,8 @@ class BlockStrategy:
         """Publish the noised mean into the model. The record states, for record and client level, the largest
         epsilon among the companies it aggregated, each composed over all its releases in this run with the
         run's accountant; the cost of this one release is kept as *_one_release."""
+        if out.mean is None:
+            raise ValueError(f"block {b}: no aggregate to release ({out.failure})")
         cfg = self.cfg
         k = len(out.survivors)
         noised, std = add_central_noise(out.mean, cfg.update_clip, cfg.central_noise, k, self.rng)

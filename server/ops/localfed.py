@@ -188,6 +188,8 @@ class LocalFederation:
                 args += [f"--{k.replace('_', '-')}", str(v)]
         env = self.env
         if self.registry_url:  # the token by environment: a command line is visible to every user of the host
+            if self.service_token is None:  # `start_registry` sets both
+                raise RuntimeError("a registry URL without its service token: start the registry with start_registry")
             args += ["--registry-url", self.registry_url]
             env = dict(self.env, DBLOCKS_REGISTRY_TOKEN=self.service_token)
         if run_id:

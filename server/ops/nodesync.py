@@ -146,7 +146,7 @@ def sync_once(registry, link: SuperLinkNodes, directory: DirectoryPublisher | No
                 state["node_id"] = str(link.register(node["public_key"], node["id"]))
                 state["status"] = "registered"
                 report.registered.append(node["id"])
-            elif want == "approved" and have.status == "unregistered":
+            elif want == "approved" and have is not None and have.status == "unregistered":
                 state["error"] = (
                     "this key was revoked before; Flower never admits an unregistered key again: "
                     "the company must create a new key (`dbclient keys init`) and be approved anew"

@@ -60,11 +60,20 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float
     proc.wait(timeout=10)
 
 
+def _program(proc: subprocess.Popen) -> str:
+    """The program a Popen ran (its first argument), for messages."""
+    args = proc.args
+    first = args[0] if isinstance(args, list | tuple) and args else args
+    return os.fsdecode(first) if isinstance(first, str | bytes | os.PathLike) else str(first)
+
+
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
     end = time.time() + timeout
     while time.time() < end:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args[0]} exited with code {proc.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"process {_program(proc)} exited with code {proc.returncode} before listening on {port}"
+            )
         try:
             with socket.create_connection((host, port), timeout=1):
                 return

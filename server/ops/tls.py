@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from dblocks.shared.privatefile import write_private
@@ -28,6 +28,16 @@ class ServerTLS:
 
     def exists(self) -> bool:
         return self.ca.exists() and self.cert.exists() and self.key.exists()
+
+
+# the private keys CertificateBuilder.sign takes (of those `load_pem_private_key` may return)
+_SIGNING_KEYS = (
+    ec.EllipticCurvePrivateKey,
+    rsa.RSAPrivateKey,
+    dsa.DSAPrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
 
 
 def _name(cn: str) -> x509.Name:
@@ -46,11 +56,13 @@ def create_server_tls(directory: str | Path, hosts: list[str], days: int = 825) 
     reuse_ca = (d / "ca.key").exists() and tls.ca.exists()
     if reuse_ca:
         ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
+        if not isinstance(ca_key, _SIGNING_KEYS):  # `_new_ca` makes a P-256 key; any key that signs X.509 does
+            raise ValueError(f"{d / 'ca.key'} holds a {type(ca_key).__name__}, which cannot sign certificates")
         ca_cert = x509.load_pem_x509_certificate(tls.ca.read_bytes())
     else:
         ca_key, ca_cert = _new_ca(now)
     key = ec.generate_private_key(ec.SECP256R1())
-    sans = []
+    sans: list[x509.GeneralName] = []
     for h in hosts:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(h)))
