@@ -132,7 +132,9 @@ def _beyond_manifest(value, spec, path: str) -> list[tuple[str, str]]:
                 )
         return problems
     if isinstance(spec, type):
-        ok = isinstance(value, spec) and (spec is not list or all(isinstance(x, str) for x in value))
+        ok = isinstance(value, spec) and (
+            spec is not list or (isinstance(value, list) and all(isinstance(x, str) for x in value))
+        )
         kind = f"{spec.__name__}{' of strings' * (spec is list)}"
         return [] if ok else [(path, f"sets {path} to {str(value)[:200]!r}, not a {kind}")]
     return [] if value == spec else [(path, f"sets {path} to {str(value)[:200]!r}, not {spec!r}")]
@@ -150,7 +152,7 @@ def flower_mismatch() -> list[str]:
         problems.append(f"flwr {flwr.__version__} is outside the verified range {VERIFIED_FLWR}")
     for name, digest in VERIFIED_SOURCES.items():
         fn = getattr(sci, name, None)
-        if getattr(fn, "__dblocks_guard__", None) is not None:
+        if fn is not None and getattr(fn, "__dblocks_guard__", None) is not None:
             fn = fn.__wrapped__
         if fn is None:
             problems.append(f"flwr.supernode.start_client_internal.{name} is gone")
@@ -229,8 +231,8 @@ class AppGuard:
             kw["trusted_entities"] = self.trusted_entities(kw.get("trusted_entities"))
             return original(*args, **kw)
 
-        guarded.__wrapped__ = original
-        guarded.__dblocks_guard__ = self
+        # function attributes (what functools.wraps sets, without copying the name and docstring)
+        vars(guarded).update({"__wrapped__": original, "__dblocks_guard__": self})
         setattr(sci, PATCHED, guarded)
 
 

@@ -74,7 +74,7 @@ class GlobalModel:
                 b.releases = rounds[str(i)].get("releases", 0)
                 b.weights = (directory / f"block-{i}.safetensors").read_bytes()
 
-    def resume_from_registry(self, registry, run_id: str) -> None:
+    def resume_from_registry(self, registry, run_id: int) -> None:
         for i, b in enumerate(self.blocks):
             v = registry.latest_block_version(run_id, i)
             if v is None:
