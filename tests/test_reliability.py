@@ -88,3 +88,63 @@ def test_budget_refusals_say_spent_budget_and_cost(tmp_path):
     argv = ["join", "--server", "127.0.0.1:9", "--data", str(data), "--insecure", "--home", str(home)]
     r = CliRunner().invoke(app, [*argv, "--epsilon-budget", f"{spent / 2:g}"])
     assert r.exit_code == 2 and "already spent record-level epsilon" in r.output, r.output
+
+
+class _Proc:
+    """A child process stand-in: alive for `polls` polls (None: forever), then exited with 1."""
+
+    def __init__(self, polls=None):
+        self.polls, self.returncode = polls, None
+
+    def poll(self):
+        if self.polls is not None:
+            self.polls -= 1
+            if self.polls < 0:
+                self.returncode = 1
+        return self.returncode
+
+    def send_signal(self, sig):
+        self.returncode = 0
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+def test_dbserver_start_restarts_a_crashed_registry_and_keeps_the_superlink(monkeypatch, tmp_path):
+    from types import SimpleNamespace as NS
+
+    from rich.console import Console
+
+    from dblocks.server.ops import nodesync, provision, stack
+
+    spawned = []
+
+    def spawn(cmd, env=None, log=None):
+        spawned.append(cmd[1])
+        return _Proc(polls=1 if cmd[1] == "registry" and spawned.count("registry") == 1 else None)
+
+    superlink = _Proc(polls=12)  # the loop's end: about 6 s of supervision
+    monkeypatch.setattr(stack, "spawn", spawn)
+    monkeypatch.setattr(stack, "start_superlink", lambda *a, **k: superlink)
+    monkeypatch.setattr(stack, "wait_for_port", lambda *a, **k: None)
+    monkeypatch.setattr(stack, "read_secret", lambda p: "dbk_never_used")
+    monkeypatch.setattr(provision, "ensure_directory_key", lambda home: None)
+    monkeypatch.setattr(provision, "directory_publisher", lambda home: None)
+    monkeypatch.setattr(nodesync, "NodeSyncLoop", lambda *a: NS(start=lambda: None, stop=lambda: None))
+    monkeypatch.setattr(nodesync, "SuperLinkNodes", lambda *a: None)
+    ep = NS(host="127.0.0.1", port=1, local_address="127.0.0.1:1", address="127.0.0.1:1")
+    cfg = NS(
+        hosts=["localhost"],
+        superlink=ep,
+        registry=ep,
+        gateway=ep,
+        registry_url="http://127.0.0.1:1",
+        node_sync_seconds=5.0,
+        database_url="",
+    )
+    home = NS(root=tmp_path, tls=NS(ca=tmp_path / "ca.pem"), ensure_tls=lambda hosts: None)
+    console = Console(record=True, width=200)
+    assert stack.run_stack(home, cfg, console) == 1  # ends when the SuperLink exits
+    out = console.export_text()
+    assert spawned.count("registry") == 2 and spawned.count("gateway") == 1, spawned
+    assert "registry exited (code 1); restarting it" in out and "superlink exited" in out

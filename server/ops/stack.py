@@ -5,8 +5,10 @@
     gateway     public address         POST /v1/fleet/* only, forwarded to the SuperLink
     node sync   thread                 registry decisions -> SuperLink node registrations
 
-If any child exits, the others are stopped and the command exits non-zero (a supervisor such as systemd or
-Kubernetes restarts it; the SuperLink state, the registry database and the runs survive restarts).
+The registry and the gateway are supervised: one that exits is restarted (backing off up to a minute; the
+SuperLink and the runs go on meanwhile; the node sync and the runs retry the registry). If the SuperLink
+exits, the others are stopped and the command exits non-zero (a supervisor such as systemd or Kubernetes
+restarts it; the SuperLink state, the registry database and the runs survive restarts).
 """
 
 from __future__ import annotations
@@ -46,22 +48,14 @@ def run_stack(home: ServerHome, cfg: ServerConfig, console) -> int:
             home, cfg.superlink.host, cfg.superlink.port, insecure=False, node_auth=True
         )
         reg_cmd = [str(BIN / "dbserver"), "registry", "--host", cfg.registry.host, "--port", str(cfg.registry.port)]
-        procs["registry"] = spawn(reg_cmd, env=registry_environ(home, cfg), log=home.root / "registry.log")
-        procs["gateway"] = spawn(
-            [
-                str(BIN / "dbserver"),
-                "gateway",
-                "--upstream",
-                cfg.superlink.local_address,
-                "--bind",
-                cfg.gateway.host,
-                "--port",
-                str(cfg.gateway.port),
-                "--home",
-                str(home.root),
-            ],
-            log=home.root / "gateway.log",
-        )
+        gw_cmd = [str(BIN / "dbserver"), "gateway", "--upstream", cfg.superlink.local_address]
+        gw_cmd += ["--bind", cfg.gateway.host, "--port", str(cfg.gateway.port), "--home", str(home.root)]
+        restartable = {
+            "registry": lambda: spawn(reg_cmd, env=registry_environ(home, cfg), log=home.root / "registry.log"),
+            "gateway": lambda: spawn(gw_cmd, log=home.root / "gateway.log"),
+        }
+        for name, start in restartable.items():
+            procs[name] = start()
         h, p = cfg.registry.local_address.rsplit(":", 1)
         wait_for_port(h, int(p), 90, procs["registry"])
         h, p = cfg.gateway.local_address.rsplit(":", 1)
@@ -83,14 +77,29 @@ def run_stack(home: ServerHome, cfg: ServerConfig, console) -> int:
         console.print(f"SuperLink (loopback only): {cfg.superlink.address}; logs in {home.root}")
         console.print(f"registry + dashboard (loopback only): {cfg.registry_url}/")
         console.print(f"companies need the CA certificate: {home.tls.ca}")
+        backoff = {name: 1.0 for name in restartable}
+        due: dict[str, float] = {}
         while not stopping:
-            dead = [n for n, pr in procs.items() if pr.poll() is not None]
-            if dead:
+            if procs["superlink"].poll() is not None:
                 console.print(
-                    f"[red]{', '.join(dead)} exited (code {procs[dead[0]].returncode}); stopping the rest; "
-                    f"see {home.root / (dead[0] + '.log')}[/red]"
+                    f"[red]superlink exited (code {procs['superlink'].returncode}); stopping the rest; "
+                    f"see {home.root / 'superlink.log'}[/red]"
                 )
                 return 1
+            for name, start in restartable.items():
+                pr = procs[name]
+                if pr.poll() is None:
+                    continue
+                if name not in due:
+                    console.print(
+                        f"[yellow]{name} exited (code {pr.returncode}); restarting it in {backoff[name]:.0f} s; "
+                        f"see {home.root / (name + '.log')}[/yellow]"
+                    )
+                    due[name] = time.monotonic() + backoff[name]
+                elif time.monotonic() >= due[name]:
+                    del due[name]
+                    procs[name] = start()
+                    backoff[name] = min(60.0, backoff[name] * 2)
             time.sleep(0.5)
         return 0
     finally:
