@@ -78,7 +78,7 @@ class LocalFederation:
 
     def start_registry(self) -> str:
         port = free_port()
-        home = str(self.root / "operator")
+        home = str(self.root / "operator" / "server")  # the server home; the registry's data is beside it
         self.service_token = (
             self._cli("dbserver", "tokens", "create", "--role", "service", "--name", "federation", "--home", home)
             .strip()

@@ -25,8 +25,8 @@ def _settings(home: Path | None, database_url: str | None, *, existing: bool = F
 
     `--home` is the server home, as on every `dbserver` command (default $DBLOCKS_HOME/server): the registry
     keeps its data beside it, in `<home>/../registry`, and uses the database that `dbserver init` wrote into
-    `<home>/server.toml`. `existing`: refuse a SQLite database that does not exist yet (a `tokens` command on
-    the wrong home would otherwise make a second, empty registry)."""
+    `<home>/server.toml`. `existing`: refuse a SQLite database that does not exist yet where --home holds a
+    registry of its own (the base directory, its old meaning): a `tokens` command would make a second, empty one."""
     from .config import RegistrySettings
 
     if home is not None:
@@ -39,11 +39,12 @@ def _settings(home: Path | None, database_url: str | None, *, existing: bool = F
         os.environ["DBLOCKS_DATABASE_URL"] = database_url
     settings = RegistrySettings.from_env()
     db_file = settings.data_dir / "registry.db"
-    if existing and settings.database_url == f"sqlite:///{db_file}" and not db_file.exists():
+    legacy = home is not None and (home / "registry" / "registry.db").exists()  # --home given as the base directory
+    if existing and legacy and settings.database_url == f"sqlite:///{db_file}" and not db_file.exists():
         typer.echo(
             f"error: no registry database at {db_file}. --home is the server home, as on every dbserver command "
             f"(default ~/.dblocks/server; the registry's data is beside it in ../registry): start the registry "
-            "first (`dbserver init` or `dbserver registry`) or pass the --home it runs with",
+            f"first (`dbserver init` or `dbserver registry`) or pass the server home: --home {home / 'server'}",
             err=True,
         )
         raise typer.Exit(2)
