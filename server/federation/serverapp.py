@@ -50,7 +50,7 @@ RAISED = "aggregation raised"  # prefix of the failure of blocks whose aggregati
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     # `flwr run` passes config-path; Flower's simulation engine (bench/scale.py) passes no run config
-    cfg = RunConfig.load(context.run_config.get("config-path") or os.environ["DBLOCKS_RUN_CONFIG"])
+    cfg = RunConfig.load(str(context.run_config.get("config-path") or os.environ["DBLOCKS_RUN_CONFIG"]))
     Federation(cfg, grid, context).run()
 
 
@@ -82,6 +82,7 @@ class Federation:
         starts.write_text(json.dumps([*previous, time.time()]))
         self.releases = ReleaseLog(self.model.checkpoint_dir / "releases.json")  # who took part in which release
         self.strategy = BlockStrategy(cfg, self.model, self.releases, self.session, self._num_rounds)
+        self.secagg: DBlocksSecAgg | FlowerSecAggPlus
         if cfg.secagg.mode == "dblocks":
             shapes = {b: self.model.param_shapes(b) for b in range(cfg.num_blocks)}
             # protocol rounds grow across restarts: each server session gets its own range
@@ -418,7 +419,7 @@ def node_info_from_ping(reply: Message) -> NodeInfo:
     "ping" config record; memory_mb (MB training may use) and budget_left (record-level epsilon left) are
     optional (absent: no limit stated) and, when present, numbers >= 0."""
     if reply.has_error():
-        raise ValueError(f"error reply: {reply.error.reason[:200]}")
+        raise ValueError(f"error reply: {(reply.error.reason or '')[:200]}")
     records = reply.content.config_records
     if "ping" not in records:
         raise ValueError(f"the reply has no 'ping' config record (it has {sorted(reply.content.keys())[:5]})")
