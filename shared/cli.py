@@ -22,9 +22,34 @@ from .clierrors import SafeTyper, bounded
 from .errors import DataError
 from .sniff import preflight
 
-# the preset names for --help (shared/presets.py's PRESETS; tests check they agree): importing presets imports
-# torch, which takes seconds, and a bad file must be refused before that
-PRESET_NAMES = ("digits", "mnist", "breast_cancer", "mnist-fed", "mnist-gen")
+# what each preset of shared/presets.py is (input, total layers, kind) and the recipes' depth (shared/recipes.py),
+# known here (tests check they agree) so that a mismatch is refused before the data is read and torch imported
+PRESET_SHAPES = {"digits": ("image", 8, "classifier"), "mnist": ("image", 8, "classifier"),
+                 "breast_cancer": ("tabular", 4, "classifier"), "mnist-fed": ("image", 12, "classifier"),
+                 "mnist-gen": ("image", 8, "generator")}
+PRESET_NAMES = tuple(PRESET_SHAPES)
+RECIPE_LAYERS = {"tabular": 4, "image": 8}
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def _early_checks(data: str, preset: Optional[str], blocks: Optional[int], end_to_end: bool) -> None:
+    """Preset vs data kind and --blocks vs depth, decided from the file's type before it is read."""
+    path = Path(data)
+    suffix = ("".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix).lower()
+    kind = "tabular" if suffix in TABLE_SUFFIXES else "image" if path.is_dir() else None  # NPZ: either
+    if preset is not None:
+        want, _, what = PRESET_SHAPES[preset]
+        if what != "classifier":
+            fail(f"preset {preset!r} is a {what}; `dblocks train --data` trains classifiers: omit --preset to get a "
+                 f"recipe chosen from the data")
+        if kind is not None and kind != want:
+            fail(f"preset {preset!r} is for {want} data, but {path.name} is {kind}; omit --preset to get a recipe "
+                 f"chosen from the data")
+    layers = PRESET_SHAPES[preset][1] if preset is not None else RECIPE_LAYERS.get(kind or "")
+    if layers and blocks and not end_to_end and layers % blocks:
+        divisors = [d for d in range(1, layers + 1) if layers % d == 0]
+        fail(f"the model has {layers} layers, which {blocks} blocks cannot share equally; --blocks must be one of "
+             f"{', '.join(map(str, divisors))}")
 
 app = SafeTyper(help="Local DiffusionBlocks training, evaluation, prediction and sampling. Add --debug anywhere "
                      "to see a traceback.", no_args_is_help=True)
@@ -127,6 +152,7 @@ def train(
     ds = None
     if data is not None:
         preflight(data)  # refuses what is not a sane table before torch is imported
+        _early_checks(data, preset, blocks, end_to_end)
         from .data import load_dataset
 
         ds = load_dataset(data, label_column=label_column, image_size=image_size, classes=_class_list(classes),

@@ -115,8 +115,16 @@ def test_no_cli_shows_local_variables_in_tracebacks(module, attr):
     assert app.pretty_exceptions_show_locals is False
 
 
-def test_preset_names_in_the_cli_help_match_the_presets():
-    from dblocks.shared.cli import PRESET_NAMES
+def test_what_the_cli_knows_of_presets_and_recipes_matches_them():
+    """The CLI refuses a preset that cannot take the data before importing torch, from its own copy of what each
+    preset is; it must agree with shared/presets.py and shared/recipes.py."""
+    from dblocks.shared.cli import PRESET_SHAPES, RECIPE_LAYERS
     from dblocks.shared.presets import PRESETS
+    from dblocks.shared.recipes import image_recipe, tabular_recipe
 
-    assert set(PRESET_NAMES) == set(PRESETS)
+    assert set(PRESET_SHAPES) == set(PRESETS)
+    for name, (kind, layers, what) in PRESET_SHAPES.items():
+        p = PRESETS[name]
+        assert (p.arch.input, p.total_layers, p.kind) == (kind, layers, what), name
+    assert RECIPE_LAYERS == {"tabular": tabular_recipe(100, 3, 2).preset.total_layers,
+                             "image": image_recipe(100, 1, 8, 2).preset.total_layers}
