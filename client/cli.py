@@ -115,13 +115,14 @@ def check_data(
 ) -> None:
     """Validate a data set as `join` would, and describe it (with --classes: check its labels against the run's)."""
     try:
-        ds = validate(JoinOptions(server="", data=path, home=default_home(), label_column=label_column,
-                                  image_size=image_size))
-        if classes is not None:
+        if classes is not None:  # the labels are checked against the list first: refused before any tensor is made
             names = [c.strip() for c in classes.split(",") if c.strip()]
             if len(names) < 2 or len(set(names)) != len(names):
                 fail(f"--classes needs at least two distinct comma-separated names, got {classes[:80]!r}")
             ds = load_dataset(path, label_column=label_column, image_size=image_size or None, classes=names)
+        else:
+            ds = validate(JoinOptions(server="", data=path, home=default_home(), label_column=label_column,
+                                      image_size=image_size))
     except DataError as e:
         fail(str(e))
     for n in ds.notes:
