@@ -40,7 +40,13 @@ def _settings(home: Path | None, database_url: str | None, *, existing: bool = F
     settings = RegistrySettings.from_env()
     db_file = settings.data_dir / "registry.db"
     legacy = home is not None and (home / "registry" / "registry.db").exists()  # --home given as the base directory
-    if existing and legacy and settings.database_url == f"sqlite:///{db_file}" and not db_file.exists():
+    if (
+        existing
+        and home is not None
+        and legacy
+        and settings.database_url == f"sqlite:///{db_file}"
+        and not db_file.exists()
+    ):
         typer.echo(
             f"error: no registry database at {db_file}. --home is the server home, as on every dbserver command "
             f"(default ~/.dblocks/server; the registry's data is beside it in ../registry): start the registry "
