@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from typing import TypedDict
 
 import typer
 
@@ -27,7 +28,16 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     PermissionError,
 )
 MAX_MESSAGE = 600
-TRACEBACK_SETTINGS = {"pretty_exceptions_enable": False, "pretty_exceptions_show_locals": False}
+
+
+class TracebackSettings(TypedDict):
+    """Keyword arguments of typer.Typer (spread into it with **)."""
+
+    pretty_exceptions_enable: bool
+    pretty_exceptions_show_locals: bool
+
+
+TRACEBACK_SETTINGS: TracebackSettings = {"pretty_exceptions_enable": False, "pretty_exceptions_show_locals": False}
 
 
 def bounded(msg: str, limit: int = MAX_MESSAGE) -> str:
