@@ -90,7 +90,7 @@ def test_train_eval_predict_through_the_cli(tmp_path):
     model = tmp_path / "m"
     run = CliRunner().invoke
     r = run(app, ["train", "--data", str(tmp_path / "train.csv"), "--label-column", "kind", "--out", str(model),
-                  "--epochs", "2", "--test-fraction", "0.2"])
+                  "--epochs", "1", "--test-fraction", "0.2"])
     assert r.exit_code == 0, r.output
     report = json.loads((model / "report.json").read_text())
     assert set(report["per_class"]) == {"cat", "dog", "eel"} and report["examples"] == 18
