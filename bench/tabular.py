@@ -34,8 +34,14 @@ from dblocks.shared.workflow import accuracy, train_diffusion_blocks, train_end_
 
 def _table(name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
     k = int(y.max()) + 1
-    return Dataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long), "tabular", k, name,
-                   [str(i) for i in range(k)])
+    return Dataset(
+        torch.tensor(x, dtype=torch.float32),
+        torch.tensor(y, dtype=torch.long),
+        "tabular",
+        k,
+        name,
+        [str(i) for i in range(k)],
+    )
 
 
 def held_out_tables() -> dict[str, Dataset]:
@@ -58,8 +64,15 @@ def tuning_tables() -> dict[str, Dataset]:
     specs = {"syn_200x10_k3": (200, 10, 3), "syn_600x20_k2": (600, 20, 2), "syn_160x6_k4": (160, 6, 4)}
     out = {}
     for name, (n, f, k) in specs.items():
-        x, y = make_classification(n_samples=n, n_features=f, n_informative=max(2, f // 2), n_classes=k,
-                                   n_clusters_per_class=1, class_sep=1.0, random_state=1)
+        x, y = make_classification(
+            n_samples=n,
+            n_features=f,
+            n_informative=max(2, f // 2),
+            n_classes=k,
+            n_clusters_per_class=1,
+            class_sep=1.0,
+            random_state=1,
+        )
         out[name] = _table(name, x, y)
     return out
 
@@ -78,8 +91,16 @@ def run_one(ds: Dataset, seed: int, work: Path) -> dict:
     t_db = time.perf_counter() - t0
     train_end_to_end(p, tr, cfg, work / "e2e")
     db, e2e = accuracy(work / "db", te), accuracy(work / "e2e", te)
-    return {"seed": seed, "db": db, "e2e": e2e, "gap_points": 100 * (e2e - db), "blocks": plan.blocks,
-            "epochs": cfg.epochs, "width": p.arch.width, "db_seconds": t_db}
+    return {
+        "seed": seed,
+        "db": db,
+        "e2e": e2e,
+        "gap_points": 100 * (e2e - db),
+        "blocks": plan.blocks,
+        "epochs": cfg.epochs,
+        "width": p.arch.width,
+        "db_seconds": t_db,
+    }
 
 
 def main() -> None:
@@ -101,17 +122,27 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 runs.append(run_one(ds, seed, Path(tmp)))
             r = runs[-1]
-            print(f"{name} seed {seed}: DB {r['db']:.3f} e2e {r['e2e']:.3f} gap {r['gap_points']:+.1f} "
-                  f"(B={r['blocks']}, {r['epochs']} epochs, {r['db_seconds']:.0f} s)", flush=True)
-        results[name] = {"rows": len(ds), "features": ds.input_shape[0], "classes": ds.num_classes, "runs": runs,
-                         "gap_points_median": median([r["gap_points"] for r in runs]),
-                         "db_median": median([r["db"] for r in runs]), "e2e_median": median([r["e2e"] for r in runs])}
+            print(
+                f"{name} seed {seed}: DB {r['db']:.3f} e2e {r['e2e']:.3f} gap {r['gap_points']:+.1f} "
+                f"(B={r['blocks']}, {r['epochs']} epochs, {r['db_seconds']:.0f} s)",
+                flush=True,
+            )
+        results[name] = {
+            "rows": len(ds),
+            "features": ds.input_shape[0],
+            "classes": ds.num_classes,
+            "runs": runs,
+            "gap_points_median": median([r["gap_points"] for r in runs]),
+            "db_median": median([r["db"] for r in runs]),
+            "e2e_median": median([r["e2e"] for r in runs]),
+        }
         print(f"{name}: median gap {results[name]['gap_points_median']:+.2f} points", flush=True)
     out = {"setup": env, "seeds": args.seeds, "tables": results}
     write_json(args.out / ("tabular_tune.json" if args.tune else "tabular.json"), out)
     if not args.tune and not args.only:
-        update_summary(args.out, {"core.tabular_gap_points": {k: round(v["gap_points_median"], 2)
-                                                              for k, v in results.items()}})
+        update_summary(
+            args.out, {"core.tabular_gap_points": {k: round(v["gap_points_median"], 2) for k, v in results.items()}}
+        )
 
 
 if __name__ == "__main__":

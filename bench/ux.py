@@ -64,8 +64,14 @@ def cli(*argv: str, timeout: float = 900) -> Run:
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         t0 = time.perf_counter()
         try:
-            p = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", str(BIN / argv[0]), *argv[1:]],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, timeout=timeout)
+            p = subprocess.run(
+                ["/usr/bin/time", "-o", rss.name, "-f", "%M", str(BIN / argv[0]), *argv[1:]],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                text=True,
+                timeout=timeout,
+            )
             rc, out = p.returncode, p.stdout
         except subprocess.TimeoutExpired as e:
             rc, out = -9, (e.stdout or "") + "\n[bench: killed after timeout]"
@@ -105,29 +111,58 @@ def make_datasets(root: Path) -> list[dict]:
     df.insert(0, "cultivar", [f"cultivar_{w.target_names[i][-1]}" for i in w.target])
     df.to_csv(root / "wine.csv", index=False)
     df.drop(columns="cultivar").sample(25, random_state=1).to_csv(root / "wine_new.csv", index=False)
-    out.append({"name": "wine CSV, string labels in the first column", "data": "wine.csv",
-                "label_column": "cultivar", "new": "wine_new.csv", "classes": sorted(set(df["cultivar"]))})
+    out.append(
+        {
+            "name": "wine CSV, string labels in the first column",
+            "data": "wine.csv",
+            "label_column": "cultivar",
+            "new": "wine_new.csv",
+            "classes": sorted(set(df["cultivar"])),
+        }
+    )
     i = load_iris(as_frame=True)
     df = i.data.copy()
     df.insert(2, "species", [i.target_names[t] for t in i.target])
     df.to_parquet(root / "iris.parquet")
     df.drop(columns="species").sample(20, random_state=1).to_parquet(root / "iris_new.parquet")
-    out.append({"name": "iris Parquet, label column in the middle", "data": "iris.parquet", "label_column": "species",
-                "new": "iris_new.parquet", "classes": list(i.target_names)})
-    x, y = make_classification(n_samples=320, n_features=8, n_informative=5, n_classes=4, n_clusters_per_class=1,
-                               random_state=2)
+    out.append(
+        {
+            "name": "iris Parquet, label column in the middle",
+            "data": "iris.parquet",
+            "label_column": "species",
+            "new": "iris_new.parquet",
+            "classes": list(i.target_names),
+        }
+    )
+    x, y = make_classification(
+        n_samples=320, n_features=8, n_informative=5, n_classes=4, n_clusters_per_class=1, random_state=2
+    )
     np.savez(root / "table.npz", x=x.astype(np.float32), y=y)
     np.savez(root / "table_new.npz", x=x[:30].astype(np.float32))
-    out.append({"name": "NPZ table, 4 integer classes", "data": "table.npz", "label_column": "label",
-                "new": "table_new.npz", "classes": ["0", "1", "2", "3"]})
+    out.append(
+        {
+            "name": "NPZ table, 4 integer classes",
+            "data": "table.npz",
+            "label_column": "label",
+            "new": "table_new.npz",
+            "classes": ["0", "1", "2", "3"],
+        }
+    )
     from mlxtend.data import three_blobs_data
 
     bx, by = three_blobs_data()
     blobs = pd.DataFrame({"u": bx[:, 0], "v": bx[:, 1], "group": by + 1})  # 1-based integer labels
     blobs.to_csv(root / "blobs.csv", sep=";", index=False)
     blobs.drop(columns="group").to_csv(root / "blobs_new.csv", sep=";", index=False)
-    out.append({"name": "2-feature CSV, ';' delimiter, labels 1..3", "data": "blobs.csv", "label_column": "group",
-                "new": "blobs_new.csv", "classes": ["0", "1", "2", "3"]})
+    out.append(
+        {
+            "name": "2-feature CSV, ';' delimiter, labels 1..3",
+            "data": "blobs.csv",
+            "label_column": "group",
+            "new": "blobs_new.csv",
+            "classes": ["0", "1", "2", "3"],
+        }
+    )
     imgs, labels = _shapes(90, 12, rng)
     names = ["bar", "column", "square"]
     for k, (a, c) in enumerate(zip(imgs, labels)):
@@ -138,13 +173,27 @@ def make_datasets(root: Path) -> list[dict]:
     new.mkdir(exist_ok=True)
     for k, a in enumerate(_shapes(12, 12, np.random.default_rng(5))[0]):
         Image.fromarray(a).save(new / f"{k:03d}.png")
-    out.append({"name": "image folder, 3 classes of 12x12 PNGs", "data": "shapes", "label_column": "label",
-                "new": "shapes_new", "classes": names})
+    out.append(
+        {
+            "name": "image folder, 3 classes of 12x12 PNGs",
+            "data": "shapes",
+            "label_column": "label",
+            "new": "shapes_new",
+            "classes": names,
+        }
+    )
     imgs, labels = _shapes(120, 16, np.random.default_rng(7))
     np.savez(root / "images.npz", x=imgs, y=np.array(names)[labels])
     np.savez(root / "images_new.npz", x=imgs[:10])
-    out.append({"name": "NPZ images 16x16 uint8, string labels", "data": "images.npz", "label_column": "label",
-                "new": "images_new.npz", "classes": names})
+    out.append(
+        {
+            "name": "NPZ images 16x16 uint8, string labels",
+            "data": "images.npz",
+            "label_column": "label",
+            "new": "images_new.npz",
+            "classes": names,
+        }
+    )
     return out
 
 
@@ -152,8 +201,20 @@ def user_datasets(root: Path, epochs: int) -> list[dict]:
     results = []
     for spec in make_datasets(root):
         model = root / f"model-{spec['data'].split('.')[0]}"
-        runs = {"train": cli("dblocks", "train", "--data", str(root / spec["data"]), "--label-column",
-                             spec["label_column"], "--out", str(model), "--epochs", str(epochs))}
+        runs = {
+            "train": cli(
+                "dblocks",
+                "train",
+                "--data",
+                str(root / spec["data"]),
+                "--label-column",
+                spec["label_column"],
+                "--out",
+                str(model),
+                "--epochs",
+                str(epochs),
+            )
+        }
         runs["eval"] = cli("dblocks", "eval", str(model))
         pred = root / f"pred-{spec['data'].split('.')[0]}.csv"
         runs["predict"] = cli("dblocks", "predict", str(model), "--data", str(root / spec["new"]), "--out", str(pred))
@@ -162,11 +223,18 @@ def user_datasets(root: Path, epochs: int) -> list[dict]:
         acc = None
         if runs["eval"].rc == 0:
             try:
-                acc = json.loads(runs["eval"].output[runs["eval"].output.index("{"):])["accuracy"]
+                acc = json.loads(runs["eval"].output[runs["eval"].output.index("{") :])["accuracy"]
             except ValueError:
                 pass
-        results.append({"name": spec["name"], "ok": bool(ok), "held_out_accuracy": acc, "predictions_named": named,
-                        "runs": {k: r.summary() for k, r in runs.items()}})
+        results.append(
+            {
+                "name": spec["name"],
+                "ok": bool(ok),
+                "held_out_accuracy": acc,
+                "predictions_named": named,
+                "runs": {k: r.summary() for k, r in runs.items()},
+            }
+        )
         print(f"{'ok ' if ok else 'FAIL'} {spec['name']}: held-out accuracy {acc}", flush=True)
     return results
 
@@ -197,26 +265,67 @@ def bad_files(root: Path) -> list[tuple[str, list[str]]]:
     np.savez(b / "noy.npz", x=np.zeros((4, 2)))
     (b / "emptydir").mkdir()
     train = ["dblocks", "train", "--out", str(root / "bad-model"), "--epochs", "1", "--data"]
-    cases = [(what, train + [str(b / name)]) for what, name in [
-        ("missing label column", "nolabel.csv"), ("NaN cell", "nan.csv"), ("text in a feature column", "text.csv"),
-        ("empty file", "empty.csv"), ("header only", "header.csv"), ("one class", "oneclass.csv"),
-        ("single column", "onecol.csv"), ("rows without a label", "nolabelvals.csv"),
-        ("wrong format (.json)", "data.json"),
-        ("CSV named .parquet", "fake.parquet"), ("PNG named .csv", "png.csv"), ("not UTF-8", "latin1.csv"),
-        ("200 kB header line", "longline.csv"), ("1 GiB sparse file named .csv", "huge.csv"),
-        ("NPZ without y", "noy.npz"), ("folder without class folders", "emptydir"), ("missing file", "missing.csv")]]
+    cases = [
+        (what, train + [str(b / name)])
+        for what, name in [
+            ("missing label column", "nolabel.csv"),
+            ("NaN cell", "nan.csv"),
+            ("text in a feature column", "text.csv"),
+            ("empty file", "empty.csv"),
+            ("header only", "header.csv"),
+            ("one class", "oneclass.csv"),
+            ("single column", "onecol.csv"),
+            ("rows without a label", "nolabelvals.csv"),
+            ("wrong format (.json)", "data.json"),
+            ("CSV named .parquet", "fake.parquet"),
+            ("PNG named .csv", "png.csv"),
+            ("not UTF-8", "latin1.csv"),
+            ("200 kB header line", "longline.csv"),
+            ("1 GiB sparse file named .csv", "huge.csv"),
+            ("NPZ without y", "noy.npz"),
+            ("folder without class folders", "emptydir"),
+            ("missing file", "missing.csv"),
+        ]
+    ]
     cases += [
         ("check-data: 1 GiB sparse file", ["dbclient", "check-data", str(b / "huge.csv")]),
         ("check-data: missing label column", ["dbclient", "check-data", str(b / "nolabel.csv")]),
-        ("check-data: label not in the run's classes", ["dbclient", "check-data", str(b / "xy.csv"), "--classes",
-                                                        "p,q"]),
+        (
+            "check-data: label not in the run's classes",
+            ["dbclient", "check-data", str(b / "xy.csv"), "--classes", "p,q"],
+        ),
         ("eval of a directory without a model", ["dblocks", "eval", str(b)]),
         ("unknown preset", ["dblocks", "train", "--preset", "cifar", "--out", str(root / "m")]),
-        ("image preset on a table", ["dblocks", "train", "--preset", "mnist", "--data", str(root / "wine.csv"),
-                                     "--label-column", "cultivar", "--out", str(root / "m")]),
-        ("blocks that do not divide the layers", ["dblocks", "train", "--data", str(root / "wine.csv"),
-                                                  "--label-column", "cultivar", "--blocks", "3", "--out",
-                                                  str(root / "m")]),
+        (
+            "image preset on a table",
+            [
+                "dblocks",
+                "train",
+                "--preset",
+                "mnist",
+                "--data",
+                str(root / "wine.csv"),
+                "--label-column",
+                "cultivar",
+                "--out",
+                str(root / "m"),
+            ],
+        ),
+        (
+            "blocks that do not divide the layers",
+            [
+                "dblocks",
+                "train",
+                "--data",
+                str(root / "wine.csv"),
+                "--label-column",
+                "cultivar",
+                "--blocks",
+                "3",
+                "--out",
+                str(root / "m"),
+            ],
+        ),
     ]
     return cases
 
@@ -226,11 +335,21 @@ def battery(root: Path) -> list[dict]:
     for what, argv in bad_files(root):
         r = cli(*argv, timeout=120)
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
-        ok = (r.rc == 2 and not r.traceback and len(lines) >= 1 and lines[-1].startswith("error:")
-              and len(r.output) < 2000 and r.seconds <= SECONDS_LIMIT and r.peak_mb <= MEMORY_LIMIT_MB)
+        ok = (
+            r.rc == 2
+            and not r.traceback
+            and len(lines) >= 1
+            and lines[-1].startswith("error:")
+            and len(r.output) < 2000
+            and r.seconds <= SECONDS_LIMIT
+            and r.peak_mb <= MEMORY_LIMIT_MB
+        )
         results.append({"case": what, "ok": ok, "traceback": r.traceback, **r.summary()})
-        print(f"{'ok ' if ok else 'FAIL'} {what}: rc {r.rc}, {r.seconds:.1f} s, {r.peak_mb:.0f} MiB: "
-              f"{lines[-1][:150] if lines else ''}", flush=True)
+        print(
+            f"{'ok ' if ok else 'FAIL'} {what}: rc {r.rc}, {r.seconds:.1f} s, {r.peak_mb:.0f} MiB: "
+            f"{lines[-1][:150] if lines else ''}",
+            flush=True,
+        )
     (root / "bad" / "huge.csv").unlink()
     return results
 
@@ -240,7 +359,7 @@ def battery(root: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------
 def _score(run: Run) -> float | None:
     try:
-        return float(json.loads(run.output[run.output.index("{"):])["accuracy"])
+        return float(json.loads(run.output[run.output.index("{") :])["accuracy"])
     except ValueError:
         return None
 
@@ -252,8 +371,20 @@ def cross_file(root: Path, epochs: int) -> list[dict]:
     wine_int.to_csv(root / "wine_int.csv", index=False)
     m_str, m_int = root / "x-model-str", root / "x-model-int"
     for data, model in (("wine.csv", m_str), ("wine_int.csv", m_int)):
-        cli("dblocks", "train", "--data", str(root / data), "--label-column", "cultivar", "--out", str(model),
-            "--epochs", str(epochs), "--test-fraction", "0")
+        cli(
+            "dblocks",
+            "train",
+            "--data",
+            str(root / data),
+            "--label-column",
+            "cultivar",
+            "--out",
+            str(model),
+            "--epochs",
+            str(epochs),
+            "--test-fraction",
+            "0",
+        )
     variants = {
         "rows shuffled (labels in another order)": (m_str, wine.sample(frac=1, random_state=3), "csv"),
         "columns reordered": (m_str, wine[list(reversed(wine.columns))], "csv"),
@@ -270,12 +401,22 @@ def cross_file(root: Path, epochs: int) -> list[dict]:
         pred = root / f"variant-{len(results)}-pred.csv"
         cli("dblocks", "predict", str(model), "--data", str(path), "--out", str(pred))
         truth = df["cultivar"].map(lambda v: str(int(float(v))) if str(v)[0].isdigit() else str(v)).to_numpy()
-        expected = float((pd.read_csv(pred, dtype={"prediction": str})["prediction"].to_numpy() == truth).mean()) \
-            if pred.exists() else None
+        expected = (
+            float((pd.read_csv(pred, dtype={"prediction": str})["prediction"].to_numpy() == truth).mean())
+            if pred.exists()
+            else None
+        )
         got = _score(ev)
         ok = ev.rc == 0 and got is not None and expected is not None and abs(got - expected) < 1e-3
-        results.append({"case": what, "ok": ok, "eval_accuracy": got, "accuracy_from_predictions": expected,
-                        "output": ev.output[-300:]})
+        results.append(
+            {
+                "case": what,
+                "ok": ok,
+                "eval_accuracy": got,
+                "accuracy_from_predictions": expected,
+                "output": ev.output[-300:],
+            }
+        )
         print(f"{'ok ' if ok else 'FAIL'} {what}: eval {got} vs predictions {expected}", flush=True)
     refused = {"string model, integer labels": (m_str, wine_int), "integer model, string names": (m_int, wine)}
     for what, (model, df) in refused.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,10 +15,14 @@ from dblocks.shared.data import DataError, load_dataset
 
 from .join import JoinOptions, budget_refusal, default_home, ledger_path, run_supernode, secagg_key_path, validate
 
-app = SafeTyper(help="Company side: join a federation, check data, keys and the privacy ledger. Add --debug anywhere "
-                     "to see a traceback.", no_args_is_help=True)
-keys_app = typer.Typer(help="This company's node key (its identity towards the federation).", no_args_is_help=True,
-                       **TRACEBACK_SETTINGS)
+app = SafeTyper(
+    help="Company side: join a federation, check data, keys and the privacy ledger. Add --debug anywhere "
+    "to see a traceback.",
+    no_args_is_help=True,
+)
+keys_app = typer.Typer(
+    help="This company's node key (its identity towards the federation).", no_args_is_help=True, **TRACEBACK_SETTINGS
+)
 app.add_typer(keys_app, name="keys")
 console = Console(soft_wrap=True)
 
@@ -42,8 +45,8 @@ def parse_size_mb(text: str) -> float:
 def join(
     server: str = typer.Option(..., help="SuperLink address HOST:PORT (the operator's Fleet API)"),
     data: Path = typer.Option(..., help="your private data: CSV/Parquet (label column), NPZ (x, y) or image folder"),
-    ca: Optional[Path] = typer.Option(None, help="the operator's CA certificate (ca.pem)"),
-    key: Optional[Path] = typer.Option(None, help="this node's private key (dbclient keys init)"),
+    ca: Path | None = typer.Option(None, help="the operator's CA certificate (ca.pem)"),
+    key: Path | None = typer.Option(None, help="this node's private key (dbclient keys init)"),
     epsilon_budget: float = typer.Option(8.0, help="record-level epsilon this data set may spend, all runs and blocks"),
     delta: float = typer.Option(1e-5, help="delta at which the budget is accounted"),
     memory_limit: str = typer.Option("0", help="memory training may use, e.g. 2GB (0: no limit)"),
@@ -51,25 +54,45 @@ def join(
     image_size: int = typer.Option(0, help="resize images to this size (0: as they are)"),
     threads: int = typer.Option(0, help="CPU threads for training (0: all cores)"),
     insecure: bool = typer.Option(False, "--insecure", help="no TLS (local tests only)"),
-    trusted_entities: Optional[Path] = typer.Option(
-        None, help="YAML file {id: 'ssh-ed25519 ...'} of app signers (Flower's --trusted-entities) whose signed apps "
-                   "may run too; without it only the installed dblocks ClientApp ever runs"),
-    directory_key: Optional[Path] = typer.Option(
-        None, help="the operator's SecAgg directory key (directory.pub, given with ca.pem): your peers' keys are "
-                   "checked against the directory it signs"),
+    trusted_entities: Path | None = typer.Option(
+        None,
+        help="YAML file {id: 'ssh-ed25519 ...'} of app signers (Flower's --trusted-entities) whose signed apps "
+        "may run too; without it only the installed dblocks ClientApp ever runs",
+    ),
+    directory_key: Path | None = typer.Option(
+        None,
+        help="the operator's SecAgg directory key (directory.pub, given with ca.pem): your peers' keys are "
+        "checked against the directory it signs",
+    ),
     require_consistency: bool = typer.Option(
-        False, "--require-consistency", help="refuse every run whose secure aggregation lacks the consistency check "
-                                             "(a server could otherwise show members different survivor sets)"),
+        False,
+        "--require-consistency",
+        help="refuse every run whose secure aggregation lacks the consistency check "
+        "(a server could otherwise show members different survivor sets)",
+    ),
     home: Path = typer.Option(default_home(), help="where the ledger and Flower state live"),
 ) -> None:
     """Join a federation: validate the data, then run a SuperNode (outbound connections only).
 
     Only code installed here runs: the server's app must name the installed dblocks ClientApp and carry no
     code of its own, else it is refused (see the company guide)."""
-    opts = JoinOptions(server=server, data=data, home=home, ca=ca, key=key, insecure=insecure, epsilon_budget=epsilon_budget,
-                       delta=delta, memory_mb=parse_size_mb(memory_limit), label_column=label_column, image_size=image_size, threads=threads,
-                       trusted_entities=trusted_entities, directory_key=directory_key,
-                       require_consistency=require_consistency)
+    opts = JoinOptions(
+        server=server,
+        data=data,
+        home=home,
+        ca=ca,
+        key=key,
+        insecure=insecure,
+        epsilon_budget=epsilon_budget,
+        delta=delta,
+        memory_mb=parse_size_mb(memory_limit),
+        label_column=label_column,
+        image_size=image_size,
+        threads=threads,
+        trusted_entities=trusted_entities,
+        directory_key=directory_key,
+        require_consistency=require_consistency,
+    )
     try:
         ds = validate(opts)
     except DataError as e:
@@ -86,8 +109,10 @@ def join(
     if refusal:
         fail(refusal)
     if insecure:
-        console.print("[bold yellow]warning:[/bold yellow] --insecure: no TLS, the connection is neither encrypted nor "
-                      "authenticated. Use only for local tests.")
+        console.print(
+            "[bold yellow]warning:[/bold yellow] --insecure: no TLS, the connection is neither encrypted nor "
+            "authenticated. Use only for local tests."
+        )
     console.print(f"data ok: {ds.describe()}")
     from dblocks.privacy.secagg.flower import identity_public
 
@@ -95,10 +120,14 @@ def join(
         ident = identity_public(secagg_key_path(opts))
     except ValueError as e:
         fail(str(e))
-    console.print(f"SecAgg identity {ident.hex()} ({secagg_key_path(opts)}): the operator enrols it when approving "
-                  f"this node{'; consistency check required' if require_consistency else ''}")
-    console.print(f"joining {server}; privacy ledger {ledger_path(home, data.resolve())} (budget epsilon={epsilon_budget} "
-                  f"at delta={delta})")
+    console.print(
+        f"SecAgg identity {ident.hex()} ({secagg_key_path(opts)}): the operator enrols it when approving "
+        f"this node{'; consistency check required' if require_consistency else ''}"
+    )
+    console.print(
+        f"joining {server}; privacy ledger {ledger_path(home, data.resolve())} (budget epsilon={epsilon_budget} "
+        f"at delta={delta})"
+    )
     try:
         run_supernode(opts, emit=lambda line: console.print(f"[bold cyan]dbclient[/bold cyan] {line}"))
     except ValueError as e:
@@ -110,8 +139,11 @@ def check_data(
     path: Path = typer.Argument(..., help="CSV/Parquet/NPZ file or image folder"),
     label_column: str = typer.Option("label", help="label column of a CSV/Parquet file"),
     image_size: int = typer.Option(0, help="resize images to this size (0: as they are)"),
-    classes: Optional[str] = typer.Option(None, help="the run's class list from the operator, comma-separated: every "
-                                                     "label must be one of these names (numbers match by value)"),
+    classes: str | None = typer.Option(
+        None,
+        help="the run's class list from the operator, comma-separated: every "
+        "label must be one of these names (numbers match by value)",
+    ),
 ) -> None:
     """Validate a data set as `join` would, and describe it (with --classes: check its labels against the run's)."""
     try:
@@ -121,8 +153,9 @@ def check_data(
                 fail(f"--classes needs at least two distinct comma-separated names, got {classes[:80]!r}")
             ds = load_dataset(path, label_column=label_column, image_size=image_size or None, classes=names)
         else:
-            ds = validate(JoinOptions(server="", data=path, home=default_home(), label_column=label_column,
-                                      image_size=image_size))
+            ds = validate(
+                JoinOptions(server="", data=path, home=default_home(), label_column=label_column, image_size=image_size)
+            )
     except DataError as e:
         fail(str(e))
     for n in ds.notes:
@@ -134,7 +167,7 @@ def check_data(
 def status(
     data: Path = typer.Option(..., help="the data set whose ledger to show"),
     home: Path = typer.Option(default_home()),
-    budget: Optional[float] = typer.Option(None, help="override the budget shown (default: the ledger's)"),
+    budget: float | None = typer.Option(None, help="override the budget shown (default: the ledger's)"),
 ) -> None:
     """The privacy ledger of a data set and the rounds it took part in."""
     from .ledger import PrivacyLedger
@@ -145,12 +178,22 @@ def status(
     raw = json.loads(path.read_text())
     ledger = PrivacyLedger(path, budget if budget is not None else raw["budget"], raw["delta"], raw["accountant"])
     s = ledger.summary()
-    console.print(f"record-level epsilon spent: [bold]{s['spent']:.3f}[/bold] of {s['budget']} at delta={s['delta']:g} "
-                  f"({s['accountant']} accountant), {s['updates']} updates")
+    console.print(
+        f"record-level epsilon spent: [bold]{s['spent']:.3f}[/bold] of {s['budget']} at delta={s['delta']:g} "
+        f"({s['accountant']} accountant), {s['updates']} updates"
+    )
     t = Table("run", "round", "block", "noise z", "sample rate q", "steps", "examples", "epsilon after")
     for e in ledger.entries:
-        t.add_row(e.run_id[:12], str(e.round), str(e.block_index), f"{e.noise_multiplier:g}", f"{e.sample_rate:.4g}",
-                  str(e.steps), str(e.examples), f"{e.epsilon_after:.3f}")
+        t.add_row(
+            e.run_id[:12],
+            str(e.round),
+            str(e.block_index),
+            f"{e.noise_multiplier:g}",
+            f"{e.sample_rate:.4g}",
+            str(e.steps),
+            str(e.examples),
+            f"{e.epsilon_after:.3f}",
+        )
     console.print(t)
 
 
@@ -171,8 +214,10 @@ def keys_init(path: Path = typer.Option(default_home() / "node.key", help="where
 
     secagg = path.parent / "secagg.key"
     console.print(f"SecAgg identity: {identity_public(secagg).hex()} (key {secagg}, 0600)")
-    console.print("send the public key and the SecAgg identity to the operator, who approves them with "
-                  "`dbserver nodes approve KEY.pub --secagg-identity HEX`.")
+    console.print(
+        "send the public key and the SecAgg identity to the operator, who approves them with "
+        "`dbserver nodes approve KEY.pub --secagg-identity HEX`."
+    )
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from .clierrors import SafeTyper, bounded
 from .errors import DataError
@@ -24,15 +23,19 @@ from .sniff import preflight
 
 # what each preset of shared/presets.py is (input, total layers, kind) and the recipes' depth (shared/recipes.py),
 # known here (tests check they agree) so that a mismatch is refused before the data is read and torch imported
-PRESET_SHAPES = {"digits": ("image", 8, "classifier"), "mnist": ("image", 8, "classifier"),
-                 "breast_cancer": ("tabular", 4, "classifier"), "mnist-fed": ("image", 12, "classifier"),
-                 "mnist-gen": ("image", 8, "generator")}
+PRESET_SHAPES = {
+    "digits": ("image", 8, "classifier"),
+    "mnist": ("image", 8, "classifier"),
+    "breast_cancer": ("tabular", 4, "classifier"),
+    "mnist-fed": ("image", 12, "classifier"),
+    "mnist-gen": ("image", 8, "generator"),
+}
 PRESET_NAMES = tuple(PRESET_SHAPES)
 RECIPE_LAYERS = {"tabular": 4, "image": 8}
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 
 
-def _early_checks(data: str, preset: Optional[str], blocks: Optional[int], end_to_end: bool) -> None:
+def _early_checks(data: str, preset: str | None, blocks: int | None, end_to_end: bool) -> None:
     """Preset vs data kind and --blocks vs depth, decided from the file's type before it is read."""
     path = Path(data)
     suffix = ("".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix).lower()
@@ -40,28 +43,44 @@ def _early_checks(data: str, preset: Optional[str], blocks: Optional[int], end_t
     if preset is not None:
         want, _, what = PRESET_SHAPES[preset]
         if what != "classifier":
-            fail(f"preset {preset!r} is a {what}; `dblocks train --data` trains classifiers: omit --preset to get a "
-                 f"recipe chosen from the data")
+            fail(
+                f"preset {preset!r} is a {what}; `dblocks train --data` trains classifiers: omit --preset to get a "
+                f"recipe chosen from the data"
+            )
         if kind is not None and kind != want:
-            fail(f"preset {preset!r} is for {want} data, but {path.name} is {kind}; omit --preset to get a recipe "
-                 f"chosen from the data")
+            fail(
+                f"preset {preset!r} is for {want} data, but {path.name} is {kind}; omit --preset to get a recipe "
+                f"chosen from the data"
+            )
     layers = PRESET_SHAPES[preset][1] if preset is not None else RECIPE_LAYERS.get(kind or "")
     if layers and blocks and not end_to_end and layers % blocks:
         divisors = [d for d in range(1, layers + 1) if layers % d == 0]
-        fail(f"the model has {layers} layers, which {blocks} blocks cannot share equally; --blocks must be one of "
-             f"{', '.join(map(str, divisors))}")
+        fail(
+            f"the model has {layers} layers, which {blocks} blocks cannot share equally; --blocks must be one of "
+            f"{', '.join(map(str, divisors))}"
+        )
 
-app = SafeTyper(help="Local DiffusionBlocks training, evaluation, prediction and sampling. Add --debug anywhere "
-                     "to see a traceback.", no_args_is_help=True)
+
+app = SafeTyper(
+    help="Local DiffusionBlocks training, evaluation, prediction and sampling. Add --debug anywhere "
+    "to see a traceback.",
+    no_args_is_help=True,
+)
 console = Console(soft_wrap=True)
 
 
 @contextmanager
 def block_progress(label: str):
     """A rich progress bar fed by (block, step, total, loss) callbacks."""
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console) as bar:
-        tasks: dict[int, int] = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[int, TaskID] = {}
 
         def update(block: int, step: int, total: int, loss: float) -> None:
             if block not in tasks:
@@ -96,19 +115,25 @@ def _check_trainable(ds, label_column: str, test_fraction: float) -> None:
     counts = np.bincount(ds.y.numpy(), minlength=ds.num_classes)
     present = [ds.class_names[i] for i in np.flatnonzero(counts)]
     if len(present) < 2:
-        raise DataError(f"{ds.name}: every row has the same label ({present[0] if present else 'none'!r} in "
-                        f"{label_column!r}); a classifier needs at least two classes. Is it the right label column?")
+        raise DataError(
+            f"{ds.name}: every row has the same label ({present[0] if present else 'none'!r} in "
+            f"{label_column!r}); a classifier needs at least two classes. Is it the right label column?"
+        )
     if not 0 <= test_fraction < 1:
         raise DataError(f"--test-fraction must lie in [0, 1), got {test_fraction}")
     if test_fraction > 0:
         few = [ds.class_names[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]
         if few:
-            raise DataError(f"{ds.name}: class(es) {', '.join(few[:5])} have a single example; a stratified "
-                            f"held-out split needs two per class: add examples or pass --test-fraction 0")
+            raise DataError(
+                f"{ds.name}: class(es) {', '.join(few[:5])} have a single example; a stratified "
+                f"held-out split needs two per class: add examples or pass --test-fraction 0"
+            )
         n_test = int(np.ceil(test_fraction * len(ds)))
         if n_test < len(present) or len(ds) - n_test < len(present):
-            raise DataError(f"{ds.name}: {len(ds)} rows are too few for a stratified {test_fraction:g} held-out split "
-                            f"of {len(present)} classes; pass a larger --test-fraction or --test-fraction 0")
+            raise DataError(
+                f"{ds.name}: {len(ds)} rows are too few for a stratified {test_fraction:g} held-out split "
+                f"of {len(present)} classes; pass a larger --test-fraction or --test-fraction 0"
+            )
 
 
 def _print_report(report: dict, title: str) -> None:
@@ -125,22 +150,32 @@ def _print_report(report: dict, title: str) -> None:
 
 @app.command()
 def train(
-    preset: Optional[str] = typer.Option(None, help=f"architecture and schedule: {', '.join(PRESET_NAMES)} (default: "
-                                                     f"mnist without --data; with --data a recipe chosen from it)"),
+    preset: str | None = typer.Option(
+        None,
+        help=f"architecture and schedule: {', '.join(PRESET_NAMES)} (default: "
+        f"mnist without --data; with --data a recipe chosen from it)",
+    ),
     out: Path = typer.Option(..., help="model directory to write"),
-    blocks: Optional[int] = typer.Option(None, help="number of blocks B (default: the preset's 4 or the recipe's)"),
-    block: Optional[list[int]] = typer.Option(None, help="train only these block indices (repeatable)"),
+    blocks: int | None = typer.Option(None, help="number of blocks B (default: the preset's 4 or the recipe's)"),
+    block: list[int] | None = typer.Option(None, help="train only these block indices (repeatable)"),
     end_to_end: bool = typer.Option(False, "--end-to-end", help="train the backprop baseline instead"),
-    epochs: Optional[int] = typer.Option(None, help="epochs per block (default: the preset's or the recipe's)"),
+    epochs: int | None = typer.Option(None, help="epochs per block (default: the preset's or the recipe's)"),
     seed: int = typer.Option(0, help="seed of the initialisation, the batches and the held-out split"),
-    data: Optional[str] = typer.Option(None, help="train on this CSV/Parquet/NPZ file or image folder instead of "
-                                                  "the preset's train split"),
+    data: str | None = typer.Option(
+        None, help="train on this CSV/Parquet/NPZ file or image folder instead of the preset's train split"
+    ),
     label_column: str = typer.Option("label", help="label column of a CSV/Parquet file"),
-    test_fraction: float = typer.Option(0.2, help="with --data: stratified held-out fraction (seeded by --seed), "
-                                                  "scored after training; 0: no held-out split"),
-    classes: Optional[str] = typer.Option(None, help="with --data: the class list, comma-separated, fixing names and "
-                                                     "order (default: the file's labels, sorted)"),
-    image_size: Optional[int] = typer.Option(None, help="with --data: resize images to N x N"),
+    test_fraction: float = typer.Option(
+        0.2,
+        help="with --data: stratified held-out fraction (seeded by --seed), "
+        "scored after training; 0: no held-out split",
+    ),
+    classes: str | None = typer.Option(
+        None,
+        help="with --data: the class list, comma-separated, fixing names and "
+        "order (default: the file's labels, sorted)",
+    ),
+    image_size: int | None = typer.Option(None, help="with --data: resize images to N x N"),
 ) -> None:
     """Train a DiffusionBlocks model one block at a time (or the end-to-end baseline) into OUT."""
     from dataclasses import replace
@@ -155,8 +190,9 @@ def train(
         _early_checks(data, preset, blocks, end_to_end)
         from .data import load_dataset
 
-        ds = load_dataset(data, label_column=label_column, image_size=image_size, classes=_class_list(classes),
-                          min_classes=2)
+        ds = load_dataset(
+            data, label_column=label_column, image_size=image_size, classes=_class_list(classes), min_classes=2
+        )
         for n in ds.notes:
             note(n)
         _check_trainable(ds, label_column, test_fraction)
@@ -187,34 +223,40 @@ def train(
             train_ds = ds
         stats = None
         if train_ds.kind == "tabular":
-            stats = FeatureStats.of(train_ds.x, f"training split of {ds.name} ({len(train_ds)} rows; local training, "
-                                                f"outside any DP guarantee)")
+            stats = FeatureStats.of(
+                train_ds.x,
+                f"training split of {ds.name} ({len(train_ds)} rows; local training, outside any DP guarantee)",
+            )
             train_ds = train_ds.standardize(stats)
             test_ds = test_ds.standardize(stats) if test_ds is not None else None
         plan = fit_preset(base, train_ds) if base else recipe_for(train_ds)
         p, default_blocks, label = plan.preset, plan.blocks, train_ds.name
-        console.print(f"{plan.origin}; {len(train_ds)} training rows, "
-                      f"{len(test_ds) if test_ds is not None else 0} held out")
-        source = {"data": str(Path(data).resolve()), "test_fraction": test_fraction, "split_seed": seed}
+        console.print(
+            f"{plan.origin}; {len(train_ds)} training rows, {len(test_ds) if test_ds is not None else 0} held out"
+        )
+        source = {"data": str(Path(str(data)).resolve()), "test_fraction": test_fraction, "split_seed": seed}
         schema = DataSchema.of(train_ds, label_column=label_column, stats=stats, image_size=image_size, source=source)
     nb = blocks or default_blocks
     if not end_to_end and p.total_layers % nb:
         divisors = [d for d in range(1, p.total_layers + 1) if p.total_layers % d == 0]
-        fail(f"the model has {p.total_layers} layers, which {nb} blocks cannot share equally; --blocks must be one "
-             f"of {', '.join(map(str, divisors))}")
-    cfg = replace(p.train, seed=seed, **({"epochs": epochs} if epochs else {}))
+        fail(
+            f"the model has {p.total_layers} layers, which {nb} blocks cannot share equally; --blocks must be one "
+            f"of {', '.join(map(str, divisors))}"
+        )
+    cfg = replace(p.train, seed=seed, epochs=epochs or p.train.epochs)
     t0 = time.time()
     with block_progress(label) as progress:
         if end_to_end:
             train_end_to_end(p, train_ds, cfg, out, progress, schema=schema)
         else:
-            train_diffusion_blocks(p, p.noise_schedule(nb), train_ds, cfg, out, blocks=block, progress=progress,
-                                   schema=schema)
+            train_diffusion_blocks(
+                p, p.noise_schedule(nb), train_ds, cfg, out, blocks=block, progress=progress, schema=schema
+            )
     console.print(f"wrote [bold]{out}[/bold] in {time.time() - t0:.0f} s")
     if test_ds is not None and (end_to_end or block is None):
         report = evaluation_report(test_ds.y, predict(out, test_ds.x), schema.class_names)
         (Path(out) / "report.json").write_text(json.dumps({"data": "held-out split", **report}, indent=2))
-        _print_report(report, f"held-out {test_fraction:g} of {Path(data).name}")
+        _print_report(report, f"held-out {test_fraction:g} of {Path(str(data)).name}")
         console.print(f"report: {Path(out) / 'report.json'}")
 
 
@@ -227,17 +269,22 @@ def _model_and_schema(model: Path):
 
     m = ModelManifest.load(model)
     if m.kind == "classifier" or m.kind == "generator":
-        missing = [i for i in range(m.noise_schedule.num_blocks)
-                   if not (model / f"block-{i}.safetensors").exists() or not (model / f"block-{i}.json").exists()]
+        missing = [
+            i
+            for i in range(m.noise_schedule.num_blocks)
+            if not (model / f"block-{i}.safetensors").exists() or not (model / f"block-{i}.json").exists()
+        ]
         if missing:
-            fail(f"{model}: block(s) {', '.join(map(str, missing))} were not trained (training stopped early, or "
-                 f"--block trained only some): train them with `dblocks train --block I` into the same directory")
+            fail(
+                f"{model}: block(s) {', '.join(map(str, missing))} were not trained (training stopped early, or "
+                f"--block trained only some): train them with `dblocks train --block I` into the same directory"
+            )
     elif not (model / "model.safetensors").exists():
         fail(f"{model}: the end-to-end model's weights are missing (training stopped early?)")
     return m, model_schema(model)
 
 
-def _labelled_data(model: Path, m, schema, data: Optional[str], label_column: Optional[str]):
+def _labelled_data(model: Path, m, schema, data: str | None, label_column: str | None):
     """What `eval` scores: --data read through the model's schema, else the held-out split it was trained with."""
     from .data import load_dataset, stratified_split
     from .presets import get_preset
@@ -245,8 +292,9 @@ def _labelled_data(model: Path, m, schema, data: Optional[str], label_column: Op
     if data is not None:
         if schema is None:
             p = get_preset(m.task)
-            return load_dataset(data, label_column=label_column or "label", image_size=p.image_size,
-                                stats=p.feature_stats())
+            return load_dataset(
+                data, label_column=label_column or "label", image_size=p.image_size, stats=p.feature_stats()
+            )
         return schema.load(data, label_column=label_column)
     if schema is not None and "data" in schema.source:
         frac, seed = float(schema.source.get("test_fraction", 0)), int(schema.source.get("split_seed", 0))
@@ -263,12 +311,13 @@ def _labelled_data(model: Path, m, schema, data: Optional[str], label_column: Op
 @app.command("eval")
 def evaluate(
     model: Path = typer.Argument(..., help="model directory"),
-    data: Optional[str] = typer.Option(None, help="labelled data to score (default: the held-out split of the "
-                                                  "training file, or the preset's test split)"),
-    label_column: Optional[str] = typer.Option(None, help="label column (default: the one the model was trained "
-                                                          "with)"),
+    data: str | None = typer.Option(
+        None,
+        help="labelled data to score (default: the held-out split of the training file, or the preset's test split)",
+    ),
+    label_column: str | None = typer.Option(None, help="label column (default: the one the model was trained with)"),
     steps_per_block: int = 1,
-    out: Optional[Path] = typer.Option(None, help="also write the report (JSON) here"),
+    out: Path | None = typer.Option(None, help="also write the report (JSON) here"),
 ) -> None:
     """Accuracy, per-class accuracy and confusion matrix of a classification model, with its class names."""
     if data is not None:
@@ -295,11 +344,15 @@ def evaluate(
 @app.command("predict")
 def predict_cmd(
     model: Path = typer.Argument(..., help="model directory"),
-    data: str = typer.Option(..., help="rows to classify: CSV/Parquet (a label column is optional and ignored), NPZ "
-                                       "(x, optional y) or images"),
-    out: Path = typer.Option(Path("predictions.csv"), help="CSV to write: row, predicted class name, its "
-                                                           "probability and one probability column per class"),
-    label_column: Optional[str] = typer.Option(None, help="label column to ignore (default: the model's)"),
+    data: str = typer.Option(
+        ...,
+        help="rows to classify: CSV/Parquet (a label column is optional and ignored), NPZ (x, optional y) or images",
+    ),
+    out: Path = typer.Option(
+        Path("predictions.csv"),
+        help="CSV to write: row, predicted class name, its probability and one probability column per class",
+    ),
+    label_column: str | None = typer.Option(None, help="label column to ignore (default: the model's)"),
     steps_per_block: int = 1,
 ) -> None:
     """Classify new rows with a model; the output names the classes as the training data did."""
@@ -320,8 +373,13 @@ def predict_cmd(
     proba = predict_proba(model, ds.x, steps_per_block=steps_per_block)
     pred = proba.argmax(-1)
     names = schema.class_names
-    table = pd.DataFrame({"row": range(1, len(pred) + 1), "prediction": [names[i] for i in pred.tolist()],
-                          "probability": proba.max(-1).values.numpy().round(4)})
+    table = pd.DataFrame(
+        {
+            "row": range(1, len(pred) + 1),
+            "prediction": [names[i] for i in pred.tolist()],
+            "probability": proba.max(-1).values.numpy().round(4),
+        }
+    )
     for k, name in enumerate(names):
         table[f"p_{name}"] = proba[:, k].numpy().round(4)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -352,8 +410,14 @@ def sample(
     if m.kind != "generator":
         fail(f"{model} is a {m.kind} model, not a generator")
     labels = torch.arange(blocks[0].arch.num_classes).repeat_interleave(per_class)
-    x = generate(blocks, m.noise_schedule, labels, m.noise_schedule.block_grid(steps_per_block), cfg_scale=cfg_scale,
-                 generator=torch.Generator().manual_seed(seed))
+    x = generate(
+        blocks,
+        m.noise_schedule,
+        labels,
+        m.noise_schedule.block_grid(steps_per_block),
+        cfg_scale=cfg_scale,
+        generator=torch.Generator().manual_seed(seed),
+    )
     save_grid(x, out, nrow=per_class)
     console.print(f"wrote {out}")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Union
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -45,7 +45,10 @@ class _LazyTorch:
         return getattr(_torch, name)
 
 
-torch = _LazyTorch()
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = _LazyTorch()
 
 
 OWN_STATISTICS = "own statistics (not covered by DP; local training only)"
@@ -65,19 +68,21 @@ class FeatureStats:
     source: str
 
     @staticmethod
-    def of(x: torch.Tensor, source: str) -> "FeatureStats":
+    def of(x: torch.Tensor, source: str) -> FeatureStats:
         """Mean and std (unbiased, floored at 1e-6) of the rows of `x` [N, F]."""
         return FeatureStats(x.mean(0), x.std(0).clamp_min(1e-6), source)
 
     @staticmethod
-    def public(ds: "Dataset") -> "FeatureStats":
+    def public(ds: Dataset) -> FeatureStats:
         """Statistics of a public tabular dataset, to be published with a task."""
         return FeatureStats.of(ds.x, f"public statistics from {ds.name} ({len(ds)} records)")
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean.shape != x.shape[1:] or self.std.shape != x.shape[1:]:
-            raise DataError(f"statistics from {self.source!r} are for {list(self.mean.shape)} features, "
-                            f"the data has {list(x.shape[1:])}")
+            raise DataError(
+                f"statistics from {self.source!r} are for {list(self.mean.shape)} features, "
+                f"the data has {list(x.shape[1:])}"
+            )
         return (x - self.mean) / self.std
 
 
@@ -102,8 +107,9 @@ class Dataset:
         if not torch.isfinite(self.x).all():
             raise DataError(f"{self.name}: inputs contain NaN or Inf values; clean or impute them first")
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
-            raise DataError(f"{self.name}: labels must lie in [0, {self.num_classes}), "
-                            f"got {int(self.y.min())}..{int(self.y.max())}")
+            raise DataError(
+                f"{self.name}: labels must lie in [0, {self.num_classes}), got {int(self.y.min())}..{int(self.y.max())}"
+            )
 
     def __len__(self) -> int:
         return len(self.y)
@@ -112,11 +118,11 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
-    def subset(self, idx: np.ndarray | torch.Tensor, name: str | None = None) -> "Dataset":
+    def subset(self, idx: np.ndarray | torch.Tensor, name: str | None = None) -> Dataset:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return replace(self, x=self.x[idx], y=self.y[idx], name=name or self.name)
 
-    def standardize(self, stats: FeatureStats) -> "Dataset":
+    def standardize(self, stats: FeatureStats) -> Dataset:
         """Tabular features standardised with `stats` (images are returned as they are)."""
         if self.kind != "tabular":
             return self
@@ -169,15 +175,25 @@ def load_builtin(name: str, *, image_size: int | None = None) -> Dataset:
 
         d = load_digits()
         x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0  # 0..16 -> -1..1
-        return Dataset(x, torch.tensor(d.target), "image", 10, "digits", [str(i) for i in range(10)],
-                       "fixed: 4-bit pixels x/8 - 1")
+        return Dataset(
+            x, torch.tensor(d.target), "image", 10, "digits", [str(i) for i in range(10)], "fixed: 4-bit pixels x/8 - 1"
+        )
     if name == "breast_cancer":
         from sklearn.datasets import load_breast_cancer
 
         d = load_breast_cancer()
-        ds = Dataset(torch.tensor(d.data, dtype=torch.float32), torch.tensor(d.target), "tabular", 2, "breast_cancer",
-                     list(d.target_names), "features as stored")
-        return ds.standardize(builtin_feature_stats(name))
+        ds = Dataset(
+            torch.tensor(d.data, dtype=torch.float32),
+            torch.tensor(d.target),
+            "tabular",
+            2,
+            "breast_cancer",
+            list(d.target_names),
+            "features as stored",
+        )
+        stats = builtin_feature_stats(name)
+        assert stats is not None  # breast_cancer is tabular
+        return ds.standardize(stats)
     if name == "mnist":
         a = np.loadtxt(mnist_5k_path(), delimiter=",", dtype=np.float32)
         x = torch.from_numpy(a[:, :-1]).reshape(-1, 1, 28, 28) / 127.5 - 1.0
@@ -189,13 +205,21 @@ def load_builtin(name: str, *, image_size: int | None = None) -> Dataset:
     raise DataError(f"unknown built-in dataset {name!r}; choose one of {', '.join(BUILTIN)} or give a file path")
 
 
-Stats = Union[FeatureStats, Literal["own"], None]
+Stats = FeatureStats | Literal["own"] | None
 
 
-def load_dataset(source: str | os.PathLike, *, label_column: str = "label", image_size: int | None = None,
-                 stats: Stats = None, classes: list[str] | None = None, features: list[str] | None = None,
-                 labels: Literal["required", "optional"] = "required", channels: int | None = None,
-                 min_classes: int = 0) -> Dataset:
+def load_dataset(
+    source: str | os.PathLike,
+    *,
+    label_column: str = "label",
+    image_size: int | None = None,
+    stats: Stats = None,
+    classes: list[str] | None = None,
+    features: list[str] | None = None,
+    labels: Literal["required", "optional"] = "required",
+    channels: int | None = None,
+    min_classes: int = 0,
+) -> Dataset:
     """A built-in name (`digits`, `breast_cancer`, `mnist`) or a path to a CSV, Parquet, NPZ or image folder.
 
     `stats` standardises the tabular features of a user's file: None (the default, and the only choice for
@@ -216,18 +240,25 @@ def load_dataset(source: str | os.PathLike, *, label_column: str = "label", imag
     if not path.exists():
         raise DataError(f"{path}: no such file or directory (built-in datasets: {', '.join(BUILTIN)})")
     if path.is_dir():
-        return load_image_folder(path, image_size=image_size, classes=classes, channels=channels,
-                                 min_classes=min_classes)
+        return load_image_folder(
+            path, image_size=image_size, classes=classes, channels=channels, min_classes=min_classes
+        )
     suffix = ("".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix).lower()
     if suffix in (".csv", ".csv.gz", ".parquet", ".pq"):
-        return load_table(path, label_column=label_column, stats=stats, classes=classes, features=features,
-                          labels=labels, min_classes=min_classes)
+        return load_table(
+            path,
+            label_column=label_column,
+            stats=stats,
+            classes=classes,
+            features=features,
+            labels=labels,
+            min_classes=min_classes,
+        )
     if suffix == ".npz":
         return load_npz(path, stats=stats, classes=classes, labels=labels, min_classes=min_classes)
     from .sniff import excerpt
 
-    raise DataError(f"{path}: unsupported file type {excerpt(suffix)}; use .csv, .parquet, .npz or a folder of "
-                    f"images")
+    raise DataError(f"{path}: unsupported file type {excerpt(suffix)}; use .csv, .parquet, .npz or a folder of images")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,14 +271,20 @@ def _label_names(raw: np.ndarray, path: Path, where: str) -> np.ndarray:
         v = raw.astype(np.float64)
         finite = np.isfinite(v)
         whole = finite & (np.floor(np.where(finite, v, 0)) == v)
-        problems = [(~finite, "not a finite number"), (~whole, "not a whole number"), (v < 0, "negative"),
-                    (v >= MAX_CLASSES, f"above the largest class index {MAX_CLASSES - 1}")]
+        problems = [
+            (~finite, "not a finite number"),
+            (~whole, "not a whole number"),
+            (v < 0, "negative"),
+            (v >= MAX_CLASSES, f"above the largest class index {MAX_CLASSES - 1}"),
+        ]
         for bad, why in problems:
             if bad.any():
                 i = int(np.argmax(bad))
-                raise DataError(f"{path}: {where} has {int(bad.sum())} label(s) {why} (first: row {i + 1}, value "
-                                f"{raw[i].item()!r}); numeric labels must be class indices 0..K-1 (K <= {MAX_CLASSES}),"
-                                f" or use strings")
+                raise DataError(
+                    f"{path}: {where} has {int(bad.sum())} label(s) {why} (first: row {i + 1}, value "
+                    f"{raw[i].item()!r}); numeric labels must be class indices 0..K-1 (K <= {MAX_CLASSES}),"
+                    f" or use strings"
+                )
         return raw.astype(np.int64).astype(str)
     return np.char.strip(raw.astype(str))
 
@@ -256,12 +293,15 @@ def _too_few_classes(present: list[str], min_classes: int, path: Path, where: st
     if len(present) < min_classes:
         from .sniff import excerpt
 
-        raise DataError(f"{path}: every row has the same label ({excerpt(present[0]) if present else 'none'} in "
-                        f"{where}); a classifier needs at least {min_classes} classes. Is it the right label column?")
+        raise DataError(
+            f"{path}: every row has the same label ({excerpt(present[0]) if present else 'none'} in "
+            f"{where}); a classifier needs at least {min_classes} classes. Is it the right label column?"
+        )
 
 
-def _encode_labels(raw: np.ndarray, path: Path, where: str, classes: list[str] | None = None,
-                   min_classes: int = 0) -> tuple[torch.Tensor, list[str]]:
+def _encode_labels(
+    raw: np.ndarray, path: Path, where: str, classes: list[str] | None = None, min_classes: int = 0
+) -> tuple[torch.Tensor, list[str]]:
     """Labels -> (class indices [N], class names). Without `classes`: numeric labels are class indices 0..K-1
     (K = largest + 1, so every file numbers a class the same way) and strings are sorted (a file's own order).
     With `classes` (the model's or the federation's list): every label is matched by name; a name not in the
@@ -280,10 +320,12 @@ def _encode_labels(raw: np.ndarray, path: Path, where: str, classes: list[str] |
             odd = sorted(set(names[unknown].tolist()))
             shown = ", ".join(excerpt(o, 30) for o in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
             known = ", ".join(excerpt(c, 30) for c in classes[:10]) + (" ..." if len(classes) > 10 else "")
-            raise DataError(f"{path}: {where} has {int(unknown.sum())} label(s) not in the class list (first: row "
-                            f"{i + 1}; unknown: {shown}); the {len(classes)} classes of the model (or run) are: "
-                            f"{known}."
-                            f" Labels are matched by name (numbers by their value): use those names")
+            raise DataError(
+                f"{path}: {where} has {int(unknown.sum())} label(s) not in the class list (first: row "
+                f"{i + 1}; unknown: {shown}); the {len(classes)} classes of the model (or run) are: "
+                f"{known}."
+                f" Labels are matched by name (numbers by their value): use those names"
+            )
         return torch.from_numpy(codes), list(classes)
     if raw.dtype.kind in "iuf":
         ints = names.astype(np.int64) if len(names) else np.zeros(0, np.int64)
@@ -291,8 +333,9 @@ def _encode_labels(raw: np.ndarray, path: Path, where: str, classes: list[str] |
         return torch.from_numpy(ints), [str(i) for i in range(k)]
     values, codes = np.unique(names, return_inverse=True)
     if len(values) > MAX_CLASSES:
-        raise DataError(f"{path}: {where} has {len(values)} distinct labels (at most {MAX_CLASSES}); is it the "
-                        f"right column?")
+        raise DataError(
+            f"{path}: {where} has {len(values)} distinct labels (at most {MAX_CLASSES}); is it the right column?"
+        )
     return torch.from_numpy(codes.astype(np.int64).ravel()), [str(v) for v in values]
 
 
@@ -329,8 +372,10 @@ def _scale_pixels(x: np.ndarray, path: Path) -> tuple[torch.Tensor, str]:
         bad = (x < 0) | (x > 255)
         if bad.any():
             i = int(np.argmax(bad.reshape(len(x), -1).any(1)))
-            raise DataError(f"{path}: integer pixels must be 8-bit values 0..255 (or the array uint16); image {i} has "
-                            f"values {x[i].min()}..{x[i].max()}. Rescale with a fixed range, not the data's own")
+            raise DataError(
+                f"{path}: integer pixels must be 8-bit values 0..255 (or the array uint16); image {i} has "
+                f"values {x[i].min()}..{x[i].max()}. Rescale with a fixed range, not the data's own"
+            )
         return torch.tensor(x, dtype=torch.float32) / 127.5 - 1, "fixed: 8-bit pixels x/127.5 - 1"
     xt = torch.tensor(x, dtype=torch.float32)
     if not torch.isfinite(xt).all():
@@ -341,7 +386,8 @@ def _scale_pixels(x: np.ndarray, path: Path) -> tuple[torch.Tensor, str]:
         raise DataError(
             f"{path}: float pixels must already lie in [-1, 1]; image {i} has values {float(xt[i].min()):g}.."
             f"{float(xt[i].max()):g}. Save 0..255 pixels as uint8, or rescale with a fixed range (e.g. x/127.5 - 1): "
-            f"the range is not taken from the data, as every record would then depend on all the others")
+            f"the range is not taken from the data, as every record would then depend on all the others"
+        )
     return xt, "fixed: float pixels as stored (already in [-1, 1])"
 
 
@@ -367,9 +413,16 @@ def _column_list(cols: list, limit: int = 12) -> str:
     return ", ".join(excerpt(str(c), 30) for c in cols[:limit]) + (" ..." if len(cols) > limit else "")
 
 
-def load_table(path: Path, *, label_column: str = "label", stats: Stats = None, classes: list[str] | None = None,
-               features: list[str] | None = None, labels: Literal["required", "optional"] = "required",
-               min_classes: int = 0) -> Dataset:
+def load_table(
+    path: Path,
+    *,
+    label_column: str = "label",
+    stats: Stats = None,
+    classes: list[str] | None = None,
+    features: list[str] | None = None,
+    labels: Literal["required", "optional"] = "required",
+    min_classes: int = 0,
+) -> Dataset:
     """CSV or Parquet: one row per example, numeric feature columns and a label column (`stats`, `classes`,
     `features`, `labels`: see `load_dataset`)."""
     import pandas as pd
@@ -379,12 +432,16 @@ def load_table(path: Path, *, label_column: str = "label", stats: Stats = None, 
     df = _read_table(path)
     df.columns = [str(c).strip() for c in df.columns]
     if df.columns.duplicated().any():
-        raise DataError(f"{path}: column {excerpt(df.columns[df.columns.duplicated()][0])} appears twice; "
-                        f"give every column its own name")
+        raise DataError(
+            f"{path}: column {excerpt(df.columns[df.columns.duplicated()][0])} appears twice; "
+            f"give every column its own name"
+        )
     has_labels = label_column in df.columns
     if not has_labels and labels == "required":
-        raise DataError(f"{path}: no label column {excerpt(label_column)} (columns: {_column_list(list(df.columns))}); "
-                        f"pass --label-column NAME")
+        raise DataError(
+            f"{path}: no label column {excerpt(label_column)} (columns: {_column_list(list(df.columns))}); "
+            f"pass --label-column NAME"
+        )
     if len(df) == 0:
         raise DataError(f"{path}: the table has a header but no rows")
     notes: list[str] = []
@@ -392,8 +449,10 @@ def load_table(path: Path, *, label_column: str = "label", stats: Stats = None, 
     if features is not None:
         missing = [c for c in features if c not in df.columns]
         if missing:
-            raise DataError(f"{path}: lacks {len(missing)} of the model's {len(features)} feature columns "
-                            f"({_column_list(missing, 5)}); the model was trained on: {_column_list(features)}")
+            raise DataError(
+                f"{path}: lacks {len(missing)} of the model's {len(features)} feature columns "
+                f"({_column_list(missing, 5)}); the model was trained on: {_column_list(features)}"
+            )
         extra = [c for c in df.columns if c not in features]
         if extra:
             notes.append(f"ignored {len(extra)} column(s) the model was not trained on: {_column_list(extra, 5)}")
@@ -407,22 +466,28 @@ def load_table(path: Path, *, label_column: str = "label", stats: Stats = None, 
                 continue
             bad = pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna()
             row = int(bad.argmax()) + 1 if bad.any() else 1
-            raise DataError(f"{path}: column {excerpt(col)} is not numeric (row {row}: "
-                            f"{excerpt(df[col].iloc[row - 1])}); encode it as numbers first (e.g. one 0/1 column "
-                            f"per category)")
+            raise DataError(
+                f"{path}: column {excerpt(col)} is not numeric (row {row}: "
+                f"{excerpt(df[col].iloc[row - 1])}); encode it as numbers first (e.g. one 0/1 column "
+                f"per category)"
+            )
     if df.isna().any().any():
         col = df.columns[df.isna().any()][0]
         row = int(df[col].isna().argmax()) + 1
-        raise DataError(f"{path}: column {excerpt(col)} has {int(df[col].isna().sum())} missing values (first: row "
-                        f"{row}); impute or drop them")
+        raise DataError(
+            f"{path}: column {excerpt(col)} has {int(df[col].isna().sum())} missing values (first: row "
+            f"{row}); impute or drop them"
+        )
     values = df.to_numpy(np.float32)
     if not np.isfinite(values).all():
         raise DataError(f"{path}: features contain Inf values (or numbers too large for float32)")
     if label_values is not None:
         if label_values.isna().any():
-            raise DataError(f"{path}: {int(label_values.isna().sum())} rows have no label in column "
-                            f"{excerpt(label_column)} (first: row {int(label_values.isna().argmax()) + 1}); "
-                            f"fill or drop them")
+            raise DataError(
+                f"{path}: {int(label_values.isna().sum())} rows have no label in column "
+                f"{excerpt(label_column)} (first: row {int(label_values.isna().argmax()) + 1}); "
+                f"fill or drop them"
+            )
         y, names = _encode_labels(label_values.to_numpy(), path, f"column {label_column!r}", classes, min_classes)
         notes += _absent_classes_note(y, names) if classes is not None else []
     else:
@@ -430,13 +495,28 @@ def load_table(path: Path, *, label_column: str = "label", stats: Stats = None, 
         y = torch.zeros(len(values), dtype=torch.long)
         notes.append(f"no label column {excerpt(label_column)}: read for prediction only")
     x = torch.from_numpy(values)
-    ds = Dataset(x, y, "tabular", max(len(names), 1), path.name, names, feature_names=list(df.columns),
-                 labelled=label_values is not None, notes=notes)
+    ds = Dataset(
+        x,
+        y,
+        "tabular",
+        max(len(names), 1),
+        path.name,
+        names,
+        feature_names=list(df.columns),
+        labelled=label_values is not None,
+        notes=notes,
+    )
     return _standardise(ds, stats)
 
 
-def load_npz(path: Path, *, stats: Stats = None, classes: list[str] | None = None,
-             labels: Literal["required", "optional"] = "required", min_classes: int = 0) -> Dataset:
+def load_npz(
+    path: Path,
+    *,
+    stats: Stats = None,
+    classes: list[str] | None = None,
+    labels: Literal["required", "optional"] = "required",
+    min_classes: int = 0,
+) -> Dataset:
     """NPZ with `x` [N, F] (tabular), [N, H, W] or [N, C, H, W] (square images: uint8 0..255, uint16, bool or
     floats in [-1, 1]) and labels `y` [N] (class indices or strings). `stats`, `classes`, `labels`: see
     `load_dataset`."""
@@ -451,8 +531,9 @@ def load_npz(path: Path, *, stats: Stats = None, classes: list[str] | None = Non
     required = {"x", "y"} if labels == "required" else {"x"}
     missing = required - arrays.keys()
     if missing:
-        raise DataError(f"{path}: missing array(s) {sorted(missing)}; found {_column_list(sorted(arrays))} "
-                        f"(need 'x' and 'y')")
+        raise DataError(
+            f"{path}: missing array(s) {sorted(missing)}; found {_column_list(sorted(arrays))} (need 'x' and 'y')"
+        )
     x = arrays["x"]
     if x.ndim < 2 or len(x) == 0:
         raise DataError(f"{path}: 'x' must hold records along its first axis, got shape {list(x.shape)}")
@@ -473,20 +554,36 @@ def load_npz(path: Path, *, stats: Stats = None, classes: list[str] | None = Non
         xt = torch.tensor(x, dtype=torch.float32)
         if not torch.isfinite(xt).all():
             raise DataError(f"{path}: 'x' contains NaN or Inf values")
-        ds = Dataset(xt, lab, "tabular", k, path.name, names, feature_names=[f"x{i}" for i in range(x.shape[1])],
-                     labelled="y" in arrays, notes=notes)
+        ds = Dataset(
+            xt,
+            lab,
+            "tabular",
+            k,
+            path.name,
+            names,
+            feature_names=[f"x{i}" for i in range(x.shape[1])],
+            labelled="y" in arrays,
+            notes=notes,
+        )
         return _standardise(ds, stats)
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
-        raise DataError(f"{path}: 'x' must be [N, F], [N, H, W] or [N, C, H, W] with H == W, "
-                        f"got {list(arrays['x'].shape)}")
+        raise DataError(
+            f"{path}: 'x' must be [N, F], [N, H, W] or [N, C, H, W] with H == W, got {list(arrays['x'].shape)}"
+        )
     xt, how = _scale_pixels(x, path)
     return Dataset(xt, lab, "image", k, path.name, names, how, labelled="y" in arrays, notes=notes)
 
 
-def load_image_folder(path: Path, *, image_size: int | None = None, classes: list[str] | None = None,
-                      channels: int | None = None, min_classes: int = 0) -> Dataset:
+def load_image_folder(
+    path: Path,
+    *,
+    image_size: int | None = None,
+    classes: list[str] | None = None,
+    channels: int | None = None,
+    min_classes: int = 0,
+) -> Dataset:
     """A folder with one sub-folder per class, each holding images; all are converted to grayscale (`channels`
     1) or RGB (3), by default the mode of the first image, and must share one square size unless `image_size`
     resizes them. With `classes` (the model's list) sub-folders are matched by name; a folder whose name is not
@@ -505,12 +602,23 @@ def load_image_folder(path: Path, *, image_size: int | None = None, classes: lis
     if classes is not None:
         odd = [f for f in folders if f not in classes]
         if odd:
-            raise DataError(f"{path}: sub-folder(s) {_column_list(odd, 5)} are not among the model's classes "
-                            f"({_column_list(list(classes), 10)}); name each folder after its class")
-        notes += [f"{len(classes) - len(folders)} of the {len(classes)} classes have no folder here"] \
-            if folders and len(folders) < len(classes) else []
-    groups = [(names.index(c), sorted(f for f in (path / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
-              for c in folders] if folders else [(0, loose)]
+            raise DataError(
+                f"{path}: sub-folder(s) {_column_list(odd, 5)} are not among the model's classes "
+                f"({_column_list(list(classes), 10)}); name each folder after its class"
+            )
+        notes += (
+            [f"{len(classes) - len(folders)} of the {len(classes)} classes have no folder here"]
+            if folders and len(folders) < len(classes)
+            else []
+        )
+    groups = (
+        [
+            (names.index(c), sorted(f for f in (path / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+            for c in folders
+        ]
+        if folders
+        else [(0, loose)]
+    )
     xs, ys, size = [], [], None
     mode = {1: "L", 3: "RGB"}.get(channels or 0)
     for k, files in groups:
@@ -518,18 +626,19 @@ def load_image_folder(path: Path, *, image_size: int | None = None, classes: lis
             raise DataError(f"{path / names[k]}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files:
             try:
-                with Image.open(f) as img:
-                    img.load()
-                    mode = mode or ("L" if img.mode in ("L", "1", "P", "I", "I;16", "LA") else "RGB")
-                    img = img.convert(mode)
+                with Image.open(f) as opened:
+                    opened.load()
+                    mode = mode or ("L" if opened.mode in ("L", "1", "P", "I", "I;16", "LA") else "RGB")
+                    img: Image.Image = opened.convert(mode)
             except (UnidentifiedImageError, OSError, ValueError) as e:
                 raise DataError(f"{f}: not a readable image ({excerpt(str(e), 120)})") from None
             if image_size:
                 img = img.resize((image_size, image_size))
             size = size or img.size
             if img.size != size or size[0] != size[1]:
-                raise DataError(f"{f}: size {img.size} differs from {size} (square, equal sizes needed; pass "
-                                f"--image-size N)")
+                raise DataError(
+                    f"{f}: size {img.size} differs from {size} (square, equal sizes needed; pass --image-size N)"
+                )
             a = np.asarray(img, dtype=np.float32)
             xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
             ys.append(k)
@@ -537,8 +646,17 @@ def load_image_folder(path: Path, *, image_size: int | None = None, classes: lis
     labelled = bool(folders)
     if not labelled:
         notes.append("images without class sub-folders: read for prediction only")
-    return Dataset(x, torch.tensor(ys), "image", max(len(names), 1), path.name, names,
-                   "fixed: 8-bit pixels x/127.5 - 1", labelled=labelled, notes=notes)
+    return Dataset(
+        x,
+        torch.tensor(ys),
+        "image",
+        max(len(names), 1),
+        path.name,
+        names,
+        "fixed: 8-bit pixels x/127.5 - 1",
+        labelled=labelled,
+        notes=notes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -559,7 +677,9 @@ def partition_iid(n: int, num_parts: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(p) for p in np.array_split(perm, num_parts)]
 
 
-def partition_dirichlet(labels: np.ndarray, num_parts: int, alpha: float, seed: int = 0, min_size: int = 10) -> list[np.ndarray]:
+def partition_dirichlet(
+    labels: np.ndarray, num_parts: int, alpha: float, seed: int = 0, min_size: int = 10
+) -> list[np.ndarray]:
     """Non-IID split by label: for each class, proportions over parts ~ Dirichlet(alpha). Redrawn (same seed
     stream) until every part holds at least `min_size` examples; smaller alpha = more skew."""
     labels = np.asarray(labels)

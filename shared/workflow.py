@@ -9,9 +9,9 @@ the same DiT trained with ordinary backprop.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,13 +43,19 @@ def train_diffusion_blocks(
     """Train the given blocks (default: all) of a B-block model one after another into `out_dir`. `schema` (the
     class list and preprocessing eval/predict must apply) is saved in model.json under dataset.schema."""
     arch = preset.block_arch(schedule.num_blocks)
-    manifest = ModelManifest(task=preset.name, kind=arch.kind, schedule=schedule.to_dict(), arch=arch.to_dict(),
-                             dataset=_dataset_record(train, schema), train=cfg.to_dict())
+    manifest = ModelManifest(
+        task=preset.name,
+        kind=arch.kind,
+        schedule=schedule.to_dict(),
+        arch=arch.to_dict(),
+        dataset=_dataset_record(train, schema),
+        train=cfg.to_dict(),
+    )
     manifest.save(out_dir)
     for i in blocks if blocks is not None else range(schedule.num_blocks):
         torch.manual_seed(cfg.seed * 1000 + i)
         block = build_block(arch, schedule)
-        stats = train_block(block, i, train.x, train.y, cfg, (lambda s, t, l, i=i: progress(i, s, t, l)) if progress else None)
+        stats = train_block(block, i, train.x, train.y, cfg, _for_block(progress, i))
         spec, data = pack_block(preset.name, schedule, i, block)
         save_block(out_dir, spec, data)
         manifest.metrics[f"block{i}"] = stats
@@ -57,6 +63,13 @@ def train_diffusion_blocks(
         del block
         gc.collect()
     return manifest
+
+
+def _for_block(progress: BlockProgress | None, i: int) -> Callable[[int, int, float], None] | None:
+    """`progress` with the block index filled in (None stays None)."""
+    if progress is None:
+        return None
+    return lambda step, total, loss: progress(i, step, total, loss)
 
 
 def _dataset_record(train: Dataset, schema: DataSchema | None) -> dict:
@@ -67,21 +80,35 @@ def _dataset_record(train: Dataset, schema: DataSchema | None) -> dict:
 
 
 def train_end_to_end(
-    preset: Preset, train: Dataset, cfg: TrainConfig, out_dir: str | Path, progress: BlockProgress | None = None,
+    preset: Preset,
+    train: Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    progress: BlockProgress | None = None,
     schema: DataSchema | None = None,
 ) -> ModelManifest:
     """The baseline with all `preset.total_layers` layers, trained with ordinary backprop."""
     if preset.kind == "generator":
-        return train_diffusion_blocks(preset, preset.noise_schedule(1), train, cfg, out_dir, progress=progress,
-                                      schema=schema)
+        return train_diffusion_blocks(
+            preset, preset.noise_schedule(1), train, cfg, out_dir, progress=progress, schema=schema
+        )
     arch = preset.arch.with_depth(preset.total_layers)
     torch.manual_seed(cfg.seed * 1000)
     model = TransformerClassifier(arch)
-    stats = train_end_to_end_classifier(model, train.x, train.y, cfg, (lambda s, t, l: progress(0, s, t, l)) if progress else None)
+    stats = train_end_to_end_classifier(
+        model, train.x, train.y, cfg, (lambda s, t, loss: progress(0, s, t, loss)) if progress else None
+    )
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(out_dir) / "model.safetensors"))
-    manifest = ModelManifest(task=preset.name, kind="end-to-end", schedule={}, arch=arch.to_dict(),
-                             dataset=_dataset_record(train, schema), train=cfg.to_dict(), metrics={"train": stats})
+    manifest = ModelManifest(
+        task=preset.name,
+        kind="end-to-end",
+        schedule={},
+        arch=arch.to_dict(),
+        dataset=_dataset_record(train, schema),
+        train=cfg.to_dict(),
+        metrics={"train": stats},
+    )
     manifest.save(out_dir)
     return manifest
 
@@ -102,7 +129,9 @@ def default_grid(schedule: NoiseSchedule, steps_per_block: int = 1) -> np.ndarra
 
 
 @torch.no_grad()
-def predict_proba(model_dir: str | Path, x: torch.Tensor, *, steps_per_block: int = 1, batch: int = 512) -> torch.Tensor:
+def predict_proba(
+    model_dir: str | Path, x: torch.Tensor, *, steps_per_block: int = 1, batch: int = 512
+) -> torch.Tensor:
     """Class probabilities [N, K] for x from a classification model directory: softmax of the end-to-end
     model's logits, or of the last DiffusionBlocks step's logits (the sampler's "last" readout)."""
     m = ModelManifest.load(model_dir)
@@ -113,8 +142,9 @@ def predict_proba(model_dir: str | Path, x: torch.Tensor, *, steps_per_block: in
         raise DataError(f"{model_dir} is a {m.kind} model; use `dblocks sample` for generators")
     _, blocks = load_blocks(model_dir)
     grid = default_grid(m.noise_schedule, steps_per_block)
-    return torch.cat([classify(blocks, m.noise_schedule, x[i : i + batch], grid).exp()
-                      for i in range(0, len(x), batch)])
+    return torch.cat(
+        [classify(blocks, m.noise_schedule, x[i : i + batch], grid).exp() for i in range(0, len(x), batch)]
+    )
 
 
 def predict(model_dir: str | Path, x: torch.Tensor, *, steps_per_block: int = 1, batch: int = 512) -> torch.Tensor:
@@ -142,8 +172,12 @@ def evaluation_report(y: torch.Tensor, pred: torch.Tensor, class_names: list[str
     for i, name in enumerate(class_names):
         n = int(conf[i].sum())
         per_class[name] = {"examples": n, "accuracy": round(float(conf[i, i]) / n, 4) if n else None}
-    return {"examples": int(len(y)), "accuracy": round(float((pred == y).float().mean()), 4) if len(y) else None,
-            "per_class": per_class, "confusion": {"classes": class_names, "matrix": conf.tolist()}}
+    return {
+        "examples": int(len(y)),
+        "accuracy": round(float((pred == y).float().mean()), 4) if len(y) else None,
+        "per_class": per_class,
+        "confusion": {"classes": class_names, "matrix": conf.tolist()},
+    }
 
 
 def manifest_summary(m: ModelManifest) -> dict:

@@ -37,13 +37,17 @@ def test_a_1gib_sparse_csv_is_refused_in_milliseconds_without_reading_it(tmp_pat
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB: no full read
 
 
-@pytest.mark.parametrize("content,msg", [
-    (b"", "the file is empty"),
-    (b"x" * 100_000 + b"\n1\n", "first line is longer than 64 KiB"),
-    (b"abc\n1\n2\n", "found a single column"),
-    (b"a,b,label\n1,2,caf\xe9\n", "is not UTF-8 text"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00", "NUL bytes"),
-], ids=["empty", "long-header", "one-column", "latin-1", "png"])
+@pytest.mark.parametrize(
+    "content,msg",
+    [
+        (b"", "the file is empty"),
+        (b"x" * 100_000 + b"\n1\n", "first line is longer than 64 KiB"),
+        (b"abc\n1\n2\n", "found a single column"),
+        (b"a,b,label\n1,2,caf\xe9\n", "is not UTF-8 text"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "NUL bytes"),
+    ],
+    ids=["empty", "long-header", "one-column", "latin-1", "png"],
+)
 def test_sniffing_refuses_what_is_not_a_table(tmp_path, content, msg):
     p = tmp_path / "t.csv"
     p.write_bytes(content)
@@ -103,12 +107,18 @@ def test_debug_shows_the_traceback_and_internal_errors_are_one_line(tmp_path, mo
     assert e.value.code == 1
 
 
-@pytest.mark.parametrize("module,attr", [("dblocks.shared.cli", "app"), ("dblocks.client.cli", "app"),
-                                         ("dblocks.client.cli", "keys_app"),
-                                         ("dblocks.server.cli", "app"),
-                                         ("dblocks.server.federation.cli", "run_app"),
-                                         ("dblocks.server.federation.cli", "nodes_app"),
-                                         ("dblocks.privacy.cli", "app")])
+@pytest.mark.parametrize(
+    "module,attr",
+    [
+        ("dblocks.shared.cli", "app"),
+        ("dblocks.client.cli", "app"),
+        ("dblocks.client.cli", "keys_app"),
+        ("dblocks.server.cli", "app"),
+        ("dblocks.server.federation.cli", "run_app"),
+        ("dblocks.server.federation.cli", "nodes_app"),
+        ("dblocks.privacy.cli", "app"),
+    ],
+)
 def test_no_cli_shows_local_variables_in_tracebacks(module, attr):
     """#23: rich tracebacks with show_locals printed tensors of private records to the console and logs."""
     app = getattr(importlib.import_module(module), attr)
@@ -126,5 +136,7 @@ def test_what_the_cli_knows_of_presets_and_recipes_matches_them():
     for name, (kind, layers, what) in PRESET_SHAPES.items():
         p = PRESETS[name]
         assert (p.arch.input, p.total_layers, p.kind) == (kind, layers, what), name
-    assert RECIPE_LAYERS == {"tabular": tabular_recipe(100, 3, 2).preset.total_layers,
-                             "image": image_recipe(100, 1, 8, 2).preset.total_layers}
+    assert RECIPE_LAYERS == {
+        "tabular": tabular_recipe(100, 3, 2).preset.total_layers,
+        "image": image_recipe(100, 1, 8, 2).preset.total_layers,
+    }

@@ -89,8 +89,22 @@ def test_train_eval_predict_through_the_cli(tmp_path):
     df.to_csv(tmp_path / "train.csv", index=False)
     model = tmp_path / "m"
     run = CliRunner().invoke
-    r = run(app, ["train", "--data", str(tmp_path / "train.csv"), "--label-column", "kind", "--out", str(model),
-                  "--epochs", "1", "--test-fraction", "0.2"])
+    r = run(
+        app,
+        [
+            "train",
+            "--data",
+            str(tmp_path / "train.csv"),
+            "--label-column",
+            "kind",
+            "--out",
+            str(model),
+            "--epochs",
+            "1",
+            "--test-fraction",
+            "0.2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     report = json.loads((model / "report.json").read_text())
     assert set(report["per_class"]) == {"cat", "dog", "eel"} and report["examples"] == 18
@@ -101,7 +115,7 @@ def test_train_eval_predict_through_the_cli(tmp_path):
     df[df["kind"] == "dog"].sample(frac=1, random_state=0).to_csv(tmp_path / "dogs.csv", index=False)
     r = run(app, ["eval", str(model), "--data", str(tmp_path / "dogs.csv")])
     assert r.exit_code == 0 and "2 of the 3 classes have no example" in r.output, r.output
-    assert json.loads(r.output[r.output.index("{"):])["per_class"]["dog"]["examples"] == 30
+    assert json.loads(r.output[r.output.index("{") :])["per_class"]["dog"]["examples"] == 30
     df.drop(columns="kind").head(7).to_csv(tmp_path / "new.csv", index=False)
     r = run(app, ["predict", str(model), "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv")])
     assert r.exit_code == 0, r.output
