@@ -166,10 +166,80 @@ def run_supernode(opts: JoinOptions, emit=print) -> None:
 
     AppGuard(on_refusal=refusal).install()
     os.environ.update(flwr_env(opts.home / "flwr"))
+    own_argv = [sys.executable, *sys.argv]  # `dbclient join ...` as started: re-run while the key waits
     sys.argv = supernode_argv(opts)
     stop = threading.Event()
     threading.Thread(target=follow, args=(opts.home / "progress.log", emit, stop), daemon=True).start()
+    _name_the_server_in_retries(opts.server)
+    refused = _watch_for_activation_refusal()
+    pause = os.environ.pop(APPROVAL_SLEEP, None)  # set by wait_for_approval before it re-ran this command
+    if pause:
+        import time
+
+        time.sleep(float(pause))
     try:
         flower_supernode()
+    except (Exception, SystemExit) as e:  # Flower ends a refused activation with sys.exit (its exit code 305)
+        if opts.key is None or not (refused or key_not_approved(e)):
+            raise
+        wait_for_approval(opts, own_argv, emit)  # re-runs this command; never returns
     finally:
         stop.set()
+
+
+APPROVAL_WAIT = "DBLOCKS_JOIN_APPROVAL_WAIT"  # seconds the next wait for approval lasts (doubles, up to 5 min)
+APPROVAL_SLEEP = "DBLOCKS_JOIN_APPROVAL_SLEEP"  # the wait itself, done by the re-run command before it connects
+
+
+def _watch_for_activation_refusal() -> list[str]:
+    """A list that gets an item when Flower logs that the SuperLink refused to activate this node."""
+    import logging
+
+    seen: list[str] = []
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if key_not_approved(RuntimeError(record.getMessage())):
+                seen.append(record.getMessage())
+
+    logging.getLogger("flwr").addHandler(Watch())
+    return seen
+
+
+def key_not_approved(e: BaseException) -> bool:
+    """The SuperLink refused to activate this node: its key is not (yet) registered, i.e. not approved."""
+    text = f"{e} {getattr(e, 'details', lambda: '')()}" if callable(getattr(e, "details", None)) else str(e)
+    return any(m in text for m in ("Failed to activate SuperNode", "No SuperNode found", "not recognized"))
+
+
+def wait_for_approval(opts: JoinOptions, argv: list[str], emit=print) -> None:
+    """Say the node key is not approved yet (with its fingerprint, which the operator sees), wait with backoff,
+    then run `dbclient join` again in this process (exec: a fresh SuperNode), until the operator approves it.
+    The re-run command waits before it connects: Flower force-exits this process a few seconds after its exit."""
+    from .nodekey import public_key_fingerprint
+
+    assert opts.key is not None
+    pub = Path(str(opts.key) + ".pub")
+    fp = public_key_fingerprint(pub.read_text()) if pub.exists() else "(no .pub file beside the key)"
+    wait = float(os.environ.get(APPROVAL_WAIT, "5"))
+    emit(
+        f"the node key {pub} (fingerprint {fp}) is not approved by the operator at {opts.server} yet; "
+        f"send them {pub} and the SecAgg identity; trying again in {wait:.0f} s"
+    )
+    os.environ[APPROVAL_SLEEP] = str(wait)
+    os.environ[APPROVAL_WAIT] = str(min(300.0, wait * 2))
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+def _name_the_server_in_retries(server: str) -> None:
+    """Flower logs "Connection attempt failed, retrying in N seconds" with no address: add the server's."""
+    import logging
+
+    class NameServer(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if isinstance(record.msg, str) and record.msg.startswith("Connection attempt failed, retrying"):
+                record.msg = record.msg + f" (the server {server} is not reachable; backing off)"
+            return True
+
+    logging.getLogger("flwr").addFilter(NameServer())

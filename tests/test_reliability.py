@@ -148,3 +148,40 @@ def test_dbserver_start_restarts_a_crashed_registry_and_keeps_the_superlink(monk
     out = console.export_text()
     assert spawned.count("registry") == 2 and spawned.count("gateway") == 1, spawned
     assert "registry exited (code 1); restarting it" in out and "superlink exited" in out
+
+
+@pytest.mark.slow
+def test_unapproved_node_key_waits_with_its_fingerprint_until_approved(tmp_path):
+    """`dbclient join` with a key the operator has not approved: one line with the key's fingerprint, then it
+    keeps trying (backoff) and connects once the operator approves it, with no restart by hand."""
+    import time
+
+    from dblocks.client.nodekey import public_key_fingerprint
+    from dblocks.server.ops.localfed import LocalFederation
+
+    fed = LocalFederation(tmp_path / "fed", task="digits", with_registry=False)
+    try:
+        _, paths, _ = fed.company_data(1, public=50, alpha=0.5)
+        fed.start_superlink()
+        from dblocks.server.ops.launcher import ServerHome
+        from dblocks.server.ops.provision import ensure_directory_key
+
+        ensure_directory_key(ServerHome(fed.ca.parents[1]))  # directory.pub, as the operator hands it out
+        fed.add_company("newcomer", paths[0], approve=False, env={"DBLOCKS_JOIN_APPROVAL_WAIT": "2"})
+        home = fed.company_home("newcomer")
+        log = home / "join.log"
+        fp = public_key_fingerprint((home / "node.key.pub").read_text())
+
+        def wait(pred, seconds):
+            end = time.time() + seconds
+            while time.time() < end and not pred():
+                time.sleep(1)
+            return pred()
+
+        assert wait(lambda: log.exists() and "not approved" in log.read_text(), 120), log.read_text()[-3000:]
+        assert fp in log.read_text() and "Traceback" not in log.read_text()
+        assert fed.procs["newcomer"].poll() is None  # still waiting, not exited
+        fed.approve("newcomer")
+        assert wait(lambda: "SuperNode ID" in log.read_text(), 180), log.read_text()[-3000:]
+    finally:
+        fed.stop()
