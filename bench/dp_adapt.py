@@ -57,7 +57,10 @@ def scenario_data(scenario: str, split: str, seed: int, companies: int = 12):
         pub = digits_as_mnist()
     if split == "val":
         perm = np.random.default_rng(12345).permutation(len(private))
-        evalset, private = private.subset(np.sort(perm[:PRIVATE_VAL]), "val"), private.subset(np.sort(perm[PRIVATE_VAL:]), "private")
+        evalset, private = (
+            private.subset(np.sort(perm[:PRIVATE_VAL]), "val"),
+            private.subset(np.sort(perm[PRIVATE_VAL:]), "private"),
+        )
     else:
         evalset = test
     parts = partition_dirichlet(private.y.numpy(), companies, 0.5, seed=seed, min_size=50)
@@ -115,21 +118,44 @@ def main() -> None:
 
     p = get_preset("mnist-fed")
     acc0 = accuracy_of(GlobalModel.initial(p, p.noise_schedule(args.blocks), args.seed, init), evalset)
-    row = {"tag": args.tag, "args": vars(args), "command": "python bench/dp_adapt.py " + " ".join(sys.argv[1:]),
-           "pretrained_accuracy": acc0}
+    row = {
+        "tag": args.tag,
+        "args": vars(args),
+        "command": "python bench/dp_adapt.py " + " ".join(sys.argv[1:]),
+        "pretrained_accuracy": acc0,
+    }
     if not args.pretrain_only:
         dp = math.isfinite(args.epsilon)
         cohort = len(comps) // args.blocks
         z = noise_for_epsilon(args.epsilon, 1e-5, args.sample_rate, args.rounds * args.steps, "rdp") if dp else 0.0
-        s = FedSetting(rounds=args.rounds, steps=args.steps, sample_rate=args.sample_rate, lr=args.lr, record_noise=z,
-                       record_clip=args.record_clip if dp else 1e6, update_clip=args.update_clip, cohort_size=cohort,
-                       trainable=args.trainable, server_lr=args.server_lr, server_momentum=args.server_momentum)
+        s = FedSetting(
+            rounds=args.rounds,
+            steps=args.steps,
+            sample_rate=args.sample_rate,
+            lr=args.lr,
+            record_noise=z,
+            record_clip=args.record_clip if dp else 1e6,
+            update_clip=args.update_clip,
+            cohort_size=cohort,
+            trainable=args.trainable,
+            server_lr=args.server_lr,
+            server_momentum=args.server_momentum,
+        )
         res = federated(comps, evalset, args.blocks, s, init, args.seed, lambda m: print(m, flush=True))
         res.pop("bytes", None)
-        row.update({"setting": asdict(s), "accuracy": res["accuracy"], "gain_points": 100 * (res["accuracy"] - acc0),
-                    "epsilon_rdp": res["epsilon_rdp"], "epsilon_prv": res["epsilon_prv"], "curve": res["curve"],
-                    "diverged": res["diverged"], "update_norm_before_clip": res["update_norm_before_clip"],
-                    "updates_per_company": res["updates_per_company"]})
+        row.update(
+            {
+                "setting": asdict(s),
+                "accuracy": res["accuracy"],
+                "gain_points": 100 * (res["accuracy"] - acc0),
+                "epsilon_rdp": res["epsilon_rdp"],
+                "epsilon_prv": res["epsilon_prv"],
+                "curve": res["curve"],
+                "diverged": res["diverged"],
+                "update_norm_before_clip": res["update_norm_before_clip"],
+                "updates_per_company": res["updates_per_company"],
+            }
+        )
     row["seconds"] = time.time() - t0
     print(json.dumps({k: v for k, v in row.items() if k not in ("curve", "args")}), flush=True)
     with open(RUNS, "a") as f:
@@ -147,20 +173,35 @@ def report() -> None:
         acc = [r.get("accuracy", r["pretrained_accuracy"]) for r in rs]
         pre = [r["pretrained_accuracy"] for r in rs]
         gain = [100 * (a - p0) for a, p0 in zip(acc, pre)]
-        med[(sc, sp, tag)] = {"accuracy": statistics.median(acc), "gain": statistics.median(gain), "n": len(rs),
-                              "spread": [min(acc), max(acc)], "pretrained": statistics.median(pre),
-                              "epsilon": rs[0].get("epsilon_rdp"), "seeds": sorted(r["args"]["seed"] for r in rs)}
-        print(f"{sc:5s} {sp:4s} {tag:28s} seeds {med[(sc, sp, tag)]['seeds']} acc {statistics.median(acc):.4f} "
-              f"[{min(acc):.4f}-{max(acc):.4f}] pretrained {statistics.median(pre):.4f} gain {statistics.median(gain):+.1f} "
-              f"eps(rdp) {rs[0].get('epsilon_rdp', float('nan')):.2f}")
+        med[(sc, sp, tag)] = {
+            "accuracy": statistics.median(acc),
+            "gain": statistics.median(gain),
+            "n": len(rs),
+            "spread": [min(acc), max(acc)],
+            "pretrained": statistics.median(pre),
+            "epsilon": rs[0].get("epsilon_rdp"),
+            "seeds": sorted(r["args"]["seed"] for r in rs),
+        }
+        print(
+            f"{sc:5s} {sp:4s} {tag:28s} seeds {med[(sc, sp, tag)]['seeds']} acc {statistics.median(acc):.4f} "
+            f"[{min(acc):.4f}-{max(acc):.4f}] pretrained {statistics.median(pre):.4f} "
+            f"gain {statistics.median(gain):+.1f} "
+            f"eps(rdp) {rs[0].get('epsilon_rdp', float('nan')):.2f}"
+        )
     keys = {}
     if ("same", "test", "headline_DP") in med:
         keys["federation.dp_gain_points_same"] = round(med[("same", "test", "headline_DP")]["gain"], 2)
     if ("shift", "test", "headline_DP") in med:
         keys["federation.dp_gain_points_shift"] = round(med[("shift", "test", "headline_DP")]["gain"], 2)
         if ("shift", "test", "headline_noDP") in med:
-            keys["federation.dp_gap_to_nodp_shift"] = round(100 * (med[("shift", "test", "headline_noDP")]["accuracy"]
-                                                                   - med[("shift", "test", "headline_DP")]["accuracy"]), 2)
+            keys["federation.dp_gap_to_nodp_shift"] = round(
+                100
+                * (
+                    med[("shift", "test", "headline_noDP")]["accuracy"]
+                    - med[("shift", "test", "headline_DP")]["accuracy"]
+                ),
+                2,
+            )
     curve = {}
     for e, tag in (("1", "eps_1"), ("2", "eps_2"), ("4", "eps_4"), ("8", "headline_DP"), ("inf", "headline_noDP")):
         if ("shift", "test", tag) in med:

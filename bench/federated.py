@@ -19,7 +19,8 @@ client-level central noise table (cost at cohort sizes 3..10000), bytes per clie
 whole model, and client peak memory (one block vs the whole model, same DP-SGD, bench/memory.py's measurement
 in fresh processes).
 
-    flock /tmp/dblocks-heavy.lock .venv/bin/python bench/federated.py --central-noise-row   # ~50 min, 2 processes (--jobs)
+    flock /tmp/dblocks-heavy.lock .venv/bin/python bench/federated.py --central-noise-row
+    # ~50 min, 2 processes (--jobs)
     ... --resume    # keep the rows of bench/results/federated.json (same setup), run only the missing ones
     .venv/bin/python bench/federated.py --quick    # a smoke run (~1.5 min)
 """
@@ -97,8 +98,17 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
     from dblocks.client.ledger import PrivacyLedger
     from dblocks.client.trainer import train_task
     from dblocks.privacy.accounting import epsilon
-    from dblocks.privacy.mechanisms import add_central_noise, clip_vector as clip_l2
-    from dblocks.privacy.secagg import Contribution, Layout, LocalNetwork, SecAggClient, SecAggServer, plan_round, run_round
+    from dblocks.privacy.mechanisms import add_central_noise
+    from dblocks.privacy.mechanisms import clip_vector as clip_l2
+    from dblocks.privacy.secagg import (
+        Contribution,
+        Layout,
+        LocalNetwork,
+        SecAggClient,
+        SecAggServer,
+        plan_round,
+        run_round,
+    )
     from dblocks.privacy.secagg.flower import flatten_arrays, unflatten_arrays
     from dblocks.server.federation.config import round_lr
     from dblocks.server.federation.model_state import GlobalModel
@@ -116,8 +126,10 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
     rng = np.random.default_rng(seed)
     dp = s.record_noise > 0
     shapes = {b: model.param_shapes(b) for b in range(num_blocks)}
-    layouts = {str(b): Layout(dim=sum(int(np.prod(sh)) for sh in shapes[b]), clip_norm=s.update_clip)
-               for b in range(num_blocks)}
+    layouts = {
+        str(b): Layout(dim=sum(int(np.prod(sh)) for sh in shapes[b]), clip_norm=s.update_clip)
+        for b in range(num_blocks)
+    }
 
     def cohorts_of(r: int) -> dict[str, list[str]]:
         plan = assign([NodeInfo(i) for i in range(len(companies))], num_blocks, r, s.cohort_size, 3, seed=seed)
@@ -139,6 +151,7 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
             train_seconds[plan.round] = train_seconds.get(plan.round, 0.0) + time.perf_counter() - t
             norms.append(upd.norm_before_clip)
             return Contribution(clip_l2(flatten_arrays(upd.delta), s.update_clip))
+
         return at_upload
 
     # identities pinned out of band (as the registry's signed directory does in the product): no trust on first use
@@ -146,8 +159,10 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
 
     identities = {cid: Identity(cid) for cid in ids}
     pinned = {cid: ident.public for cid, ident in identities.items()}
-    net = LocalNetwork({cid: SecAggClient(cid, identities[cid], trust=TrustStore(dict(pinned), tofu=False)) for cid in ids},
-                       {cid: contribute(cid) for cid in ids})
+    net = LocalNetwork(
+        {cid: SecAggClient(cid, identities[cid], trust=TrustStore(dict(pinned), tofu=False)) for cid in ids},
+        {cid: contribute(cid) for cid in ids},
+    )
     wire = WireCounter(net, tasks)
     server = SecAggServer(trust=TrustStore(dict(pinned), tofu=False))
     curve, round_seconds, t0, diverged = [], {}, time.time(), None
@@ -162,11 +177,23 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
         for b, cohort in cohorts.items():
             weights = model.weights_arrays(int(b))
             for cid in cohort:
-                task = BlockTask(run_id="bench", round=r, block_index=int(b), attempt=0,
-                                 spec_json=model.blocks[int(b)].spec.to_json(), noise_multiplier=s.record_noise,
-                                 max_grad_norm=s.record_clip if dp else 1e6, sample_rate=s.sample_rate, steps=s.steps,
-                                 delta=1e-5, accountant="rdp", lr=round_lr(s.lr, r, s.rounds), weight_decay=0.0,
-                                 update_clip=s.update_clip, trainable=s.trainable)
+                task = BlockTask(
+                    run_id="bench",
+                    round=r,
+                    block_index=int(b),
+                    attempt=0,
+                    spec_json=model.blocks[int(b)].spec.to_json(),
+                    noise_multiplier=s.record_noise,
+                    max_grad_norm=s.record_clip if dp else 1e6,
+                    sample_rate=s.sample_rate,
+                    steps=s.steps,
+                    delta=1e-5,
+                    accountant="rdp",
+                    lr=round_lr(s.lr, r, s.rounds),
+                    weight_decay=0.0,
+                    update_clip=s.update_clip,
+                    trainable=s.trainable,
+                )
                 tasks[(r, cid)] = (task, weights)
         try:
             result = run_round(server, r, wire)
@@ -182,6 +209,7 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
             noised, _ = add_central_noise(mean, s.update_clip, s.central_noise, agg.count, rng)
             if s.server_momentum:  # post-processing of the released means: no privacy cost
                 from dblocks.server.federation.model_state import momentum_step
+
                 noised = momentum_step(velocity, int(b), noised, s.server_momentum)
             model.apply_update(int(b), noised, s.server_lr, r)
         round_seconds[r] = time.perf_counter() - t_round
@@ -196,14 +224,24 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
     done = max(1, len(round_seconds))  # rounds completed (fewer than s.rounds if the model diverged)
     total_round = sum(round_seconds.values())
     total_train = sum(v for k, v in train_seconds.items() if k in round_seconds)
-    return {"accuracy": curve[-1][1], "curve": curve, "diverged": diverged,
-            "epsilon_rdp": eps["rdp"], "epsilon_prv": eps["prv"],
-            "seconds": time.time() - t0, "updates_per_company": [len(led.entries) for led in ledgers.values()],
-            "update_norm_before_clip": {"median": float(np.median(norms)), "max": float(np.max(norms)),
-                                        "fraction_clipped": float(np.mean(np.array(norms) > s.update_clip))},
-            "round_seconds_mean": total_round / done, "training_seconds_mean": total_train / done,
-            "protocol_seconds_mean": (total_round - total_train) / done,
-            "bytes": wire.summary(num_blocks, s.rounds)}
+    return {
+        "accuracy": curve[-1][1],
+        "curve": curve,
+        "diverged": diverged,
+        "epsilon_rdp": eps["rdp"],
+        "epsilon_prv": eps["prv"],
+        "seconds": time.time() - t0,
+        "updates_per_company": [len(led.entries) for led in ledgers.values()],
+        "update_norm_before_clip": {
+            "median": float(np.median(norms)),
+            "max": float(np.max(norms)),
+            "fraction_clipped": float(np.mean(np.array(norms) > s.update_clip)),
+        },
+        "round_seconds_mean": total_round / done,
+        "training_seconds_mean": total_train / done,
+        "protocol_seconds_mean": (total_round - total_train) / done,
+        "bytes": wire.summary(num_blocks, s.rounds),
+    }
 
 
 class WireCounter:
@@ -235,31 +273,46 @@ class WireCounter:
             content = RecordDict()
             if stage == "upload":
                 task, weights = self.tasks[key]
-                content = RecordDict({"arrays": ArrayRecord([np.asarray(w) for w in weights]),
-                                      "task": ConfigRecord(task.to_config())})
+                content = RecordDict(
+                    {"arrays": ArrayRecord([np.asarray(w) for w in weights]), "task": ConfigRecord(task.to_config())}
+                )
                 self.payload_down[key] += recorddict_to_proto(content).ByteSize()
             self.down[key] += recorddict_to_proto(to_recorddict(req, into=content)).ByteSize()
         replies = self.net(stage, requests)
         for cid, rep in replies.items():
-            self.up[(int(rep["round"]) if "round" in rep else int(requests[cid]["round"]), cid)] += \
-                recorddict_to_proto(to_recorddict(rep)).ByteSize()
+            self.up[(int(rep["round"]) if "round" in rep else int(requests[cid]["round"]), cid)] += recorddict_to_proto(
+                to_recorddict(rep)
+            ).ByteSize()
         return replies
 
     def summary(self, num_blocks: int, rounds: int) -> dict:
         """Per (round, company): bytes down/up; steady state = rounds after the first (register/join are once)."""
         keys = sorted(set(self.down) | set(self.up))
-        per = [{"round": r, "company": c, "down": self.down[(r, c)], "up": self.up[(r, c)],
+        per = [
+            {
+                "round": r,
+                "company": c,
+                "down": self.down[(r, c)],
+                "up": self.up[(r, c)],
                 "model_and_task_down": self.payload_down[(r, c)],
-                "protocol_down_approx": self.net.bytes_down[(r, c)], "protocol_up_approx": self.net.bytes_up[(r, c)]}
-               for r, c in keys]
+                "protocol_down_approx": self.net.bytes_down[(r, c)],
+                "protocol_up_approx": self.net.bytes_up[(r, c)],
+            }
+            for r, c in keys
+        ]
         steady = [p for p in per if p["round"] > 1] or per
         worst = max(steady, key=lambda p: p["down"] + p["up"])
         first = max((p for p in per if p["round"] == 1), key=lambda p: p["down"] + p["up"])
         mean = lambda k, rows: float(np.mean([p[k] for p in rows]))  # noqa: E731
-        return {"worst_steady_round": worst, "worst_first_round": first,
-                "mean_steady": {k: mean(k, steady) for k in ("down", "up", "model_and_task_down",
-                                                             "protocol_down_approx", "protocol_up_approx")},
-                "mean_all_rounds_total": float(np.mean([p["down"] + p["up"] for p in per]))}
+        return {
+            "worst_steady_round": worst,
+            "worst_first_round": first,
+            "mean_steady": {
+                k: mean(k, steady)
+                for k in ("down", "up", "model_and_task_down", "protocol_down_approx", "protocol_up_approx")
+            },
+            "mean_all_rounds_total": float(np.mean([p["down"] + p["up"] for p in per])),
+        }
 
 
 def centralized(train, test, num_blocks: int | None, epochs: int, init_dir: str | None, seed: int) -> float:
@@ -311,11 +364,25 @@ def central_noise_table(update_clip: float, rounds: int, dim: int, delta: float 
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if from_z(mid) > 10 else (lo, mid)
     z = hi
-    rows = [{"cohort": k, "z_c": z, "noise_std_on_mean": z * update_clip / k,
-             "noise_norm_over_clip_norm": math.sqrt(dim) * z / k} for k in (3, 6, 12, 50, 100, 1000, 10000)]
-    return {"target_client_epsilon": 10.0, "delta": delta, "releases": rounds, "block_dim": dim,
-            "update_clip": update_clip, "rows": rows, "meaningful_from_cohort": math.ceil(math.sqrt(dim) * z),
-            "client_epsilon_of_z_c_1": from_z(1.0)}
+    rows = [
+        {
+            "cohort": k,
+            "z_c": z,
+            "noise_std_on_mean": z * update_clip / k,
+            "noise_norm_over_clip_norm": math.sqrt(dim) * z / k,
+        }
+        for k in (3, 6, 12, 50, 100, 1000, 10000)
+    ]
+    return {
+        "target_client_epsilon": 10.0,
+        "delta": delta,
+        "releases": rounds,
+        "block_dim": dim,
+        "update_clip": update_clip,
+        "rows": rows,
+        "meaningful_from_cohort": math.ceil(math.sqrt(dim) * z),
+        "client_epsilon_of_z_c_1": from_z(1.0),
+    }
 
 
 def fedavg_bytes(num_blocks: int) -> dict:
@@ -332,9 +399,14 @@ def fedavg_bytes(num_blocks: int) -> dict:
     m = GlobalModel.initial(p, p.noise_schedule(num_blocks), 0)
     arrays = [a for b in range(num_blocks) for a in m.weights_arrays(b)]
     one_way = recorddict_to_proto(RecordDict({"arrays": ArrayRecord(arrays)})).ByteSize()
-    return {"down": one_way, "up": one_way, "total": 2 * one_way,
-            "float32_parameters": sum(a.size for a in arrays), "blocks": num_blocks,
-            "block_update_dim": max(sum(int(np.prod(s)) for s in m.param_shapes(b)) for b in range(num_blocks))}
+    return {
+        "down": one_way,
+        "up": one_way,
+        "total": 2 * one_way,
+        "float32_parameters": sum(a.size for a in arrays),
+        "blocks": num_blocks,
+        "block_update_dim": max(sum(int(np.prod(s)) for s in m.param_shapes(b)) for b in range(num_blocks)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -343,8 +415,9 @@ def fedavg_bytes(num_blocks: int) -> dict:
 MEMORY_MODELS = ("block", "whole_diffusion_blocks", "end_to_end")
 
 
-def memory_worker(model: str, num_blocks: int, records: int, sample_rate: float, steps: int,
-                  total_layers: int | None = None) -> dict:
+def memory_worker(
+    model: str, num_blocks: int, records: int, sample_rate: float, steps: int, total_layers: int | None = None
+) -> dict:
     """Peak memory of `steps` DP-SGD steps (train_block_dp: Opacus ghost clipping, Poisson rate q, AdamW) on
     `records` records, measured as in bench/memory.py: (a) VmHWM - VmRSS growth after a warm-up of a tiny model
     of the same kind and malloc_trim, the peak reset through /proc/self/clear_refs; (b) torch's accounting:
@@ -357,7 +430,6 @@ def memory_worker(model: str, num_blocks: int, records: int, sample_rate: float,
     import gc
 
     import torch.nn.functional as F
-
     from memory import _status_kib
 
     from dblocks.privacy.dpsgd import DPConfig, train_block_dp
@@ -374,15 +446,17 @@ def memory_worker(model: str, num_blocks: int, records: int, sample_rate: float,
 
     def build(preset):
         if model == "end_to_end":
-            return TransformerClassifier(preset.arch.with_depth(preset.total_layers)), \
-                (lambda m, xb, yb, g: F.cross_entropy(m(xb), yb, reduction="none"))
+            return TransformerClassifier(preset.arch.with_depth(preset.total_layers)), (
+                lambda m, xb, yb, g: F.cross_entropy(m(xb), yb, reduction="none")
+            )
         b = num_blocks if model == "block" else 1
         return build_block(preset.block_arch(b), preset.noise_schedule(b)), None
 
     def run(net, loss_fn, n_steps):
         cfg = TrainConfig(epochs=1, lr=1e-3, weight_decay=0.0, warmup=0.0, decay=False, grad_clip=math.inf, seed=0)
-        dpc = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=sample_rate * records, steps=n_steps,
-                       accountant="rdp")
+        dpc = DPConfig(
+            noise_multiplier=1.0, max_grad_norm=1.0, batch_size=sample_rate * records, steps=n_steps, accountant="rdp"
+        )
         train_block_dp(net, 0, x, y, cfg, dpc, loss_fn=loss_fn)
 
     tiny_p = replace(p, arch=replace(p.arch, width=8, heads=2), total_layers=num_blocks)
@@ -413,12 +487,22 @@ def memory_worker(model: str, num_blocks: int, records: int, sample_rate: float,
         else:
             loss_fn(net, x[:batch], y[:batch], None)
     pbytes = sum(q.numel() * q.element_size() for q in params)
-    return {"model": model, "total_layers": p.total_layers, "param_count": param_count(net), "records": records,
-            "sample_rate": sample_rate,
-            "expected_batch": sample_rate * records, "steps": steps,
-            "rss_growth_mib": (peak - base) / 1024, "rss_peak_mib": peak / 1024,
-            "torch_mib": {"params_grads_adam": 4 * pbytes / 2**20, "saved_activations": sum(saved.values()) / 2**20,
-                          "total": (4 * pbytes + sum(saved.values())) / 2**20}}
+    return {
+        "model": model,
+        "total_layers": p.total_layers,
+        "param_count": param_count(net),
+        "records": records,
+        "sample_rate": sample_rate,
+        "expected_batch": sample_rate * records,
+        "steps": steps,
+        "rss_growth_mib": (peak - base) / 1024,
+        "rss_peak_mib": peak / 1024,
+        "torch_mib": {
+            "params_grads_adam": 4 * pbytes / 2**20,
+            "saved_activations": sum(saved.values()) / 2**20,
+            "total": (4 * pbytes + sum(saved.values())) / 2**20,
+        },
+    }
 
 
 def measure_memory(num_blocks: int, records: int, sample_rate: float, steps: int, total_layers: int = 0) -> dict:
@@ -427,9 +511,22 @@ def measure_memory(num_blocks: int, records: int, sample_rate: float, steps: int
 
     rows = {}
     for model in MEMORY_MODELS:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", model, "--blocks", str(num_blocks),
-               "--memory-records", str(records), "--sample-rate", str(sample_rate), "--memory-steps", str(steps),
-               "--memory-layers", str(total_layers)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--memory-worker",
+            model,
+            "--blocks",
+            str(num_blocks),
+            "--memory-records",
+            str(records),
+            "--sample-rate",
+            str(sample_rate),
+            "--memory-steps",
+            str(steps),
+            "--memory-layers",
+            str(total_layers),
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
         r = subprocess.run(cmd, capture_output=True, text=True, env={**env, **FIXED_MMAP, "OMP_NUM_THREADS": "1"})
         if r.returncode != 0:
@@ -438,8 +535,10 @@ def measure_memory(num_blocks: int, records: int, sample_rate: float, steps: int
     blk = rows["block"]
     ratios = {}
     for whole in ("whole_diffusion_blocks", "end_to_end"):
-        ratios[whole] = {"rss": blk["rss_growth_mib"] / rows[whole]["rss_growth_mib"],
-                         "torch": blk["torch_mib"]["total"] / rows[whole]["torch_mib"]["total"]}
+        ratios[whole] = {
+            "rss": blk["rss_growth_mib"] / rows[whole]["rss_growth_mib"],
+            "torch": blk["torch_mib"]["total"] / rows[whole]["torch_mib"]["total"],
+        }
     worst = max(v for r in ratios.values() for v in r.values())
     return {"rows": rows, "ratios_block_over_whole": ratios, "ratio_worst": worst}
 
@@ -447,11 +546,17 @@ def measure_memory(num_blocks: int, records: int, sample_rate: float, steps: int
 def bytes_ratios(measured: dict, fedavg: dict, num_blocks: int) -> dict:
     """Client bytes per round (the worst company of a steady-state round) over FedAvg's whole-model bytes."""
     worst, first = measured["worst_steady_round"], measured["worst_first_round"]
-    return {"client_worst_steady_round": worst, "client_worst_first_round": first,
-            "client_mean_steady_round": measured["mean_steady"], "fedavg_whole_model_per_round": fedavg,
-            "ratio": (worst["down"] + worst["up"]) / fedavg["total"],
-            "ratio_down": worst["down"] / fedavg["down"], "ratio_up": worst["up"] / fedavg["up"],
-            "ratio_first_round": (first["down"] + first["up"]) / fedavg["total"], "bar": 1.2 / num_blocks}
+    return {
+        "client_worst_steady_round": worst,
+        "client_worst_first_round": first,
+        "client_mean_steady_round": measured["mean_steady"],
+        "fedavg_whole_model_per_round": fedavg,
+        "ratio": (worst["down"] + worst["up"]) / fedavg["total"],
+        "ratio_down": worst["down"] / fedavg["down"],
+        "ratio_up": worst["up"] / fedavg["up"],
+        "ratio_first_round": (first["down"] + first["up"]) / fedavg["total"],
+        "bar": 1.2 / num_blocks,
+    }
 
 
 def no_dp_gaps(rows: dict) -> dict:
@@ -460,22 +565,32 @@ def no_dp_gaps(rows: dict) -> dict:
     centralized twin trains on those pooled (the 4000-record centralized row, public images included, is reported
     next to it); from public pretraining both sides fine-tune the same pretrained blocks on the private records.
     The summary takes the worse of the two pairs."""
-    pairs = {"from scratch": ("centralized DiffusionBlocks, private only", "federated, no DP"),
-             "pretrained": ("centralized DiffusionBlocks, pretrained", "federated, no DP, pretrained")}
+    pairs = {
+        "from scratch": ("centralized DiffusionBlocks, private only", "federated, no DP"),
+        "pretrained": ("centralized DiffusionBlocks, pretrained", "federated, no DP, pretrained"),
+    }
     gaps = {k: round(100 * (rows[c]["accuracy"] - rows[f]["accuracy"]), 2) for k, (c, f) in pairs.items()}
     gaps["from scratch, vs centralized on all 4000 (public included)"] = round(
-        100 * (rows["centralized DiffusionBlocks"]["accuracy"] - rows["federated, no DP"]["accuracy"]), 2)
+        100 * (rows["centralized DiffusionBlocks"]["accuracy"] - rows["federated, no DP"]["accuracy"]), 2
+    )
     gaps["worst like for like"] = max(gaps["from scratch"], gaps["pretrained"])
     return gaps
 
 
 def summarize(rows: dict, bytes_: dict, memory: dict) -> None:
-    best_dp = max(rows["federated, record-level DP"], rows["federated, record-level DP, pretrained"], key=lambda r: r["accuracy"])
-    update_summary(RESULTS, {"federation.gap_points_no_dp": no_dp_gaps(rows)["worst like for like"],
-                             "federation.accuracy_dp": best_dp["accuracy"],
-                             "federation.epsilon_dp": best_dp["epsilon_rdp"],
-                             "federation.bytes_ratio": bytes_["ratio"],
-                             "federation.memory_ratio": memory["dp_setting"]["ratio_worst"]})
+    best_dp = max(
+        rows["federated, record-level DP"], rows["federated, record-level DP, pretrained"], key=lambda r: r["accuracy"]
+    )
+    update_summary(
+        RESULTS,
+        {
+            "federation.gap_points_no_dp": no_dp_gaps(rows)["worst like for like"],
+            "federation.accuracy_dp": best_dp["accuracy"],
+            "federation.epsilon_dp": best_dp["epsilon_rdp"],
+            "federation.bytes_ratio": bytes_["ratio"],
+            "federation.memory_ratio": memory["dp_setting"]["ratio_worst"],
+        },
+    )
 
 
 def main() -> None:
@@ -492,11 +607,17 @@ def main() -> None:
     ap.add_argument("--nodp-steps", type=int, default=40)
     ap.add_argument("--nodp-sample-rate", type=float, default=0.1)
     ap.add_argument("--nodp-lr", type=float, default=2e-3)
-    ap.add_argument("--nodp-update-clip", type=float, default=20.0, help="L2 clip of a no-DP delta (reported if it bites)")
+    ap.add_argument(
+        "--nodp-update-clip", type=float, default=20.0, help="L2 clip of a no-DP delta (reported if it bites)"
+    )
     ap.add_argument("--epsilon", type=float, default=7.9, help="record-level target (RDP, delta 1e-5, all rounds)")
-    ap.add_argument("--central-noise-row", action="store_true", help="also run DP + pretrained with central noise z_c=1")
+    ap.add_argument(
+        "--central-noise-row", action="store_true", help="also run DP + pretrained with central noise z_c=1"
+    )
     ap.add_argument("--jobs", type=int, default=2, help="federated rows run in parallel (one process and thread each)")
-    ap.add_argument("--resume", action="store_true", help="keep the rows of the results file (same setup), run the rest")
+    ap.add_argument(
+        "--resume", action="store_true", help="keep the rows of the results file (same setup), run the rest"
+    )
     ap.add_argument("--memory-worker", choices=MEMORY_MODELS, help=argparse.SUPPRESS)
     ap.add_argument("--memory-records", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--memory-steps", type=int, default=5)
@@ -504,8 +625,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)  # one thread: on a shared 2-core machine OpenMP spinning costs 10x
     if args.memory_worker:
-        print(json.dumps(memory_worker(args.memory_worker, args.blocks, args.memory_records, args.sample_rate,
-                                       args.memory_steps, args.memory_layers or None)))
+        print(
+            json.dumps(
+                memory_worker(
+                    args.memory_worker,
+                    args.blocks,
+                    args.memory_records,
+                    args.sample_rate,
+                    args.memory_steps,
+                    args.memory_layers or None,
+                )
+            )
+        )
         return
     t_start = time.time()
     B = args.blocks
@@ -517,22 +648,50 @@ def main() -> None:
     # every company trains one block every round: its history is (z, q, rounds * steps); pick z for epsilon <= 8
     z = noise_for_epsilon(args.epsilon, 1e-5, args.sample_rate, rounds * steps, "rdp")
     cohort = args.companies // B
-    dp_setting = FedSetting(rounds=rounds, steps=steps, sample_rate=args.sample_rate, lr=args.lr, record_noise=z,
-                            record_clip=1.0, update_clip=2.0, cohort_size=cohort)
-    nodp_setting = FedSetting(rounds=nodp_rounds, steps=nodp_steps, sample_rate=args.nodp_sample_rate, lr=args.nodp_lr,
-                              record_noise=0.0, record_clip=1e6, update_clip=args.nodp_update_clip, cohort_size=cohort)
+    dp_setting = FedSetting(
+        rounds=rounds,
+        steps=steps,
+        sample_rate=args.sample_rate,
+        lr=args.lr,
+        record_noise=z,
+        record_clip=1.0,
+        update_clip=2.0,
+        cohort_size=cohort,
+    )
+    nodp_setting = FedSetting(
+        rounds=nodp_rounds,
+        steps=nodp_steps,
+        sample_rate=args.nodp_sample_rate,
+        lr=args.nodp_lr,
+        record_noise=0.0,
+        record_clip=1e6,
+        update_clip=args.nodp_update_clip,
+        cohort_size=cohort,
+    )
     epochs = 1 if q else 20
     pub, private, comps, test = companies_data(args.companies, 1000, args.seed)
     if q:
         comps = [c.subset(np.arange(min(len(c), 60))) for c in comps]
         test = test.subset(np.random.default_rng(0).permutation(len(test))[:200])
     command = "python bench/federated.py " + " ".join(sys.argv[1:])
-    setup = {"command": command, "dataset": "MNIST 5k, fixed stratified 4000/1000 split", "public": len(pub),
-             "private": len(private), "companies": len(comps), "company_sizes": [len(c) for c in comps],
-             "dirichlet_alpha": 0.5, "blocks": B, "cohort_size": cohort, "preset": "mnist-fed",
-             "dp": asdict(dp_setting), "no_dp": asdict(nodp_setting), "central_epochs": epochs, "torch_threads": 1,
-             "engine": "in-process simulation of the product's round code (scheduler.assign, client train_task, "
-                       "dblocks SecAgg+ via privacy.secagg LocalNetwork, add_central_noise, GlobalModel.apply_update)"}
+    setup = {
+        "command": command,
+        "dataset": "MNIST 5k, fixed stratified 4000/1000 split",
+        "public": len(pub),
+        "private": len(private),
+        "companies": len(comps),
+        "company_sizes": [len(c) for c in comps],
+        "dirichlet_alpha": 0.5,
+        "blocks": B,
+        "cohort_size": cohort,
+        "preset": "mnist-fed",
+        "dp": asdict(dp_setting),
+        "no_dp": asdict(nodp_setting),
+        "central_epochs": epochs,
+        "torch_threads": 1,
+        "engine": "in-process simulation of the product's round code (scheduler.assign, client train_task, "
+        "dblocks SecAgg+ via privacy.secagg LocalNetwork, add_central_noise, GlobalModel.apply_update)",
+    }
     print(json.dumps(setup, indent=1))
     log = print_flush
     out_path = RESULTS / ("federated-quick.json" if q else "federated.json")
@@ -551,23 +710,37 @@ def main() -> None:
         if not q:
             memory["batch_256"] = measure_memory(B, 2560, 0.1, args.memory_steps)
             # the same at 1 layer per block (B layers in all): how the fixed per-step cost of a block (its embeddings
-            # and head, the backward's transients) weighs against its layers; not the federated model, not in the summary
+            # and head, the backward's transients) weighs against its layers; not the federated model, not in the
+            # summary
             memory["one_layer_per_block"] = measure_memory(B, largest, dp_setting.sample_rate, args.memory_steps, B)
     log(json.dumps({k: v["ratios_block_over_whole"] for k, v in memory.items()}))
     rows = dict(prev.get("rows", {}))
     from dblocks.shared.data import Dataset
     from dblocks.shared.workflow import accuracy
 
-    runs = [("federated, no DP", nodp_setting, False), ("federated, no DP, pretrained", nodp_setting, True),
-            ("federated, record-level DP, pretrained", dp_setting, True), ("federated, record-level DP", dp_setting, False)]
+    runs = [
+        ("federated, no DP", nodp_setting, False),
+        ("federated, no DP, pretrained", nodp_setting, True),
+        ("federated, record-level DP, pretrained", dp_setting, True),
+        ("federated, record-level DP", dp_setting, False),
+    ]
     if args.central_noise_row:
-        runs.append(("federated, record-level DP, pretrained, central noise z_c=1", replace(dp_setting, central_noise=1.0), True))
+        runs.append(
+            (
+                "federated, record-level DP, pretrained, central noise z_c=1",
+                replace(dp_setting, central_noise=1.0),
+                True,
+            )
+        )
     runs = [r for r in runs if r[0] not in rows]
     all_train = Dataset(torch.cat([pub.x, private.x]), torch.cat([pub.y, private.y]), "image", 10, "train-4000")
-    central = {"centralized end-to-end": (None, all_train, False), "centralized DiffusionBlocks": (B, all_train, False),
-               # the companies' pooled data, no pretraining: exactly what the federation from scratch learns from
-               "centralized DiffusionBlocks, private only": (B, private, False),
-               "centralized DiffusionBlocks, pretrained": (B, private, True)}
+    central = {
+        "centralized end-to-end": (None, all_train, False),
+        "centralized DiffusionBlocks": (B, all_train, False),
+        # the companies' pooled data, no pretraining: exactly what the federation from scratch learns from
+        "centralized DiffusionBlocks, private only": (B, private, False),
+        "centralized DiffusionBlocks, pretrained": (B, private, True),
+    }
     init = None
     if any(pre for _, _, pre in runs) or any(k not in rows for k in ["pretrained on public only", *central]):
         init = pretrain(pub, B, epochs, args.seed)
@@ -579,22 +752,40 @@ def main() -> None:
     log(json.dumps(rows))
     fedavg = fedavg_bytes(B)
     dim = fedavg["block_update_dim"]
-    result = {"setup": setup, "rows": rows, "central_noise": central_noise_table(dp_setting.update_clip, dp_setting.rounds, dim),
-              "memory": memory, "complete": False}
+    result = {
+        "setup": setup,
+        "rows": rows,
+        "central_noise": central_noise_table(dp_setting.update_clip, dp_setting.rounds, dim),
+        "memory": memory,
+        "complete": False,
+    }
     for key in ("bytes", "no_dp_gap_points"):
         if key in prev:
             result[key] = prev[key]
     write_json(out_path, result)  # partial results land after every row
     # the federated rows are independent: run them `--jobs` at a time, longest first, one torch thread each
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = {name: pool.submit(federated, comps, test, B, s, init if pre else None, args.seed,
-                                     functools.partial(print_flush, prefix=f"[{name}] ")) for name, s, pre in runs}
+        futures = {
+            name: pool.submit(
+                federated,
+                comps,
+                test,
+                B,
+                s,
+                init if pre else None,
+                args.seed,
+                functools.partial(print_flush, prefix=f"[{name}] "),
+            )
+            for name, s, pre in runs
+        }
         for name, _, _ in runs:
             rows[name] = futures[name].result()
             log(f"{name}:")
-            log(f"  -> {rows[name]['accuracy']:.4f}, epsilon (rdp) {rows[name]['epsilon_rdp']:.2f}, "
+            log(
+                f"  -> {rows[name]['accuracy']:.4f}, epsilon (rdp) {rows[name]['epsilon_rdp']:.2f}, "
                 f"round {rows[name]['round_seconds_mean']:.2f} s (protocol {rows[name]['protocol_seconds_mean']:.3f} s)"
-                + (f", diverged in round {rows[name]['diverged']['round']}" if rows[name]["diverged"] else ""))
+                + (f", diverged in round {rows[name]['diverged']['round']}" if rows[name]["diverged"] else "")
+            )
             if name == "federated, record-level DP, pretrained":
                 result["bytes"] = bytes_ratios(rows[name]["bytes"], fedavg, B)
             result["seconds"] = prev.get("seconds", 0.0) + time.time() - t_start

@@ -15,15 +15,15 @@ make the sample or the noise predictable, which the accountant's epsilon (amplif
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from dblocks.privacy.dpsgd import DPConfig, DPReport, freeze_except, secret_generator, train_block_dp
-from dblocks.shared.data import Dataset
 from dblocks.privacy.mechanisms import clip_update
+from dblocks.shared.data import Dataset
 from dblocks.shared.fedmsg import BlockTask, arrays_to_state
 from dblocks.shared.training import TrainConfig
 from dblocks.shared.wire import BlockSpec, pack_weights, unpack_block
@@ -69,27 +69,46 @@ def train_task(
     reproducible runs passes its own. Never derived from the task."""
     block = rebuild_block(task, arrays)
     # expected batch q N, so that DP-SGD samples with exactly the server's rate q
-    dp = DPConfig(noise_multiplier=task.noise_multiplier, max_grad_norm=task.max_grad_norm,
-                  batch_size=task.sample_rate * len(data), steps=task.steps, delta=task.delta,
-                  accountant=task.accountant)
+    dp = DPConfig(
+        noise_multiplier=task.noise_multiplier,
+        max_grad_norm=task.max_grad_norm,
+        batch_size=task.sample_rate * len(data),
+        steps=task.steps,
+        delta=task.delta,
+        accountant=task.accountant,
+    )
     if math.isfinite(memory_mb):
-        check_memory(training_memory(block, task.block_index, data.x, data.y, task.sample_rate, dp.grad_sample_mode),
-                     memory_mb, task.block_index)
-    reservation = ledger.reserve(task.run_id, task.round, task.block_index, task.attempt, task.mechanism, task.delta,
-                                 len(data))
+        check_memory(
+            training_memory(block, task.block_index, data.x, data.y, task.sample_rate, dp.grad_sample_mode),
+            memory_mb,
+            task.block_index,
+        )
+    reservation = ledger.reserve(
+        task.run_id, task.round, task.block_index, task.attempt, task.mechanism, task.delta, len(data)
+    )
     # from here on the records are used: whatever happens, the reservation stays spent (see ledger.py)
     before = [p.detach().clone() for p in block.parameters()]
     freeze_except(block, task.trainable)  # the others keep the server's values: their delta is 0
     # constant lr within the round: the server schedules it over rounds (task.lr)
     cfg = TrainConfig(epochs=1, lr=task.lr, weight_decay=task.weight_decay, warmup=0.0, decay=False, grad_clip=math.inf)
-    report = train_block_dp(block, task.block_index, data.x, data.y, cfg, dp, progress,
-                            generator=generator if generator is not None else secret_generator())
+    report = train_block_dp(
+        block,
+        task.block_index,
+        data.x,
+        data.y,
+        cfg,
+        dp,
+        progress,
+        generator=generator if generator is not None else secret_generator(),
+    )
     delta = [(p.detach() - b).numpy() for p, b in zip(block.parameters(), before)]
     for p in block.parameters():
         p.requires_grad_(True)
     clipped, norm = clip_update(delta, task.update_clip)
     if report.steps != task.steps or not math.isclose(report.sample_rate, task.sample_rate, rel_tol=1e-9):
-        raise RuntimeError(f"DP-SGD ran q={report.sample_rate}, {report.steps} steps; the task asked "
-                           f"q={task.sample_rate}, {task.steps}")
+        raise RuntimeError(
+            f"DP-SGD ran q={report.sample_rate}, {report.steps} steps; the task asked "
+            f"q={task.sample_rate}, {task.steps}"
+        )
     entry = ledger.settle(reservation)
     return BlockUpdate(clipped, norm, report, entry.epsilon_after)

@@ -27,8 +27,9 @@ import math
 import secrets
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from opacus import GradSampleModule
@@ -104,6 +105,7 @@ def trainable_names(block: nn.Module, which: str = "all") -> list[str]:
     layer); and unions with +. DP-SGD's noise has the
     same std on every trained coordinate, so its norm grows with sqrt(#trained); a subset keeps the signal of
     the directions that matter and drops the noise of the others."""
+
     def pick(name: str, group: str) -> bool:
         top = name.split(".")[0]
         if group == "all":
@@ -134,20 +136,37 @@ def freeze_except(block: nn.Module, which: str = "all") -> int:
     return sum(p.numel() for n, p in block.named_parameters() if n in keep)
 
 
-def make_private_block(block: nn.Module, optimizer: torch.optim.Optimizer, dp: DPConfig, expected_batch: float,
-                       generator: torch.Generator | None = None):
+def make_private_block(
+    block: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dp: DPConfig,
+    expected_batch: float,
+    generator: torch.Generator | None = None,
+):
     """Wrap `block` and `optimizer` in Opacus' per-example machinery: (module, dp_optimizer). The optimizer
     draws its Gaussian noise from `generator` (None: torch's global generator, Opacus' default)."""
     if dp.grad_sample_mode == "ghost":
-        module = GradSampleModuleFastGradientClipping(block, batch_first=True, loss_reduction="mean",
-                                                      max_grad_norm=dp.max_grad_norm, use_ghost_clipping=True)
-        opt = DPOptimizerFastGradientClipping(optimizer, noise_multiplier=dp.noise_multiplier,
-                                              max_grad_norm=dp.max_grad_norm, expected_batch_size=expected_batch,
-                                              loss_reduction="mean", generator=generator)
+        module = GradSampleModuleFastGradientClipping(
+            block, batch_first=True, loss_reduction="mean", max_grad_norm=dp.max_grad_norm, use_ghost_clipping=True
+        )
+        opt = DPOptimizerFastGradientClipping(
+            optimizer,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=expected_batch,
+            loss_reduction="mean",
+            generator=generator,
+        )
     else:
         module = GradSampleModule(block, batch_first=True, loss_reduction="mean")
-        opt = DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                          expected_batch_size=expected_batch, loss_reduction="mean", generator=generator)
+        opt = DPOptimizer(
+            optimizer,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=expected_batch,
+            loss_reduction="mean",
+            generator=generator,
+        )
     return module, opt
 
 
@@ -186,8 +205,16 @@ def train_block_dp(
             _noise_only_step(block, dp_opt, dp, q * n, g)
         else:
             if loss_fn is None:
-                losses = per_sample_loss(block, block_index, x[idx], y[idx], generator=g,
-                                         weighting=cfg.classifier_weighting, label_dropout=cfg.label_dropout, forward=module)
+                losses = per_sample_loss(
+                    block,
+                    block_index,
+                    x[idx],
+                    y[idx],
+                    generator=g,
+                    weighting=cfg.classifier_weighting,
+                    label_dropout=cfg.label_dropout,
+                    forward=module,
+                )
             else:
                 losses = loss_fn(module, x[idx], y[idx], g)
             with warnings.catch_warnings():
@@ -204,8 +231,9 @@ def train_block_dp(
     block.eval()
     module._close()  # remove Opacus hooks: the block is a plain module again
     eps = epsilon([MechanismStep(dp.noise_multiplier, q, total)], dp.delta, dp.accountant)
-    return DPReport(eps, dp.delta, dp.noise_multiplier, dp.max_grad_norm, q, total, dp.accountant, n, ema,
-                    time.perf_counter() - t0)
+    return DPReport(
+        eps, dp.delta, dp.noise_multiplier, dp.max_grad_norm, q, total, dp.accountant, n, ema, time.perf_counter() - t0
+    )
 
 
 def _noise_only_step(block: nn.Module, dp_opt, dp: DPConfig, expected_batch: float, g: torch.Generator) -> None:

@@ -17,9 +17,9 @@ The accuracy per round of all three goes to <out>/accuracy.png (and results.json
 
 Settings (why: docs/benchmarks.md, "Private data that pays"): companies train only their block's input layers
 and biases (`--trainable input+bias`, ~5 % of a block's values): DP-SGD's noise grows with the number of trained
-values, and an input shift is mostly undone in the patch tokenizer; few rounds with large Poisson batches (q = 0.5), the noise
-multiplier chosen so that every company stays at or below `epsilon` (record level, delta 1e-5, PRV, all
-rounds composed).
+values, and an input shift is mostly undone in the patch tokenizer; few rounds with large Poisson batches (q = 0.5),
+the noise multiplier chosen so that every company stays at or below `epsilon` (record level, delta 1e-5, PRV,
+all rounds composed).
 """
 
 from __future__ import annotations
@@ -68,11 +68,16 @@ def demo(
     _, paths, test = fed.company_data(companies, public=1000, alpha=0.5)
     public = digits_as_mnist()
     console.rule("1. data")
-    console.print(f"operator's public data: {len(public)} sklearn digit scans (8x8, brought to 28x28); private MNIST: {', '.join(str(len(__import__('numpy').load(p)['y'])) for p in paths)} "
-                  f"images at {companies} companies (Dirichlet 0.5); test: {len(test)}")
+    sizes = ", ".join(str(len(__import__("numpy").load(p)["y"])) for p in paths)
+    console.print(
+        f"operator's public data: {len(public)} sklearn digit scans (8x8, brought to 28x28); private MNIST: {sizes} "
+        f"images at {companies} companies (Dirichlet 0.5); test: {len(test)}"
+    )
     console.rule(f"2. pretraining {blocks} blocks on the public images")
     init = out / "pretrained"
-    train_diffusion_blocks(preset, preset.noise_schedule(blocks), public, replace(preset.train, epochs=pretrain_epochs), init)
+    train_diffusion_blocks(
+        preset, preset.noise_schedule(blocks), public, replace(preset.train, epochs=pretrain_epochs), init
+    )
     acc0 = accuracy(init, test)
     console.print(f"pretrained on public data only: test accuracy {acc0:.4f}")
     # every company trains one block in every round: its history is rounds * steps DP-SGD steps at rate q
@@ -84,13 +89,29 @@ def demo(
         fed.start_superlink()
         for i, p in enumerate(paths):
             fed.add_company(f"company{i}", p, budget=8.0)
-        console.print(f"registry + dashboard at {url}; SuperLink on 127.0.0.1:{fed.superlink_port}; {companies} companies joined")
+        console.print(
+            f"registry + dashboard at {url}; SuperLink on 127.0.0.1:{fed.superlink_port}; {companies} companies joined"
+        )
         console.rule(f"4. federated run: {rounds} rounds, DP-SGD + secure aggregation per block cohort")
-        console.print(f"record-level DP-SGD at each company: noise multiplier {z:.2f}, clip 1, q {sample_rate}, {steps} "
-                      f"steps per round, trainable {trainable}; target epsilon {epsilon} (delta 1e-5, PRV, all rounds)")
-        fed.run(task="mnist-fed", num_blocks=blocks, num_rounds=rounds, cohort_size=3, min_cohort=3, record_noise=z,
-                record_clip=1.0, record_sample_rate=sample_rate, record_steps=steps, lr=lr, update_clip=2.0,
-                trainable=trainable, init_model_dir=init)
+        console.print(
+            f"record-level DP-SGD at each company: noise multiplier {z:.2f}, clip 1, q {sample_rate}, {steps} "
+            f"steps per round, trainable {trainable}; target epsilon {epsilon} (delta 1e-5, PRV, all rounds)"
+        )
+        fed.run(
+            task="mnist-fed",
+            num_blocks=blocks,
+            num_rounds=rounds,
+            cohort_size=3,
+            min_cohort=3,
+            record_noise=z,
+            record_clip=1.0,
+            record_sample_rate=sample_rate,
+            record_steps=steps,
+            lr=lr,
+            update_clip=2.0,
+            trainable=trainable,
+            init_model_dir=init,
+        )
         run_id = fed.runs()[-1]
         status = fed.status(run_id)
         if status.get("status") != "finished":
@@ -102,8 +123,13 @@ def demo(
         t = Table("round", "blocks trained", "seconds", "test accuracy, DP", "reference without DP (NOT private)")
         ref_at = dict(ref_curve)
         for r in status["rounds"]:
-            t.add_row(str(r["round"]), str(r["blocks"]), f"{r['seconds']:.0f}", f"{r.get('test_accuracy', float('nan')):.4f}",
-                      f"{ref_at[r['round']]:.4f}" if r["round"] in ref_at else "-")
+            t.add_row(
+                str(r["round"]),
+                str(r["blocks"]),
+                f"{r['seconds']:.0f}",
+                f"{r.get('test_accuracy', float('nan')):.4f}",
+                f"{ref_at[r['round']]:.4f}" if r["round"] in ref_at else "-",
+            )
         console.print(t)
         spent = Table("company", "record-level epsilon spent (delta 1e-5, PRV)", "updates")
         eps = {}
@@ -114,22 +140,41 @@ def demo(
             spent.add_row(f"company{i}", f"{eps[f'company{i}']:.2f}", str(len(entries)))
         console.print(spent)
         gain = 100 * (acc1 - acc0)
-        console.print(f"test accuracy: pretrained on the operator's public data {acc0:.4f} -> federated with DP {acc1:.4f} "
-                      f"([bold]{gain:+.1f} points[/bold], every company at epsilon <= {max(eps.values()):.2f})")
+        console.print(
+            f"test accuracy: pretrained on the operator's public data {acc0:.4f} -> federated with DP {acc1:.4f} "
+            f"([bold]{gain:+.1f} points[/bold], every company at epsilon <= {max(eps.values()):.2f})"
+        )
         if ref_curve:
-            console.print(f"reference, NOT private (no DP, no secure aggregation, same rounds, in process): "
-                          f"{ref_curve[-1][1]:.4f}")
+            console.print(
+                f"reference, NOT private (no DP, no secure aggregation, same rounds, in process): "
+                f"{ref_curve[-1][1]:.4f}"
+            )
         curve = [(0, acc0)] + [(r["round"], r.get("test_accuracy", float("nan"))) for r in status["rounds"]]
         _plot(out / "accuracy.png", curve, [(0, acc0)] + ref_curve, acc0)
         seconds = time.time() - t0
-        console.print(f"model: {fed.run_dir(run_id) / 'checkpoints'}   plot: {out / 'accuracy.png'}   logs: {out}   "
-                      f"total {seconds:.0f} s")
+        console.print(
+            f"model: {fed.run_dir(run_id) / 'checkpoints'}   plot: {out / 'accuracy.png'}   logs: {out}   "
+            f"total {seconds:.0f} s"
+        )
         console.print(f"dashboard: {url}  (admin token: {fed.admin_token})")
-        (out / "results.json").write_text(json.dumps({
-            "run_id": run_id, "scenario": "shift: public = sklearn digits as 28x28, companies = MNIST",
-            "accuracy_pretrained": acc0, "accuracy_federated": acc1, "gain_points": gain,
-            "epsilon_per_company": eps, "noise_multiplier": z, "trainable": trainable,
-            "reference_no_dp_not_private": ref_curve, "rounds": status["rounds"], "seconds": seconds}, indent=2))
+        (out / "results.json").write_text(
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "scenario": "shift: public = sklearn digits as 28x28, companies = MNIST",
+                    "accuracy_pretrained": acc0,
+                    "accuracy_federated": acc1,
+                    "gain_points": gain,
+                    "epsilon_per_company": eps,
+                    "noise_multiplier": z,
+                    "trainable": trainable,
+                    "reference_no_dp_not_private": ref_curve,
+                    "rounds": status["rounds"],
+                    "seconds": seconds,
+                },
+                indent=2,
+            )
+        )
         if serve:
             console.print("the dashboard stays up until you press Ctrl-C")
             try:
@@ -170,13 +215,16 @@ class _Reference:
         return out
 
 
-def _start_reference(init: Path, paths: list[Path], test, blocks: int, rounds: int, steps: int, q: float,
-                     lr: float) -> _Reference:
+def _start_reference(
+    init: Path, paths: list[Path], test, blocks: int, rounds: int, steps: int, q: float, lr: float
+) -> _Reference:
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_reference_worker, args=(queue, init, paths, test, blocks, rounds, steps, q, lr), daemon=True)
+    proc = ctx.Process(
+        target=_reference_worker, args=(queue, init, paths, test, blocks, rounds, steps, q, lr), daemon=True
+    )
     proc.start()
     return _Reference(proc, queue)
 
@@ -192,14 +240,13 @@ def _reference_worker(queue, init, paths, test, blocks, rounds, steps, q, lr) ->
 
     from dblocks.client.ledger import PrivacyLedger
     from dblocks.client.trainer import train_task
+    from dblocks.server.federation.config import round_lr
+    from dblocks.server.federation.model_state import GlobalModel
+    from dblocks.server.federation.scheduler import NodeInfo, assign
     from dblocks.shared.data import load_npz
     from dblocks.shared.fedmsg import BlockTask
     from dblocks.shared.presets import get_preset
     from dblocks.shared.sampler import classify
-
-    from dblocks.server.federation.config import round_lr
-    from dblocks.server.federation.model_state import GlobalModel
-    from dblocks.server.federation.scheduler import NodeInfo, assign
 
     torch.set_num_threads(1)
     preset = get_preset("mnist-fed")
@@ -212,12 +259,33 @@ def _reference_worker(queue, init, paths, test, blocks, rounds, steps, q, lr) ->
     for r in range(1, rounds + 1):
         plan = assign([NodeInfo(i) for i in range(len(data))], blocks, r, 3, 3, seed=0)
         for b, cohort in plan.cohorts.items():
-            task = BlockTask(run_id="reference", round=r, block_index=b, attempt=0,
-                             spec_json=model.blocks[b].spec.to_json(), noise_multiplier=0.0, max_grad_norm=1e6,
-                             sample_rate=q, steps=steps, delta=1e-5, accountant="rdp", lr=round_lr(3e-3, r, rounds),
-                             weight_decay=0.0, update_clip=1e6, trainable="all")
-            deltas = [train_task(task, model.weights_arrays(b), data[c], ledgers[c],
-                                 generator=torch.Generator().manual_seed(1000 * r + c)).delta for c in cohort]
+            task = BlockTask(
+                run_id="reference",
+                round=r,
+                block_index=b,
+                attempt=0,
+                spec_json=model.blocks[b].spec.to_json(),
+                noise_multiplier=0.0,
+                max_grad_norm=1e6,
+                sample_rate=q,
+                steps=steps,
+                delta=1e-5,
+                accountant="rdp",
+                lr=round_lr(3e-3, r, rounds),
+                weight_decay=0.0,
+                update_clip=1e6,
+                trainable="all",
+            )
+            deltas = [
+                train_task(
+                    task,
+                    model.weights_arrays(b),
+                    data[c],
+                    ledgers[c],
+                    generator=torch.Generator().manual_seed(1000 * r + c),
+                ).delta
+                for c in cohort
+            ]
             model.apply_update(b, [np.mean(ds, axis=0) for ds in zip(*deltas)], 1.0, r)
         with torch.no_grad():
             lp = classify([bl.module.eval() for bl in model.blocks], schedule, test.x, schedule.block_grid(1))
