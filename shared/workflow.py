@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +177,3 @@ def evaluation_report(y: torch.Tensor, pred: torch.Tensor, class_names: list[str
         "per_class": per_class,
         "confusion": {"classes": class_names, "matrix": conf.tolist()},
     }
-
-
-def manifest_summary(m: ModelManifest) -> dict:
-    return {k: v for k, v in asdict(m).items() if k in ("task", "kind", "schedule", "arch", "metrics")}
