@@ -70,6 +70,10 @@ class RunConfig:
     registry_url: str | None = None
     registry_token_file: str | None = None  # a 0600 file holding the registry token; run.json never holds a token
     init_model_dir: str | None = None  # pretrained blocks (e.g. on public data) to start from
+    # the run's class list: names in label-index order, declared by the operator (`dbserver run new --classes`);
+    # None: the initial model's saved schema, else the class indices "0".."K-1". It travels in every BlockTask
+    # and every company maps its own labels through it (shared/schema.py `RunData`)
+    classes: list[str] | None = None
     seed: int = 0
     ping_timeout: float = 60.0
 
@@ -87,6 +91,11 @@ class RunConfig:
             raise ValueError(f"cohort_size {self.cohort_size} < min_cohort {self.min_cohort}")
         if not 0 < self.record_sample_rate <= 1:
             raise ValueError("record_sample_rate must be in (0, 1]")
+        if self.classes is not None:
+            names = [str(c).strip() for c in self.classes]
+            if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+                raise ValueError(f"classes must be at least two distinct non-empty names, got {self.classes[:20]}")
+            object.__setattr__(self, "classes", names)
         from dblocks.shared.fedmsg import TRAINABLE
 
         if self.trainable not in TRAINABLE:
