@@ -12,6 +12,7 @@ from rich.table import Table
 
 from dblocks.shared.clierrors import TRACEBACK_SETTINGS, SafeTyper
 from dblocks.shared.data import DataError, load_dataset
+from dblocks.shared.schema import parse_class_list
 
 from .join import JoinOptions, budget_refusal, default_home, ledger_path, run_supernode, secagg_key_path, validate
 
@@ -51,6 +52,11 @@ def join(
     delta: float = typer.Option(1e-5, help="delta at which the budget is accounted"),
     memory_limit: str = typer.Option("0", help="memory training may use, e.g. 2GB (0: no limit)"),
     label_column: str = typer.Option("label", help="label column of a CSV/Parquet file"),
+    classes: str | None = typer.Option(
+        None,
+        help="the run's class list from the operator, comma-separated: every label must be one of these names "
+        "(numbers match by value) before joining, and a task with another class list is refused",
+    ),
     image_size: int = typer.Option(0, help="resize images to this size (0: as they are)"),
     threads: int = typer.Option(0, help="CPU threads for training (0: all cores)"),
     insecure: bool = typer.Option(False, "--insecure", help="no TLS (local tests only)"),
@@ -76,7 +82,12 @@ def join(
 
     Only code installed here runs: the server's app must name the installed dblocks ClientApp and carry no
     code of its own, else it is refused (see the company guide)."""
+    try:
+        class_list = tuple(parse_class_list(classes)) if classes is not None else None
+    except ValueError as e:
+        fail(f"--classes: {e}")
     opts = JoinOptions(
+        classes=class_list,
         server=server,
         data=data,
         home=home,
@@ -148,9 +159,10 @@ def check_data(
     """Validate a data set as `join` would, and describe it (with --classes: check its labels against the run's)."""
     try:
         if classes is not None:  # the labels are checked against the list first: refused before any tensor is made
-            names = [c.strip() for c in classes.split(",") if c.strip()]
-            if len(names) < 2 or len(set(names)) != len(names):
-                fail(f"--classes needs at least two distinct comma-separated names, got {classes[:80]!r}")
+            try:
+                names = parse_class_list(classes)
+            except ValueError as e:
+                fail(f"--classes: {e}")
             ds = load_dataset(path, label_column=label_column, image_size=image_size or None, classes=names)
         else:
             ds = validate(

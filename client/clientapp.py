@@ -15,7 +15,9 @@ Messages it answers:
                     this handler trains when the mod asks for the update). The reply carries only the
                     clipped block delta, masked by the mod; no metrics, no example counts (num_examples=1).
 Node configuration (set by `dbclient join`): data-path, ledger-path, progress-path, epsilon-budget, delta,
-memory-mb, label-column, image-size, threads (torch threads; 0 = all cores).
+memory-mb, label-column, image-size, threads (torch threads; 0 = all cores), classes (the run's class list the
+company agreed to, `join.encode_classes`; a task with another list is refused). The company's labels are mapped
+through the class list every task carries (client/trainer.py `read_company_data`).
 """
 
 from __future__ import annotations
@@ -111,19 +113,25 @@ def say_if_unaffordable(nc: dict, ledger, ping) -> str | None:
 
 def train_block(nc: dict, task, arrays: list):
     """Train the assigned block on the company's data (DP-SGD, ledger) and return the clipped update."""
-    from dblocks.shared.data import load_dataset
-
-    from .trainer import train_task
+    from .trainer import read_company_data, train_task
 
     if int(nc.get("threads", 0)) > 0:  # several companies on one host: avoid OpenMP oversubscription
         import torch
 
         torch.set_num_threads(int(nc["threads"]))
-    data = load_dataset(
-        str(nc["data-path"]),
-        label_column=str(nc.get("label-column", "label")),
-        image_size=int(nc.get("image-size", 0)) or None,
-    )
+    from .join import decode_classes
+
+    try:  # labels mapped through the run's class list (in the task): index k is the same class at every company
+        data = read_company_data(
+            str(nc["data-path"]),
+            task,
+            label_column=str(nc.get("label-column", "label")),
+            image_size=int(nc.get("image-size", 0)) or None,
+            joined_with=decode_classes(str(nc.get("classes", ""))),  # `dbclient join --classes`: agreed to
+        )
+    except Exception as e:
+        progress_line(nc, f"round {task.round} block {task.block_index}: REFUSED — {e}")
+        raise
     ledger = company_ledger(nc)
     progress_line(
         nc,

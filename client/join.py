@@ -12,12 +12,14 @@ state lives under `home/secagg` behind a file lock (see dblocks.privacy.secagg.f
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 from dblocks.shared.data import Dataset, load_dataset
 from dblocks.shared.procs import flwr_env, free_port
@@ -58,6 +60,9 @@ class JoinOptions:
     trusted_entities: Path | None = None  # YAML {id: "ssh-ed25519 ..."}: signers whose apps may also run
     directory_key: Path | None = None  # the operator's SecAgg directory public key (directory.pub)
     require_consistency: bool = False  # refuse secure aggregation without the consistency check
+    # the run's class list from the operator (--classes): the file is checked against it before joining, and a
+    # task whose class list differs is refused (node config `classes`, see client/trainer.py read_company_data)
+    classes: tuple[str, ...] | None = None
 
 
 def budget_refusal(opts: JoinOptions) -> str | None:
@@ -87,8 +92,24 @@ def secagg_key_path(opts: JoinOptions) -> Path:
 
 
 def validate(opts: JoinOptions) -> Dataset:
-    """Load the data exactly as the ClientApp will; a DataError here means nothing was sent."""
-    return load_dataset(opts.data, label_column=opts.label_column, image_size=opts.image_size or None)
+    """Load the data exactly as the ClientApp will (with --classes: every label matched to the run's class list);
+    a DataError here means nothing was sent."""
+    return load_dataset(
+        opts.data,
+        label_column=opts.label_column,
+        image_size=opts.image_size or None,
+        classes=list(opts.classes) if opts.classes is not None else None,
+    )
+
+
+def encode_classes(names: tuple[str, ...] | list[str]) -> str:
+    """The class list as node-config text: percent-encoded JSON (no quote, backslash or space reaches Flower's
+    key=value parser, whatever the names hold); `decode_classes` reverses it."""
+    return quote(json.dumps(list(names)), safe="")
+
+
+def decode_classes(text: str) -> list[str] | None:
+    return [str(c) for c in json.loads(unquote(text))] if text else None
 
 
 def supernode_argv(opts: JoinOptions) -> list[str]:
@@ -109,6 +130,7 @@ def supernode_argv(opts: JoinOptions) -> list[str]:
             f"secagg-require-consistency={'true' if opts.require_consistency else 'false'}",
         ]
         + ([f'secagg-directory-key="{opts.directory_key.resolve()}"'] if opts.directory_key is not None else [])
+        + ([f'classes="{encode_classes(opts.classes)}"'] if opts.classes is not None else [])
     )
     if opts.directory_key is None and not opts.insecure:
         raise ValueError(

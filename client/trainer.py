@@ -32,6 +32,35 @@ from .ledger import PrivacyLedger
 from .memory import check_memory, training_memory
 
 
+def read_company_data(
+    path: str,
+    task: BlockTask,
+    *,
+    label_column: str = "label",
+    image_size: int | None = None,
+    joined_with: list[str] | None = None,
+) -> Dataset:
+    """The company's file read through the run's data contract the task carries (shared/schema.py `RunData`):
+    labels mapped to the run's class indices by name, features standardised with the run's statistics if any.
+    A `DataError` (nothing used, nothing spent) for a label outside the run's list, or when the run's list is
+    not the one the company joined with (`dbclient join --classes`). A task from an older server carries no
+    contract: the file is read as it is (numeric labels are their own indices)."""
+    from dblocks.shared.data import DataError, load_dataset
+    from dblocks.shared.schema import RunData
+
+    run = RunData.from_task(task.class_names, task.feature_stats)
+    if run is None:
+        if joined_with is not None:
+            raise DataError("the server sent no class list, but this company joined with --classes: refused")
+        return load_dataset(path, label_column=label_column, image_size=image_size)
+    if joined_with is not None and run.class_names != joined_with:
+        raise DataError(
+            f"the run's class list {run.class_names[:10]} is not the one this company joined with "
+            f"{joined_with[:10]} (dbclient join --classes): refused"
+        )
+    return run.load(path, label_column=label_column, image_size=image_size)
+
+
 @dataclass
 class BlockUpdate:
     delta: list[np.ndarray]  # clipped, float32, in param_names order

@@ -44,6 +44,11 @@ class BlockTask:
     # which of the block's parameters DP-SGD trains (the others stay as received, their delta is 0): a name in
     # TRAINABLE. Fewer trained parameters, less DP noise in the update (privacy/dpsgd.py `trainable_names`)
     trainable: str = "all"
+    # the run's data contract (shared/schema.py `RunData`), fixed by the server for the whole run: the class list
+    # as a JSON list of names in label-index order (every company maps its labels through it; "" from an older
+    # server) and the feature standardisation as JSON {"mean": [F], "std": [F], "source"} ("": features as stored)
+    class_names: str = ""
+    feature_stats: str = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,6 +89,9 @@ class BlockTask:
             raise ValueError(f"block task: accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"block task: trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        from .schema import RunData
+
+        RunData.from_task(self.class_names, self.feature_stats)  # ValueError on a malformed class list or stats
 
     def to_config(self) -> dict:
         return asdict(self)
@@ -94,7 +102,8 @@ class BlockTask:
         ValueError. Keys this version does not know (an older server's `seed`) are ignored: nothing the server
         sends may choose the company's randomness."""
         names = {f.name for f in fields(cls)}
-        missing = names - cfg.keys() - {"trainable"}  # an older server sends no `trainable`: all parameters
+        # an older server sends no `trainable` (all parameters), class list or feature statistics
+        missing = names - cfg.keys() - {"trainable", "class_names", "feature_stats"}
         if missing:
             raise ValueError(f"block task is missing {sorted(missing)}: server and client versions differ?")
         return cls(**{k: cfg[k] for k in names if k in cfg})

@@ -50,6 +50,11 @@ class BlockStrategy:
     ) -> None:
         self.cfg, self.model, self.releases, self.session, self.num_rounds = cfg, model, releases, session, num_rounds
         self.rng = np.random.default_rng()  # central noise: fresh OS entropy, never a fixed seed
+        from dblocks.shared.schema import RunData
+
+        # the run's class list and feature statistics, fixed for the run and sent in every task (shared/schema.py)
+        num_classes = model.blocks[0].spec.arch_config.num_classes
+        self.run_data = RunData.for_run(num_classes, cfg.classes, cfg.init_model_dir)
 
     def configure(self, r: int, b: int, attempt: int = 0) -> BlockTask:
         """Block b's task in round r. Attempts are numbered per server session (two each: first try, re-run), so
@@ -71,6 +76,7 @@ class BlockStrategy:
             weight_decay=c.weight_decay,
             update_clip=c.update_clip,
             trainable=c.trainable,
+            **self.run_data.task_fields(),
         )
 
     def accept(self, b: int, out: AggregateOutcome) -> AggregateOutcome:
