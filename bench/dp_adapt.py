@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--record-clip", type=float, default=1.0)
     ap.add_argument("--update-clip", type=float, default=2.0)
     ap.add_argument("--trainable", default="all")
+    ap.add_argument("--adapt-blocks", default="", help="comma list of the blocks trained (default: all)")
+    ap.add_argument("--cohort", type=int, default=0, help="companies per block cohort (default: 12 // blocks trained)")
     ap.add_argument("--server-lr", type=float, default=1.0)
     ap.add_argument("--server-momentum", type=float, default=0.0)
     ap.add_argument("--epsilon", type=float, default=8.0, help="record-level target; inf: no DP (same rounds)")
@@ -126,7 +128,8 @@ def main() -> None:
     }
     if not args.pretrain_only:
         dp = math.isfinite(args.epsilon)
-        cohort = len(comps) // args.blocks
+        adapt = tuple(int(b) for b in args.adapt_blocks.split(",")) if args.adapt_blocks else None
+        cohort = args.cohort or len(comps) // (len(adapt) if adapt else args.blocks)
         z = noise_for_epsilon(args.epsilon, 1e-5, args.sample_rate, args.rounds * args.steps, "rdp") if dp else 0.0
         s = FedSetting(
             rounds=args.rounds,
@@ -140,6 +143,7 @@ def main() -> None:
             trainable=args.trainable,
             server_lr=args.server_lr,
             server_momentum=args.server_momentum,
+            adapt_blocks=adapt,
         )
         res = federated(comps, evalset, args.blocks, s, init, args.seed, lambda m: print(m, flush=True))
         res.pop("bytes", None)

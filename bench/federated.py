@@ -66,6 +66,7 @@ class FedSetting:
     trainable: str = "all"  # BlockTask.trainable: which parameters of the block the companies train
     server_lr: float = 1.0  # RunConfig.server_lr
     server_momentum: float = 0.0  # RunConfig.server_momentum: heavy-ball on the released (already private) means
+    adapt_blocks: tuple[int, ...] | None = None  # RunConfig.adapt_blocks: the blocks trained (None: all)
 
 
 def companies_data(num: int, public: int, seed: int = 0):
@@ -132,7 +133,15 @@ def federated(companies, test, num_blocks: int, s: FedSetting, init_dir: str | N
     }
 
     def cohorts_of(r: int) -> dict[str, list[str]]:
-        plan = assign([NodeInfo(i) for i in range(len(companies))], num_blocks, r, s.cohort_size, 3, seed=seed)
+        plan = assign(
+            [NodeInfo(i) for i in range(len(companies))],
+            num_blocks,
+            r,
+            s.cohort_size,
+            3,
+            seed=seed,
+            blocks=s.adapt_blocks,
+        )
         if plan.skipped:
             raise RuntimeError(f"round {r}: blocks skipped: {plan.skipped}")
         return {str(b): [ids[c] for c in cohort] for b, cohort in plan.cohorts.items()}

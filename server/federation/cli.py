@@ -37,6 +37,16 @@ nodes_app = typer.Typer(
 )
 
 
+def parse_blocks(text: str | None) -> tuple[int, ...] | None:
+    """ "0,1" -> (0, 1); None -> None (all blocks). A bad list is a one-line error."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        fail(f"--adapt-blocks {text!r}: give block indices separated by commas, e.g. 0,1")
+
+
 def fail(msg: str, code: int = 2) -> NoReturn:
     console.print(f"[red]error:[/red] {msg}")
     raise typer.Exit(code)
@@ -182,6 +192,9 @@ def run_new(
         help="block parameters the companies train: all | bias | head | bias+head | "
         "ada | bias+ada (fewer trained values, less DP noise in an update)",
     ),
+    adapt_blocks: str | None = typer.Option(
+        None, help="comma list of the blocks the run trains, e.g. 0,1 (default: all; the others keep their weights)"
+    ),
     secagg: str = typer.Option("dblocks", help="secure aggregation: dblocks (ours) | flower (Flower's SecAgg+)"),
     secagg_threshold: float = typer.Option(0.6, help="flower mode: share of a cohort needed to unmask"),
     consistency: bool = typer.Option(
@@ -232,6 +245,7 @@ def run_new(
             central_noise=central_noise,
             server_lr=server_lr,
             trainable=trainable,
+            adapt_blocks=parse_blocks(adapt_blocks),
             # RunConfig.__post_init__ rejects any other mode than "dblocks" or "flower" (ValueError below)
             secagg=SecAggConfig(
                 mode=cast(Literal["dblocks", "flower"], secagg),

@@ -48,7 +48,7 @@ class RunConfig:
     num_blocks: int = 4
     num_rounds: int = 3
     cohort_size: int = 3  # companies per block cohort
-    min_cohort: int = 2  # below this a block's round is skipped (with the reason recorded)
+    min_cohort: int = 3  # below this a block's round is skipped (with the reason recorded)
     # record-level DP-SGD at each company
     record_noise: float = 1.0
     record_clip: float = 1.0
@@ -64,6 +64,11 @@ class RunConfig:
     server_lr: float = 1.0
     # which parameters of a block the companies train (BlockTask.trainable; shared/fedmsg.py TRAINABLE)
     trainable: str = "all"
+    # which blocks the run adapts (None: all). Under DP a company's budget buys the same number of steps whichever
+    # block it trains, so spending it only where accuracy moves (the high-noise blocks that decide the class)
+    # gives those blocks bigger cohorts -- less noise in their aggregate -- for the same epsilon; the others keep
+    # the initial (e.g. pretrained) weights
+    adapt_blocks: tuple[int, ...] | None = None
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     # where things go
     checkpoint_dir: str = "checkpoints"
@@ -100,6 +105,12 @@ class RunConfig:
 
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable {self.trainable!r}: use one of {', '.join(TRAINABLE)}")
+        if self.adapt_blocks is not None:
+            object.__setattr__(self, "adapt_blocks", tuple(sorted({int(b) for b in self.adapt_blocks})))
+            if not self.adapt_blocks or not all(0 <= b < self.num_blocks for b in self.adapt_blocks):
+                raise ValueError(
+                    f"adapt_blocks {list(self.adapt_blocks)}: give block indices in 0..{self.num_blocks - 1}"
+                )
 
     @property
     def dp(self) -> DPSettings:

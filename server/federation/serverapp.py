@@ -160,7 +160,7 @@ class Federation:
         """This round's cohorts of the blocks still to do (a block without enough nodes is reported skipped), and
         next round's, planned now so that this round's uploads announce the keys for it."""
         cfg = self.cfg
-        plan = assign(live, cfg.num_blocks, r, cfg.cohort_size, cfg.min_cohort, seed=cfg.seed)
+        plan = assign(live, cfg.num_blocks, r, cfg.cohort_size, cfg.min_cohort, seed=cfg.seed, blocks=cfg.adapt_blocks)
         cohorts = {b: c for b, c in plan.cohorts.items() if b in todo}
         for b, reason in plan.skipped.items():
             if b in todo:
@@ -168,7 +168,9 @@ class Federation:
         log.info("round %d: %d live nodes; cohorts %s", r, len(live), cohorts)
         upcoming = None
         if r < self._num_rounds():
-            upcoming = assign(live, cfg.num_blocks, r + 1, cfg.cohort_size, cfg.min_cohort, seed=cfg.seed).cohorts
+            upcoming = assign(
+                live, cfg.num_blocks, r + 1, cfg.cohort_size, cfg.min_cohort, seed=cfg.seed, blocks=cfg.adapt_blocks
+            ).cohorts
         return cohorts, upcoming
 
     def aggregate_with_retry(

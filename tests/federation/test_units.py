@@ -45,6 +45,21 @@ def test_short_handed_rounds_serve_fewer_blocks_with_a_reason_and_rotate():
     assert assign(nodes(1), 2, 1, 3, 2).cohorts == {}
 
 
+def test_adapt_blocks_trains_only_the_chosen_blocks_with_all_companies():
+    from dblocks.server.federation.config import RunConfig
+
+    for r in range(1, 5):
+        a = assign(nodes(12), 4, r, cohort_size=6, min_cohort=3, blocks=(0, 1))
+        assert sorted(a.cohorts) == [0, 1] and not a.skipped  # blocks 2, 3 are not in the run: not "skipped"
+        assert sorted(len(c) for c in a.cohorts.values()) == [6, 6]
+    assert assign(nodes(12), 4, 1, 3, 3).cohorts == assign(nodes(12), 4, 1, 3, 3, blocks=(0, 1, 2, 3)).cohorts
+    with pytest.raises(ValueError, match="0..3"):
+        assign(nodes(12), 4, 1, 3, 3, blocks=(4,))
+    assert RunConfig("r", adapt_blocks=[1, 0, 1]).adapt_blocks == (0, 1)  # from run.json: a list
+    with pytest.raises(ValueError, match="adapt_blocks"):
+        RunConfig("r", num_blocks=2, adapt_blocks=(2,))
+
+
 def test_ledger_composes_persists_and_refuses(tmp_path):
     path = tmp_path / "ledger.json"
     led = PrivacyLedger(path, budget=5.0, accountant="rdp")  # rdp: fast; the logic is the same
