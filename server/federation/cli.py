@@ -23,6 +23,7 @@ from dblocks.server.ops.launcher import (
     start_superlink,
     submit_run,
 )
+from dblocks.shared.schema import RunData, parse_class_list
 
 from .config import RunConfig, SecAggConfig
 
@@ -203,6 +204,12 @@ def run_new(
         "more exchange per round; companies may require it)",
     ),
     init_model_dir: Path | None = typer.Option(None, help="start from these blocks (e.g. pretrained on public data)"),
+    classes: str | None = typer.Option(
+        None,
+        help="the run's class list, comma-separated in label-index order (default: the initial model's saved "
+        "list, else 0..K-1); every company's labels are mapped through it: give it to them for "
+        "`dbclient join --classes`",
+    ),
     registry_url: str | None = typer.Option(None, envvar="DBLOCKS_REGISTRY_URL"),
     token: str | None = typer.Option(
         None,
@@ -254,10 +261,18 @@ def run_new(
                 directory=directory,
             ),
             init_model_dir=str(init_model_dir.resolve()) if init_model_dir else None,
+            classes=parse_class_list(classes) if classes is not None else None,
             registry_url=registry_url,
         )
-    except ValueError as e:
-        fail(f"bad run settings: {e}")
+        from dblocks.shared.presets import get_preset
+
+        run_data = RunData.for_run(get_preset(task).arch.num_classes, cfg.classes, cfg.init_model_dir)
+    except (ValueError, KeyError) as e:  # KeyError: an unknown preset
+        fail(f"bad run settings: {e.args[0] if e.args else e}")
+    console.print(
+        f"class list (label index order; companies map their labels through it): {', '.join(run_data.class_names[:20])}"
+        + (f" ... ({len(run_data.class_names)} classes)" if len(run_data.class_names) > 20 else "")
+    )
     if run_id is None:
         if registry:
             from dataclasses import asdict
