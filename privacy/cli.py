@@ -8,22 +8,43 @@
     dbaudit make-update --observe release --clients 8 --block-dir MODEL --out rel.safetensors
     dbaudit suite --block-dir MODEL --out audits/   ;   dbaudit report audits/ --out report.html
 
-Exit status: 0 pass, 1 fail (the audit found more leakage than the claim allows), 3 inconclusive (the
-positive control failed or there was nothing to score against), 2 bad input.
+Exit status, every command: 0 pass (make-update, report: done), 1 fail (the audit found more leakage than
+the claim allows), 3 inconclusive (the positive control failed or there was nothing to score against), 2 bad
+usage or input (one line saying what to change), 4 internal error (a bug in dbaudit: one line, `--debug` for
+the traceback). A crash never exits 1, which would read as a "fail" verdict.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, ParamSpec
 
 import typer
 from rich.console import Console
 
-from dblocks.shared.clierrors import SafeTyper
+from dblocks.shared.clierrors import USER_ERRORS, SafeTyper, bounded, debug_requested
 
-app = SafeTyper(help="Leakage audits against DiffusionBlocks block updates.", no_args_is_help=True)
+P = ParamSpec("P")
+INTERNAL_ERROR = 4  # exit status of a bug in dbaudit (1 is the "fail" verdict, 2 bad input, 3 inconclusive)
+
+
+class AuditTyper(SafeTyper):
+    """SafeTyper that remembers whether --debug was asked for (SafeTyper removes it from argv before parsing)."""
+
+    debug = False
+
+    def __call__(self, *args, **kwargs):
+        AuditTyper.debug = debug_requested(sys.argv)
+        return super().__call__(*args, **kwargs)
+
+
+app = AuditTyper(help="Leakage audits against DiffusionBlocks block updates.", no_args_is_help=True)
 # one line per uncaught error, no traceback (locals would print private data; --debug prints it)
 console = Console(soft_wrap=True)
 
@@ -32,8 +53,46 @@ OBSERVE_HELP = "raw | clipped | aggregate | release | weights | sequence"
 
 
 def _fail(msg: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {msg}")
+    console.print(f"[red]error:[/red] {bounded(msg)}", highlight=False)
     raise typer.Exit(2)
+
+
+@contextmanager
+def _exit_codes() -> Iterator[None]:
+    """The body of every command: a verdict's typer.Exit passes; an error about the input (a missing or
+    unreadable file, data or a registry that refuses, a value out of range: ValueError) exits 2 with one line;
+    anything else is a bug in dbaudit and exits 4 with one line (never 1, the "fail" verdict). With --debug or
+    DBLOCKS_DEBUG=1 the exception propagates and its traceback is printed."""
+    from dblocks.shared.wire import BlockIntegrityError
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort, SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if AuditTyper.debug or os.environ.get("DBLOCKS_DEBUG", "") not in ("", "0"):
+            raise
+        reg = sys.modules.get("dblocks.shared.registry_client")
+        registry_errors = (reg.RegistryError,) if reg is not None else ()
+        if isinstance(e, (*USER_ERRORS, ValueError, BlockIntegrityError, *registry_errors)):
+            _fail(str(e))
+        console.print(
+            f"[red]internal error[/red] ({type(e).__name__}: {bounded(str(e))}): a bug in dbaudit, not a verdict "
+            "(add --debug for the traceback)",
+            highlight=False,
+        )
+        raise typer.Exit(INTERNAL_ERROR) from None
+
+
+def exit_codes(command: Callable[P, None]) -> Callable[P, None]:
+    """Decorator: run the command inside `_exit_codes` (the signature stays visible to typer)."""
+
+    @functools.wraps(command)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> None:
+        with _exit_codes():
+            command(*args, **kwargs)
+
+    return wrapped
 
 
 @app.callback()
@@ -159,6 +218,27 @@ def _post_audit(registry: str, token: str | None, version_id: str, record, out: 
     )
 
 
+def _records_behind(upd, truth: Path | None, truth_records, records: int | None) -> int:
+    """Records per client behind an update: --records if given, else the sidecar's `local.records` (written by
+    make-update), else the --truth file's count / K, else 1; exit 2 when these disagree."""
+    k = upd.meta.clients_aggregated
+    known = upd.meta.local.get("records")
+    if truth_records is not None:
+        n = len(truth_records[1])
+        if n % k or (known is not None and n != known * k):
+            _fail(
+                f"{truth} holds {n} records, but the update aggregates {k} client(s)"
+                + (f" of {known} records each" if known is not None else "")
+                + ": pass the truth file written with this update"
+            )
+        known = n // k
+    if records is not None and known is not None and records != known:
+        _fail(f"--records {records}, but the update holds {known} record(s) per client: pass --records {known}")
+    if records is None and known is not None and known != 1:
+        console.print(f"[yellow]note:[/yellow] {known} records per client (from the update/truth files)")
+    return records or known or 1
+
+
 def _load_truth(path: Path | None):
     if path is None:
         return None
@@ -196,6 +276,7 @@ def _finish(record, out: Path, registry=None, token=None, block_version=None) ->
 
 
 @app.command()
+@exit_codes
 def run(
     attack: str = typer.Option(..., help=ATTACK_HELP),
     observe: str = typer.Option(..., help=OBSERVE_HELP),
@@ -207,7 +288,9 @@ def run(
     data: str | None = typer.Option(None, help="records the auditor holds (default: the block's preset dataset)"),
     out: Path = typer.Option(Path("audit-out"), help="directory for audit.json and PNGs"),
     clients: int = typer.Option(1, help="K clients per round"),
-    records: int = typer.Option(1, help="records per client"),
+    records: int | None = typer.Option(
+        None, help="records per client (default: the --update's own count or the --truth file's / K, else 1)"
+    ),
     local_steps: int = typer.Option(1, help="local steps per round"),
     local_lr: float = typer.Option(0.01, help="local learning rate"),
     local_optimizer: str = typer.Option("sgd", help="sgd | adam"),
@@ -248,7 +331,7 @@ def run(
         observe=observe,
         adversary=adversary,
         clients=clients,
-        records=records,
+        records=records or 1,
         local_steps=local_steps,
         local_lr=local_lr,
         local_optimizer=local_optimizer,
@@ -273,6 +356,7 @@ def run(
         seed=seed,
     )
     target = _load_target(block_dir, block_index, data, block_version, registry, token)
+    truth_records = _load_truth(truth)
     upd = None
     if update is not None:
         try:
@@ -285,14 +369,16 @@ def run(
         spec = replace(
             spec,
             clients=upd.meta.clients_aggregated,
+            records=_records_behind(upd, truth, truth_records, records),
             clip_norm=upd.meta.clip_norm or spec.clip_norm,
             noise_multiplier=upd.meta.noise_multiplier,
         )
-    record = run_audit(target, spec, out, update=upd, truth=_load_truth(truth), progress=lambda m: console.print(m))
+    record = run_audit(target, spec, out, update=upd, truth=truth_records, progress=lambda m: console.print(m))
     _finish(record, out, registry, token, block_version)
 
 
 @app.command("make-update")
+@exit_codes
 def make_update(
     block_dir: Path = typer.Option(..., help="model directory"),
     block_index: int = typer.Option(0),
@@ -336,13 +422,20 @@ def make_update(
     obs = observe_round(target.block, target.block_index, xs, ys, spec.scenario, observe, "server", g)
     rnd = obs.target.rounds[0]
     delta = {k: torch.zeros_like(v) for k, v in target.block.state_dict().items()} | rnd.update
-    meta = replace(obs.meta, task=target.info["task"], base_sha256=target.info["sha256"], round=0)
+    meta = replace(
+        obs.meta,
+        task=target.info["task"],
+        base_sha256=target.info["sha256"],
+        round=0,
+        local=obs.meta.local | {"records": records},  # so that `dbaudit run --update` knows the batch size
+    )
     save_update(out, BlockUpdate(delta, meta))
     np.savez(str(out) + ".truth.npz", x=obs.truth_x.numpy(), y=obs.truth_y.numpy())
     console.print(f"wrote {out} (+ .json sidecar, .truth.npz with the {len(obs.truth_y)} records behind it)")
 
 
 @app.command()
+@exit_codes
 def suite(
     block_dir: Path | None = typer.Option(None, help="model directory"),
     block_index: int = typer.Option(0),
@@ -429,6 +522,7 @@ def suite(
 
 
 @app.command()
+@exit_codes
 def report(
     results: list[Path] = typer.Argument(
         ..., help="audit directories / audit.json files / bench JSON (searched recursively)"

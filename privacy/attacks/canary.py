@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -77,6 +78,12 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, significance: floa
         else:
             hi = mid
     return lo
+
+
+def max_lower_bound(m: int, delta: float, confidence: float = 0.975) -> float:
+    """The largest epsilon lower bound m canaries can give: every guess right, at `confidence` with the
+    Bonferroni factor of `bound_from_scores` (0.975: the record-level audit's share of its 95%)."""
+    return epsilon_lower_bound(m, m, m, delta, (1 - confidence) / guess_strategies())
 
 
 @dataclass
@@ -159,26 +166,32 @@ def bound_from_scores(
 # record level: Dirac canaries through train_block_dp
 # ---------------------------------------------------------------------------------------------------
 class CanaryAugmentedBlock(nn.Module):
-    """The block plus a canary table (one scalar per canary; row m is the null row real examples use).
-    forward(*block_args, canary_ids) -> (block output, table[canary_ids])."""
+    """The block plus a canary table of `rows` scalars (canary i owns row i; the others are touched by no
+    example). forward(*block_args, canary_ids) -> (block output, table[canary_ids])."""
 
-    def __init__(self, block: nn.Module, canaries: int) -> None:
+    def __init__(self, block: nn.Module, rows: int) -> None:
         super().__init__()
         self.block = block
-        self.canaries = nn.Embedding(canaries + 1, 1)
+        self.canaries = nn.Embedding(rows, 1)
         nn.init.zeros_(self.canaries.weight)
 
     def forward(self, *args, canary_ids: torch.Tensor):
         return self.block(*args), self.canaries(canary_ids).squeeze(-1)
 
 
-def canary_loss_fn(block: nn.Module, block_index: int, cfg: TrainConfig, canaries: int, grad_norm: float):
-    """Per-example loss for `train_block_dp`: real examples (label >= 0) get the block loss, canary i
-    (label -1-i) gets grad_norm * table[i], whose gradient is grad_norm on its own table row."""
+def canary_loss_fn(block: nn.Module, block_index: int, cfg: TrainConfig, included: torch.Tensor, grad_norm: float):
+    """Per-example loss for `train_block_dp`. Real examples (label >= 0) get the block loss; canary slot i
+    (label -1-i) gets grad_norm * table[i] when canary i is included (gradient grad_norm on its own table row,
+    nothing else) and the constant 0 when it is not (no gradient at all: under Poisson sampling a record whose
+    clipped gradient is 0 is the same as no record, so the slot is "absent" while every random draw of the run
+    stays the same in both worlds)."""
+    null_row = len(included)
 
     def loss(module: nn.Module, xb: torch.Tensor, yb: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         is_canary = yb < 0
-        ids = torch.where(is_canary, -yb - 1, torch.full_like(yb, canaries))
+        slot = torch.where(is_canary, -yb - 1, torch.zeros_like(yb))
+        live = is_canary & included[slot]
+        ids = torch.where(live, slot, torch.full_like(yb, null_row))
         inputs = draw_block_inputs(
             block, block_index, xb, yb.clamp_min(0), generator=generator, label_dropout=cfg.label_dropout
         )
@@ -189,49 +202,127 @@ def canary_loss_fn(block: nn.Module, block_index: int, cfg: TrainConfig, canarie
             return out
 
         real = block_loss(block, inputs, weighting=cfg.classifier_weighting, forward=forward)
-        return torch.where(is_canary, grad_norm * table["value"], real)
+        canary = torch.where(live, grad_norm * table["value"], 0.0 * table["value"])
+        return torch.where(is_canary, canary, real)
 
     return loss
 
 
 @contextmanager
-def privatized_gradient_sum(weight: torch.Tensor):
-    """Sum, over the optimizer steps taken inside the block, of `weight`'s gradient as the underlying optimizer
-    receives it: after Opacus' clipping, noise and scaling. These privatized gradients are exactly what DP-SGD's
-    accountant covers (everything after them, AdamW included, is post-processing), so scoring canaries by them
-    is the white-box audit of the mechanism itself. (Scoring by the final weights instead would let Adam's
-    per-coordinate normalisation hide an unclipped gradient.)"""
+def privatized_gradients(weight: torch.Tensor):
+    """The list, one entry per optimizer step taken inside the block, of `weight`'s gradient as the underlying
+    optimizer receives it: after Opacus' clipping, noise and scaling. These privatized gradients are exactly
+    what DP-SGD's accountant covers (everything after them, AdamW included, is post-processing), so scoring
+    canaries by them is the white-box audit of the mechanism itself. (Scoring by the final weights instead
+    would let Adam's per-coordinate normalisation hide an unclipped gradient.)"""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    total = torch.zeros(weight.shape, dtype=torch.float64)
+    steps: list[torch.Tensor] = []
 
     def hook(optimizer, args, kwargs):
         if hasattr(optimizer, "original_optimizer"):  # a DP wrapper: its inner optimizer sees the noised gradient
             return
         if weight.grad is not None and any(p is weight for group in optimizer.param_groups for p in group["params"]):
-            total.add_(weight.grad.detach().double())
+            steps.append(weight.grad.detach().double().flatten().clone())
 
     handle = register_optimizer_step_pre_hook(hook)
     try:
-        yield total
+        yield steps
     finally:
         handle.remove()
 
 
+def subsampled_gaussian_llr(x: np.ndarray, sample_rate: float, noise: float) -> np.ndarray:
+    """Log-likelihood ratio, summed over steps (axis 0), of "a record with clipped gradient 1 along this
+    coordinate is in the data" against "it is not", for per-step values x in units of C:
+    included: x_t ~ (1 - q) N(0, s^2) + q N(1, s^2), excluded: x_t ~ N(0, s^2), so per step
+    log((1 - q) + q exp((2 x_t - 1) / (2 s^2))). Neyman-Pearson: the most powerful score for one canary."""
+    a = (2 * x - 1) / (2 * noise**2)
+    return np.logaddexp(math.log1p(-sample_rate), math.log(sample_rate) + a).sum(axis=0)
+
+
+@dataclass
+class NoiseMeasurement:
+    """The DP noise measured on `coordinates` witness coordinates (canary-table rows no example touches, so
+    their privatized gradient is the Gaussian noise alone) over `steps` steps, in units of the clip C.
+
+    With n = coordinates * steps values x, s^2 = mean(x^2) and n s^2 / sigma^2 ~ chi2(n): the one-sided
+    upper confidence limit is sigma_hi = s sqrt(n / chi2.ppf(alpha, n)). The run adds less noise than
+    claimed, with confidence 1 - alpha, when sigma_hi < claimed_noise_multiplier; `epsilon_at_upper_limit` is
+    then what the accountant gives at sigma_hi (same sample rate and steps): the run's epsilon is above it if
+    sampling and clipping are as claimed."""
+
+    noise_multiplier: float  # measured, s
+    upper_limit: float  # sigma_hi
+    claimed_noise_multiplier: float
+    coordinates: int
+    steps: int
+    alpha: float
+    below_claim: bool
+    epsilon_at_upper_limit: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_noise(
+    witness: np.ndarray, claimed: float, sample_rate: float, delta: float, alpha: float, accountant: str
+) -> NoiseMeasurement:
+    """`witness`: (steps, coordinates) privatized gradients of untouched coordinates in units of C."""
+    from scipy.stats import chi2
+
+    from dblocks.privacy.accounting import MechanismStep
+    from dblocks.privacy.accounting import epsilon as accountant_epsilon
+
+    steps, coords = witness.shape
+    n = witness.size
+    s = float(np.sqrt(np.mean(witness**2)))
+    hi = s * math.sqrt(n / float(chi2.ppf(alpha, n)))
+    below = hi < claimed
+    eps = None
+    if below and hi > 0:
+        eps = accountant_epsilon([MechanismStep(max(hi, 1e-3), sample_rate, steps)], delta, accountant)
+    return NoiseMeasurement(s, hi, claimed, coords, steps, alpha, bool(below), eps)
+
+
 @dataclass
 class RecordCanaryResult:
+    """The one-run bound (`bound`, from the canaries' likelihood-ratio scores), the noise measured on the
+    witness coordinates (`noise`), the run's own accountant epsilon and DP report."""
+
     bound: CanaryBound
+    noise: NoiseMeasurement
     accountant_epsilon: float
     dp_report: dict
     scores: list[float]
     included: list[bool]
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {
             "bound": self.bound.to_dict(),
+            "noise": self.noise.to_dict(),
             "accountant_epsilon": self.accountant_epsilon,
             "dp_report": self.dp_report,
+            "seconds": self.seconds,
         }
+
+    def noise_check(self) -> tuple[bool, str]:
+        """(failed?, reason): the noise measured on the witness coordinates is below the claimed noise
+        multiplier at confidence 1 - alpha (half the audit's significance; the one-run bound has the other)."""
+        n = self.noise
+        said = (
+            f"DP noise measured on {n.coordinates} untouched coordinates x {n.steps} steps: "
+            f"{n.noise_multiplier:.4f} C (upper {1 - n.alpha:.1%} limit {n.upper_limit:.4f} C) "
+        )
+        if not n.below_claim:
+            return False, said + f"conforms to the claimed noise multiplier {n.claimed_noise_multiplier:g}"
+        implied = "" if n.epsilon_at_upper_limit is None else f": epsilon at that limit {n.epsilon_at_upper_limit:.2f}"
+        return True, said + f"is BELOW the claimed noise multiplier {n.claimed_noise_multiplier:g}{implied}"
+
+
+AUDIT_SIGNIFICANCE = 0.05  # the record-level audit's total: half for the one-run bound, half for the noise test
+WITNESS_COORDINATES = 1000
 
 
 def record_canary_audit(
@@ -243,29 +334,53 @@ def record_canary_audit(
     dp,
     canaries: int = 1000,
     seed: int = 0,
-    confidence: float = 0.95,
+    confidence: float = 1 - AUDIT_SIGNIFICANCE,
+    generator: torch.Generator | None = None,
+    witnesses: int = WITNESS_COORDINATES,
 ) -> RecordCanaryResult:
-    """Run the client's DP-SGD (`train_block_dp`, on a copy of `block`) on (x, y) plus the included canaries and
-    bound epsilon from the canary scores. The run's own accountant epsilon (same sampler, steps, noise) comes
-    back beside it."""
+    """Run the client's DP-SGD (`train_block_dp`, on a copy of `block`) on (x, y) plus `canaries` canary slots
+    (each canary included with probability 1/2, drawn from `seed`) and bound epsilon from the canary scores.
+
+    The data set always holds all m slots (an excluded canary's slot has no gradient), so the sample rate
+    q = dp.batch_size / (len(x) + m) and every random draw are the same whichever canaries are included.
+    Each step's privatized gradient on the canary table is recorded, in units of C (times the expected batch
+    q n over C); the witness rows give the measured noise s; each canary's score is the likelihood ratio
+    `subsampled_gaussian_llr` at (q, s), a function of the output alone, as the one-run theorem requires.
+    `generator`: the run's source of randomness, as `train_block_dp` takes it (None: seeded from cfg.seed,
+    reproducible; a company's client passes `dpsgd.secret_generator()`). The run's own accountant epsilon
+    (same sampler, steps, noise) comes back beside the bound."""
     from dblocks.privacy.dpsgd import train_block_dp
 
+    t0 = time.perf_counter()
+    alpha = (1 - confidence) / 2
     g = torch.Generator().manual_seed(seed)
     included = torch.rand(canaries, generator=g) < 0.5
-    ids = torch.nonzero(included).flatten()
-    x_canary = torch.zeros((len(ids), *x.shape[1:]), dtype=x.dtype)
-    x_all = torch.cat([x, x_canary])
-    y_all = torch.cat([y, -ids - 1])
-    audited = CanaryAugmentedBlock(copy.deepcopy(block), canaries)
-    loss = canary_loss_fn(audited.block, block_index, cfg, canaries, CANARY_GRAD_FACTOR * dp.max_grad_norm)
-    # Opacus draws its noise from torch's global generator: fork it, seeded, so the audit is reproducible
-    # without touching the caller's random state
-    with torch.random.fork_rng(), privatized_gradient_sum(audited.canaries.weight) as sums:
-        torch.manual_seed(seed)
-        report = train_block_dp(audited, block_index, x_all, y_all, cfg, dp, loss_fn=loss)
-    scores = sums[:canaries, 0].numpy()
-    bound = bound_from_scores(scores, included.numpy(), dp.delta, confidence)
-    return RecordCanaryResult(bound, report.epsilon, report.to_dict(), scores.tolist(), included.tolist())
+    slots = torch.arange(canaries)
+    x_all = torch.cat([x, torch.zeros((canaries, *x.shape[1:]), dtype=x.dtype)])
+    y_all = torch.cat([y, -slots - 1])
+    null_row = canaries
+    audited = CanaryAugmentedBlock(copy.deepcopy(block), canaries + 1 + witnesses)
+    loss = canary_loss_fn(audited.block, block_index, cfg, included, CANARY_GRAD_FACTOR * dp.max_grad_norm)
+    with torch.random.fork_rng(), privatized_gradients(audited.canaries.weight) as steps:
+        torch.manual_seed(seed)  # nothing should draw from the global generator; if anything does, reproducibly
+        report = train_block_dp(audited, block_index, x_all, y_all, cfg, dp, loss_fn=loss, generator=generator)
+    n = len(x_all)
+    units = report.sample_rate * n / dp.max_grad_norm  # privatized gradient -> units of C
+    per_step = torch.stack(steps).numpy() * units  # (steps, rows)
+    noise = measure_noise(
+        per_step[:, null_row + 1 :], dp.noise_multiplier, report.sample_rate, dp.delta, alpha, dp.accountant
+    )
+    scores = subsampled_gaussian_llr(per_step[:, :canaries], report.sample_rate, max(noise.noise_multiplier, 0.05))
+    bound = bound_from_scores(scores, included.numpy(), dp.delta, 1 - alpha)
+    return RecordCanaryResult(
+        bound,
+        noise,
+        report.epsilon,
+        report.to_dict(),
+        scores.tolist(),
+        included.tolist(),
+        time.perf_counter() - t0,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -33,10 +33,16 @@ from .scenario import ADVERSARIES, FederationScenario, observe
 from .updates import OBSERVATIONS, BlockUpdate, UpdateMeta, clip_delta, release_meta
 
 INVERSION_ATTACKS = ("closed-form", *MATCHING_ATTACKS)
-ATTACK_NAMES = (*INVERSION_ATTACKS, "membership", "canary", "noise-conformance")
+ATTACK_NAMES = (*INVERSION_ATTACKS, "battery", "membership", "canary", "noise-conformance")
+CONTROL_TRIALS = 4  # raw noiseless updates a battery's positive controls attack
+RAW_CLIP = 1e12  # a clip norm no update reaches: the control's deltas stay raw
 NO_CONTROL = "no positive control was run (--no-control): without one, finding nothing means nothing"
 CONTROL_PSNR_DB = 30.0  # a positive control reconstructs the raw single-record update at least this well
 RELEASE_MARGIN_DB = 1.0  # a release may score at most this much above the mean-record baseline
+
+
+def spec_needs_update(attack: str) -> bool:
+    return attack in INVERSION_ATTACKS or attack == "battery"
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class AuditSpec:
             raise ValueError(f"unknown observation point {self.observe!r}; choose one of {', '.join(OBSERVATIONS)}")
         if self.adversary not in ADVERSARIES:
             raise ValueError(f"unknown adversary {self.adversary!r}; choose one of {', '.join(ADVERSARIES)}")
-        if self.attack in INVERSION_ATTACKS and self.observe == "weights":
+        if spec_needs_update(self.attack) and self.observe == "weights":
             raise ValueError(
                 "inversion attacks need an update: observe raw|clipped|aggregate|release|sequence "
                 "(final weights are audited with --attack membership)"
@@ -151,6 +157,8 @@ def run_audit(
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         if spec.attack in INVERSION_ATTACKS:
             record = _inversion(target, spec, out, update, truth, log)
+        elif spec.attack == "battery":
+            record = _battery(target, spec, out, update, truth, log)
         elif spec.attack == "membership":
             record = _membership(target, spec, log)
         elif spec.attack == "canary":
@@ -420,6 +428,125 @@ def _reconstruct_given(target: AuditTarget, spec: AuditSpec, update: BlockUpdate
 
 
 # ---------------------------------------------------------------------------------------------------
+# the attack battery (label inference + matched-filter identification; the strongest attack decides)
+# ---------------------------------------------------------------------------------------------------
+SERVER_VIEW = (
+    "The server unmasks the noiseless sum of the clipped deltas (the 'aggregate') and adds the central noise "
+    "itself: against the server only record-level DP (DP-SGD on the clients) protects; central noise protects "
+    "only those who see the release."
+)
+
+
+def _pool_and_truth(target: AuditTarget, spec: AuditSpec, tx: torch.Tensor | None, ty: torch.Tensor | None):
+    """The candidate pool (spec.population records, 0: all; the truth records are added when missing) and the
+    truth records' pool indices."""
+    from .identify import CandidatePool
+
+    x, y = _population(target, spec)
+    if tx is None or ty is None:
+        return CandidatePool(x, y), None
+    d = torch.cdist(tx.flatten(1).float(), x.flatten(1).float())
+    idx = d.argmin(1)
+    missing = d.min(1).values > 1e-6
+    if bool(missing.any()):
+        x, y = torch.cat([x, tx[missing]]), torch.cat([y, ty[missing]])
+        idx[missing] = torch.arange(len(x) - int(missing.sum()), len(x))
+    return CandidatePool(x, y), idx
+
+
+def _simulate_observed(target: AuditTarget, spec: AuditSpec, pool, trials: int, seed: int) -> list:
+    """`trials` simulated rounds at spec's observation point, on records drawn from the pool."""
+    from .battery import Observed
+
+    k, n = spec.clients, spec.records
+    out = []
+    for t in range(trials):
+        g = torch.Generator().manual_seed(seed * 100003 + t)
+        idx = torch.randperm(len(pool.x), generator=g)[: k * n]
+        xs = pool.x[idx].reshape(k, n, *pool.x.shape[1:])
+        ys = pool.y[idx].reshape(k, n)
+        obs = observe(target.block, target.block_index, xs, ys, spec.scenario, spec.observe, spec.adversary, g)
+        kn = len(obs.truth_y)
+        out.append(Observed(obs.target.rounds[0].update, idx[:kn], obs.truth_y))
+    return out
+
+
+def _battery(target: AuditTarget, spec: AuditSpec, out: Path, update, truth, log) -> AuditRecord:
+    from .battery import BatteryConfig, Observed, run_battery, strongest_attack_verdict
+
+    cfg = BatteryConfig(seed=spec.seed)
+    keys = sorted(n for n, _ in target.block.named_parameters())
+    if update is not None:
+        if truth is None:
+            return AuditRecord(
+                **_base_record(target, spec),
+                metrics={},
+                controls={},
+                verdict="inconclusive",
+                reasons=["no ground truth (--truth) for the update: the battery cannot be scored"],
+                scope="the attack battery on the given update file",
+            )
+        pool, idx = _pool_and_truth(target, spec, *truth)
+        observed = [Observed({k: update.delta[k] for k in keys}, idx, truth[1])]
+        source = f"the given {update.meta.observation} update ({len(truth[1])} record(s))"
+    else:
+        pool, _ = _pool_and_truth(target, spec, None, None)
+        log(f"battery: {spec.targets} simulated rounds at '{spec.observe}' ({spec.adversary})")
+        observed = _simulate_observed(target, spec, pool, spec.targets, spec.seed)
+        source = f"{spec.targets} simulated rounds"
+    n = len(observed[0].labels)
+    controls = None
+    if spec.control:
+        # the same clients x records, but every delta unclipped and no noise: the sum of the raw updates
+        k = 1 if spec.adversary == "colluding" or spec.observe in ("raw", "clipped") else spec.clients
+        log(f"positive controls: the battery on {CONTROL_TRIALS} raw noiseless sums of {k} client update(s)")
+        cspec = replace(
+            spec,
+            observe="aggregate",
+            adversary="server",
+            clients=k,
+            records=n // k,
+            clip_norm=RAW_CLIP,
+            noise_multiplier=0.0,
+            rounds=1,
+        )
+        controls = _simulate_observed(target, cspec, pool, CONTROL_TRIALS, spec.seed + 7)
+    log(f"battery: label inference and matched-filter identification over a pool of {len(pool.x)}")
+    tests = run_battery(target.block, target.block_index, observed, pool, controls, cfg)
+    verdict, reasons = strongest_attack_verdict(tests, cfg.alpha)
+    strongest = min(tests, key=lambda t: t.p_value)
+    metrics = {
+        "tests": {t.attack: t.to_dict() for t in tests},
+        "strongest_attack": strongest.attack,
+        "strongest_p_value": strongest.p_value,
+        "alpha": cfg.alpha,
+        "power": cfg.power,
+        "pool_size": len(pool.x),
+        "records_per_update": n,
+        "updates": len(observed),
+    }
+    for t in tests:
+        metrics[t.attack.replace("-", "_") + "_rate"] = t.rate
+    ctrl = {t.attack: t.control for t in tests if t.control}
+    server = " " + SERVER_VIEW if spec.observe in ("aggregate", "release") and spec.adversary == "server" else ""
+    scope = (
+        f"label inference and candidate identification (matched filter over all {len(keys)} trainable "
+        f"coordinates, pool of {len(pool.x)} records holding the targets) against '{spec.observe}' of block "
+        f"{target.block_index} seen by a {spec.adversary} adversary; {source}, {n} record(s) per update. A pass "
+        "says no attack of the battery beat chance although each had the power to see a leak halfway between "
+        "chance and certainty; it certifies no DP guarantee." + server
+    )
+    return AuditRecord(
+        **_base_record(target, spec),
+        metrics=metrics,
+        controls=ctrl,
+        verdict=str(verdict),
+        reasons=reasons,
+        scope=scope,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
 # membership
 # ---------------------------------------------------------------------------------------------------
 def _population(target: AuditTarget, spec: AuditSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -504,7 +631,7 @@ def _membership(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
 # ---------------------------------------------------------------------------------------------------
 def max_bound(canaries: int, delta: float) -> float:
     """The largest epsilon lower bound `canaries` canaries can give (every guess right, Bonferroni as used)."""
-    return canary_mod.epsilon_lower_bound(canaries, canaries, canaries, delta, 0.05 / canary_mod.guess_strategies())
+    return canary_mod.max_lower_bound(canaries, delta)
 
 
 def _canary(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
@@ -546,11 +673,13 @@ def _canary(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
     checks = [
         (
             lb > claimed,
-            f"epsilon lower bound {lb:.3f} (95% confidence, delta={spec.delta:g}) "
+            f"epsilon lower bound {lb:.3f} ({res.bound.confidence:.1%} confidence, delta={spec.delta:g}) "
             f"{'EXCEEDS' if lb > claimed else 'is below'} the claimed epsilon {claimed:.3f}"
             + ("" if spec.claimed_epsilon is None else f" (accountant: {res.accountant_epsilon:.3f})"),
         )
     ]
+    if isinstance(res, canary_mod.RecordCanaryResult):  # the DP noise measured on untouched coordinates
+        checks.append(res.noise_check())
     verdict, reasons = decide(checks, control_ok, control_reason)
     if spec.control and control_reason not in reasons:
         reasons.append(control_reason)
@@ -561,13 +690,17 @@ def _canary(target: AuditTarget, spec: AuditSpec, log) -> AuditRecord:
         "bound": res.bound.to_dict(),
         "ceiling": ceiling,
     }
+    if isinstance(res, canary_mod.RecordCanaryResult):
+        metrics["noise"] = res.noise.to_dict()
+        metrics["canary_seconds"] = res.seconds
     if spec.canary_level == "record":
         dp = res.dp_report | {"canaries": spec.canaries}
         secagg = _base_record(target, spec)["secagg"] | {"secure_aggregation": False}
         scope = (
             f"record-level DP-SGD of block {target.block_index} as run by train_block_dp (Opacus Poisson sampling, "
-            f"ghost clipping, noise) with {spec.canaries} white-box Dirac gradient canaries scored by their privatized "
-            f"gradients; one run, "
+            f"ghost clipping, noise) with {spec.canaries} white-box Dirac gradient canaries scored by the likelihood "
+            f"ratio of their per-step privatized gradients, and the DP noise measured on "
+            f"{canary_mod.WITNESS_COORDINATES} coordinates no record touches; one run, "
             f"{len(x)} real records. A pass does not prove the claim, it fails to refute it."
         )
     else:

@@ -1,0 +1,155 @@
+"""Power of the record-level canary audit at its default budget: does `dbaudit run --attack canary` catch a
+DP-SGD run whose noise multiplier is half the claimed one?
+
+    flock /tmp/dblocks-heavy.lock nice -n 10 .venv/bin/python bench/audit_canary.py    # ~10 min on 2 busy cores
+
+The audited run: block 1 of the bench's digits model (`runs/audit-model`, trained by bench/audit.py), DP-SGD
+through the client's own `train_block_dp`: expected batch 64 over the 1797 digits plus the canary slots,
+300 steps, C = 1, noise multiplier z sized for epsilon 2 (delta 1e-5, PRV). The default audit budget: 1000
+canaries, 1000 noise-witness coordinates, one run, the low-noise positive control on. Planted bugs (patched
+here only, never product flags): Opacus' Gaussian noise scaled by 0.5 (true epsilon about 11 by RDP), scaled
+by 0.9, and removed; ghost clipping's coefficient forced to 1. Every run goes through the CLI in this process
+(so the patches apply) and its exit code is recorded.
+
+Writes bench/results/audit_canary.json, the records under bench/results/audits/canary-power-*/, and the
+summary keys audits.halved_noise_caught, audits.canary_seconds (wall time of the default audit of the
+halved-noise run), audits.canary_halved_lower_bound and audits.canary_halved_measured_noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+AUDITS = RESULTS / "audits"
+MODEL = ROOT / "runs" / "audit-model"
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextmanager
+def opacus_noise_scaled(factor: float):
+    """Planted bug: Opacus draws its Gaussian noise with std factor * z C (0: no noise)."""
+    import opacus.optimizers.optimizer as opt
+    import opacus.optimizers.optimizer_fast_gradient_clipping as fgc
+
+    original = opt._generate_noise
+
+    def scaled(std, reference, generator=None, secure_mode=False):
+        return original(std * factor, reference, generator=generator, secure_mode=secure_mode)
+
+    with mock.patch.object(fgc, "_generate_noise", scaled), mock.patch.object(opt, "_generate_noise", scaled):
+        yield
+
+
+@contextmanager
+def opacus_clipping_disabled():
+    import torch
+    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping as G
+
+    with mock.patch.object(G, "get_clipping_coef", lambda self: torch.ones_like(self.get_norm_sample())):
+        yield
+
+
+def cli(*args) -> tuple[int, dict | None, str, float]:
+    """`dbaudit` in this process: (exit code, audit record, command, wall seconds)."""
+    from typer.testing import CliRunner
+
+    from dblocks.privacy.cli import app
+
+    args = tuple(str(a) for a in args)
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    seconds = time.perf_counter() - t0
+    out = Path(args[args.index("--out") + 1]) / "audit.json"
+    rec = json.loads(out.read_text()) if out.exists() else None
+    cmd = "dbaudit " + " ".join(args)
+    said = [line for line in r.output.splitlines() if line.startswith(("PASS", "FAIL", "INCONCLUSIVE", "error"))]
+    log(f"{cmd}\n    -> exit {r.exit_code} in {seconds:.0f} s: {said}")
+    return r.exit_code, rec, cmd, seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--canaries", type=int, default=1000, help="the audit budget (dbaudit's default: 1000)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 60 steps, 300 canaries, two cases")
+    ap.add_argument("--out", type=Path, default=RESULTS / "audit_canary.json")
+    ap.add_argument("--no-summary", action="store_true")
+    a = ap.parse_args()
+    from _common import setup, update_summary, write_json
+
+    from dblocks.privacy.accounting import noise_for_epsilon
+
+    machine = setup(1)
+    if not (MODEL / "block-1.json").exists():
+        raise SystemExit(f"{MODEL} is missing: run bench/audit.py first (it trains the audited digits model)")
+    canaries, steps = (300, 60) if a.quick else (a.canaries, a.steps)
+    batch, n = 64, 1797 + canaries  # every canary has a slot in the data set (excluded ones give no gradient)
+    z = noise_for_epsilon(2.0, 1e-5, batch / n, steps)
+    config = {"block_index": 1, "canaries": canaries, "steps": steps, "batch": batch, "records": n, "z": z}
+    log(f"setup: {machine}; audited run {config}")
+    common = ["run", "--attack", "canary", "--observe", "clipped", "--block-dir", MODEL, "--block-index", 1]
+    common += ["--canaries", canaries, "--dp-noise-multiplier", f"{z:.4f}", "--dp-batch-size", batch]
+    common += ["--dp-steps", steps]
+    cases: list[tuple[str, object]] = [
+        ("correct", nullcontext()),
+        ("noise_halved", opacus_noise_scaled(0.5)),
+        ("noise_0.9", opacus_noise_scaled(0.9)),
+        ("noise_removed", opacus_noise_scaled(0.0)),
+        ("clipping_removed", opacus_clipping_disabled()),
+    ]
+    if a.quick:
+        cases = cases[:2]
+    t_all = time.perf_counter()
+    res: dict = {"setup": machine, "config": config, "runs": {}}
+    for name, bug in cases:
+        with bug:  # type: ignore[attr-defined]
+            code, rec, cmd, seconds = cli(*common, "--out", AUDITS / f"canary-power-{name}")
+        m = rec["metrics"] if rec else {}
+        res["runs"][name] = {
+            "command": cmd,
+            "exit_code": code,
+            "verdict": rec["verdict"] if rec else None,
+            "seconds": seconds,
+            "epsilon_lower_bound": m.get("epsilon_lower_bound"),
+            "accountant_epsilon": m.get("accountant_epsilon"),
+            "guesses": m.get("bound", {}).get("guesses"),
+            "correct": m.get("bound", {}).get("correct"),
+            "measured_noise": m.get("noise", {}).get("noise_multiplier"),
+            "noise_upper_limit": m.get("noise", {}).get("upper_limit"),
+            "epsilon_at_noise_upper_limit": m.get("noise", {}).get("epsilon_at_upper_limit"),
+            "control": rec["controls"].get("low_noise") if rec else None,
+            "reasons": rec["reasons"] if rec else None,
+        }
+        write_json(a.out, res)
+    res["seconds"] = time.perf_counter() - t_all
+    halved = res["runs"]["noise_halved"]
+    caught = halved["exit_code"] == 1 and halved["verdict"] == "fail"
+    res["halved_noise_caught"] = caught
+    write_json(a.out, res)
+    log(f"halved noise caught: {caught} (exit {halved['exit_code']}, {halved['seconds']:.0f} s); wrote {a.out}")
+    if not a.no_summary and not a.quick:
+        update_summary(
+            RESULTS,
+            {
+                "audits.halved_noise_caught": bool(caught),
+                "audits.canary_seconds": round(halved["seconds"], 1),
+                "audits.canary_halved_lower_bound": halved["epsilon_lower_bound"],
+                "audits.canary_halved_measured_noise": halved["measured_noise"],
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
