@@ -7,6 +7,7 @@ import gc
 import importlib
 import logging
 import os
+import secrets
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,10 +15,11 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from .api import ROUTERS as API_ROUTERS
 from .auth import TokenCache, session_csrf_token
@@ -121,6 +123,27 @@ class ContentSecurityPolicy:
         await self.app(scope, receive, send_with_csp)
 
 
+def _json_safe(value, limit: int = 200):
+    """A validation error's `input` as JSON can carry it: plain JSON scalars as they are (strings that are not
+    Unicode text escaped), anything else (bytes, containers, objects) as a short repr."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else repr(value)
+    text = value if isinstance(value, str) else repr(value)
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def safe_validation_error(err: dict) -> dict:
+    """One entry of a 422 `detail`: type, loc, msg and input, each of them JSON-encodable whatever was sent."""
+    return {
+        "type": err.get("type"),
+        "loc": [p if isinstance(p, int) else _json_safe(str(p)) for p in err.get("loc", ())],
+        "msg": _json_safe(str(err.get("msg", "")), 2000),
+        "input": _json_safe(err.get("input")),
+    }
+
+
 def _wants_html(request: Request) -> bool:
     return not request.url.path.startswith("/api") and "text/html" in request.headers.get("accept", "")
 
@@ -192,6 +215,26 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     async def _integrity(_: Request, exc: IntegrityError):
         return JSONResponse(
             {"detail": f"conflicts with existing data: {str(exc.orig).splitlines()[0][:300]}"}, status_code=409
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": [safe_validation_error(e) for e in exc.errors()]}, status_code=422)
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError):
+        return JSONResponse(
+            {"detail": f"a value does not fit the database: {str(exc.orig).splitlines()[0][:300]}"}, status_code=422
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        """Anything no other handler knows: logged here with its stack, answered with a 500 naming only an id to
+        quote (never the stack or the exception's text, which may hold internals)."""
+        incident = secrets.token_hex(6)
+        log.error("incident %s: %s %s", incident, request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"detail": f"internal error (incident {incident}); the registry's log has the details"}, status_code=500
         )
 
     @app.exception_handler(ArtifactNotFound)

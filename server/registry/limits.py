@@ -4,7 +4,9 @@
 that turns out longer while streaming (chunked uploads) is cut off with 413. Multipart and octet-stream uploads
 get `max_upload_bytes`, everything else `max_json_bytes`.
 
-`FiniteJsonBodies`: a JSON body holding a number that is not finite is refused with 422 naming where it sits.
+`FiniteJsonBodies`: a JSON body holding a number that is not finite, or a string that is not Unicode text (a lone
+UTF-16 surrogate such as "\\ud800", which JSON's escapes allow but no database or UTF-8 encoder takes), is refused
+with 422 naming where it sits.
 JSON (RFC 8259) has no NaN or Infinity, but Python's json module (which FastAPI uses) reads the literals
 `NaN`, `Infinity` and `-Infinity`, and reads a number beyond the float range such as `1e999` as infinity.
 Such a value would reach a free-form field (`metrics`, `stats`, `schedule`, ...) and be stored, or make the
@@ -130,6 +132,54 @@ def _first_non_finite(doc: Any) -> Loc | None:
     return None
 
 
+# a lone surrogate can only arrive as a \\uD800-\\uDFFF escape (raw surrogate bytes are not UTF-8 at all)
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def surrogate_path(text: str | bytes) -> Loc | None:
+    """Where the first string (value or key) holding a lone UTF-16 surrogate sits in the JSON document `text`,
+    or None if all its strings are Unicode text or it is not JSON at all."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if not _MAYBE_SURROGATE.search(raw):
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[Any, Loc]] = [(doc, ())]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, str) and not _is_text(value):
+            return loc
+        if isinstance(value, dict):
+            for k, v in reversed(value.items()):
+                if not _is_text(k):
+                    return (*loc, k.encode("utf-8", "backslashreplace").decode())
+                stack.append((v, (*loc, k)))
+        elif isinstance(value, list):
+            stack.extend((v, (*loc, i)) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def _is_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def surrogate_error(loc: Loc) -> dict:
+    """A 422 `detail` entry for a string that is not Unicode text."""
+    return {
+        "type": "unicode_text",
+        "loc": list(loc),
+        "input": None,
+        "msg": f"{'.'.join(str(p) for p in loc)} holds a lone UTF-16 surrogate (\\ud800-\\udfff); strings must be "
+        "Unicode text",
+    }
+
+
 def non_finite_error(loc: Loc) -> dict:
     """One entry of a 422 `detail` list, shaped like FastAPI's validation errors (type, loc, msg, input)."""
     where = ".".join(str(p) for p in loc)
@@ -173,6 +223,9 @@ class FiniteJsonBodies:
         loc = non_finite_path(body)
         if loc is not None:
             return await _send_json(send, 422, {"detail": [non_finite_error(("body", *loc))]})
+        loc = surrogate_path(body)
+        if loc is not None:
+            return await _send_json(send, 422, {"detail": [surrogate_error(("body", *loc))]})
         await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
 

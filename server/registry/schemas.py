@@ -1,5 +1,8 @@
 """Request and response bodies of the REST API (pydantic). Unknown fields are refused, so a misspelt field
-is a 422 that names it rather than a silently dropped value. Floats must be finite."""
+is a 422 that names it rather than a silently dropped value. Floats must be finite. Types are strict (a boolean
+is not an integer, a string is not a number), and every integer that reaches a database column is bounded by
+that column's range (`DB_INT_MAX`, the 32-bit INTEGER of PostgreSQL): an out-of-range value is a 422, not a
+database error."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dblocks.shared.versions import VersionMeta
 
 RunStatus = Literal["created", "running", "paused", "stopped", "finished", "failed"]
 RunAction = Literal["start", "pause", "resume", "stop"]
@@ -18,6 +23,8 @@ NodeStatus = Literal["pending", "approved", "revoked"]
 Verdict = Literal["pass", "fail", "inconclusive"]
 Role = Literal["admin", "operator", "researcher", "viewer", "service"]
 
+DB_INT_MAX = 2**31 - 1  # INTEGER columns (ids, rounds, block indices, steps): 32-bit signed on PostgreSQL
+
 Name = Field(min_length=1, max_length=200)
 NodeId = Field(min_length=1, max_length=64)
 SecAggIdentity = Field(
@@ -28,7 +35,7 @@ SecAggIdentity = Field(
 
 
 class In(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Out(BaseModel):
@@ -144,8 +151,8 @@ class RunStatusSet(In):
 
 # ---- rounds -----------------------------------------------------------------------------------------------
 class RoundReportIn(In):
-    round: int = Field(ge=0)
-    block_index: int = Field(ge=0)
+    round: int = Field(ge=0, le=DB_INT_MAX)
+    block_index: int = Field(ge=0, le=DB_INT_MAX)
     cohort: list[str] = Field(default_factory=list, max_length=10_000)
     status: RoundStatus
     reason: str | None = Field(default=None, max_length=2000)
@@ -166,6 +173,35 @@ class RoundReportOut(Out):
 
 
 # ---- block versions (the record a version is registered with: dblocks.shared.versions.VersionMeta) ----------
+class VersionMetaIn(VersionMeta):
+    """VersionMeta as the registry accepts it: strict types and integers within the database's columns."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    round: int = Field(ge=0, le=DB_INT_MAX)
+    parent_version_id: int | None = Field(default=None, ge=1, le=DB_INT_MAX)
+    record_steps: int | None = Field(default=None, ge=0, le=DB_INT_MAX)
+
+
+class BlockSpecIn(BaseModel):
+    """The shape of `dblocks.shared.wire.BlockSpec` JSON, checked before the spec is built: an object with every
+    field of the right type (numbers where numbers belong, finite intervals), so a malformed spec is a 422 that
+    names the field."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    task: str = Name
+    block_index: int = Field(ge=0, le=DB_INT_MAX)
+    num_blocks: int = Field(ge=1, le=1024)
+    owned_interval: tuple[float, float]
+    training_interval: tuple[float, float]
+    arch: dict[str, Any]
+    schedule: dict[str, Any]
+    param_count: int = Field(ge=0, le=DB_INT_MAX)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    format_version: int = Field(ge=0, le=DB_INT_MAX)
+
+
 class VersionOut(Out):
     id: int
     run_id: int
@@ -251,9 +287,9 @@ class NodeSeen(In):
 
 
 class NodePrivacyIn(In):
-    run_id: int
-    block_index: int = Field(ge=0)
-    round: int = Field(ge=0)
+    run_id: int = Field(ge=1, le=DB_INT_MAX)
+    block_index: int = Field(ge=0, le=DB_INT_MAX)
+    round: int = Field(ge=0, le=DB_INT_MAX)
     epsilon: float = Field(
         ge=0,
         description="epsilon of this node's data composed over all its releases in the run "
@@ -262,7 +298,7 @@ class NodePrivacyIn(In):
     delta: float = Field(gt=0, lt=1)
     accountant: str = Field(min_length=1, max_length=64)
     sample_rate: float | None = Field(default=None, gt=0, le=1)
-    steps: int | None = Field(default=None, ge=0)
+    steps: int | None = Field(default=None, ge=0, le=DB_INT_MAX)
 
 
 class NodePrivacyOut(Out):
@@ -281,7 +317,7 @@ class NodePrivacyOut(Out):
 
 # ---- audits -----------------------------------------------------------------------------------------------
 class AuditMeta(In):
-    block_version_id: int
+    block_version_id: int = Field(ge=1, le=DB_INT_MAX)
     attack: str = Name
     observation_point: str = Name
     adversary: str = Name

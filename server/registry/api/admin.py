@@ -11,7 +11,7 @@ from .. import events
 from ..auth import ADMINS, ALL_ROLES, Allow, Principal, issue_token
 from ..models import ApiToken, Event, utcnow
 from ..schemas import EventOut, Page, Role, TokenCreate, TokenCreated, TokenOut, WhoAmI
-from .common import Limit, Offset, get_or_404, paginate, registry
+from .common import IdPath, IdQuery, Limit, Offset, get_or_404, paginate, registry
 
 router = APIRouter(tags=["admin"])
 
@@ -24,11 +24,11 @@ def whoami(who: Principal = Depends(Allow(ALL_ROLES))):
 
 @router.get("/events", response_model=Page[EventOut], summary="The append-only event log")
 def list_events(
-    run_id: int | None = None,
+    run_id: IdQuery = None,
     kind: str | None = None,
     subject_type: str | None = None,
     subject_id: str | None = None,
-    after_id: int | None = None,
+    after_id: IdQuery = None,
     order: Literal["asc", "desc"] = "desc",
     limit: int = Limit,
     offset: int = Offset,
@@ -69,7 +69,7 @@ def list_tokens(limit: int = Limit, offset: int = Offset, _: Principal = Depends
 
 
 @router.post("/tokens/{token_id}/revoke", response_model=TokenOut)
-def revoke_token(token_id: int, who: Principal = Depends(Allow(ADMINS)), reg=Depends(registry)):
+def revoke_token(token_id: IdPath, who: Principal = Depends(Allow(ADMINS)), reg=Depends(registry)):
     with reg.db.writer() as s:
         row = get_or_404(s, ApiToken, token_id, "token", lock=True)
         if row.revoked_at is None:

@@ -13,7 +13,7 @@ from .. import events
 from ..auth import ALL_ROLES, AUDITORS, Allow, Principal
 from ..models import Audit, AuditArtifact, BlockVersion, Run, utcnow
 from ..schemas import AuditMeta, AuditOut, Page, Verdict
-from .common import Limit, Offset, get_or_404, paginate, parse_json_field, registry
+from .common import IdPath, IdQuery, Limit, Offset, get_or_404, paginate, parse_json_field, registry
 
 router = APIRouter(tags=["audits"])
 SAFE_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -97,8 +97,8 @@ def post_audit(
 
 @router.get("/audits", response_model=Page[AuditOut], summary="Audits, newest first")
 def list_audits(
-    block_version_id: int | None = None,
-    run_id: int | None = None,
+    block_version_id: IdQuery = None,
+    run_id: IdQuery = None,
     verdict: Verdict | None = None,
     attack: str | None = None,
     limit: int = Limit,
@@ -120,7 +120,7 @@ def list_audits(
 
 
 @router.get("/audits/{audit_id}", response_model=AuditOut)
-def read_audit(audit_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def read_audit(audit_id: IdPath, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
     with reg.db.reader() as s:
         return AuditOut.model_validate(get_or_404(s, Audit, audit_id, "audit"))
 
@@ -130,7 +130,7 @@ def read_audit(audit_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depe
     response_class=Response,
     summary="An audit's artifact file (hash-verified)",
 )
-def download_artifact(audit_id: int, filename: str, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def download_artifact(audit_id: IdPath, filename: str, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
     with reg.db.reader() as s:
         art = s.execute(
             select(AuditArtifact).where(AuditArtifact.audit_id == audit_id, AuditArtifact.filename == filename)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import HTTPException, Query, Request, Response
+from fastapi import HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from ..limits import non_finite_error, non_finite_path
+from ..limits import non_finite_error, non_finite_path, surrogate_error, surrogate_path
 from ..models import Run
-from ..schemas import Page
+from ..schemas import DB_INT_MAX, Page
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,7 +26,12 @@ class _Keyed(Protocol):
 
 K = TypeVar("K", bound=_Keyed)
 Limit = Query(50, ge=1, le=500, description="page size")
-Offset = Query(0, ge=0, description="rows to skip")
+Offset = Query(0, ge=0, le=DB_INT_MAX, description="rows to skip")
+# ids, rounds and block indices in paths and queries: within the database's INTEGER range (else a 422, never a
+# database error); float filters: finite
+IdPath = Annotated[int, Path(ge=0, le=DB_INT_MAX)]
+IdQuery = Annotated[int | None, Query(ge=0, le=DB_INT_MAX)]
+FiniteQuery = Annotated[float | None, Query(allow_inf_nan=False)]
 
 
 async def registry(request: Request):
@@ -48,11 +53,14 @@ def paginate(session: Session, stmt: Select, limit: int, offset: int, out: type[
 
 
 def check_finite_json(text: str, field: str) -> None:
-    """422 located at `field` if the JSON in this multipart form field holds a NaN or an infinity
-    (request bodies sent as JSON are checked by `limits.FiniteJsonBodies`)."""
+    """422 located at `field` if the JSON in this multipart form field holds a NaN or an infinity, or a string
+    with a lone surrogate (request bodies sent as JSON are checked by `limits.FiniteJsonBodies`)."""
     loc = non_finite_path(text)
     if loc is not None:
         raise RequestValidationError([non_finite_error(("body", field, *loc))])
+    loc = surrogate_path(text)
+    if loc is not None:
+        raise RequestValidationError([surrogate_error(("body", field, *loc))])
 
 
 def parse_json_field(model: type[M], text: str, field: str) -> M:
@@ -68,6 +76,10 @@ def parse_json_field(model: type[M], text: str, field: str) -> M:
 
 
 def get_or_404(session: Session, model: type[K], key, what: str, *, lock: bool = False) -> K:
+    """The row of `model` with this id; 404 if there is none (an integer id beyond the column's range cannot
+    exist: 404 without a query, which the database would refuse)."""
+    if isinstance(key, int) and not 0 <= key <= DB_INT_MAX:
+        raise HTTPException(404, f"{what} {key} does not exist")
     stmt = select(model).where(model.id == key)
     if lock:
         stmt = stmt.with_for_update()

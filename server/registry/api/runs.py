@@ -25,7 +25,7 @@ from ..schemas import (
     RunStatusSet,
     RunSummary,
 )
-from .common import Limit, Offset, check_block_index, get_run, paginate, registry
+from .common import IdPath, IdQuery, Limit, Offset, check_block_index, get_run, paginate, registry
 
 router = APIRouter(tags=["runs"])
 
@@ -121,7 +121,7 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-def read_run(run_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def read_run(run_id: IdPath, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
     with reg.db.reader() as s:
         run = s.execute(select(Run).where(Run.id == run_id).options(selectinload(Run.blocks))).scalar_one_or_none()
         if run is None:
@@ -132,7 +132,7 @@ def read_run(run_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(
 @router.get(
     "/runs/{run_id}/control", response_model=ControlState, summary="What the federation server polls each round"
 )
-def read_control(run_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def read_control(run_id: IdPath, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
     with reg.db.reader() as s:  # only the columns it needs: this is the most frequent request of all
         row = s.execute(
             select(Run.id, Run.status, Run.num_rounds, Run.current_round, Run.status_reason, Run.updated_at).where(
@@ -156,7 +156,7 @@ def read_control(run_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depe
     response_model=ControlState,
     summary="Operator: start, pause, resume, stop, change num_rounds",
 )
-def control_run(run_id: int, body: RunControl, who: Principal = Depends(Allow(OPERATORS)), reg=Depends(registry)):
+def control_run(run_id: IdPath, body: RunControl, who: Principal = Depends(Allow(OPERATORS)), reg=Depends(registry)):
     with reg.db.writer() as s:
         run = get_run(s, run_id, lock=True)
         before = {"status": run.status, "num_rounds": run.num_rounds}
@@ -188,7 +188,7 @@ def control_run(run_id: int, body: RunControl, who: Principal = Depends(Allow(OP
 @router.post(
     "/runs/{run_id}/status", response_model=ControlState, summary="Service: report running, finished or failed"
 )
-def set_run_status(run_id: int, body: RunStatusSet, who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)):
+def set_run_status(run_id: IdPath, body: RunStatusSet, who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)):
     with reg.db.writer() as s:
         run = get_run(s, run_id, lock=True)
         t = service_status(run.status, body.status)
@@ -213,7 +213,7 @@ def set_run_status(run_id: int, body: RunStatusSet, who: Principal = Depends(All
     response_model=RoundReportOut,
     summary="Service: what happened to a block in a round",
 )
-def report_round(run_id: int, body: RoundReportIn, who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)):
+def report_round(run_id: IdPath, body: RoundReportIn, who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)):
     with reg.db.writer() as s:
         run = get_run(s, run_id, lock=True)
         check_block_index(run, body.block_index)
@@ -243,9 +243,9 @@ def report_round(run_id: int, body: RoundReportIn, who: Principal = Depends(Allo
 
 @router.get("/runs/{run_id}/rounds", response_model=Page[RoundReportOut], summary="Round reports, oldest first")
 def list_rounds(
-    run_id: int,
-    block_index: int | None = None,
-    round: int | None = None,
+    run_id: IdPath,
+    block_index: IdQuery = None,
+    round: IdQuery = None,
     limit: int = Limit,
     offset: int = Offset,
     _: Principal = Depends(Allow(ALL_ROLES)),
@@ -266,7 +266,7 @@ def list_rounds(
 
 
 @router.get("/runs/{run_id}/privacy", summary="Privacy spent per block and per node")
-def read_run_privacy(run_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)) -> dict:
+def read_run_privacy(run_id: IdPath, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)) -> dict:
     with reg.db.reader() as s:
         run = get_run(s, run_id)
         return run_privacy(s, run.id, run.num_blocks)

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Response, UploadFile
 from sqlalchemy import func, select, update
 
-from dblocks.shared.versions import VersionMeta
-
 from .. import events
 from ..auth import ALL_ROLES, SERVICE, WEIGHT_READERS, Allow, Principal
 from ..models import Audit, Block, BlockVersion, Node, Run, utcnow
-from ..schemas import AuditOut, Lineage, LineageStep, Page, VersionOut, VersionRegistered
+from ..schemas import (
+    AuditOut,
+    BlockSpecIn,
+    Lineage,
+    LineageStep,
+    Page,
+    VersionMetaIn,
+    VersionOut,
+    VersionRegistered,
+)
 from .common import (
+    FiniteQuery,
+    IdPath,
+    IdQuery,
     Limit,
     Offset,
     check_block_index,
-    check_finite_json,
     get_or_404,
     get_run,
     paginate,
@@ -32,12 +42,18 @@ MAX_LINEAGE_DEPTH = 100_000
 
 
 def parse_spec(text: str):
-    """A BlockSpec from its JSON (dblocks.shared.wire); 422 naming the problem if it is not one."""
+    """A BlockSpec from its JSON (dblocks.shared.wire); 422 naming the problem if it is not one: its shape is
+    checked first (`BlockSpecIn`: an object, every field present with its type), then the spec is built."""
     from dblocks.shared.wire import BlockSpec  # imports torch: only when a version is registered
 
     try:
+        json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise HTTPException(422, f"spec is not a valid BlockSpec JSON ({type(e).__name__}: {e})") from None
+    parse_json_field(BlockSpecIn, text, "spec")
+    try:
         return BlockSpec.from_json(text)
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise HTTPException(422, f"spec is not a valid BlockSpec JSON ({type(e).__name__}: {e})") from None
 
 
@@ -97,8 +113,8 @@ def _existing_or_conflict(existing: BlockVersion, digest: str) -> VersionRegiste
     },
 )
 def register_version(
-    run_id: int,
-    block_index: int,
+    run_id: IdPath,
+    block_index: IdPath,
     response: Response,
     meta: Annotated[str, Form(description="VersionMeta as JSON")],
     spec: Annotated[str, Form(description="BlockSpec.to_json()")],
@@ -106,8 +122,7 @@ def register_version(
     who: Principal = Depends(Allow(SERVICE)),
     reg=Depends(registry),
 ):
-    m = parse_json_field(VersionMeta, meta, "meta")
-    check_finite_json(spec, "spec")
+    m = parse_json_field(VersionMetaIn, meta, "meta")
     block_spec = parse_spec(spec)
     data = weights.file.read()
     digest = hashlib.sha256(data).hexdigest()
@@ -190,7 +205,9 @@ def register_version(
     response_model=VersionOut | None,
     summary="Newest version of a block (null if it has none yet): where a restarted server resumes",
 )
-def latest_version(run_id: int, block_index: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def latest_version(
+    run_id: IdPath, block_index: IdPath, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)
+):
     with reg.db.reader() as s:
         check_block_index(get_run(s, run_id), block_index)
         v = s.execute(
@@ -204,11 +221,11 @@ def latest_version(run_id: int, block_index: int, _: Principal = Depends(Allow(A
 
 @router.get("/versions", response_model=Page[VersionOut], summary="Query block versions, oldest first")
 def list_versions(
-    run_id: int | None = None,
-    block_index: int | None = None,
-    round: int | None = None,
-    max_epsilon: float | None = None,
-    max_client_epsilon: float | None = None,
+    run_id: IdQuery = None,
+    block_index: IdQuery = None,
+    round: IdQuery = None,
+    max_epsilon: FiniteQuery = None,
+    max_client_epsilon: FiniteQuery = None,
     sha256: str | None = None,
     limit: int = Limit,
     offset: int = Offset,
@@ -234,7 +251,7 @@ def list_versions(
 
 
 @router.get("/versions/{version_id}", response_model=VersionOut)
-def read_version(version_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def read_version(version_id: IdPath, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
     with reg.db.reader() as s:
         return VersionOut.model_validate(get_or_404(s, BlockVersion, version_id, "block version"))
 
@@ -245,7 +262,7 @@ def read_version(version_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def download_weights(version_id: int, _: Principal = Depends(Allow(WEIGHT_READERS)), reg=Depends(registry)):
+def download_weights(version_id: IdPath, _: Principal = Depends(Allow(WEIGHT_READERS)), reg=Depends(registry)):
     with reg.db.reader() as s:
         v = get_or_404(s, BlockVersion, version_id, "block version")
         digest = v.sha256
@@ -265,7 +282,7 @@ def download_weights(version_id: int, _: Principal = Depends(Allow(WEIGHT_READER
     response_model=Lineage,
     summary="A version, its ancestors, their cohorts and audits",
 )
-def lineage(version_id: int, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
+def lineage(version_id: IdPath, _: Principal = Depends(Allow(ALL_ROLES)), reg=Depends(registry)):
     with reg.db.reader() as s:
         chain = [get_or_404(s, BlockVersion, version_id, "block version")]
         seen = {chain[0].id}
