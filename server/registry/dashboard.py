@@ -44,6 +44,7 @@ from .auth import (
 from .budgets import node_budgets
 from .lifecycle import OPERATOR_ACTIONS, TransitionError
 from .models import ApiToken, Audit, BlockVersion, Event, Node, RoundReport, Run
+from .nodemap import node_aliases, resolve, superlink_node_id
 from .schemas import RunAction, RunControl
 
 router = APIRouter(include_in_schema=False)
@@ -75,7 +76,12 @@ def fmt_num(x, digits: int = 3) -> str:
 
 
 def template_filters() -> dict:
-    return {"ago": ago, "num": fmt_num, "utc": lambda t: t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "–"}
+    return {
+        "ago": ago,
+        "num": fmt_num,
+        "utc": lambda t: t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "–",
+        "superlink": superlink_node_id,
+    }
 
 
 def render(request: Request, template: str, who: Principal | None, **context) -> HTMLResponse:
@@ -206,7 +212,10 @@ def cohort_table(s, run: Run, max_rounds: int = 12) -> list[dict]:
 
 
 def node_names(s) -> dict[str, str]:
-    return dict(s.execute(select(Node.id, Node.display_name)).all())
+    """{registry node id or SuperLink node id: company display name}: cohorts name their members by SuperLink
+    node id (see `nodemap`)."""
+    names = dict(s.execute(select(Node.id, Node.display_name)).all())
+    return {alias: names[node_id] for alias, node_id in node_aliases(s).items() if node_id in names}
 
 
 def run_charts(s, run: Run) -> dict:
@@ -507,12 +516,41 @@ def run_control(
 
 
 # ---- nodes -------------------------------------------------------------------------------------------------------
+def node_work(s) -> dict[str, dict]:
+    """Per registry node id: the block versions it helped train ("blocks") and the rounds it took part in
+    ("rounds": distinct (run, round) of those versions), from the versions' cohorts resolved by `nodemap`."""
+    aliases = node_aliases(s)
+    work: dict[str, dict] = defaultdict(lambda: {"blocks": 0, "rounds": set()})
+    for run_id, round_, cohort in s.execute(select(BlockVersion.run_id, BlockVersion.round, BlockVersion.cohort)):
+        for node_id in resolve(cohort or [], aliases):
+            work[node_id]["blocks"] += 1
+            work[node_id]["rounds"].add((run_id, round_))
+    return {n: {"blocks": w["blocks"], "rounds": len(w["rounds"])} for n, w in work.items()}
+
+
+def node_epsilons(s) -> dict[str, dict]:
+    """Per registry node id: the record-level epsilon its data spent in its newest run, composed over all its
+    releases in that run by the run's accountant ({epsilon, delta, accountant, run_id, round}), and the largest
+    such total over all its runs with how many runs there were (runs are not composed with each other here:
+    a company that reuses its data composes across runs in its own ledger)."""
+    out: dict[str, dict] = {}
+    for (node_id, run_id), b in sorted(node_budgets(s).items(), key=lambda kv: kv[0][1]):
+        prev = out.get(node_id)
+        out[node_id] = {
+            "epsilon": b.epsilon_total,
+            "delta": b.delta_total,
+            "accountant": b.accountant,
+            "run_id": run_id,
+            "round": b.round,
+            "max_over_runs": max(b.epsilon_total, prev["max_over_runs"]) if prev else b.epsilon_total,
+            "runs": prev["runs"] + 1 if prev else 1,
+        }
+    return out
+
+
 def nodes_context(s) -> dict:
     nodes = s.execute(select(Node).order_by(Node.status.desc(), Node.created_at)).scalars().all()
-    totals: dict[str, float] = defaultdict(float)
-    for (nid, _), b in node_budgets(s).items():
-        totals[nid] = max(totals[nid], b.epsilon_total)
-    return {"nodes": nodes, "eps_max_run": totals}
+    return {"nodes": nodes, "work": node_work(s), "epsilons": node_epsilons(s)}
 
 
 @router.get("/nodes", response_class=HTMLResponse)

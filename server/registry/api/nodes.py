@@ -179,7 +179,8 @@ def record_node_privacy(
     node_id: str, body: NodePrivacyIn, who: Principal = Depends(Allow(SERVICE)), reg=Depends(registry)
 ):
     with reg.db.writer() as s:
-        get_or_404(s, Node, node_id, "node")
+        node = get_or_404(s, Node, node_id, "node")
+        node.last_seen_at = utcnow()  # it took part in the round this record is about
         run = get_run(s, body.run_id)
         check_block_index(run, body.block_index)
         run.updated_at = utcnow()  # the run's change token (the dashboard re-renders on it)

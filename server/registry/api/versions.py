@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 from .. import events
 from ..auth import ALL_ROLES, SERVICE, WEIGHT_READERS, Allow, Principal
 from ..models import Audit, Block, BlockVersion, Node, Run, utcnow
+from ..nodemap import node_aliases, resolve
 from ..schemas import (
     AuditOut,
     BlockSpecIn,
@@ -177,8 +178,13 @@ def register_version(
         s.add(v)
         if block.param_count is None:
             block.param_count = block_spec.param_count
-        if m.cohort:
-            s.execute(update(Node).where(Node.id.in_(set(m.cohort))).values(blocks_trained=Node.blocks_trained + 1))
+        members = resolve(m.cohort, node_aliases(s)) if m.cohort else []  # SuperLink node ids -> registry nodes
+        if members:
+            s.execute(
+                update(Node)
+                .where(Node.id.in_(members))
+                .values(blocks_trained=Node.blocks_trained + 1, last_seen_at=utcnow())
+            )
         run.updated_at = utcnow()
         s.flush()
         events.record(

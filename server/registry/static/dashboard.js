@@ -77,6 +77,19 @@ function dblocksRunCharts(runId) {
     nodes.options.scales.x.title.text = `ε record level, composed over the run${accountant}`;
     nodes.update("none");
     document.getElementById("nodes-empty").hidden = d.nodes.length > 0;
+    // the same numbers as text (readable without the chart, and searchable): company, epsilon, accountant, round
+    const rows = d.nodes.map((n) => {
+      const tr = document.createElement("tr");
+      for (const [cls, text] of [["company", n.node], ["eps", n.total.toPrecision(3)],
+                                 ["small muted", `${n.accountant || "?"}, to round ${n.round}`]]) {
+        const td = document.createElement("td");
+        td.className = cls;
+        td.textContent = text;
+        tr.append(td);
+      }
+      return tr;
+    });
+    document.getElementById("nodes-table-eps").replaceChildren(...rows);
   }
 
   async function refresh() {
