@@ -186,3 +186,37 @@ def auc_interval(scores_in: np.ndarray, scores_out: np.ndarray, seed: int = 0, r
         for _ in range(resamples)
     ]
     return Estimate(base, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975)), len(s_in) + len(s_out))
+
+
+# ---------------------------------------------------------------------------------------------------
+# tests of an attack against its chance level, and their power
+# ---------------------------------------------------------------------------------------------------
+def binomial_p_value(successes: int, trials: int, chance: float) -> float:
+    """One-sided exact binomial test: P(Binomial(trials, chance) >= successes)."""
+    from scipy.stats import binomtest
+
+    if trials == 0:
+        return 1.0
+    return float(binomtest(successes, trials, min(max(chance, 0.0), 1.0), alternative="greater").pvalue)
+
+
+def critical_successes(trials: int, chance: float, alpha: float) -> int:
+    """Smallest k with P(Binomial(trials, chance) >= k) <= alpha (trials + 1 when no k can reach alpha)."""
+    from scipy.stats import binom
+
+    for k in range(trials + 1):
+        if binom.sf(k - 1, trials, chance) <= alpha:
+            return k
+    return trials + 1
+
+
+def minimum_detectable_rate(trials: int, chance: float, alpha: float, power: float = 0.8) -> float:
+    """The smallest true success rate the one-sided binomial test at level alpha detects with probability
+    `power`: with k = critical_successes, P(Binomial(trials, p) >= k) = I_p(k, trials - k + 1) = power, solved by
+    the beta quantile. inf when the test cannot reject at all (too few trials for this alpha)."""
+    k = critical_successes(trials, chance, alpha)
+    if k > trials:
+        return float("inf")
+    if k == 0:
+        return 0.0
+    return float(beta.ppf(power, k, trials - k + 1))
