@@ -39,6 +39,7 @@ import torch
 from scipy.stats import binom
 from torch import nn
 
+from dblocks.privacy.dpsgd import DPConfig, DPReport
 from dblocks.shared.training import TrainConfig, block_loss, draw_block_inputs
 
 from .updates import Delta
@@ -297,6 +298,7 @@ class RecordCanaryResult:
     scores: list[float]
     included: list[bool]
     seconds: float = 0.0
+    run: CanaryRun | None = None  # the per-step values (not written to the record)
 
     def to_dict(self) -> dict:
         return {
@@ -331,7 +333,7 @@ def record_canary_audit(
     x: torch.Tensor,
     y: torch.Tensor,
     cfg: TrainConfig,
-    dp,
+    dp: DPConfig,
     canaries: int = 1000,
     seed: int = 0,
     confidence: float = 1 - AUDIT_SIGNIFICANCE,
@@ -349,38 +351,114 @@ def record_canary_audit(
     `generator`: the run's source of randomness, as `train_block_dp` takes it (None: seeded from cfg.seed,
     reproducible; a company's client passes `dpsgd.secret_generator()`). The run's own accountant epsilon
     (same sampler, steps, noise) comes back beside the bound."""
-    from dblocks.privacy.dpsgd import train_block_dp
-
     t0 = time.perf_counter()
     alpha = (1 - confidence) / 2
     g = torch.Generator().manual_seed(seed)
     included = torch.rand(canaries, generator=g) < 0.5
-    slots = torch.arange(canaries)
-    x_all = torch.cat([x, torch.zeros((canaries, *x.shape[1:]), dtype=x.dtype)])
-    y_all = torch.cat([y, -slots - 1])
-    null_row = canaries
-    audited = CanaryAugmentedBlock(copy.deepcopy(block), canaries + 1 + witnesses)
-    loss = canary_loss_fn(audited.block, block_index, cfg, included, CANARY_GRAD_FACTOR * dp.max_grad_norm)
-    with torch.random.fork_rng(), privatized_gradients(audited.canaries.weight) as steps:
-        torch.manual_seed(seed)  # nothing should draw from the global generator; if anything does, reproducibly
-        report = train_block_dp(audited, block_index, x_all, y_all, cfg, dp, loss_fn=loss, generator=generator)
-    n = len(x_all)
-    units = report.sample_rate * n / dp.max_grad_norm  # privatized gradient -> units of C
-    per_step = torch.stack(steps).numpy() * units  # (steps, rows)
-    noise = measure_noise(
-        per_step[:, null_row + 1 :], dp.noise_multiplier, report.sample_rate, dp.delta, alpha, dp.accountant
-    )
-    scores = subsampled_gaussian_llr(per_step[:, :canaries], report.sample_rate, max(noise.noise_multiplier, 0.05))
+    run = canary_run(block, block_index, x, y, cfg, dp, included, witnesses, seed, generator)
+    noise = measure_noise(run.witness, dp.noise_multiplier, run.report.sample_rate, dp.delta, alpha, dp.accountant)
+    scores = subsampled_gaussian_llr(run.per_step, run.report.sample_rate, max(noise.noise_multiplier, 0.05))
     bound = bound_from_scores(scores, included.numpy(), dp.delta, 1 - alpha)
     return RecordCanaryResult(
         bound,
         noise,
-        report.epsilon,
-        report.to_dict(),
+        run.report.epsilon,
+        run.report.to_dict(),
         scores.tolist(),
         included.tolist(),
         time.perf_counter() - t0,
+        run,
     )
+
+
+@dataclass
+class CanaryRun:
+    """What one DP-SGD run with canary slots produced. per_step: (steps, m) privatized gradients of the canary
+    rows in units of C; witness: (steps, W) the same for the rows no example touches; sampled: (steps, m) which
+    canary slots each step's Poisson sample held (what an auditor who could replay the sampler would know)."""
+
+    per_step: np.ndarray
+    witness: np.ndarray
+    sampled: np.ndarray
+    report: DPReport
+
+
+def canary_run(
+    block: nn.Module,
+    block_index: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    dp: DPConfig,
+    included: torch.Tensor,
+    witnesses: int = WITNESS_COORDINATES,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> CanaryRun:
+    """`train_block_dp` on a copy of `block` with (x, y) and m = len(included) canary slots (see
+    `record_canary_audit`), recording every step's privatized canary-table gradient and sampled slots."""
+    from dblocks.privacy.dpsgd import train_block_dp
+
+    m = len(included)
+    x_all = torch.cat([x, torch.zeros((m, *x.shape[1:]), dtype=x.dtype)])
+    y_all = torch.cat([y, -torch.arange(m) - 1])
+    audited = CanaryAugmentedBlock(copy.deepcopy(block), m + 1 + witnesses)
+    canary_loss = canary_loss_fn(audited.block, block_index, cfg, included, CANARY_GRAD_FACTOR * dp.max_grad_norm)
+    batches: list[tuple[int, torch.Tensor]] = []  # (step, canary slots in its sample)
+
+    with torch.random.fork_rng(), privatized_gradients(audited.canaries.weight) as steps:
+
+        def loss(module: nn.Module, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+            batches.append((len(steps), -yb[yb < 0] - 1))
+            return canary_loss(module, xb, yb, g)
+
+        torch.manual_seed(seed)  # nothing should draw from the global generator; if anything does, reproducibly
+        report = train_block_dp(audited, block_index, x_all, y_all, cfg, dp, loss_fn=loss, generator=generator)
+    units = report.sample_rate * len(x_all) / dp.max_grad_norm  # privatized gradient -> units of C
+    rows = torch.stack(steps).numpy() * units
+    sampled = np.zeros((len(steps), m), dtype=bool)
+    for step, slots in batches:
+        sampled[step, slots.numpy()] = True
+    return CanaryRun(rows[:, :m], rows[:, m + 1 :], sampled, report)
+
+
+# ---------------------------------------------------------------------------------------------------
+# seed-aware audit: an auditor who can replay the run's sampler
+# ---------------------------------------------------------------------------------------------------
+def replay_sampled(
+    block: nn.Module,
+    block_index: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    dp: DPConfig,
+    canaries: int,
+    guessed_generator: torch.Generator,
+    witnesses: int = WITNESS_COORDINATES,
+) -> np.ndarray:
+    """The auditor's replay of a canary run from a guessed generator: (steps, m) which canary slots each step's
+    Poisson sample held, if the guess is the run's generator. Every draw of the run (samples, diffusion draws,
+    noise) depends on the shapes alone, not on which canaries are included or on any value, so re-running the
+    same training with the guessed generator and no canary included reproduces the run's samples exactly."""
+    none = torch.zeros(canaries, dtype=torch.bool)
+    return canary_run(block, block_index, x, y, cfg, dp, none, witnesses, generator=guessed_generator).sampled
+
+
+def seed_aware_bound(
+    result: RecordCanaryResult, sampled: np.ndarray, delta: float, confidence: float = 1 - AUDIT_SIGNIFICANCE
+) -> CanaryBound:
+    """One-run bound for an auditor who believes `sampled` are the run's Poisson samples: canary i's score is
+    the likelihood ratio of the Gaussian mechanism with those samples known, (sum_{t in S_i} x_t - |S_i| / 2) / s^2
+    (x in units of C, s the measured noise). With the right samples there is no amplification by subsampling
+    left and the bound can exceed the accountant's epsilon; with a wrong guess the scores are noise. The bound
+    is valid whatever `sampled` is (it is fixed before the run's output is seen)."""
+    if result.run is None:
+        raise ValueError("the result carries no per-step values (record_canary_audit keeps them in .run)")
+    x, s = result.run.per_step, max(result.noise.noise_multiplier, 0.05)
+    if sampled.shape != x.shape:
+        raise ValueError(f"replayed samples have shape {sampled.shape}, the run recorded {x.shape}")
+    scores = ((x * sampled).sum(axis=0) - sampled.sum(axis=0) / 2) / s**2
+    return bound_from_scores(scores, np.asarray(result.included), delta, confidence)
 
 
 # ---------------------------------------------------------------------------------------------------
