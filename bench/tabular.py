@@ -11,11 +11,15 @@ Tables (all ship inside installed packages, nothing is downloaded): sklearn wine
 the synthetic make_classification tables the recipe was tuned on instead (reported, not in the summary).
 
     nice -n 10 .venv/bin/python bench/tabular.py --seeds 5
+    nice -n 10 .venv/bin/python bench/tabular.py --seeds 5 --only wine   # one table; merged into tabular.json
+                                                                          # (same seeds and recipe), summary once
+                                                                          # every table is there
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -137,12 +141,27 @@ def main() -> None:
             "e2e_median": median([r["e2e"] for r in runs]),
         }
         print(f"{name}: median gap {results[name]['gap_points_median']:+.2f} points", flush=True)
-    out = {"setup": env, "seeds": args.seeds, "tables": results}
-    write_json(args.out / ("tabular_tune.json" if args.tune else "tabular.json"), out)
-    if not args.tune and not args.only:
+    path = args.out / ("tabular_tune.json" if args.tune else "tabular.json")
+    if args.only and path.exists():  # one table at a time (e.g. several processes): merge with the file's others
+        old = json.loads(path.read_text())
+        if old.get("seeds") == args.seeds and old.get("recipe") == recipe_fingerprint():
+            results = {**old["tables"], **results}
+    out = {"setup": env, "seeds": args.seeds, "recipe": recipe_fingerprint(), "tables": results}
+    write_json(path, out)
+    if not args.tune and set(results) >= set(held_out_tables()):
         update_summary(
             args.out, {"core.tabular_gap_points": {k: round(v["gap_points_median"], 2) for k, v in results.items()}}
         )
+
+
+def recipe_fingerprint() -> str:
+    """Which recipe made the results (the source of shared/recipes.py): tables merge only under the same one."""
+    import hashlib
+    import inspect
+
+    from dblocks.shared import recipes
+
+    return hashlib.sha256(inspect.getsource(recipes).encode()).hexdigest()[:16]
 
 
 if __name__ == "__main__":

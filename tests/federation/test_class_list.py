@@ -29,7 +29,7 @@ NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 SUBSETS = [(7, 2, 9), (0, 1, 2, 3), (4, 5, 6, 8), (9, 8, 7, 6, 5), (1, 3, 5, 7, 9), (0, 2, 4, 6, 8)]
 
 
-def company_files(root: Path, subsets=SUBSETS, per_class: int = 12) -> list[tuple[Path, np.ndarray]]:
+def company_files(root: Path, subsets=SUBSETS, per_class: int = 8) -> list[tuple[Path, np.ndarray]]:
     """One NPZ per company: digits images of its classes, labels as strings, rows shuffled; with the true digits."""
     train, _ = get_preset("digits").load_split()
     x, y = train.x.numpy(), train.y.numpy()
@@ -74,7 +74,7 @@ def federation(tmp_path, monkeypatch):
         num_rounds=1,
         cohort_size=3,
         min_cohort=3,
-        record_steps=2,
+        record_steps=1,
         classes=[NAMES[d] for d in order],
         checkpoint_dir=str(tmp_path / "run" / "checkpoints"),
     )
