@@ -23,6 +23,7 @@ on average (hypergeometric).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -100,7 +101,8 @@ def candidate_directions(
 
     per_sample = vmap(grad(loss), in_dims=(None, 0, 0, 0, 0))
     out = []
-    with twice_differentiable(), torch.enable_grad():
+    with twice_differentiable(), torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*batching rule.*")  # attention falls back to a loop: correct
         for s in range(0, len(x), CHUNK):
             g = per_sample(params, x[s : s + CHUNK], y[s : s + CHUNK], sigma[s : s + CHUNK], z[s : s + CHUNK])
             out.append(-torch.cat([g[k].flatten(1) for k in keys], dim=1))
