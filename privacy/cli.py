@@ -48,7 +48,10 @@ app = AuditTyper(help="Leakage audits against DiffusionBlocks block updates.", n
 # one line per uncaught error, no traceback (locals would print private data; --debug prints it)
 console = Console(soft_wrap=True)
 
-ATTACK_HELP = "closed-form | inversion | dlg | idlg | dlg-scales | membership | canary | noise-conformance"
+ATTACK_HELP = (
+    "closed-form | inversion | dlg | idlg | dlg-scales | battery (label inference + matched-filter identification)"
+    " | membership | canary | noise-conformance"
+)
 OBSERVE_HELP = "raw | clipped | aggregate | release | weights | sequence"
 
 
@@ -455,7 +458,8 @@ def suite(
     registry: str | None = typer.Option(None),
     token: str | None = typer.Option(None, envvar="DBLOCKS_TOKEN"),
 ) -> None:
-    """The standard battery: positive controls, inversion at every observation point, canaries, conformance."""
+    """The standard battery: label inference and identification against the aggregate as the server sees it and
+    the release, positive controls, inversion at every observation point, canaries, conformance."""
     from dblocks.privacy.attacks.record import EXIT_CODES
     from dblocks.privacy.attacks.runner import run_audit
 
@@ -468,7 +472,12 @@ def suite(
             min(dp_steps, 50),
         )
     k = dict(clients=clients, clip_norm=clip_norm, noise_multiplier=noise_multiplier, targets=targets, seed=seed)
+    pool = dict(population=256 if quick else 0)
     battery = [
+        # first the server's real view: it unmasks the noiseless sum of clipped deltas and adds the noise itself
+        ("battery-aggregate-server", dict(attack="battery", observe="aggregate", **k, **pool)),
+        ("battery-release-server", dict(attack="battery", observe="release", **k, **pool)),
+        ("battery-release-colluding", dict(attack="battery", observe="release", adversary="colluding", **k, **pool)),
         ("closed-form-raw", dict(attack="closed-form", observe="raw", targets=targets, seed=seed)),
         (
             "inversion-clipped",
