@@ -29,6 +29,21 @@ def noise_disabled():
 
 
 @contextmanager
+def noise_scaled(factor: float):
+    """Planted bug: Opacus draws its Gaussian noise with std factor * z C (the accountant still sees z)."""
+    import opacus.optimizers.optimizer as opt
+    import opacus.optimizers.optimizer_fast_gradient_clipping as fgc
+
+    original = opt._generate_noise
+
+    def scaled(std, reference, generator=None, secure_mode=False):
+        return original(std * factor, reference, generator=generator, secure_mode=secure_mode)
+
+    with mock.patch.object(fgc, "_generate_noise", scaled), mock.patch.object(opt, "_generate_noise", scaled):
+        yield
+
+
+@contextmanager
 def clipping_disabled():
     """Planted bug: ghost clipping's per-example coefficient is always 1."""
     from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping as G

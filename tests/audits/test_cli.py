@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_canary import noise_disabled  # the planted bug lives in the tests only
+from test_canary import noise_scaled  # the planted bug lives in the tests only
 from typer.testing import CliRunner
 
 from dblocks.privacy.cli import app
@@ -141,10 +141,10 @@ def test_planted_noise_bug_exits_non_zero(model_dir, tmp_path):
     ]
     ok = _run(*args, "--out", tmp_path / "ok")
     assert ok.exit_code == 0, ok.output
-    with noise_disabled():
+    with noise_scaled(0.5):  # issue #22: a halved noise multiplier passed the old audit
         bad = _run(*args, "--no-control", "--out", tmp_path / "bad")
     assert bad.exit_code == 1, bad.output
-    assert "EXCEEDS the claimed epsilon" in bad.output
+    assert "is BELOW the claimed noise multiplier 2" in bad.output
     rep = _run("report", tmp_path, "--out", tmp_path / "report.html")
     assert rep.exit_code == 0, rep.output
     html = (tmp_path / "report.html").read_text()
@@ -259,3 +259,14 @@ def test_input_errors_of_every_command_exit_2_in_one_line(model_dir, tmp_path):
     r = _run("run", "--attack", "closed-form", "--observe", "clipped", "--block-dir", model_dir, "--block-index", 1,
              "--data", "digits", "--update", tmp_path / "missing.safetensors")  # fmt: skip
     assert r.exit_code == 2 and "missing" in _one_line(r.output)
+
+
+def test_canary_audit_without_the_power_to_refute_the_claim_is_inconclusive_exit_3(model_dir, tmp_path):
+    """20 canaries cannot bound epsilon above the claim even with almost no noise (the positive control): the
+    audit says so instead of passing."""
+    r = _run("run", "--attack", "canary", "--observe", "clipped", "--block-dir", model_dir, "--block-index", 1,
+             "--data", "digits", "--population", 64, "--canaries", 20, "--dp-batch-size", 8, "--dp-steps", 5,
+             "--dp-noise-multiplier", 2.0, "--out", tmp_path / "weak")  # fmt: skip
+    assert r.exit_code == 3, r.output
+    rec = json.loads((tmp_path / "weak" / "audit.json").read_text())
+    assert rec["verdict"] == "inconclusive" and not rec["controls"]["low_noise"]["passed"]
