@@ -34,8 +34,32 @@ P = ParamSpec("P")
 INTERNAL_ERROR = 4  # exit status of a bug in dbaudit (1 is the "fail" verdict, 2 bad input, 3 inconclusive)
 
 
-class AuditTyper(SafeTyper):
-    """SafeTyper that remembers whether --debug was asked for (SafeTyper removes it from argv before parsing)."""
+class _OneLineUsageErrors(typer.Typer):
+    """Click's usage errors (a missing option, a value of the wrong type) as one line and exit 2, instead of the
+    usage text and a framed box; help (no arguments, --help) is printed as usual."""
+
+    def __call__(self, *args, **kwargs):
+        import click
+
+        kwargs.setdefault("standalone_mode", False)
+        try:
+            rv = super().__call__(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            print(e.ctx.get_help() if e.ctx is not None else e.format_message())
+            sys.exit(0)
+        except click.ClickException as e:
+            where = f"; see {e.ctx.command_path} --help" if getattr(e, "ctx", None) is not None else ""
+            print(f"error: {bounded(e.format_message().rstrip('.'))}{where}", flush=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:  # end of input at a prompt: as an interrupt (never 1, the "fail" verdict)
+            print("aborted", file=sys.stderr)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class AuditTyper(SafeTyper, _OneLineUsageErrors):
+    """SafeTyper (one line per error) with one-line usage errors, remembering whether --debug was asked for
+    (SafeTyper removes it from argv before parsing)."""
 
     debug = False
 
