@@ -3,6 +3,7 @@
 must be none.
 
     python bench/registry_fuzz.py                        # registry.fuzz_requests, registry.fuzz_5xx
+    python bench/registry_fuzz.py --postgres             # the same on SQLite and on PostgreSQL (both counted)
     python bench/registry_fuzz.py --against 66f3ce6~1    # also: the 5xx the same requests get on that revision
 
 Requests: Schemathesis from the OpenAPI schema (`--schema-examples` per operation and mode, valid and invalid),
@@ -13,7 +14,8 @@ does (its code folders first on PYTHONPATH, the editable install's finder remove
 generator.
 
 Writes bench/results/registry_fuzz.json (statuses, first findings, seconds) and the summary keys
-registry.fuzz_requests, registry.fuzz_5xx (and registry.fuzz_5xx_on_base with --against).
+registry.fuzz_requests, registry.fuzz_5xx (over every database fuzzed), and registry.fuzz_5xx_on_base (SQLite)
+with --against.
 """
 
 from __future__ import annotations
@@ -38,18 +40,28 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {tests!r})
 import regfuzz
+from dblocks.server.registry.config import RegistrySettings
 with tempfile.TemporaryDirectory() as d:
-    report = regfuzz.fuzz(Path(d), {schema}, {hostile})
+    if {postgres!r}:
+        from throwaway_pg import ThrowawayPostgres
+        with ThrowawayPostgres() as pg:
+            settings = RegistrySettings.in_directory(d, database_url=pg.create_database("fuzz"))
+            report = regfuzz.fuzz(Path(d), {schema}, {hostile}, settings)
+    else:
+        report = regfuzz.fuzz(Path(d), {schema}, {hostile})
 print("FUZZ-REPORT " + json.dumps(report.summary()))
 """
 
 
-def fuzz_once(schema_examples: int, hostile_examples: int, pythonpath: str | None = None) -> dict:
-    """One fuzzing pass in a fresh interpreter (so that --against can load another revision's code)."""
+def fuzz_once(schema_examples: int, hostile_examples: int, pythonpath: str | None = None, postgres=False) -> dict:
+    """One fuzzing pass in a fresh interpreter (so that --against can load another revision's code), on SQLite or
+    on a throwaway PostgreSQL cluster (tests/registry/throwaway_pg.py)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    code = RUNNER.format(tests=str(ROOT / "tests" / "registry"), schema=schema_examples, hostile=hostile_examples)
+    code = RUNNER.format(
+        tests=str(ROOT / "tests" / "registry"), schema=schema_examples, hostile=hostile_examples, postgres=postgres
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("FUZZ-REPORT ")]
     if not lines:
@@ -61,7 +73,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--schema-examples", type=int, default=5, help="Schemathesis examples per operation and mode")
     ap.add_argument("--hostile-examples", type=int, default=20, help="hostile requests per route")
-    ap.add_argument("--against", metavar="REV", help="also send the same requests to this git revision")
+    ap.add_argument("--against", metavar="REV", help="also send the same requests to this git revision (SQLite)")
+    ap.add_argument("--postgres", action="store_true", help="also fuzz a registry on PostgreSQL (Debian's package)")
     args = ap.parse_args()
     print(
         f"registry fuzz: in-process (TestClient, SQLite), Schemathesis {args.schema_examples} examples per "
@@ -72,8 +85,17 @@ def main() -> None:
     here = fuzz_once(args.schema_examples, args.hostile_examples)
     here["seconds"] = round(time.time() - t0, 1)
     result: dict = {"setup": vars(args), "this_checkout": here}
-    updates = {"registry.fuzz_requests": here["requests"], "registry.fuzz_5xx": here["server_errors"]}
-    print(f"this checkout: {here['requests']} requests, {here['server_errors']} answers >= 500; {here['statuses']}")
+    print(f"SQLite: {here['requests']} requests, {here['server_errors']} answers >= 500; {here['statuses']}")
+    requests, server_errors, findings = here["requests"], here["server_errors"], list(here["first_server_errors"])
+    if args.postgres:
+        t1 = time.time()
+        pg = fuzz_once(args.schema_examples, args.hostile_examples, postgres=True)
+        pg["seconds"] = round(time.time() - t1, 1)
+        result["postgresql"] = pg
+        requests, server_errors = requests + pg["requests"], server_errors + pg["server_errors"]
+        findings += pg["first_server_errors"]
+        print(f"PostgreSQL: {pg['requests']} requests, {pg['server_errors']} answers >= 500; {pg['statuses']}")
+    updates = {"registry.fuzz_requests": requests, "registry.fuzz_5xx": server_errors}
     if args.against:
         with tempfile.TemporaryDirectory() as tmp:
             base = fuzz_once(args.schema_examples, args.hostile_examples, base_pythonpath(args.against, Path(tmp)))
@@ -86,9 +108,9 @@ def main() -> None:
     result["seconds"] = round(time.time() - t0, 1)
     write_json(RESULTS / "registry_fuzz.json", result)
     update_summary(RESULTS, updates)
-    for method, url, status, text in here["first_server_errors"]:
+    for method, url, status, text in findings:
         print(f"  FINDING {status} {method} {url[:100]} {text[:200]!r}")
-    sys.exit(1 if here["server_errors"] else 0)
+    sys.exit(1 if server_errors else 0)
 
 
 if __name__ == "__main__":

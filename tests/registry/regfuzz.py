@@ -59,11 +59,11 @@ class FuzzReport:
         }
 
 
-def fuzz_registry(directory: Path):
-    """A registry app on a fresh SQLite file in `directory`, seeded with one run (2 blocks), an approved node, a
-    registered version and a round report, so that generated ids also hit existing rows. Returns (app, admin
-    token, {"run_id", "version_id", "node_id"})."""
-    app = create_app(RegistrySettings.in_directory(directory))
+def fuzz_registry(directory: Path, settings: RegistrySettings | None = None):
+    """A registry app on a fresh SQLite file in `directory` (or on `settings`' database), seeded with one run
+    (2 blocks), an approved node, a registered version and a round report, so that generated ids also hit
+    existing rows. Returns (app, admin token, {"run_id", "version_id", "node_id"})."""
+    app = create_app(settings or RegistrySettings.in_directory(directory))
     with app.state.registry.db.writer() as s:
         token = issue_token(s, name="fuzz-admin", role="admin", created_by="fuzz")[1]
     client = RegistryClient("http://testserver", token, http=TestClient(app))
@@ -124,7 +124,26 @@ def schema_pass(
 
 # ---- hostile requests of our own, on every route (dashboard included) -------------------------------------------
 # Drawn with a seeded random.Random (no shrinking needed: a finding is reported with its request as sent).
-HOSTILE_IDS = [BIG, -BIG, 2**63, 2**64, 2**31, -1, 0, "abc", "1.5", "NaN", "true", "%00", "\ud800", "1e400", " 1", ""]
+HOSTILE_IDS = [
+    BIG,
+    -BIG,
+    2**63,
+    2**64,
+    2**31,
+    -1,
+    0,
+    "abc",
+    "1.5",
+    "NaN",
+    "true",
+    "%00",
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "1e400",
+    " 1",
+    "",
+]
 HOSTILE_SCALARS = [
     None,
     True,
@@ -252,9 +271,11 @@ def _segment(value) -> str:
     return quote(str(value).encode("utf-8", "surrogatepass"), safe="")
 
 
-def fuzz(directory: Path, schema_examples: int, hostile_examples: int) -> FuzzReport:
-    """Both passes on a fresh registry in `directory`."""
-    app, token, known = fuzz_registry(directory)
+def fuzz(
+    directory: Path, schema_examples: int, hostile_examples: int, settings: RegistrySettings | None = None
+) -> FuzzReport:
+    """Both passes on a fresh registry in `directory` (SQLite) or on `settings`' database."""
+    app, token, known = fuzz_registry(directory, settings)
     report = FuzzReport()
     try:
         with TestClient(app, raise_server_exceptions=False) as client:  # one event loop thread for all requests
