@@ -471,6 +471,23 @@ def _simulate_observed(target: AuditTarget, spec: AuditSpec, pool, trials: int, 
     return out
 
 
+def control_observations(target: AuditTarget, spec: AuditSpec, pool, records: int) -> list:
+    """The battery's positive control: CONTROL_TRIALS updates of the same clients x records as `spec` observes
+    (`records` in all), every delta unclipped and no noise, i.e. the plain sum of the raw updates."""
+    k = 1 if spec.adversary == "colluding" or spec.observe in ("raw", "clipped") else spec.clients
+    cspec = replace(
+        spec,
+        observe="aggregate",
+        adversary="server",
+        clients=k,
+        records=max(records // k, 1),
+        clip_norm=RAW_CLIP,
+        noise_multiplier=0.0,
+        rounds=1,
+    )
+    return _simulate_observed(target, cspec, pool, CONTROL_TRIALS, spec.seed + 7)
+
+
 def _battery(target: AuditTarget, spec: AuditSpec, out: Path, update, truth, log) -> AuditRecord:
     from .battery import BatteryConfig, Observed, run_battery, strongest_attack_verdict
 
@@ -497,20 +514,8 @@ def _battery(target: AuditTarget, spec: AuditSpec, out: Path, update, truth, log
     n = len(observed[0].labels)
     controls = None
     if spec.control:
-        # the same clients x records, but every delta unclipped and no noise: the sum of the raw updates
-        k = 1 if spec.adversary == "colluding" or spec.observe in ("raw", "clipped") else spec.clients
-        log(f"positive controls: the battery on {CONTROL_TRIALS} raw noiseless sums of {k} client update(s)")
-        cspec = replace(
-            spec,
-            observe="aggregate",
-            adversary="server",
-            clients=k,
-            records=n // k,
-            clip_norm=RAW_CLIP,
-            noise_multiplier=0.0,
-            rounds=1,
-        )
-        controls = _simulate_observed(target, cspec, pool, CONTROL_TRIALS, spec.seed + 7)
+        log(f"positive controls: the battery on {CONTROL_TRIALS} raw noiseless updates of {n} record(s)")
+        controls = control_observations(target, spec, pool, n)
     log(f"battery: label inference and matched-filter identification over a pool of {len(pool.x)}")
     tests = run_battery(target.block, target.block_index, observed, pool, controls, cfg)
     verdict, reasons = strongest_attack_verdict(tests, cfg.alpha)
