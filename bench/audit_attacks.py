@@ -215,5 +215,63 @@ def main() -> None:
     log(f"summary: {json.dumps(keys)}  ({res['seconds']} s)")
 
 
+def tables(path: Path = RESULTS / "audit_attacks.json") -> str:
+    """Markdown tables of the sweep (docs/privacy-audit.md, between the battery-results markers)."""
+    r = json.loads(path.read_text())
+
+    def pct(e: dict) -> str:
+        return f"{e['value']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
+
+    def files(e: dict) -> str:
+        v = e["per_file_verdicts"]
+        return f"{v['pass']} / {v['fail']} / {v['inconclusive']}"
+
+    out = [
+        f"Block 1, pool of {r['single_record']['raw']['pool']} digits, alpha {r['alpha']} (Bonferroni over the "
+        f"attacks); rates with 95% Clopper-Pearson intervals. `bench/audit_attacks.py`, {r['seconds']} s.",
+        "",
+        "| single record (K = 1) | z | accountant epsilon | best label attack | identify top-1 | identify top-5 "
+        "| joint verdict | files pass / fail / inconcl. | false passes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _name, e in r["single_record"].items():
+        labels = {a: v for a, v in e["rates"].items() if a.startswith("label")}
+        best = max(labels, key=lambda a: labels[a]["value"])
+        eps = e["accountant_epsilon"]
+        out.append(
+            f"| {e['observe']} | {e['noise_multiplier']:g} | {'inf' if eps is None else f'{eps:.3g}'} "
+            f"| {pct(labels[best])} ({best.removeprefix('label-')}) | {pct(e['rates']['identify-top1'])} "
+            f"| {pct(e['rates']['identify-top5'])} | {e['joint_verdict']} | {files(e)} | {e['false_passes']} |"
+        )
+    out += [
+        "",
+        "| 8-record sums | label counts: head bias | label counts: pool search | records found by pool search "
+        "| sums with >= 1 found | joint verdict | files pass / fail / inconcl. | false passes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in r["sums_of_8"].items():
+        found = sum(f["record_identified"] for f in e["files"])
+        out.append(
+            f"| {name} | {pct(e['rates']['label-counts-head-bias'])} | {pct(e['rates']['label-counts-pool-search'])} "
+            f"| {pct(e['rates']['identify-pool-search'])} (chance {e['chance']['identify-pool-search']:.4f}) "
+            f"| {found} / {len(e['files'])} | {e['joint_verdict']} | {files(e)} | {e['false_passes']} |"
+        )
+    chance = r["sums_of_8"]["aggregate K=8"]["chance"]
+    out += [
+        "",
+        f"Chance: label {r['single_record']['raw']['chance']['label-head-bias']:.3f} (the most frequent digit), "
+        f"label counts of 8 {chance['label-counts-head-bias']:.3f} (the best blind guess), identification "
+        f"1/N and 5/N. CLI check (`dbaudit run --attack battery --update FILE --truth FILE.truth.npz`): "
+        + "; ".join(
+            f"{k}: exit {v['exit_code']} ({v['verdict']}; bench: {v['bench_verdict']})" for k, v in r["cli"].items()
+        )
+        + ".",
+    ]
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--tables"]:
+        print(tables())
+        sys.exit(0)
     sys.exit(main())
