@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dblocks.shared.models import as_block
+
 from .identify import CandidatePool, identify_single, identify_sums
 from .label import (
     class_profiles,
@@ -135,7 +137,7 @@ def attack_outcomes(
 ) -> Outcomes:
     """Every attack on every update (one batched pass over the pool per greedy pick) for updates of
     n = len(obs[0].labels) records each."""
-    classes = int(block.arch.num_classes)  # type: ignore[union-attr]
+    classes = as_block(block).arch.num_classes
     prior = _prior(pool, classes)
     n_pool = len(pool.x)
     n = len(obs[0].labels)

@@ -118,8 +118,8 @@ class CandidatePool:
 
     def directions(self, block: nn.Module, draws: list[tuple[torch.Tensor, torch.Tensor]], sl: slice) -> torch.Tensor:
         """[n, P] candidate directions of pool[sl], averaged over the draws [(sigma [N], z [N, width]), ...]."""
-        d = sum(candidate_directions(block, self.x[sl], self.y[sl], s[sl], z[sl]) for s, z in draws)
-        return d / len(draws)  # type: ignore[operator]
+        d = torch.stack([candidate_directions(block, self.x[sl], self.y[sl], s[sl], z[sl]) for s, z in draws])
+        return d.mean(0)
 
     def products(self, block: nn.Module, draws: list[tuple[torch.Tensor, torch.Tensor]], vectors: torch.Tensor):
         """(||d_j|| [N], <d_j, v_m> [N, M]) for every candidate's direction d_j (averaged over `draws`) and vectors
