@@ -172,6 +172,13 @@ def _headline(r: AuditRecord) -> str:
         return f"eps lower bound {m['epsilon_lower_bound']:.3f} vs accountant {m['accountant_epsilon']:.3f}"
     if r.attack == "membership":
         return f"AUC loss {m['loss_attack']['auc']:.3f}, LiRA {m['lira']['auc']:.3f}"
+    if r.attack == "battery" and m.get("tests"):
+        t = m["tests"][m["strongest_attack"]]
+        mde = "none (too few trials)" if t["mde"] is None else f"{t['mde']:.2f}"  # inf is stored as null
+        return (
+            f"strongest: {m['strongest_attack']} {t['hits']}/{t['trials']} vs chance {t['chance']:.4f} "
+            f"(p {t['p_value']:.2g}, min. detectable rate {mde}); pool {m['pool_size']}"
+        )
     if r.attack == "noise-conformance":
         return f"noise std {m['measured_std']:.4g} vs expected {m['expected_std']:.4g}"
     return ""
