@@ -441,6 +441,7 @@ def run_panel_context(s, run: Run, panel: str) -> dict:
         }
     if panel == "events":
         return {
+            "names": node_names(s),  # node events by company name
             "events": s.execute(
                 select(
                     Event.at,
@@ -454,7 +455,7 @@ def run_panel_context(s, run: Run, panel: str) -> dict:
                 .where(Event.run_id == run.id)
                 .order_by(Event.id.desc())
                 .limit(15)
-            ).all()
+            ).all(),
         }
     raise HTTPException(404, f"no panel {panel!r}")
 
@@ -614,4 +615,4 @@ def version_page(request: Request, version_id: int, who: Principal = Viewer, reg
 def events_page(request: Request, who: Principal = Viewer, reg=Depends(registry)):
     with reg.db.reader() as s:
         events = s.execute(select(Event).order_by(Event.id.desc()).limit(200)).scalars().all()
-        return render(request, "events.html", who, page="events", events=events)
+        return render(request, "events.html", who, page="events", events=events, names=node_names(s))

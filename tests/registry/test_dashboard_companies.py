@@ -65,6 +65,7 @@ def test_cohorts_named_by_superlink_node_id_are_the_companies(app, clients, toke
         assert f'<td class="num rounds">{blocks}</td>' in rows[name]
         assert (f'<b class="eps-value">{eps}</b>' in rows[name]) if eps else ("eps-value" not in rows[name])
     assert "prv" in rows["Acme Bank"] and "SuperLink node 7000" in rows["Acme Bank"]
+    assert "node.privacy</code> node <b>Acme Bank</b>" in http.get(f"/ui/runs/{run['id']}/events").text
     charts = http.get(f"/ui/runs/{run['id']}/charts").json()
     assert charts["nodes"] == [{"node": "Acme Bank", "total": 2.5, "accountant": "prv", "round": 1}]
 
