@@ -14,6 +14,11 @@ by 0.9, and removed; ghost clipping's coefficient forced to 1. Every run goes th
 Writes bench/results/audit_canary.json, the records under bench/results/audits/canary-power-*/, and the
 summary keys audits.halved_noise_caught, audits.canary_seconds (wall time of the default audit of the
 halved-noise run), audits.canary_halved_lower_bound and audits.canary_halved_measured_noise.
+
+Then the seed-aware audit at the same run (`canary.replay_sampled`, `canary.seed_aware_bound`): an auditor who
+replays the sampler from its best guess of the seed scores a run drawing from the company's secret generator
+and one whose generator is the guess; keys audits.seed_aware_bound_secret_seed / _known_seed and
+audits.seed_aware_accountant_epsilon.
 """
 
 from __future__ import annotations
@@ -79,6 +84,44 @@ def cli(*args) -> tuple[int, dict | None, str, float]:
     return r.exit_code, rec, cmd, seconds
 
 
+def seed_aware(canaries: int, steps: int, batch: int, z: float) -> dict:
+    """The seed-aware audit at the same run: the auditor replays the sampler from its best guess of the seed
+    (TrainConfig.seed, what a local run uses), once; then scores (a) a run drawing from the company's
+    `secret_generator()` and (b) a run whose generator is seeded with the guess (injected: the old behaviour)."""
+    import torch
+
+    from dblocks.privacy.attacks.canary import record_canary_audit, replay_sampled, seed_aware_bound
+    from dblocks.privacy.dpsgd import DPConfig, secret_generator
+    from dblocks.shared.data import load_builtin
+    from dblocks.shared.training import TrainConfig
+    from dblocks.shared.wire import load_block
+
+    _, block = load_block(MODEL, 1)
+    data = load_builtin("digits")
+    cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-3, seed=0)  # as `dbaudit run --attack canary` trains
+    dp = DPConfig(noise_multiplier=z, max_grad_norm=1.0, batch_size=batch, steps=steps, delta=1e-5)
+    t0 = time.perf_counter()
+    replayed = replay_sampled(block, 1, data.x, data.y, cfg, dp, canaries, torch.Generator().manual_seed(cfg.seed))
+    out: dict = {"guess": f"TrainConfig.seed = {cfg.seed}", "replay_seconds": time.perf_counter() - t0}
+    for name, generator in (
+        ("secret_generator", secret_generator()),
+        ("known_generator", torch.Generator().manual_seed(cfg.seed)),
+    ):
+        r = record_canary_audit(block, 1, data.x, data.y, cfg, dp, canaries=canaries, seed=0, generator=generator)
+        assert r.run is not None
+        b = seed_aware_bound(r, replayed, dp.delta)
+        out["accountant_epsilon"] = r.accountant_epsilon
+        out[name] = {
+            "seed_aware_lower_bound": b.epsilon_lower_bound,
+            "guesses": b.guesses,
+            "correct": b.correct,
+            "replay_matches_run": bool((r.run.sampled == replayed).all()),
+            "ordinary_lower_bound": r.bound.epsilon_lower_bound,
+        }
+        log(f"seed-aware audit, {name}: bound {b.epsilon_lower_bound:.2f} vs accountant {r.accountant_epsilon:.2f}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--canaries", type=int, default=1000, help="the audit budget (dbaudit's default: 1000)")
@@ -133,6 +176,9 @@ def main() -> None:
             "reasons": rec["reasons"] if rec else None,
         }
         write_json(a.out, res)
+    if not a.quick:
+        res["seed_aware"] = seed_aware(canaries, steps, batch, z)
+        write_json(a.out, res)
     res["seconds"] = time.perf_counter() - t_all
     halved = res["runs"]["noise_halved"]
     caught = halved["exit_code"] == 1 and halved["verdict"] == "fail"
@@ -140,6 +186,7 @@ def main() -> None:
     write_json(a.out, res)
     log(f"halved noise caught: {caught} (exit {halved['exit_code']}, {halved['seconds']:.0f} s); wrote {a.out}")
     if not a.no_summary and not a.quick:
+        sa = res["seed_aware"]
         update_summary(
             RESULTS,
             {
@@ -147,6 +194,9 @@ def main() -> None:
                 "audits.canary_seconds": round(halved["seconds"], 1),
                 "audits.canary_halved_lower_bound": halved["epsilon_lower_bound"],
                 "audits.canary_halved_measured_noise": halved["measured_noise"],
+                "audits.seed_aware_bound_secret_seed": sa["secret_generator"]["seed_aware_lower_bound"],
+                "audits.seed_aware_bound_known_seed": sa["known_generator"]["seed_aware_lower_bound"],
+                "audits.seed_aware_accountant_epsilon": sa["accountant_epsilon"],
             },
         )
 

@@ -206,6 +206,18 @@ AUDIT_KEYS = {
     "(positive control: the attack works)",
     "audits.dp_release_psnr_over_baseline": "worst reconstruction PSNR (dB) over the mean-image baseline against "
     "a DP release (K=8, C=1, z=1)",
+    "audits.halved_noise_caught": "the record-level canary audit at its default budget (1000 canaries, one run) "
+    "fails a DP-SGD run whose noise multiplier is half the claimed one (`bench/audit_canary.py`)",
+    "audits.canary_seconds": "wall time (s) of that audit, positive control included, on 2 shared cores",
+    "audits.canary_halved_lower_bound": "its epsilon lower bound on the halved-noise run (the claim is 2.0: the "
+    "noise check, not the bound, catches it)",
+    "audits.canary_halved_measured_noise": "the noise multiplier it measured on that run's untouched coordinates "
+    "(the claimed one: config.z in bench/results/audit_canary.json)",
+    "audits.seed_aware_bound_secret_seed": "seed-aware canary bound when the run draws from the company's secret "
+    "generator (the auditor's best guess replays the wrong samples)",
+    "audits.seed_aware_bound_known_seed": "the same audit when the run's generator is the guessed seed (the old "
+    "behaviour): above the accountant",
+    "audits.seed_aware_accountant_epsilon": "the accountant's epsilon of those runs",
 }
 
 
