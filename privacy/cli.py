@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -89,7 +90,7 @@ def _exit_codes() -> Iterator[None]:
     """The body of every command: a verdict's typer.Exit passes; an error about the input (a missing or
     unreadable file, data or a registry that refuses, a value out of range: ValueError) exits 2 with one line;
     anything else is a bug in dbaudit and exits 4 with one line (never 1, the "fail" verdict). With --debug or
-    DBLOCKS_DEBUG=1 the exception propagates and its traceback is printed."""
+    DBLOCKS_DEBUG=1 the traceback is printed first; the exit status stays the same."""
     from dblocks.shared.wire import BlockIntegrityError
 
     try:
@@ -98,14 +99,14 @@ def _exit_codes() -> Iterator[None]:
         raise
     except Exception as e:
         if AuditTyper.debug or os.environ.get("DBLOCKS_DEBUG", "") not in ("", "0"):
-            raise
+            traceback.print_exc()
         reg = sys.modules.get("dblocks.shared.registry_client")
         registry_errors = (reg.RegistryError,) if reg is not None else ()
         if isinstance(e, (*USER_ERRORS, ValueError, BlockIntegrityError, *registry_errors)):
             _fail(str(e))
         console.print(
-            f"[red]internal error[/red] ({type(e).__name__}: {bounded(str(e))}): a bug in dbaudit, not a verdict "
-            "(add --debug for the traceback)",
+            f"[red]internal error[/red] ({type(e).__name__}: {bounded(str(e))}): a bug in dbaudit, not a verdict"
+            + ("" if AuditTyper.debug else " (add --debug for the traceback)"),
             highlight=False,
         )
         raise typer.Exit(INTERNAL_ERROR) from None
