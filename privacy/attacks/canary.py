@@ -8,18 +8,25 @@ v correct out of r = k+ + k- guesses. If the run is (eps, delta)-DP, Theorem 5.2
 
 so every eps whose bound is below 1 - confidence is rejected; the lower bound is the largest rejected eps
 (bisection: the bound grows with eps). Several guess rules are tried with a Bonferroni correction, so the
-reported bound keeps its 95% confidence.
+reported bound keeps its confidence (97.5% at record level, where the noise check takes the other 2.5%).
 
 Two canary kinds, both white-box gradient canaries (Dirac canaries, the tightest known for DP-SGD: each
 canary's clipped gradient is C along its own coordinate, which no real record touches, so the score of an
 excluded canary is pure DP noise and the included ones are shifted by C per sampling):
 
 * record level (`record_canary_audit`): the block gets an extra canary table (an embedding with one scalar per
-  canary) and the canaries are extra training examples, labelled -1-i, whose loss is S * table[i] (S = 10 C,
-  so clipping must act on them). They ride through the client's real `train_block_dp`: Opacus' Poisson
-  sampler, per-example clipping (ghost clipping included) and noise. Score: the sum over steps of the
-  privatized gradient of table[i] (what the optimizer receives; white-box). A missing or reduced noise, missing
-  clipping or a wrong sample rate shows up as an eps lower bound above the accountant's epsilon.
+  canary, plus W witness rows no example touches) and the data set gets m canary slots, labelled -1-i, beside
+  the real records; an included canary's loss is S * table[i] (S = 10 C, so clipping must act on it), an
+  excluded one's is 0 (no gradient: the same as no record under Poisson sampling, while every random draw stays
+  the same in both worlds). They ride through the client's real `train_block_dp`: Opacus' Poisson sampler,
+  per-example clipping (ghost clipping included) and noise. Each step's privatized gradient of the table (what
+  the optimizer receives; white-box) is recorded in units of C. Score: the likelihood ratio of the subsampled
+  Gaussian over the steps (`subsampled_gaussian_llr`) at the noise s measured on the witness rows. Beside the
+  bound, `measure_noise`: the witness rows carry the DP noise alone, so a chi-square upper limit on its std
+  below the claimed noise multiplier fails the audit (a halved noise is caught there; the bound alone reaches
+  1.8 against a claim of 2.0, see docs/privacy-audit.md). Missing clipping or noise lifts the bound itself.
+  `replay_sampled` / `seed_aware_bound`: the audit of someone who can replay the run's generator (knows every
+  Poisson sample), a regression test that the company's sampling randomness stays secret.
 * client level (`client_canary_audit`): m canary clients each send S e_j for their own random coordinate j of
   the block's parameters; the release mechanism (clip + sum + central noise + mean) is run as given, per round;
   score: the released value at j, summed over rounds.
