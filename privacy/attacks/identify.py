@@ -164,7 +164,7 @@ def plausible(draw: NoiseDraw | None, block: nn.Module, block_index: int, ratio:
 
 
 def identify_single(
-    block: nn.Module, block_index: int, deltas: list[Delta], pool: CandidatePool, shortlist: int = 32
+    block: nn.Module, block_index: int, deltas: list[Delta], pool: CandidatePool, shortlist: int = 256
 ) -> list[Identification]:
     """Rank every pool candidate for each single-record update (batched: one pass over the pool for all).
 
