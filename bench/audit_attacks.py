@@ -159,6 +159,34 @@ def cli_check(entry: dict, name: str) -> dict:
     }
 
 
+def cli_dp_release(targets: int = 12) -> dict:
+    """The correctly configured release of bench/audit.py (K = 8, C = 1, z = 1) through `dbaudit run --attack
+    battery`, seen by the K-1 colluding clients (one record's clipped delta under noise z C): must pass."""
+    from typer.testing import CliRunner
+
+    from dblocks.privacy.cli import app
+
+    out = RESULTS / "audits" / "battery-dp-release-colluding"
+    args = ["run", "--attack", "battery", "--observe", "release", "--adversary", "colluding", "--clients", "8"]
+    args += ["--noise-multiplier", "1", "--targets", str(targets), "--block-dir", str(bench_audit.MODEL)]
+    args += ["--block-index", "1", "--out", str(out)]
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(app, args, catch_exceptions=False)
+    rec = json.loads((out / "audit.json").read_text())
+    cmd = "dbaudit " + " ".join(a.replace(str(ROOT) + "/", "") for a in args)
+    log(f"{cmd} -> exit {r.exit_code} ({rec['verdict']})")
+    tests = rec["metrics"]["tests"]
+    return {
+        "command": cmd,
+        "exit_code": r.exit_code,
+        "verdict": rec["verdict"],
+        "rates": {a: t["rate"] for a, t in tests.items()},
+        "mde": {a: t["mde"] for a, t in tests.items()},
+        "accountant_epsilon": accountant_epsilon(1.0),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
 def main() -> None:
     from dblocks.privacy.attacks.battery import BatteryConfig
 
@@ -192,6 +220,7 @@ def main() -> None:
     if not q:
         res["cli"]["aggregate K=8"] = cli_check(agg["aggregate K=8"], "aggregate")
 
+    res["dp_release_colluding"] = cli_dp_release(3 if q else 12)
     leaky = [f for k in ("release z=0.0001", "release z=0.001") for f in single[k]["files"]]
     sums8 = agg["aggregate K=8"]["files"]
     z4 = single["release z=0.0001"]
@@ -267,6 +296,15 @@ def tables(path: Path = RESULTS / "audit_attacks.json") -> str:
         )
         + ".",
     ]
+    if "dp_release_colluding" in r:
+        d = r["dp_release_colluding"]
+        out += [
+            "",
+            f"The correctly configured release (K = 8, C = 1, z = 1, accountant epsilon {d['accountant_epsilon']:.2f}) "
+            f"seen by the 7 colluding clients, `{d['command']}`: exit {d['exit_code']} ({d['verdict']}); rates "
+            + ", ".join(f"{a} {v['value']:.2f}" for a, v in d["rates"].items())
+            + f" ({d['seconds']} s).",
+        ]
     return "\n".join(out)
 
 
