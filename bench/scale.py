@@ -1,28 +1,35 @@
-"""Scale-out: many simulated companies under Flower's simulation engine (Ray), registry on PostgreSQL.
+"""Scale-out on dblocks' own secure aggregation: 1000 simulated companies, B = 4, cohorts of 250 per block.
 
-The product's own apps run unchanged: the ServerApp `dblocks.server.federation.serverapp:app` (ping every
-node, per-block cohorts, secure aggregation per cohort, central release, registry versions) and the ClientApp
-`dblocks.client.clientapp:app` (DP-SGD on the company's records, privacy ledger), driven by
-`flwr.simulation.run_simulation`. Simulated company i gets node_config {"partition-id": i} and reads
-$DBLOCKS_SIMULATION_DIR/company{i}.npz (see clientapp.node_settings).
+Engine (default `--engine inprocess`): every company is the product's `SecAggClient` (its own Ed25519 identity,
+prekeys, masking keys, Shamir shares) and the server is the product's `SecAggServer`, driven by the product's
+`plan_round` / `run_round` over `LocalNetwork`, i.e. with the real protocol messages (register, join, upload,
+unmask; sealed shares, signed announcements, masked inputs of the block's real length), in one process, as
+bench/federated.py does. Cohorts come from the product's scheduler (`scheduler.assign`, one disjoint cohort per
+block); the plan of round r+1 is fixed before round r runs, so rounds >= 2 are two exchanges (upload, unmask).
+Identities are pinned out of band (what the registry's signed directory gives the product), no trust on first use.
+Why not Flower's simulation engine: the earlier run of this bench with Ray took 269-338 s per round for 200
+companies with Flower's SecAgg+ on 2 shared cores (Ray starts a ClientApp, torch and Opacus per message); 1000
+companies x 3 rounds would take hours and measure Ray, not the protocol. That engine is still here
+(`--engine flower-simulation`, writes bench/results/scale_flower_simulation.json and no summary keys).
 
-Data: `--records` training records of the `digits` preset per company, drawn at random from its training split
-(companies overlap: 200 disjoint slices of 1,437 digits would be too small for DP-SGD; overlap changes no
-cost measured here). The registry is the real service (uvicorn) on a throwaway PostgreSQL cluster.
+Training is not what this measures: company i's contribution in round r is a synthetic delta of the block's real
+dimension (the digits preset's block, B = 4), Gaussian with an L2 norm drawn in [0.3, 1.5] x C and clipped to
+C = --update-clip by the product's `clip_vector`. Check per round and block: max_j |mean_update_j - plain_j| <=
+error_bound / count, where plain = (sum of the survivors' clipped deltas) / count in float64 and error_bound is the
+plan's worst-case quantisation error of the sum per coordinate; a violation stops the bench (exit 2).
 
-Secure aggregation: the run config names the protocol explicitly (`--secagg`, default "flower" = Flower's
-SecAgg+ with every cohort member holding a share); the mode that ran is stored with the results. Each Ray
-actor runs one ClientApp at a time with one torch/OpenMP thread (the simulated companies' node settings say
-threads=1, and OMP_NUM_THREADS=1 / MKL_NUM_THREADS=1 are set before Ray starts its workers).
+Measured: seconds per round (all four blocks' instances, client and server work, sequential in one process: the
+sum of what the companies would do in parallel plus the server's share), split into the companies' handling of
+each stage and the server's; peak resident memory of the process (ru_maxrss). `--sweep 25,50,100,250` runs one
+block's instance at each cohort size (2 rounds; the second is the steady state) and fits log-log exponents of
+the per-cohort cost of each part against n, to show what grows faster than linear in the cohort.
 
-Measured: seconds per federated round (the ServerApp's own timer: ping, cohorts, training, secure
-aggregation, release, registration, evaluation) and the peak resident memory of this process and every
-process it started (Ray's workers and daemons, the registry, PostgreSQL), sampled every 0.5 s from /proc.
+    flock /tmp/dblocks-heavy.lock nice -n 10 .venv/bin/python bench/scale.py        # 1000 companies, 3 rounds
+    nice -n 10 .venv/bin/python bench/scale.py --sweep 25,50,100,250 --rounds 0      # scaling table only
+    .venv/bin/python bench/scale.py --companies 40 --cohort 10 --quick               # smoke run
 
-    flock /tmp/dblocks-heavy.lock .venv/bin/python bench/scale.py            # 200 companies, B=4
-    .venv/bin/python bench/scale.py --companies 20 --cohort 5 --quick         # smoke run
-
-Writes bench/results/scale.json and the scale.* keys of bench/results/summary.json.
+Writes bench/results/scale.json and the summary keys scale.simulated_companies, scale.secagg ("dblocks"),
+scale.cohort_size, scale.round_seconds (last round), scale.peak_memory_gb.
 """
 
 from __future__ import annotations
@@ -30,17 +37,308 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict
+from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class ScaleSetting:
+    """One in-process federation: `companies` companies, `blocks` blocks, one cohort of `cohort` per block per
+    round, `rounds` rounds; deltas of length `dim` (0: the digits preset's block length) clipped to L2 <=
+    `update_clip`."""
+
+    companies: int = 1000
+    blocks: int = 4
+    cohort: int = 250
+    rounds: int = 3
+    dim: int = 0
+    update_clip: float = 0.5
+    seed: int = 0
+
+
+def block_dim(blocks: int) -> int:
+    """Parameters of one block of the digits preset split into `blocks` blocks (all blocks are the same size)."""
+    from dblocks.server.federation.model_state import GlobalModel
+    from dblocks.shared.presets import get_preset
+
+    preset = get_preset("digits")
+    model = GlobalModel.initial(preset, preset.noise_schedule(blocks), 0, None)
+    dims = {sum(int(np.prod(sh)) for sh in model.param_shapes(b)) for b in range(blocks)}
+    if len(dims) != 1:
+        raise SystemExit(f"the digits preset's blocks differ in size for B={blocks}: {sorted(dims)}")
+    return dims.pop()
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux), GiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class TimedExchange:
+    """LocalNetwork behind a stopwatch: seconds the companies spend answering each stage (they run in this
+    process, one after the other), requests/replies counted and sized by the LocalNetwork."""
+
+    def __init__(self, net) -> None:
+        self.net = net
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def __call__(self, stage: str, requests: dict) -> dict:
+        t = time.perf_counter()
+        try:
+            return self.net(stage, requests)
+        finally:
+            self.seconds[stage] += time.perf_counter() - t
+
+
+def run_federation(s: ScaleSetting, log=print) -> dict:
+    """`s.rounds` rounds of the product's SecAgg+ client/server code for `s.companies` companies; every round's
+    aggregate is checked against the plain mean of the clipped deltas. Returns the per-round rows."""
+    from dblocks.privacy.mechanisms import clip_vector
+    from dblocks.privacy.secagg import (
+        Contribution,
+        Identity,
+        Layout,
+        LocalNetwork,
+        SecAggClient,
+        SecAggServer,
+        TrustStore,
+        choose_params,
+        plan_round,
+        run_round,
+    )
+    from dblocks.server.federation.scheduler import NodeInfo, assign
+
+    dim = s.dim or block_dim(s.blocks)
+    ids = [f"company{i:04d}" for i in range(s.companies)]
+    t_setup = time.perf_counter()
+    identities = {cid: Identity(cid) for cid in ids}
+    pinned = {cid: ident.public for cid, ident in identities.items()}
+    plain: dict[tuple[int, str], tuple[np.ndarray, list[str]]] = {}  # (round, block) -> (sum of deltas, who)
+
+    def contribute(index: int):
+        def at_upload(plan) -> Contribution:
+            rng = np.random.default_rng([s.seed, plan.round, index])
+            delta = rng.standard_normal(dim)
+            delta *= s.update_clip * rng.uniform(0.3, 1.5) / np.linalg.norm(delta)
+            delta = clip_vector(delta, s.update_clip)
+            acc, who = plain.setdefault((plan.round, plan.block), (np.zeros(dim), []))
+            acc += delta
+            who.append(ids[index])
+            return Contribution(delta)
+
+        return at_upload
+
+    net = LocalNetwork(
+        {cid: SecAggClient(cid, identities[cid], trust=TrustStore(dict(pinned), tofu=False)) for cid in ids},
+        {cid: contribute(i) for i, cid in enumerate(ids)},
+    )
+    exchange = TimedExchange(net)
+    server = SecAggServer(trust=TrustStore(dict(pinned), tofu=False))
+    layouts = {str(b): Layout(dim=dim, clip_norm=s.update_clip) for b in range(s.blocks)}
+    setup_seconds = time.perf_counter() - t_setup
+
+    def cohorts_of(r: int) -> dict[str, list[str]]:
+        plan = assign([NodeInfo(i) for i in range(s.companies)], s.blocks, r, s.cohort, 3, seed=s.seed)
+        if plan.skipped:
+            raise SystemExit(f"round {r}: blocks skipped by the scheduler: {plan.skipped}")
+        return {str(b): [ids[c] for c in cohort] for b, cohort in plan.cohorts.items()}
+
+    params = choose_params(s.cohort, server.policy)
+    log(
+        f"setting: {s.companies} companies, B={s.blocks}, cohorts of {s.cohort} (graph degree k={params.k}, "
+        f"threshold t={params.t}), {s.rounds} rounds, delta length {dim}, clip {s.update_clip}; "
+        f"identities made in {setup_seconds:.1f} s"
+    )
+    rows = []
+    t0 = time.perf_counter()
+    plan_round(server, 1, cohorts_of(1), layouts, exchange)
+    first_plan_seconds = time.perf_counter() - t0
+    for r in range(1, s.rounds + 1):
+        exchange.seconds.clear()
+        t = time.perf_counter()
+        if r < s.rounds:
+            plan_round(server, r + 1, cohorts_of(r + 1), layouts, exchange)
+        result = run_round(server, r, exchange)
+        seconds = time.perf_counter() - t + (first_plan_seconds if r == 1 else 0.0)
+        if result.failures:
+            raise SystemExit(f"round {r}: secure aggregation failed: {result.failures}")
+        checks = {}
+        for block, agg in sorted(result.aggregates.items()):
+            acc, who = plain.pop((r, block))
+            if sorted(who) != list(agg.survivors):
+                raise SystemExit(f"round {r} block {block}: aggregated {agg.count} survivors, {len(who)} contributed")
+            err = float(np.max(np.abs(agg.mean_update - acc / len(who))))
+            bound = agg.error_bound / agg.count
+            if not err <= bound:
+                raise SystemExit(f"round {r} block {block}: |aggregate - plain mean| = {err:.3g} > bound {bound:.3g}")
+            checks[block] = {"count": agg.count, "max_abs_error": err, "error_bound": bound}
+        client = dict(exchange.seconds)
+        row = {
+            "round": r,
+            "seconds": seconds,
+            "companies_seconds": client,
+            "server_seconds": seconds - sum(client.values()),
+            "aggregated": sum(c["count"] for c in checks.values()),
+            "blocks": checks,
+            "max_error_over_bound": max(c["max_abs_error"] / c["error_bound"] for c in checks.values()),
+            "peak_memory_gb": peak_rss_gb(),
+        }
+        rows.append(row)
+        log(
+            f"round {r}: {seconds:.1f} s (companies {', '.join(f'{k} {v:.1f}' for k, v in client.items())} s, "
+            f"server {row['server_seconds']:.1f} s); {row['aggregated']} aggregated; max |error| / bound "
+            f"{row['max_error_over_bound']:.3f}; peak memory {row['peak_memory_gb']:.2f} GB"
+        )
+    return {"dim": dim, "degree": params.k, "threshold": params.t, "setup_seconds": setup_seconds, "rounds": rows}
+
+
+def graph_seconds(n: int, rounds: int = 1) -> float:
+    """What every member of a cohort of n spends on the plan's graph: parse the plan it receives and find its own
+    neighbours (ring order + Harary neighbours), summed over the n members."""
+    from dblocks.privacy.secagg import Layout, SecAggServer, TrustStore
+    from dblocks.privacy.secagg.keys import Identity
+    from dblocks.privacy.secagg.plan import Plan
+
+    ids = [f"company{i:04d}" for i in range(n)]
+    server = SecAggServer(trust=TrustStore(tofu=True))
+    for cid in ids:
+        server.trust.accept_cert(Identity(cid).cert(1, bytes(range(32))))
+    blob = server.add_plan(1, "0", ids, Layout(dim=10, clip_norm=1.0)).to_bytes()
+    t = time.perf_counter()
+    for cid in ids:
+        Plan.from_bytes(blob).neighbours(cid)
+    return time.perf_counter() - t
+
+
+def sweep(sizes: list[int], dim: int, log=print) -> dict:
+    """One block's instance at each cohort size (2 rounds); per-part costs of the steady round and fitted
+    exponents (cost ~ n^e) of each part against the cohort size."""
+    run_federation(ScaleSetting(companies=5, blocks=1, cohort=5, rounds=2, dim=16), log=lambda m: None)  # warm-up
+    graph_seconds(5)
+    rows = []
+    for n in sizes:
+        res = run_federation(ScaleSetting(companies=n, blocks=1, cohort=n, rounds=2, dim=dim), log=lambda m: None)
+        first, steady = res["rounds"]
+        row = {
+            "cohort": n,
+            "degree": res["degree"],
+            "threshold": res["threshold"],
+            "announce_seconds": first["companies_seconds"].get("join", 0.0),
+            "first_round_seconds": first["seconds"],
+            "upload_seconds": steady["companies_seconds"].get("upload", 0.0),
+            "unmask_seconds": steady["companies_seconds"].get("unmask", 0.0),
+            "server_seconds": steady["server_seconds"],
+            "steady_round_seconds": steady["seconds"],
+            "graph_seconds": graph_seconds(n),
+        }
+        row["steady_seconds_per_company"] = row["steady_round_seconds"] / n
+        rows.append(row)
+        log(
+            f"cohort {n:4d} (k={row['degree']}, t={row['threshold']}): first round {row['first_round_seconds']:.2f} s "
+            f"(announce {row['announce_seconds']:.2f}), steady round {row['steady_round_seconds']:.2f} s = upload "
+            f"{row['upload_seconds']:.2f} + unmask {row['unmask_seconds']:.2f} + server {row['server_seconds']:.2f}; "
+            f"graph {row['graph_seconds']:.3f} s; {1000 * row['steady_seconds_per_company']:.1f} ms per company"
+        )
+    exponents = {}
+    if len(rows) >= 2:
+        x = np.log([r["cohort"] for r in rows])
+        for part in (
+            "announce_seconds",
+            "upload_seconds",
+            "unmask_seconds",
+            "server_seconds",
+            "steady_round_seconds",
+            "graph_seconds",
+        ):
+            y = np.log([max(r[part], 1e-6) for r in rows])
+            exponents[part] = float(np.polyfit(x, y, 1)[0])
+        exponents["n_times_degree"] = float(np.polyfit(x, np.log([r["cohort"] * r["degree"] for r in rows]), 1)[0])
+        log("exponents (cost ~ n^e): " + ", ".join(f"{k} {v:.2f}" for k, v in exponents.items()))
+    return {"dim": dim, "rows": rows, "exponents": exponents}
+
+
+def main() -> None:
+    if "--engine" in sys.argv and sys.argv[sys.argv.index("--engine") + 1 :][:1] == ["flower-simulation"]:
+        i = sys.argv.index("--engine")
+        flower_simulation_main(sys.argv[1:i] + sys.argv[i + 2 :])
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=["inprocess", "flower-simulation"], default="inprocess")
+    ap.add_argument("--companies", type=int, default=1000)
+    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--cohort", type=int, default=250, help="companies per block cohort (B x cohort <= companies)")
+    ap.add_argument("--rounds", type=int, default=3, help="0: only the --sweep")
+    ap.add_argument("--update-clip", type=float, default=0.5)
+    ap.add_argument("--dim", type=int, default=0, help="delta length (0: the digits preset's block length)")
+    ap.add_argument("--sweep", default="", help="comma-separated cohort sizes for the scaling table, e.g. 25,50,100")
+    ap.add_argument("--quick", action="store_true", help="do not write results or summary keys")
+    args = ap.parse_args()
+    if args.blocks * args.cohort > args.companies:
+        raise SystemExit(f"{args.blocks} blocks x cohort {args.cohort} > {args.companies} companies")
+    if args.cohort < 3:
+        raise SystemExit(f"secure aggregation needs cohorts of at least 3 companies (got --cohort {args.cohort})")
+    try:
+        sizes = [int(x) for x in args.sweep.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--sweep takes comma-separated cohort sizes, got {args.sweep!r}") from None
+    if any(n < 3 for n in sizes):
+        raise SystemExit(f"--sweep cohort sizes must be >= 3, got {sizes}")
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import setup, update_summary, write_json
+
+    machine = setup(threads=1)
+    setting = ScaleSetting(args.companies, args.blocks, args.cohort, args.rounds, args.dim, args.update_clip)
+    dim = args.dim or block_dim(args.blocks)
+    out_path = RESULTS / "scale.json"
+    previous = json.loads(out_path.read_text()) if out_path.exists() else {}
+    result: dict = {k: v for k, v in previous.items() if previous.get("engine") == "inprocess"}
+    result.update(
+        engine="inprocess",
+        secagg="dblocks",
+        machine=machine,
+        command=" ".join(["python", "bench/scale.py", *sys.argv[1:]]),
+    )
+    t0 = time.time()
+    if sizes:
+        result["sweep"] = sweep(sizes, dim)
+        result["sweep_command"] = result["command"]
+    if args.rounds > 0:
+        fed = run_federation(setting)
+        result.update(setting=asdict(setting), **fed)
+        result["federation_command"] = result["command"]
+    if args.rounds > 0:
+        result["peak_memory_gb"] = peak_rss_gb()
+        result["total_seconds"] = time.time() - t0
+    elif sizes:
+        result["sweep"]["peak_memory_gb"] = peak_rss_gb()
+    if args.quick:
+        return
+    write_json(out_path, result)
+    print(f"wrote {out_path}")
+    if args.rounds > 0:
+        rounds = result["rounds"]
+        update_summary(
+            RESULTS,
+            {
+                "scale.simulated_companies": args.companies,
+                "scale.secagg": "dblocks",
+                "scale.cohort_size": args.cohort,
+                "scale.round_seconds": round(rounds[-1]["seconds"], 1),
+                "scale.peak_memory_gb": round(result["peak_memory_gb"], 2),
+            },
+        )
 
 
 def tree_rss_bytes(root_pid: int) -> int:
@@ -125,7 +423,8 @@ def start_registry(root: Path):
     return pg, proc, f"http://127.0.0.1:{port}", token
 
 
-def main() -> None:
+def flower_simulation_main(argv: list[str]) -> None:
+    """The earlier engine: the product's ServerApp/ClientApp under Flower's simulation engine (Ray)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--companies", type=int, default=200)
     ap.add_argument("--blocks", type=int, default=4)
@@ -141,8 +440,7 @@ def main() -> None:
         help='secure aggregation per cohort: "flower" = Flower\'s SecAgg+, "dblocks" = dblocks.privacy.secagg '
         "(needs cohorts >= 3)",
     )
-    ap.add_argument("--quick", action="store_true", help="do not write the summary keys")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.blocks * args.cohort > args.companies:
         raise SystemExit(f"{args.blocks} blocks x cohort {args.cohort} > {args.companies} companies")
     if args.secagg == "dblocks" and args.cohort < 3:
@@ -150,7 +448,7 @@ def main() -> None:
     # one thread per Ray actor: the workers inherit this environment
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import setup, update_summary
+    from _common import setup
 
     machine = setup(threads=1)
 
@@ -259,16 +557,8 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    if not args.quick:
-        update_summary(
-            RESULTS,
-            {
-                "scale.simulated_companies": args.companies,
-                "scale.round_seconds": round(rounds[-1]["seconds"], 1),
-                "scale.peak_memory_gb": round(memory.peak / 2**30, 2),
-            },
-        )
+    (RESULTS / "scale_flower_simulation.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'scale_flower_simulation.json'} (no summary keys: scale.* are the in-process engine's)")
 
 
 if __name__ == "__main__":
