@@ -170,7 +170,8 @@ def identify_single(
 
     Two hypotheses per candidate, the score is the larger cosine: (a) the block's middle sigma and the candidate's
     clean class embedding (every candidate, one pass); (b) the draw estimated from the update (`estimate_draw`),
-    when `plausible`, for the `shortlist` best candidates of (a)."""
+    when `plausible`, for the `shortlist` best candidates of (a) and every candidate of the labels the estimated z
+    and the head bias point to."""
     b = _classifier(block)
     u = _vectors(block, deltas)
     norms, dots = pool.products(block, sum_draws(block, block_index, pool.y, 0), u)
@@ -183,7 +184,13 @@ def identify_single(
         draw = estimate_draw(block, delta)
         if plausible(draw, block, block_index, ratio):
             assert draw is not None
-            top = s.argsort(descending=True)[:shortlist]
+            # the best `shortlist` plus every candidate of the labels the draw's z and the head bias point to (the
+            # middle-sigma score of the true record can rank low when its own sigma is far from the middle)
+            labels = torch.tensor(
+                [int((b.class_emb.double() @ draw.z.double()).argmax()), int(delta["head.bias"].argmax())]
+            )
+            same_label = torch.isin(pool.y, labels).nonzero().flatten()
+            top = torch.unique(torch.cat([s.argsort(descending=True)[:shortlist], same_label]))
             d = candidate_directions(
                 block, pool.x[top], pool.y[top], torch.full((len(top),), draw.sigma), draw.z.expand(len(top), -1)
             )
