@@ -335,9 +335,10 @@ class SecAggClient:
     def _collect_peers(self, msg: Message, inst: _Instance) -> tuple[list[str], dict[str, bytes], dict]:
         plan, key = inst.plan, inst.plan.key
         announced = sorted(get(msg, field(key, "announced"), list))
-        if not set(announced) <= set(plan.cohort) or self.client_id not in announced:
+        announced_set = set(announced)
+        if not announced_set <= set(plan.cohort) or self.client_id not in announced_set:
             raise ProtocolRefusal(f"announced set of {key} is not a subset of the cohort containing this client")
-        peers = [v for v in plan.neighbours(self.client_id) if v in announced]
+        peers = [v for v in plan.neighbours(self.client_id) if v in announced_set]
         if len(peers) < plan.threshold:
             raise ProtocolRefusal(
                 f"only {len(peers)} neighbours announced in {key}; threshold {plan.threshold}: "
@@ -349,11 +350,12 @@ class SecAggClient:
                 f"no prekey of this client for round {plan.round} (erased or never certified): "
                 f"the shares of {key} cannot be opened"
             )
+        prekey_private = X25519PrivateKey.from_private_bytes(prekey)  # parsed once, used for every peer
         mask_publics, held = {}, {}
         for v in peers:
             ann = Announcement.from_bytes(get(msg, field(key, "ann", v), bytes))
             ann.verify(self.trust.identity(v), v, plan.digest)
-            k = seal_key(prekey, ann.seal_public, plan.digest, v, self.client_id)
+            k = seal_key(prekey_private, ann.seal_public, plan.digest, v, self.client_id)
             plain = open_sealed(
                 k,
                 get(msg, field(key, "share", v), bytes),
@@ -418,7 +420,8 @@ class SecAggClient:
             raise ProtocolRefusal(f"server claims {self.client_id} dropped in {key}, but it uploaded: refused")
         if len(survivors) < plan.min_survivors:
             raise ProtocolRefusal(f"{len(survivors)} survivors in {key} < minimum {plan.min_survivors}")
-        local = [v for v in plan.neighbours(self.client_id) if v in survivors]
+        alive = set(survivors)
+        local = [v for v in plan.neighbours(self.client_id) if v in alive]
         if len(local) < plan.threshold:
             raise ProtocolRefusal(
                 f"only {len(local)} of this client's neighbours survived in {key}; "

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -137,16 +138,35 @@ def ring_order(seed: bytes, members: Sequence[str]) -> list[str]:
     key = hashlib.sha256(b"dblocks-secagg/ring-order\0" + seed).digest()
     stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
     order = sorted(members)
+    # the keystream is read in batches of 32-bit words (n draws + slack, then more if rejections use it up):
+    # the words are the same, in the same order, as reading 4 bytes at a time
+    words: list[int] = []
+    used = 0
     for i in range(len(order) - 1, 0, -1):
         bound = i + 1
         limit = (2**32 // bound) * bound
         while True:
-            r = int.from_bytes(stream.update(bytes(4)), "little")
+            if used == len(words):
+                batch = i + 16
+                words, used = list(struct.unpack(f"<{batch}I", stream.update(bytes(4 * batch)))), 0
+            r = words[used]
+            used += 1
             if r < limit:
                 break
         j = r % bound
         order[i], order[j] = order[j], order[i]
     return order
+
+
+def member_neighbours(order: Sequence[str], position: int, k: int) -> tuple[str, ...]:
+    """The neighbours of the member at `position` of ring `order` in H(n, k): the same tuple as
+    `neighbours(order, k)[order[position]]`, in O(k) instead of building the whole graph."""
+    n = len(order)
+    if k >= n - 1:
+        return tuple(v for i, v in enumerate(order) if i != position)
+    if k % 2:
+        raise ValueError(f"sparse graphs use an even degree, got k={k}")
+    return tuple(order[(position + d) % n] for d in range(-(k // 2), k // 2 + 1) if d != 0)
 
 
 def neighbours(order: Sequence[str], k: int) -> dict[str, tuple[str, ...]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .errors import ProtocolRefusal
-from .graph import Policy, is_safe, neighbours, ring_order
+from .graph import Policy, is_safe, member_neighbours, neighbours, ring_order
 from .keys import check_id
 from .quant import QuantSpec, canonical_json
 
@@ -117,15 +117,43 @@ class Plan:
         return hashlib.sha256(b"dblocks-secagg/plan/v1\0" + self.to_bytes()).digest()
 
     @cached_property
+    def ring(self) -> list[str]:
+        """The cohort in its pseudo-random ring order (derived from the digest)."""
+        return ring_order(self.digest, self.cohort)
+
+    @cached_property
+    def _ring_position(self) -> dict[str, int]:
+        return {cid: i for i, cid in enumerate(self.ring)}
+
+    @cached_property
+    def _points(self) -> dict[str, int]:
+        return {cid: i + 1 for i, cid in enumerate(self.cohort)}
+
+    @cached_property
+    def _neighbour_cache(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+    @cached_property
     def graph(self) -> dict[str, tuple[str, ...]]:
-        return neighbours(ring_order(self.digest, self.cohort), self.degree)
+        return neighbours(self.ring, self.degree)
 
     def neighbours(self, client_id: str) -> tuple[str, ...]:
-        return self.graph[client_id]
+        """The member's neighbours, computed for that member only (a client never builds the whole graph: that
+        would cost O(n k) per client, O(n^2 k) per cohort); the same tuple as `graph[client_id]`."""
+        cached = self._neighbour_cache.get(client_id)
+        if cached is None:
+            if client_id not in self._ring_position:
+                raise KeyError(client_id)
+            cached = member_neighbours(self.ring, self._ring_position[client_id], self.degree)
+            self._neighbour_cache[client_id] = cached
+        return cached
 
     def x(self, client_id: str) -> int:
         """The Shamir evaluation point of a member: 1 + its index in the sorted cohort."""
-        return self.cohort.index(client_id) + 1
+        try:
+            return self._points[client_id]
+        except KeyError:
+            raise ValueError(f"{client_id!r} is not in the cohort") from None
 
     def check(self, policy: Policy, session: bytes, member: str | None = None) -> None:
         """Refuse a plan that is unsafe under `policy` or not for this session/member (ProtocolRefusal)."""
