@@ -11,6 +11,7 @@ from dblocks.privacy.mechanisms import clip_vector
 from dblocks.privacy.secagg import shamir
 from dblocks.privacy.secagg.errors import AggregateOverflow
 from dblocks.privacy.secagg.graph import Policy, choose_params, failure_probabilities, neighbours, ring_order
+from dblocks.privacy.secagg.plan import Plan
 from dblocks.privacy.secagg.prg import MaskExpander, expand_mask
 from dblocks.privacy.secagg.quant import Extra, QuantSpec
 
@@ -144,6 +145,23 @@ def test_harary_graph_is_k_regular_symmetric_and_deterministic():
         assert all(u in g[v] for v in vs)
     complete = neighbours(order[:5], 4)
     assert all(len(v) == 4 for v in complete.values())
+
+
+def test_ring_order_is_pinned_and_a_members_neighbours_match_the_whole_graph():
+    """The ring order is part of the protocol (every party derives it): pinned to the value the original
+    4-bytes-at-a-time reader gave; a plan computes one member's neighbours alone, and they equal the whole graph's."""
+    members = [f"c{i:02d}" for i in range(12)]
+    assert ring_order(b"pinned-seed", members) == [
+        "c09", "c06", "c10", "c01", "c07", "c03", "c05", "c02", "c11", "c08", "c00", "c04"
+    ]  # fmt: skip
+    for n, k in [(60, 12), (60, 59), (7, 6)]:
+        quant = QuantSpec.plan(n, 4, 1.0)
+        plan = Plan(b"s" * 16, 1, "0", tuple(f"c{i:03d}" for i in range(n)), k, k // 2 + 1, 3, 0, quant)
+        whole = neighbours(ring_order(plan.digest, plan.cohort), k)
+        assert all(plan.neighbours(u) == whole[u] for u in plan.cohort)
+        assert [plan.x(u) for u in plan.cohort] == list(range(1, n + 1))
+    with pytest.raises(KeyError):
+        plan.neighbours("stranger")
 
 
 @pytest.mark.parametrize("n", [3, 5, 10, 30, 100, 300, 1000])
