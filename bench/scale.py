@@ -86,19 +86,21 @@ def peak_rss_gb() -> float:
 
 
 class TimedExchange:
-    """LocalNetwork behind a stopwatch: seconds the companies spend answering each stage (they run in this
-    process, one after the other), requests/replies counted and sized by the LocalNetwork."""
+    """LocalNetwork behind a stopwatch: wall and CPU seconds the companies spend answering each stage (they run
+    in this process, one after the other), requests/replies counted and sized by the LocalNetwork."""
 
     def __init__(self, net) -> None:
         self.net = net
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu_seconds: dict[str, float] = defaultdict(float)
 
     def __call__(self, stage: str, requests: dict) -> dict:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             return self.net(stage, requests)
         finally:
             self.seconds[stage] += time.perf_counter() - t
+            self.cpu_seconds[stage] += time.process_time() - c
 
 
 def run_federation(s: ScaleSetting, log=print) -> dict:
@@ -161,16 +163,18 @@ def run_federation(s: ScaleSetting, log=print) -> dict:
         f"identities made in {setup_seconds:.1f} s"
     )
     rows = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     plan_round(server, 1, cohorts_of(1), layouts, exchange)
-    first_plan_seconds = time.perf_counter() - t0
+    first_plan_seconds, first_plan_cpu = time.perf_counter() - t0, time.process_time() - c0
     for r in range(1, s.rounds + 1):
         exchange.seconds.clear()
-        t = time.perf_counter()
+        exchange.cpu_seconds.clear()
+        t, c = time.perf_counter(), time.process_time()
         if r < s.rounds:
             plan_round(server, r + 1, cohorts_of(r + 1), layouts, exchange)
         result = run_round(server, r, exchange)
         seconds = time.perf_counter() - t + (first_plan_seconds if r == 1 else 0.0)
+        cpu_seconds = time.process_time() - c + (first_plan_cpu if r == 1 else 0.0)
         if result.failures:
             raise SystemExit(f"round {r}: secure aggregation failed: {result.failures}")
         checks = {}
@@ -183,12 +187,15 @@ def run_federation(s: ScaleSetting, log=print) -> dict:
             if not err <= bound:
                 raise SystemExit(f"round {r} block {block}: |aggregate - plain mean| = {err:.3g} > bound {bound:.3g}")
             checks[block] = {"count": agg.count, "max_abs_error": err, "error_bound": bound}
-        client = dict(exchange.seconds)
+        client, client_cpu = dict(exchange.seconds), dict(exchange.cpu_seconds)
         row = {
             "round": r,
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "companies_seconds": client,
+            "companies_cpu_seconds": client_cpu,
             "server_seconds": seconds - sum(client.values()),
+            "server_cpu_seconds": cpu_seconds - sum(client_cpu.values()),
             "aggregated": sum(c["count"] for c in checks.values()),
             "blocks": checks,
             "max_error_over_bound": max(c["max_abs_error"] / c["error_bound"] for c in checks.values()),
@@ -204,8 +211,8 @@ def run_federation(s: ScaleSetting, log=print) -> dict:
 
 
 def graph_seconds(n: int, rounds: int = 1) -> float:
-    """What every member of a cohort of n spends on the plan's graph: parse the plan it receives and find its own
-    neighbours (ring order + Harary neighbours), summed over the n members."""
+    """CPU seconds every member of a cohort of n spends on the plan's graph: parse the plan it receives and find
+    its own neighbours (ring order + Harary neighbours), summed over the n members."""
     from dblocks.privacy.secagg import Layout, SecAggServer, TrustStore
     from dblocks.privacy.secagg.keys import Identity
     from dblocks.privacy.secagg.plan import Plan
@@ -215,15 +222,16 @@ def graph_seconds(n: int, rounds: int = 1) -> float:
     for cid in ids:
         server.trust.accept_cert(Identity(cid).cert(1, bytes(range(32))))
     blob = server.add_plan(1, "0", ids, Layout(dim=10, clip_norm=1.0)).to_bytes()
-    t = time.perf_counter()
+    t = time.process_time()
     for cid in ids:
         Plan.from_bytes(blob).neighbours(cid)
-    return time.perf_counter() - t
+    return time.process_time() - t
 
 
 def sweep(sizes: list[int], dim: int, log=print) -> dict:
-    """One block's instance at each cohort size (2 rounds); per-part costs of the steady round and fitted
-    exponents (cost ~ n^e) of each part against the cohort size."""
+    """One block's instance at each cohort size (2 rounds); per-part CPU seconds of the steady round (CPU, not
+    wall: the cores are shared, and CPU time is what the protocol costs) and fitted exponents (cost ~ n^e) of each
+    part against the cohort size."""
     run_federation(ScaleSetting(companies=5, blocks=1, cohort=5, rounds=2, dim=16), log=lambda m: None)  # warm-up
     graph_seconds(5)
     rows = []
@@ -234,12 +242,13 @@ def sweep(sizes: list[int], dim: int, log=print) -> dict:
             "cohort": n,
             "degree": res["degree"],
             "threshold": res["threshold"],
-            "announce_seconds": first["companies_seconds"].get("join", 0.0),
-            "first_round_seconds": first["seconds"],
-            "upload_seconds": steady["companies_seconds"].get("upload", 0.0),
-            "unmask_seconds": steady["companies_seconds"].get("unmask", 0.0),
-            "server_seconds": steady["server_seconds"],
-            "steady_round_seconds": steady["seconds"],
+            "announce_seconds": first["companies_cpu_seconds"].get("join", 0.0),
+            "first_round_seconds": first["cpu_seconds"],
+            "upload_seconds": steady["companies_cpu_seconds"].get("upload", 0.0),
+            "unmask_seconds": steady["companies_cpu_seconds"].get("unmask", 0.0),
+            "server_seconds": steady["server_cpu_seconds"],
+            "steady_round_seconds": steady["cpu_seconds"],
+            "steady_round_wall_seconds": steady["seconds"],
             "graph_seconds": graph_seconds(n),
         }
         row["steady_seconds_per_company"] = row["steady_round_seconds"] / n
