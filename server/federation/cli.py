@@ -187,7 +187,10 @@ def run_new(
     lr: float = typer.Option(1e-3, help="company learning rate (AdamW)"),
     update_clip: float = typer.Option(1.0, help="client-level L2 clip of a block update"),
     central_noise: float = typer.Option(0.0, help="central noise multiplier on the aggregate"),
-    server_lr: float = 1.0,
+    server_lr: float = typer.Option(1.0, help="server step on each block's released mean"),
+    server_momentum: float = typer.Option(
+        0.0, help="heavy-ball momentum on the released means across rounds (post-processing: no privacy cost)"
+    ),
     trainable: str = typer.Option(
         "all",
         help="block parameters the companies train: all | bias | head | bias+head | "
@@ -251,6 +254,7 @@ def run_new(
             update_clip=update_clip,
             central_noise=central_noise,
             server_lr=server_lr,
+            server_momentum=server_momentum,
             trainable=trainable,
             adapt_blocks=parse_blocks(adapt_blocks),
             # RunConfig.__post_init__ rejects any other mode than "dblocks" or "flower" (ValueError below)

@@ -6,8 +6,10 @@ serverapp.py sends, receives and records.
   accept(block, outcome): the securely aggregated mean is kept only if its members are a non-empty part of the
       cohort and it passes `mechanisms.check_update` (shapes, finiteness, size, ||mean|| <= C).
   release(round, block, outcome) -> BlockRelease: mean + N(0, (z_c C / K)^2 I) (K = members aggregated),
-      theta_b += server_lr * release, and the version record with each company's epsilons composed over all
-      its releases in the run (`releases.ReleaseLog`, the run's accountant).
+      theta_b += server_lr * v_b with v_b = server_momentum * v_b + release (heavy ball; post-processing of the
+      released means, no privacy cost; v_b lives in memory: a restarted server starts from v = 0), and the
+      version record with each company's epsilons composed over all its releases in the run
+      (`releases.ReleaseLog`, the run's accountant).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dblocks.shared.versions import VersionMeta
 
 from .aggregation import AggregateOutcome
 from .config import RunConfig, round_lr
-from .model_state import BlockState, GlobalModel
+from .model_state import BlockState, GlobalModel, momentum_step
 from .releases import ReleaseLog
 
 
@@ -50,6 +52,7 @@ class BlockStrategy:
     ) -> None:
         self.cfg, self.model, self.releases, self.session, self.num_rounds = cfg, model, releases, session, num_rounds
         self.rng = np.random.default_rng()  # central noise: fresh OS entropy, never a fixed seed
+        self.velocity: dict[int, list[np.ndarray]] = {}  # server momentum per block
         from dblocks.shared.schema import RunData
 
         # the run's class list and feature statistics, fixed for the run and sent in every task (shared/schema.py)
@@ -107,7 +110,8 @@ class BlockStrategy:
         k = len(out.survivors)
         noised, std = add_central_noise(out.mean, cfg.update_clip, cfg.central_noise, k, self.rng)
         parent = self.model.blocks[b].version_id
-        state = self.model.apply_update(b, noised, cfg.server_lr, r)
+        step = momentum_step(self.velocity, b, noised, cfg.server_momentum) if cfg.server_momentum else noised
+        state = self.model.apply_update(b, step, cfg.server_lr, r)
         self.releases.published(r, b, out.survivors, cfg.central_noise)
         nodes = {n: self.releases.composed(n, cfg.delta, cfg.accountant) for n in out.survivors}
         record_eps = max(e.record_epsilon for e in nodes.values())

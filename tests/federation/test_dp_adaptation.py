@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dblocks.client.ledger import PrivacyLedger
 from dblocks.client.trainer import train_task
@@ -73,6 +74,30 @@ def test_server_momentum_is_heavy_ball_on_the_released_means():
     np.testing.assert_allclose(a[0], [1.0, -2.0])
     np.testing.assert_allclose(b[0], [1.5, -1.0])
     np.testing.assert_allclose(c[0], [3.0, 3.0])
+
+
+def test_the_servers_release_steps_with_momentum_across_rounds(tmp_path):
+    from dblocks.server.federation.aggregation import AggregateOutcome
+    from dblocks.server.federation.config import RunConfig
+    from dblocks.server.federation.releases import ReleaseLog
+    from dblocks.server.federation.strategy import BlockStrategy
+
+    with pytest.raises(ValueError, match="server_momentum"):
+        RunConfig(run_id="r", server_momentum=1.0)
+    preset = get_preset("digits")
+    model = GlobalModel.initial(preset, preset.noise_schedule(2), 0)
+    cfg = RunConfig(run_id="r", task="digits", num_blocks=2, server_momentum=0.5, update_clip=10.0)
+    strategy = BlockStrategy(cfg, model, ReleaseLog(tmp_path / "releases.json"), 0, lambda: 2)
+    shapes = model.param_shapes(0)
+    theta0 = [p.detach().clone() for p in model.blocks[0].module.parameters()]
+    mean = [np.full(sh, 1e-3, dtype=np.float32) for sh in shapes]
+    releases = strategy.releases
+    for r in (1, 2):
+        releases.trained(r, 0, 0, [1, 2, 3], strategy.configure(r, 0).mechanism)
+        strategy.release(r, 0, AggregateOutcome(0, [1, 2, 3], mean=mean, survivors=[1, 2, 3]))
+    # theta += m1 + (0.5 m1 + m2) = 2.5e-3 on every value (no central noise)
+    moved = [(p.detach() - t).flatten() for p, t in zip(model.blocks[0].module.parameters(), theta0)]
+    np.testing.assert_allclose(torch.cat(moved).numpy(), 2.5e-3, rtol=1e-3)
 
 
 def test_run_config_validates_trainable_and_the_server_sends_it():
