@@ -31,7 +31,7 @@ PRESET_SHAPES = {
     "mnist-gen": ("image", 8, "generator"),
 }
 PRESET_NAMES = tuple(PRESET_SHAPES)
-RECIPE_LAYERS = {"tabular": 8, "image": 8}
+RECIPE_LAYERS = {"tabular": 4, "image": 8}
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 
 
