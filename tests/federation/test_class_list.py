@@ -154,3 +154,28 @@ def test_dbclient_join_and_check_data_refuse_a_label_outside_the_runs_list(feder
     assert r.exit_code == 2 and "unknown: 'seven'" in r.output and "nothing was sent" in r.output, r.output
     r = CliRunner().invoke(dbclient, ["check-data", str(files[1][0]), "--classes", ",".join(NAMES)])
     assert r.exit_code == 0 and "6 of the 10 classes have no example" in r.output, r.output
+
+
+def test_the_tasks_feature_statistics_and_class_list_are_applied_to_a_companys_table(tmp_path):
+    """The run's contract as a BlockTask carries it (JSON text): a table with string labels in its own order is
+    standardised with the run's statistics (never its own) and mapped to the run's indices; a malformed
+    contract is refused when the task is built."""
+    import pandas as pd
+
+    from dblocks.shared.schema import RunData
+
+    run = RunData(["low", "mid", "high"], [10.0, 0.0], [2.0, 0.5], "public statistics")
+    path = tmp_path / "company.csv"
+    pd.DataFrame({"a": [12.0, 8.0, 10.0], "b": [0.5, -0.5, 1.0], "label": ["high", "low", "high"]}).to_csv(
+        path, index=False
+    )
+    got = RunData.from_task(**run.task_fields())
+    assert got == run
+    ds = got.load(path, label_column="label")
+    assert ds.y.tolist() == [2, 0, 2] and ds.class_names == ["low", "mid", "high"]
+    assert ds.x.tolist() == [[1.0, 1.0], [-1.0, -1.0], [0.0, 2.0]]  # (x - run mean) / run std, not its own
+    for bad in ({"class_names": '["a"]'}, {"class_names": '["a", "a"]'}, {"class_names": "a,b"}):
+        with pytest.raises(ValueError):
+            RunData.from_task(bad["class_names"], "")
+    with pytest.raises(ValueError, match="finite"):
+        RunData.from_task('["a", "b"]', '{"mean": [0.0], "std": [0.0]}')
