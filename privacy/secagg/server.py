@@ -457,6 +457,9 @@ class SecAggServer:
                 results[inst.plan.block] = inst.result
             else:
                 failures[inst.plan.block] = inst.failure or "not finished"
+            # the instance is final (aggregated or failed; a later upload for it is refused): its n masked inputs
+            # are never read again, and keeping them grew the server by n x dim words per instance and round
+            inst.masked = {}
         self.trust.forget_before(round_ + 1)  # prekeys of finished rounds are never used again
         return results, failures
 
