@@ -205,7 +205,13 @@ def flower_simulation_section(s: dict, heading: str) -> str:
         "PostgreSQL), summed over processes and sampled every 0.5 s (shared pages count once per process, so this "
         "is an upper bound).",
         "",
-        command(s["command"]),
+        # recorded before `--engine` existed (the Ray engine was the only one): the command that reruns it today
+        command(
+            s["command"]
+            if "--engine" in s["command"]
+            else s["command"].replace("bench/scale.py", "bench/scale.py --engine flower-simulation", 1)
+            + f" --companies {s['companies']} --cohort {s['cohort']} --secagg {s.get('secagg_mode', 'flower')}"
+        ),
         "",
         table(
             ["setting", "value"],
