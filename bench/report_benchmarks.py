@@ -375,6 +375,14 @@ AUDIT_KEYS = {
     "audits.seed_aware_bound_known_seed": "the same audit when the run's generator is the guessed seed (the old "
     "behaviour): above the accountant",
     "audits.seed_aware_accountant_epsilon": "the accountant's epsilon of those runs",
+    "audits.release_false_pass_rate": "single-record releases at z = 1e-4 and 1e-3 (24 `dbaudit make-update` "
+    "files) that the attack battery passes although its label or identification attacks recovered the label or "
+    "the record (`bench/audit_attacks.py`; a single file is fail or inconclusive, never pass without power)",
+    "audits.identification_top1_z1e-4": "matched-filter identification, top-1 among the 1797 digits, of the one "
+    "record behind a release at central noise z = 1e-4 (12 files; chance 1/1797)",
+    "audits.label_accuracy_z1e-4": "best label attack of the battery on those files (chance 0.10)",
+    "audits.aggregate8_false_pass_rate": "SecAgg sums of 8 clients (the server's view, 8 files) passed although "
+    "the pool search identified at least one record in them",
 }
 
 
