@@ -35,6 +35,20 @@ def test_aggregate_equals_plain_sum_for_cohorts_3_to_100(federation, n, dim):
     assert fed.server.plans(1)[0].degree == params.k and fed.server.plans(1)[0].threshold == params.t
 
 
+def test_server_keeps_no_masked_inputs_of_finished_rounds(federation):
+    """Memory at scale: once a round is aggregated (or failed) its n masked inputs are dropped; the next round's
+    instances are untouched and still aggregate exactly."""
+    fed = federation({"0": 5, "1": 6}, 64, seed=7)
+    fed.start()
+    for r in (1, 2):
+        result = fed.run(r, plan_next=(r == 1))
+        assert result.failures == {}
+        for block in "01":
+            check_exact(fed, result, block)
+        finished = [i for i in fed.server.instances.values() if i.plan.round <= r]
+        assert finished and all(i.masked == {} and i.survivors for i in finished)
+
+
 def test_quantisation_error_is_far_below_flower_default(federation):
     """Max abs error per coordinate of the mean is at most step/2 = rel_error * C / sqrt(dim)."""
     fed = federation(10, 10_000, seed=3)
