@@ -46,6 +46,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -68,6 +69,12 @@ class ScaleSetting:
     seed: int = 0
 
 
+def fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2 (a bad argument, or a check of the measurement that did not hold)."""
+    print(f"bench/scale.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def block_dim(blocks: int) -> int:
     """Parameters of one block of the digits preset split into `blocks` blocks (all blocks are the same size)."""
     from dblocks.server.federation.model_state import GlobalModel
@@ -77,7 +84,7 @@ def block_dim(blocks: int) -> int:
     model = GlobalModel.initial(preset, preset.noise_schedule(blocks), 0, None)
     dims = {sum(int(np.prod(sh)) for sh in model.param_shapes(b)) for b in range(blocks)}
     if len(dims) != 1:
-        raise SystemExit(f"the digits preset's blocks differ in size for B={blocks}: {sorted(dims)}")
+        fail(f"the digits preset's blocks differ in size for B={blocks}: {sorted(dims)}")
     return dims.pop()
 
 
@@ -154,7 +161,7 @@ def run_federation(s: ScaleSetting, log=print) -> dict:
     def cohorts_of(r: int) -> dict[str, list[str]]:
         plan = assign([NodeInfo(i) for i in range(s.companies)], s.blocks, r, s.cohort, 3, seed=s.seed)
         if plan.skipped:
-            raise SystemExit(f"round {r}: blocks skipped by the scheduler: {plan.skipped}")
+            fail(f"round {r}: blocks skipped by the scheduler: {plan.skipped}")
         return {str(b): [ids[c] for c in cohort] for b, cohort in plan.cohorts.items()}
 
     params = choose_params(s.cohort, server.policy)
@@ -177,16 +184,16 @@ def run_federation(s: ScaleSetting, log=print) -> dict:
         seconds = time.perf_counter() - t + (first_plan_seconds if r == 1 else 0.0)
         cpu_seconds = time.process_time() - c + (first_plan_cpu if r == 1 else 0.0)
         if result.failures:
-            raise SystemExit(f"round {r}: secure aggregation failed: {result.failures}")
+            fail(f"round {r}: secure aggregation failed: {result.failures}")
         checks = {}
         for block, agg in sorted(result.aggregates.items()):
             acc, who = plain.pop((r, block))
             if sorted(who) != list(agg.survivors):
-                raise SystemExit(f"round {r} block {block}: aggregated {agg.count} survivors, {len(who)} contributed")
+                fail(f"round {r} block {block}: aggregated {agg.count} survivors, {len(who)} contributed")
             err = float(np.max(np.abs(agg.mean_update - acc / len(who))))
             bound = agg.error_bound / agg.count
             if not err <= bound:
-                raise SystemExit(f"round {r} block {block}: |aggregate - plain mean| = {err:.3g} > bound {bound:.3g}")
+                fail(f"round {r} block {block}: |aggregate - plain mean| = {err:.3g} > bound {bound:.3g}")
             checks[block] = {"count": agg.count, "max_abs_error": err, "error_bound": bound}
         client, client_cpu = dict(exchange.seconds), dict(exchange.cpu_seconds)
         row = {
@@ -295,15 +302,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="do not write results or summary keys")
     args = ap.parse_args()
     if args.blocks * args.cohort > args.companies:
-        raise SystemExit(f"{args.blocks} blocks x cohort {args.cohort} > {args.companies} companies")
+        fail(f"{args.blocks} blocks x cohort {args.cohort} > {args.companies} companies")
     if args.cohort < 3:
-        raise SystemExit(f"secure aggregation needs cohorts of at least 3 companies (got --cohort {args.cohort})")
+        fail(f"secure aggregation needs cohorts of at least 3 companies (got --cohort {args.cohort})")
     try:
         sizes = [int(x) for x in args.sweep.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"--sweep takes comma-separated cohort sizes, got {args.sweep!r}") from None
+        fail(f"--sweep takes comma-separated cohort sizes, got {args.sweep!r}")
     if any(n < 3 for n in sizes):
-        raise SystemExit(f"--sweep cohort sizes must be >= 3, got {sizes}")
+        fail(f"--sweep cohort sizes must be >= 3, got {sizes}")
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import setup, update_summary, write_json
@@ -416,7 +423,7 @@ def start_registry(root: Path):
     from dblocks.shared.procs import free_port
 
     if postgres_bin_dir() is None:
-        raise SystemExit("PostgreSQL is not installed (Debian package postgresql; make sysdeps)")
+        fail("PostgreSQL is not installed (Debian package postgresql; make sysdeps)")
     pg = ThrowawayPostgres().start()
     url = pg.create_database("dblocks")
     env = dict(os.environ, DBLOCKS_HOME=str(root / "registry-home"), DBLOCKS_DATABASE_URL=url)
