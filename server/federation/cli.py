@@ -273,10 +273,6 @@ def run_new(
         run_data = RunData.for_run(get_preset(task).arch.num_classes, cfg.classes, cfg.init_model_dir)
     except (ValueError, KeyError) as e:  # KeyError: an unknown preset
         fail(f"bad run settings: {e.args[0] if e.args else e}")
-    console.print(
-        f"class list (label index order; companies map their labels through it): {', '.join(run_data.class_names[:20])}"
-        + (f" ... ({len(run_data.class_names)} classes)" if len(run_data.class_names) > 20 else "")
-    )
     if run_id is None:
         if registry:
             from dataclasses import asdict
@@ -299,6 +295,10 @@ def run_new(
     cfg = RunConfig(**{**cfg.__dict__, "run_id": run_id, "checkpoint_dir": str(sh.run_dir(run_id) / "checkpoints")})
     log = sh.run_dir(run_id) / "serverapp.log"
     proc = submit_run(sh, cfg, log=log, registry_token=token if registry_url else None)
+    console.print(
+        f"class list (label index order; companies map their labels through it): {', '.join(run_data.class_names[:20])}"
+        + (f" ... ({len(run_data.class_names)} classes)" if len(run_data.class_names) > 20 else "")
+    )
     console.print(f"run [bold]{run_id}[/bold] submitted: {num_blocks} blocks, {num_rounds} rounds; log {log}")
     if not wait:
         return

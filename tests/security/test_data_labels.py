@@ -14,7 +14,13 @@ from dblocks.shared.data import DataError, load_dataset
 def _memory_headroom(extra_bytes: int = 1 << 30):
     """Cap this process's address space at its current size + `extra_bytes` while loading, so that code which
     tries to build one class name per integer up to 1e10 fails fast with MemoryError instead of exhausting the
-    machine."""
+    machine. pandas' Arrow-backed strings reserve their memory pool's arenas on first use: that happens first,
+    outside the cap (else the cap measures which test of the worker touched Arrow first, not the loader)."""
+    import io
+
+    import pandas as pd
+
+    pd.read_csv(io.StringIO("a,b\n1,x\n"))
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
