@@ -27,10 +27,8 @@ import json
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -38,41 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 AUDITS = RESULTS / "audits"
 MODEL = ROOT / "runs" / "audit-model"
+sys.path.insert(0, str(ROOT / "bench"))
+from planted import central_noise_disabled, opacus_clipping_disabled, opacus_noise_scaled  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------
-# planted bugs (bench and tests only: never product flags)
-# ---------------------------------------------------------------------------------------------------
-@contextmanager
-def opacus_noise_disabled():
-    import opacus.optimizers.optimizer as opt
-    import opacus.optimizers.optimizer_fast_gradient_clipping as fgc
-
-    zeros = lambda std, reference, generator=None, secure_mode=False: torch.zeros_like(reference)  # noqa: E731
-    with mock.patch.object(fgc, "_generate_noise", zeros), mock.patch.object(opt, "_generate_noise", zeros):
-        yield
-
-
-@contextmanager
-def opacus_clipping_disabled():
-    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping as G
-
-    with mock.patch.object(G, "get_clipping_coef", lambda self: torch.ones_like(self.get_norm_sample())):
-        yield
-
-
-@contextmanager
-def central_noise_disabled():
-    import dblocks.privacy.mechanisms as mechanisms
-
-    with mock.patch.object(
-        mechanisms, "add_central_noise", lambda mean, clip, z, k, rng: ([m.copy() for m in mean], 0.0)
-    ):
-        yield
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -318,7 +287,7 @@ def main() -> None:
         steps,
     ]
     code_ok, rec_ok, cmd_ok = cli(*common, "--out", AUDITS / "canary-record-correct")
-    with opacus_noise_disabled():
+    with opacus_noise_scaled(0.0):
         code_nn, rec_nn, cmd_nn = cli(*common, "--no-control", "--out", AUDITS / "canary-record-bug-no-noise")
     with opacus_clipping_disabled():
         code_nc, rec_nc, cmd_nc = cli(*common, "--no-control", "--out", AUDITS / "canary-record-bug-no-clipping")

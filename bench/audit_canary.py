@@ -27,43 +27,19 @@ import argparse
 import json
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 AUDITS = RESULTS / "audits"
 MODEL = ROOT / "runs" / "audit-model"
 sys.path.insert(0, str(ROOT / "bench"))
+from planted import opacus_clipping_disabled, opacus_noise_scaled  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-@contextmanager
-def opacus_noise_scaled(factor: float):
-    """Planted bug: Opacus draws its Gaussian noise with std factor * z C (0: no noise)."""
-    import opacus.optimizers.optimizer as opt
-    import opacus.optimizers.optimizer_fast_gradient_clipping as fgc
-
-    original = opt._generate_noise
-
-    def scaled(std, reference, generator=None, secure_mode=False):
-        return original(std * factor, reference, generator=generator, secure_mode=secure_mode)
-
-    with mock.patch.object(fgc, "_generate_noise", scaled), mock.patch.object(opt, "_generate_noise", scaled):
-        yield
-
-
-@contextmanager
-def opacus_clipping_disabled():
-    import torch
-    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping as G
-
-    with mock.patch.object(G, "get_clipping_coef", lambda self: torch.ones_like(self.get_norm_sample())):
-        yield
 
 
 def cli(*args) -> tuple[int, dict | None, str, float]:

@@ -1,9 +1,9 @@
 """One-run canary audit: the bound's math, and that it separates a correct DP-SGD client from planted bugs.
 
-The bugs are planted here only, by patching Opacus (noise generation, clipping coefficient)."""
+The bugs are planted by patching Opacus (noise generation, clipping coefficient): bench/planted.py."""
 
-from contextlib import contextmanager
-from unittest import mock
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,39 +17,15 @@ CFG = TrainConfig(epochs=1, batch_size=32, lr=1e-3, seed=0)
 CANARIES = 400
 
 
-@contextmanager
+# the planted bugs live in bench/planted.py (bench and tests only, never product flags)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from planted import central_noise_disabled  # noqa: E402
+from planted import opacus_clipping_disabled as clipping_disabled  # noqa: E402
+from planted import opacus_noise_scaled as noise_scaled  # noqa: E402
+
+
 def noise_disabled():
-    """Planted bug: Opacus' Gaussian noise silently returns zeros."""
-    import opacus.optimizers.optimizer as opt
-    import opacus.optimizers.optimizer_fast_gradient_clipping as fgc
-
-    zeros = lambda std, reference, generator=None, secure_mode=False: torch.zeros_like(reference)  # noqa: E731
-    with mock.patch.object(fgc, "_generate_noise", zeros), mock.patch.object(opt, "_generate_noise", zeros):
-        yield
-
-
-@contextmanager
-def noise_scaled(factor: float):
-    """Planted bug: Opacus draws its Gaussian noise with std factor * z C (the accountant still sees z)."""
-    import opacus.optimizers.optimizer as opt
-    import opacus.optimizers.optimizer_fast_gradient_clipping as fgc
-
-    original = opt._generate_noise
-
-    def scaled(std, reference, generator=None, secure_mode=False):
-        return original(std * factor, reference, generator=generator, secure_mode=secure_mode)
-
-    with mock.patch.object(fgc, "_generate_noise", scaled), mock.patch.object(opt, "_generate_noise", scaled):
-        yield
-
-
-@contextmanager
-def clipping_disabled():
-    """Planted bug: ghost clipping's per-example coefficient is always 1."""
-    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleModuleFastGradientClipping as G
-
-    with mock.patch.object(G, "get_clipping_coef", lambda self: torch.ones_like(self.get_norm_sample())):
-        yield
+    return noise_scaled(0.0)
 
 
 def test_p_value_grows_with_epsilon_and_the_bound_is_where_it_crosses():
@@ -100,7 +76,6 @@ def test_correct_dp_sgd_stays_below_the_accountant_and_planted_bugs_exceed_it(tr
 
 def test_client_level_canaries_catch_a_release_without_central_noise(trained_blocks, digits):
     """Canary clients through the federation's own release (mechanisms.clip_update + add_central_noise)."""
-    import dblocks.privacy.mechanisms as mechanisms
     from dblocks.privacy.attacks.canary import client_canary_audit
     from dblocks.privacy.attacks.local import LocalTraining, local_update
     from dblocks.privacy.attacks.runner import federation_release
@@ -118,8 +93,7 @@ def test_client_level_canaries_catch_a_release_without_central_noise(trained_blo
 
     correct = audit()
     assert correct.bound.epsilon_lower_bound < correct.accountant_epsilon < 3
-    no_noise = lambda mean, clip, z, k, rng: ([m.copy() for m in mean], 0.0)  # noqa: E731  planted bug
-    with mock.patch.object(mechanisms, "add_central_noise", no_noise):
+    with central_noise_disabled():
         buggy = audit()
     assert buggy.bound.epsilon_lower_bound > correct.accountant_epsilon
 
