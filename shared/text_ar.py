@@ -1,0 +1,513 @@
+"""Autoregressive DiffusionBlocks for text (the paper's LM1B row, Appendix D.2), and its end-to-end baseline.
+
+The next token is denoised block by block. Every position i of a window x_0..x_{T-1} carries a noisy copy of its
+own token's target embedding,  z_i = E[x_i] + sigma_i eps_i  (eps_i ~ N(0, I_width); E: a fixed, seeded table of
+256 random directions of L2 norm `target_scale`, identical in every block, as the image classifier's class
+embedding). sigma is the EDM noise level of `shared.schedule.NoiseSchedule`; block b of B owns one equi-probable
+slice of its log-normal and trains on sigma drawn from that slice (widened by the overlap gamma). A block is a
+causal transformer with its own embeddings, AdaLN-Zero layers and head: logits_i = f_b(x_<i, z_i, sigma_i),
+trained with cross-entropy CE(logits_i, x_i) averaged over positions (the image classifier's "none" weighting);
+the denoiser the sampler integrates is D(z_i, sigma_i) = softmax(logits_i) @ E, the posterior-mean embedding.
+
+Vectorised training (Block Diffusion, Arriola et al. 2025, block size 1): one forward pass over the concatenation
+[clean x_0..x_{T-1} ; noisy z_0..z_{T-1}] (2T tokens) with the attention mask
+  * clean query j  attends to clean keys k <= j (ordinary causal attention; never to a noisy key),
+  * noisy query i  attends to clean keys k < i and to itself (its own noisy token), nothing else,
+so noisy position i is conditioned on exactly the clean prefix x_<i, and no query sees a token at or after the
+one it predicts except its own noisy copy (tests/text/test_ar.py checks this by perturbation). Clean and noisy
+tokens at the same position share the learned position embedding; a stream embedding tells them apart. The
+noise level conditions only the noisy tokens (per-token AdaLN; clean tokens get c = 0), so the clean stream
+does not depend on sigma.
+
+Sampling (`sample`): for each new token, z starts at `inference_start` * eps, Euler steps of the probability-flow
+ODE dz/dsigma = (z - D)/sigma run over `NoiseSchedule.block_grid(steps_per_block)` (each step by the block that
+owns its sigma), and the token is drawn from the softmax of the last step's logits (at sigma_min, nearly one-hot).
+The end-to-end baseline (`CausalTransformer`) has the same width and the same total number of layers (pre-LN,
+no AdaLN), trained with next-token cross-entropy on the same windows, the same number of updates per parameter
+(each block `steps` updates; the baseline `steps` updates of all layers: the paper's matched layer updates).
+
+Metrics that need a judge (`generative_perplexity`, `mauve_score`) take a separately trained end-to-end
+`teacher`; `evaluate` computes them when one is passed. MAUVE (Pillutla et al. 2021) is implemented here with
+scikit-learn (PCA to 90 % explained variance, KMeans with n/10 clusters, divergence curve with 25 mixture
+weights, scaling 5, as the reference `mauve-text` defaults) on features of that local teacher: the mean of its
+final normalised hidden states over the continuation's positions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import NoiseEmbedding, class_embedding
+from .schedule import NoiseSchedule
+from .text import VOCAB_SIZE, TokenStream
+
+
+@dataclass(frozen=True)
+class Config:
+    """The text-ar preset (its defaults) and its model, noise and training settings.
+
+    seq_len: window length in bytes (also the position table and the longest context). total_layers: layers of
+    the whole model; each of the num_blocks blocks gets total_layers / num_blocks. steps: optimizer updates of
+    each block (and of the end-to-end baseline). lr: peak AdamW rate, linear warm-up over `warmup` of the steps,
+    cosine decay to 0. target_scale: L2 norm of each token's target embedding (sigma is in these units).
+    steps_per_block: Euler steps per block per sampled token. temperature: of the final draw of each token.
+    """
+
+    seq_len: int = 64
+    total_layers: int = 8
+    num_blocks: int = 4
+    width: int = 64
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    grad_clip: float = 1.0
+    target_scale: float = 1.0
+    embedding_seed: int = 0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    gamma: float = 0.1
+    steps_per_block: int = 2
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_blocks < 1 or self.total_layers % self.num_blocks:
+            raise ValueError(
+                f"total_layers ({self.total_layers}) must be a positive multiple of num_blocks ({self.num_blocks})"
+            )
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
+        if self.seq_len < 2 or self.steps < 1 or self.batch_size < 1 or self.steps_per_block < 1:
+            raise ValueError("seq_len >= 2, steps >= 1, batch_size >= 1 and steps_per_block >= 1 are needed")
+
+    @property
+    def layers_per_block(self) -> int:
+        return self.total_layers // self.num_blocks
+
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule(
+            num_blocks=self.num_blocks,
+            p_mean=self.p_mean,
+            p_std=self.p_std,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+            gamma=self.gamma,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# attention masks and layers
+# ---------------------------------------------------------------------------------------------------
+def causal_mask(t: int) -> torch.Tensor:
+    """[t, t] bool, True where query j may attend key k: k <= j."""
+    return torch.ones(t, t, dtype=torch.bool).tril()
+
+
+def clean_noisy_mask(num_clean: int, noisy_pos: torch.Tensor) -> torch.Tensor:
+    """[Tc + Tn, Tc + Tn] bool mask over [clean x_0..x_{Tc-1} ; noisy tokens at positions noisy_pos].
+
+    Clean query j: clean keys k <= j. Noisy query at position p: clean keys k < p and itself."""
+    tn = len(noisy_pos)
+    top = torch.cat([causal_mask(num_clean), torch.zeros(num_clean, tn, dtype=torch.bool)], dim=1)
+    prefix = torch.arange(num_clean).unsqueeze(0) < noisy_pos.unsqueeze(1)
+    bottom = torch.cat([prefix, torch.eye(tn, dtype=torch.bool)], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
+class MaskedAttention(nn.Module):
+    """Multi-head attention with separate q/k/v/o Linear layers and an explicit boolean mask (Opacus-friendly)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = h.shape
+        split = lambda x: x.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        a = F.scaled_dot_product_attention(split(self.q(h)), split(self.k(h)), split(self.v(h)), attn_mask=mask)
+        return self.o(a.transpose(1, 2).reshape(b, t, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, width: int, ratio: float) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, int(width * ratio)), nn.Linear(int(width * ratio), width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(h)))
+
+
+class TokenAdaLNLayer(nn.Module):
+    """AdaLN-Zero layer with a conditioning vector per token, c [B, T, width]:
+    h += g1 Attn(LN(h)(1 + s1) + b1); h += g2 MLP(LN(h)(1 + s2) + b2); (b, s, g) = Linear(SiLU(c)), zero-initialised."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.attn, self.mlp = MaskedAttention(width, heads), FeedForward(width, mlp_ratio)
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b1, s1, g1, b2, s2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
+        h = h + g1 * self.attn(self.norm(h) * (1 + s1) + b1, mask)
+        return h + g2 * self.mlp(self.norm(h) * (1 + s2) + b2)
+
+
+class PreLNLayer(nn.Module):
+    """Pre-LN causal transformer layer (the end-to-end baseline and the teacher): h += Attn(LN h); h += MLP(LN h)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn, self.mlp = MaskedAttention(width, heads), FeedForward(width, mlp_ratio)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = h + self.attn(self.norm1(h), mask)
+        return h + self.mlp(self.norm2(h))
+
+
+# ---------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------
+class ARDenoisingBlock(nn.Module):
+    """One block: logits_i = f(x_<i, z_i, sigma_i) for the noisy target embeddings z_i of positions noisy_pos.
+
+    Noisy token i = Linear(c_in z_i) + pos[i] + stream[1]; clean token k = tok[x_k] + pos[k] + stream[0].
+    Head on the noisy tokens: u = c_out LN(h_i) + c_skip z_i, AdaLN-modulated by sigma_i, Linear -> 256 logits."""
+
+    target_emb: torch.Tensor  # buffer [VOCAB_SIZE, width]
+
+    def __init__(self, cfg: Config, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        self.schedule = schedule
+        w = cfg.width
+        self.register_buffer("target_emb", class_embedding(VOCAB_SIZE, w, cfg.target_scale, cfg.embedding_seed))
+        self.tok = nn.Embedding(VOCAB_SIZE, w)
+        self.pos = nn.Embedding(cfg.seq_len, w)
+        self.stream = nn.Embedding(2, w)
+        self.noisy_in = nn.Linear(w, w)
+        self.noise_emb = NoiseEmbedding(w)
+        self.layers = nn.ModuleList(TokenAdaLNLayer(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers_per_block))
+        self.norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.head_ada = nn.Linear(w, 2 * w)
+        nn.init.zeros_(self.head_ada.weight)
+        nn.init.zeros_(self.head_ada.bias)
+        self.head = nn.Linear(w, VOCAB_SIZE)
+
+    def forward(
+        self, tokens: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, noisy_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """tokens [B, Tc] clean ids, z [B, Tn, width], sigma [B, Tn], noisy_pos [Tn] (default 0..Tc-1, the
+        vectorised training layout) -> logits [B, Tn, 256]."""
+        b, tc = tokens.shape
+        if noisy_pos is None:
+            noisy_pos = torch.arange(tc, device=tokens.device)
+        c_skip, c_out, c_in, c_noise = (t.unsqueeze(-1) for t in self.schedule.precondition(sigma))
+        zeros = torch.zeros_like(noisy_pos)
+        clean_pos = torch.arange(tc, device=tokens.device).expand(b, -1)
+        h_clean = self.tok(tokens) + self.pos(clean_pos) + self.stream(torch.zeros_like(clean_pos))
+        h_noisy = self.noisy_in(c_in * z) + self.pos(noisy_pos.expand(b, -1)) + self.stream((zeros + 1).expand(b, -1))
+        h = torch.cat([h_clean, h_noisy], dim=1)
+        c_n = self.noise_emb(c_noise.squeeze(-1))  # [B, Tn, width]
+        c = torch.cat([torch.zeros(b, tc, c_n.shape[-1], device=z.device), c_n], dim=1)
+        mask = clean_noisy_mask(tc, noisy_pos.cpu()).to(tokens.device)
+        for layer in self.layers:
+            h = layer(h, c, mask)
+        u = c_out * self.norm(h[:, tc:]) + c_skip * z
+        shift, scale = self.head_ada(F.silu(c_n)).chunk(2, dim=-1)
+        return self.head(u * (1 + scale) + shift)
+
+    def denoise(self, tokens, z, sigma, noisy_pos=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D, logits): D = softmax(logits) @ E, the posterior-mean target embedding."""
+        logits = self(tokens, z, sigma, noisy_pos)
+        return logits.softmax(-1) @ self.target_emb, logits
+
+
+class ARDiffusionBlocks(nn.Module):
+    """B independent `ARDenoisingBlock`s; block b owns the b-th highest slice of sigma."""
+
+    blocks: nn.ModuleList
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.schedule = cfg.schedule()
+        self.blocks = nn.ModuleList(ARDenoisingBlock(cfg, self.schedule) for _ in range(cfg.num_blocks))
+
+
+class CausalTransformer(nn.Module):
+    """Standard causal transformer: logits [B, T, 256] of x_{t+1} given x_<=t (the baseline and the teacher)."""
+
+    def __init__(self, cfg: Config, layers: int | None = None) -> None:
+        super().__init__()
+        w = cfg.width
+        self.tok, self.pos = nn.Embedding(VOCAB_SIZE, w), nn.Embedding(cfg.seq_len, w)
+        self.layers = nn.ModuleList(PreLNLayer(w, cfg.heads, cfg.mlp_ratio) for _ in range(layers or cfg.total_layers))
+        self.norm = nn.LayerNorm(w)
+        self.head = nn.Linear(w, VOCAB_SIZE)
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final normalised hidden states [B, T, width]."""
+        t = tokens.shape[1]
+        h = self.tok(tokens) + self.pos(torch.arange(t, device=tokens.device).expand(tokens.shape[0], -1))
+        mask = causal_mask(t).to(tokens.device)
+        for layer in self.layers:
+            h = layer(h, mask)
+        return self.norm(h)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(tokens))
+
+
+def build(cfg: Config, *, end_to_end: bool, seed: int) -> nn.Module:
+    """The DiffusionBlocks model (end_to_end=False) or the baseline of the same width and total layers."""
+    torch.manual_seed(seed)
+    return CausalTransformer(cfg) if end_to_end else ARDiffusionBlocks(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------------
+def block_loss(
+    block: ARDenoisingBlock, block_index: int, tokens: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Per-window loss [B]: mean over positions i of CE(f_b(x_<i, E[x_i] + sigma_i eps_i, sigma_i), x_i), with
+    sigma_i drawn independently per position from block b's training interval. Per window so that Opacus
+    (per-sample clipping) can use it."""
+    b, t = tokens.shape
+    sigma = block.schedule.sample_sigma(block_index, b * t, generator).view(b, t).to(tokens.device)
+    eps = torch.randn(b, t, block.target_emb.shape[1], generator=generator).to(tokens.device)
+    z = block.target_emb[tokens] + sigma.unsqueeze(-1) * eps
+    logits = block(tokens, z, sigma)
+    return F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(1)
+
+
+def next_token_loss(model: CausalTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-window next-token cross-entropy [B] (nats per byte), predicting x_1..x_{T-1}."""
+    logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none").mean(1)
+
+
+def _optimizer(module: nn.Module, cfg: Config, steps: int):
+    decay = [p for n, p in module.named_parameters() if p.ndim >= 2 and not n.endswith("bias")]
+    rest = [p for n, p in module.named_parameters() if not (p.ndim >= 2 and not n.endswith("bias"))]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    warm = max(1, int(cfg.warmup * steps))
+
+    def factor(s: int) -> float:
+        return (
+            (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, steps - warm))))
+        )
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _fit(module, loss_fn, cfg: Config, stream: TokenStream, seed: int, steps: int, on_step, offset: int) -> float:
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    opt, sched = _optimizer(module, cfg, steps)
+    module.train()
+    loss_val = float("nan")
+    for s in range(steps):
+        loss = loss_fn(stream.batch(rng, cfg.batch_size, cfg.seq_len), g).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {s}: lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        loss_val = loss.item()
+        if on_step:
+            on_step(offset + s + 1, loss_val)
+    module.eval()
+    return loss_val
+
+
+def train(
+    model: nn.Module,
+    cfg: Config,
+    stream: TokenStream,
+    *,
+    seed: int,
+    steps: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train the baseline end to end, or the blocks one after another (each with its own optimizer, only its own
+    parameters in use). Every block and the baseline get `steps` updates on windows drawn with the same seed."""
+    steps = steps or cfg.steps
+    t0 = time.perf_counter()
+    if isinstance(model, CausalTransformer):
+        final = _fit(model, lambda x, g: next_token_loss(model, x), cfg, stream, seed, steps, on_step, 0)
+        return {"seconds": time.perf_counter() - t0, "steps": steps, "final_loss": final}
+    finals = []
+    for i, block in enumerate(model.blocks):
+        finals.append(
+            _fit(block, lambda x, g, b=block, i=i: block_loss(b, i, x, g), cfg, stream, seed, steps, on_step, i * steps)
+        )
+    return {"seconds": time.perf_counter() - t0, "block_steps": [steps] * len(finals), "final_loss": finals}
+
+
+# ---------------------------------------------------------------------------------------------------
+# sampling
+# ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def _next_token_db(
+    model: ARDiffusionBlocks, cfg: Config, context: torch.Tensor, grid: np.ndarray, g: torch.Generator
+) -> torch.Tensor:
+    """Denoise the token at position context.shape[1] (Euler over `grid`) and draw it: ids [N]."""
+    n, p = context.shape
+    pos = torch.tensor([p])
+    z = float(grid[0]) * torch.randn(n, 1, cfg.width, generator=g)
+    logits = None
+    for s, s_next in zip(grid[:-1], grid[1:]):
+        s, s_next = float(s), float(s_next)
+        block: ARDenoisingBlock = model.blocks[model.schedule.block_for_sigma(s)]  # type: ignore[assignment]
+        d, logits = block.denoise(context, z, torch.full((n, 1), s), pos)
+        z = z + (s_next - s) * (z - d) / s
+    assert logits is not None
+    return _draw(logits[:, 0], cfg.temperature, g)
+
+
+def _draw(logits: torch.Tensor, temperature: float, g: torch.Generator) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    return torch.multinomial((logits / temperature).softmax(-1), 1, generator=g).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_batch(model: nn.Module, cfg: Config, prompts: torch.Tensor, *, new_tokens: int, seed: int) -> torch.Tensor:
+    """Continuations [N, new_tokens] of prompts [N, P] (a window of the last seq_len - 1 tokens is the context)."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    seq = prompts.long()
+    grid = model.schedule.block_grid(cfg.steps_per_block) if isinstance(model, ARDiffusionBlocks) else None
+    for _ in range(new_tokens):
+        ctx = seq[:, -(cfg.seq_len - 1) :]
+        if isinstance(model, ARDiffusionBlocks):
+            assert grid is not None
+            nxt = _next_token_db(model, cfg, ctx, grid, g)
+        else:
+            nxt = _draw(model(ctx)[:, -1], cfg.temperature, g)
+        seq = torch.cat([seq, nxt.unsqueeze(1)], dim=1)
+    return seq[:, prompts.shape[1] :]
+
+
+def sample(model: nn.Module, cfg: Config, prompt: np.ndarray, *, new_tokens: int, seed: int) -> np.ndarray:
+    """Token ids of the continuation of one prompt (uint8 byte ids). An empty prompt starts from nothing."""
+    p = torch.as_tensor(np.asarray(prompt, dtype=np.int64)).view(1, -1)
+    if p.shape[1] == 0 and isinstance(model, CausalTransformer):
+        p = torch.tensor([[10]])  # the baseline needs one token to condition on: start after a newline
+    return sample_batch(model, cfg, p, new_tokens=new_tokens, seed=seed)[0].numpy().astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def generative_perplexity(teacher: CausalTransformer, prompts: torch.Tensor, continuations: torch.Tensor) -> float:
+    """exp of the teacher's mean negative log-likelihood (nats per byte) of the continuation tokens given their
+    prompts; perplexity per byte."""
+    teacher.eval()
+    seq = torch.cat([prompts, continuations], dim=1)
+    logits = teacher(seq[:, :-1])[:, prompts.shape[1] - 1 :]
+    nll = F.cross_entropy(logits.transpose(1, 2), continuations, reduction="mean")
+    return float(nll.exp())
+
+
+@torch.no_grad()
+def teacher_features(teacher: CausalTransformer, prompts: torch.Tensor, continuations: torch.Tensor) -> np.ndarray:
+    """MAUVE features [N, width]: the teacher's final normalised hidden states, averaged over the continuation."""
+    teacher.eval()
+    h = teacher.hidden(torch.cat([prompts, continuations], dim=1))
+    return h[:, prompts.shape[1] :].mean(1).double().numpy()
+
+
+def mauve_score(p_feats: np.ndarray, q_feats: np.ndarray, *, seed: int = 0, scaling: float = 5.0) -> float:
+    """MAUVE (Pillutla et al. 2021) between two samples of features, in (0, 1], 1 = same distribution.
+
+    Joint PCA keeping 90 % of the variance, KMeans (n_clusters = max(2, min(n_p, n_q) / 10)) on both, cluster
+    histograms P and Q; for lambda in 25 points of (0, 1), R = lambda P + (1 - lambda) Q and the point
+    (exp(-c KL(Q||R)), exp(-c KL(P||R))); MAUVE is the area under that divergence curve (with (0, 1), (1, 0))."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    x = np.concatenate([p_feats, q_feats])
+    x = PCA(n_components=0.9, svd_solver="full", random_state=seed).fit_transform(x)
+    k = max(2, int(round(min(len(p_feats), len(q_feats)) / 10)))
+    labels = KMeans(n_clusters=k, n_init=5, max_iter=500, random_state=seed).fit_predict(x)
+    p = np.bincount(labels[: len(p_feats)], minlength=k) / len(p_feats)
+    q = np.bincount(labels[len(p_feats) :], minlength=k) / len(q_feats)
+
+    def kl(a: np.ndarray, r: np.ndarray) -> float:
+        m = a > 0
+        return float(np.sum(a[m] * np.log(a[m] / r[m])))
+
+    pts = [(0.0, 1.0)]
+    for lam in np.linspace(1e-6, 1 - 1e-6, 25):
+        r = lam * p + (1 - lam) * q
+        pts.append((math.exp(-scaling * kl(q, r)), math.exp(-scaling * kl(p, r))))
+    pts.append((1.0, 0.0))
+    xs, ys = np.array(pts).T
+    order = np.argsort(xs)
+    return float(np.trapezoid(ys[order], xs[order]))
+
+
+def eval_prompts(
+    stream: TokenStream, prompt_len: int, continuation_len: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompts [n, P], reference continuations [n, C]) from the first n fixed windows of a held-out split."""
+    w = stream.windows(prompt_len + continuation_len, n)
+    return w[:, :prompt_len], w[:, prompt_len:]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    cfg: Config,
+    stream: TokenStream,
+    *,
+    seed: int,
+    max_windows: int = 64,
+    teacher: CausalTransformer | None = None,
+    continuation_len: int | None = None,
+) -> dict[str, float]:
+    """Metrics on held-out windows. The baseline: next-token bits per byte ("bpc"). DiffusionBlocks (which has no
+    exact likelihood): each block's denoising cross-entropy in bits at sigma drawn from its own interval
+    ("denoise_bits_block{b}"). With a teacher, for both: generative perplexity of continuations of half-window
+    prompts ("gen_ppl"), the same for the held-out continuations ("ref_ppl"), and MAUVE between generated and
+    held-out continuations on the teacher's features ("mauve")."""
+    model.eval()
+    windows = stream.windows(cfg.seq_len, max_windows)
+    out: dict[str, float] = {}
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(model, CausalTransformer):
+        out["bpc"] = float(next_token_loss(model, windows).mean()) / math.log(2)
+    else:
+        for b, block in enumerate(model.blocks):
+            out[f"denoise_bits_block{b}"] = float(block_loss(block, b, windows, g).mean()) / math.log(2)
+    if teacher is not None:
+        c = continuation_len or cfg.seq_len // 2
+        prompts, refs = eval_prompts(stream, cfg.seq_len - c, c, max_windows)
+        gen = sample_batch(model, cfg, prompts, new_tokens=c, seed=seed)
+        out["gen_ppl"] = generative_perplexity(teacher, prompts, gen)
+        out["ref_ppl"] = generative_perplexity(teacher, prompts, refs)
+        out["mauve"] = mauve_score(teacher_features(teacher, prompts, gen), teacher_features(teacher, prompts, refs))
+    return out
