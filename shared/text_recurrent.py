@@ -381,7 +381,7 @@ def train(
         flops += step_flops(cfg, diffusion=model.diffusion, r=r)
         rs.append(r)
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, loss.item())
     model.eval()
     return {
         "seconds": time.perf_counter() - t0,
