@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from shared import text_recurrent as tr
-from shared.text import TokenStream, encode
+from dblocks.shared import text_recurrent as tr
+from dblocks.shared.text import TokenStream, encode
 
 CFG = tr.Config(seq_len=16, width=32, heads=2, mean_recurrence=6, bptt_k=3, eval_recurrence=4, batch_size=4)
 
 
 @pytest.fixture(scope="module")
 def stream() -> TokenStream:
-    from shared.text import Document
+    from dblocks.shared.text import Document
 
     data = b"def f(x):\n    return x + 1\n\n" * 40
     return TokenStream([Document("a.py", "a", data)])
