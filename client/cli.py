@@ -77,6 +77,11 @@ def join(
         "(a server could otherwise show members different survivor sets)",
     ),
     home: Path = typer.Option(default_home(), help="where the ledger and Flower state live"),
+    worker: bool = typer.Option(
+        True,
+        help="keep a resident company worker (torch, Opacus, the data loaded once) that answers every message; "
+        "--no-worker: each message in a fresh process, as Flower does by itself (slower, for comparison)",
+    ),
 ) -> None:
     """Join a federation: validate the data, then run a SuperNode (outbound connections only).
 
@@ -103,6 +108,7 @@ def join(
         trusted_entities=trusted_entities,
         directory_key=directory_key,
         require_consistency=require_consistency,
+        worker=worker,
     )
     try:
         ds = validate(opts)

@@ -1,7 +1,12 @@
-"""`dbclient join`: validate the local data, then run a Flower SuperNode in this process.
+"""`dbclient join`: validate the local data, start the company's resident worker, then run a Flower SuperNode
+in this process.
 
-The SuperNode only ever opens outbound connections to the SuperLink; the ClientApp it runs
-(dblocks.client.clientapp) reads the data and the privacy ledger named in the node configuration.
+The SuperNode only ever opens outbound connections to the SuperLink. Flower starts one ClientApp process per
+message (dblocks.client.clientapp); it forwards the message over a private Unix socket to the company worker
+(client/worker.py), which `dbclient join` starts and restarts if it exits, and which keeps torch, Opacus, the
+data and the ledger and SecAgg state loaded. Waits that are not work are shortened: the SuperNode asks the
+SuperLink for messages every `poll_seconds` (Flower: 3 s) and its process launcher every 0.2 s (Flower: 1 s).
+`--no-worker` keeps Flower's defaults and handles each message in its own process (the way before).
 
 Secure aggregation: the node's SecAgg identity key is persistent (`secagg_key_path`, 0600, beside the node key;
 the operator enrols its public key when approving the node), its peers are verified against the directory
@@ -17,6 +22,7 @@ import math
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -63,6 +69,8 @@ class JoinOptions:
     # the run's class list from the operator (--classes): the file is checked against it before joining, and a
     # task whose class list differs is refused (node config `classes`, see client/trainer.py read_company_data)
     classes: tuple[str, ...] | None = None
+    worker: bool = True  # a resident company worker (client/worker.py); False: each message in its own process
+    poll_seconds: float = 0.5  # with the worker: how often the idle SuperNode asks the SuperLink for messages
 
 
 def budget_refusal(opts: JoinOptions) -> str | None:
@@ -112,7 +120,7 @@ def decode_classes(text: str) -> list[str] | None:
     return [str(c) for c in json.loads(unquote(text))] if text else None
 
 
-def supernode_argv(opts: JoinOptions) -> list[str]:
+def supernode_argv(opts: JoinOptions, worker_socket: str | None = None) -> list[str]:
     data = opts.data.resolve()
     node_config = " ".join(
         [
@@ -131,6 +139,7 @@ def supernode_argv(opts: JoinOptions) -> list[str]:
         ]
         + ([f'secagg-directory-key="{opts.directory_key.resolve()}"'] if opts.directory_key is not None else [])
         + ([f'classes="{encode_classes(opts.classes)}"'] if opts.classes is not None else [])
+        + ([f'worker-socket="{worker_socket}"'] if worker_socket else [])
     )
     if opts.directory_key is None and not opts.insecure:
         raise ValueError(
@@ -173,8 +182,9 @@ def follow(path: Path, emit, stop: threading.Event) -> None:
 
 
 def run_supernode(opts: JoinOptions, emit=print) -> None:
-    """Run the SuperNode in-process until it is stopped (blocks); progress lines go to emit().
-    Only the installed dblocks ClientApp (or an app signed by one of `opts.trusted_entities`) runs: see appguard."""
+    """Start the company worker (unless opts.worker is False), then run the SuperNode in-process until it is
+    stopped (blocks); progress lines go to emit(). Only the installed dblocks ClientApp (or an app signed by one
+    of `opts.trusted_entities`) runs: see appguard."""
     from flwr.supernode.cli import flower_supernode
 
     from .appguard import AppGuard
@@ -186,27 +196,72 @@ def run_supernode(opts: JoinOptions, emit=print) -> None:
         with open(progress, "a") as f:
             f.write(f"REFUSED: {text}\n")
 
+    def note(text: str) -> None:
+        with open(progress, "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+
     AppGuard(on_refusal=refusal).install()
+    supervisor = None
+    if opts.worker:
+        from .worker import WorkerSupervisor
+        from .workerwire import SECRET_ENV
+
+        supervisor = WorkerSupervisor(
+            journal=opts.home / "worker-journal.jsonl",
+            data=opts.data.resolve(),
+            label_column=opts.label_column,
+            image_size=opts.image_size,
+            threads=opts.threads,
+            emit=note,
+            pid_file=opts.home / "worker.pid",
+        )
+        os.environ[SECRET_ENV] = supervisor.secret  # Flower's processes (the forwarders) inherit it
+        os.environ[SUPEREXEC_POLL] = str(min(opts.poll_seconds, 0.2))
+        shorten_supernode_polls(opts.poll_seconds)
+        supervisor.start()
     os.environ.update(flwr_env(opts.home / "flwr"))
     own_argv = [sys.executable, *sys.argv]  # `dbclient join ...` as started: re-run while the key waits
-    sys.argv = supernode_argv(opts)
+    sys.argv = supernode_argv(opts, supervisor.socket_path if supervisor else None)
     stop = threading.Event()
     threading.Thread(target=follow, args=(opts.home / "progress.log", emit, stop), daemon=True).start()
     _name_the_server_in_retries(opts.server)
     refused = _watch_for_activation_refusal()
     pause = os.environ.pop(APPROVAL_SLEEP, None)  # set by wait_for_approval before it re-ran this command
     if pause:
-        import time
-
         time.sleep(float(pause))
     try:
         flower_supernode()
     except (Exception, SystemExit) as e:  # Flower ends a refused activation with sys.exit (its exit code 305)
         if opts.key is None or not (refused or key_not_approved(e)):
             raise
+        if supervisor is not None:
+            supervisor.stop()  # the re-run command starts its own
         wait_for_approval(opts, own_argv, emit)  # re-runs this command; never returns
     finally:
         stop.set()
+        if supervisor is not None:
+            supervisor.stop()
+
+
+SUPEREXEC_POLL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # Flower's process launcher asks for new tasks this often
+
+
+def shorten_supernode_polls(idle: float, waiting: float = 0.1) -> None:
+    """Flower 1.41's SuperNode loop sleeps 3 s after every empty pull from the SuperLink and 0.5 s per check
+    while a ClientApp works on a message (`start_client_internal`, not configurable). Its module's `time` becomes
+    one whose `sleep` waits `idle` seconds instead of the 3 s and `waiting` instead of the 0.5 s; nothing else
+    of the module changes (the app guard's source checks are unaffected). Each idle pull is one small request
+    to the SuperLink: 0.5 s keeps 6 companies at 12 requests per second."""
+    import types
+
+    import flwr.supernode.start_client_internal as sci
+
+    def sleep(seconds: float) -> None:
+        time.sleep(idle if seconds >= 1.0 else min(seconds, waiting))
+
+    shim = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("__")})
+    shim.sleep = sleep
+    sci.time = shim  # type: ignore[assignment]
 
 
 APPROVAL_WAIT = "DBLOCKS_JOIN_APPROVAL_WAIT"  # seconds the next wait for approval lasts (doubles, up to 5 min)
