@@ -210,26 +210,37 @@ class ARDenoisingBlock(nn.Module):
         nn.init.zeros_(self.head_ada.bias)
         self.head = nn.Linear(w, VOCAB_SIZE)
 
-    def forward(
+    def streams(
         self, tokens: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, noisy_pos: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """tokens [B, Tc] clean ids, z [B, Tn, width], sigma [B, Tn], noisy_pos [Tn] (default 0..Tc-1, the
-        vectorised training layout) -> logits [B, Tn, 256]."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, c): final hidden states [B, Tc + Tn, width] of [clean tokens ; noisy tokens] (before the head's
+        norm) and the noisy tokens' noise conditioning c [B, Tn, width] (each module runs once, for Opacus).
+
+        tokens [B, Tc] clean ids, z [B, Tn, width], sigma [B, Tn], noisy_pos [Tn] (default 0..Tc-1, the
+        vectorised training layout; sampling passes the prefix and one noisy token at position Tc)."""
         b, tc = tokens.shape
         if noisy_pos is None:
             noisy_pos = torch.arange(tc, device=tokens.device)
-        c_skip, c_out, c_in, c_noise = (t.unsqueeze(-1) for t in self.schedule.precondition(sigma))
-        zeros = torch.zeros_like(noisy_pos)
+        _, _, c_in, c_noise = self.schedule.precondition(sigma)
         clean_pos = torch.arange(tc, device=tokens.device).expand(b, -1)
         h_clean = self.tok(tokens) + self.pos(clean_pos) + self.stream(torch.zeros_like(clean_pos))
-        h_noisy = self.noisy_in(c_in * z) + self.pos(noisy_pos.expand(b, -1)) + self.stream((zeros + 1).expand(b, -1))
+        noisy_ids = noisy_pos.expand(b, -1)
+        h_noisy = self.noisy_in(c_in.unsqueeze(-1) * z) + self.pos(noisy_ids) + self.stream(torch.ones_like(noisy_ids))
         h = torch.cat([h_clean, h_noisy], dim=1)
-        c_n = self.noise_emb(c_noise.squeeze(-1))  # [B, Tn, width]
+        c_n = self.noise_emb(c_noise)  # [B, Tn, width]; clean tokens are conditioned on c = 0
         c = torch.cat([torch.zeros(b, tc, c_n.shape[-1], device=z.device), c_n], dim=1)
         mask = clean_noisy_mask(tc, noisy_pos.cpu()).to(tokens.device)
         for layer in self.layers:
             h = layer(h, c, mask)
-        u = c_out * self.norm(h[:, tc:]) + c_skip * z
+        return h, c_n
+
+    def forward(
+        self, tokens: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, noisy_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [B, Tn, 256] of the tokens under the noisy ones (arguments as `streams`)."""
+        c_skip, c_out, _, _ = (t.unsqueeze(-1) for t in self.schedule.precondition(sigma))
+        h, c_n = self.streams(tokens, z, sigma, noisy_pos)
+        u = c_out * self.norm(h[:, tokens.shape[1] :]) + c_skip * z
         shift, scale = self.head_ada(F.silu(c_n)).chunk(2, dim=-1)
         return self.head(u * (1 + scale) + shift)
 
@@ -357,6 +368,8 @@ def train(
     if isinstance(model, CausalTransformer):
         final = _fit(model, lambda x, g: next_token_loss(model, x), cfg, stream, seed, steps, on_step, 0)
         return {"seconds": time.perf_counter() - t0, "steps": steps, "final_loss": final}
+    if not isinstance(model, ARDiffusionBlocks):
+        raise TypeError(f"expected a model built by text_ar.build, got {type(model).__name__}")
     finals = []
     for i, block in enumerate(model.blocks):
         finals.append(
@@ -500,9 +513,10 @@ def evaluate(
     g = torch.Generator().manual_seed(seed)
     if isinstance(model, CausalTransformer):
         out["bpc"] = float(next_token_loss(model, windows).mean()) / math.log(2)
-    else:
+    elif isinstance(model, ARDiffusionBlocks):
         for b, block in enumerate(model.blocks):
-            out[f"denoise_bits_block{b}"] = float(block_loss(block, b, windows, g).mean()) / math.log(2)
+            bits = block_loss(block, b, windows, g).mean() / math.log(2)  # type: ignore[arg-type]
+            out[f"denoise_bits_block{b}"] = float(bits)
     if teacher is not None:
         c = continuation_len or cfg.seq_len // 2
         prompts, refs = eval_prompts(stream, cfg.seq_len - c, c, max_windows)
