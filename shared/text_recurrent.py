@@ -356,7 +356,8 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict:
     """AdamW with linear warm-up and cosine decay; one shared block, so one optimizer over all parameters.
-    Returns seconds, steps, the analytic training FLOPs and the mean recurrence drawn."""
+    Returns seconds, steps, the analytic training FLOPs, the recurrence drawn at each step (1 for
+    DiffusionBlocks: one core pass) and its mean."""
     steps = cfg.steps if steps is None else steps
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
@@ -389,6 +390,7 @@ def train(
         "flops": flops,
         "mean_recurrence": float(np.mean(rs)),
         "core_passes_per_step": float(np.mean(rs)) if not model.diffusion else 1.0,
+        "recurrences": rs,
     }
 
 

@@ -1,0 +1,267 @@
+"""Issue #18, recurrent depth: training compute of truncated BPTT vs DiffusionBlocks at equal quality.
+
+Both models are the text-recurrent preset (shared/text_recurrent.py: prelude, one shared core applied r times,
+coda; byte tokens; the Python stdlib corpus). The baseline trains with Huginn's truncated BPTT (r ~ log-normal
+Poisson with mean `mean_recurrence`, gradient through the last k = `bptt_k` iterations) for `--steps` steps;
+DiffusionBlocks trains the same network's core as a next-token-embedding denoiser, one pass per step, for up to
+`--db-factor` x as many steps and is evaluated at checkpoints along the way. Both generate with the same number
+of core passes per token (`eval_recurrence`).
+
+Quality = generative perplexity of continuations of held-out prompts (test split) under a local TEACHER: a plain
+causal transformer trained here, longer, on the same training split (cached in the temp dir by corpus digest and
+settings; never downloaded). Lower is better, and low-entropy (repetitive) text can score low, so the samples'
+byte entropy is reported beside it, with the teacher's perplexity of the real continuations as the reference.
+Compute = analytic training FLOPs (shared/text_recurrent.step_flops, summed over the steps actually drawn) and
+wall seconds. The ratio at equal quality: BPTT's compute for its full run / DiffusionBlocks' compute to the first
+checkpoint whose generative perplexity is within 10 % of BPTT's final one and whose samples' byte entropy is at
+least 90 % of BPTT's (and of the real continuations'), so repetitive text cannot pass (bar: >= 2).
+
+    nice -n 10 .venv/bin/python bench/text_recurrent.py --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, setup, update_summary, write_json  # noqa: E402
+
+from dblocks.shared import text_recurrent as tr  # noqa: E402
+from dblocks.shared.text import VOCAB_SIZE, TokenStream, decode, stdlib_corpus  # noqa: E402
+
+QUALITY_TOLERANCE = 1.10  # "equal quality": generative perplexity at most 10 % above BPTT's final one ...
+ENTROPY_FLOOR = 0.9  # ... with samples whose byte entropy is >= 90 % of BPTT's / the real text's (not repetition)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    seq_len: int = 64
+    width: int = 128
+    heads: int = 4
+    layers: int = 4
+    steps: int = 800
+    batch_size: int = 32
+    lr: float = 1e-3
+
+
+class Teacher(nn.Module):
+    """A plain causal byte-level transformer (the same Layer as the recurrent models), trained end to end."""
+
+    def __init__(self, c: TeacherConfig) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(VOCAB_SIZE, c.width)
+        self.position_embedding = nn.Embedding(c.seq_len, c.width)
+        self.layers = nn.ModuleList(tr.Layer(c.width, c.heads, 4.0, False) for _ in range(c.layers))
+        self.norm, self.head = nn.LayerNorm(c.width), nn.Linear(c.width, VOCAB_SIZE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        h = self.token_embedding(x) + self.position_embedding(torch.arange(t))
+        mask = tr.causal_mask(t)
+        for layer in self.layers:
+            h = layer(h, mask)
+        return self.head(self.norm(h))
+
+
+def teacher(corpus, c: TeacherConfig) -> tuple[Teacher, dict]:
+    """Train (or load from the temp-dir cache) the teacher; returns it and its validation bits per byte."""
+    key = hashlib.sha256((corpus.digest + json.dumps(asdict(c), sort_keys=True)).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"dblocks_text_teacher_{key}.pt"
+    model = Teacher(c)
+    if path.exists():
+        d = torch.load(path, weights_only=True)
+        model.load_state_dict(d["state_dict"])
+        print(f"teacher: loaded {path}", flush=True)
+        return model.eval(), d["info"]
+    torch.manual_seed(1234)
+    model = Teacher(c)
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / 100, 0.5 * (1 + math.cos(math.pi * s / c.steps)))
+    )
+    rng, train = np.random.default_rng(1234), TokenStream(corpus.train)
+    t0 = time.perf_counter()
+    for step in range(c.steps):
+        b = train.batch(rng, c.batch_size, c.seq_len + 1)
+        loss = F.cross_entropy(model(b[:, :-1]).reshape(-1, VOCAB_SIZE), b[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 250 == 0:
+            print(f"teacher step {step} loss {loss.item():.3f}", flush=True)
+    model.eval()
+    w = TokenStream(corpus.val).windows(c.seq_len + 1, 64)
+    with torch.no_grad():
+        nll = F.cross_entropy(model(w[:, :-1]).reshape(-1, VOCAB_SIZE), w[:, 1:].reshape(-1))
+    info = {"val_bpb": float(nll) / math.log(2), "seconds": time.perf_counter() - t0, **asdict(c)}
+    torch.save({"state_dict": model.state_dict(), "info": info}, path)
+    print(f"teacher: val bpb {info['val_bpb']:.3f} ({info['seconds']:.0f} s), cached at {path}", flush=True)
+    return model, info
+
+
+@torch.no_grad()
+def teacher_ppl(model: Teacher, prompts: torch.Tensor, continuations: torch.Tensor) -> float:
+    """exp(mean teacher NLL of the continuation bytes given the prompt and the bytes before them)."""
+    seq = torch.cat([prompts, continuations], dim=1)
+    logits = model(seq[:, :-1])[:, prompts.shape[1] - 1 :]
+    return math.exp(float(F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), continuations.reshape(-1))))
+
+
+def byte_entropy(tokens: torch.Tensor) -> float:
+    """Entropy in bits of the byte histogram of the tokens."""
+    counts = np.bincount(tokens.reshape(-1).numpy(), minlength=VOCAB_SIZE).astype(float)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def quality(model, cfg, val, prompts, refs, judge, seed: int) -> dict:
+    cont = tr.sample_batch(model, prompts, new_tokens=refs.shape[1], seed=seed)
+    return {
+        "genppl": teacher_ppl(judge, prompts, cont),
+        "entropy": byte_entropy(cont),
+        "bpb": tr.evaluate(model, cfg, val, seed=seed, max_windows=64)["bpb"],
+        "samples": [decode(c.numpy()) for c in cont[:3]],
+    }
+
+
+def run(cfg, *, end_to_end: bool, steps: int, checkpoints: list[int], seed: int, data: dict) -> dict:
+    """Train one model, measuring quality at the checkpoints (training time excludes the measurements)."""
+    model = tr.build(cfg, end_to_end=end_to_end, seed=seed)
+    kind = "bptt" if end_to_end else "diffusionblocks"
+    clock, rows = {"since": time.perf_counter(), "train": 0.0}, []
+
+    def on_step(step: int, loss: float) -> None:
+        if step + 1 in checkpoints:
+            clock["train"] += time.perf_counter() - clock["since"]
+            q = quality(model, cfg, data["val"], data["prompts"], data["refs"], data["judge"], seed=seed)
+            model.train()
+            rows.append({"step": step + 1, "loss": loss, "train_seconds": clock["train"], **q})
+            print(
+                f"  {kind} seed {seed} step {step + 1}: genppl {q['genppl']:.2f} entropy {q['entropy']:.2f} "
+                f"bpb {q['bpb']:.3f} ({clock['train']:.0f} s)",
+                flush=True,
+            )
+            clock["since"] = time.perf_counter()
+
+    stats = tr.train(model, cfg, data["train"], seed=seed, steps=steps, on_step=on_step)
+    per_step = [tr.step_flops(cfg, diffusion=not end_to_end, r=r) for r in stats.pop("recurrences")]
+    for row in rows:  # analytic FLOPs of the steps up to the checkpoint, with the recurrences actually drawn
+        row["flops"] = float(sum(per_step[: row["step"]]))
+    return {"kind": kind, "stats": stats, "checkpoints": rows}
+
+
+def _db_row(seed_row: dict) -> dict:
+    """DiffusionBlocks' checkpoint the ratio uses (its last one where it never reached the target)."""
+    marks = seed_row["diffusionblocks"]["checkpoints"]
+    return next((r for r in marks if r["step"] == seed_row["db_reached_step"]), marks[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="BPTT training steps (default: the preset's)")
+    ap.add_argument("--db-factor", type=float, default=2.0, help="DiffusionBlocks trains up to this x steps")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--teacher-steps", type=int, default=TeacherConfig.steps)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    env = setup(1)
+    cfg = tr.Config()
+    steps = cfg.steps if args.steps is None else args.steps
+    db_steps = int(round(steps * args.db_factor))
+    db_marks = sorted({max(1, int(round(db_steps * f))) for f in (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)})
+    corpus = stdlib_corpus()
+    print(f"setup: {env}\ncorpus {corpus.name} {corpus.num_bytes} bytes digest {corpus.digest} ({corpus.license})")
+    print(f"preset: {asdict(cfg)}\nBPTT {steps} steps; DiffusionBlocks {db_steps} steps, checkpoints {db_marks}")
+    judge, judge_info = teacher(corpus, TeacherConfig(steps=args.teacher_steps))
+    test = TokenStream(corpus.test).windows(args.prompt_len + args.new_tokens, None)
+    pick = np.random.default_rng(0).choice(len(test), size=min(args.prompts, len(test)), replace=False)
+    prompts, refs = test[pick, : args.prompt_len], test[pick, args.prompt_len :]
+    data = {
+        "train": TokenStream(corpus.train),
+        "val": TokenStream(corpus.val),
+        "prompts": prompts,
+        "refs": refs,
+        "judge": judge,
+    }
+    reference = {"genppl": teacher_ppl(judge, prompts, refs), "entropy": byte_entropy(refs)}
+    print(f"teacher {judge_info['val_bpb']:.3f} val bpb; held-out continuations: {reference}", flush=True)
+    out_path = args.out / "text_recurrent.json"
+    result: dict = {
+        "setup": env,
+        "config": asdict(cfg),
+        "corpus": {"name": corpus.name, "bytes": corpus.num_bytes, "digest": corpus.digest},
+        "teacher": judge_info,
+        "reference": reference,
+        "protocol": {
+            "bptt_steps": steps,
+            "db_steps": db_steps,
+            "db_checkpoints": db_marks,
+            "prompts": len(pick),
+            "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens,
+            "quality_tolerance": QUALITY_TOLERANCE,
+            "entropy_floor": ENTROPY_FLOOR,
+        },
+        "seeds": [],
+    }
+    for seed in range(args.seeds):
+        base = run(cfg, end_to_end=True, steps=steps, checkpoints=[steps // 2, steps], seed=seed, data=data)
+        db = run(cfg, end_to_end=False, steps=db_steps, checkpoints=db_marks, seed=seed, data=data)
+        final = base["checkpoints"][-1]
+        target = QUALITY_TOLERANCE * final["genppl"]
+        min_entropy = ENTROPY_FLOOR * min(final["entropy"], reference["entropy"])
+        reached = next((r for r in db["checkpoints"] if r["genppl"] <= target and r["entropy"] >= min_entropy), None)
+        row = {
+            "seed": seed,
+            "bptt": base,
+            "diffusionblocks": db,
+            "target_genppl": target,
+            "db_reached_step": None if reached is None else reached["step"],
+            "compute_ratio": None if reached is None else final["flops"] / reached["flops"],
+            "wall_ratio": None if reached is None else final["train_seconds"] / reached["train_seconds"],
+        }
+        result["seeds"].append(row)
+        print(
+            f"seed {seed}: BPTT genppl {final['genppl']:.2f} ({final['flops']:.3g} FLOPs, {final['train_seconds']:.0f}"
+            f" s); DiffusionBlocks reached {target:.2f} at step {row['db_reached_step']}: FLOPs ratio "
+            f"{row['compute_ratio']}, wall ratio {row['wall_ratio']}",
+            flush=True,
+        )
+        write_json(out_path, result)
+    rows = result["seeds"]
+    ratios = [r["compute_ratio"] for r in rows if r["compute_ratio"] is not None]
+    db_q = [_db_row(r)["genppl"] for r in rows]
+    bptt_q = [r["bptt"]["checkpoints"][-1]["genppl"] for r in rows]
+    summary = {
+        "text.recurrent_compute_ratio": float(np.mean(ratios)) if len(ratios) == len(rows) else 0.0,
+        "text.recurrent_wall_ratio": float(np.mean([r["wall_ratio"] for r in rows if r["wall_ratio"]] or [0.0])),
+        "text.recurrent_genppl": float(np.mean(db_q)),
+        "text.recurrent_genppl_bptt": float(np.mean(bptt_q)),
+        "text.recurrent_seeds": len(rows),
+    }
+    result["summary"] = summary
+    write_json(out_path, result)
+    update_summary(args.out, summary)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
