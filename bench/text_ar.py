@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, setup, update_summary, write_json  # noqa: E402
 
-from bench._common import RESULTS, setup, update_summary, write_json  # noqa: E402
-from shared import text_ar  # noqa: E402
-from shared.text import TokenStream, decode, stdlib_corpus  # noqa: E402
+from dblocks.shared import text_ar  # noqa: E402
+from dblocks.shared.text import TokenStream, decode, stdlib_corpus  # noqa: E402
 
 
 def _teacher_path(cfg: text_ar.Config, steps: int, digest: str) -> Path:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from shared import text_ar
-from shared.text import Document, TokenStream
+from dblocks.shared import text_ar
+from dblocks.shared.text import Document, TokenStream
 
 CFG = text_ar.Config(seq_len=12, total_layers=4, num_blocks=2, width=32, heads=2, steps=2, batch_size=4)
 
