@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from .clierrors import SafeTyper, bounded
 from .errors import DataError
 from .sniff import preflight
+from .text_presets import TEXT_PRESETS, is_text_checkpoint
 
 # what each preset of shared/presets.py is (input, total layers, kind) and the recipes' depth (shared/recipes.py),
 # known here (tests check they agree) so that a mismatch is refused before the data is read and torch imported
@@ -153,9 +154,9 @@ def train(
     preset: str | None = typer.Option(
         None,
         help=f"architecture and schedule: {', '.join(PRESET_NAMES)} (default: "
-        f"mnist without --data; with --data a recipe chosen from it)",
+        f"mnist without --data; with --data a recipe chosen from it); language models: {', '.join(TEXT_PRESETS)}",
     ),
-    out: Path = typer.Option(..., help="model directory to write"),
+    out: Path = typer.Option(..., help="model directory to write (a text preset: one model file, e.g. m.pt)"),
     blocks: int | None = typer.Option(None, help="number of blocks B (default: the preset's 4 or the recipe's)"),
     block: list[int] | None = typer.Option(None, help="train only these block indices (repeatable)"),
     end_to_end: bool = typer.Option(False, "--end-to-end", help="train the backprop baseline instead"),
@@ -176,14 +177,30 @@ def train(
         "order (default: the file's labels, sorted)",
     ),
     image_size: int | None = typer.Option(None, help="with --data: resize images to N x N"),
+    steps: int | None = typer.Option(
+        None, help="text presets: updates per parameter (per block; default: the preset's)"
+    ),
 ) -> None:
-    """Train a DiffusionBlocks model one block at a time (or the end-to-end baseline) into OUT."""
+    """Train a DiffusionBlocks model one block at a time (or the end-to-end baseline) into OUT.
+
+    With a text preset (--preset text-mdm|text-ar|text-recurrent), --data is a UTF-8 text file or a folder of
+    them (default: the Python standard library's source) and OUT is one model file."""
     from dataclasses import replace
 
-    if blocks is not None and blocks < 1 or epochs is not None and epochs < 1:
-        fail("--blocks and --epochs must be at least 1")
+    if blocks is not None and blocks < 1 or epochs is not None and epochs < 1 or steps is not None and steps < 1:
+        fail("--blocks, --epochs and --steps must be at least 1")
+    if preset in TEXT_PRESETS:
+        if block or epochs:
+            fail("text presets train every block in turn for --steps updates; --block and --epochs are for images")
+        _train_text(preset, out, data, end_to_end, steps, blocks, seed)
+        return
+    if steps is not None:
+        fail("--steps is for the text presets; image and tabular models take --epochs")
     if preset is not None and preset not in PRESET_NAMES:
-        fail(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}, or omit --preset with --data")
+        fail(
+            f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES + tuple(TEXT_PRESETS))}, or omit "
+            f"--preset with --data"
+        )
     ds = None
     if data is not None:
         preflight(data)  # refuses what is not a sane table before torch is imported
@@ -260,6 +277,109 @@ def train(
         console.print(f"report: {Path(out) / 'report.json'}")
 
 
+def _train_text(
+    preset: str, out: Path, data: str | None, end_to_end: bool, steps: int | None, blocks: int | None, seed: int
+) -> None:
+    """Train a text preset's model (blocks one after another, or the end-to-end baseline) into the file OUT."""
+    if out.is_dir():
+        fail(f"{out} is a directory; a text model is one file: give e.g. --out {out / 'model.pt'}")
+    from dataclasses import replace
+
+    from .text import TokenStream
+    from .text_presets import TextModel, data_record, family_module, load_corpus, save_checkpoint
+
+    family = TEXT_PRESETS[preset]
+    module = family_module(family)
+    corpus = load_corpus(data)
+    cfg = module.Config()
+    try:
+        cfg = replace(cfg, steps=steps or cfg.steps, num_blocks=blocks or cfg.num_blocks)
+    except ValueError as e:
+        fail(str(e))
+    train_stream, val_stream = TokenStream(corpus.train), TokenStream(corpus.val)
+    console.print(
+        f"{preset}: {corpus.name} ({len(corpus.train)}/{len(corpus.val)}/{len(corpus.test)} documents train/val/"
+        f"test, {len(train_stream)} training bytes); "
+        + ("end-to-end baseline" if end_to_end else f"{cfg.num_blocks} blocks")
+        + f" of {cfg.total_layers} layers in total, {cfg.steps} updates per parameter"
+    )
+    model = module.build(cfg, end_to_end=end_to_end, seed=seed)
+    total = cfg.steps * (1 if end_to_end else cfg.num_blocks)
+    t0 = time.time()
+    with Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("train", total=total, loss=float("nan"))
+        module.train(
+            model, cfg, train_stream, seed=seed, on_step=lambda i, loss: bar.update(task, completed=i, loss=loss)
+        )
+    save_checkpoint(out, TextModel(family, module, cfg, end_to_end, model, data_record(corpus, data)))
+    metrics = module.evaluate(model, cfg, val_stream, seed=0, max_windows=64)
+    console.print(f"wrote [bold]{escape(str(out))}[/bold] in {time.time() - t0:.0f} s; validation {_metrics(metrics)}")
+
+
+def _metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
+
+def _text_model(model: Path):
+    from .text_presets import load_checkpoint
+
+    return load_checkpoint(model)
+
+
+def _eval_text(model: Path, data: str | None, split: str | None, max_windows: int, out: Path | None) -> None:
+    """Score a text model: --data (all of it unless --split), else the test split of the corpus it was trained on."""
+    from .text import TokenStream
+    from .text_presets import load_corpus
+
+    tm = _text_model(model)
+    source = data if data is not None else tm.data.get("path")
+    corpus = load_corpus(source)
+    if data is None and tm.data.get("digest") not in (None, corpus.digest):
+        note(f"{corpus.name} changed since the model was trained (digest {corpus.digest} vs {tm.data['digest']})")
+    which = split or ("all" if data is not None else "test")
+    if which not in ("train", "val", "test", "all"):
+        fail(f"--split must be train, val, test or all, not {which!r}")
+    docs = corpus.train + corpus.val + corpus.test if which == "all" else corpus.split(which)
+    metrics = tm.module.evaluate(tm.model, tm.config, TokenStream(docs), seed=0, max_windows=max_windows)
+    result = {
+        "model": str(model),
+        "family": tm.family,
+        "end_to_end": tm.end_to_end,
+        "data": corpus.name,
+        "split": which,
+        **metrics,
+    }
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    console.print_json(json.dumps(result))
+
+
+def _sample_text(model: Path, prompt: str, tokens: int, num: int, seed: int) -> None:
+    """Print `num` continuations of `prompt` (the prompt, then the generated bytes)."""
+    from .text import decode, encode
+
+    if tokens < 1 or num < 1:
+        fail("--tokens and --num must be at least 1")
+    tm = _text_model(model)
+    ids = encode(prompt)
+    for i in range(num):
+        try:
+            new = tm.module.sample(tm.model, tm.config, ids, new_tokens=tokens, seed=seed + i)
+        except ValueError as e:
+            fail(str(e))
+        if num > 1:
+            console.print(f"--- sample {i + 1} (seed {seed + i})", style="bold", highlight=False)
+        console.print(prompt + decode(new), markup=False, highlight=False)
+
+
 def _model_and_schema(model: Path):
     """The manifest and data schema of a model directory, checking that every block is there."""
     if not (model / "model.json").is_file():  # before torch is imported
@@ -310,7 +430,7 @@ def _labelled_data(model: Path, m, schema, data: str | None, label_column: str |
 
 @app.command("eval")
 def evaluate(
-    model: Path = typer.Argument(..., help="model directory"),
+    model: Path | None = typer.Argument(None, help="model directory (a text model: its file)", show_default=False),
     data: str | None = typer.Option(
         None,
         help="labelled data to score (default: the held-out split of the training file, or the preset's test split)",
@@ -318,8 +438,18 @@ def evaluate(
     label_column: str | None = typer.Option(None, help="label column (default: the one the model was trained with)"),
     steps_per_block: int = 1,
     out: Path | None = typer.Option(None, help="also write the report (JSON) here"),
+    model_opt: Path | None = typer.Option(None, "--model", help="the model, as an option instead of an argument"),
+    split: str | None = typer.Option(
+        None, help="text models: train, val, test or all (default: test of the training corpus; all of --data)"
+    ),
+    max_windows: int = typer.Option(256, help="text models: held-out windows to score"),
 ) -> None:
-    """Accuracy, per-class accuracy and confusion matrix of a classification model, with its class names."""
+    """Accuracy, per-class accuracy and confusion matrix of a classification model, with its class names; a text
+    model's bits per byte (BPC) on held-out text."""
+    model = _model_arg(model, model_opt)
+    if is_text_checkpoint(model):
+        _eval_text(model, data, split, max_windows, out)
+        return
     if data is not None:
         preflight(data)
     m, schema = _model_and_schema(model)
@@ -390,16 +520,35 @@ def predict_cmd(
     console.print(msg)
 
 
+def _model_arg(model: Path | None, model_opt: Path | None) -> Path:
+    if model is not None and model_opt is not None and model != model_opt:
+        fail("give the model once: as an argument or with --model")
+    if model is None and model_opt is None:
+        fail("which model? give it as an argument or with --model")
+    return model or model_opt  # type: ignore[return-value]
+
+
 @app.command()
 def sample(
-    model: Path = typer.Argument(..., help="generation model directory"),
-    out: Path = typer.Option(Path("samples.png"), help="PNG grid to write"),
+    model: Path | None = typer.Argument(
+        None, help="generation model directory (a text model: its file)", show_default=False
+    ),
+    out: Path = typer.Option(Path("samples.png"), help="PNG grid to write (image generators)"),
     per_class: int = 8,
     cfg_scale: float = 2.0,
     steps_per_block: int = 4,
     seed: int = 0,
+    model_opt: Path | None = typer.Option(None, "--model", help="the model, as an option instead of an argument"),
+    prompt: str = typer.Option("", help="text models: the text to continue"),
+    tokens: int = typer.Option(64, help="text models: bytes to generate after the prompt"),
+    num: int = typer.Option(1, help="text models: how many continuations (seeds seed, seed+1, ...)"),
 ) -> None:
-    """Generate a PNG grid (one row per class) from a class-conditional model."""
+    """Generate a PNG grid (one row per class) from a class-conditional model, or print continuations of
+    --prompt from a text model."""
+    model = _model_arg(model, model_opt)
+    if is_text_checkpoint(model):
+        _sample_text(model, prompt, tokens, num, seed)
+        return
     import torch
 
     from .imaging import save_grid

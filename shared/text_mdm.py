@@ -375,7 +375,8 @@ def sample(model: MaskedDiffusionLM, cfg: Config, prompt: np.ndarray, *, new_tok
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     keep = cfg.seq_len - new_tokens
-    ctx = torch.as_tensor(np.asarray(prompt, dtype=np.int64)[len(prompt) - keep :] if keep else [], dtype=torch.long)
+    ids = np.asarray(prompt, dtype=np.int64).reshape(-1)
+    ctx = torch.as_tensor(ids[max(0, len(ids) - keep) :] if keep else ids[:0], dtype=torch.long)
     x = torch.cat([ctx, torch.full((new_tokens,), MASK, dtype=torch.long)])[None].to(device)
     ts = np.linspace(1.0, 0.0, cfg.sample_steps + 1)
     for t, s in zip(ts[:-1], ts[1:], strict=True):
