@@ -15,7 +15,7 @@ test-split windows of seq_len bytes, the first half is the prompt and each model
 Summary keys: text.ar_genppl_ratio (mean DiffusionBlocks gen_ppl / mean end-to-end gen_ppl over seeds; bar <= 1.10),
 text.ar_mauve, text.ar_mauve_e2e (means over seeds).
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/text_ar.py --seeds 3 --jobs 2
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/text_ar.py --seeds 3 --jobs 3
 """
 
 from __future__ import annotations
@@ -41,28 +41,30 @@ from dblocks.shared import text_ar  # noqa: E402
 from dblocks.shared.text import TokenStream, decode, stdlib_corpus  # noqa: E402
 
 
-def _teacher_path(cfg: text_ar.Config, steps: int, digest: str) -> Path:
-    key = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), steps, digest]).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"dblocks_text_ar_teacher_{key}.pt"
+def _cache_path(kind: str, seed: int, cfg: text_ar.Config, steps: int, digest: str) -> Path:
+    """Where a trained model is kept between runs (system temp folder), keyed by everything that decides it."""
+    key = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), steps, digest, kind, seed]).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"dblocks_text_ar_{kind}_{seed}_{key}.pt"
 
 
-def _train_job(kind: str, seed: int, cfg_dict: dict, steps: int) -> dict:
-    """Train one model in a worker process; returns its state_dict and training stats."""
+def _train_job(kind: str, seed: int, cfg_dict: dict, steps: int, path: str) -> dict:
+    """Train one model in a worker process and cache {state_dict, stats} at `path` (reused by later runs)."""
     torch.set_num_threads(1)
     cfg = text_ar.Config(**cfg_dict)
     train = TokenStream(stdlib_corpus().train)
     model = text_ar.build(cfg, end_to_end=kind != "diffusion_blocks", seed=seed)
     stats = text_ar.train(model, cfg, train, seed=seed, steps=steps)
-    return {"kind": kind, "seed": seed, "state_dict": model.state_dict(), "stats": stats}
+    torch.save({"state_dict": model.state_dict(), "stats": stats}, path)
+    return {"kind": kind, "seed": seed, "stats": stats}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="updates per block and for the baseline (preset)")
-    ap.add_argument("--teacher-steps", type=int, default=None, help="teacher updates (default 4 x steps)")
-    ap.add_argument("--prompts", type=int, default=256, help="test windows: prompts and held-out continuations")
-    ap.add_argument("--jobs", type=int, default=2, help="training processes in parallel (one thread each)")
+    ap.add_argument("--teacher-steps", type=int, default=None, help="teacher updates (default 3 x steps)")
+    ap.add_argument("--prompts", type=int, default=128, help="test windows: prompts and held-out continuations")
+    ap.add_argument("--jobs", type=int, default=3, help="training processes in parallel (one thread each)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if args.seeds < 1 or args.prompts < 20 or args.jobs < 1:
@@ -72,7 +74,7 @@ def main() -> int:
     env = setup(1)
     cfg = text_ar.Config()
     steps = args.steps or cfg.steps
-    teacher_steps = args.teacher_steps or 4 * steps
+    teacher_steps = args.teacher_steps or 3 * steps
     corpus = stdlib_corpus()
     test = TokenStream(corpus.test)
     half = cfg.seq_len // 2
@@ -83,26 +85,25 @@ def main() -> int:
         f"env {env}",
         flush=True,
     )
-    tpath = _teacher_path(cfg, teacher_steps, corpus.digest)
     cfg_dict = dataclasses.asdict(cfg)
-    jobs = [] if tpath.exists() else [("teacher", 1000, teacher_steps)]
-    jobs += [(kind, s, steps) for s in range(args.seeds) for kind in ("diffusion_blocks", "end_to_end")]
     t0 = time.perf_counter()
-    trained: dict[tuple[str, int], dict] = {}
+    wanted = [("teacher", 1000, teacher_steps)]
+    wanted += [(kind, s, steps) for s in range(args.seeds) for kind in ("diffusion_blocks", "end_to_end")]
+    paths = {(k, s): _cache_path(k, s, cfg, n, corpus.digest) for k, s, n in wanted}
+    todo = [(k, s, n) for k, s, n in wanted if not paths[(k, s)].exists()]
+    print(f"training {len(todo)} model(s), {len(wanted) - len(todo)} cached in {tempfile.gettempdir()}", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(_train_job, kind, seed, cfg_dict, n) for kind, seed, n in jobs]
+        futures = [pool.submit(_train_job, k, s, cfg_dict, n, str(paths[(k, s)])) for k, s, n in todo]
         for f in futures:
             r = f.result()
-            trained[(r["kind"], r["seed"])] = r
             print(f"  trained {r['kind']} seed {r['seed']}: {r['stats']}", flush=True)
-    if ("teacher", 1000) in trained:
-        torch.save(trained[("teacher", 1000)]["state_dict"], tpath)
+    trained = {ks: torch.load(p) for ks, p in paths.items()}
     teacher = text_ar.build(cfg, end_to_end=True, seed=0)
-    teacher.load_state_dict(torch.load(tpath))
+    teacher.load_state_dict(trained[("teacher", 1000)]["state_dict"])
     assert isinstance(teacher, text_ar.CausalTransformer)
     teacher.eval()
     teacher_bpc = text_ar.evaluate(teacher, cfg, test, seed=0, max_windows=args.prompts)["bpc"]
-    print(f"teacher ({tpath.name}): test bpc {teacher_bpc:.3f}", flush=True)
+    print(f"teacher ({paths[('teacher', 1000)].name}): test bpc {teacher_bpc:.3f}", flush=True)
 
     # the ceiling of MAUVE at this sample size: two disjoint sets of held-out continuations
     w = test.windows(cfg.seq_len, 2 * args.prompts)
