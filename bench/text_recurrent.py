@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import math
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -165,21 +166,55 @@ def run(cfg, *, end_to_end: bool, steps: int, checkpoints: list[int], seed: int,
     return {"kind": kind, "stats": stats, "checkpoints": rows}
 
 
-def _db_row(seed_row: dict) -> dict:
+_SHARED: dict = {}
+
+
+def seed_row(seed: int) -> dict:
+    """One seed: BPTT for its steps, DiffusionBlocks with checkpoints, and where DB reached BPTT's quality."""
+    torch.set_num_threads(1)
+    sh = _SHARED
+    cfg, data, steps = sh["cfg"], sh["data"], sh["steps"]
+    base = run(cfg, end_to_end=True, steps=steps, checkpoints=[steps // 2, steps], seed=seed, data=data)
+    db = run(cfg, end_to_end=False, steps=sh["db_steps"], checkpoints=sh["db_marks"], seed=seed, data=data)
+    final = base["checkpoints"][-1]
+    target = QUALITY_TOLERANCE * final["genppl"]
+    min_entropy = ENTROPY_FLOOR * min(final["entropy"], sh["ref"]["entropy"])
+    reached = next((r for r in db["checkpoints"] if r["genppl"] <= target and r["entropy"] >= min_entropy), None)
+    row = {
+        "seed": seed,
+        "bptt": base,
+        "diffusionblocks": db,
+        "target_genppl": target,
+        "min_entropy": min_entropy,
+        "db_reached_step": None if reached is None else reached["step"],
+        "compute_ratio": None if reached is None else final["flops"] / reached["flops"],
+        "wall_ratio": None if reached is None else final["train_seconds"] / reached["train_seconds"],
+    }
+    print(
+        f"seed {seed}: BPTT genppl {final['genppl']:.2f} ({final['flops']:.3g} FLOPs, {final['train_seconds']:.0f} s);"
+        f" DiffusionBlocks reached {target:.2f} at step {row['db_reached_step']}: FLOPs ratio {row['compute_ratio']},"
+        f" wall ratio {row['wall_ratio']}",
+        flush=True,
+    )
+    return row
+
+
+def _db_row(row: dict) -> dict:
     """DiffusionBlocks' checkpoint the ratio uses (its last one where it never reached the target)."""
-    marks = seed_row["diffusionblocks"]["checkpoints"]
-    return next((r for r in marks if r["step"] == seed_row["db_reached_step"]), marks[-1])
+    marks = row["diffusionblocks"]["checkpoints"]
+    return next((r for r in marks if r["step"] == row["db_reached_step"]), marks[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="BPTT training steps (default: the preset's)")
-    ap.add_argument("--db-factor", type=float, default=2.0, help="DiffusionBlocks trains up to this x steps")
+    ap.add_argument("--db-factor", type=float, default=2.5, help="DiffusionBlocks trains up to this x steps")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--teacher-steps", type=int, default=TeacherConfig.steps)
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (wall ratios get noisier)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     env = setup(1)
@@ -219,33 +254,23 @@ def main() -> None:
             "new_tokens": args.new_tokens,
             "quality_tolerance": QUALITY_TOLERANCE,
             "entropy_floor": ENTROPY_FLOOR,
+            "jobs": args.jobs,
         },
         "seeds": [],
     }
-    for seed in range(args.seeds):
-        base = run(cfg, end_to_end=True, steps=steps, checkpoints=[steps // 2, steps], seed=seed, data=data)
-        db = run(cfg, end_to_end=False, steps=db_steps, checkpoints=db_marks, seed=seed, data=data)
-        final = base["checkpoints"][-1]
-        target = QUALITY_TOLERANCE * final["genppl"]
-        min_entropy = ENTROPY_FLOOR * min(final["entropy"], reference["entropy"])
-        reached = next((r for r in db["checkpoints"] if r["genppl"] <= target and r["entropy"] >= min_entropy), None)
-        row = {
-            "seed": seed,
-            "bptt": base,
-            "diffusionblocks": db,
-            "target_genppl": target,
-            "db_reached_step": None if reached is None else reached["step"],
-            "compute_ratio": None if reached is None else final["flops"] / reached["flops"],
-            "wall_ratio": None if reached is None else final["train_seconds"] / reached["train_seconds"],
-        }
-        result["seeds"].append(row)
-        print(
-            f"seed {seed}: BPTT genppl {final['genppl']:.2f} ({final['flops']:.3g} FLOPs, {final['train_seconds']:.0f}"
-            f" s); DiffusionBlocks reached {target:.2f} at step {row['db_reached_step']}: FLOPs ratio "
-            f"{row['compute_ratio']}, wall ratio {row['wall_ratio']}",
-            flush=True,
-        )
-        write_json(out_path, result)
+    global _SHARED
+    _SHARED = {"cfg": cfg, "steps": steps, "db_steps": db_steps, "db_marks": db_marks, "data": data, "ref": reference}
+    seeds = list(range(args.seeds))
+    if args.jobs > 1:  # seeds in parallel processes (fork: they inherit the corpus, prompts and teacher)
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            for row in pool.imap_unordered(seed_row, seeds):
+                result["seeds"].append(row)
+                write_json(out_path, result)
+    else:
+        for seed in seeds:
+            result["seeds"].append(seed_row(seed))
+            write_json(out_path, result)
+    result["seeds"].sort(key=lambda r: r["seed"])
     rows = result["seeds"]
     ratios = [r["compute_ratio"] for r in rows if r["compute_ratio"] is not None]
     db_q = [_db_row(r)["genppl"] for r in rows]
@@ -256,6 +281,7 @@ def main() -> None:
         "text.recurrent_genppl": float(np.mean(db_q)),
         "text.recurrent_genppl_bptt": float(np.mean(bptt_q)),
         "text.recurrent_seeds": len(rows),
+        "text.recurrent_seeds_reached": len(ratios),
     }
     result["summary"] = summary
     write_json(out_path, result)

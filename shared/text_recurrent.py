@@ -85,7 +85,7 @@ class Config:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     sigma_data: float = 0.5
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
