@@ -73,10 +73,13 @@ def content_bytes(content: RecordDict) -> int:
 
 
 class CountingGrid:
-    """Forwards to the real Grid and counts messages and payload bytes in both directions."""
+    """Forwards to the real Grid and counts messages and payload bytes in both directions. Both protocols'
+    exchanges go through the same push-then-poll loop (`dblocks.server.federation.grid.send_and_receive`, one
+    pull every `poll` seconds): Flower's workflow calls `send_and_receive`, ours `push_messages`/`pull_messages`
+    through the same function, so neither protocol waits on a coarser poll than the other."""
 
-    def __init__(self, grid: Grid):
-        self._grid = grid
+    def __init__(self, grid: Grid, poll: float):
+        self._grid, self.poll = grid, poll
         self.reset()
 
     def reset(self):
@@ -99,14 +102,12 @@ class CountingGrid:
         return replies
 
     def send_and_receive(self, messages, *, timeout=None):
-        self.exchanges += 1
-        t0 = time.perf_counter()
-        replies = self._grid.send_and_receive(self._out(messages), timeout=timeout)
-        self.exchange_seconds.append(time.perf_counter() - t0)
-        return self._in(replies)
+        """Flower's workflow: the same push-then-poll loop as ours (Grid.send_and_receive would poll every 3 s)."""
+        from dblocks.server.federation.grid import send_and_receive
 
-    # ours pushes and polls itself (dblocks.server.federation.grid.send_and_receive): an exchange runs from the push
-    # to the pull that brings its last reply (or the next push, if some never came)
+        return send_and_receive(self, list(messages), timeout, poll=self.poll)
+
+    # an exchange runs from the push to the pull that brings its last reply (or the next push, if some never came)
     def push_messages(self, messages):
         ids = list(self._grid.push_messages(self._out(messages)))
         self.exchanges += 1
@@ -138,7 +139,8 @@ def main(grid: Grid, context: Context) -> None:
     while len(list(grid.get_node_ids())) < want and time.time() < deadline:
         time.sleep(1.0)
     cohort = sorted(grid.get_node_ids())[:want]
-    counting = CountingGrid(grid)
+    poll = float(cfg.get("poll", 0.05))
+    counting = CountingGrid(grid, poll)
     weights = [np.zeros(dim, dtype=np.float32)]
     policy = Policy(dropout_fraction=0.2)
 
@@ -153,7 +155,7 @@ def main(grid: Grid, context: Context) -> None:
         timeout=600,
         payload=payload,
         policy=policy,
-        send=lambda messages, timeout: send_and_receive(counting, messages, timeout),
+        send=lambda messages, timeout: send_and_receive(counting, messages, timeout, poll=poll),
     )
     flower = FlowerSecAggPlus(SecAggConfig(mode="flower", threshold=0.6, timeout=600), CLIP)
     result = {"nodes": cohort, "dim": dim, "rounds": [], "plan": None}
@@ -166,28 +168,32 @@ def main(grid: Grid, context: Context) -> None:
         plain = np.mean([node_update(int(n), r, dim).astype(np.float64) for n in survivors], axis=0)
         return float(np.abs(np.asarray(mean, dtype=np.float64) - plain).max())
 
-    for r in range(1, rounds + 1):
-        # Flower's SecAgg+
-        counting.reset()
-        t0 = time.perf_counter()
-        out = flower.aggregate(counting, context, 0, r, cohort, weights, {"round": r})
-        seconds = time.perf_counter() - t0
-        entry = {
+    def entry(r, protocol, seconds, ok, failure, aggregated, max_abs_error):
+        return {
             "round": r,
-            "protocol": "flower",
+            "protocol": protocol,
             "seconds": seconds,
-            "ok": out.ok,
-            "failure": out.failure,
+            "ok": ok,
+            "failure": failure,
             "exchanges": counting.exchanges,
             "exchange_seconds": counting.exchange_seconds,
             "messages": counting.sent,
             "bytes_down": counting.bytes_down,
             "bytes_up": counting.bytes_up,
-            "aggregated": len(out.survivors) if out.ok else 0,
-            "max_abs_error": error_vs_plain_mean(out.mean[0], out.survivors, r) if out.ok else None,
+            "aggregated": aggregated,
+            "max_abs_error": max_abs_error,
         }
-        result["rounds"].append(entry)
-        # ours (round r+1 is planned inside the timed window: it is part of the protocol's cost)
+
+    def flower_round(r):
+        counting.reset()
+        t0 = time.perf_counter()
+        out = flower.aggregate(counting, context, 0, r, cohort, weights, {"round": r})
+        seconds = time.perf_counter() - t0
+        err = error_vs_plain_mean(out.mean[0], out.survivors, r) if out.ok else None
+        return entry(r, "flower", seconds, out.ok, out.failure, len(out.survivors) if out.ok else 0, err)
+
+    def dblocks_round(r):
+        # round r+1 is planned inside the timed window: it is part of the protocol's cost
         counting.reset()
         t0 = time.perf_counter()
         if r < rounds:
@@ -195,21 +201,13 @@ def main(grid: Grid, context: Context) -> None:
         res = ours.run(r)
         seconds = time.perf_counter() - t0
         agg = res.aggregates.get("0")
-        entry = {
-            "round": r,
-            "protocol": "dblocks",
-            "seconds": seconds,
-            "ok": agg is not None,
-            "failure": res.failures.get("0"),
-            "exchanges": counting.exchanges,
-            "exchange_seconds": counting.exchange_seconds,
-            "messages": counting.sent,
-            "bytes_down": counting.bytes_down,
-            "bytes_up": counting.bytes_up,
-            "aggregated": agg.count if agg else 0,
-            "max_abs_error": error_vs_plain_mean(agg.mean_update, agg.survivors, r) if agg else None,
-        }
-        result["rounds"].append(entry)
+        err = error_vs_plain_mean(agg.mean_update, agg.survivors, r) if agg else None
+        return entry(r, "dblocks", seconds, agg is not None, res.failures.get("0"), agg.count if agg else 0, err)
+
+    for r in range(1, rounds + 1):
+        # the protocols take turns going first, so neither always runs right after the other's load
+        order = (flower_round, dblocks_round) if r % 2 else (dblocks_round, flower_round)
+        result["rounds"] += [run(r) for run in order]
         print(json.dumps(result["rounds"][-2:]), flush=True)
     plan = ours.server.plans(1)[0]
     result["plan"] = {"k": plan.degree, "t": plan.threshold, "bits": plan.quant.bits}
