@@ -288,9 +288,9 @@ def _train_text(
     from .text import TokenStream
     from .text_presets import TextModel, data_record, family_module, load_corpus, save_checkpoint
 
+    corpus = load_corpus(data)  # refuses unusable text before torch is imported
     family = TEXT_PRESETS[preset]
     module = family_module(family)
-    corpus = load_corpus(data)
     cfg = module.Config()
     try:
         cfg = replace(cfg, steps=steps or cfg.steps, num_blocks=blocks or cfg.num_blocks)
@@ -319,7 +319,7 @@ def _train_text(
             model, cfg, train_stream, seed=seed, on_step=lambda i, loss: bar.update(task, completed=i, loss=loss)
         )
     save_checkpoint(out, TextModel(family, module, cfg, end_to_end, model, data_record(corpus, data)))
-    metrics = module.evaluate(model, cfg, val_stream, seed=0, max_windows=64)
+    metrics = module.evaluate(model, cfg, val_stream, seed=0, max_windows=32)
     console.print(f"wrote [bold]{escape(str(out))}[/bold] in {time.time() - t0:.0f} s; validation {_metrics(metrics)}")
 
 
