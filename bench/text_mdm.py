@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mem-steps", type=int, default=3)
     ap.add_argument("--sample-tokens", type=int, default=48)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a Config field")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory measurement (no summary keys)")
     ap.add_argument("--memory-worker", choices=("block", "end_to_end"), help=argparse.SUPPRESS)
     ap.add_argument("--cfg-json", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -162,6 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = M.Config()
     if args.steps:
         cfg = replace(cfg, steps=args.steps)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        cfg = replace(cfg, **{key: type(getattr(cfg, key))(value)})
+    if args.memory_only:
+        mem = measure_memory(cfg, args.mem_steps, args.threads)
+        print(json.dumps({k: mem[k] for k in ("ratio_rss", "ratio_torch")}), asdict(cfg))
+        return mem
     seeds = list(range(args.seeds))
     if args.quick:
         cfg, seeds, args.windows = replace(cfg, steps=30, warmup=5), [0], 8

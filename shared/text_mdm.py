@@ -60,16 +60,16 @@ SCHEDULES = ("linear", "cosine")
 class Config:
     """The text-mdm preset (its defaults): a byte-level MDM small enough to train on a CPU in minutes."""
 
-    seq_len: int = 128  # bytes per training/evaluation window
+    seq_len: int = 64  # bytes per training/evaluation window
     total_layers: int = 6  # depth of the end-to-end model; each block gets total_layers / num_blocks
     num_blocks: int = 3  # B
     width: int = 128  # model dimension
     heads: int = 4
     mlp_ratio: int = 4
-    steps: int = 500  # AdamW updates per parameter (per block, and for the end-to-end model)
+    steps: int = 400  # AdamW updates per parameter (per block, and for the end-to-end model)
     batch_size: int = 32  # windows per update
     lr: float = 2e-3  # peak learning rate
-    warmup: int = 50  # linear warm-up steps, then cosine decay to lr / 10
+    warmup: int = 40  # linear warm-up steps, then cosine decay to lr / 10
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     schedule: str = "linear"  # alpha(t): linear | cosine
