@@ -5,8 +5,13 @@ company) on MNIST 5k with the demo's settings, then reads the logs: the ServerAp
 time and every company's own DP-SGD training time ("after X s of training" in its progress log). Protocol time
 of a block = its aggregation wall time minus the slowest cohort member's training time.
 
-    python bench/round_time.py [--companies 6 --blocks 2 --rounds 2]
-Writes bench/results/round_time.json and federation.round_seconds / federation.protocol_seconds.
+    python bench/round_time.py [--companies 6 --blocks 2 --rounds 3 --secagg dblocks --client both]
+
+`--client warm` (the product: `dbclient join` with its resident company worker), `cold` (`dbclient join
+--no-worker`: Flower's fresh ClientApp process per message imports torch and Opacus and reads the data, with
+Flower's 3 s / 1 s polls; the way before #17) or `both` (cold, then warm, each in its own federation on the same
+machine, same settings). Writes bench/results/round_time.json ("modes": warm, "cold": cold) and, from the warm
+run, federation.round_seconds / federation.protocol_seconds.
 """
 
 from __future__ import annotations
@@ -69,38 +74,18 @@ PROTOCOLS = {
 }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--companies", type=int, default=6)
-    ap.add_argument("--blocks", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--secagg", choices=["both", "dblocks", "flower"], default="both")
-    args = ap.parse_args()
+def measure(args, modes: list[str], cold: bool) -> dict:
+    """One federation (fresh folder, registry, SuperLink, companies) and one run per SecAgg mode."""
     from dblocks.server.ops.localfed import LocalFederation
 
-    modes = ["dblocks", "flower"] if args.secagg == "both" else [args.secagg]
     root = Path(tempfile.mkdtemp(prefix="dblocks-round-time-"))
-    setup = {
-        "companies": args.companies,
-        "blocks": args.blocks,
-        "rounds": args.rounds,
-        "task": "mnist-fed",
-        "secure_aggregation": {m: PROTOCOLS[m] for m in modes},
-        "cohort": 3,
-        "dp_sgd": {"noise": 1.0, "clip": 1.0, "sample_rate": 0.1, "steps": 15},
-        "tls": True,
-        "node_auth": True,
-        "host": "the shared 2-core development machine: server, SuperLink, registry and all companies on it",
-    }
-    print(json.dumps(setup))
-    t0 = time.time()
-    out = {"setup": setup, "modes": {}}
+    out: dict = {}
     with LocalFederation(root) as fed:
         _, paths, _ = fed.company_data(args.companies)
         fed.start_registry()
         fed.start_superlink()
         for i, p in enumerate(paths):
-            fed.add_company(f"company{i}", p, budget=200.0)
+            fed.add_company(f"company{i}", p, budget=200.0, extra=["--no-worker"] if cold else None)
         for mode in modes:
             since = progress_sizes(fed)
             fed.run(
@@ -118,17 +103,57 @@ def main() -> None:
                 secagg=mode,
             )
             rows = parse(fed, fed.runs()[-1], since)
+            if not rows:
+                raise SystemExit(f"the {mode} run aggregated nothing: see {root}/run-new.log")
             steady = [r for r in rows if r["round"] > 1] or rows
             mean = {
                 k: sum(r[k] for r in steady) / len(steady)
                 for k in ("round_seconds", "aggregation_seconds", "max_training_seconds", "protocol_seconds")
             }
-            out["modes"][mode] = {"rows": rows, "steady_state_mean": mean}
-            print(mode, json.dumps(mean))
+            out[mode] = {"rows": rows, "steady_state_mean": mean}
+            print("cold" if cold else "warm", mode, json.dumps(mean), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--companies", type=int, default=6)
+    ap.add_argument("--blocks", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--secagg", choices=["both", "dblocks", "flower"], default="both")
+    ap.add_argument("--client", choices=["warm", "cold", "both"], default="warm")
+    args = ap.parse_args()
+
+    modes = ["dblocks", "flower"] if args.secagg == "both" else [args.secagg]
+    setup = {
+        "companies": args.companies,
+        "blocks": args.blocks,
+        "rounds": args.rounds,
+        "task": "mnist-fed",
+        "secure_aggregation": {m: PROTOCOLS[m] for m in modes},
+        "cohort": 3,
+        "dp_sgd": {"noise": 1.0, "clip": 1.0, "sample_rate": 0.1, "steps": 15},
+        "tls": True,
+        "node_auth": True,
+        "clients": {
+            "warm": "dbclient join: resident company worker, ClientApp forwards over a Unix socket; SuperNode "
+            "polls every 0.5 s, its process launcher every 0.2 s",
+            "cold": "dbclient join --no-worker: a fresh ClientApp process per message loads torch, Opacus and the "
+            "data; Flower's polls (3 s, 1 s)",
+        },
+        "host": "the shared 2-core development machine: server, SuperLink, registry and all companies on it",
+    }
+    print(json.dumps(setup))
+    t0 = time.time()
+    out: dict = {"setup": setup}
+    if args.client in ("cold", "both"):
+        out["cold"] = measure(args, modes, cold=True)
+    if args.client in ("warm", "both"):
+        out["modes"] = measure(args, modes, cold=False)
     out["wall_seconds"] = time.time() - t0
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "round_time.json").write_text(json.dumps(out, indent=2) + "\n")
-    if "dblocks" in out["modes"]:
+    if "dblocks" in out.get("modes", {}):
         from _common import update_summary
 
         mean = out["modes"]["dblocks"]["steady_state_mean"]

@@ -14,7 +14,16 @@ from dblocks.shared.clierrors import TRACEBACK_SETTINGS, SafeTyper
 from dblocks.shared.data import DataError, load_dataset
 from dblocks.shared.schema import parse_class_list
 
-from .join import JoinOptions, budget_refusal, default_home, ledger_path, run_supernode, secagg_key_path, validate
+from .join import (
+    WORKER_MODES,
+    JoinOptions,
+    budget_refusal,
+    default_home,
+    ledger_path,
+    run_supernode,
+    secagg_key_path,
+    validate,
+)
 
 app = SafeTyper(
     help="Company side: join a federation, check data, keys and the privacy ledger. Add --debug anywhere "
@@ -77,16 +86,20 @@ def join(
         "(a server could otherwise show members different survivor sets)",
     ),
     home: Path = typer.Option(default_home(), help="where the ledger and Flower state live"),
-    worker: bool = typer.Option(
-        True,
-        help="keep a resident company worker (torch, Opacus, the data loaded once) that answers every message; "
-        "--no-worker: each message in a fresh process, as Flower does by itself (slower, for comparison)",
+    worker: str = typer.Option(
+        "runtime",
+        help="the resident company worker (torch, Opacus, the data loaded once): 'runtime' (it runs Flower's "
+        "ClientApp tasks itself), 'forward' (Flower starts a ClientApp process per message that forwards it to the "
+        "worker over a private Unix socket) or 'off' (each message in a fresh process, as Flower does by itself; "
+        "slower, for comparison)",
     ),
 ) -> None:
     """Join a federation: validate the data, then run a SuperNode (outbound connections only).
 
     Only code installed here runs: the server's app must name the installed dblocks ClientApp and carry no
     code of its own, else it is refused (see the company guide)."""
+    if worker not in WORKER_MODES:
+        fail(f"--worker {worker!r}: choose one of {', '.join(WORKER_MODES)}")
     try:
         class_list = tuple(parse_class_list(classes)) if classes is not None else None
     except ValueError as e:

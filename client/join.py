@@ -69,8 +69,14 @@ class JoinOptions:
     # the run's class list from the operator (--classes): the file is checked against it before joining, and a
     # task whose class list differs is refused (node config `classes`, see client/trainer.py read_company_data)
     classes: tuple[str, ...] | None = None
-    worker: bool = True  # a resident company worker (client/worker.py); False: each message in its own process
+    worker: str = "runtime"  # WORKER_MODES: how the resident company worker (client/worker.py) gets messages
     poll_seconds: float = 0.5  # with the worker: how often the idle SuperNode asks the SuperLink for messages
+
+
+WORKER_MODES = ("runtime", "forward", "off")
+# runtime: the worker takes the SuperNode's ClientApp tasks itself (client/runtime.py; SuperNode --isolation process)
+# forward: Flower starts a ClientApp process per message, which forwards it to the worker (client/clientapp.py)
+# off:     Flower starts a ClientApp process per message, which handles it itself (torch, data: every message)
 
 
 def budget_refusal(opts: JoinOptions) -> str | None:
@@ -120,7 +126,11 @@ def decode_classes(text: str) -> list[str] | None:
     return [str(c) for c in json.loads(unquote(text))] if text else None
 
 
-def supernode_argv(opts: JoinOptions, worker_socket: str | None = None) -> list[str]:
+def supernode_argv(
+    opts: JoinOptions, worker_socket: str | None = None, superexec_secret: str | None = None, port: int = 0
+) -> list[str]:
+    """Flower's SuperNode command line. worker_socket: ClientApp processes forward to the worker there;
+    superexec_secret: no ClientApp processes (--isolation process), the worker takes the tasks with this secret."""
     data = opts.data.resolve()
     node_config = " ".join(
         [
@@ -153,8 +163,10 @@ def supernode_argv(opts: JoinOptions, worker_socket: str | None = None) -> list[
         "--node-config",
         node_config,
         "--port",
-        str(opts.runtime_port or free_port()),
+        str(port or opts.runtime_port or free_port()),
     ]
+    if superexec_secret:
+        argv += ["--isolation", "process", "--superexec-auth-secret-file", superexec_secret]
     if opts.insecure:
         argv.append("--insecure")
     else:
@@ -202,7 +214,10 @@ def run_supernode(opts: JoinOptions, emit=print) -> None:
 
     AppGuard(on_refusal=refusal).install()
     supervisor = None
-    if opts.worker:
+    port = opts.runtime_port or free_port()
+    if opts.worker not in WORKER_MODES:
+        raise ValueError(f"worker mode {opts.worker!r}: choose one of {', '.join(WORKER_MODES)}")
+    if opts.worker != "off":
         from .worker import WorkerSupervisor
         from .workerwire import SECRET_ENV
 
@@ -214,14 +229,21 @@ def run_supernode(opts: JoinOptions, emit=print) -> None:
             threads=opts.threads,
             emit=note,
             pid_file=opts.home / "worker.pid",
+            runtime=f"127.0.0.1:{port}" if opts.worker == "runtime" else None,
         )
-        os.environ[SECRET_ENV] = supervisor.secret  # Flower's processes (the forwarders) inherit it
-        os.environ[SUPEREXEC_POLL] = str(min(opts.poll_seconds, 0.2))
+        if opts.worker == "forward":
+            os.environ[SECRET_ENV] = supervisor.secret  # Flower's processes (the forwarders) inherit it
+            os.environ[SUPEREXEC_POLL] = str(min(opts.poll_seconds, 0.2))
         shorten_supernode_polls(opts.poll_seconds)
         supervisor.start()
     os.environ.update(flwr_env(opts.home / "flwr"))
     own_argv = [sys.executable, *sys.argv]  # `dbclient join ...` as started: re-run while the key waits
-    sys.argv = supernode_argv(opts, supervisor.socket_path if supervisor else None)
+    sys.argv = supernode_argv(
+        opts,
+        worker_socket=supervisor.socket_path if supervisor and opts.worker == "forward" else None,
+        superexec_secret=supervisor.superexec_secret_file if supervisor and opts.worker == "runtime" else None,
+        port=port,
+    )
     stop = threading.Event()
     threading.Thread(target=follow, args=(opts.home / "progress.log", emit, stop), daemon=True).start()
     _name_the_server_in_retries(opts.server)

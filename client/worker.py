@@ -65,19 +65,23 @@ class Journal:
             os.replace(tmp, self.path)
         self._lock = threading.Lock()
 
-    def write(self, message_id: str, event: str) -> None:
+    def write(self, message_id: str, event: str, **extra) -> None:
         with self._lock, open(self.path, "a") as f:
-            f.write(json.dumps({"id": message_id, "event": event, "time": round(time.time(), 3)}) + "\n")
+            f.write(json.dumps({"id": message_id, "event": event, "time": round(time.time(), 3), **extra}) + "\n")
             f.flush()
             os.fsync(f.fileno())
         (self.started if event == "started" else self.finished).add(message_id)
 
 
+class AnsweredOnce(RuntimeError):
+    """The message id was answered (or half-answered by a worker that died) before: not answered again."""
+
+
 @dataclass
 class _Answer:
     done: threading.Event
-    header: dict | None = None
-    frames: tuple[bytes, ...] = ()
+    reply: object = None
+    error: Exception | None = None
 
 
 class CompanyWorker:
@@ -116,50 +120,60 @@ class CompanyWorker:
             pass  # the forwarder is gone; the answer stays kept for its id
 
     def answer(self, message: bytes, context: bytes) -> tuple[dict, tuple[bytes, ...]]:
+        """A forwarded message (protobuf bytes) -> (header, frames) for the channel."""
         from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
         from flwr.proto.message_pb2 import Context as ProtoContext
         from flwr.proto.message_pb2 import Message as ProtoMessage
 
         msg = message_from_proto(ProtoMessage.FromString(message))
         ctx = context_from_proto(ProtoContext.FromString(context))
+        try:
+            reply = self.answer_message(msg, ctx)
+        except Exception as e:  # noqa: BLE001 - every refusal goes back to Flower as the error reply it was before
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}, ()
+        return {"ok": True}, (message_to_proto(reply).SerializeToString(), context_to_proto(ctx).SerializeToString())
+
+    def answer_message(self, msg, ctx):
+        """The reply of client/handlers.py's `company_app` to `msg` (ctx.state updated), each message id at most
+        once: a repeat waits for and returns the first answer (or raises its error); an id a previous worker
+        started, or whose answer is no longer kept, raises AnsweredOnce."""
         mid = msg.metadata.message_id
         with self._lock:
             kept = self._answers.get(mid) if mid else None
             if kept is None and mid in self.journal.half_done:
-                return {
-                    "ok": False,
-                    "error": f"message {mid} was being answered when the company worker stopped; it is not answered "
-                    "again (a half-done task is never sent twice)",
-                }, ()
+                raise AnsweredOnce(
+                    f"message {mid} was being answered when the company worker stopped; it is not answered "
+                    "again (a half-done task is never sent twice)"
+                )
             if kept is None and mid in self.journal.finished:
-                return {"ok": False, "error": f"message {mid} was already answered; it is not answered twice"}, ()
+                raise AnsweredOnce(f"message {mid} was already answered; it is not answered twice")
+            owner = kept is None
             if kept is None:
                 kept = _Answer(threading.Event())
                 if mid:
                     self._answers[mid] = kept
                     while len(self._answers) > KEPT_REPLIES:
                         self._answers.popitem(last=False)
-                owner = True
-            else:
-                owner = False
         if not owner:  # the same id again: the first answer, once it is there
             kept.done.wait()
-            return kept.header or {"ok": False, "error": "no answer"}, kept.frames
-        if mid:
-            self.journal.write(mid, "started")
+            if kept.error is not None:
+                raise kept.error
+            return kept.reply
+        if mid:  # with the message's type and when the server created it (delivery latency = time - created)
+            meta = msg.metadata
+            self.journal.write(mid, "started", type=meta.message_type, created=round(meta.created_at, 3))
         try:
             from .handlers import company_app
 
-            reply = company_app(message=msg, context=ctx)
-            kept.header = {"ok": True}
-            kept.frames = (message_to_proto(reply).SerializeToString(), context_to_proto(ctx).SerializeToString())
-        except Exception as e:  # noqa: BLE001 - every refusal goes back to Flower as the error reply it was before
-            kept.header = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            kept.reply = company_app(message=msg, context=ctx)
+            return kept.reply
+        except Exception as e:
+            kept.error = e
+            raise
         finally:
             if mid:
                 self.journal.write(mid, "finished")
             kept.done.set()
-        return kept.header, kept.frames
 
 
 def warm_up(data: str | None, label_column: str, image_size: int, threads: int) -> None:
@@ -215,13 +229,7 @@ def serve(socket_path: str, worker: CompanyWorker, parent: int | None = None) ->
     os.chmod(socket_path, 0o600)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     if parent is not None:
-
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(1.0)
-            server.shutdown()
-
-        threading.Thread(target=watch, daemon=True).start()
+        threading.Thread(target=_watch_parent, args=(parent, server.shutdown), daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
@@ -232,24 +240,41 @@ def serve(socket_path: str, worker: CompanyWorker, parent: int | None = None) ->
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="the company's resident worker (started by `dbclient join`)")
-    ap.add_argument("--socket", required=True)
     ap.add_argument("--journal", required=True)
+    ap.add_argument("--socket", help="answer forwarded messages on this Unix socket (secret in $" + SECRET_ENV + ")")
+    ap.add_argument("--runtime", help="take ClientApp tasks from the SuperNode's Runtime API at this address")
+    ap.add_argument("--superexec-secret-file", help="the SuperExec HMAC secret for --runtime")
     ap.add_argument("--data")
     ap.add_argument("--label-column", default="label")
     ap.add_argument("--image-size", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--parent", type=int)
     args = ap.parse_args(argv)
-    secret = os.environ.get(SECRET_ENV)
-    if not secret:
+    secret = os.environ.get(SECRET_ENV, "")
+    if args.socket and not secret:
         print(f"error: no {SECRET_ENV}: the company worker is started by `dbclient join`", file=sys.stderr)
         sys.exit(2)
     worker = CompanyWorker(secret, Path(args.journal))
-    # warm up beside the listening socket: an early message waits only for what it needs
+    # warm up beside the work: an early message waits only for what it needs
     threading.Thread(
         target=warm_up, args=(args.data, args.label_column, args.image_size, args.threads), daemon=True
     ).start()
-    serve(args.socket, worker, args.parent)
+    if args.runtime:
+        from .runtime import run_tasks
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        if args.parent is not None:
+            threading.Thread(target=_watch_parent, args=(args.parent, stop.set), daemon=True).start()
+        run_tasks(args.runtime, Path(args.superexec_secret_file).read_bytes(), worker, stop)
+    else:
+        serve(args.socket, worker, args.parent)
+
+
+def _watch_parent(parent: int, then) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    then()
 
 
 class WorkerSupervisor:
@@ -267,19 +292,30 @@ class WorkerSupervisor:
         emit=print,
         restart_delay: float = 0.5,
         pid_file: Path | None = None,
+        runtime: str | None = None,
     ):
+        """runtime: the SuperNode's Runtime API address: the worker takes its ClientApp tasks there
+        (client/runtime.py; the SuperNode runs with --isolation process and `superexec_secret_file`); None: it
+        answers forwarded messages on `socket_path`."""
         from .workerwire import new_secret, private_dir
 
         self.directory = private_dir()
         self.socket_path = os.path.join(self.directory, "worker.sock")
         self.secret = new_secret()
+        self.superexec_secret_file = os.path.join(self.directory, "superexec.secret")
+        fd = os.open(self.superexec_secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(new_secret())
         self.journal, self.emit, self.restart_delay, self.pid_file = Path(journal), emit, restart_delay, pid_file
         self.argv = [
             sys.executable,
             "-m",
             "dblocks.client.worker",
-            "--socket",
-            self.socket_path,
+            *(
+                ["--runtime", runtime, "--superexec-secret-file", self.superexec_secret_file]
+                if runtime
+                else ["--socket", self.socket_path]
+            ),
             "--journal",
             str(self.journal),
             "--label-column",

@@ -4,7 +4,9 @@ One module-scoped federation serves the tests in order (each test builds on the 
   1. an end-to-end round: every company trains only its block, the secure aggregate equals the mean of the
      clipped deltas (saved by the test's update_recorder, not by the product), versions and privacy numbers are
      in the registry, a company whose budget is spent is not asked to train;
-  2. a company killed mid-round: the block completes with the survivors and the central noise is sized on them;
+  2. a company's resident worker killed between two messages: `dbclient join` restarts it and the round
+     completes with every member, nothing trained or sent twice;
+     a company killed mid-round: the block completes with the survivors and the central noise is sized on them;
   3. the server killed mid-round and restarted: the run resumes, nothing is lost or registered twice;
   4. membership changes over five rounds (a leave between rounds, a join, a leave mid-round): the run goes on;
   5. a company with a malformed data file is refused before it connects.
@@ -118,6 +120,40 @@ def test_end_to_end_round(fed):
         dim = sum(w.size for w in want)
         assert err < 2e-4 * 0.5 / dim**0.5 / 2 + 1e-6, err
         assert max(float(np.abs(w).max()) for w in want) > 1e-3  # the deltas are not trivially zero
+
+
+def test_worker_killed_between_messages(fed):
+    """One block, all six companies in its cohort. A company's resident worker is killed (SIGKILL) after its masked
+    upload went out and before the next stage: `dbclient join` restarts it, the new worker answers the rest of the
+    protocol from the persisted SecAgg state, the block aggregates all six, and nothing is trained or sent twice."""
+    victim = "company1"
+    home = fed.company_home(victim)
+    n_before = {f"company{i}": len(ledger(fed, f"company{i}")) for i in range(6)}
+    sent_before = (home / "join.log").read_text().count("Sending: train.secagg")
+    old_pid = int((home / "worker.pid").read_text())
+    proc = fed.run(**{**RUN, "num_blocks": 1, "cohort_size": 6}, num_rounds=1, central_noise=0.0, wait=False)
+
+    def upload_sent() -> bool:  # the SuperNode logged the upload's reply as sent
+        text = (home / "join.log").read_text()
+        parts = text.split("Sending: train.secagg")
+        return len(parts) > sent_before + 1 and "Sent successfully" in parts[-1]
+
+    wait_for(upload_sent, 600, f"{victim} did not send its upload")
+    os.kill(old_pid, 9)
+    proc.wait(timeout=600)
+    run_id = fed.runs()[-1]
+    assert fed.status(run_id)["status"] == "finished", (fed.root / "run-new.log").read_text()[-3000:]
+    (version,) = fed.reg.list_block_versions(int(run_id))
+    assert version["metrics"]["clients_aggregated"] == 6 and len(version["cohort"]) == 6, version
+    assert int((home / "worker.pid").read_text()) != old_pid
+    assert "the company worker exited (code -9); restarting it" in (home / "progress.log").read_text()
+    for i in range(6):  # every company trained this round exactly once
+        entries = ledger(fed, f"company{i}")[n_before[f"company{i}"] :]
+        assert [(e["run_id"], e["round"]) for e in entries] == [(run_id, 1)], entries
+    # the victim's upload was sent once: one train.secagg message, answered once in the workers' journal
+    journal = [json.loads(x) for x in (home / "worker-journal.jsonl").read_text().splitlines()]
+    uploads = [e["id"] for e in journal if e.get("type") == "train.secagg"]
+    assert len(uploads) == len(set(uploads)), uploads
 
 
 def test_company_killed_mid_round(fed):

@@ -1,0 +1,138 @@
+"""The company worker as Flower's ClientApp executor: it takes the SuperNode's ClientApp tasks itself and runs
+them in its own (warm) process, instead of Flower starting `flower-superexec`, which starts one `flwr-clientapp`
+process per message.
+
+Flower 1.41 has the pieces but no long-running ClientApp (flwrlabs/flower#3670 is open; its "warm executor"
+pools are Kubernetes pods for AgentApp/model/connector tasks, one task each). Its SuperNode's
+`--isolation process` mode leaves task execution to a process outside the SuperNode, which asks the SuperNode's
+Runtime API for tasks (`AcquireTask`, authenticated by the SuperExec HMAC secret of
+`--superexec-auth-secret-file`: a per-join secret in a 0600 file in a 0700 directory) and runs each task with
+its one-time token, exactly as `flwr-clientapp` does (flwr.supernode.runtime.run_clientapp): pull the message,
+context, run and FAB; heartbeat while it works; push the reply and the context. This loop does those steps with
+Flower's own functions, in-process, one task at a time (the SuperNode hands out one message at a time anyway):
+
+    AcquireTask(flwr-clientapp) -> token -> pull_task_input -> check the FAB (app guard's policy) ->
+    CompanyWorker.answer_message (journal: each message id at most once; client/handlers.py) ->
+    push_message (reply) -> push_task_output (context, status)
+
+What is run is decided twice: the SuperNode verifies every FAB before it stores a run (client/appguard.py, only
+the dblocks manifest is vouched for), and this loop checks the FAB of each task again with `check_fab` and runs
+only `handlers.company_app`; any other FAB is answered with an error, never loaded. A task whose worker dies
+stops heartbeating; the SuperNode then answers the server with an error for it (Flower's task expiry), and a
+new worker refuses its message id (the journal).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .worker import CompanyWorker
+
+log = logging.getLogger("dblocks.worker")
+POLL_SECONDS = 0.1  # how often an idle worker asks the SuperNode for a task (a local HTTP request)
+
+
+def _heartbeat_fn(client):
+    """Flower's task heartbeat without its SIGINT on a refused heartbeat (that would stop the whole worker)."""
+    import httpx
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
+
+    request = SendTaskHeartbeatRequest()
+
+    def fn() -> bool:
+        try:
+            return bool(client.SendTaskHeartbeat(request).success)
+        except (httpx.TransportError, httpx.HTTPStatusError):
+            return False
+
+    return fn
+
+
+def run_task(address: str, token: str, worker: CompanyWorker) -> None:
+    """One ClientApp task, as flwr-clientapp runs it, in this process."""
+    from flwr.app import Message
+    from flwr.app.error import Error
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    from .appguard import check_fab
+
+    retry = make_simple_http_retry_invoker()
+    client = RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,  # 127.0.0.1, the SuperNode's own Runtime API (as for flwr-clientapp)
+        root_certificates=None,
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+            RuntimeTokenHttpInterceptor(token),
+        ],
+        retry_invoker=retry,
+    )
+    heartbeat = HeartbeatSender(_heartbeat_fn(client))
+    heartbeat.start()
+    message = context = reply = None
+    sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+    try:
+        message, context, _run, fab = pull_task_input(client)
+        problems = check_fab(fab.content)
+        if problems:
+            raise PermissionError(f"refused the app of this run: it {'; it '.join(problems)}")
+        reply = worker.answer_message(message, context)
+        sub_status, details = SubStatus.COMPLETED, ""
+    except Exception as ex:  # noqa: BLE001 - as flwr-clientapp: the error goes back to the server as the reply
+        details = str(type(ex)) + ":<'" + str(ex) + "'>"
+        if message is not None:
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+        finally:
+            retry.max_tries = 1
+            push_task_output(client=client, context=context, sub_status=sub_status, details=details)
+            heartbeat.stop()
+            client.close()
+
+
+def run_tasks(address: str, auth_secret: bytes, worker: CompanyWorker, stop: threading.Event) -> None:
+    """Take the SuperNode's ClientApp tasks and run them, one at a time, until `stop` is set."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    client = RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,
+        root_certificates=None,
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+            SuperExecAuthHttpInterceptor(
+                master_secret=auth_secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})
+            ),
+        ],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    try:
+        while not stop.is_set():
+            try:
+                res = client.AcquireTask(request)
+            except Exception:  # noqa: BLE001 - the SuperNode is starting or reconnecting: ask again
+                stop.wait(1.0)
+                continue
+            if res.HasField("task") and res.token:
+                try:
+                    run_task(address, res.token, worker)
+                except Exception:  # noqa: BLE001 - the task fails (the SuperNode answers it with an error); go on
+                    log.exception("ClientApp task failed outside its handler")
+                continue
+            stop.wait(POLL_SECONDS)
+    finally:
+        client.close()
