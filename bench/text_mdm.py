@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{ev_val['bpc']:.3f}  train {stats['seconds']:.0f} s",
                 flush=True,
             )
+            write_json(args.out / "text_mdm-partial.json", {"config": asdict(cfg), "runs": runs})  # if cut short
             if seed == seeds[-1]:
                 samples[name] = [
                     {
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": time.time() - time.mktime(time.strptime(env["date"], "%Y-%m-%d %H:%M:%S")),
     }
     write_json(args.out / ("text_mdm-quick.json" if args.quick else "text_mdm.json"), out)
+    (args.out / "text_mdm-partial.json").unlink(missing_ok=True)
     if not args.quick:
         update_summary(
             args.out,
