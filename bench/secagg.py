@@ -163,6 +163,29 @@ def run_simulation_engine(args) -> tuple[dict, float]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+def steady_state(rows: list[dict], nodes: int) -> tuple[dict, float | None]:
+    """Per protocol, the medians over its steady-state rounds: rounds >= 2 (round 1 left out for both) in which
+    all `nodes` were aggregated (a round that lost a node to a timeout measures the timeout, not the protocol;
+    such rounds are counted as incomplete). Returns (summary, ours / Flower's median round seconds or None)."""
+    summary = {}
+    for proto in ("flower", "dblocks"):
+        mine = [r for r in rows if r["protocol"] == proto and r["round"] >= 2]
+        steady = [r for r in mine if r["ok"] and r["aggregated"] == nodes]
+        summary[proto] = {
+            "steady_rounds": len(steady),
+            "incomplete_rounds": len(mine) - len(steady),
+            "median_round_seconds": float(np.median([r["seconds"] for r in steady])) if steady else None,
+            "median_bytes": float(np.median([r["bytes_down"] + r["bytes_up"] for r in steady])) if steady else None,
+            "exchanges_per_round": steady[0]["exchanges"] if steady else None,
+            "median_seconds_per_exchange": float(np.median([x for r in steady for x in r["exchange_seconds"]]))
+            if steady
+            else None,
+            "max_abs_error": max(r["max_abs_error"] for r in steady) if steady else None,
+        }
+    ours, theirs = summary["dblocks"]["median_round_seconds"], summary["flower"]["median_round_seconds"]
+    return summary, (ours / theirs if ours and theirs else None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=["processes", "simulation"], default="processes")
@@ -190,26 +213,7 @@ def main() -> None:
             f"down {row['bytes_down'] / 1e6:7.2f} MB  up {row['bytes_up'] / 1e6:7.2f} MB  "
             f"max abs err {row['max_abs_error']}  {row['failure'] or ''}"
         )
-    summary = {}
-    for proto in ("flower", "dblocks"):
-        # steady state: rounds >= 2 in which every node was aggregated (a round that lost a node to a timeout
-        # measures the timeout, not the protocol; such rounds are listed in `rows` and counted here)
-        mine = [r for r in rows if r["protocol"] == proto and r["round"] >= 2]
-        steady = [r for r in mine if r["ok"] and r["aggregated"] == args.nodes]
-        summary[proto] = {
-            "steady_rounds": len(steady),
-            "incomplete_rounds": len(mine) - len(steady),
-            "median_round_seconds": float(np.median([r["seconds"] for r in steady])) if steady else None,
-            "median_bytes": float(np.median([r["bytes_down"] + r["bytes_up"] for r in steady])) if steady else None,
-            "exchanges_per_round": steady[0]["exchanges"] if steady else None,
-            "median_seconds_per_exchange": float(np.median([x for r in steady for x in r["exchange_seconds"]]))
-            if steady
-            else None,
-            "max_abs_error": max(r["max_abs_error"] for r in steady) if steady else None,
-        }
-    ratio = None
-    if summary["flower"]["median_round_seconds"] and summary["dblocks"]["median_round_seconds"]:
-        ratio = summary["dblocks"]["median_round_seconds"] / summary["flower"]["median_round_seconds"]
+    summary, ratio = steady_state(rows, args.nodes)
     for proto in ("flower", "dblocks"):
         print(f"steady state {proto}: {summary[proto]}")
     print(f"ratio ours/Flower (median steady-state round time) = {ratio}")
