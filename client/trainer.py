@@ -69,6 +69,19 @@ class BlockUpdate:
     epsilon_after: float  # the company's record-level epsilon after this update (all blocks composed)
 
 
+def split_flat(flat: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """One flat array -> arrays of `shapes` in order; ValueError unless the sizes add up exactly."""
+    flat = np.asarray(flat).ravel()
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    if sum(sizes) != flat.size:
+        raise ValueError(f"the weights hold {flat.size} values, the block's {len(shapes)} tensors {sum(sizes)}")
+    out, pos = [], 0
+    for shape, n in zip(shapes, sizes):
+        out.append(flat[pos : pos + n].reshape(shape))
+        pos += n
+    return out
+
+
 def rebuild_block(task: BlockTask, arrays: list[np.ndarray]) -> torch.nn.Module:
     """The block the server sent, verified: its repacked weights must hash to the spec's sha256."""
     spec = BlockSpec.from_json(task.spec_json)
@@ -77,6 +90,9 @@ def rebuild_block(task: BlockTask, arrays: list[np.ndarray]) -> torch.nn.Module:
     from dblocks.shared.models import build_block
 
     template = build_block(spec.arch_config, spec.noise_schedule)
+    shapes = [tuple(v.shape) for v in template.state_dict().values()]
+    if len(arrays) == 1 and len(shapes) > 1:  # the server's one-array form (serverapp._upload_payload)
+        arrays = split_flat(arrays[0], shapes)
     state = arrays_to_state(template, arrays)
     template.load_state_dict(state)
     return unpack_block(spec, pack_weights(template))  # re-derives bytes, checks sha256, names, shapes, dtypes

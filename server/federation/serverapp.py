@@ -25,8 +25,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from dblocks.privacy.accounting import MechanismStep
@@ -247,8 +248,11 @@ class Federation:
         if stage != "upload" or not blocks:
             return None
         b = int(blocks[0])
+        # one flat float32 array, not one per tensor: Flower moves every Array as its own object (a request to and
+        # from the SuperLink each), ~100 per block; the company splits it by its block's shapes (client/trainer.py)
+        flat = np.concatenate([a.ravel() for a in self.model.weights_arrays(b)])
         return RecordDict(
-            {"arrays": ArrayRecord(self.model.weights_arrays(b)), "task": ConfigRecord(self._tasks[b].to_config())}
+            {"arrays": ArrayRecord({"flat": Array(flat)}), "task": ConfigRecord(self._tasks[b].to_config())}
         )
 
     def publish(self, rel: BlockRelease) -> None:
