@@ -300,8 +300,8 @@ class TextFederation:
         plan = assign(
             [NodeInfo(i) for i in range(len(self.ids))], self.model.num_blocks, r, self.s.cohort_size, 3, seed=self.seed
         )
-        if plan.skipped:
-            raise RuntimeError(f"round {r}: blocks skipped: {plan.skipped}")
+        if not plan.cohorts:  # with fewer than 3 B companies the blocks take turns (the others are 'skipped')
+            raise RuntimeError(f"round {r}: no block can be trained: {plan.skipped}")
         return {str(b): [self.ids[c] for c in cohort] for b, cohort in plan.cohorts.items()}
 
     def _contribute(self, cid: str):
