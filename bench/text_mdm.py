@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -117,6 +119,37 @@ def memory_worker(which: str, cfg_json: str, steps: int, threads: int) -> dict:
     }
 
 
+def train_and_score(
+    cfg_dict: dict, seed: int, end_to_end: bool, windows: int, sample_tokens: int, threads: int
+) -> tuple[dict, list[dict]]:
+    """Train one model (a worker process), score it on the test and validation splits, sample if asked."""
+    import torch
+
+    from dblocks.shared import text_mdm as M
+    from dblocks.shared.text import TokenStream, decode, encode, stdlib_corpus
+
+    torch.set_num_threads(threads)
+    cfg = M.Config(**cfg_dict)
+    corpus = stdlib_corpus()
+    name = "end_to_end" if end_to_end else f"diffusion_blocks_b{cfg.num_blocks}"
+    model = M.build(cfg, end_to_end=end_to_end, seed=seed)
+    stats = M.train(model, cfg, TokenStream(corpus.train), seed=seed)
+    run = {
+        "model": name,
+        "seed": seed,
+        "test": M.evaluate(model, cfg, TokenStream(corpus.test), seed=0, max_windows=windows),
+        "val": M.evaluate(model, cfg, TokenStream(corpus.val), seed=0, max_windows=windows),
+        "train_seconds": stats["seconds"],
+        "blocks": stats["blocks"],
+        "param_count": sum(p.numel() for p in model.parameters()),
+    }
+    samples = [
+        {"prompt": p, "continuation": decode(M.sample(model, cfg, encode(p), new_tokens=sample_tokens, seed=0))}
+        for p in (PROMPTS if sample_tokens else ())
+    ]
+    return run, samples
+
+
 def measure_memory(cfg, steps: int, threads: int) -> dict:
     rows = {}
     for which in ("block", "end_to_end"):
@@ -141,8 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="updates per parameter (default: the preset's)")
-    ap.add_argument("--windows", type=int, default=128, help="held-out windows per split")
+    ap.add_argument("--windows", type=int, default=96, help="held-out windows per split")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=2, help="models trained at once (one process each)")
     ap.add_argument("--mem-steps", type=int, default=3)
     ap.add_argument("--sample-tokens", type=int, default=48)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a Config field")
@@ -158,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from dblocks.shared import text_mdm as M
-    from dblocks.shared.text import TokenStream, decode, encode, stdlib_corpus
+    from dblocks.shared.text import TokenStream, stdlib_corpus
 
     env = setup(args.threads)
     cfg = M.Config()
@@ -175,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         cfg, seeds, args.windows = replace(cfg, steps=30, warmup=5), [0], 8
     corpus = stdlib_corpus()
-    train, val, test = (TokenStream(corpus.split(s)) for s in ("train", "val", "test"))
+    train, val, test = (TokenStream(corpus.split(s)) for s in ("train", "val", "test"))  # sizes, for the banner
     print(
         f"text-mdm bench: corpus {corpus.name} ({corpus.num_bytes / 1e6:.1f} MB, digest {corpus.digest}, "
         f"{len(train) / 1e6:.2f}/{len(val) / 1e6:.2f}/{len(test) / 1e6:.2f} MB train/val/test bytes); "
@@ -183,39 +217,24 @@ def main(argv: list[str] | None = None) -> dict:
         f"threads {args.threads}",
         flush=True,
     )
+    jobs = [
+        (asdict(cfg), seed, e2e, args.windows, args.sample_tokens if seed == seeds[-1] else 0, args.threads)
+        for seed in seeds
+        for e2e in (True, False)
+    ]
     runs, samples = [], {}
-    for seed in seeds:
-        for e2e in (True, False):
-            name = "end_to_end" if e2e else f"diffusion_blocks_b{cfg.num_blocks}"
-            model = M.build(cfg, end_to_end=e2e, seed=seed)
-            stats = M.train(model, cfg, train, seed=seed)
-            ev_test = M.evaluate(model, cfg, test, seed=0, max_windows=args.windows)
-            ev_val = M.evaluate(model, cfg, val, seed=0, max_windows=args.windows)
-            runs.append(
-                {
-                    "model": name,
-                    "seed": seed,
-                    "test": ev_test,
-                    "val": ev_val,
-                    "train_seconds": stats["seconds"],
-                    "blocks": stats["blocks"],
-                    "param_count": sum(p.numel() for p in model.parameters()),
-                }
-            )
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for run, run_samples in pool.map(train_and_score, *zip(*jobs, strict=True)):
+            runs.append(run)
+            if run_samples:
+                samples[run["model"]] = run_samples
+            ev_test, ev_val = run["test"], run["val"]
             print(
-                f"seed {seed} {name:22s} test BPC {ev_test['bpc']:.3f} (se {ev_test['bpc_se']:.3f})  val BPC "
-                f"{ev_val['bpc']:.3f}  train {stats['seconds']:.0f} s",
+                f"seed {run['seed']} {run['model']:22s} test BPC {ev_test['bpc']:.3f} (se {ev_test['bpc_se']:.3f})  "
+                f"val BPC {ev_val['bpc']:.3f}  train {run['train_seconds']:.0f} s",
                 flush=True,
             )
             write_json(args.out / "text_mdm-partial.json", {"config": asdict(cfg), "runs": runs})  # if cut short
-            if seed == seeds[-1]:
-                samples[name] = [
-                    {
-                        "prompt": p,
-                        "continuation": decode(M.sample(model, cfg, encode(p), new_tokens=args.sample_tokens, seed=0)),
-                    }
-                    for p in PROMPTS
-                ]
     by = {
         k: [r["test"]["bpc"] for r in runs if r["model"] == k]
         for k in ("end_to_end", f"diffusion_blocks_b{cfg.num_blocks}")

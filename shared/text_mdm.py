@@ -66,7 +66,7 @@ class Config:
     width: int = 128  # model dimension
     heads: int = 4
     mlp_ratio: int = 4
-    steps: int = 400  # AdamW updates per parameter (per block, and for the end-to-end model)
+    steps: int = 300  # AdamW updates per parameter (per block, and for the end-to-end model)
     batch_size: int = 32  # windows per update
     lr: float = 2e-3  # peak learning rate
     warmup: int = 40  # linear warm-up steps, then cosine decay to lr / 10
