@@ -58,6 +58,29 @@ def _train_job(kind: str, seed: int, cfg_dict: dict, steps: int, path: str) -> d
     return {"kind": kind, "seed": seed, "stats": stats}
 
 
+def _eval_job(kind: str, seed: int, cfg_dict: dict, path: str, teacher_path: str, prompts: int) -> tuple[dict, list]:
+    """Evaluate one cached model under the cached teacher in a worker process: (metrics row, 4 samples if seed 0)."""
+    torch.set_num_threads(1)
+    cfg = text_ar.Config(**cfg_dict)
+    test = TokenStream(stdlib_corpus().test)
+    teacher = text_ar.build(cfg, end_to_end=True, seed=0)
+    teacher.load_state_dict(torch.load(teacher_path)["state_dict"])
+    assert isinstance(teacher, text_ar.CausalTransformer)
+    saved = torch.load(path)
+    model = text_ar.build(cfg, end_to_end=kind == "end_to_end", seed=seed)
+    model.load_state_dict(saved["state_dict"])
+    t1 = time.perf_counter()
+    m = text_ar.evaluate(model, cfg, test, seed=seed, max_windows=prompts, teacher=teacher)
+    row = {"kind": kind, "seed": seed, **m, "eval_seconds": time.perf_counter() - t1, "train": saved["stats"]}
+    samples = []
+    if seed == 0:
+        half = cfg.seq_len // 2
+        p, _ = text_ar.eval_prompts(test, cfg.seq_len - half, half, 4)
+        gen = text_ar.sample_batch(model, cfg, p, new_tokens=half, seed=seed)
+        samples = [{"kind": kind, "prompt": decode(a), "continuation": decode(b)} for a, b in zip(p, gen)]
+    return row, samples
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -97,9 +120,8 @@ def main() -> int:
         for f in futures:
             r = f.result()
             print(f"  trained {r['kind']} seed {r['seed']}: {r['stats']}", flush=True)
-    trained = {ks: torch.load(p) for ks, p in paths.items()}
     teacher = text_ar.build(cfg, end_to_end=True, seed=0)
-    teacher.load_state_dict(trained[("teacher", 1000)]["state_dict"])
+    teacher.load_state_dict(torch.load(paths[("teacher", 1000)])["state_dict"])
     assert isinstance(teacher, text_ar.CausalTransformer)
     teacher.eval()
     teacher_bpc = text_ar.evaluate(teacher, cfg, test, seed=0, max_windows=args.prompts)["bpc"]
@@ -112,24 +134,18 @@ def main() -> int:
         text_ar.teacher_features(teacher, ref_a[:, :half], ref_a[:, half:]),
         text_ar.teacher_features(teacher, ref_b[:, :half], ref_b[:, half:]),
     )
-    rows = []
-    samples = []
-    prompts, _ = text_ar.eval_prompts(test, cfg.seq_len - half, half, args.prompts)
-    for seed in range(args.seeds):
-        for kind in ("diffusion_blocks", "end_to_end"):
-            r = trained[(kind, seed)]
-            model = text_ar.build(cfg, end_to_end=kind == "end_to_end", seed=seed)
-            model.load_state_dict(r["state_dict"])
-            t1 = time.perf_counter()
-            m = text_ar.evaluate(model, cfg, test, seed=seed, max_windows=args.prompts, teacher=teacher)
-            row = {"kind": kind, "seed": seed, **m, "eval_seconds": time.perf_counter() - t1, "train": r["stats"]}
-            rows.append(row)
-            print(f"  {kind} seed {seed}: {json.dumps({k: v for k, v in row.items() if k != 'train'})}", flush=True)
-            if seed == 0:
-                gen = text_ar.sample_batch(model, cfg, prompts[:4], new_tokens=half, seed=seed)
-                samples += [
-                    {"kind": kind, "prompt": decode(p), "continuation": decode(g)} for p, g in zip(prompts[:4], gen)
-                ]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        evals = [
+            pool.submit(_eval_job, k, s, cfg_dict, str(paths[(k, s)]), str(paths[("teacher", 1000)]), args.prompts)
+            for s in range(args.seeds)
+            for k in ("diffusion_blocks", "end_to_end")
+        ]
+        done = [f.result() for f in evals]
+    rows, samples = [], []
+    for row, sample_rows in done:
+        rows.append(row)
+        samples += sample_rows
+        print(f"  {row['kind']} seed {row['seed']}: {json.dumps({k: v for k, v in row.items() if k != 'train'})}")
 
     def mean(kind: str, key: str) -> float:
         return statistics.fmean(r[key] for r in rows if r["kind"] == kind)
