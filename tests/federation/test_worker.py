@@ -105,3 +105,16 @@ def test_forwarder_without_secret_refuses(tmp_path, monkeypatch):
     nc = {"ledger-path": str(tmp_path / "ledger.json"), "worker-socket": str(tmp_path / "none.sock")}
     with pytest.raises(WorkerFailed, match="not started by `dbclient join`"):
         forward(ping("m9"), Context(run_id=1, node_id=7, node_config=nc, state=RecordDict(), run_config={}))
+
+
+def test_flat_weights_split_by_the_blocks_shapes():
+    import numpy as np
+
+    from dblocks.client.trainer import split_flat
+
+    parts = [np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(4, dtype=np.float32)]
+    flat = np.concatenate([p.ravel() for p in parts])
+    got = split_flat(flat, [(2, 3), (4,)])
+    assert all(np.array_equal(g, p) for g, p in zip(got, parts))
+    with pytest.raises(ValueError, match="the weights hold 10 values"):
+        split_flat(flat, [(2, 3), (5,)])
