@@ -366,18 +366,13 @@ def evaluate(
 # sampling
 # ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def sample(model: MaskedDiffusionLM, cfg: Config, prompt: np.ndarray, *, new_tokens: int, seed: int) -> np.ndarray:
-    """Infill `new_tokens` bytes after `prompt` (its last seq_len - new_tokens bytes are kept) by ancestral
-    unmasking from t = 1 to 0 in cfg.sample_steps steps, each step by the block owning t. Returns the new ids."""
-    if not 1 <= new_tokens <= cfg.seq_len:
-        raise ValueError(f"new_tokens must lie in 1..{cfg.seq_len} (the model's window), got {new_tokens}")
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
+def infill(
+    model: MaskedDiffusionLM, cfg: Config, context: torch.Tensor, new_tokens: int, gen: torch.Generator
+) -> torch.Tensor:
+    """`new_tokens` bytes after `context` (len(context) + new_tokens <= seq_len) by ancestral unmasking from
+    t = 1 to 0 in cfg.sample_steps steps, each step by the block owning it."""
     device = next(model.parameters()).device
-    keep = cfg.seq_len - new_tokens
-    ids = np.asarray(prompt, dtype=np.int64).reshape(-1)
-    ctx = torch.as_tensor(ids[max(0, len(ids) - keep) :] if keep else ids[:0], dtype=torch.long)
-    x = torch.cat([ctx, torch.full((new_tokens,), MASK, dtype=torch.long)])[None].to(device)
+    x = torch.cat([context.cpu(), torch.full((new_tokens,), MASK, dtype=torch.long)])[None].to(device)
     ts = np.linspace(1.0, 0.0, cfg.sample_steps + 1)
     for t, s in zip(ts[:-1], ts[1:], strict=True):
         masked = x == MASK
@@ -390,4 +385,22 @@ def sample(model: MaskedDiffusionLM, cfg: Config, prompt: np.ndarray, *, new_tok
         draw = torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(device)
         unmask = masked[0] & (torch.rand(x.shape[1], generator=gen).to(device) < p_unmask)
         x[0, unmask] = draw[unmask]
-    return x[0, len(ctx) :].cpu().numpy()
+    return x[0, len(context) :].cpu()
+
+
+def sample(model: MaskedDiffusionLM, cfg: Config, prompt: np.ndarray, *, new_tokens: int, seed: int) -> np.ndarray:
+    """`new_tokens` bytes after `prompt`: infilled in one pass when they fit in the window after the prompt,
+    else window by window (each new chunk infilled after the last half window of text), so any length works.
+    Returns the new ids."""
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be at least 1, got {new_tokens}")
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    text = torch.as_tensor(np.asarray(prompt, dtype=np.int64).reshape(-1), dtype=torch.long)
+    start = len(text)
+    while len(text) - start < new_tokens:
+        kept = min(len(text), max(cfg.seq_len // 2, cfg.seq_len - (new_tokens - (len(text) - start))))
+        chunk = min(new_tokens - (len(text) - start), cfg.seq_len - kept)
+        context = text[len(text) - kept :] if kept else text[:0]
+        text = torch.cat([text, infill(model, cfg, context, chunk, gen)])
+    return text[start:].numpy()

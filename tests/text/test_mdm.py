@@ -56,6 +56,8 @@ def test_untrained_bpc_is_log2_vocab_and_few_steps_lower_it():
     assert trained < untrained - 2.0
     new = M.sample(model, TINY, encode("def "), new_tokens=12, seed=0)
     assert new.shape == (12,) and new.max() < 256  # every [MASK] unmasked by t = 0
+    longer = M.sample(model, TINY, encode("def "), new_tokens=TINY.seq_len + 9, seed=0)  # window by window
+    assert longer.shape == (TINY.seq_len + 9,) and longer.max() < 256
 
 
 def test_block_loss_trains_only_its_block():
