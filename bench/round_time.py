@@ -8,7 +8,7 @@ of a block = its aggregation wall time minus the slowest cohort member's trainin
     python bench/round_time.py [--companies 6 --blocks 2 --rounds 3 --secagg dblocks --client both]
 
 `--client warm` (the product: `dbclient join` with its resident company worker), `cold` (`dbclient join
---no-worker`: Flower's fresh ClientApp process per message imports torch and Opacus and reads the data, with
+--worker off`: Flower's fresh ClientApp process per message imports torch and Opacus and reads the data, with
 Flower's 3 s / 1 s polls; the way before #17) or `both` (cold, then warm, each in its own federation on the same
 machine, same settings). Writes bench/results/round_time.json ("modes": warm, "cold": cold) and, from the warm
 run, federation.round_seconds / federation.protocol_seconds.
@@ -85,7 +85,7 @@ def measure(args, modes: list[str], cold: bool) -> dict:
         fed.start_registry()
         fed.start_superlink()
         for i, p in enumerate(paths):
-            fed.add_company(f"company{i}", p, budget=200.0, extra=["--no-worker"] if cold else None)
+            fed.add_company(f"company{i}", p, budget=200.0, extra=["--worker", "off"] if cold else None)
         for mode in modes:
             since = progress_sizes(fed)
             fed.run(
@@ -136,9 +136,9 @@ def main() -> None:
         "tls": True,
         "node_auth": True,
         "clients": {
-            "warm": "dbclient join: resident company worker, ClientApp forwards over a Unix socket; SuperNode "
-            "polls every 0.5 s, its process launcher every 0.2 s",
-            "cold": "dbclient join --no-worker: a fresh ClientApp process per message loads torch, Opacus and the "
+            "warm": "dbclient join: resident company worker runs the ClientApp tasks (SuperNode --isolation "
+            "process), SuperNode polls every 0.5 s; upload weights as one array",
+            "cold": "dbclient join --worker off: a fresh ClientApp process per message loads torch, Opacus and the "
             "data; Flower's polls (3 s, 1 s)",
         },
         "host": "the shared 2-core development machine: server, SuperLink, registry and all companies on it",
