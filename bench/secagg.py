@@ -195,6 +195,9 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=0.05, help="seconds between pulls for replies (both protocols)")
     ap.add_argument("--cpus", type=int, default=2, help="simulation engine: Ray CPUs (one per ClientApp actor)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument(
+        "--label", default="", help="extra run: write secagg[_simulation]_LABEL.json and leave summary.json alone"
+    )
     args = ap.parse_args()
     if args.nodes < 3 or args.rounds < 2 or args.dim < 1 or args.poll <= 0:
         print("error: need --nodes >= 3, --rounds >= 2 (round 1 is not steady state), --dim >= 1, --poll > 0")
@@ -218,7 +221,7 @@ def main() -> None:
         print(f"steady state {proto}: {summary[proto]}")
     print(f"ratio ours/Flower (median steady-state round time) = {ratio}")
     sim = args.engine == "simulation"
-    name = "secagg_simulation.json" if sim else "secagg.json"
+    name = ("secagg_simulation" if sim else "secagg") + (f"_{args.label}" if args.label else "") + ".json"
     suffix = "_simulation" if sim else ""
     write_json(
         RESULTS / name,
@@ -239,7 +242,7 @@ def main() -> None:
             "errors": result.get("errors"),
         },
     )
-    if ratio is not None:
+    if ratio is not None and not args.label:
         update_summary(
             RESULTS,
             {
@@ -248,7 +251,8 @@ def main() -> None:
                 f"secagg.flower_round_seconds{suffix}": round(summary["flower"]["median_round_seconds"], 3),
             },
         )
-    print(f"wrote {RESULTS / name}" + (f" and secagg.*{suffix} keys in {RESULTS / 'summary.json'}" if ratio else ""))
+    keys = f" and secagg.*{suffix} keys in {RESULTS / 'summary.json'}" if ratio is not None and not args.label else ""
+    print(f"wrote {RESULTS / name}{keys}")
 
 
 if __name__ == "__main__":
