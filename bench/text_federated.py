@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import multiprocessing
@@ -486,8 +487,14 @@ def main() -> None:
     )
     # --- pretraining on the public part (the operator), then the pretrained-only row
     model = mdm.build(cfg, end_to_end=False, seed=args.seed)
+    key = hashlib.sha256(json.dumps([asdict(cfg), args.pretrain_steps, args.seed, corpus.digest]).encode()).hexdigest()
+    cache = Path(tempfile.gettempdir()) / f"dblocks-text-federated-pretrained-{key[:16]}.pt"
     t0 = time.time()
-    mdm.train(model, cfg, TokenStream(split.public_train), seed=args.seed, steps=args.pretrain_steps)
+    if cache.exists():  # the same pretraining (settings, seed, corpus) done by an earlier run on this machine
+        model.load_state_dict(torch.load(cache, weights_only=True))
+    else:
+        mdm.train(model, cfg, TokenStream(split.public_train), seed=args.seed, steps=args.pretrain_steps)
+        torch.save(model.state_dict(), cache)
     pre_seconds = time.time() - t0
     rows = {"pretrained on public only": {k: bits_per_byte(model, cfg, w, args.seed) for k, w in evals.items()}}
     rows["pretrained on public only"]["seconds"] = pre_seconds
