@@ -40,10 +40,17 @@ from _common import RESULTS, setup, update_summary, write_json  # noqa: E402
 from dblocks.shared import text_ar  # noqa: E402
 from dblocks.shared.text import TokenStream, decode, stdlib_corpus  # noqa: E402
 
+# Config fields that only the DiffusionBlocks model reads: a baseline or teacher is the same model without them
+DIFFUSION_ONLY = ("num_blocks", "target_scale", "embedding_seed", "p_mean", "p_std", "sigma_min", "sigma_max", "gamma")
+DIFFUSION_ONLY += ("steps_per_block", "sampler", "temperature")
+
 
 def _cache_path(kind: str, seed: int, cfg: text_ar.Config, steps: int, digest: str) -> Path:
     """Where a trained model is kept between runs (system temp folder), keyed by everything that decides it."""
-    key = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), steps, digest, kind, seed]).encode()).hexdigest()[:12]
+    settings = dataclasses.asdict(cfg)
+    if kind != "diffusion_blocks":
+        settings = {k: v for k, v in settings.items() if k not in DIFFUSION_ONLY}
+    key = hashlib.sha256(json.dumps([settings, steps, digest, kind, seed]).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"dblocks_text_ar_{kind}_{seed}_{key}.pt"
 
 

@@ -58,7 +58,8 @@ class Config:
     the whole model; each of the num_blocks blocks gets total_layers / num_blocks. steps: optimizer updates of
     each block (and of the end-to-end baseline). lr: peak AdamW rate, linear warm-up over `warmup` of the steps,
     cosine decay to 0. target_scale: L2 norm of each token's target embedding (sigma is in these units).
-    steps_per_block: Euler steps per block per sampled token. temperature: of the final draw of each token.
+    steps_per_block: sampler steps per block per sampled token; sampler: "euler" (probability-flow ODE) or
+    "ancestral" (DDPM-style, a token drawn at every step). temperature: of every draw of a token.
     """
 
     seq_len: int = 64
@@ -75,12 +76,13 @@ class Config:
     grad_clip: float = 1.0
     target_scale: float = 1.0
     embedding_seed: int = 0
-    p_mean: float = -1.2
+    p_mean: float = 0.0
     p_std: float = 1.2
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     gamma: float = 0.1
     steps_per_block: int = 2
+    sampler: str = "euler"
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
@@ -90,6 +92,8 @@ class Config:
             )
         if self.width % self.heads:
             raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
+        if self.sampler not in ("euler", "ancestral"):
+            raise ValueError(f"sampler must be 'euler' or 'ancestral', not {self.sampler!r}")
         if self.seq_len < 2 or self.steps < 1 or self.batch_size < 1 or self.steps_per_block < 1:
             raise ValueError("seq_len >= 2, steps >= 1, batch_size >= 1 and steps_per_block >= 1 are needed")
 
@@ -385,7 +389,11 @@ def train(
 def _next_token_db(
     model: ARDiffusionBlocks, cfg: Config, context: torch.Tensor, grid: np.ndarray, g: torch.Generator
 ) -> torch.Tensor:
-    """Denoise the token at position context.shape[1] (Euler over `grid`) and draw it: ids [N]."""
+    """Denoise the token at position context.shape[1] over `grid` and draw it: ids [N].
+
+    "euler": z <- z + (s' - s)(z - D)/s, the probability-flow ODE. "ancestral": draw a token x ~ softmax(logits)
+    and z <- E[x] + (s'/s)^2 (z - E[x]) + (s'/s) sqrt(s^2 - s'^2) eps, the exact posterior q(z_s' | z_s, x) of
+    the variance-exploding diffusion (DDPM's ancestral step with a sampled clean token)."""
     n, p = context.shape
     pos = torch.tensor([p])
     z = float(grid[0]) * torch.randn(n, 1, cfg.width, generator=g)
@@ -394,7 +402,12 @@ def _next_token_db(
         s, s_next = float(s), float(s_next)
         block: ARDenoisingBlock = model.blocks[model.schedule.block_for_sigma(s)]  # type: ignore[assignment]
         d, logits = block.denoise(context, z, torch.full((n, 1), s), pos)
-        z = z + (s_next - s) * (z - d) / s
+        if cfg.sampler == "euler":
+            z = z + (s_next - s) * (z - d) / s
+        else:
+            x0 = block.target_emb[_draw(logits[:, 0], cfg.temperature, g)].unsqueeze(1)
+            r = s_next / s
+            z = x0 + r**2 * (z - x0) + r * math.sqrt(s**2 - s_next**2) * torch.randn(z.shape, generator=g)
     assert logits is not None
     return _draw(logits[:, 0], cfg.temperature, g)
 
