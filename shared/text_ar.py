@@ -1,13 +1,14 @@
 """Autoregressive DiffusionBlocks for text (the paper's LM1B row, Appendix D.2), and its end-to-end baseline.
 
-The next token is denoised block by block. Every position i of a window x_0..x_{T-1} carries a noisy copy of its
-own token's target embedding,  z_i = E[x_i] + sigma_i eps_i  (eps_i ~ N(0, I_width); E: a fixed, seeded table of
-256 random directions of L2 norm `target_scale`, identical in every block, as the image classifier's class
-embedding). sigma is the EDM noise level of `shared.schedule.NoiseSchedule` (p_mean 0.0, see Config); block b of B owns one equi-probable
-slice of its log-normal and trains on sigma drawn from that slice (widened by the overlap gamma). A block is a
-causal transformer with its own embeddings, AdaLN-Zero layers and head: logits_i = f_b(x_<i, z_i, sigma_i),
-trained with cross-entropy CE(logits_i, x_i) averaged over positions (the image classifier's "none" weighting);
-the denoiser the sampler integrates is D(z_i, sigma_i) = softmax(logits_i) @ E, the posterior-mean embedding.
+The next token is denoised block by block. Every position i of a window x_0..x_{T-1} carries a noisy copy of its own
+token's target embedding, z_i = E[x_i] + sigma_i eps_i (eps_i ~ N(0, I_width); E: a fixed, seeded table of 256
+random directions of L2 norm `target_scale`, identical in every block, as the image classifier's class embedding).
+sigma is the EDM noise level of `shared.schedule.NoiseSchedule` (p_mean 0.0, see Config); block b of B owns one
+equi-probable slice of its log-normal and trains on sigma drawn from that slice (widened by the overlap gamma). A
+block is a causal transformer with its own embeddings, AdaLN-Zero layers and head: logits_i = f_b(x_<i, z_i,
+sigma_i), trained with cross-entropy CE(logits_i, x_i) averaged over positions (the image classifier's "none"
+weighting); the denoiser the sampler integrates is D(z_i, sigma_i) = softmax(logits_i) @ E, the posterior-mean
+embedding.
 
 Vectorised training (Block Diffusion, Arriola et al. 2025, block size 1): one forward pass over the concatenation
 [clean x_0..x_{T-1} ; noisy z_0..z_{T-1}] (2T tokens) with the attention mask
