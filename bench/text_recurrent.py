@@ -13,8 +13,9 @@ settings; never downloaded). Lower is better, and low-entropy (repetitive) text 
 byte entropy is reported beside it, with the teacher's perplexity of the real continuations as the reference.
 Compute = analytic training FLOPs (shared/text_recurrent.step_flops, summed over the steps actually drawn) and
 wall seconds. The ratio at equal quality: BPTT's compute for its full run / DiffusionBlocks' compute to the first
-checkpoint whose generative perplexity is within 10 % of BPTT's final one and whose samples' byte entropy is at
-least 90 % of BPTT's (and of the real continuations'), so repetitive text cannot pass (bar: >= 2).
+checkpoint from which on DiffusionBlocks stays within 10 % of BPTT's final generative perplexity with samples'
+byte entropy at least 90 % of BPTT's (and of the real continuations'), so neither one lucky measurement nor
+repetitive text passes (bar: >= 2). `--rejudge` recomputes the ratios from the stored checkpoints.
 
     nice -n 10 .venv/bin/python bench/text_recurrent.py --seeds 3
 """
@@ -169,6 +170,26 @@ def run(cfg, *, end_to_end: bool, steps: int, checkpoints: list[int], seed: int,
 _SHARED: dict = {}
 
 
+def judge(row: dict, reference: dict) -> dict:
+    """Where DiffusionBlocks reached BPTT's final quality: the first checkpoint from which on EVERY later
+    checkpoint has generative perplexity <= 1.10 x BPTT's final one and byte entropy >= 0.9 x min(BPTT's, the
+    real text's) (so one lucky measurement does not count); the compute ratios at that checkpoint."""
+    final, marks = row["bptt"]["checkpoints"][-1], row["diffusionblocks"]["checkpoints"]
+    target = QUALITY_TOLERANCE * final["genppl"]
+    min_entropy = ENTROPY_FLOOR * min(final["entropy"], reference["entropy"])
+    ok = [m["genppl"] <= target and m["entropy"] >= min_entropy for m in marks]
+    first = next((i for i in range(len(marks)) if all(ok[i:])), None)
+    reached = None if first is None else marks[first]
+    return {
+        **row,
+        "target_genppl": target,
+        "min_entropy": min_entropy,
+        "db_reached_step": None if reached is None else reached["step"],
+        "compute_ratio": None if reached is None else final["flops"] / reached["flops"],
+        "wall_ratio": None if reached is None else final["train_seconds"] / reached["train_seconds"],
+    }
+
+
 def seed_row(seed: int) -> dict:
     """One seed: BPTT for its steps, DiffusionBlocks with checkpoints, and where DB reached BPTT's quality."""
     torch.set_num_threads(1)
@@ -176,24 +197,11 @@ def seed_row(seed: int) -> dict:
     cfg, data, steps = sh["cfg"], sh["data"], sh["steps"]
     base = run(cfg, end_to_end=True, steps=steps, checkpoints=[steps // 2, steps], seed=seed, data=data)
     db = run(cfg, end_to_end=False, steps=sh["db_steps"], checkpoints=sh["db_marks"], seed=seed, data=data)
-    final = base["checkpoints"][-1]
-    target = QUALITY_TOLERANCE * final["genppl"]
-    min_entropy = ENTROPY_FLOOR * min(final["entropy"], sh["ref"]["entropy"])
-    reached = next((r for r in db["checkpoints"] if r["genppl"] <= target and r["entropy"] >= min_entropy), None)
-    row = {
-        "seed": seed,
-        "bptt": base,
-        "diffusionblocks": db,
-        "target_genppl": target,
-        "min_entropy": min_entropy,
-        "db_reached_step": None if reached is None else reached["step"],
-        "compute_ratio": None if reached is None else final["flops"] / reached["flops"],
-        "wall_ratio": None if reached is None else final["train_seconds"] / reached["train_seconds"],
-    }
+    row = judge({"seed": seed, "bptt": base, "diffusionblocks": db}, sh["ref"])
     print(
-        f"seed {seed}: BPTT genppl {final['genppl']:.2f} ({final['flops']:.3g} FLOPs, {final['train_seconds']:.0f} s);"
-        f" DiffusionBlocks reached {target:.2f} at step {row['db_reached_step']}: FLOPs ratio {row['compute_ratio']},"
-        f" wall ratio {row['wall_ratio']}",
+        f"seed {seed}: BPTT genppl {base['checkpoints'][-1]['genppl']:.2f}; DiffusionBlocks within "
+        f"{row['target_genppl']:.2f} from step {row['db_reached_step']}: FLOPs ratio {row['compute_ratio']}, "
+        f"wall ratio {row['wall_ratio']}",
         flush=True,
     )
     return row
@@ -216,7 +224,12 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=TeacherConfig.steps)
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (wall ratios get noisier)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--rejudge", action="store_true", help="recompute the ratios and summary from the results file")
     args = ap.parse_args()
+    out_path = args.out / "text_recurrent.json"
+    if args.rejudge:
+        finish(json.loads(out_path.read_text()), out_path, args.out)
+        return
     env = setup(1)
     cfg = tr.Config()
     steps = cfg.steps if args.steps is None else args.steps
@@ -238,7 +251,6 @@ def main() -> None:
     }
     reference = {"genppl": teacher_ppl(judge, prompts, refs), "entropy": byte_entropy(refs)}
     print(f"teacher {judge_info['val_bpb']:.3f} val bpb; held-out continuations: {reference}", flush=True)
-    out_path = args.out / "text_recurrent.json"
     result: dict = {
         "setup": env,
         "config": asdict(cfg),
@@ -271,21 +283,25 @@ def main() -> None:
             result["seeds"].append(seed_row(seed))
             write_json(out_path, result)
     result["seeds"].sort(key=lambda r: r["seed"])
-    rows = result["seeds"]
+    finish(result, out_path, args.out)
+
+
+def finish(result: dict, out_path: Path, out_dir: Path) -> None:
+    """Judge every seed, write the results and this bench's summary keys."""
+    rows = result["seeds"] = [judge(r, result["reference"]) for r in result["seeds"]]
     ratios = [r["compute_ratio"] for r in rows if r["compute_ratio"] is not None]
-    db_q = [_db_row(r)["genppl"] for r in rows]
-    bptt_q = [r["bptt"]["checkpoints"][-1]["genppl"] for r in rows]
+    walls = [r["wall_ratio"] for r in rows if r["wall_ratio"] is not None]
     summary = {
         "text.recurrent_compute_ratio": float(np.mean(ratios)) if len(ratios) == len(rows) else 0.0,
-        "text.recurrent_wall_ratio": float(np.mean([r["wall_ratio"] for r in rows if r["wall_ratio"]] or [0.0])),
-        "text.recurrent_genppl": float(np.mean(db_q)),
-        "text.recurrent_genppl_bptt": float(np.mean(bptt_q)),
+        "text.recurrent_wall_ratio": float(np.mean(walls)) if len(walls) == len(rows) else 0.0,
+        "text.recurrent_genppl": float(np.mean([_db_row(r)["genppl"] for r in rows])),
+        "text.recurrent_genppl_bptt": float(np.mean([r["bptt"]["checkpoints"][-1]["genppl"] for r in rows])),
         "text.recurrent_seeds": len(rows),
         "text.recurrent_seeds_reached": len(ratios),
     }
     result["summary"] = summary
     write_json(out_path, result)
-    update_summary(args.out, summary)
+    update_summary(out_dir, summary)
     print(json.dumps(summary, indent=2))
 
 
