@@ -95,16 +95,17 @@ def test_training_layout_equals_sampling_layout():
         torch.testing.assert_close(one[:, 0], full[:, p], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("end_to_end", [False, True])
-def test_sampling_shape_and_determinism(end_to_end):
-    model = text_ar.build(CFG, end_to_end=end_to_end, seed=0)
+@pytest.mark.parametrize("end_to_end,sampler", [(False, "euler"), (False, "ancestral"), (True, "euler")])
+def test_sampling_shape_and_determinism(end_to_end, sampler):
+    cfg = dataclasses.replace(CFG, sampler=sampler)
+    model = text_ar.build(cfg, end_to_end=end_to_end, seed=0)
     prompt = np.frombuffer(b"def f(x): ", dtype=np.uint8)
-    a = text_ar.sample(model, CFG, prompt, new_tokens=4, seed=3)  # 14 > seq_len 12 tokens: the window slides
-    b = text_ar.sample(model, CFG, prompt, new_tokens=4, seed=3)
-    c = text_ar.sample(model, CFG, prompt, new_tokens=4, seed=4)
+    a = text_ar.sample(model, cfg, prompt, new_tokens=4, seed=3)  # 14 > seq_len 12 tokens: the window slides
+    b = text_ar.sample(model, cfg, prompt, new_tokens=4, seed=3)
+    c = text_ar.sample(model, cfg, prompt, new_tokens=4, seed=4)
     assert a.shape == (4,) and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, c)
-    assert text_ar.sample(model, CFG, np.zeros(0, np.uint8), new_tokens=1, seed=0).shape == (1,)
+    assert text_ar.sample(model, cfg, np.zeros(0, np.uint8), new_tokens=1, seed=0).shape == (1,)
 
 
 def test_train_then_save_load_round_trip():
@@ -127,6 +128,13 @@ def test_train_then_save_load_round_trip():
     )
     m = text_ar.evaluate(again, CFG, stream, seed=0, max_windows=4)
     assert set(m) == {"denoise_bits_block0", "denoise_bits_block1"}
+
+
+def test_config_refuses_bad_settings():
+    with pytest.raises(ValueError, match="multiple of num_blocks"):
+        text_ar.Config(total_layers=6, num_blocks=4)
+    with pytest.raises(ValueError, match="sampler"):
+        text_ar.Config(sampler="heun")
 
 
 def test_mauve_same_vs_different_distribution():
