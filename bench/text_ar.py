@@ -24,12 +24,11 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -41,8 +40,8 @@ from dblocks.shared import text_ar  # noqa: E402
 from dblocks.shared.text import TokenStream, decode, stdlib_corpus  # noqa: E402
 
 # Config fields that only the DiffusionBlocks model reads: a baseline or teacher is the same model without them
-DIFFUSION_ONLY = ("num_blocks", "target_scale", "embedding_seed", "p_mean", "p_std", "sigma_min", "sigma_max", "gamma")
-DIFFUSION_ONLY += ("steps_per_block", "sampler", "temperature")
+DIFFUSION_ONLY: tuple[str, ...] = ("num_blocks", "target_scale", "embedding_seed", "p_mean", "p_std", "sigma_min")
+DIFFUSION_ONLY += ("sigma_max", "gamma", "steps_per_block", "sampler", "temperature")
 
 
 def _cache_path(kind: str, seed: int, cfg: text_ar.Config, steps: int, digest: str) -> Path:
@@ -54,15 +53,41 @@ def _cache_path(kind: str, seed: int, cfg: text_ar.Config, steps: int, digest: s
     return Path(tempfile.gettempdir()) / f"dblocks_text_ar_{kind}_{seed}_{key}.pt"
 
 
-def _train_job(kind: str, seed: int, cfg_dict: dict, steps: int, path: str) -> dict:
-    """Train one model in a worker process and cache {state_dict, stats} at `path` (reused by later runs)."""
+def _train_job(kind: str, seed: int, block: int | None, cfg_dict: dict, steps: int, path: str) -> dict:
+    """Train one model (or one block of the DiffusionBlocks model: `block`) in a worker process and cache
+    {state_dict, stats} at `path`. A block trained alone is the block `text_ar.train` would give (same windows and
+    noise draws), so the blocks of a model train in parallel processes."""
     torch.set_num_threads(1)
     cfg = text_ar.Config(**cfg_dict)
     train = TokenStream(stdlib_corpus().train)
     model = text_ar.build(cfg, end_to_end=kind != "diffusion_blocks", seed=seed)
-    stats = text_ar.train(model, cfg, train, seed=seed, steps=steps)
+    t0 = time.perf_counter()
+    if block is None:
+        stats = text_ar.train(model, cfg, train, seed=seed, steps=steps)
+        state = model.state_dict()
+    else:
+        assert isinstance(model, text_ar.ARDiffusionBlocks)
+        final = text_ar.train_block(model, block, cfg, train, seed=seed, steps=steps)
+        stats = {"seconds": time.perf_counter() - t0, "steps": steps, "final_loss": final}
+        state = model.blocks[block].state_dict()
+    torch.save({"state_dict": state, "stats": stats}, path)
+    return {"kind": kind, "seed": seed, "block": block, "stats": stats}
+
+
+def _assemble(cfg: text_ar.Config, seed: int, block_paths: list[Path], path: Path) -> None:
+    """Join the separately trained blocks of one DiffusionBlocks model into one cached model file."""
+    model = text_ar.build(cfg, end_to_end=False, seed=seed)
+    assert isinstance(model, text_ar.ARDiffusionBlocks)
+    parts = [torch.load(p) for p in block_paths]
+    for block, part in zip(model.blocks, parts):
+        block.load_state_dict(part["state_dict"])
+    stats = {
+        "seconds": sum(p["stats"]["seconds"] for p in parts),
+        "block_seconds": [p["stats"]["seconds"] for p in parts],
+        "block_steps": [p["stats"]["steps"] for p in parts],
+        "final_loss": [p["stats"]["final_loss"] for p in parts],
+    }
     torch.save({"state_dict": model.state_dict(), "stats": stats}, path)
-    return {"kind": kind, "seed": seed, "stats": stats}
 
 
 def _eval_job(kind: str, seed: int, cfg_dict: dict, path: str, teacher_path: str, prompts: int) -> tuple[dict, list]:
@@ -117,42 +142,100 @@ def main() -> int:
     )
     cfg_dict = dataclasses.asdict(cfg)
     t0 = time.perf_counter()
-    wanted = [("teacher", 1000, teacher_steps)]
-    wanted += [(kind, s, steps) for s in range(args.seeds) for kind in ("diffusion_blocks", "end_to_end")]
-    paths = {(k, s): _cache_path(k, s, cfg, n, corpus.digest) for k, s, n in wanted}
-    todo = [(k, s, n) for k, s, n in wanted if not paths[(k, s)].exists()]
-    print(f"training {len(todo)} model(s), {len(wanted) - len(todo)} cached in {tempfile.gettempdir()}", flush=True)
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(_train_job, k, s, cfg_dict, n, str(paths[(k, s)])) for k, s, n in todo]
-        for f in futures:
-            r = f.result()
-            print(f"  trained {r['kind']} seed {r['seed']}: {r['stats']}", flush=True)
-    teacher = text_ar.build(cfg, end_to_end=True, seed=0)
-    teacher.load_state_dict(torch.load(paths[("teacher", 1000)])["state_dict"])
-    assert isinstance(teacher, text_ar.CausalTransformer)
-    teacher.eval()
-    teacher_bpc = text_ar.evaluate(teacher, cfg, test, seed=0, max_windows=args.prompts)["bpc"]
-    print(f"teacher ({paths[('teacher', 1000)].name}): test bpc {teacher_bpc:.3f}", flush=True)
+    tkey = ("teacher", 1000)
+    paths = {tkey: _cache_path("teacher", 1000, cfg, teacher_steps, corpus.digest)}
+    for s in range(args.seeds):
+        for kind in ("diffusion_blocks", "end_to_end"):
+            paths[(kind, s)] = _cache_path(kind, s, cfg, steps, corpus.digest)
+    block_paths = {
+        s: [paths[("diffusion_blocks", s)].with_suffix(f".block{b}.pt") for b in range(cfg.num_blocks)]
+        for s in range(args.seeds)
+    }
+    # tasks: (priority, kind, seed, block); evaluations of a finished seed go before the remaining training
+    queue: list[tuple] = []
+    if not paths[tkey].exists():
+        queue.append(("train", "teacher", 1000, None, teacher_steps, paths[tkey]))
+    for s in range(args.seeds):
+        if not paths[("diffusion_blocks", s)].exists():
+            for b, bp in enumerate(block_paths[s]):
+                if not bp.exists():
+                    queue.append(("train", "diffusion_blocks", s, b, steps, bp))
+        if not paths[("end_to_end", s)].exists():
+            queue.append(("train", "end_to_end", s, None, steps, paths[("end_to_end", s)]))
+    print(f"{len(queue)} training job(s); cached models in {tempfile.gettempdir()}", flush=True)
 
-    # the ceiling of MAUVE at this sample size: two disjoint sets of held-out continuations
-    w = test.windows(cfg.seq_len, 2 * args.prompts)
-    ref_a, ref_b = w[: args.prompts], w[args.prompts :]
-    mauve_ref = text_ar.mauve_score(
-        text_ar.teacher_features(teacher, ref_a[:, :half], ref_a[:, half:]),
-        text_ar.teacher_features(teacher, ref_b[:, :half], ref_b[:, half:]),
-    )
+    teacher_state: dict = {}
+    mauve_ref = float("nan")
+    teacher_bpc = float("nan")
+    rows: list[dict] = []
+    samples: list[dict] = []
+    evaluated: set[int] = set()
+
+    def ready(s: int) -> bool:
+        return paths[tkey].exists() and paths[("end_to_end", s)].exists() and paths[("diffusion_blocks", s)].exists()
+
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        evals = [
-            pool.submit(_eval_job, k, s, cfg_dict, str(paths[(k, s)]), str(paths[("teacher", 1000)]), args.prompts)
-            for s in range(args.seeds)
-            for k in ("diffusion_blocks", "end_to_end")
-        ]
-        done = [f.result() for f in evals]
-    rows, samples = [], []
-    for row, sample_rows in done:
-        rows.append(row)
-        samples += sample_rows
-        print(f"  {row['kind']} seed {row['seed']}: {json.dumps({k: v for k, v in row.items() if k != 'train'})}")
+        running: dict[Future, tuple] = {}
+        while True:
+            for s in range(args.seeds):  # assemble finished models, queue evaluations of finished seeds first
+                if not paths[("diffusion_blocks", s)].exists() and all(p.exists() for p in block_paths[s]):
+                    _assemble(cfg, s, block_paths[s], paths[("diffusion_blocks", s)])
+                if s not in evaluated and ready(s):
+                    evaluated.add(s)
+                    for kind in ("end_to_end", "diffusion_blocks"):
+                        queue.insert(0, ("eval", kind, s, None, 0, paths[(kind, s)]))
+            while queue and len(running) < args.jobs:
+                task = queue.pop(0)
+                what, kind, s, b, n, path = task
+                fut: Future
+                if what == "train":
+                    fut = pool.submit(_train_job, kind, s, b, cfg_dict, n, str(path))
+                else:
+                    fut = pool.submit(_eval_job, kind, s, cfg_dict, str(path), str(paths[tkey]), args.prompts)
+                running[fut] = task
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                task = running.pop(fut)
+                r = fut.result()
+                if task[0] == "train":
+                    print(f"  trained {r['kind']} seed {r['seed']} block {r['block']}: {r['stats']}", flush=True)
+                    continue
+                row, sample_rows = r
+                rows.append(row)
+                samples += sample_rows
+                print(
+                    f"  {row['kind']} seed {row['seed']}: {json.dumps({k: v for k, v in row.items() if k != 'train'})}"
+                )
+                if not teacher_state:
+                    teacher = text_ar.build(cfg, end_to_end=True, seed=0)
+                    teacher_state = torch.load(paths[tkey])
+                    teacher.load_state_dict(teacher_state["state_dict"])
+                    assert isinstance(teacher, text_ar.CausalTransformer)
+                    teacher.eval()
+                    teacher_bpc = text_ar.evaluate(teacher, cfg, test, seed=0, max_windows=args.prompts)["bpc"]
+                    # the ceiling of MAUVE at this sample size: two disjoint sets of held-out continuations
+                    w = test.windows(cfg.seq_len, 2 * args.prompts)
+                    ref_a, ref_b = w[: args.prompts], w[args.prompts :]
+                    mauve_ref = text_ar.mauve_score(
+                        text_ar.teacher_features(teacher, ref_a[:, :half], ref_a[:, half:]),
+                        text_ar.teacher_features(teacher, ref_b[:, :half], ref_b[:, half:]),
+                    )
+                    print(
+                        f"teacher: test bpc {teacher_bpc:.3f}; MAUVE held-out vs held-out {mauve_ref:.3f}", flush=True
+                    )
+                seeds_done = sorted({r["seed"] for r in rows if sum(q["seed"] == r["seed"] for q in rows) == 2})
+                if seeds_done:
+                    _report(args, cfg, env, corpus, steps, teacher_steps, teacher_bpc, mauve_ref, rows, samples, t0)
+    return 0
+
+
+def _report(args, cfg, env, corpus, steps, teacher_steps, teacher_bpc, mauve_ref, all_rows, samples, t0) -> None:
+    """Write text_ar.json and the summary keys from the seeds whose two models are both evaluated."""
+    half = cfg.seq_len // 2
+    complete = sorted({r["seed"] for r in all_rows if sum(q["seed"] == r["seed"] for q in all_rows) == 2})
+    rows = sorted((r for r in all_rows if r["seed"] in complete), key=lambda r: (r["seed"], r["kind"]))
 
     def mean(kind: str, key: str) -> float:
         return statistics.fmean(r[key] for r in rows if r["kind"] == kind)
@@ -160,10 +243,11 @@ def main() -> int:
     ratio = mean("diffusion_blocks", "gen_ppl") / mean("end_to_end", "gen_ppl")
     result = {
         "setup": {
-            "config": cfg_dict,
+            "config": dataclasses.asdict(cfg),
             "steps": steps,
             "teacher_steps": teacher_steps,
-            "seeds": args.seeds,
+            "seeds": complete,
+            "seeds_asked": args.seeds,
             "prompts": args.prompts,
             "prompt_bytes": cfg.seq_len - half,
             "continuation_bytes": half,
@@ -197,9 +281,9 @@ def main() -> int:
     print(
         f"gen ppl DiffusionBlocks {result['genppl_db']:.3f} / end-to-end {result['genppl_e2e']:.3f} = {ratio:.3f} "
         f"(held-out {result['ref_ppl']:.3f}); MAUVE {result['mauve_db']:.3f} vs {result['mauve_e2e']:.3f} "
-        f"(held-out vs held-out {mauve_ref:.3f}); {result['seconds']:.0f} s"
+        f"(held-out vs held-out {mauve_ref:.3f}); seeds {complete}; {result['seconds']:.0f} s",
+        flush=True,
     )
-    return 0 if math.isfinite(ratio) else 1
 
 
 if __name__ == "__main__":

@@ -379,12 +379,37 @@ def train(
         return {"seconds": time.perf_counter() - t0, "steps": steps, "final_loss": final}
     if not isinstance(model, ARDiffusionBlocks):
         raise TypeError(f"expected a model built by text_ar.build, got {type(model).__name__}")
-    finals = []
-    for i, block in enumerate(model.blocks):
-        finals.append(
-            _fit(block, lambda x, g, b=block, i=i: block_loss(b, i, x, g), cfg, stream, seed, steps, on_step, i * steps)
-        )
+    finals = [
+        train_block(model, i, cfg, stream, seed=seed, steps=steps, on_step=on_step) for i in range(len(model.blocks))
+    ]
     return {"seconds": time.perf_counter() - t0, "block_steps": [steps] * len(finals), "final_loss": finals}
+
+
+def train_block(
+    model: ARDiffusionBlocks,
+    block_index: int,
+    cfg: Config,
+    stream: TokenStream,
+    *,
+    seed: int,
+    steps: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """Train block `block_index` alone (its own optimizer; nothing of the other blocks is used), on the same
+    windows and noise draws `train` gives it, so blocks may also be trained in parallel processes. Returns the
+    last step's loss; on_step counts from block_index * steps."""
+    steps = steps or cfg.steps
+    block: ARDenoisingBlock = model.blocks[block_index]  # type: ignore[assignment]
+    return _fit(
+        block,
+        lambda x, g: block_loss(block, block_index, x, g),
+        cfg,
+        stream,
+        seed,
+        steps,
+        on_step,
+        block_index * steps,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
