@@ -317,7 +317,7 @@ def secagg_engine_table(s: dict) -> str:
     )
 
 
-def secagg_section(s: dict, mask: dict | None, sim: dict | None = None) -> str:
+def secagg_section(s: dict, mask: dict | None, sim: dict | None = None, extra: list[dict] | None = None) -> str:
     fl, ours = s["summary"]["flower"], s["summary"]["dblocks"]
     poll = s.get("poll_seconds")
     parts = [
@@ -329,10 +329,10 @@ def secagg_section(s: dict, mask: dict | None, sim: dict | None = None) -> str:
         "",
         "Fair by construction: the same nodes, vector length, clipped updates and machine for both; both poll for "
         f"replies with the same loop and interval ({poll} s; Flower's own `Grid.send_and_receive` would poll every "
-        "3 s); the protocols take turns going first within a round; round 1 (ours registers and announces keys "
-        "there) is left out of the steady state of both; every aggregate is checked against the plain float64 mean "
-        "of the survivors' updates (max abs error below). Steady state: median over rounds >= 2 with all nodes "
-        "aggregated.",
+        "3 s); the protocols take turns going first within a round; the first and the last round are left out of "
+        "the steady state of both (ours registers and announces keys in the first and has no next round to announce "
+        "keys for in the last); every aggregate is checked against the plain float64 mean of the survivors' updates "
+        "(max abs error below). Steady state: median over rounds 2 .. R-1 with all nodes aggregated.",
         "",
         "### Real processes (`--engine processes`)",
         "",
@@ -375,6 +375,30 @@ def secagg_section(s: dict, mask: dict | None, sim: dict | None = None) -> str:
             f"dblocks / Flower median steady-state round time: **{sim['overhead_ratio_vs_flower']:.2f}** "
             f"({sours['median_round_seconds']:.2f} s vs {sfl['median_round_seconds']:.2f} s; "
             "`secagg.overhead_ratio_vs_flower_simulation`).",
+        ]
+    if extra:
+        parts += [
+            "",
+            "Larger cohorts on the simulation engine (Flower's SecAgg+ as the federation configures it shares with "
+            "every other member, so its key sharing and masking grow as n^2; ours with the k neighbours of its "
+            "graph):",
+            "",
+            table(
+                ["nodes", "parameters", "steady rounds", "Flower round s", "ours round s", "ratio", "command"],
+                [
+                    [
+                        str(e["nodes"]),
+                        f"{e['dim']:,}",
+                        str(e["summary"]["dblocks"]["steady_rounds"]),
+                        f"{e['summary']['flower']['median_round_seconds']:.2f}",
+                        f"{e['summary']['dblocks']['median_round_seconds']:.2f}",
+                        f"**{e['overhead_ratio_vs_flower']:.2f}**",
+                        f"`bench/secagg.py --engine simulation --nodes {e['nodes']} --rounds {e['rounds']} "
+                        f"--dim {e['dim']} --label {e.get('label', '?')}`",
+                    ]
+                    for e in extra
+                ],
+            ),
         ]
     if mask:
         parts += [
@@ -485,7 +509,13 @@ def sections(results: Path) -> dict[str, str]:
             "secagg.json",
             "secagg.py",
             lambda: secagg_section(
-                load(results, "secagg.json"), load(results, "secagg_mask.json"), load(results, "secagg_simulation.json")
+                load(results, "secagg.json"),
+                load(results, "secagg_mask.json"),
+                load(results, "secagg_simulation.json"),
+                [
+                    {**json.loads(p.read_text()), "label": p.stem.removeprefix("secagg_simulation_")}
+                    for p in sorted(results.glob("secagg_simulation_*.json"))
+                ],
             ),
         ),
         "audits": ("audit.json", "audit.py", lambda: audits_section(summary, load(results, "audit.json"))),

@@ -63,7 +63,7 @@ def test_flower_workflow_polls_with_the_same_loop_and_interval_as_ours(bench_app
     assert 0 < grid.exchange_seconds[0] < 1
 
 
-def test_steady_state_leaves_out_round_one_and_incomplete_rounds_for_both(bench_app):
+def test_steady_state_leaves_out_first_last_and_incomplete_rounds_for_both(bench_app):
     secagg = load("bench_secagg", BENCH / "secagg.py")
 
     def row(r, proto, seconds, aggregated=6):
@@ -80,11 +80,11 @@ def test_steady_state_leaves_out_round_one_and_incomplete_rounds_for_both(bench_
             "max_abs_error": 1e-7,
         }
 
-    rows = [row(1, "flower", 100.0), row(1, "dblocks", 100.0)]
+    rows = [row(1, "flower", 100.0), row(1, "dblocks", 100.0), row(6, "flower", 1.0), row(6, "dblocks", 1.0)]
     rows += [row(r, "flower", 40.0) for r in (2, 3, 4)] + [row(5, "flower", 90.0, aggregated=5)]
     rows += [row(r, "dblocks", s) for r, s in ((2, 10.0), (3, 12.0), (4, 14.0))]
-    summary, ratio = secagg.steady_state(rows, nodes=6)
+    summary, ratio = secagg.steady_state(rows, nodes=6, rounds=6)
     assert summary["flower"]["steady_rounds"] == 3 and summary["flower"]["incomplete_rounds"] == 1
     assert summary["dblocks"]["median_round_seconds"] == 12.0 and summary["flower"]["median_round_seconds"] == 40.0
     assert ratio == pytest.approx(0.3)
-    assert secagg.steady_state([row(1, "flower", 1.0), row(2, "dblocks", 1.0)], nodes=6)[1] is None
+    assert secagg.steady_state([row(1, "flower", 1.0), row(2, "dblocks", 1.0)], nodes=6, rounds=3)[1] is None
