@@ -27,7 +27,7 @@ fine-tuning without DP; federated with record-level DP (epsilon <= 8 at delta 1e
 from the same pretrained blocks and run the same rounds, steps, sample rate and learning rate; only the noise
 and the per-example clipping differ.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/text_federated.py          # ~20 min on a loaded 2-core box
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/text_federated.py          # ~30 min on a loaded 2-core box
     .venv/bin/python bench/text_federated.py --quick                                 # smoke run (~1 min)
 """
 
@@ -418,12 +418,14 @@ def main() -> None:
     ap.add_argument("--companies", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pretrain-steps", type=int, default=150, help="AdamW steps per block on the public part")
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=3, help="DP-SGD steps per company per round")
-    ap.add_argument("--sample-rate", type=float, default=0.01, help="Poisson rate q over a company's windows")
-    ap.add_argument("--lr", type=float, default=5e-4, help="company AdamW lr (cosine over rounds to lr / 10)")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=2, help="DP-SGD steps per company per round")
+    ap.add_argument("--sample-rate", type=float, default=0.02, help="Poisson rate q over a company's windows")
+    ap.add_argument(
+        "--lr", type=float, default=2e-3, help="company AdamW lr, the preset peak (cosine over rounds to lr / 10)"
+    )
     ap.add_argument("--record-clip", type=float, default=1.0)
-    ap.add_argument("--update-clip", type=float, default=5.0)
+    ap.add_argument("--update-clip", type=float, default=10.0)
     ap.add_argument("--epsilon", type=float, default=8.0, help="record-level target (RDP, delta 1e-5, all rounds)")
     ap.add_argument("--eval-windows", type=int, default=256)
     ap.add_argument("--jobs", type=int, default=2, help="federated rows run in parallel processes")
