@@ -287,13 +287,14 @@ def main() -> None:
 
 
 def finish(result: dict, out_path: Path, out_dir: Path) -> None:
-    """Judge every seed, write the results and this bench's summary keys."""
+    """Judge every seed, write the results and this bench's summary keys (ratios: the median over seeds, which one
+    early-converging seed cannot lift; qualities: the mean)."""
     rows = result["seeds"] = [judge(r, result["reference"]) for r in result["seeds"]]
     ratios = [r["compute_ratio"] for r in rows if r["compute_ratio"] is not None]
     walls = [r["wall_ratio"] for r in rows if r["wall_ratio"] is not None]
     summary = {
-        "text.recurrent_compute_ratio": float(np.mean(ratios)) if len(ratios) == len(rows) else 0.0,
-        "text.recurrent_wall_ratio": float(np.mean(walls)) if len(walls) == len(rows) else 0.0,
+        "text.recurrent_compute_ratio": float(np.median(ratios)) if len(ratios) == len(rows) else 0.0,
+        "text.recurrent_wall_ratio": float(np.median(walls)) if len(walls) == len(rows) else 0.0,
         "text.recurrent_genppl": float(np.mean([_db_row(r)["genppl"] for r in rows])),
         "text.recurrent_genppl_bptt": float(np.mean([r["bptt"]["checkpoints"][-1]["genppl"] for r in rows])),
         "text.recurrent_seeds": len(rows),
