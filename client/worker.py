@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--parent", type=int)
     args = ap.parse_args(argv)
+    # Ctrl-C at `dbclient join` reaches its whole process group: the join stops the worker (SIGTERM), not the key
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     secret = os.environ.get(SECRET_ENV, "")
     if args.socket and not secret:
         print(f"error: no {SECRET_ENV}: the company worker is started by `dbclient join`", file=sys.stderr)
