@@ -41,7 +41,7 @@ from dblocks.shared.text import TokenStream, decode, stdlib_corpus  # noqa: E402
 
 # Config fields that only the DiffusionBlocks model reads: a baseline or teacher is the same model without them
 DIFFUSION_ONLY: tuple[str, ...] = ("num_blocks", "target_scale", "embedding_seed", "p_mean", "p_std", "sigma_min")
-DIFFUSION_ONLY += ("sigma_max", "gamma", "steps_per_block", "sampler", "temperature")
+DIFFUSION_ONLY += ("sigma_max", "gamma", "prev_token_input", "steps_per_block", "sampler", "temperature")
 
 
 def _cache_path(kind: str, seed: int, cfg: text_ar.Config, steps: int, digest: str) -> Path:
