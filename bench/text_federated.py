@@ -146,7 +146,21 @@ def eval_windows(docs: Sequence[Document], seq_len: int, count: int) -> torch.Te
 def bits_per_byte(model: mdm.MaskedDiffusionLM, cfg: mdm.Config, windows: torch.Tensor, seed: int = 0) -> dict:
     """ELBO bits per byte (T1's `nelbo_bits`) with the same stratified mask rates for every model compared."""
     bits = mdm.nelbo_bits(model, windows, mdm.eval_mask_rates(len(windows), cfg.eval_points, seed), seed)
-    return {"bpc": float(bits.mean()), "bpc_se": float(bits.std(ddof=1) / math.sqrt(len(bits)))}
+    return {"bpc": float(bits.mean()), "bpc_se": float(bits.std(ddof=1) / math.sqrt(len(bits))), "bits": bits.tolist()}
+
+
+def paired_gain(rows: dict, base: str = "pretrained on public only") -> None:
+    """Per eval set and row: mean and standard error of (base - row) bits per byte over the same windows and mask
+    rates (paired, so much tighter than either row's own standard error); the per-window bits are then dropped."""
+    for name, row in rows.items():
+        for split, ev in row.items():
+            if isinstance(ev, dict) and "bits" in ev and name != base:
+                d = np.array(rows[base][split]["bits"]) - np.array(ev["bits"])
+                ev["gain_vs_pretrained"] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d)))}
+    for row in rows.values():
+        for ev in row.values():
+            if isinstance(ev, dict):
+                ev.pop("bits", None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -412,13 +426,17 @@ def federated_row(
     }
 
 
+def evals_of(rows: dict) -> list[tuple[str, dict]]:
+    return [(f"{name}/{k}", v) for name, row in rows.items() for k, v in row.items() if k.endswith("_test")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 rounds")
     ap.add_argument("--companies", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pretrain-steps", type=int, default=150, help="AdamW steps per block on the public part")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--steps", type=int, default=2, help="DP-SGD steps per company per round")
     ap.add_argument("--sample-rate", type=float, default=0.02, help="Poisson rate q over a company's windows")
     ap.add_argument(
@@ -500,7 +518,7 @@ def main() -> None:
     pre_seconds = time.time() - t0
     rows = {"pretrained on public only": {k: bits_per_byte(model, cfg, w, args.seed) for k, w in evals.items()}}
     rows["pretrained on public only"]["seconds"] = pre_seconds
-    print(f"pretrained ({pre_seconds:.0f} s): {json.dumps(rows['pretrained on public only'])}", flush=True)
+    print(f"pretrained ({pre_seconds:.0f} s): {[(k, v['bpc']) for k, v in evals_of(rows)]}", flush=True)
     runs = {"federated, no DP": nodp_s, "federated, record-level DP": dp_s}
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
@@ -510,7 +528,10 @@ def main() -> None:
         }
         for name in runs:
             rows[name] = futures[name].result()
-            print(f"{name}: {json.dumps({k: rows[name][k] for k in ('private_test', 'public_test', 'epsilon_rdp')})}")
+            print(
+                f"{name}: {[(k, v['bpc']) for k, v in evals_of({name: rows[name]})]}, eps {rows[name]['epsilon_rdp']}"
+            )
+    paired_gain(rows)
     dp_row = rows["federated, record-level DP"]
     result = {
         "setup": setup,
