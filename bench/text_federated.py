@@ -27,7 +27,7 @@ fine-tuning without DP; federated with record-level DP (epsilon <= 8 at delta 1e
 from the same pretrained blocks and run the same rounds, steps, sample rate and learning rate; only the noise
 and the per-example clipping differ.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/text_federated.py          # ~30 min on a loaded 2-core box
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/text_federated.py          # ~25 min on a loaded 2-core box
     .venv/bin/python bench/text_federated.py --quick                                 # smoke run (~1 min)
 """
 
