@@ -218,8 +218,8 @@ def company_update(
         steps=s.steps,
         delta=s.delta,
         accountant="rdp",
-        # "hooks": per-example gradients materialised. Ghost clipping needs contiguous embedding inputs and the MDM's
-        # position ids are an expanded (strided) view; for a block this small the memory is no concern.
+        # "hooks": per-example gradients materialised (the recorded rows were measured so); ghost clipping works
+        # too since the MDM's position ids are contiguous, and for a block this small the memory is no concern.
         grad_sample_mode="hooks",
     )
     reservation = ledger.reserve(

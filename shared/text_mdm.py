@@ -196,7 +196,8 @@ class Denoiser(nn.Module):
         nn.init.zeros_(self.head.weight)  # starts at the uniform distribution over bytes: 8 bits per byte
 
     def forward(self, x_t: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(x_t.shape[1], device=x_t.device).expand_as(x_t)  # batched, for Opacus
+        # batched and contiguous, for Opacus (its ghost clipping reshapes the embedding input)
+        positions = torch.arange(x_t.shape[1], device=x_t.device).expand_as(x_t).contiguous()
         h = self.tok(x_t) + self.pos(positions)
         for layer in self.layers:
             h = layer(h)
