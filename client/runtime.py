@@ -99,8 +99,18 @@ def run_task(address: str, token: str, worker: CompanyWorker) -> None:
             client.close()
 
 
-def run_tasks(address: str, auth_secret: bytes, worker: CompanyWorker, stop: threading.Event) -> None:
-    """Take the SuperNode's ClientApp tasks and run them, one at a time, until `stop` is set."""
+def run_tasks(
+    address: str,
+    auth_secret: bytes,
+    worker: CompanyWorker,
+    stop: threading.Event,
+    ready: threading.Event | None = None,
+) -> None:
+    """Take the SuperNode's ClientApp tasks and run them, one at a time, until `stop` is set; the first once
+    `ready` (the worker's warm-up, which imports in another thread) is set, so imports never run in two threads."""
+    while ready is not None and not ready.wait(0.2):
+        if stop.is_set():
+            return
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor

@@ -212,8 +212,11 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-def serve(socket_path: str, worker: CompanyWorker, parent: int | None = None) -> None:
-    """Listen on `socket_path` (0600) and answer until SIGTERM or the parent process is gone."""
+def serve(
+    socket_path: str, worker: CompanyWorker, parent: int | None = None, ready: threading.Event | None = None
+) -> None:
+    """Listen on `socket_path` (0600) and answer until SIGTERM or the parent process is gone; a connection is
+    served once `ready` (the warm-up) is set."""
     if os.path.lexists(socket_path):
         os.unlink(socket_path)
     old = os.umask(0o177)  # the socket file is created 0600
@@ -221,6 +224,8 @@ def serve(socket_path: str, worker: CompanyWorker, parent: int | None = None) ->
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
+                if ready is not None:
+                    ready.wait()
                 worker.serve_connection(self.request)
 
         server = _Server(socket_path, Handler)
@@ -257,20 +262,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: no {SECRET_ENV}: the company worker is started by `dbclient join`", file=sys.stderr)
         sys.exit(2)
     worker = CompanyWorker(secret, Path(args.journal))
-    # warm up beside the work: an early message waits only for what it needs
-    threading.Thread(
-        target=warm_up, args=(args.data, args.label_column, args.image_size, args.threads), daemon=True
-    ).start()
-    if args.runtime:
-        from .runtime import run_tasks
+    from .runtime import run_tasks  # every import of this thread before the warm-up thread starts (see below)
 
+    # Warm up in a thread, so that SIGTERM and the parent watch work meanwhile; messages are taken only once it has
+    # finished: two threads importing overlapping modules at once can see a partly initialised module (Python's
+    # import-lock deadlock avoidance), which failed a worker at start with "partially initialized module 'typing'".
+    ready = threading.Event()
+
+    def warm() -> None:
+        try:
+            warm_up(args.data, args.label_column, args.image_size, args.threads)
+        finally:
+            ready.set()  # a failed warm-up (say, unreadable data) shows in the first message's answer instead
+
+    threading.Thread(target=warm, daemon=True).start()
+    if args.runtime:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         if args.parent is not None:
             threading.Thread(target=_watch_parent, args=(args.parent, stop.set), daemon=True).start()
-        run_tasks(args.runtime, Path(args.superexec_secret_file).read_bytes(), worker, stop)
+        run_tasks(args.runtime, Path(args.superexec_secret_file).read_bytes(), worker, stop, ready)
     else:
-        serve(args.socket, worker, args.parent)
+        serve(args.socket, worker, args.parent, ready)
 
 
 def _watch_parent(parent: int, then) -> None:
