@@ -99,6 +99,13 @@ def run_task(address: str, token: str, worker: CompanyWorker) -> None:
             client.close()
 
 
+def _run_task_logged(address: str, token: str, worker: CompanyWorker) -> None:
+    try:
+        run_task(address, token, worker)
+    except Exception:  # noqa: BLE001 - the task fails (the SuperNode answers it with an error); go on
+        log.exception("ClientApp task failed outside its handler")
+
+
 def run_tasks(
     address: str,
     auth_secret: bytes,
@@ -106,7 +113,7 @@ def run_tasks(
     stop: threading.Event,
     ready: threading.Event | None = None,
 ) -> None:
-    """Take the SuperNode's ClientApp tasks and run them, one at a time, until `stop` is set; the first once
+    """Take the SuperNode's ClientApp tasks and run each in a thread of its own, until `stop` is set; the first once
     `ready` (the worker's warm-up, which imports in another thread) is set, so imports never run in two threads."""
     while ready is not None and not ready.wait(0.2):
         if stop.is_set():
@@ -138,10 +145,11 @@ def run_tasks(
                 stop.wait(1.0)
                 continue
             if res.HasField("task") and res.token:
-                try:
-                    run_task(address, res.token, worker)
-                except Exception:  # noqa: BLE001 - the task fails (the SuperNode answers it with an error); go on
-                    log.exception("ClientApp task failed outside its handler")
+                # each task in a thread of its own: a task that never gets its input (a message of a run the
+                # SuperLink no longer runs after a server restart: Flower's pull then waits for good) must not
+                # keep this company from answering the next run's ping. Answers stay once per message id
+                # (worker.answer_message) and the ledger and SecAgg state have their own locks.
+                threading.Thread(target=_run_task_logged, args=(address, res.token, worker), daemon=True).start()
                 continue
             stop.wait(POLL_SECONDS)
     finally:
