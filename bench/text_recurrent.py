@@ -41,6 +41,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, setup, update_summary, write_json  # noqa: E402
 
+from dblocks.shared import text_ar as ar  # noqa: E402
 from dblocks.shared import text_recurrent as tr  # noqa: E402
 from dblocks.shared.text import VOCAB_SIZE, TokenStream, decode, stdlib_corpus  # noqa: E402
 
@@ -59,29 +60,19 @@ class TeacherConfig:
     lr: float = 1e-3
 
 
-class Teacher(nn.Module):
-    """A plain causal byte-level transformer (the same Layer as the recurrent models), trained end to end."""
+class Teacher(ar.CausalTransformer):
+    """A plain causal byte-level transformer (text_ar's end-to-end model), trained end to end."""
 
     def __init__(self, c: TeacherConfig) -> None:
-        super().__init__()
-        self.token_embedding = nn.Embedding(VOCAB_SIZE, c.width)
-        self.position_embedding = nn.Embedding(c.seq_len, c.width)
-        self.layers = nn.ModuleList(tr.Layer(c.width, c.heads, 4.0, False) for _ in range(c.layers))
-        self.norm, self.head = nn.LayerNorm(c.width), nn.Linear(c.width, VOCAB_SIZE)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.shape[1]
-        h = self.token_embedding(x) + self.position_embedding(torch.arange(t))
-        mask = tr.causal_mask(t)
-        for layer in self.layers:
-            h = layer(h, mask)
-        return self.head(self.norm(h))
+        super().__init__(
+            ar.Config(seq_len=c.seq_len, total_layers=c.layers, num_blocks=1, width=c.width, heads=c.heads)
+        )
 
 
 def teacher(corpus, c: TeacherConfig) -> tuple[Teacher, dict]:
     """Train (or load from the temp-dir cache) the teacher; returns it and its validation bits per byte."""
     key = hashlib.sha256((corpus.digest + json.dumps(asdict(c), sort_keys=True)).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"dblocks_text_teacher_{key}.pt"
+    path = Path(tempfile.gettempdir()) / f"dblocks_text_teacher_ar_{key}.pt"  # ar: text_ar's state names
     model = Teacher(c)
     if path.exists():
         d = torch.load(path, weights_only=True)

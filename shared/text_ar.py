@@ -49,6 +49,7 @@ from torch import nn
 from .models import NoiseEmbedding, class_embedding
 from .schedule import NoiseSchedule
 from .text import VOCAB_SIZE, TokenStream
+from .textnn import FeedForward, MaskedAttention, PreLNLayer, causal_mask
 
 
 @dataclass(frozen=True)
@@ -125,11 +126,6 @@ class Config:
 # ---------------------------------------------------------------------------------------------------
 # attention masks and layers
 # ---------------------------------------------------------------------------------------------------
-def causal_mask(t: int) -> torch.Tensor:
-    """[t, t] bool, True where query j may attend key k: k <= j."""
-    return torch.ones(t, t, dtype=torch.bool).tril()
-
-
 def clean_noisy_mask(num_clean: int, noisy_pos: torch.Tensor) -> torch.Tensor:
     """[Tc + Tn, Tc + Tn] bool mask over [clean x_0..x_{Tc-1} ; noisy tokens at positions noisy_pos].
 
@@ -139,30 +135,6 @@ def clean_noisy_mask(num_clean: int, noisy_pos: torch.Tensor) -> torch.Tensor:
     prefix = torch.arange(num_clean).unsqueeze(0) < noisy_pos.unsqueeze(1)
     bottom = torch.cat([prefix, torch.eye(tn, dtype=torch.bool)], dim=1)
     return torch.cat([top, bottom], dim=0)
-
-
-class MaskedAttention(nn.Module):
-    """Multi-head attention with separate q/k/v/o Linear layers and an explicit boolean mask (Opacus-friendly)."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, t, d = h.shape
-        split = lambda x: x.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
-        a = F.scaled_dot_product_attention(split(self.q(h)), split(self.k(h)), split(self.v(h)), attn_mask=mask)
-        return self.o(a.transpose(1, 2).reshape(b, t, d))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, width: int, ratio: float) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(width, int(width * ratio)), nn.Linear(int(width * ratio), width)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(h)))
 
 
 class TokenAdaLNLayer(nn.Module):
@@ -181,19 +153,6 @@ class TokenAdaLNLayer(nn.Module):
         b1, s1, g1, b2, s2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)
         h = h + g1 * self.attn(self.norm(h) * (1 + s1) + b1, mask)
         return h + g2 * self.mlp(self.norm(h) * (1 + s2) + b2)
-
-
-class PreLNLayer(nn.Module):
-    """Pre-LN causal transformer layer (the end-to-end baseline and the teacher): h += Attn(LN h); h += MLP(LN h)."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.attn, self.mlp = MaskedAttention(width, heads), FeedForward(width, mlp_ratio)
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = h + self.attn(self.norm1(h), mask)
-        return h + self.mlp(self.norm2(h))
 
 
 # ---------------------------------------------------------------------------------------------------

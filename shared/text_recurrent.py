@@ -59,6 +59,7 @@ from torch import nn
 
 from .schedule import NoiseSchedule
 from .text import VOCAB_SIZE, TokenStream
+from .textnn import FeedForward, MaskedAttention, causal_mask
 
 
 @dataclass(frozen=True)
@@ -124,42 +125,29 @@ class Config:
 # ---------------------------------------------------------------------------------------------------
 # layers
 # ---------------------------------------------------------------------------------------------------
-def causal_mask(t: int, device: torch.device | None = None) -> torch.Tensor:
-    """[t, t] boolean, True where query i may attend key j (j <= i)."""
-    return torch.ones(t, t, dtype=torch.bool, device=device).tril()
-
-
 class Layer(nn.Module):
     """Pre-LN causal transformer layer; with `conditioned`, AdaLN-Zero: LN without affine, then shift/scale/gate
     from a per-sequence condition vector c (zero-initialised, so the layer starts as the identity)."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, conditioned: bool) -> None:
         super().__init__()
-        self.heads, self.conditioned = heads, conditioned
+        self.conditioned = conditioned
         self.norm1 = nn.LayerNorm(width, elementwise_affine=not conditioned)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=not conditioned)
-        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
-        hidden = int(width * mlp_ratio)
-        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+        self.attn, self.mlp = MaskedAttention(width, heads), FeedForward(width, mlp_ratio)
         if conditioned:
             self.modulation = nn.Linear(width, 6 * width)
             nn.init.zeros_(self.modulation.weight)
             nn.init.zeros_(self.modulation.bias)
 
-    def attend(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, t, d = h.shape
-        split = lambda x: x.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
-        a = F.scaled_dot_product_attention(split(self.q(h)), split(self.k(h)), split(self.v(h)), attn_mask=mask)
-        return self.o(a.transpose(1, 2).reshape(b, t, d))
-
     def forward(self, h: torch.Tensor, mask: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if not self.conditioned:
-            h = h + self.attend(self.norm1(h), mask)
-            return h + self.fc2(F.gelu(self.fc1(self.norm2(h))))
+            h = h + self.attn(self.norm1(h), mask)
+            return h + self.mlp(self.norm2(h))
         assert c is not None
         s1, g1, a1, s2, g2, a2 = self.modulation(c).unsqueeze(1).chunk(6, dim=-1)
-        h = h + a1 * self.attend(self.norm1(h) * (1 + g1) + s1, mask)
-        return h + a2 * self.fc2(F.gelu(self.fc1(self.norm2(h) * (1 + g2) + s2)))
+        h = h + a1 * self.attn(self.norm1(h) * (1 + g1) + s1, mask)
+        return h + a2 * self.mlp(self.norm2(h) * (1 + g2) + s2)
 
 
 def noise_features(c_noise: torch.Tensor, width: int) -> torch.Tensor:
