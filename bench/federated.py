@@ -439,7 +439,7 @@ def memory_worker(
     import gc
 
     import torch.nn.functional as F
-    from memory import _status_kib
+    from memory import saved_tensor_counter, status_kib
 
     from dblocks.privacy.dpsgd import DPConfig, train_block_dp
     from dblocks.shared.models import TransformerClassifier, build_block, param_count
@@ -472,25 +472,17 @@ def memory_worker(
     run(*build(tiny_p), 1)
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     net, loss_fn = build(p)
     run(net, loss_fn, steps)
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     # (b) torch accounting at the expected batch
     params = list(net.parameters())
-    skip = {q.untyped_storage().data_ptr() for q in params} | {b.untyped_storage().data_ptr() for b in net.buffers()}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in skip:
-            saved[st.data_ptr()] = st.nbytes()
-        return t
-
+    record, saved = saved_tensor_counter(net)
     batch = max(1, round(sample_rate * records))
     net.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
         if loss_fn is None:
             per_sample_loss(net, 0, x[:batch], y[:batch], generator=torch.Generator().manual_seed(0))
         else:

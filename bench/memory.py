@@ -39,7 +39,24 @@ TASKS = {"classification": "mnist", "generation": "mnist-gen"}
 # ---------------------------------------------------------------------------------------------------
 # worker: one model, one fresh process
 # ---------------------------------------------------------------------------------------------------
-def _status_kib(field: str) -> int:
+def saved_tensor_counter(net):
+    """(record, saved): under `torch.autograd.graph.saved_tensors_hooks(record, lambda t: t)`, `saved` maps each
+    storage autograd keeps for backward to its bytes (deduplicated by storage; `net`'s parameters and buffers
+    excluded). `record(t)` also counts a tensor kept elsewhere (Opacus' layer inputs)."""
+    skip = {q.untyped_storage().data_ptr() for q in net.parameters()}
+    skip |= {b.untyped_storage().data_ptr() for b in net.buffers()}
+    saved: dict[int, int] = {}
+
+    def record(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+
+    return record, saved
+
+
+def status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -123,37 +140,27 @@ def worker(task: str, model: str, dp: bool, batch: int, steps: int, num_blocks: 
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the model's memory shows up as growth
 
     # (a) peak RSS growth over `steps` steps of the real model
-    base_kib = _status_kib("VmRSS")
+    base_kib = status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     t0 = time.perf_counter()
     net, block_index = build(p)
     losses, backward_and_step, opt = make_step(p, net, block_index)
     for _ in range(steps):
         backward_and_step(losses())
-    peak_kib = _status_kib("VmHWM")
+    peak_kib = status_kib("VmHWM")
     seconds = time.perf_counter() - t0
 
     # (b) torch's accounting at the peak of one more step: the forward's saved tensors and state
     params = list(net.parameters())
-    skip = {q.untyped_storage().data_ptr() for q in params} | {b.untyped_storage().data_ptr() for b in net.buffers()}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in skip:
-            saved[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    record, saved = saved_tensor_counter(net)
+    with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
         loss_vec = losses()
     autograd_bytes = sum(saved.values())
     for m in net.modules():  # Opacus keeps every trainable layer's inputs for its norm computation
         for acts in getattr(m, "activations", []) or []:
             for t in acts:
                 if isinstance(t, torch.Tensor):
-                    s = t.untyped_storage()
-                    if s.data_ptr() not in skip:
-                        saved[s.data_ptr()] = s.nbytes()
+                    record(t)
     activation_bytes = sum(saved.values())
     backward_and_step(loss_vec)
     param_bytes = sum(q.numel() * q.element_size() for q in params)

@@ -38,13 +38,6 @@ PROMPTS = ("def ", "import os\n", "    return ")
 FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_worker(which: str, cfg_json: str, steps: int, threads: int) -> dict:
     """Peak memory of training `which` (end_to_end | block) for `steps` steps, in this fresh process."""
     import ctypes
@@ -52,6 +45,7 @@ def memory_worker(which: str, cfg_json: str, steps: int, threads: int) -> dict:
 
     import numpy as np
     import torch
+    from memory import saved_tensor_counter, status_kib
 
     from dblocks.shared import text_mdm as M
     from dblocks.shared.text import TokenStream, stdlib_corpus
@@ -81,22 +75,14 @@ def memory_worker(which: str, cfg_json: str, steps: int, threads: int) -> dict:
     run(tiny, 1, batches)
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     net, model, opt = run(cfg, steps, batches)
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
 
     params = list(net.parameters())
-    skip = {q.untyped_storage().data_ptr() for q in params}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in skip:
-            saved[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    record, saved = saved_tensor_counter(net)
+    with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
         loss = M.block_loss(model, cfg, 0, batches[-1], gen).mean()
     loss.backward()
     mib = 2**20
