@@ -5,7 +5,8 @@ and ledger state loaded once; Flower's per-message ClientApp (client/clientapp.p
 it. Without a worker (in-process tests, Flower's simulation engine) the forwarder calls `company_app` itself.
 
 Messages it answers:
-  * `query.ping`  — liveness and what the company can offer: memory it allows, record-level budget left.
+  * `query.ping`  — liveness and what the company can offer: memory it allows, record-level budget left
+                    (`liveness`; also in every `unmask` reply, which spares the next round's ping).
                     The memory limit is also enforced: a block whose training needs more is refused
                     (client/memory.py) before any record is used or anything is spent.
   * `train.secagg` / `query.secagg` — dblocks' SecAgg+ (the default): the `upload` request carries the
@@ -77,20 +78,29 @@ def progress_line(node_config: dict, text: str) -> None:
             f.write(f"{time.strftime('%H:%M:%S')} {text}\n")
 
 
+def liveness(nc: dict, ledger=None) -> ConfigRecord:
+    """What the company says about itself: memory training may use (MB, inf: no limit) and record-level budget
+    left, rounded down to 0.1 (never up: the server must not think a company can afford more than it can). Sent in
+    the ping reply and in the reply to each round's last SecAgg stage (`unmask`), which spares the next round's
+    ping (server/federation/serverapp.py `Federation.round`)."""
+    ledger = ledger or company_ledger(nc)
+    return ConfigRecord(
+        {
+            "memory_mb": memory_limit_mb(nc),
+            "budget_left": math.floor(max(0.0, ledger.budget - ledger.recorded_spent()) * 10) / 10,
+        }
+    )
+
+
 @company_app.query("ping")
 def ping(msg: Message, context: Context) -> Message:
     nc = node_settings(context)
     ledger = company_ledger(nc)
-    info = {
-        "memory_mb": memory_limit_mb(nc),
-        # rounded down to 0.1 (never up: the server must not think a company can afford more than it can)
-        "budget_left": math.floor(max(0.0, ledger.budget - ledger.recorded_spent()) * 10) / 10,
-    }
     try:
         say_if_unaffordable(nc, ledger, msg.content.config_records["ping"])
     except Exception:  # noqa: BLE001 - a word to the company must never stop its liveness reply
         pass
-    return Message(RecordDict({"ping": ConfigRecord(info)}), reply_to=msg)
+    return Message(RecordDict({"ping": liveness(nc, ledger)}), reply_to=msg)
 
 
 def say_if_unaffordable(nc: dict, ledger, ping) -> str | None:
@@ -216,9 +226,13 @@ def secagg_upload(msg: Message, context: Context) -> Message:
 
 @company_app.query("secagg")
 def secagg_stage(msg: Message, context: Context) -> Message:
-    from dblocks.privacy.secagg.flower import handle
+    from dblocks.privacy.secagg.flower import CONFIG_RECORD, handle
 
-    return handle(msg, context)
+    reply = handle(msg, context)
+    stage = msg.content.config_records.get(CONFIG_RECORD, {}).get("stage")
+    if stage == "unmask":  # the round's last exchange: say what the ping would (the server skips the next ping)
+        reply.content["ping"] = liveness(node_settings(context))
+    return reply
 
 
 @company_app.train(mods=[secaggplus_mod])

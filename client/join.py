@@ -1,12 +1,14 @@
 """`dbclient join`: validate the local data, start the company's resident worker, then run a Flower SuperNode
 in this process.
 
-The SuperNode only ever opens outbound connections to the SuperLink. Flower starts one ClientApp process per
-message (dblocks.client.clientapp); it forwards the message over a private Unix socket to the company worker
-(client/worker.py), which `dbclient join` starts and restarts if it exits, and which keeps torch, Opacus, the
-data and the ledger and SecAgg state loaded. Waits that are not work are shortened: the SuperNode asks the
-SuperLink for messages every `poll_seconds` (Flower: 3 s) and its process launcher every 0.2 s (Flower: 1 s).
-`--no-worker` keeps Flower's defaults and handles each message in its own process (the way before).
+The SuperNode only ever opens outbound connections to the SuperLink. `--worker runtime` (the default) starts
+the company's resident worker (client/worker.py, client/runtime.py), which keeps torch, Opacus, the data and the
+ledger and SecAgg state loaded and takes the SuperNode's ClientApp tasks itself (`--isolation process`); `dbclient
+join` restarts it if it exits. `--worker forward` has Flower start one thin ClientApp process per message that
+forwards it over a private Unix socket to the worker; `--worker off` handles each message in its own Flower
+process (the way before). Waits that are not work are shortened: the SuperNode asks the SuperLink for messages
+every `poll_seconds` (Flower: 3 s), and an object of a message pulled before it is stored is retried after 0.05 s
+(Flower: 1 s; shared/procs.py `shorten_object_pull_retries`).
 
 Secure aggregation: the node's SecAgg identity key is persistent (`secagg_key_path`, 0600, beside the node key;
 the operator enrols its public key when approving the node), its peers are verified against the directory
@@ -28,7 +30,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from dblocks.shared.data import Dataset, load_dataset
-from dblocks.shared.procs import flwr_env, free_port
+from dblocks.shared.procs import flwr_env, free_port, shorten_object_pull_retries
 
 
 def default_home() -> Path:
@@ -235,6 +237,7 @@ def run_supernode(opts: JoinOptions, emit=print) -> None:
             os.environ[SECRET_ENV] = supervisor.secret  # Flower's processes (the forwarders) inherit it
             os.environ[SUPEREXEC_POLL] = str(min(opts.poll_seconds, 0.2))
         shorten_supernode_polls(opts.poll_seconds)
+        shorten_object_pull_retries()
         supervisor.start()
     os.environ.update(flwr_env(opts.home / "flwr"))
     own_argv = [sys.executable, *sys.argv]  # `dbclient join ...` as started: re-run while the key waits

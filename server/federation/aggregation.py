@@ -225,6 +225,7 @@ class DBlocksSecAgg:
             except SecAggError:
                 self.next_round = proto + 2  # a half-made plan is never used: next round plans afresh
         if planned:
+            self.protocol.exchange.replies.clear()  # `statuses` then reads this round's replies only
             try:
                 result = self.protocol.run(proto)
             except (SecAggError, ValueError) as e:
@@ -243,6 +244,15 @@ class DBlocksSecAgg:
         for out in outcomes.values():
             out.seconds = time.perf_counter() - t0
         return outcomes
+
+    def statuses(self) -> dict[int, ConfigRecord]:
+        """The "ping" records the members sent with their `unmask` replies of the last `aggregate` (memory and
+        budget left, client/handlers.py `liveness`): what next round's ping would ask, answered a moment ago."""
+        return {
+            n: content.config_records["ping"]
+            for (stage, n), content in self.protocol.exchange.replies.items()
+            if stage == "unmask" and "ping" in content.config_records
+        }
 
     def drop_plan_ahead(self) -> None:
         """Forget the plan made for next round (e.g. a re-run takes the next protocol round number)."""

@@ -2,7 +2,9 @@
 
 `Federation.round` is the whole round, top to bottom; each hop is owned by one module:
   1. ping      every connected node answers with its memory and record-level budget left (`ping` here; a
-               malformed, missing or erroring reply makes the node a dropout of the round, with the reason);
+               malformed, missing or erroring reply makes the node a dropout of the round, with the reason).
+               A node that said the same with its `unmask` reply at the end of the last round (seconds ago) is
+               not asked again: one exchange less per round;
   2. assign    one cohort per block, each node in at most one (scheduler.assign);
   3. configure each block's task (strategy.BlockStrategy.configure), logged as a release of its cohort;
   4. aggregate the cohorts' clipped deltas by secure aggregation, each company receiving only its block
@@ -33,6 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 from dblocks.privacy.accounting import MechanismStep
 from dblocks.shared.fedmsg import BlockTask
 from dblocks.shared.presets import get_preset
+from dblocks.shared.procs import shorten_object_pull_retries
 from dblocks.shared.sampler import classify
 
 from .aggregation import AggregateOutcome, DBlocksSecAgg, FlowerSecAggPlus
@@ -43,6 +46,7 @@ from .releases import ReleaseLog
 from .scheduler import NodeInfo, assign
 from .strategy import BlockRelease, BlockStrategy
 
+HEARD_FRESH_SECONDS = 30.0  # how long a node's status from its last `unmask` reply stands in for a ping
 log = logging.getLogger("flwr")  # Flower's logger: lines show up in `flwr run --stream` and the run log
 app = ServerApp()
 RAISED = "aggregation raised"  # prefix of the failure of blocks whose aggregation raised an exception
@@ -50,6 +54,7 @@ RAISED = "aggregation raised"  # prefix of the failure of blocks whose aggregati
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    shorten_object_pull_retries()  # a reply pulled while its SuperNode still pushes it waits 0.05 s, not 1 s
     # `flwr run` passes config-path; Flower's simulation engine (bench/scale.py) passes no run config
     cfg = RunConfig.load(str(context.run_config.get("config-path") or os.environ["DBLOCKS_RUN_CONFIG"]))
     Federation(cfg, grid, context).run()
@@ -101,6 +106,8 @@ class Federation:
             self.secagg = FlowerSecAggPlus(cfg.secagg, cfg.update_clip)
         self._tasks: dict[int, BlockTask] = {}  # block -> task of the protocol round under way (dblocks mode)
         self.dropped: dict[int, str] = {}  # node -> why it is not in this round (ping)
+        self.heard: dict[int, NodeInfo] = {}  # node -> its status from the last round's unmask reply
+        self.heard_at = 0.0  # when (time.monotonic())
 
     # ---- the round loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -132,9 +139,11 @@ class Federation:
         t0 = time.perf_counter()
         todo = [i for i, b in enumerate(self.model.blocks) if b.round < r]  # after a crash: only what is missing
         self.dropped = {}
-        live = self.ping(self.grid.get_node_ids())
+        fresh = time.monotonic() - self.heard_at < HEARD_FRESH_SECONDS
+        live = self.ping(self.grid.get_node_ids(), known=self.heard if fresh else None)
         cohorts, upcoming = self.assign(r, live, todo)
         outcomes = self.aggregate_with_retry(r, cohorts, upcoming)
+        self.heard, self.heard_at = self._statuses(), time.monotonic()
         for b, out in sorted(outcomes.items()):
             if out.ok:
                 self.publish(self.strategy.release(r, b, out))
@@ -286,27 +295,53 @@ class Federation:
         )
 
     # ---- liveness ---------------------------------------------------------------------------------
-    def ping(self, node_ids) -> list[NodeInfo]:
+    def _statuses(self) -> dict[int, NodeInfo]:
+        """Each member's status from its reply to the round's last SecAgg stage (dblocks mode; a malformed one is
+        ignored: that node is pinged)."""
+        if not isinstance(self.secagg, DBlocksSecAgg):
+            return {}
+        out = {}
+        for n, record in self.secagg.statuses().items():
+            try:
+                out[n] = node_info(n, record)
+            except ValueError:
+                continue
+        return out
+
+    def ping(self, node_ids, known: dict[int, NodeInfo] | None = None) -> list[NodeInfo]:
         """The nodes that answered with a well-formed liveness reply and can afford one more round; every other
-        node is a dropout of this round, its reason in `self.dropped`."""
+        node is a dropout of this round, its reason in `self.dropped`. A node in `known` (its status from the
+        last round's unmask reply) is not asked again, unless that status says it cannot afford one more round:
+        the ping then tells the company so (client/handlers.py `say_if_unaffordable`)."""
         node_ids = list(node_ids)
         if not node_ids:
             return []
+        # a company that cannot afford one more round of the record-level mechanism is not asked: the cost is what
+        # one more release adds to what it already spent in this run (its ledger checks again, exactly)
+        c = self.cfg
+        step = MechanismStep(c.record_noise, c.record_sample_rate, c.record_steps)
+
+        def affordable(src: int, info: NodeInfo) -> str | None:
+            need = self.releases.marginal_record_epsilon(src, step, c.delta, c.accountant)
+            if info.budget_left < need * 0.999:
+                return (
+                    f"skipped for budget: record-level budget left {info.budget_left:.3g} is below what one more "
+                    f"round adds ({need:.3g})"
+                )
+            return None
+
+        live = {n: known[n] for n in node_ids if known and n in known and affordable(n, known[n]) is None}
+        ask = [n for n in node_ids if n not in live]
         msgs = [
             Message(
                 RecordDict({"ping": ConfigRecord({"run_id": self.cfg.run_id, **self._next_task_mechanism()})}),
                 dst_node_id=n,
                 message_type="query.ping",
             )
-            for n in node_ids
+            for n in ask
         ]
-        # a company that cannot afford one more round of the record-level mechanism is not asked: the cost is what
-        # one more release adds to what it already spent in this run (its ledger checks again, exactly)
-        c = self.cfg
-        step = MechanismStep(c.record_noise, c.record_sample_rate, c.record_steps)
-        why = {n: "no reply to the ping" for n in node_ids}
-        live = {}
-        for reply in send_and_receive(self.grid, msgs, timeout=self.cfg.ping_timeout):
+        why = {n: "no reply to the ping" for n in ask}
+        for reply in send_and_receive(self.grid, msgs, timeout=self.cfg.ping_timeout) if msgs else []:
             src = None
             try:
                 src = reply.metadata.src_node_id
@@ -317,12 +352,9 @@ class Federation:
                 if isinstance(src, int) and src in why and src not in live:
                     why[src] = f"bad ping reply: {type(e).__name__}: {e}"[:300]
                 continue
-            need = self.releases.marginal_record_epsilon(src, step, c.delta, c.accountant)
-            if info.budget_left < need * 0.999:
-                why[src] = (
-                    f"skipped for budget: record-level budget left {info.budget_left:.3g} is below what one more "
-                    f"round adds ({need:.3g})"
-                )
+            skip = affordable(src, info)
+            if skip:
+                why[src] = skip
                 continue
             live[src] = info
             why.pop(src)
@@ -429,7 +461,11 @@ def node_info_from_ping(reply: Message) -> NodeInfo:
     records = reply.content.config_records
     if "ping" not in records:
         raise ValueError(f"the reply has no 'ping' config record (it has {sorted(reply.content.keys())[:5]})")
-    info = records["ping"]
+    return node_info(reply.metadata.src_node_id, records["ping"])
+
+
+def node_info(node_id: int, info) -> NodeInfo:
+    """A node's "ping" config record as NodeInfo, or ValueError saying what is wrong with it."""
     values = {}
     for key in ("memory_mb", "budget_left"):
         if key not in info:
@@ -440,7 +476,7 @@ def node_info_from_ping(reply: Message) -> NodeInfo:
         if math.isnan(v) or v < 0:
             raise ValueError(f"{key} is {v}, not a number >= 0")
         values[key] = float(v)
-    return NodeInfo(reply.metadata.src_node_id, **values)
+    return NodeInfo(node_id, **values)
 
 
 def _raised(b: int, cohort: list[int], e: Exception) -> AggregateOutcome:

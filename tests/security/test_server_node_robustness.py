@@ -10,7 +10,9 @@ from dataclasses import replace
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 
+from dblocks.server.federation.aggregation import DBlocksSecAgg
 from dblocks.server.federation.config import RunConfig, SecAggConfig
+from dblocks.server.federation.scheduler import NodeInfo
 from dblocks.server.federation.serverapp import Federation
 
 from .server_fakes import (
@@ -173,3 +175,42 @@ def _attach_registry(fed, service) -> None:
     )
     service.set_status(run["id"], "running")
     fed.registry, fed.rid = service, run["id"]
+
+
+def test_nodes_heard_at_the_last_unmask_are_not_pinged_unless_they_cannot_afford_a_round(ping_fed):
+    """#17: a node whose status came with its unmask reply at the end of the last round is live without a ping
+    (one exchange less per round); one whose status says it cannot afford one more round is pinged (the ping tells
+    the company so) and dropped for budget; everyone else is pinged as before."""
+    asked: list[int] = []
+
+    def answer(budget):
+        def reply(m):
+            asked.append(m.metadata.dst_node_id)
+            return Message(good_ping(budget_left=budget), reply_to=m)
+
+        return reply
+
+    ping_fed.grid.replies = {n: answer(1e6) for n in GOOD} | {BAD: answer(0.0)}
+    ping_fed.dropped = {}
+    known = {n: NodeInfo(n, 4000.0, 1e6) for n in GOOD[:4]} | {BAD: NodeInfo(BAD, 4000.0, 0.0)}
+    live = [n.node_id for n in ping_fed.ping(ping_fed.grid.get_node_ids(), known=known)]
+    assert sorted(asked) == sorted(GOOD[4:] + [BAD])
+    assert sorted(live) == GOOD
+    assert ping_fed.dropped[BAD].startswith("skipped for budget")
+
+
+def test_statuses_come_from_this_rounds_unmask_replies_only(ping_fed):
+    """#17: `Federation._statuses` reads the "ping" record of each unmask reply; a malformed one, another stage's
+    reply and a reply without the record leave that node to be pinged."""
+    secagg = DBlocksSecAgg(ping_fed.grid, {0: [(2,)]}, 1.0, 10.0, lambda *a: None)
+    replies = secagg.protocol.exchange.replies
+    replies[("unmask", 1001)] = good_ping(budget_left=3.0)
+    replies[("unmask", 1002)] = RecordDict({"ping": ConfigRecord({"budget_left": -1.0})})
+    replies[("unmask", 1003)] = RecordDict({"secagg": ConfigRecord({"stage": "unmask"})})
+    replies[("confirm", 1004)] = good_ping()
+    before, ping_fed.secagg = ping_fed.secagg, secagg
+    try:
+        got = ping_fed._statuses()
+    finally:
+        ping_fed.secagg = before
+    assert got == {1001: NodeInfo(1001, 4000.0, 3.0)}
