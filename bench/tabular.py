@@ -65,7 +65,14 @@ def held_out_tables() -> dict[str, Dataset]:
 def tuning_tables() -> dict[str, Dataset]:
     from sklearn.datasets import make_classification
 
-    specs = {"syn_200x10_k3": (200, 10, 3), "syn_600x20_k2": (600, 20, 2), "syn_160x6_k4": (160, 6, 4)}
+    specs = {
+        "syn_200x10_k3": (200, 10, 3),
+        "syn_600x20_k2": (600, 20, 2),
+        "syn_160x6_k4": (160, 6, 4),
+        # added for #23's readout choice: two more small shapes (a few features, 3 classes)
+        "syn_180x12_k3": (180, 12, 3),
+        "syn_150x5_k3": (150, 5, 3),
+    }
     out = {}
     for name, (n, f, k) in specs.items():
         x, y = make_classification(
