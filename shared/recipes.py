@@ -19,6 +19,17 @@ model (80.0 % vs 80.0 %; 4 layers: 86.7 %). On the held-out tables DiffusionBloc
 94.7 %, wine seed 0: 93.3 %, as with blocks of 2 layers) while the 8-layer end-to-end model did (iris 100 %),
 so the run was stopped after 5 of 20 table-seeds. A log-normal centred higher for the classifier (p_mean 0.4
 or 0.0 instead of -1.2) moved single synthetic runs by +-1 to 2 test rows either way: no signal.
+Also tried for #23 on the synthetic tuning tables only, with the end-to-end model beside it (held-out tables not
+run, since nothing helped; bench/tabular_readout.py, bench/tabular_variants.py):
+  * the diffusion-classifier readout (Li et al. 2023: the class whose clean label the blocks denoise with the
+    lowest CE over fixed sigmas and noise draws wins), 5 seeds: 88.0 % / 62.5 % on the 200 x 10 / 160 x 6
+    tables vs 92.0 % / 65.0 % for the product's last-step readout (e2e 90.0 % / 67.5 %);
+  * the log-normal's centre where z stops naming the class (p_mean -0.4 or ln sqrt 2, d' = sqrt 2 / sigma ~ 1)
+    and sigma_data = label_scale / sqrt(width): 2 seeds each (stopped there), every variant's mean below the
+    preset's on both tables (200 x 10: 91.0 / 88.0 / 91.0 % vs 92.0 %; 160 x 6: 61.3 / 58.8 / 61.3 % vs 63.8 %);
+  * training effort shared 1.5 : 0.5 between block 0 (decides from x) and block 1 (same total updates), 5 seeds:
+    88.0 / 60.0 / 86.8 / 84.4 % vs the preset's 92.0 / 65.0 / 89.5 / 84.4 % on the 200 x 10 / 160 x 6 /
+    150 x 5 / 180 x 12 tables (e2e 90.0 / 67.5 / 81.6 / 84.4 %).
 Image recipe: the digits/mnist presets' ViT scaled by size (patch = size / 4 rounded to a divisor, width 64).
 """
 
