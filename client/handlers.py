@@ -229,8 +229,8 @@ def secagg_stage(msg: Message, context: Context) -> Message:
     from dblocks.privacy.secagg.flower import CONFIG_RECORD, handle
 
     reply = handle(msg, context)
-    stage = msg.content.config_records.get(CONFIG_RECORD, {}).get("stage")
-    if stage == "unmask":  # the round's last exchange: say what the ping would (the server skips the next ping)
+    request = msg.content.config_records.get(CONFIG_RECORD)
+    if request is not None and request.get("stage") == "unmask":  # the round's last exchange: say what the ping would (the server skips the next ping)
         reply.content["ping"] = liveness(node_settings(context))
     return reply
 

@@ -30,7 +30,7 @@ import threading
 from .worker import CompanyWorker
 
 log = logging.getLogger("dblocks.worker")
-POLL_SECONDS = 0.1  # how often an idle worker asks the SuperNode for a task (a local HTTP request)
+POLL_SECONDS = 0.25  # how often an idle worker asks the SuperNode for a task (a local HTTP request)
 
 
 def _heartbeat_fn(client):
@@ -128,6 +128,8 @@ def run_tasks(
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
+    retry = make_simple_http_retry_invoker()
+    retry.max_time = 10.0  # Flower's retries forever; a SuperNode gone for good must let `stop` end this loop
     client = RuntimeHttpClient.from_server_address(
         server_address=address,
         insecure=True,
@@ -138,7 +140,7 @@ def run_tasks(
                 master_secret=auth_secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})
             ),
         ],
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=retry,
     )
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     try:

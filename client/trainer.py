@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dblocks.privacy.dpsgd import DPConfig, DPReport, freeze_except, secret_generator, train_block_dp
+from dblocks.privacy.dpsgd import (
+    DPConfig,
+    DPReport,
+    freeze_except,
+    grad_sample_mode_for,
+    secret_generator,
+    train_block_dp,
+)
 from dblocks.privacy.mechanisms import clip_update
 from dblocks.shared.data import Dataset
 from dblocks.shared.fedmsg import BlockTask, arrays_to_state
@@ -121,6 +128,10 @@ def train_task(
         steps=task.steps,
         delta=task.delta,
         accountant=task.accountant,
+        # a company that set a memory limit keeps ghost clipping, whose memory does not grow with the batch
+        grad_sample_mode="ghost"
+        if math.isfinite(memory_mb)
+        else grad_sample_mode_for(block, task.trainable, task.sample_rate * len(data)),
     )
     if math.isfinite(memory_mb):
         check_memory(

@@ -127,6 +127,22 @@ def trainable_names(block: nn.Module, which: str = "all") -> list[str]:
     return names
 
 
+PER_EXAMPLE_GRADIENTS_MB = 64.0  # "hooks" while the per-example gradients of a step fit in this
+
+
+def grad_sample_mode_for(block: nn.Module, which: str, expected_batch: float) -> Literal["ghost", "hooks"]:
+    """Opacus' cheaper exact per-example clipping for training the subset `which` of `block` at batches of about
+    `expected_batch`: "hooks" (per-example gradients, one backward pass, memory batch x trained values x 4 bytes)
+    while those gradients take at most PER_EXAMPLE_GRADIENTS_MB, else "ghost" (per-example norms without the
+    gradients: memory independent of the batch, a second backward pass). Both clip each example to C before the
+    same noise: the mechanism and its epsilon are the same. Measured on CPU (one thread, an mnist-fed block,
+    15 steps at q 0.5 of 455 records): input+bias (5.8k values) 2.1 s vs 3.0 s with ghost clipping; all 97k
+    values 2.7 s vs 4.0 s."""
+    keep = set(trainable_names(block, which))
+    values = sum(p.numel() for n, p in block.named_parameters() if n in keep)
+    return "hooks" if expected_batch * values * 4 / 2**20 <= PER_EXAMPLE_GRADIENTS_MB else "ghost"
+
+
 def freeze_except(block: nn.Module, which: str = "all") -> int:
     """requires_grad only on `trainable_names(block, which)`; returns how many values are trained. Frozen
     parameters get no gradient, no DP noise and no optimizer step: their delta is exactly 0."""

@@ -192,7 +192,8 @@ class DBlocksSecAgg:
         self.ahead: tuple[int, dict[int, list[int]]] | None = None  # (protocol round, cohorts) planned ahead
 
     def _load_directory(self) -> None:
-        if self.directory is not None:
+        """Relay the newest signed directory (none yet: no company approved so far; the companies then refuse)."""
+        if self.directory is not None and Path(self.directory).exists():
             blob = Path(self.directory).read_bytes()
             if blob != self.protocol.server.directory:
                 self.protocol.server.set_directory(blob)

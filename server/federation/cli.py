@@ -90,6 +90,12 @@ def start(
             "[bold red]WARNING: --insecure: the SuperLink runs WITHOUT TLS. Traffic is unencrypted and "
             "nodes are not authenticated. Never use this across a network.[/bold red]"
         )
+    if not insecure:
+        from dblocks.server.ops.provision import ensure_directory_key
+
+        # the key that signs the directory of enrolled SecAgg identities exists from the start: a run submitted
+        # before the first approval relays the directory as soon as the first company is enrolled
+        directory_pub = ensure_directory_key(sh)
     proc = start_superlink(
         sh, host, port, insecure, node_auth and not insecure, expose_control_api=expose_control_api_unauthenticated
     )
@@ -101,7 +107,7 @@ def start(
             "(see the operator guide)[/bold red]"
         )
     if not insecure:
-        console.print(f"companies need the CA certificate: {sh.tls.ca}")
+        console.print(f"companies need the CA certificate {sh.tls.ca} and the directory key {directory_pub}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         sys.exit(proc.wait())
@@ -219,6 +225,7 @@ def run_new(
         envvar="DBLOCKS_REGISTRY_TOKEN",
         help="registry token; prefer the environment variable (a command line is visible to every user of the host)",
     ),
+    min_nodes: int = typer.Option(0, help="the first round waits until this many companies are connected"),
     wait: bool = typer.Option(True, help="follow the run until it ends"),
     home: Path = typer.Option(default_home()),
     run_id: str | None = typer.Option(None, help="resume this run (after a crash) instead of creating one"),
@@ -227,12 +234,21 @@ def run_new(
     sh = ServerHome(home)
     if not (sh.flwr_home / "config.toml").exists():
         fail(f"no SuperLink configured under {home}: run `dbserver start` first")
-    from dblocks.server.ops.provision import directory_path, load_config, read_secret, service_token_path
+    from dblocks.server.ops.provision import (
+        directory_key_path,
+        directory_path,
+        load_config,
+        read_secret,
+        service_token_path,
+    )
 
     deployed = load_config(sh)
     if registry_url is None and deployed is not None:  # after `dbserver init`: the registry, with the service token
         registry_url, token = deployed.registry_url, token or read_secret(service_token_path(sh))
-    directory = str(directory_path(sh)) if directory_path(sh).exists() else None
+    # the signed directory of enrolled companies, re-read by the ServerApp every round: also when the run is
+    # submitted before the first company is approved (the node sync writes it then)
+    signed = directory_path(sh).exists() or directory_key_path(sh).exists()
+    directory = str(directory_path(sh)) if signed else None
     registry = None
     if registry_url:
         from dblocks.shared.registry_client import RegistryClient
@@ -267,6 +283,7 @@ def run_new(
             init_model_dir=str(init_model_dir.resolve()) if init_model_dir else None,
             classes=parse_class_list(classes) if classes is not None else None,
             registry_url=registry_url,
+            min_nodes=min_nodes,
         )
         from dblocks.shared.presets import get_preset
 

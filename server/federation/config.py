@@ -85,6 +85,10 @@ class RunConfig:
     classes: list[str] | None = None
     seed: int = 0
     ping_timeout: float = 60.0
+    # the first round waits until this many companies are connected (at most `min_nodes_timeout` seconds; then it
+    # starts with those there): a run can be submitted while companies are still joining. 0: start at once
+    min_nodes: int = 0
+    min_nodes_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         if self.min_cohort < 2:

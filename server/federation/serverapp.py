@@ -117,6 +117,7 @@ class Federation:
         # resume: round M = the newest any block has; blocks still below M redo M, else go on with M + 1
         rounds = [b.round for b in self.model.blocks]
         r = max(rounds) if min(rounds) < max(rounds) else max(rounds) + 1
+        self.wait_for_nodes()
         try:
             while r <= self._num_rounds():
                 if not self._wait_while_paused():
@@ -132,6 +133,20 @@ class Federation:
         self.model.write_manifest(self.preset, {"final": metrics, "rounds": self.history})
         log.info("run %s finished: %s", cfg.run_id, json.dumps(metrics))
         self._status("finished")
+
+    def wait_for_nodes(self, poll: float = 0.5) -> int:
+        """Wait until `min_nodes` companies are connected to the SuperLink, or `min_nodes_timeout` seconds; returns
+        how many are. Connected is not yet warm: the first ping waits for each company's answer."""
+        need, t0 = self.cfg.min_nodes, time.monotonic()
+        have = len(list(self.grid.get_node_ids())) if need else 0
+        if have < need:
+            log.info("waiting for %d companies to connect (%d connected)", need, have)
+        while have < need and time.monotonic() - t0 < self.cfg.min_nodes_timeout:
+            time.sleep(poll)
+            have = len(list(self.grid.get_node_ids()))
+        if have < need:
+            log.warning("only %d of %d companies connected after %.0f s; starting", have, need, time.monotonic() - t0)
+        return have
 
     def round(self, r: int) -> None:
         """ping -> assign -> aggregate (configure, secure aggregation, accept; re-run failures) -> release ->

@@ -87,17 +87,10 @@ def demo(
         console.rule("3. registry, SuperLink (TLS + node keys), companies")
         url = fed.start_registry()
         fed.start_superlink()
-        for i, p in enumerate(paths):
-            fed.add_company(f"company{i}", p, budget=8.0)
-        console.print(
-            f"registry + dashboard at {url}; SuperLink on 127.0.0.1:{fed.superlink_port}; {companies} companies joined"
-        )
-        console.rule(f"4. federated run: {rounds} rounds, DP-SGD + secure aggregation per block cohort")
-        console.print(
-            f"record-level DP-SGD at each company: noise multiplier {z:.2f}, clip 1, q {sample_rate}, {steps} "
-            f"steps per round, trainable {trainable}; target epsilon {epsilon} (delta 1e-5, PRV, all rounds)"
-        )
-        fed.run(
+        # the run is submitted first and waits for the companies (min_nodes): the ServerApp starts while they join
+        run = fed.run(
+            wait=False,
+            min_nodes=companies,
             task="mnist-fed",
             num_blocks=blocks,
             num_rounds=rounds,
@@ -112,6 +105,16 @@ def demo(
             trainable=trainable,
             init_model_dir=init,
         )
+        fed.add_companies({f"company{i}": p for i, p in enumerate(paths)}, budget=8.0)
+        console.print(
+            f"registry + dashboard at {url}; SuperLink on 127.0.0.1:{fed.superlink_port}; {companies} companies joined"
+        )
+        console.rule(f"4. federated run: {rounds} rounds, DP-SGD + secure aggregation per block cohort")
+        console.print(
+            f"record-level DP-SGD at each company: noise multiplier {z:.2f}, clip 1, q {sample_rate}, {steps} "
+            f"steps per round, trainable {trainable}; target epsilon {epsilon} (delta 1e-5, PRV, all rounds)"
+        )
+        run.wait()
         run_id = fed.runs()[-1]
         status = fed.status(run_id)
         if status.get("status") != "finished":
@@ -229,17 +232,50 @@ def _start_reference(
     return _Reference(proc, queue)
 
 
-def _reference_worker(queue, init, paths, test, blocks, rounds, steps, q, lr) -> None:
-    """Same rounds, cohorts and client code (`train_task`), but no DP: no noise, no per-example clip, every
-    parameter trained, plain mean of the deltas (no secure aggregation). Accuracy on the test split per round."""
-    import math
-    import tempfile
+def _train_without_dp(task, arrays: list, data, g) -> list:
+    """What `client.trainer.train_task` does with this task at zero noise and an unreachable clip, without Opacus'
+    per-example machinery (a second backward pass per step, the reference's main cost): the same Poisson batches
+    of rate q, loss, AdamW and constant lr; the gradient is the sum over the batch / (q N), as Opacus' optimizer
+    divides it. Returns the block's delta."""
+    import torch
 
+    from dblocks.client.trainer import rebuild_block
+    from dblocks.privacy.dpsgd import freeze_except
+    from dblocks.shared.training import TrainConfig, make_optimizer, per_sample_loss
+
+    block = rebuild_block(task, arrays)
+    before = [p.detach().clone() for p in block.parameters()]
+    freeze_except(block, task.trainable)
+    cfg = TrainConfig(epochs=1, lr=task.lr, weight_decay=task.weight_decay, warmup=0.0, decay=False)
+    opt, _ = make_optimizer(block, cfg, task.steps)
+    n, q = len(data), task.sample_rate
+    block.train()
+    for _ in range(task.steps):
+        idx = (torch.rand(n, generator=g) < q).nonzero().flatten()
+        if len(idx) == 0:
+            continue
+        opt.zero_grad(set_to_none=True)
+        losses = per_sample_loss(
+            block,
+            task.block_index,
+            data.x[idx],
+            data.y[idx],
+            generator=g,
+            weighting=cfg.classifier_weighting,
+            label_dropout=cfg.label_dropout,
+        )
+        (losses.sum() / (q * n)).backward()
+        opt.step()
+    return [(p.detach() - b).numpy() for p, b in zip(block.parameters(), before)]
+
+
+def _reference_worker(queue, init, paths, test, blocks, rounds, steps, q, lr) -> None:
+    """Same rounds, cohorts, batches and optimizer as the companies (`_train_without_dp`), but no DP: no noise, no
+    per-example clip, every parameter trained, plain mean of the deltas (no secure aggregation). Accuracy on the
+    test split per round."""
     import numpy as np
     import torch
 
-    from dblocks.client.ledger import PrivacyLedger
-    from dblocks.client.trainer import train_task
     from dblocks.server.federation.config import round_lr
     from dblocks.server.federation.model_state import GlobalModel
     from dblocks.server.federation.scheduler import NodeInfo, assign
@@ -253,8 +289,6 @@ def _reference_worker(queue, init, paths, test, blocks, rounds, steps, q, lr) ->
     schedule = preset.noise_schedule(blocks)
     model = GlobalModel.initial(preset, schedule, 0, str(init))
     data = [load_npz(p) for p in paths]
-    tmp = Path(tempfile.mkdtemp())
-    ledgers = [PrivacyLedger(tmp / f"{i}.json", budget=math.inf, accountant="rdp") for i in range(len(data))]
     curve = []
     for r in range(1, rounds + 1):
         plan = assign([NodeInfo(i) for i in range(len(data))], blocks, r, 3, 3, seed=0)
@@ -277,13 +311,7 @@ def _reference_worker(queue, init, paths, test, blocks, rounds, steps, q, lr) ->
                 trainable="all",
             )
             deltas = [
-                train_task(
-                    task,
-                    model.weights_arrays(b),
-                    data[c],
-                    ledgers[c],
-                    generator=torch.Generator().manual_seed(1000 * r + c),
-                ).delta
+                _train_without_dp(task, model.weights_arrays(b), data[c], torch.Generator().manual_seed(1000 * r + c))
                 for c in cohort
             ]
             model.apply_update(b, [np.mean(ds, axis=0) for ds in zip(*deltas)], 1.0, r)

@@ -133,20 +133,47 @@ class LocalFederation:
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         """Create the company's node key, have the operator approve it, and start `dbclient join`."""
+        self.enrol_company(name, approve=approve, env=env)
+        return self.start_company(name, data, budget=budget, extra=extra, env=env)
+
+    def add_companies(self, data: dict[str, Path], *, parallel: int = 3, **kw) -> list[subprocess.Popen]:
+        """`add_company` for each {name: data file}: keys and approvals `parallel` at a time, then every start."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(lambda name: self.enrol_company(name, env=kw.get("env")), data))
+        # started from this thread: a child tied to its parent (spawn) dies with the thread that started it
+        return [self.start_company(name, path, **kw) for name, path in data.items()]
+
+    def enrol_company(self, name: str, *, approve: bool = True, env: dict[str, str] | None = None) -> None:
+        """The company creates its node key; the operator approves it (and enrols its SecAgg identity)."""
         home = self.company_home(name)
         home.mkdir(parents=True, exist_ok=True)
         key = home / "node.key"
-        env = dict(os.environ, DBLOCKS_HOME=str(home), **(env or {}))
         if not self.insecure and not key.exists():
             subprocess.run(
                 [str(BIN / "dbclient"), "keys", "init", "--path", str(key)],
-                env=env,
+                env=dict(os.environ, DBLOCKS_HOME=str(home), **(env or {})),
                 check=True,
                 capture_output=True,
                 timeout=60,
             )
             if approve:
                 self.approve(name)
+
+    def start_company(
+        self,
+        name: str,
+        data: Path,
+        *,
+        budget: float = 8.0,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
+        """Start the company's `dbclient join` (its node key made by `enrol_company`)."""
+        home = self.company_home(name)
+        key = home / "node.key"
+        env = dict(os.environ, DBLOCKS_HOME=str(home), **(env or {}))
         args = [
             str(BIN / "dbclient"),
             "join",

@@ -6,6 +6,7 @@ with new host names reissues only the server certificate; existing tokens are ke
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -72,11 +73,14 @@ def enroll_secagg_identity(home: ServerHome, node_id: str, identity_hex: str) ->
         raise ValueError(f"a SecAgg identity is 32 bytes (64 hex characters), got {len(identity)} bytes")
     ensure_directory_key(home)
     path = directory_path(home)
-    entries = dict(Directory.from_bytes(path.read_bytes()).entries) if path.exists() else {}
-    if entries.get(str(node_id), identity) != identity:
-        raise ValueError(f"node {node_id} is enrolled with another SecAgg identity; enrolment never changes a key")
-    entries[str(node_id)] = identity
-    directory_publisher(home).publish(entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:  # approvals at once (operators, scripts) add, never overwrite
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = dict(Directory.from_bytes(path.read_bytes()).entries) if path.exists() else {}
+        if entries.get(str(node_id), identity) != identity:
+            raise ValueError(f"node {node_id} is enrolled with another SecAgg identity; enrolment never changes a key")
+        entries[str(node_id)] = identity
+        directory_publisher(home).publish(entries)
 
 
 def load_config(home: ServerHome) -> ServerConfig | None:

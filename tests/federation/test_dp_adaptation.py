@@ -110,3 +110,32 @@ def test_run_config_validates_trainable_and_the_server_sends_it():
 
     # the task the server builds carries the run's setting (serverapp.py, or strategy.py after the refactor)
     assert any("trainable=c.trainable" in f.read_text() for f in Path(fed.__file__).parent.glob("*.py"))
+
+
+def test_the_cheaper_exact_clipping_is_chosen_by_the_size_of_the_per_example_gradients():
+    """#17: Opacus' per-example gradients ("hooks", one backward pass) while they fit in PER_EXAMPLE_GRADIENTS_MB,
+    ghost clipping (memory independent of the batch) beyond; and both clip each example before the noise: with
+    zero noise and a clip that binds, three AdamW steps of either move the block by the same amount (float32
+    rounding apart; after its first step AdamW depends on the gradients' magnitudes, not only their signs)."""
+    from dblocks.privacy.dpsgd import PER_EXAMPLE_GRADIENTS_MB, DPConfig, grad_sample_mode_for, train_block_dp
+    from dblocks.shared.training import TrainConfig
+
+    p = get_preset("digits")
+    block = GlobalModel.initial(p, p.noise_schedule(2), seed=0).blocks[0].module
+    values = sum(q.numel() for q in block.parameters())
+    fits = PER_EXAMPLE_GRADIENTS_MB * 2**20 / (4 * values)  # the largest batch whose gradients of all values fit
+    assert grad_sample_mode_for(block, "all", 0.9 * fits) == "hooks"
+    assert grad_sample_mode_for(block, "all", 1.1 * fits) == "ghost"
+    assert grad_sample_mode_for(block, "bias", 1.1 * fits) == "hooks"  # far fewer values trained
+
+    data = load_builtin("digits").subset(np.arange(64))
+    moved = {}
+    for mode in ("hooks", "ghost"):
+        b = GlobalModel.initial(p, p.noise_schedule(2), seed=0).blocks[0].module
+        before = [q.detach().clone() for q in b.parameters()]
+        dp = DPConfig(noise_multiplier=0.0, max_grad_norm=0.01, batch_size=32, steps=3, grad_sample_mode=mode)
+        cfg = TrainConfig(epochs=1, lr=1e-2, weight_decay=0.0, warmup=0.0, decay=False)
+        train_block_dp(b, 0, data.x, data.y, cfg, dp, generator=torch.Generator().manual_seed(3))
+        moved[mode] = torch.cat([(q.detach() - w).flatten() for q, w in zip(b.parameters(), before)])
+    assert moved["hooks"].abs().max() > 0
+    assert torch.allclose(moved["hooks"], moved["ghost"], atol=2e-5), (moved["hooks"] - moved["ghost"]).abs().max()
