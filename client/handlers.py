@@ -230,7 +230,8 @@ def secagg_stage(msg: Message, context: Context) -> Message:
 
     reply = handle(msg, context)
     request = msg.content.config_records.get(CONFIG_RECORD)
-    if request is not None and request.get("stage") == "unmask":  # the round's last exchange: say what the ping would (the server skips the next ping)
+    # the round's last exchange: say what the ping would (the server then skips this company's next ping)
+    if request is not None and request.get("stage") == "unmask":
         reply.content["ping"] = liveness(node_settings(context))
     return reply
 
