@@ -214,3 +214,40 @@ def test_statuses_come_from_this_rounds_unmask_replies_only(ping_fed):
     finally:
         ping_fed.secagg = before
     assert got == {1001: NodeInfo(1001, 4000.0, 3.0)}
+
+
+def test_the_first_round_waits_for_min_nodes_connected_companies_then_for_no_one(ping_fed, monkeypatch):
+    """#17: `--min-nodes N` (RunConfig.min_nodes): the first round starts once N companies are connected, so a run
+    can be submitted while they join; after `min_nodes_timeout` it starts with those there."""
+    connected = iter([[1001], [1001, 1002], [1001, 1002, 1003]] + [[1001, 1002, 1003]] * 100)
+    calls = []
+
+    def get_node_ids():
+        calls.append(1)
+        return next(connected)
+
+    monkeypatch.setattr(ping_fed.grid, "get_node_ids", get_node_ids)
+    monkeypatch.setattr(ping_fed, "cfg", replace(ping_fed.cfg, min_nodes=3, min_nodes_timeout=5.0))
+    assert ping_fed.wait_for_nodes(poll=0.01) == 3 and len(calls) == 3
+    monkeypatch.setattr(ping_fed, "cfg", replace(ping_fed.cfg, min_nodes=4, min_nodes_timeout=0.05))
+    assert ping_fed.wait_for_nodes(poll=0.01) == 3  # nobody else comes: it starts with the three
+    monkeypatch.setattr(ping_fed, "cfg", replace(ping_fed.cfg, min_nodes=0))
+    calls.clear()
+    assert ping_fed.wait_for_nodes() == 0 and not calls  # 0: no waiting, no asking
+
+
+def test_flowers_object_pull_retries_start_at_50_ms():
+    """#17: in the SuperNode, the worker and the ServerApp an object of a message that is not stored yet is pulled
+    again after 0.05 s (Flower 1.41: 1 s), doubling up to 1 s; this fails if a Flower release renames the knobs."""
+    from flwr.supercore.inflatable import inflatable_utils as iu
+
+    from dblocks.shared.procs import shorten_object_pull_retries
+
+    saved = {fn: dict(fn.__kwdefaults__) for fn in (iu.pull_objects, iu.pull_and_inflate_object_from_tree)}
+    try:
+        shorten_object_pull_retries()
+        for fn in saved:
+            assert fn.__kwdefaults__["initial_backoff"] == 0.05 and fn.__kwdefaults__["backoff_cap"] == 1.0
+    finally:
+        for fn, d in saved.items():
+            fn.__kwdefaults__ = d
