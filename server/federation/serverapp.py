@@ -108,6 +108,7 @@ class Federation:
         self.dropped: dict[int, str] = {}  # node -> why it is not in this round (ping)
         self.heard: dict[int, NodeInfo] = {}  # node -> its status from the last round's unmask reply
         self.heard_at = 0.0  # when (time.monotonic())
+        self._unregistered_said: set[int] = set()  # nodes already logged as missing from the registry
 
     # ---- the round loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -398,7 +399,9 @@ class Federation:
                 ids[int(link)] = node["id"]
         for n, last in sorted(touched.items()):
             if n not in ids:
-                log.warning("node %s is not in the registry: its composed epsilon is in the block versions only", n)
+                if n not in self._unregistered_said:  # once per node and run, not every round
+                    self._unregistered_said.add(n)
+                    log.warning("node %s is not in the registry: its composed epsilon is in the block versions only", n)
                 continue
             e = self.releases.composed(n, self.cfg.delta, self.cfg.accountant)
             self.registry.record_node_privacy(
