@@ -164,6 +164,9 @@ def test_viewer_sees_pages_but_no_controls(page, live):
     assert page.locator("#btn-pause").count() == 0
     page.goto(base + "/audits")
     page.wait_for_selector("img[alt='reconstructions.png']")
+    # the element can be there before its bytes are: wait until every image has finished (loaded or failed), then
+    # a failed one still shows as naturalWidth 0 (a fresh-clone run failed here while an image was still loading)
+    page.wait_for_function("[...document.images].every(i => i.complete)", timeout=15000)
     assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"), (
         "an audit image did not load"
     )
