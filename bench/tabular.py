@@ -88,11 +88,17 @@ def tuning_tables() -> dict[str, Dataset]:
     return out
 
 
-def run_one(ds: Dataset, seed: int, work: Path) -> dict:
+def split_for_seed(ds: Dataset, seed: int):
+    """Seed `seed`'s stratified 75/25 split, both halves standardised with the training half's statistics, and the
+    recipe chosen from the training half: (train, test, plan). Every tabular bench measures on this."""
     tr, te = stratified_split(ds, 0.25, seed=seed)
     stats = FeatureStats.of(tr.x, "training split")
     tr, te = tr.standardize(stats), te.standardize(stats)
-    plan = tabular_recipe(len(tr), tr.input_shape[0], ds.num_classes, name=ds.name)
+    return tr, te, tabular_recipe(len(tr), tr.input_shape[0], ds.num_classes, name=ds.name)
+
+
+def run_one(ds: Dataset, seed: int, work: Path) -> dict:
+    tr, te, plan = split_for_seed(ds, seed)
     p = plan.preset
     from dataclasses import replace
 

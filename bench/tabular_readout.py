@@ -32,11 +32,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, median, setup, write_json  # noqa: E402
-from tabular import held_out_tables, tuning_tables  # noqa: E402
+from tabular import held_out_tables, split_for_seed, tuning_tables  # noqa: E402
 
-from dblocks.shared.data import FeatureStats, stratified_split  # noqa: E402
 from dblocks.shared.models import as_classifier_block  # noqa: E402
-from dblocks.shared.recipes import tabular_recipe  # noqa: E402
 from dblocks.shared.sampler import classify  # noqa: E402
 from dblocks.shared.schedule import NoiseSchedule  # noqa: E402
 from dblocks.shared.wire import load_blocks  # noqa: E402
@@ -101,10 +99,7 @@ def classify_by_loss(
 
 
 def run_one(ds, seed: int, work: Path, e2e: bool = False) -> dict:
-    tr, te = stratified_split(ds, 0.25, seed=seed)
-    stats = FeatureStats.of(tr.x, "training split")
-    tr, te = tr.standardize(stats), te.standardize(stats)
-    plan = tabular_recipe(len(tr), tr.input_shape[0], ds.num_classes, name=ds.name)
+    tr, te, plan = split_for_seed(ds, seed)
     p = plan.preset
     schedule = p.noise_schedule(plan.blocks)
     train_diffusion_blocks(p, schedule, tr, replace(p.train, seed=seed), work / "db")

@@ -38,10 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, median, setup, write_json  # noqa: E402
-from tabular import tuning_tables  # noqa: E402
+from tabular import split_for_seed, tuning_tables  # noqa: E402
 
-from dblocks.shared.data import FeatureStats, stratified_split  # noqa: E402
-from dblocks.shared.recipes import tabular_recipe  # noqa: E402
 from dblocks.shared.workflow import accuracy, train_diffusion_blocks, train_end_to_end  # noqa: E402
 
 # name -> NoiseSchedule overrides ("sigma_data": "label" = label_scale / sqrt(width)) and "epoch_share": per-block
@@ -56,10 +54,7 @@ VARIANTS: dict[str, dict] = {
 
 
 def run_one(ds, seed: int, work: Path, variants: list[str]) -> dict:
-    tr, te = stratified_split(ds, 0.25, seed=seed)
-    stats = FeatureStats.of(tr.x, "training split")
-    tr, te = tr.standardize(stats), te.standardize(stats)
-    plan = tabular_recipe(len(tr), tr.input_shape[0], ds.num_classes, name=ds.name)
+    tr, te, plan = split_for_seed(ds, seed)
     p = plan.preset
     cfg = replace(p.train, seed=seed)
     out = {}

@@ -120,14 +120,13 @@ def run_tasks(
             return
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
-
-    from dblocks.shared.procs import shorten_object_pull_retries
-
-    shorten_object_pull_retries()  # a task taken before its SuperNode stored the input waits 0.05 s, not 1 s
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
+    from dblocks.shared.procs import shorten_object_pull_retries
+
+    shorten_object_pull_retries()  # a task taken before its SuperNode stored the input waits 0.05 s, not 1 s
     retry = make_simple_http_retry_invoker()
     retry.max_time = 10.0  # Flower's retries forever; a SuperNode gone for good must let `stop` end this loop
     client = RuntimeHttpClient.from_server_address(

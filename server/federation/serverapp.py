@@ -337,7 +337,7 @@ class Federation:
         c = self.cfg
         step = MechanismStep(c.record_noise, c.record_sample_rate, c.record_steps)
 
-        def affordable(src: int, info: NodeInfo) -> str | None:
+        def budget_refusal(src: int, info: NodeInfo) -> str | None:
             need = self.releases.marginal_record_epsilon(src, step, c.delta, c.accountant)
             if info.budget_left < need * 0.999:
                 return (
@@ -346,7 +346,7 @@ class Federation:
                 )
             return None
 
-        live = {n: known[n] for n in node_ids if known and n in known and affordable(n, known[n]) is None}
+        live = {n: known[n] for n in node_ids if known and n in known and budget_refusal(n, known[n]) is None}
         ask = [n for n in node_ids if n not in live]
         msgs = [
             Message(
@@ -368,7 +368,7 @@ class Federation:
                 if isinstance(src, int) and src in why and src not in live:
                     why[src] = f"bad ping reply: {type(e).__name__}: {e}"[:300]
                 continue
-            skip = affordable(src, info)
+            skip = budget_refusal(src, info)
             if skip:
                 why[src] = skip
                 continue
