@@ -41,14 +41,15 @@ from dblocks.shared.text import TokenStream, decode, stdlib_corpus  # noqa: E402
 
 # Config fields that only the DiffusionBlocks model reads: a baseline or teacher is the same model without them
 DIFFUSION_ONLY: tuple[str, ...] = ("num_blocks", "target_scale", "embedding_seed", "p_mean", "p_std", "sigma_min")
-DIFFUSION_ONLY += ("sigma_max", "gamma", "prev_token_input", "steps_per_block", "sampler", "temperature")
+DIFFUSION_ONLY += ("sigma_max", "gamma", "prev_token_input")
+# Config fields that only sampling reads: no trained model depends on them
+SAMPLING_ONLY: tuple[str, ...] = ("steps_per_block", "sampler", "temperature")
 
 
 def _cache_path(kind: str, seed: int, cfg: text_ar.Config, steps: int, digest: str) -> Path:
     """Where a trained model is kept between runs (system temp folder), keyed by everything that decides it."""
-    settings = dataclasses.asdict(cfg)
-    if kind != "diffusion_blocks":
-        settings = {k: v for k, v in settings.items() if k not in DIFFUSION_ONLY}
+    drop = SAMPLING_ONLY + (DIFFUSION_ONLY if kind != "diffusion_blocks" else ())
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in drop}
     key = hashlib.sha256(json.dumps([settings, steps, digest, kind, seed]).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"dblocks_text_ar_{kind}_{seed}_{key}.pt"
 
