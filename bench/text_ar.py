@@ -119,7 +119,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="updates per block and for the baseline (preset)")
     ap.add_argument("--teacher-steps", type=int, default=None, help="teacher updates (default 3 x steps)")
-    ap.add_argument("--prompts", type=int, default=128, help="test windows: prompts and held-out continuations")
+    ap.add_argument("--prompts", type=int, default=512, help="test windows: prompts and held-out continuations")
     ap.add_argument("--jobs", type=int, default=3, help="training processes in parallel (one thread each)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()

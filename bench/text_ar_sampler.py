@@ -9,7 +9,7 @@ MAUVE. The end-to-end baseline has no sampler setting; it is evaluated once per 
 The choice rule: the lowest mean-over-seeds gen_ppl (the headline metric); the preset's default is then set to it
 by hand, and bench/text_ar.py measures it once on the test split.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/text_ar_sampler.py --seeds 3 --jobs 2 \\
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/text_ar_sampler.py --seeds 3 --jobs 2 --prompts 128 \\
         --settings euler:2 euler:4 euler:8 euler:12 ancestral:2 ancestral:4 ancestral:8 ancestral:12
 """
 
@@ -78,7 +78,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="updates per block and for the baseline (preset)")
     ap.add_argument("--teacher-steps", type=int, default=None, help="teacher updates (default 3 x steps)")
-    ap.add_argument("--prompts", type=int, default=128, help="validation windows")
+    ap.add_argument("--prompts", type=int, default=512, help="validation windows")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument(
         "--settings",
