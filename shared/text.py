@@ -7,7 +7,7 @@ and make bits per byte (BPB, the text8 literature's "BPC" for ASCII text) direct
 The built-in corpus is the Python standard library's source of the running interpreter (`stdlib_corpus()`):
 about 10 MB of English comments, docstrings and code in ~560 files, on every machine with Python, under the
 Python Software Foundation License 2.0. A company brings its own text with `load_text(path)`: a UTF-8 text file
-or a folder of them. Both are split by document (a file of the stdlib or of the folder; a ~4 KB run of lines
+or a folder of them. Both are split by document (a file of the stdlib or of the folder; a 4-8 KB run of lines
 of a single file) into train/validation/test by a hash of the document's name, so the split is fixed whatever
 else the corpus holds.
 
@@ -130,20 +130,31 @@ def _check_text(data: bytes, where: str) -> None:
 
 
 def _chunks(data: bytes, size: int = _CHUNK_BYTES) -> list[bytes]:
-    """Cut text into runs of about `size` bytes at line ends (a line longer than `size` stays whole)."""
+    """Cut text into runs of `size` to 2 `size` bytes at line ends. Where no line ends in that range (a file of
+    one long line: minified text, a CSV-like dump) the cut is after the range's last space, else at the last
+    UTF-8 character boundary, so no character is split and every document holds text."""
     out, start = [], 0
     while start < len(data):
-        end = data.find(b"\n", start + size)
-        end = len(data) if end < 0 else end + 1
+        lo, hi = start + size, start + 2 * size
+        end = data.find(b"\n", lo, hi)
+        if end >= 0:
+            end += 1
+        elif len(data) <= hi:
+            end = len(data)
+        else:
+            space = data.rfind(b" ", lo, hi)
+            end = space + 1 if space >= 0 else hi
+            while space < 0 and end > lo and data[end] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+                end -= 1
         out.append(data[start:end])
         start = end
     return out
 
 
 def load_text(path: str | Path, *, max_bytes: int = 1 << 30) -> TextCorpus:
-    """A company's own text: one UTF-8 file (cut into ~4 KB documents at line ends) or a folder of UTF-8 files
-    (each file a document, its first subfolder its source; hidden files skipped). Raises DataError naming the file
-    and what to do for a missing path, an empty file, binary data or text that is not UTF-8."""
+    """A company's own text: one UTF-8 file (cut into 4-8 KB documents, `_chunks`) or a folder of UTF-8 files (each
+    file a document, its first subfolder its source; hidden files skipped). Raises DataError naming the file and
+    what to do for a missing path, an empty file, binary data or text that is not UTF-8."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p} does not exist: give a UTF-8 text file or a folder of text files")

@@ -36,3 +36,20 @@ def test_user_text_split_by_document(tmp_path):
     assert b"".join(d.data for d in docs) == text.encode()  # the chunks are the file, each once
     windows = TokenStream(corpus.test).windows(64, 4)
     assert windows.shape[1] == 64 and windows.shape[0] <= 4
+
+
+def test_a_file_of_one_long_line_is_cut_at_spaces_and_character_boundaries(tmp_path):
+    words = "".join(f"wörd{i} " for i in range(6000))  # ~50 KB, no line break, 2-byte characters
+    spaced = tmp_path / "one_line.txt"
+    spaced.write_text(words)
+    dense = tmp_path / "no_spaces.txt"
+    dense.write_text("é" * 20000)  # 40 KB of 2-byte characters, no space, no line break
+    for path, text in ((spaced, words), (dense, "é" * 20000)):
+        corpus = load_text(path)
+        docs = sorted(corpus.train + corpus.val + corpus.test, key=lambda d: int(d.name.split("#")[1]))
+        assert len(docs) >= 3 and corpus.val and corpus.test
+        assert b"".join(d.data for d in docs) == text.encode()
+        for d in docs:
+            d.data.decode("utf-8")  # no character cut in two
+    spaced_corpus = load_text(spaced)
+    assert all(d.data.endswith(b" ") for d in spaced_corpus.train + spaced_corpus.val + spaced_corpus.test)
