@@ -91,20 +91,26 @@ def _assemble(cfg: text_ar.Config, seed: int, block_paths: list[Path], path: Pat
     torch.save({"state_dict": model.state_dict(), "stats": stats}, path)
 
 
+def load_cached(cfg: text_ar.Config, kind: str, path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """(model, training stats) of a model this bench cached at `path`; kind: diffusion_blocks, end_to_end or
+    teacher."""
+    saved = torch.load(path)
+    model = text_ar.build(cfg, end_to_end=kind != "diffusion_blocks", seed=0)
+    model.load_state_dict(saved["state_dict"])
+    return model, saved["stats"]
+
+
 def _eval_job(kind: str, seed: int, cfg_dict: dict, path: str, teacher_path: str, prompts: int) -> tuple[dict, list]:
     """Evaluate one cached model under the cached teacher in a worker process: (metrics row, 4 samples if seed 0)."""
     torch.set_num_threads(1)
     cfg = text_ar.Config(**cfg_dict)
     test = TokenStream(stdlib_corpus().test)
-    teacher = text_ar.build(cfg, end_to_end=True, seed=0)
-    teacher.load_state_dict(torch.load(teacher_path)["state_dict"])
+    teacher, _ = load_cached(cfg, "teacher", teacher_path)
     assert isinstance(teacher, text_ar.CausalTransformer)
-    saved = torch.load(path)
-    model = text_ar.build(cfg, end_to_end=kind == "end_to_end", seed=seed)
-    model.load_state_dict(saved["state_dict"])
+    model, stats = load_cached(cfg, kind, path)
     t1 = time.perf_counter()
     m = text_ar.evaluate(model, cfg, test, seed=seed, max_windows=prompts, teacher=teacher)
-    row = {"kind": kind, "seed": seed, **m, "eval_seconds": time.perf_counter() - t1, "train": saved["stats"]}
+    row = {"kind": kind, "seed": seed, **m, "eval_seconds": time.perf_counter() - t1, "train": stats}
     samples = []
     if seed == 0:
         half = cfg.seq_len // 2

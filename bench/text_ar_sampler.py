@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, setup, write_json  # noqa: E402
-from text_ar import _cache_path  # noqa: E402
+from text_ar import _cache_path, load_cached  # noqa: E402
 
 from dblocks.shared import text_ar  # noqa: E402
 from dblocks.shared.text import TokenStream, stdlib_corpus  # noqa: E402
@@ -37,9 +37,7 @@ def _load(cfg: text_ar.Config, kind: str, seed: int, steps: int, digest: str) ->
     path = _cache_path(kind, seed, cfg, steps, digest)
     if not path.exists():
         raise SystemExit(f"no cached {kind} model for seed {seed} at {path}: run bench/text_ar.py first")
-    model = text_ar.build(cfg, end_to_end=kind != "diffusion_blocks", seed=seed)
-    model.load_state_dict(torch.load(path)["state_dict"])
-    return model
+    return load_cached(cfg, kind, path)[0]
 
 
 def _eval_job(setting: str, seed: int, steps: int, teacher_steps: int, prompts: int) -> dict:

@@ -141,10 +141,11 @@ def _chunks(data: bytes, size: int = _CHUNK_BYTES) -> list[bytes]:
             end += 1
         elif len(data) <= hi:
             end = len(data)
+        elif (space := data.rfind(b" ", lo, hi)) >= 0:
+            end = space + 1
         else:
-            space = data.rfind(b" ", lo, hi)
-            end = space + 1 if space >= 0 else hi
-            while space < 0 and end > lo and data[end] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+            end = hi
+            while end > lo and data[end] & 0xC0 == 0x80:  # a UTF-8 continuation byte
                 end -= 1
         out.append(data[start:end])
         start = end
