@@ -128,10 +128,9 @@ def train_task(
         steps=task.steps,
         delta=task.delta,
         accountant=task.accountant,
-        # a company that set a memory limit keeps ghost clipping, whose memory does not grow with the batch
-        grad_sample_mode="ghost"
-        if math.isfinite(memory_mb)
-        else grad_sample_mode_for(block, task.trainable, task.sample_rate * len(data)),
+        grad_sample_mode=grad_sample_mode_for(
+            block, task.trainable, task.sample_rate * len(data), memory_limited=math.isfinite(memory_mb)
+        ),
     )
     if math.isfinite(memory_mb):
         check_memory(

@@ -130,14 +130,20 @@ def trainable_names(block: nn.Module, which: str = "all") -> list[str]:
 PER_EXAMPLE_GRADIENTS_MB = 64.0  # "hooks" while the per-example gradients of a step fit in this
 
 
-def grad_sample_mode_for(block: nn.Module, which: str, expected_batch: float) -> Literal["ghost", "hooks"]:
+def grad_sample_mode_for(
+    block: nn.Module, which: str, expected_batch: float, memory_limited: bool = False
+) -> Literal["ghost", "hooks"]:
     """Opacus' cheaper exact per-example clipping for training the subset `which` of `block` at batches of about
     `expected_batch`: "hooks" (per-example gradients, one backward pass, memory batch x trained values x 4 bytes)
     while those gradients take at most PER_EXAMPLE_GRADIENTS_MB, else "ghost" (per-example norms without the
-    gradients: memory independent of the batch, a second backward pass). Both clip each example to C before the
-    same noise: the mechanism and its epsilon are the same. `bench/dp_modes.py` (one thread, the demo's mnist-fed
-    blocks, 15 steps at q 0.5 of 455 records, CPU seconds, hooks vs ghost): input+bias (5.8k values) 1.96 vs 2.36
-    and 1.57 vs 2.77; all 97k values 2.47 vs 2.92 and 2.81 vs 3.63 (ghost chosen: 94 MB of per-example gradients)."""
+    gradients: memory independent of the batch, a second backward pass). `memory_limited` (the company set a
+    memory limit): always "ghost", whose memory does not grow with the Poisson batch. Both clip each example to C
+    before the same noise: the mechanism and its epsilon are the same. `bench/dp_modes.py` (one thread, the demo's
+    mnist-fed blocks, 15 steps at q 0.5 of 455 records, CPU seconds, hooks vs ghost): input+bias (5.8k values) 1.96
+    vs 2.36 and 1.57 vs 2.77; all 97k values 2.47 vs 2.92 and 2.81 vs 3.63 (ghost chosen: 94 MB of per-example
+    gradients)."""
+    if memory_limited:
+        return "ghost"
     keep = set(trainable_names(block, which))
     values = sum(p.numel() for n, p in block.named_parameters() if n in keep)
     return "hooks" if expected_batch * values * 4 / 2**20 <= PER_EXAMPLE_GRADIENTS_MB else "ghost"

@@ -127,6 +127,7 @@ def test_the_cheaper_exact_clipping_is_chosen_by_the_size_of_the_per_example_gra
     assert grad_sample_mode_for(block, "all", 0.9 * fits) == "hooks"
     assert grad_sample_mode_for(block, "all", 1.1 * fits) == "ghost"
     assert grad_sample_mode_for(block, "bias", 1.1 * fits) == "hooks"  # far fewer values trained
+    assert grad_sample_mode_for(block, "bias", 1.1 * fits, memory_limited=True) == "ghost"
 
     data = load_builtin("digits").subset(np.arange(64))
     moved = {}
