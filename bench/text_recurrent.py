@@ -332,21 +332,21 @@ def finish(result: dict, out_path: Path, out_dir: Path) -> None:
     """Judge every seed, write the results and this bench's summary keys (ratios: the median over seeds, which one
     early-converging seed cannot lift; qualities: the mean)."""
     rows = result["seeds"] = [judge(r, result["reference"]) for r in result["seeds"]]
+    reused_bptt = bool(result["protocol"].get("bptt_from"))
+    if reused_bptt:  # wall seconds compare only within one run: with --reuse-bptt the BPTT runs are another day's
+        for r in rows:
+            r["wall_ratio"] = None
     ratios = [r["compute_ratio"] for r in rows if r["compute_ratio"] is not None]
     walls = [r["wall_ratio"] for r in rows if r["wall_ratio"] is not None]
     summary = {
         "text.recurrent_compute_ratio": float(np.median(ratios)) if len(ratios) == len(rows) else 0.0,
-        # wall seconds compare only within one run: with --reuse-bptt the BPTT runs are another day's
-        "text.recurrent_wall_ratio": float(np.median(walls)) if len(walls) == len(rows) else 0.0,
         "text.recurrent_genppl": float(np.mean([_db_row(r)["genppl"] for r in rows])),
         "text.recurrent_genppl_bptt": float(np.mean([r["bptt"]["checkpoints"][-1]["genppl"] for r in rows])),
         "text.recurrent_seeds": len(rows),
         "text.recurrent_seeds_reached": len(ratios),
     }
-    if result["protocol"].get("bptt_from"):
-        del summary["text.recurrent_wall_ratio"]
-        for r in rows:
-            r["wall_ratio"] = None
+    if not reused_bptt:
+        summary["text.recurrent_wall_ratio"] = float(np.median(walls)) if len(walls) == len(rows) else 0.0
     result["summary"] = summary
     write_json(out_path, result)
     update_summary(out_dir, summary)
