@@ -4,7 +4,7 @@ The product reads a classifier out with one Euler step per block and the last st
 shared/sampler.py `classify`). Averaging the log-probabilities of every step ("mean", a product of the blocks'
 experts) and more steps per block are the candidates, and ("loss", k) the diffusion-classifier readout of Li et al.
 2023 (`classify_by_loss`: the class whose clean label the blocks denoise with the lowest loss wins). To keep the
-held-out tables untouched, this is measured on the synthetic tuning tables of bench/tabular.py (`tuning_tables`):
+held-out tables untouched, this is measured on the tuning tables of bench/tabular.py (`tuning_tables`):
 the same split, standardisation and recipe as `bench/tabular.py --tune`, one DiffusionBlocks model per table and
 seed, every readout evaluated on that model.
 No summary key: the choice, if any, is made here and then measured once on the held-out tables by bench/tabular.py.

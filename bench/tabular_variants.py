@@ -12,7 +12,7 @@ the model's total updates (B x the end-to-end model's epochs, the paper's matche
 block 0, which decides the class from x, gets more epochs and the last block (sigma < 0.3, where z already names
 the class: d' > 4.7) fewer.
 
-For each synthetic tuning table of bench/tabular.py (`tuning_tables`) and seed: the same split, standardisation
+For each tuning table of bench/tabular.py (`tuning_tables`) and seed: the same split, standardisation
 and recipe as `bench/tabular.py --tune`; one DiffusionBlocks model per variant (product readout) and the
 end-to-end baseline once (the schedule does not touch it). No summary key: the variant, if any, goes into the
 recipe and is then measured once on the held-out tables by bench/tabular.py.
