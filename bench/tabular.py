@@ -15,6 +15,8 @@ recipe was tuned on and three real tables that are not held out (`real_tuning_ta
     nice -n 10 .venv/bin/python bench/tabular.py --seeds 5 --only wine   # one table; merged into tabular.json
                                                                           # (same seeds and recipe), summary once
                                                                           # every table is there
+    nice -n 10 .venv/bin/python bench/tabular.py --seeds 20 --only wine --out DIR   # a diagnostic elsewhere:
+                                                                          # bench/results/tabular_seeds20_*.json
 """
 
 from __future__ import annotations
