@@ -46,6 +46,23 @@ DIFFUSION_ONLY += ("sigma_max", "gamma", "prev_token_input")
 SAMPLING_ONLY: tuple[str, ...] = ("steps_per_block", "sampler", "temperature")
 
 
+TEACHER_SEED = 1000  # the judge's seed, apart from the models' seeds 0, 1, ...
+
+
+def add_model_args(ap: argparse.ArgumentParser, prompts_help: str) -> None:
+    """The options that decide which cached models a run trains or loads (shared with bench/text_ar_sampler.py)."""
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="updates per block and for the baseline (preset)")
+    ap.add_argument("--teacher-steps", type=int, default=None, help="teacher updates (default 3 x steps)")
+    ap.add_argument("--prompts", type=int, default=512, help=prompts_help)
+
+
+def model_steps(args: argparse.Namespace) -> tuple[int, int]:
+    """(updates per block and for the baseline, teacher updates) from `add_model_args`' options."""
+    steps = args.steps or text_ar.Config().steps
+    return steps, args.teacher_steps or 3 * steps
+
+
 def _cache_path(kind: str, seed: int, cfg: text_ar.Config, steps: int, digest: str) -> Path:
     """Where a trained model is kept between runs (system temp folder), keyed by everything that decides it."""
     drop = SAMPLING_ONLY + (DIFFUSION_ONLY if kind != "diffusion_blocks" else ())
@@ -122,10 +139,7 @@ def _eval_job(kind: str, seed: int, cfg_dict: dict, path: str, teacher_path: str
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=None, help="updates per block and for the baseline (preset)")
-    ap.add_argument("--teacher-steps", type=int, default=None, help="teacher updates (default 3 x steps)")
-    ap.add_argument("--prompts", type=int, default=512, help="test windows: prompts and held-out continuations")
+    add_model_args(ap, "test windows: prompts and held-out continuations")
     ap.add_argument("--jobs", type=int, default=3, help="training processes in parallel (one thread each)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -135,8 +149,7 @@ def main() -> int:
 
     env = setup(1)
     cfg = text_ar.Config()
-    steps = args.steps or cfg.steps
-    teacher_steps = args.teacher_steps or 3 * steps
+    steps, teacher_steps = model_steps(args)
     corpus = stdlib_corpus()
     test = TokenStream(corpus.test)
     half = cfg.seq_len // 2
@@ -149,8 +162,8 @@ def main() -> int:
     )
     cfg_dict = dataclasses.asdict(cfg)
     t0 = time.perf_counter()
-    tkey = ("teacher", 1000)
-    paths = {tkey: _cache_path("teacher", 1000, cfg, teacher_steps, corpus.digest)}
+    tkey = ("teacher", TEACHER_SEED)
+    paths = {tkey: _cache_path("teacher", TEACHER_SEED, cfg, teacher_steps, corpus.digest)}
     for s in range(args.seeds):
         for kind in ("diffusion_blocks", "end_to_end"):
             paths[(kind, s)] = _cache_path(kind, s, cfg, steps, corpus.digest)
@@ -161,7 +174,7 @@ def main() -> int:
     # tasks: (priority, kind, seed, block); evaluations of a finished seed go before the remaining training
     queue: list[tuple] = []
     if not paths[tkey].exists():
-        queue.append(("train", "teacher", 1000, None, teacher_steps, paths[tkey]))
+        queue.append(("train", "teacher", TEACHER_SEED, None, teacher_steps, paths[tkey]))
     for s in range(args.seeds):
         if not paths[("diffusion_blocks", s)].exists():
             for b, bp in enumerate(block_paths[s]):

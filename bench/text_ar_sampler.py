@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, setup, write_json  # noqa: E402
-from text_ar import _cache_path, load_cached  # noqa: E402
+from text_ar import TEACHER_SEED, _cache_path, add_model_args, load_cached, model_steps  # noqa: E402
 
 from dblocks.shared import text_ar  # noqa: E402
 from dblocks.shared.text import TokenStream, stdlib_corpus  # noqa: E402
@@ -45,7 +45,7 @@ def _eval_job(setting: str, seed: int, steps: int, teacher_steps: int, prompts: 
     torch.set_num_threads(1)
     corpus = stdlib_corpus()
     base = text_ar.Config()
-    teacher = _load(base, "teacher", 1000, teacher_steps, corpus.digest)
+    teacher = _load(base, "teacher", TEACHER_SEED, teacher_steps, corpus.digest)
     if setting == "e2e":
         cfg, model = base, _load(base, "end_to_end", seed, steps, corpus.digest)
     else:
@@ -73,10 +73,7 @@ def _eval_job(setting: str, seed: int, steps: int, teacher_steps: int, prompts: 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=None, help="updates per block and for the baseline (preset)")
-    ap.add_argument("--teacher-steps", type=int, default=None, help="teacher updates (default 3 x steps)")
-    ap.add_argument("--prompts", type=int, default=512, help="validation windows")
+    add_model_args(ap, "validation windows")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument(
         "--settings",
@@ -91,8 +88,7 @@ def main() -> int:
         if kind not in ("euler", "ancestral") or not n.isdigit() or int(n) < 1:
             ap.error(f"setting {s!r}: expected euler:N or ancestral:N with N >= 1")
     env = setup(1)
-    steps = args.steps or text_ar.Config().steps
-    teacher_steps = args.teacher_steps or 3 * steps
+    steps, teacher_steps = model_steps(args)
     print(
         f"text-ar sampler choice on validation: {args.seeds} seed(s), {args.prompts} prompts, steps {steps}, "
         f"settings {args.settings}; env {env}",
